@@ -1,0 +1,301 @@
+"""Settings: read once from the environment and `.env`, validated, frozen.
+
+A bad value stops the program with one line naming the key, the value and what is allowed.
+Secrets are wrapped in `Secret` so they never reach a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# IB's conventional ports: TWS 7497 paper / 7496 live, Gateway 4002 paper / 4001 live.
+LIVE_PORTS = frozenset({7496, 4001})
+PAPER_PORTS = frozenset({7497, 4002})
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the key, the value and what is allowed."""
+
+
+class Secret:
+    """A string that never shows itself in str(), repr() or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+
+@dataclass(frozen=True)
+class Settings:
+    ib_host: str = "127.0.0.1"
+    ib_port: int = 4002
+    exit_manager_client_id: int = 10
+    day_trader_client_id: int = 2
+    trading_mode: str = "paper"  # "paper" or "live"
+    ib_account: str = ""  # empty: the first managed account
+    allocation: float = 0.25  # fraction of net liquidation the day trader may deploy
+    profit_target_pct: float = 1.8
+    stop_loss_pct: float = 0.9
+    max_open_positions: int = 4
+    max_position_usd: float = 25_000.0
+    daily_loss_limit_pct: float = 2.0  # of net liquidation; halts new entries, never exits
+    eod_flatten_minutes: float = 15.0
+    eod_sweep_minutes: float = 5.0
+    stale_tick_seconds: float = 30.0
+    allow_delayed_data: bool = False
+    database_path: Path = PROJECT_ROOT / "trading_history.db"
+    backup_dir: Path = PROJECT_ROOT / "archive"
+    backup_keep_days: int = 10
+    log_dir: Path = PROJECT_ROOT / "logs"
+    log_level: str = "INFO"
+    kill_switch_file: Path = PROJECT_ROOT / "KILL_SWITCH"
+    watchlist_path: Path = PROJECT_ROOT / "day_trading_watchlist.json"
+    clock_file: Path | None = None  # simulated clock published by the simulated gateway
+    deepseek_api_key: Secret | None = None
+    google_api_key: Secret | None = None
+    massive_api_key: Secret | None = None
+
+    @property
+    def is_live(self) -> bool:
+        return self.trading_mode == "live"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"Settings({shown})"
+
+
+def _fail(key: str, raw: str, allowed: str) -> SettingsError:
+    return SettingsError(f"setting {key}={raw!r} is invalid: {allowed}")
+
+
+def _integer(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(key: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise _fail(key, raw, f"expected a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise _fail(key, raw, f"expected a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _number(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str, str], float]:
+    bound = f"{'>' if lo_open else '>='} {lo} and <= {hi}"
+
+    def parse(key: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _fail(key, raw, f"expected a number {bound}") from None
+        if value != value or value > hi or value < lo or (lo_open and value == lo):
+            raise _fail(key, raw, f"expected a number {bound}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(key: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise _fail(key, raw, f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _boolean(key: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise _fail(key, raw, "expected true or false")
+
+
+def _text(key: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _host(key: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise _fail(key, raw, "expected a host name or IP address such as 127.0.0.1")
+    return value
+
+
+def _path(key: str, raw: str) -> Path:
+    value = raw.strip()
+    if not value:
+        raise _fail(key, raw, "expected a file path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _secret(key: str, raw: str) -> Secret | None:
+    value = raw.strip()
+    return Secret(value) if value else None
+
+
+# env key -> (Settings field, parser)
+_KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "IB_HOST": ("ib_host", _host),
+    "IB_PORT": ("ib_port", _integer(1, 65535)),
+    "IB_CLIENT_ID_EXIT_MANAGER": ("exit_manager_client_id", _integer(0, 999_999)),
+    "IB_CLIENT_ID_DAY_TRADER": ("day_trader_client_id", _integer(0, 999_999)),
+    "TRADING_MODE": ("trading_mode", _choice("paper", "live")),
+    "IB_ACCOUNT": ("ib_account", _text),
+    "ALLOCATION": ("allocation", _number(0.0, 1.0, lo_open=True)),
+    "PROFIT_TARGET_PCT": ("profit_target_pct", _number(0.0, 50.0, lo_open=True)),
+    "STOP_LOSS_PCT": ("stop_loss_pct", _number(0.0, 50.0, lo_open=True)),
+    "MAX_OPEN_POSITIONS": ("max_open_positions", _integer(1, 100)),
+    "MAX_POSITION_USD": ("max_position_usd", _number(0.0, 1e9, lo_open=True)),
+    "DAILY_LOSS_LIMIT_PCT": ("daily_loss_limit_pct", _number(0.0, 100.0, lo_open=True)),
+    "EOD_FLATTEN_MINUTES": ("eod_flatten_minutes", _number(1.0, 120.0)),
+    "EOD_SWEEP_MINUTES": ("eod_sweep_minutes", _number(0.5, 60.0)),
+    "STALE_TICK_SECONDS": ("stale_tick_seconds", _number(1.0, 3600.0)),
+    "ALLOW_DELAYED_DATA": ("allow_delayed_data", _boolean),
+    "DATABASE_PATH": ("database_path", _path),
+    "BACKUP_DIR": ("backup_dir", _path),
+    "BACKUP_KEEP_DAYS": ("backup_keep_days", _integer(1, 3650)),
+    "LOG_DIR": ("log_dir", _path),
+    "LOG_LEVEL": ("log_level", lambda k, r: _choice("debug", "info", "warning", "error")(k, r).upper()),
+    "KILL_SWITCH_FILE": ("kill_switch_file", _path),
+    "WATCHLIST_PATH": ("watchlist_path", _path),
+    "CLOCK_FILE": ("clock_file", lambda k, r: _path(k, r) if r.strip() else None),
+    "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
+    "GOOGLE_API_KEY": ("google_api_key", _secret),
+    "MASSIVE_API_KEY": ("massive_api_key", _secret),
+}
+# Older names still accepted: Polygon.io was renamed Massive.
+_ALIASES = {"POLYGON_API_KEY": "MASSIVE_API_KEY", "GEMINI_API_KEY": "GOOGLE_API_KEY"}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: str | Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from `.env` overlaid by the environment, then `overrides` (already typed).
+
+    Raises SettingsError (one line: key, value, what is allowed) on the first bad value.
+    """
+    env_file = Path(dotenv_path) if dotenv_path is not None else PROJECT_ROOT / ".env"
+    merged: dict[str, str] = {}
+    if env_file.exists():
+        try:
+            file_values = dotenv_values(env_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read {env_file}: {exc}; fix or delete the file") from exc
+        merged.update({k: v for k, v in file_values.items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+
+    for alias, key in _ALIASES.items():
+        if not merged.get(key, "").strip() and merged.get(alias, "").strip():
+            merged[key] = merged[alias]
+
+    values: dict[str, Any] = {}
+    for key, (field_name, parse) in _KEYS.items():
+        raw = merged.get(key)
+        if raw is not None and (raw.strip() or field_name.endswith("_api_key")):
+            values[field_name] = parse(key, raw)
+    values.update(overrides)
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.exit_manager_client_id == s.day_trader_client_id:
+        raise SettingsError(
+            f"setting IB_CLIENT_ID_DAY_TRADER={s.day_trader_client_id} is invalid: it must differ "
+            f"from IB_CLIENT_ID_EXIT_MANAGER={s.exit_manager_client_id} (IB rejects a duplicate "
+            "client id with error 326)"
+        )
+    if s.eod_sweep_minutes >= s.eod_flatten_minutes:
+        raise SettingsError(
+            f"setting EOD_SWEEP_MINUTES={s.eod_sweep_minutes} is invalid: it must be smaller than "
+            f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (the sweep comes after the flatten)"
+        )
+    if s.is_live and s.ib_port in PAPER_PORTS:
+        raise SettingsError(
+            f"setting IB_PORT={s.ib_port} is invalid with TRADING_MODE=live: {s.ib_port} is a paper "
+            "port; use 4001 (Gateway) or 7496 (TWS) for live"
+        )
+    if not s.is_live and s.ib_port in LIVE_PORTS:
+        raise SettingsError(
+            f"setting IB_PORT={s.ib_port} is invalid with TRADING_MODE=paper: {s.ib_port} is a live "
+            "port; use 4002 (Gateway) or 7497 (TWS), or pass --live to trade real money"
+        )
+
+
+def check_live_account(settings: Settings, account: str) -> None:
+    """Refuse a paper/live mismatch between settings and the account the gateway reports.
+
+    IB paper accounts start with "DU". Raises SettingsError with the fix.
+    """
+    is_paper_account = account.upper().startswith("DU")
+    if settings.is_live and is_paper_account:
+        raise SettingsError(
+            f"account {account} is a paper account but TRADING_MODE=live: connect to the live "
+            "gateway or drop --live"
+        )
+    if not settings.is_live and not is_paper_account:
+        raise SettingsError(
+            f"account {account} is a live account but TRADING_MODE=paper: connect to the paper "
+            "gateway, or pass --live to trade real money"
+        )
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded once. Raises SettingsError on a bad value."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process's settings (programs applying CLI flags, and tests)."""
+    global _cached
+    _cached = settings
+
+
+def env_keys() -> list[str]:
+    """Every environment key the settings read (documented in .env.example)."""
+    return [*_KEYS, *_ALIASES]
