@@ -1,0 +1,168 @@
+"""JSON-lines logging every program uses.
+
+Each program calls `setup_logging("day_trader")` once: a run file
+`logs/day_trader_run_YYYYMMDD_HHMMSS.json` (rotated by size) gets one JSON object per line with
+stable keys `ts`, `level`, `bot`, `event` plus the event's fields; the console gets a short
+human-readable line. Code logs events, not prose:
+
+    log = get_logger("exit_manager")
+    log.info("stop_triggered", symbol="AAPL", last=187.1, stop=187.3)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.settings import Secret
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_MAX_BYTES = 20 * 1024 * 1024
+_BACKUPS = 5
+_bot_name = "app"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe form of a field value; secrets stay hidden, NaN becomes null."""
+    if isinstance(value, Secret):
+        return "***"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k != "event"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC ISO), level, bot, event, logger, fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "bot": _bot_name,
+            "event": getattr(record, "event", None) or record.getMessage(),
+            "logger": record.name,
+        }
+        if getattr(record, "event", None) is None and record.args:
+            payload["message"] = record.getMessage()
+        payload.update({k: _plain(v) for k, v in _fields(record).items()})
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`HH:MM:SS LEVEL bot event key=value ...` for people watching a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        event = getattr(record, "event", None) or record.getMessage()
+        extras = " ".join(f"{k}={_plain(v)}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {_bot_name} {event}"
+        if extras:
+            line = f"{line} {extras}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+class EventLogger:
+    """A thin wrapper: `log.info("event", key=value)` becomes a structured record."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            safe = {k if k not in _RESERVED else f"{k}_": v for k, v in fields.items()}
+            safe["event"] = event
+            self._logger.log(level, event, extra=safe, exc_info=exc_info, stacklevel=3)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, False, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log(logging.CRITICAL, event, False, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, True, fields)
+
+
+def get_logger(name: str) -> EventLogger:
+    return EventLogger(logging.getLogger(name))
+
+
+def setup_logging(
+    bot: str,
+    log_dir: str | Path | None = None,
+    level: str = "INFO",
+    console: bool = True,
+) -> Path | None:
+    """Configure the root logger for program `bot`; returns the run file's path.
+
+    With `log_dir` None the settings' LOG_DIR is used; if the folder cannot be written the
+    program still logs to the console and says so (logging must never stop trading).
+    """
+    global _bot_name
+    _bot_name = bot
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(ConsoleFormatter())
+        root.addHandler(stream)
+
+    if log_dir is None:
+        from core.settings import get_settings
+
+        log_dir = get_settings().log_dir
+    run_file: Path | None = Path(log_dir) / f"{bot}_run_{time.strftime('%Y%m%d_%H%M%S')}.json"
+    try:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        if run_file.exists():  # two starts in one second: keep both
+            run_file = run_file.with_name(f"{run_file.stem}_{os.getpid()}.json")
+        file_handler = logging.handlers.RotatingFileHandler(
+            run_file, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
+        )
+    except OSError as exc:
+        run_file = None
+        get_logger("logs").warning("log_file_unavailable", log_dir=str(log_dir), error=str(exc))
+    else:
+        file_handler.setFormatter(JsonFormatter())
+        root.addHandler(file_handler)
+
+    # ib_async logs every tick at DEBUG; keep its INFO and above only.
+    logging.getLogger("ib_async").setLevel(max(logging.INFO, root.level))
+    return run_file
