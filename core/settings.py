@@ -191,7 +191,10 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "BACKUP_DIR": ("backup_dir", _path),
     "BACKUP_KEEP_DAYS": ("backup_keep_days", _integer(1, 3650)),
     "LOG_DIR": ("log_dir", _path),
-    "LOG_LEVEL": ("log_level", lambda k, r: _choice("debug", "info", "warning", "error")(k, r).upper()),
+    "LOG_LEVEL": (
+        "log_level",
+        lambda k, r: _choice("debug", "info", "warning", "error")(k, r).upper(),
+    ),
     "KILL_SWITCH_FILE": ("kill_switch_file", _path),
     "WATCHLIST_PATH": ("watchlist_path", _path),
     "CLOCK_FILE": ("clock_file", lambda k, r: _path(k, r) if r.strip() else None),

@@ -1,0 +1,904 @@
+"""The shared state: one SQLite database (WAL) the bots and the supervisor coordinate through.
+
+    from observability import get_database
+    db = get_database()
+    db.get_active_positions()
+
+This module owns the schema and every query (nothing else writes SQL). Rules that keep
+"database is locked" away (failure mode 9): WAL, busy_timeout, one connection per thread,
+every read-then-write inside BEGIN IMMEDIATE, and no transaction held across a broker call.
+"Today" is the exchange's trading date in New York, from core.clock.
+
+Run `python observability.py --self-check` to create/check the database and print a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from core.clock import NEW_YORK, MarketClock, get_clock
+from core.money import pnl_dollars, pnl_percent
+from core.money import profit_target_price as _target_price
+from core.money import stop_loss_price as _stop_price
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 10_000
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Order intent states and the moves allowed between them. A cancelled order can still
+# fill (the cancel raced the fill), and IB can report a fill before the submit ack.
+PENDING_SUBMIT = "PENDING_SUBMIT"
+SUBMITTED = "SUBMITTED"
+FILLED = "FILLED"
+CANCELLED = "CANCELLED"
+REJECTED = "REJECTED"
+INTENT_STATES = frozenset({PENDING_SUBMIT, SUBMITTED, FILLED, CANCELLED, REJECTED})
+OPEN_INTENT_STATES = frozenset({PENDING_SUBMIT, SUBMITTED})
+INTENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING_SUBMIT: frozenset({SUBMITTED, FILLED, CANCELLED, REJECTED}),
+    SUBMITTED: frozenset({SUBMITTED, FILLED, CANCELLED, REJECTED}),
+    CANCELLED: frozenset({FILLED}),
+    FILLED: frozenset(),
+    REJECTED: frozenset(),
+}
+
+EXIT_REASONS = frozenset(
+    {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
+)
+
+# Migration N brings a database from user_version N-1 to N. Version 1 is the seed's schema
+# (a seed database has these tables at user_version 0 and upgrades in place).
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS active_positions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        symbol TEXT NOT NULL UNIQUE,
+        quantity INTEGER NOT NULL,
+        entry_price REAL NOT NULL,
+        entry_time TEXT NOT NULL,
+        profit_target_price REAL,
+        stop_loss_price REAL,
+        agent TEXT NOT NULL DEFAULT 'day_trader'
+    );
+    CREATE TABLE IF NOT EXISTS closed_positions_today (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        symbol TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        entry_price REAL NOT NULL,
+        exit_price REAL NOT NULL,
+        entry_time TEXT,
+        exit_time TEXT NOT NULL,
+        pnl_pct REAL NOT NULL,
+        exit_reason TEXT NOT NULL,
+        agent TEXT,
+        close_date TEXT NOT NULL,
+        UNIQUE(symbol, close_date)
+    );
+    """,
+    2: """
+    ALTER TABLE active_positions ADD COLUMN order_ref TEXT;
+    ALTER TABLE active_positions ADD COLUMN trade_date TEXT;
+    ALTER TABLE closed_positions_today ADD COLUMN pnl REAL;
+    CREATE TABLE trades (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('BUY', 'SELL')),
+        quantity REAL NOT NULL CHECK (quantity > 0),
+        price REAL NOT NULL,
+        trade_time TEXT NOT NULL,
+        trade_date TEXT NOT NULL,
+        order_ref TEXT,
+        agent TEXT NOT NULL,
+        pnl REAL,
+        commission REAL,
+        exec_id TEXT UNIQUE
+    );
+    CREATE INDEX idx_trades_date ON trades(trade_date);
+    CREATE INDEX idx_trades_symbol_date ON trades(symbol, trade_date);
+    CREATE INDEX idx_trades_order_ref ON trades(order_ref);
+    CREATE INDEX idx_trades_agent_date ON trades(agent, trade_date);
+    CREATE TABLE order_intents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_ref TEXT NOT NULL UNIQUE,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('BUY', 'SELL')),
+        quantity REAL NOT NULL CHECK (quantity > 0),
+        order_type TEXT NOT NULL,
+        limit_price REAL,
+        stop_price REAL,
+        purpose TEXT,
+        agent TEXT NOT NULL,
+        parent_ref TEXT,
+        oca_group TEXT,
+        state TEXT NOT NULL CHECK (state IN
+            ('PENDING_SUBMIT', 'SUBMITTED', 'FILLED', 'CANCELLED', 'REJECTED')),
+        ib_order_id INTEGER,
+        perm_id INTEGER,
+        filled_quantity REAL NOT NULL DEFAULT 0,
+        avg_fill_price REAL,
+        trade_date TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        note TEXT
+    );
+    CREATE INDEX idx_intents_symbol_state ON order_intents(symbol, state);
+    CREATE INDEX idx_intents_state ON order_intents(state);
+    CREATE TABLE intent_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        order_ref TEXT NOT NULL,
+        at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        note TEXT
+    );
+    CREATE INDEX idx_intent_log_ref ON intent_log(order_ref);
+    CREATE TABLE heartbeats (
+        bot TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        beat_at REAL NOT NULL,
+        beat_time TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE flags (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
+}
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message names the file and what to do."""
+
+
+class ReentryBlocked(RuntimeError):
+    """An entry was refused: the symbol is active, closed today, or has an open entry order."""
+
+
+class IntentTransitionError(RuntimeError):
+    """An order intent was asked to move to a state its current state cannot reach."""
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    ok: bool
+    messages: tuple[str, ...]
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [dict(row) for row in cursor.fetchall()]
+
+
+class TradingDatabase:
+    """The trading state in one SQLite file; safe to share between processes and threads."""
+
+    def __init__(self, path: str | Path, clock: MarketClock | None = None) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.clock = clock or get_clock()
+        self._local = threading.local()
+        self._checked = False
+        self._check_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._open()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self._check_file()
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DatabaseError(
+                    f"database {self.path} could not switch to WAL mode (got {mode}): "
+                    "put it on a local disk, not a network share"
+                )
+            # FULL: an order intent must be on disk before its order is sent (a power loss
+            # after placeOrder must not forget the orderRef). NORMAL could lose that commit.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            with self._check_lock:
+                if not self._checked:
+                    self._verify(conn)
+                    self._migrate(conn)
+                    self._checked = True
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+        return conn
+
+    def _check_file(self) -> None:
+        """Refuse a file that is not SQLite, or a folder we cannot create the database in."""
+        if self.path.is_dir():
+            raise DatabaseError(
+                f"database path {self.path} is a folder: set DATABASE_PATH to a file path"
+            )
+        if self.path.exists():
+            try:
+                with self.path.open("rb") as handle:
+                    header = handle.read(16)
+            except OSError as exc:
+                raise DatabaseError(
+                    f"database {self.path} cannot be read ({exc.strerror}): fix its permissions"
+                ) from exc
+            if header and header != _SQLITE_MAGIC:
+                raise DatabaseError(
+                    f"database {self.path} is not a SQLite database: move it aside "
+                    f"(e.g. rename it to {self.path.name}.bad) and start again; it was not changed"
+                )
+            return
+        folder = self.path.parent
+        if not folder.exists():
+            try:
+                folder.mkdir(parents=True)
+            except OSError as exc:
+                raise DatabaseError(
+                    f"cannot create folder {folder} for database {self.path} ({exc.strerror}): "
+                    "set DATABASE_PATH to a writable location"
+                ) from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DatabaseError(
+                f"cannot create database {self.path}: folder {folder} is not writable; "
+                "set DATABASE_PATH to a writable location"
+            )
+
+    def _verify(self, conn: sqlite3.Connection) -> None:
+        result = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        if result != ["ok"]:
+            raise DatabaseError(
+                f"database {self.path} is corrupt ({result[0]}): stop the bots, restore the newest "
+                "file from the archive folder (or move it aside) and start again"
+            )
+
+    def _explain(self, exc: sqlite3.Error) -> DatabaseError:
+        text = str(exc)
+        lowered = text.lower()
+        if isinstance(exc, DatabaseError):
+            return exc
+        if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+            return DatabaseError(
+                f"database {self.path} is corrupt ({text}): stop the bots, restore the newest file "
+                "from the archive folder (or move it aside) and start again"
+            )
+        if "locked" in lowered or "busy" in lowered:
+            return DatabaseError(
+                f"database {self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s ({text}): "
+                "another program holds a long write; close it (e.g. a DB browser) and retry"
+            )
+        if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+            return DatabaseError(
+                f"database {self.path} cannot be written ({text}): the file and its folder must be "
+                "writable (SQLite WAL needs -wal and -shm files beside it)"
+            )
+        return DatabaseError(f"database {self.path} failed: {text}")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"database {self.path} has schema version {version}, newer than this program's "
+                    f"{SCHEMA_VERSION}: update the program"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A BEGIN IMMEDIATE transaction: takes the write lock up front so it never upgrades."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise self._explain(exc) from exc
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def schema_version(self) -> int:
+        return int(self._read("PRAGMA user_version").fetchone()[0])
+
+    # -- time ---------------------------------------------------------------
+    def _today(self) -> str:
+        return self.clock.today_str()
+
+    def _now_iso(self) -> str:
+        return self.clock.now().isoformat(timespec="seconds")
+
+    # -- positions ------------------------------------------------------------
+    def is_position_active(self, symbol: str) -> bool:
+        row = self._read("SELECT 1 FROM active_positions WHERE symbol = ?", (symbol,)).fetchone()
+        return row is not None
+
+    def was_closed_today(self, symbol: str) -> bool:
+        row = self._read(
+            "SELECT 1 FROM closed_positions_today WHERE symbol = ? AND close_date = ?",
+            (symbol, self._today()),
+        ).fetchone()
+        return row is not None
+
+    def add_active_position(
+        self,
+        symbol: str,
+        quantity: int,
+        entry_price: float,
+        profit_target_price: float | None = None,
+        stop_loss_price: float | None = None,
+        agent: str = "day_trader",
+        order_ref: str | None = None,
+        entry_time: str | None = None,
+        *,
+        profit_target_pct: float | None = None,
+        stop_loss_pct: float | None = None,
+        tick: float = 0.01,
+    ) -> bool:
+        """Record a new open position; False if the symbol is already active (nothing changed).
+
+        Missing target/stop prices are computed from the percentages (settings by default).
+        """
+        if quantity <= 0 or entry_price <= 0:
+            raise ValueError(f"{symbol}: quantity and entry price must be > 0 for a long position")
+        if profit_target_price is None or stop_loss_price is None:
+            from core.settings import get_settings
+
+            settings = get_settings()
+            target_pct = profit_target_pct or settings.profit_target_pct
+            stop_pct = stop_loss_pct or settings.stop_loss_pct
+            if profit_target_price is None:
+                profit_target_price = _target_price(entry_price, target_pct, tick)
+            if stop_loss_price is None:
+                stop_loss_price = _stop_price(entry_price, stop_pct, tick)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO active_positions (symbol, quantity, entry_price, entry_time,"
+                " profit_target_price, stop_loss_price, agent, order_ref, trade_date)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    symbol,
+                    int(quantity),
+                    float(entry_price),
+                    entry_time or self._now_iso(),
+                    profit_target_price,
+                    stop_loss_price,
+                    agent,
+                    order_ref,
+                    self._today(),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def update_active_position(self, symbol: str, **changes: Any) -> bool:
+        """Change quantity / prices of an open position; False if it is not active."""
+        allowed = {"quantity", "entry_price", "profit_target_price", "stop_loss_price", "agent"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if not changes:
+            return self.is_position_active(symbol)
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE active_positions SET {assignments} WHERE symbol = ?",
+                (*changes.values(), symbol),
+            )
+            return cursor.rowcount == 1
+
+    def remove_active_position(
+        self,
+        symbol: str,
+        exit_price: float,
+        exit_reason: str,
+        exit_time: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Atomically move an open position to today's closed list with its P&L.
+
+        Returns the closed row, or None when the symbol was not active (nothing changed).
+        """
+        reason = exit_reason.upper()
+        if reason not in EXIT_REASONS:
+            raise ValueError(
+                f"exit reason {exit_reason!r} unknown; use one of {sorted(EXIT_REASONS)}"
+            )
+        today = self._today()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT * FROM active_positions WHERE symbol = ?", (symbol,)
+            ).fetchone()
+            if row is None:
+                return None
+            closed = {
+                "symbol": symbol,
+                "quantity": row["quantity"],
+                "entry_price": row["entry_price"],
+                "exit_price": float(exit_price),
+                "entry_time": row["entry_time"],
+                "exit_time": exit_time or self._now_iso(),
+                "pnl_pct": pnl_percent(row["entry_price"], exit_price),
+                "pnl": pnl_dollars(row["entry_price"], exit_price, row["quantity"]),
+                "exit_reason": reason,
+                "agent": row["agent"],
+                "close_date": today,
+            }
+            conn.execute("DELETE FROM active_positions WHERE symbol = ?", (symbol,))
+            # A second close of one symbol in a day (e.g. an adopted manual re-buy) updates
+            # the day's row, adding the P&L, rather than failing on UNIQUE(symbol, close_date).
+            conn.execute(
+                "INSERT INTO closed_positions_today (symbol, quantity, entry_price, exit_price,"
+                " entry_time, exit_time, pnl_pct, pnl, exit_reason, agent, close_date)"
+                " VALUES (:symbol, :quantity, :entry_price, :exit_price, :entry_time, :exit_time,"
+                " :pnl_pct, :pnl, :exit_reason, :agent, :close_date)"
+                " ON CONFLICT(symbol, close_date) DO UPDATE SET"
+                " quantity = quantity + excluded.quantity, exit_price = excluded.exit_price,"
+                " exit_time = excluded.exit_time, pnl = coalesce(pnl, 0) + excluded.pnl,"
+                " pnl_pct = excluded.pnl_pct, exit_reason = excluded.exit_reason",
+                closed,
+            )
+            return closed
+
+    def clear_closed_today(self, include_today: bool = False) -> int:
+        """Start a new trading day: drop closed rows of earlier dates; returns rows removed.
+
+        Today's rows stay unless `include_today` (a deliberate manual reset that re-allows
+        entries): a supervisor restarted mid-day must not re-open today's closed symbols.
+        Trades stay in `trades` for history either way.
+        """
+        with self._write() as conn:
+            if include_today:
+                cursor = conn.execute("DELETE FROM closed_positions_today")
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM closed_positions_today WHERE close_date < ?", (self._today(),)
+                )
+            return cursor.rowcount
+
+    def get_active_positions(self) -> list[dict[str, Any]]:
+        return _rows(self._read("SELECT * FROM active_positions ORDER BY entry_time, symbol"))
+
+    def get_active_position(self, symbol: str) -> dict[str, Any] | None:
+        row = self._read("SELECT * FROM active_positions WHERE symbol = ?", (symbol,)).fetchone()
+        return dict(row) if row else None
+
+    def get_closed_today(self) -> list[dict[str, Any]]:
+        return _rows(
+            self._read(
+                "SELECT * FROM closed_positions_today WHERE close_date = ? ORDER BY exit_time",
+                (self._today(),),
+            )
+        )
+
+    # -- trades ---------------------------------------------------------------
+    def record_trade(
+        self,
+        symbol: str,
+        side: str,
+        quantity: float,
+        price: float,
+        agent: str,
+        order_ref: str | None = None,
+        pnl: float | None = None,
+        commission: float | None = None,
+        exec_id: str | None = None,
+        trade_time: datetime | None = None,
+    ) -> bool:
+        """Record one fill; False when `exec_id` was already recorded (applying twice is harmless).
+
+        `trade_time` (default: now) is stored in New York time; its date is the trading date.
+        """
+        side = side.upper()
+        side = {"BOT": "BUY", "SLD": "SELL"}.get(side, side)
+        if side not in {"BUY", "SELL"}:
+            raise ValueError(f"trade side {side!r} unknown; use BUY or SELL")
+        when = (trade_time or self.clock.now()).astimezone(NEW_YORK)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO trades (symbol, side, quantity, price, trade_time,"
+                " trade_date, order_ref, agent, pnl, commission, exec_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    symbol,
+                    side,
+                    float(quantity),
+                    float(price),
+                    when.isoformat(timespec="seconds"),
+                    when.date().isoformat(),
+                    order_ref,
+                    agent,
+                    pnl,
+                    commission,
+                    exec_id,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def has_execution(self, exec_id: str) -> bool:
+        return (
+            self._read("SELECT 1 FROM trades WHERE exec_id = ?", (exec_id,)).fetchone() is not None
+        )
+
+    def get_trades_by_date(self, trade_date: str) -> list[dict[str, Any]]:
+        """Every fill of a trading date 'YYYY-MM-DD' (New York), oldest first."""
+        try:
+            date.fromisoformat(trade_date)
+        except ValueError:
+            raise ValueError(f"date {trade_date!r} is not YYYY-MM-DD") from None
+        return _rows(
+            self._read(
+                "SELECT * FROM trades WHERE trade_date = ? ORDER BY trade_time, id", (trade_date,)
+            )
+        )
+
+    # -- order intents ------------------------------------------------------------
+    def new_order_ref(self, agent: str, symbol: str) -> str:
+        """A unique orderRef, readable in IB's order list: agent-symbol-time-random."""
+        stamp = self.clock.now().strftime("%Y%m%d%H%M%S")
+        return f"{agent}-{symbol}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+    def create_order_intent(
+        self,
+        symbol: str,
+        side: str,
+        quantity: float,
+        order_type: str,
+        agent: str,
+        *,
+        limit_price: float | None = None,
+        stop_price: float | None = None,
+        purpose: str | None = None,
+        parent_ref: str | None = None,
+        oca_group: str | None = None,
+        order_ref: str | None = None,
+        guard_entry: bool = False,
+    ) -> str:
+        """Record an order before it is sent; returns its unique orderRef.
+
+        With `guard_entry`, refuse (ReentryBlocked) in the same transaction when the symbol is
+        active, was closed today, or already has an open BUY intent, so two racing processes
+        cannot enter one symbol twice.
+        """
+        side = side.upper()
+        if side not in {"BUY", "SELL"}:
+            raise ValueError(f"order side {side!r} unknown; use BUY or SELL")
+        if quantity <= 0:
+            raise ValueError(f"{symbol}: order quantity must be > 0, got {quantity}")
+        order_ref = order_ref or self.new_order_ref(agent, symbol)
+        now, today = self._now_iso(), self._today()
+        with self._write() as conn:
+            if guard_entry:
+                reason = self._entry_block_reason(conn, symbol, today)
+                if reason:
+                    raise ReentryBlocked(f"{symbol}: entry refused, {reason}")
+            conn.execute(
+                "INSERT INTO order_intents (order_ref, symbol, side, quantity, order_type,"
+                " limit_price, stop_price, purpose, agent, parent_ref, oca_group, state,"
+                " trade_date, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    order_ref,
+                    symbol,
+                    side,
+                    quantity,
+                    order_type,
+                    limit_price,
+                    stop_price,
+                    purpose,
+                    agent,
+                    parent_ref,
+                    oca_group,
+                    PENDING_SUBMIT,
+                    today,
+                    now,
+                    now,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO intent_log (order_ref, at, state, note) VALUES (?, ?, ?, ?)",
+                (order_ref, now, PENDING_SUBMIT, purpose),
+            )
+        return order_ref
+
+    @staticmethod
+    def _entry_block_reason(conn: sqlite3.Connection, symbol: str, today: str) -> str | None:
+        if conn.execute("SELECT 1 FROM active_positions WHERE symbol = ?", (symbol,)).fetchone():
+            return "position is active"
+        if conn.execute(
+            "SELECT 1 FROM closed_positions_today WHERE symbol = ? AND close_date = ?",
+            (symbol, today),
+        ).fetchone():
+            return "position was closed today"
+        if conn.execute(
+            "SELECT 1 FROM order_intents WHERE symbol = ? AND side = 'BUY'"
+            " AND state IN ('PENDING_SUBMIT', 'SUBMITTED')",
+            (symbol,),
+        ).fetchone():
+            return "an entry order is already working"
+        return None
+
+    def update_order_intent(
+        self,
+        order_ref: str,
+        state: str,
+        *,
+        ib_order_id: int | None = None,
+        perm_id: int | None = None,
+        filled_quantity: float | None = None,
+        avg_fill_price: float | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """Move an intent to `state` (checked against INTENT_TRANSITIONS) and log the move.
+
+        Repeating the current state only updates the details. Returns the updated row;
+        raises KeyError for an unknown orderRef and IntentTransitionError for an illegal move.
+        """
+        if state not in INTENT_STATES:
+            raise ValueError(f"order state {state!r} unknown; use one of {sorted(INTENT_STATES)}")
+        now = self._now_iso()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT * FROM order_intents WHERE order_ref = ?", (order_ref,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no order intent with orderRef {order_ref!r}")
+            current = row["state"]
+            if state != current and state not in INTENT_TRANSITIONS[current]:
+                raise IntentTransitionError(
+                    f"order {order_ref}: cannot move from {current} to {state}"
+                )
+            conn.execute(
+                "UPDATE order_intents SET state = ?, ib_order_id = coalesce(?, ib_order_id),"
+                " perm_id = coalesce(?, perm_id),"
+                " filled_quantity = coalesce(?, filled_quantity),"
+                " avg_fill_price = coalesce(?, avg_fill_price),"
+                " note = coalesce(?, note), updated_at = ? WHERE order_ref = ?",
+                (
+                    state,
+                    ib_order_id,
+                    perm_id,
+                    filled_quantity,
+                    avg_fill_price,
+                    note,
+                    now,
+                    order_ref,
+                ),
+            )
+            if state != current or note:
+                conn.execute(
+                    "INSERT INTO intent_log (order_ref, at, state, note) VALUES (?, ?, ?, ?)",
+                    (order_ref, now, state, note),
+                )
+            updated = conn.execute(
+                "SELECT * FROM order_intents WHERE order_ref = ?", (order_ref,)
+            ).fetchone()
+            return dict(updated)
+
+    def get_order_intent(self, order_ref: str) -> dict[str, Any] | None:
+        row = self._read("SELECT * FROM order_intents WHERE order_ref = ?", (order_ref,)).fetchone()
+        return dict(row) if row else None
+
+    def get_open_intents(
+        self, symbol: str | None = None, agent: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Intents not yet final (PENDING_SUBMIT or SUBMITTED), optionally for one symbol/agent."""
+        sql = "SELECT * FROM order_intents WHERE state IN ('PENDING_SUBMIT', 'SUBMITTED')"
+        params: list[Any] = []
+        if symbol is not None:
+            sql += " AND symbol = ?"
+            params.append(symbol)
+        if agent is not None:
+            sql += " AND agent = ?"
+            params.append(agent)
+        return _rows(self._read(sql + " ORDER BY id", tuple(params)))
+
+    def get_intents_by_date(self, trade_date: str) -> list[dict[str, Any]]:
+        return _rows(
+            self._read(
+                "SELECT * FROM order_intents WHERE trade_date = ? ORDER BY id", (trade_date,)
+            )
+        )
+
+    def get_intent_log(self, order_ref: str) -> list[dict[str, Any]]:
+        return _rows(
+            self._read("SELECT * FROM intent_log WHERE order_ref = ? ORDER BY id", (order_ref,))
+        )
+
+    # -- heartbeats and flags ---------------------------------------------------------
+    def beat(self, bot: str, state: str, detail: str | None = None, pid: int | None = None) -> None:
+        """Record that `bot` is alive in `state` (real wall time: the supervisor's watchdog)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO heartbeats (bot, pid, beat_at, beat_time, state, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(bot) DO UPDATE SET pid = excluded.pid,"
+                " beat_at = excluded.beat_at, beat_time = excluded.beat_time,"
+                " state = excluded.state, detail = excluded.detail",
+                (bot, pid or os.getpid(), time.time(), self._now_iso(), state, detail),
+            )
+
+    def get_heartbeats(self) -> dict[str, dict[str, Any]]:
+        return {row["bot"]: row for row in _rows(self._read("SELECT * FROM heartbeats"))}
+
+    def set_flag(self, name: str, value: str | None) -> None:
+        """Set (or with None, clear) a named flag such as the entries kill switch."""
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM flags WHERE name = ?", (name,))
+            else:
+                conn.execute(
+                    "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (name, value, self._now_iso()),
+                )
+
+    def get_flag(self, name: str) -> str | None:
+        row = self._read("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- maintenance ---------------------------------------------------------------------
+    def integrity_check(self) -> IntegrityReport:
+        """SQLite's full integrity_check; ok is True only when it answers exactly 'ok'."""
+        result = tuple(str(r[0]) for r in self._read("PRAGMA integrity_check").fetchall())
+        return IntegrityReport(ok=result == ("ok",), messages=result)
+
+    def backup(self, dest_dir: str | Path | None = None, keep_days: int | None = None) -> Path:
+        """Copy the live database with SQLite's online backup API; returns the backup file.
+
+        The file is `<dest>/<stem>_YYYY-MM-DD.db` (trading date); older backups beyond
+        `keep_days` days are deleted. Safe while other processes write.
+        """
+        from core.settings import get_settings
+
+        settings = get_settings()
+        dest = Path(dest_dir) if dest_dir is not None else settings.backup_dir
+        keep = keep_days if keep_days is not None else settings.backup_keep_days
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create backup folder {dest} ({exc.strerror}): set BACKUP_DIR to a "
+                "writable folder"
+            ) from exc
+        target = dest / f"{self.path.stem}_{self._today()}.db"
+        partial = target.with_suffix(".db.partial")
+        try:
+            with sqlite3.connect(partial) as out:
+                self._conn.backup(out, pages=256)
+            out.close()
+            os.replace(partial, target)
+        except sqlite3.Error as exc:
+            partial.unlink(missing_ok=True)
+            raise self._explain(exc) from exc
+        self._prune_backups(dest, keep)
+        return target
+
+    def _prune_backups(self, dest: Path, keep_days: int) -> None:
+        oldest = self.clock.today() - timedelta(days=keep_days)
+        for old in dest.glob(f"{self.path.stem}_????-??-??.db"):
+            try:
+                stamp = date.fromisoformat(old.stem.rsplit("_", 1)[1])
+            except ValueError:
+                continue
+            if stamp < oldest:
+                old.unlink(missing_ok=True)
+
+
+_databases: dict[tuple[int, Path], TradingDatabase] = {}
+_databases_lock = threading.Lock()
+
+
+def get_database(path: str | Path | None = None) -> TradingDatabase:
+    """The process's TradingDatabase for `path` (default: DATABASE_PATH from settings).
+
+    Raises DatabaseError (one line: file and what to do) when the file cannot be used.
+    """
+    if path is None:
+        from core.settings import get_settings
+
+        path = get_settings().database_path
+    resolved = Path(path).expanduser().resolve()
+    key = (os.getpid(), resolved)
+    with _databases_lock:
+        database = _databases.get(key)
+        if database is None:
+            database = TradingDatabase(resolved)
+            database._conn  # open now so a bad file fails here, at startup  # noqa: B018
+            _databases[key] = database
+        return database
+
+
+def _self_check(path: str | None) -> int:
+    database = get_database(path)
+    report = database.integrity_check()
+    print(f"database: {database.path}")
+    print(
+        f"schema version: {database.schema_version()}  integrity: {'ok' if report.ok else report}"
+    )
+    print(
+        f"trading date (New York): {database.clock.today()}  now: {database.clock.now():%H:%M:%S}"
+    )
+    print(f"active positions: {len(database.get_active_positions())}")
+    print(f"closed today: {len(database.get_closed_today())}")
+    print(f"trades today: {len(database.get_trades_by_date(database.clock.today_str()))}")
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check or inspect the trading database.")
+    parser.add_argument("--self-check", action="store_true", help="create/check the database")
+    parser.add_argument("--db", help="database file (default: DATABASE_PATH)")
+    parser.add_argument("--backup", action="store_true", help="write a backup into BACKUP_DIR")
+    args = parser.parse_args(argv)
+    try:
+        if args.backup:
+            print(f"backup written: {get_database(args.db).backup()}")
+            return 0
+        return _self_check(args.db)
+    except DatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "CANCELLED",
+    "EXIT_REASONS",
+    "FILLED",
+    "INTENT_TRANSITIONS",
+    "PENDING_SUBMIT",
+    "REJECTED",
+    "SUBMITTED",
+    "DatabaseError",
+    "IntegrityReport",
+    "IntentTransitionError",
+    "ReentryBlocked",
+    "TradingDatabase",
+    "get_database",
+]
