@@ -185,9 +185,15 @@ def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
 class TradingDatabase:
     """The trading state in one SQLite file; safe to share between processes and threads."""
 
-    def __init__(self, path: str | Path, clock: MarketClock | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: MarketClock | None = None,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.clock = clock or get_clock()
+        self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._checked = False
         self._check_lock = threading.Lock()
@@ -204,9 +210,11 @@ class TradingDatabase:
     def _open(self) -> sqlite3.Connection:
         self._check_file()
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+            )
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise DatabaseError(
@@ -281,7 +289,7 @@ class TradingDatabase:
             )
         if "locked" in lowered or "busy" in lowered:
             return DatabaseError(
-                f"database {self.path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s ({text}): "
+                f"database {self.path} stayed locked for {self.busy_timeout_ms / 1000:g} s ({text}): "
                 "another program holds a long write; close it (e.g. a DB browser) and retry"
             )
         if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:

@@ -73,6 +73,26 @@ class SimulatedTimeSource:
         return cls(real_anchor=time.time(), sim_anchor=sim_start.timestamp(), speed_factor=speed)
 
 
+class ManualTimeSource:
+    """Time that moves only when told to (tests and replays)."""
+
+    def __init__(self, start: datetime | float, speed: float = 1.0) -> None:
+        self._epoch = start.timestamp() if isinstance(start, datetime) else float(start)
+        self._speed = speed
+
+    def epoch(self) -> float:
+        return self._epoch
+
+    def speed(self) -> float:
+        return self._speed
+
+    def set(self, moment: datetime | float) -> None:
+        self._epoch = moment.timestamp() if isinstance(moment, datetime) else float(moment)
+
+    def advance(self, seconds: float) -> None:
+        self._epoch += seconds
+
+
 def write_sim_clock_file(path: str | Path, source: SimulatedTimeSource) -> None:
     """Publish a simulated clock atomically (temp file + rename) so readers never see half a file."""
     path = Path(path)
