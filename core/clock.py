@@ -163,14 +163,19 @@ class FileTimeSource:
 
 @lru_cache(maxsize=1)
 def _calendar():  # type: ignore[no-untyped-def]
+    import warnings
+
     import exchange_calendars as xcals
 
     today = date.today()
-    return xcals.get_calendar(
-        CALENDAR_NAME,
-        start=f"{today.year - 3}-01-01",
-        end=f"{today.year + 2}-12-31",
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas deprecation noise from inside the library
+        calendar = xcals.get_calendar(
+            CALENDAR_NAME,
+            start=f"{today.year - 3}-01-01",
+            end=f"{today.year + 2}-12-31",
+        )
+    return calendar
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""The one clock: calendar facts, close-minus-N, and the simulated clock shared through a file."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+
+from core.clock import (
+    NEW_YORK,
+    ClockError,
+    FileTimeSource,
+    ManualTimeSource,
+    MarketClock,
+    SimulatedTimeSource,
+    read_sim_clock_file,
+    write_sim_clock_file,
+)
+
+
+def at(*args: int) -> datetime:
+    return datetime(*args, tzinfo=NEW_YORK)
+
+
+def test_day_after_thanksgiving_closes_at_13_and_flattens_at_12_45() -> None:
+    clock = MarketClock(ManualTimeSource(at(2026, 11, 27, 12, 0)))
+    session = clock.session(date(2026, 11, 27))
+    assert session is not None and session.is_half_day
+    assert (session.open.hour, session.open.minute) == (9, 30)
+    assert (session.close.hour, session.close.minute) == (13, 0)
+    assert clock.close_minus(15) == at(2026, 11, 27, 12, 45)
+    assert clock.is_before_close_minus(15, at(2026, 11, 27, 12, 44))
+    assert not clock.is_before_close_minus(15, at(2026, 11, 27, 12, 45))
+    assert not clock.is_market_open(at(2026, 11, 27, 13, 0))
+
+
+def test_christmas_and_thanksgiving_are_closed() -> None:
+    clock = MarketClock(ManualTimeSource(at(2026, 12, 25, 10, 0)))
+    assert clock.session() is None
+    assert not clock.is_trading_day()
+    assert not clock.is_market_open()
+    assert clock.close_minus(15) is None
+    assert not clock.is_trading_day(date(2026, 11, 26))
+
+
+def test_regular_day_hours_and_neighbouring_sessions() -> None:
+    clock = MarketClock(ManualTimeSource(at(2026, 11, 25, 9, 29, 59)))
+    assert not clock.is_market_open()
+    assert clock.is_market_open(at(2026, 11, 25, 9, 30))
+    assert clock.is_market_open(at(2026, 11, 25, 15, 59, 59))
+    assert not clock.is_market_open(at(2026, 11, 25, 16, 0))
+    assert clock.next_session().trading_date == date(2026, 11, 27)  # skips Thanksgiving
+    assert clock.previous_session().trading_date == date(2026, 11, 24)
+    assert clock.close_minus(5) == at(2026, 11, 25, 15, 55)
+
+
+def test_simulated_clock_runs_at_its_speed() -> None:
+    source = SimulatedTimeSource(
+        real_anchor=time.time(), sim_anchor=at(2026, 11, 25, 9, 30).timestamp(), speed_factor=60
+    )
+    clock = MarketClock(source)
+    real_start = time.time()
+    first = clock.epoch()
+    time.sleep(0.2)
+    elapsed_real = time.time() - real_start
+    elapsed_sim = clock.epoch() - first
+    assert elapsed_sim == pytest.approx(elapsed_real * 60, rel=0.2)
+    assert clock.real_seconds(60) == pytest.approx(1.0)
+
+
+def test_clock_file_is_followed_by_other_readers_and_updates(tmp_path: Path) -> None:
+    path = tmp_path / "clock.json"
+    write_sim_clock_file(path, SimulatedTimeSource.starting_at(at(2026, 11, 25, 9, 30), speed=1))
+    follower = MarketClock(FileTimeSource(path))
+    assert follower.now().strftime("%H:%M") == "09:30"
+    # The simulator restarts at another time: the follower picks it up.
+    write_sim_clock_file(path, SimulatedTimeSource.starting_at(at(2026, 11, 27, 12, 50), speed=1))
+    deadline = time.monotonic() + 5
+    while follower.today() != date(2026, 11, 27) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert follower.today() == date(2026, 11, 27)
+    assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_malformed_or_missing_clock_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.json"
+    with pytest.raises(ClockError, match=r"absent\.json"):
+        read_sim_clock_file(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"real_anchor": 1}))
+    with pytest.raises(ClockError, match="malformed"):
+        read_sim_clock_file(bad)
+    bad.write_text(json.dumps({"real_anchor": 1, "sim_anchor": 2, "speed": 0}))
+    with pytest.raises(ClockError, match="speed"):
+        read_sim_clock_file(bad)
+
+
+def test_naive_simulated_start_is_refused() -> None:
+    with pytest.raises(ClockError, match="timezone-aware"):
+        SimulatedTimeSource.starting_at(datetime(2026, 11, 25, 9, 30))
