@@ -1,0 +1,236 @@
+"""The order intent protocol (failure modes 1, 11, 13): no order is ever sent twice.
+
+1. `place()` writes an `order_intents` row with a unique orderRef, THEN calls placeOrder.
+2. IB's order events move the intent through PENDING_SUBMIT -> SUBMITTED -> FILLED /
+   CANCELLED / REJECTED (the table in observability.INTENT_TRANSITIONS).
+3. After a timeout, restart or reconnect, `lookup()` finds the order at IB by orderRef
+   (open orders of every client, completed orders, executions) instead of sending it again;
+   `recover()` does that for every open intent of this program. A query that failed gives
+   UNKNOWN, never "not there" (unknown is not empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ib_async import IB, Contract, Fill, Order, OrderStatus, Trade
+
+from core.logs import get_logger
+from observability import (
+    CANCELLED,
+    FILLED,
+    PENDING_SUBMIT,
+    REJECTED,
+    SUBMITTED,
+    IntentTransitionError,
+    TradingDatabase,
+)
+
+_WORKING_STATUSES = frozenset(
+    {OrderStatus.PreSubmitted, OrderStatus.Submitted, OrderStatus.PendingCancel}
+)
+_CANCELLED_STATUSES = frozenset({OrderStatus.Cancelled, OrderStatus.ApiCancelled})
+
+
+def intent_state_for(ib_status: str, filled: float, remaining: float) -> str | None:
+    """The intent state an IB order status means; None when it says nothing new.
+
+    A cancelled order that filled in part stays CANCELLED (the fill is in `filled_quantity`);
+    "Inactive" is IB's word for rejected or held by risk checks.
+    """
+    if ib_status == OrderStatus.Filled or (filled > 0 and remaining <= 0):
+        return FILLED
+    if ib_status in _WORKING_STATUSES:
+        return SUBMITTED
+    if ib_status in _CANCELLED_STATUSES:
+        return CANCELLED
+    if ib_status == OrderStatus.Inactive:
+        return REJECTED
+    return None
+
+
+class LookupStatus(Enum):
+    OPEN = "open"  # working at IB
+    DONE = "done"  # filled, cancelled or rejected at IB
+    NOT_FOUND = "not_found"  # every query answered and none knows the orderRef
+    UNKNOWN = "unknown"  # a query failed: do not act as if the order does not exist
+
+
+@dataclass
+class OrderLookup:
+    status: LookupStatus
+    trade: Trade | None = None
+    fills: list[Fill] = field(default_factory=list)
+
+    @property
+    def filled_quantity(self) -> float:
+        return sum(f.execution.shares for f in self.fills)
+
+    @property
+    def avg_fill_price(self) -> float | None:
+        shares = self.filled_quantity
+        if shares <= 0:
+            return None
+        return sum(f.execution.shares * f.execution.price for f in self.fills) / shares
+
+
+class IntentOrders:
+    """Places orders through the intent protocol and keeps intents in step with IB."""
+
+    def __init__(self, ib: IB, db: TradingDatabase, agent: str, query_timeout: float = 10.0):
+        self.ib = ib
+        self.db = db
+        self.agent = agent
+        self.query_timeout = query_timeout
+        self._log = get_logger(agent)
+        ib.orderStatusEvent += self._on_order_status
+        ib.openOrderEvent += self._on_order_status
+
+    def place(
+        self,
+        contract: Contract,
+        order: Order,
+        *,
+        purpose: str,
+        guard_entry: bool = False,
+        parent_ref: str | None = None,
+    ) -> Trade:
+        """Record the intent, then send the order; returns IB's Trade.
+
+        Raises observability.ReentryBlocked (guard_entry) before anything is sent.
+        """
+        ref = self.db.create_order_intent(
+            contract.symbol,
+            order.action,
+            float(order.totalQuantity),
+            order.orderType,
+            self.agent,
+            limit_price=_price_or_none(order.lmtPrice),
+            stop_price=_price_or_none(order.auxPrice),
+            purpose=purpose,
+            parent_ref=parent_ref,
+            oca_group=order.ocaGroup or None,
+            guard_entry=guard_entry,
+        )
+        order.orderRef = ref
+        trade = self.ib.placeOrder(contract, order)
+        self.db.update_order_intent(ref, PENDING_SUBMIT, ib_order_id=trade.order.orderId)
+        self._log.info(
+            "order_sent",
+            symbol=contract.symbol,
+            order_ref=ref,
+            order_id=trade.order.orderId,
+            action=order.action,
+            quantity=float(order.totalQuantity),
+            order_type=order.orderType,
+            limit=_price_or_none(order.lmtPrice),
+            stop=_price_or_none(order.auxPrice),
+            purpose=purpose,
+        )
+        return trade
+
+    def _on_order_status(self, trade: Trade) -> None:
+        self.sync_intent(trade)
+
+    def sync_intent(self, trade: Trade) -> None:
+        """Move our intent (found by orderRef) to the state IB reports for `trade`."""
+        ref = trade.order.orderRef
+        if not ref:
+            return
+        status = trade.orderStatus
+        state = intent_state_for(status.status, status.filled, status.remaining)
+        if state is None:
+            return
+        intent = self.db.get_order_intent(ref)
+        if intent is None or intent["agent"] != self.agent:
+            return
+        note = None
+        if state == REJECTED or (state == CANCELLED and trade.log):
+            note = trade.log[-1].message or None
+        try:
+            self.db.update_order_intent(
+                ref,
+                state,
+                ib_order_id=trade.order.orderId or None,
+                perm_id=trade.order.permId or status.permId or None,
+                filled_quantity=status.filled,
+                avg_fill_price=status.avgFillPrice or None,
+                note=note,
+            )
+        except IntentTransitionError as exc:
+            self._log.warning("intent_transition_refused", order_ref=ref, error=str(exc))
+
+    async def lookup(self, order_ref: str) -> OrderLookup:
+        """Find an order at IB by orderRef across open orders, completed orders, executions."""
+        try:
+            open_trades, completed, fills = await asyncio.wait_for(
+                asyncio.gather(
+                    self.ib.reqAllOpenOrdersAsync(),
+                    self.ib.reqCompletedOrdersAsync(apiOnly=True),
+                    self.ib.reqExecutionsAsync(),
+                ),
+                self.query_timeout,
+            )
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            self._log.warning("order_lookup_failed", order_ref=order_ref, error=repr(exc))
+            return OrderLookup(LookupStatus.UNKNOWN)
+        return match_order_ref(order_ref, open_trades, completed, fills)
+
+    async def recover(self) -> dict[str, LookupStatus]:
+        """Bring every open intent of this program in line with IB, sending nothing.
+
+        Intents IB never saw (NOT_FOUND) are marked CANCELLED with a note so they may be
+        decided again; UNKNOWN ones are left alone. Returns orderRef -> lookup status.
+        """
+        results: dict[str, LookupStatus] = {}
+        for intent in self.db.get_open_intents(agent=self.agent):
+            ref = intent["order_ref"]
+            found = await self.lookup(ref)
+            results[ref] = found.status
+            if found.status is LookupStatus.UNKNOWN:
+                continue
+            if found.status is LookupStatus.NOT_FOUND:
+                self.db.update_order_intent(ref, CANCELLED, note="not at IB after restart")
+            elif found.trade is not None:
+                self.sync_intent(found.trade)
+            elif found.fills:  # only executions survive (e.g. yesterday's completed list)
+                self.db.update_order_intent(
+                    ref,
+                    FILLED,
+                    filled_quantity=found.filled_quantity,
+                    avg_fill_price=found.avg_fill_price,
+                )
+            self._log.info("intent_recovered", order_ref=ref, status=found.status.value)
+        return results
+
+
+def match_order_ref(
+    order_ref: str,
+    open_trades: Iterable[Trade],
+    completed: Iterable[Trade],
+    fills: Iterable[Fill],
+) -> OrderLookup:
+    """Pure: where `order_ref` appears in IB's answers."""
+    own_fills = [f for f in fills if f.execution.orderRef == order_ref]
+    for trade in open_trades:
+        if trade.order.orderRef == order_ref and not trade.isDone():
+            return OrderLookup(LookupStatus.OPEN, trade, own_fills)
+    for trade in completed:
+        if trade.order.orderRef == order_ref:
+            return OrderLookup(LookupStatus.DONE, trade, own_fills)
+    for trade in open_trades:  # a done trade that came back in the open list
+        if trade.order.orderRef == order_ref:
+            return OrderLookup(LookupStatus.DONE, trade, own_fills)
+    if own_fills:
+        return OrderLookup(LookupStatus.DONE, None, own_fills)
+    return OrderLookup(LookupStatus.NOT_FOUND)
+
+
+def _price_or_none(price: float | None) -> float | None:
+    # ib_async marks an unset price with UNSET_DOUBLE (sys.float_info.max).
+    if price is None or price >= 1e300 or price != price:
+        return None
+    return float(price)
