@@ -38,6 +38,8 @@ BAR_SECONDS = 30
 IB_REALTIME_BAR_SECONDS = 5
 # Block length of the vectorised Wilder smoother: a small matrix product per block of bars.
 _WILDER_BLOCK = 64
+# From this many rows (symbols) a 2-D history is smoothed step by step over time instead.
+_ROWS_FOR_STEPPING = 32
 _NAN = float("nan")
 
 
@@ -173,6 +175,17 @@ def _wilder_smooth(values: np.ndarray, seed: np.ndarray, period: int) -> np.ndar
     lead = values.shape[:-1]
     if count == 0:
         return np.empty(values.shape)
+    if values.ndim == 2 and lead[0] >= _ROWS_FOR_STEPPING:
+        # Many symbols: step through time, vectorised over symbols (TA-Lib's own arithmetic).
+        steps = np.ascontiguousarray(values.T)
+        smoothed_t = np.empty(steps.shape)
+        average = np.array(seed, dtype=float)
+        for k in range(count):
+            average *= period - 1
+            average += steps[k]
+            average /= period
+            smoothed_t[k] = average
+        return smoothed_t.T
     response, carry = _wilder_kernel(period)
     blocks = -(-count // _WILDER_BLOCK)
     padded = np.zeros((*lead, blocks * _WILDER_BLOCK))
@@ -500,7 +513,7 @@ class IndicatorBank:
         volume: np.ndarray,
         updated: np.ndarray | None = None,
     ) -> BankSnapshot:
-        """Returns all symbols' values after a bar for rows `updated`; raises ValueError on bad input.
+        """Returns all symbols' values after a bar for `updated` rows; raises ValueError if bad.
 
         Rows not in `updated` (None = all) keep their state; `time` must increase call to call.
         """
@@ -657,7 +670,7 @@ class BarAggregator:
         return completed
 
     def flush_if_due(self, now: float) -> Bar | None:
-        """Returns the pending bar if its window ended by `now` (last 5-s bar missing), else None."""
+        """Returns the pending bar if its window ended by `now` (last 5-s bar missed), or None."""
         if self._pending is not None and now >= self._pending.time + self.bar_seconds:
             return self._emit()
         return None

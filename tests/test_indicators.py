@@ -166,6 +166,20 @@ def test_batch_accepts_one_row_per_symbol() -> None:
         assert_same(atr(high, low, close)[i], talib.ATR(high[i], low[i], close[i]), TALIB_TOL)
 
 
+def test_batch_of_many_symbols_steps_through_time_and_still_matches_talib() -> None:
+    rows = [
+        random_bars(100 + seed, 150, flat_from=100 if seed % 3 == 0 else None) for seed in range(40)
+    ]
+    close = np.stack([r["close"] for r in rows])
+    high = np.stack([r["high"] for r in rows])
+    low = np.stack([r["low"] for r in rows])
+    batch_rsi, batch_atr = rsi(close), atr(high, low, close)
+    for i in range(len(rows)):
+        assert_same(batch_rsi[i], talib.RSI(close[i]), TALIB_TOL)
+        assert_same(batch_atr[i], talib.ATR(high[i], low[i], close[i]), TALIB_TOL)
+        assert_same(batch_rsi[i], rsi(close[i]), FORMS_TOL)
+
+
 def test_bad_period_and_shapes_raise() -> None:
     with pytest.raises(ValueError):
         rsi(np.arange(20.0), period=1)
