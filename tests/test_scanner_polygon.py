@@ -1,0 +1,586 @@
+"""scanner_polygon, tested through the real `massive` client against a local HTTP server.
+
+The server serves hand-written JSON in the shape of the Massive/Polygon responses
+(tests/data/massive/); the client is pointed at it with its `base` setting. Nothing is mocked
+between the scanner and the HTTP socket. Time is injected: no test sleeps on the rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+import scanner_polygon as sp
+from core.clock import NEW_YORK, MarketClock, SimulatedTimeSource
+
+DATA = Path(__file__).parent / "data" / "massive"
+# Tuesday 2026-11-24 11:00 New York: a regular session; the two before are 11-23 and 11-20.
+SIM_START = datetime(2026, 11, 24, 11, 0, tzinfo=NEW_YORK)
+
+
+def _fixture(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+class FakeMassive:
+    """A local HTTP server answering the Massive REST paths the scanner uses.
+
+    `script[route]` is a queue of (status, body) served before the default 200 fixture;
+    `requests` records (route, path, query, authorization header) in order.
+    """
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[tuple[int, bytes]]] = {}
+        self.requests: list[tuple[str, str, dict[str, list[str]], str]] = []
+        self.on_request = lambda route: None  # test hook, runs in the server thread
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else ~40 ms per response (delayed ACK)
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                route, default = fake.route(url.path, query)
+                fake.requests.append(
+                    (route, url.path, query, self.headers.get("Authorization", ""))
+                )
+                fake.on_request(route)
+                queue = fake.script.get(route)
+                status, body = queue.pop(0) if queue else (200, default)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[str, bytes]:
+        if path == "/v2/snapshot/locale/us/markets/stocks/tickers":
+            return "snapshot", _fixture("snapshot_all.json")
+        if path == "/v2/snapshot/locale/us/markets/stocks/gainers":
+            return "gainers", _fixture("gainers.json")
+        if path.startswith("/v2/aggs/grouped/locale/us/market/stocks/"):
+            return "grouped", _fixture("grouped_daily.json")
+        if path == "/v3/reference/tickers":
+            page = "tickers_cs_page2.json" if "cursor" in query else "tickers_cs_page1.json"
+            return "tickers", _fixture(page)
+        return "unknown", b'{"status":"NOT_FOUND","message":"no such path"}'
+
+    def routes(self) -> list[str]:
+        return [r[0] for r in self.requests]
+
+
+@pytest.fixture
+def massive() -> Iterator[FakeMassive]:
+    fake = FakeMassive()
+    fake.thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+@pytest.fixture
+def clock() -> MarketClock:
+    return MarketClock(SimulatedTimeSource.starting_at(SIM_START, speed=1.0))
+
+
+class FakeTime:
+    """Injected monotonic time: sleeping advances it instantly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)
+
+
+def make_scanner(
+    massive: FakeMassive, clock: MarketClock, fake_time: FakeTime | None = None, **config: object
+) -> sp.MassiveScanner:
+    fake_time = fake_time or FakeTime()
+    return sp.MassiveScanner(
+        "test-key",
+        config=sp.ScanConfig(**{"avg_volume_days": 2, **config}),  # type: ignore[arg-type]
+        clock=clock,
+        base_url=massive.url,
+        limiter=sp.RateLimiter(5, 60.0, time_fn=fake_time.time, sleep_fn=fake_time.sleep),
+        sleep_fn=fake_time.sleep,
+        rng=random.Random(7),
+        timeout_s=2.0,
+    )
+
+
+def scanner_problems(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "scanner" and r.levelno >= logging.WARNING]
+
+
+# ------------------------------------------------------------------ filtering
+
+
+def test_scan_keeps_only_momentum_volume_price_liquidity_common_stock_picks(massive, clock):
+    scanner = make_scanner(massive, clock)
+
+    watchlist = scanner.scan()
+
+    assert watchlist is not None
+    assert watchlist.source == "massive"
+    assert abs(watchlist.timestamp.timestamp() - clock.epoch()) < 5  # exchange time, aware
+    # Ranked by momentum: MOMO 0.98, FALLB 0.85, RUNR 0.83. Rejected: SLOW (momentum),
+    # THIN (volume), PENY (price floor), BIGP (ceiling), DRY (dollar volume), WARW (not CS),
+    # OTCX (OTC), NEWL (no previous close).
+    assert watchlist.symbols == ["MOMO", "FALLB", "RUNR"]
+    momo = watchlist.picks[0]
+    assert momo.momentum == pytest.approx(0.5 * 1.0 + 0.3 * (1.1 / 1.15) + 0.2 * 0.9587, abs=1e-3)
+    assert momo.volume_ratio == pytest.approx(3.0)
+    assert momo.price == 11.0
+    assert momo.change_pct == pytest.approx(10.0)
+
+
+def test_every_pick_carries_its_numbers_as_reason(massive, clock):
+    watchlist = make_scanner(massive, clock).scan()
+
+    assert watchlist is not None
+    momo, fallb, _ = watchlist.picks
+    assert "momentum 0.98>=0.70" in momo.reason
+    assert "chg +10.0%" in momo.reason
+    assert "volume 3.0x 2d-avg>2x" in momo.reason
+    assert "price $11.00" in momo.reason
+    assert "dollar vol $33.0M>=$1M" in momo.reason
+    # FALLB has no grouped-daily rows: the previous day's volume is the basis, and says so.
+    assert "volume 4.0x prev-day>2x" in fallb.reason
+
+
+def test_scan_goes_through_the_client_with_key_and_expected_paths(massive, clock):
+    make_scanner(massive, clock).scan()
+
+    assert massive.routes() == ["tickers", "tickers", "grouped", "grouped", "snapshot"]
+    assert all(auth == "Bearer test-key" for *_, auth in massive.requests)
+    grouped_paths = [path for route, path, _, _ in massive.requests if route == "grouped"]
+    assert grouped_paths == [
+        "/v2/aggs/grouped/locale/us/market/stocks/2026-11-23",
+        "/v2/aggs/grouped/locale/us/market/stocks/2026-11-20",  # skips the weekend
+    ]
+    first_ref_query = massive.requests[0][2]
+    assert first_ref_query["type"] == ["CS"] and first_ref_query["market"] == ["stocks"]
+
+
+def test_reference_and_daily_volumes_are_cached_between_scans(massive, clock):
+    scanner = make_scanner(massive, clock)
+    scanner.scan()
+    massive.requests.clear()
+
+    assert scanner.scan() is not None
+
+    assert massive.routes() == ["snapshot"]  # one request per refresh after the first
+
+
+def test_thresholds_are_configurable(massive, clock):
+    watchlist = make_scanner(massive, clock, min_volume_ratio=1.4, common_stocks_only=False).scan()
+
+    assert watchlist is not None
+    # THIN (1.5x) now passes; WARW passes without the common-stock list; ties rank by volume.
+    assert set(watchlist.symbols) == {"MOMO", "WARW", "THIN", "FALLB", "RUNR"}
+    assert "tickers" not in massive.routes()
+
+
+def test_gainers_universe_uses_the_gainers_snapshot(massive, clock):
+    watchlist = make_scanner(massive, clock, universe="gainers", avg_volume_days=0).scan()
+
+    assert watchlist is not None
+    assert "gainers" in massive.routes() and "snapshot" not in massive.routes()
+    # avg_volume_days=0: previous-day volume basis (MOMO 3.0M / 0.9M = 3.3x)
+    assert watchlist.symbols == ["MOMO", "RUNR"]
+    assert "prev-day" in watchlist.picks[0].reason
+
+
+def test_volume_ratio_must_be_strictly_above_threshold_and_momentum_at_least(massive, clock):
+    # MOMO's ratio is exactly 3.0: a 3.0 threshold rejects it (strict), 2.99 keeps it.
+    assert "MOMO" not in make_scanner(massive, clock, min_volume_ratio=3.0).scan().symbols
+    assert "MOMO" in make_scanner(massive, clock, min_volume_ratio=2.99).scan().symbols
+
+
+def test_pure_scoring_handles_missing_bars_without_picking():
+    snaps = [
+        sp.TickerSnapshot.from_dict({"ticker": "EMPTY"}),
+        sp.TickerSnapshot.from_dict(
+            {"ticker": "ZERO", "day": {"o": 0, "h": 0, "l": 0, "c": 0, "v": 0}}
+        ),
+    ]
+    arrays = sp.snapshot_arrays(snaps, {}, None)
+
+    assert sp.rank_picks(arrays, sp.ScanConfig()) == []
+
+
+def test_bad_config_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="min_price < max_price"):
+        sp.ScanConfig(min_price=10, max_price=5)
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_429_then_200_is_retried_with_backoff(massive, clock):
+    fake_time = FakeTime()
+    massive.script["snapshot"] = [(429, _fixture("error_429.json"))]
+    scanner = make_scanner(massive, clock, fake_time, common_stocks_only=False, avg_volume_days=0)
+
+    watchlist = scanner.scan()
+
+    assert watchlist is not None and watchlist.symbols
+    assert massive.routes() == ["snapshot", "snapshot"]
+    assert len(fake_time.sleeps) == 1 and 1.0 <= fake_time.sleeps[0] <= 2.0  # base 2 s, jitter
+
+
+def test_500s_exhausted_give_none_and_one_log_line(massive, clock, caplog):
+    fake_time = FakeTime()
+    massive.script["snapshot"] = [(500, b'{"status":"ERROR"}')] * 8
+    scanner = make_scanner(massive, clock, fake_time, common_stocks_only=False, avg_volume_days=0)
+
+    first = scanner.scan()
+    second = scanner.scan()  # still failing: no second line
+
+    assert first is None and second is None
+    assert massive.routes() == ["snapshot"] * 8  # 4 bounded attempts per scan
+    problems = scanner_problems(caplog)
+    assert len(problems) == 1
+    assert problems[0].condition == "http" and "HTTP 500" in problems[0].error
+    # exponential backoff with jitter: waits in [1, 2], [2, 4], [4, 8] s (cap doubles)
+    waits = fake_time.sleeps[:3]
+    assert all(2**k <= w <= 2 ** (k + 1) for k, w in enumerate(waits))
+
+
+def test_recovery_is_logged_and_a_new_outage_reported_again(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    massive.script["snapshot"] = [(500, b"{}")] * 4
+    scanner = make_scanner(massive, clock, common_stocks_only=False, avg_volume_days=0)
+    assert scanner.scan() is None
+    assert scanner.scan() is not None
+    massive.script["snapshot"] = [(500, b"{}")] * 4
+
+    assert scanner.scan() is None
+
+    assert len(scanner_problems(caplog)) == 2
+    assert any(getattr(r, "event", "") == "massive_recovered" for r in caplog.records)
+
+
+def test_rejected_key_is_not_retried(massive, clock, caplog):
+    massive.script["snapshot"] = [(403, _fixture("error_403.json"))]
+    scanner = make_scanner(massive, clock, common_stocks_only=False, avg_volume_days=0)
+
+    assert scanner.scan() is None
+
+    assert massive.routes() == ["snapshot"]
+    (problem,) = scanner_problems(caplog)
+    assert problem.condition == "rejected" and "MASSIVE_API_KEY" in problem.error
+
+
+def test_no_key_logs_once_and_sends_no_request(massive, clock, caplog):
+    scanner = sp.MassiveScanner(None, clock=clock, base_url=massive.url)
+
+    assert scanner.scan() is None
+    assert scanner.scan() is None
+
+    assert massive.requests == []
+    (problem,) = scanner_problems(caplog)
+    assert problem.condition == "no_key" and "MASSIVE_API_KEY" in problem.error
+
+
+def test_unreachable_server_gives_none(clock, caplog):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake_time = FakeTime()
+    scanner = sp.MassiveScanner(
+        "test-key",
+        clock=clock,
+        base_url=f"http://127.0.0.1:{port}",
+        limiter=sp.RateLimiter(5, 60, time_fn=fake_time.time, sleep_fn=fake_time.sleep),
+        sleep_fn=fake_time.sleep,
+        timeout_s=1.0,
+    )
+
+    assert scanner.scan() is None
+
+    (problem,) = scanner_problems(caplog)
+    assert problem.condition == "network"
+
+
+def test_secondary_data_rejected_degrades_to_prev_day_volume(massive, clock, caplog):
+    massive.script["grouped"] = [(403, _fixture("error_403.json"))]
+    scanner = make_scanner(massive, clock, common_stocks_only=False)
+
+    watchlist = scanner.scan()
+
+    assert watchlist is not None
+    assert all("prev-day" in p.reason for p in watchlist.picks)
+    (problem,) = scanner_problems(caplog)
+    assert problem.event == "scanner_degraded"
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    return max(sum(1 for u in times if t <= u < t + window) for t in times)
+
+
+def test_limiter_never_allows_more_than_5_in_any_60_seconds():
+    fake_time = FakeTime()
+    limiter = sp.RateLimiter(5, 60.0, time_fn=fake_time.time, sleep_fn=fake_time.sleep)
+    sent = []
+
+    for i in range(23):
+        if i % 4 == 0:
+            fake_time.now += 7.3  # irregular gaps between bursts
+        limiter.acquire()
+        sent.append(fake_time.now)
+
+    assert _max_in_window(sent, 60.0) == 5
+    assert sent[-1] - sent[0] >= 4 * 60.0  # 23 requests need at least 4 full windows
+
+
+def test_scan_requests_respect_the_limit_on_the_wire(massive, clock):
+    fake_time = FakeTime()
+    arrivals: list[float] = []
+    massive.on_request = lambda route: arrivals.append(fake_time.now)
+    massive.script["snapshot"] = [(429, _fixture("error_429.json"))]  # retries count too
+    scanner = make_scanner(massive, clock, fake_time, avg_volume_days=5)
+
+    assert scanner.scan() is not None
+
+    assert len(arrivals) == 2 + 5 + 2  # reference pages, 5 grouped days, snapshot twice
+    assert _max_in_window(arrivals, 60.0) <= 5
+
+
+# ------------------------------------------------------------------ watchlist file
+
+
+def _watchlist(symbols: list[str], clock: MarketClock) -> sp.Watchlist:
+    picks = tuple(sp.Pick(s, 0.8, 2.5, 10.0, 5.0, f"test {s}") for s in symbols)
+    return sp.Watchlist(timestamp=clock.now(), source="massive", picks=picks)
+
+
+def test_write_then_read_round_trips(tmp_path, clock):
+    path = tmp_path / "day_trading_watchlist.json"
+    original = _watchlist(["AAPL", "MSFT"], clock)
+
+    sp.write_watchlist(path, original)
+
+    assert sp.read_watchlist(path) == original
+    payload = json.loads(path.read_text())
+    assert payload["source"] == "massive"
+    assert datetime.fromisoformat(payload["timestamp"]).utcoffset() is not None  # exchange time
+    assert set(payload["picks"][0]) == {
+        "symbol",
+        "momentum",
+        "volume_ratio",
+        "price",
+        "change_pct",
+        "reason",
+    }
+
+
+def test_concurrent_writes_never_show_a_reader_partial_json(tmp_path, clock):
+    path = tmp_path / "day_trading_watchlist.json"
+    sp.write_watchlist(path, _watchlist(["SEED"], clock))
+    big = [f"S{i:04d}" for i in range(400)]  # ~40 kB: a non-atomic write would be seen torn
+    stop = threading.Event()
+    errors: list[str] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                sp.parse_watchlist(json.loads(path.read_text()))
+                reads += 1
+            except ValueError as exc:
+                errors.append(str(exc))
+
+    def writer(n: int) -> None:
+        for k in range(15):
+            sp.write_watchlist(path, _watchlist(big[: 50 + (n * 40 + k) % 350], clock))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+
+    assert errors == []
+    assert reads > 0
+    assert sp.read_watchlist(path).picks  # valid at the end
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left
+
+
+def test_malformed_file_keeps_previous_list_and_logs_once(tmp_path, clock, caplog):
+    path = tmp_path / "day_trading_watchlist.json"
+    store = sp.WatchlistStore(path)
+    sp.write_watchlist(path, _watchlist(["AAPL", "NVDA"], clock))
+    assert store.load().symbols == ["AAPL", "NVDA"]
+
+    path.write_text('{"timestamp": "2026-11-24T11:00:00-05:00", "picks": [')  # torn by hand
+    first = store.load()
+    second = store.load()
+
+    assert first is not None and first.symbols == ["AAPL", "NVDA"]
+    assert first.source == "cache"
+    assert second == first
+    (problem,) = scanner_problems(caplog)
+    assert str(path) in problem.error and "scanner_polygon.py --once" in problem.error
+
+    sp.write_watchlist(path, _watchlist(["TSLA"], clock))
+    assert store.load().symbols == ["TSLA"]
+
+
+def test_wrong_field_types_are_malformed(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "timestamp": "2026-11-24T11:00:00-05:00",
+                "source": "massive",
+                "picks": [{"symbol": "AAPL", "momentum": "high"}],
+            }
+        )
+    )
+
+    with pytest.raises(sp.WatchlistError, match="momentum"):
+        sp.read_watchlist(path)
+
+
+def test_missing_file_gives_none_with_one_line_naming_file(tmp_path, caplog):
+    path = tmp_path / "nowhere" / "day_trading_watchlist.json"
+
+    assert sp.load_watchlist(path) is None
+    assert sp.load_watchlist(path) is None
+
+    (problem,) = scanner_problems(caplog)
+    assert "does not exist" in problem.error and str(path.name) in problem.error
+
+
+def test_fallback_watchlist_from_gateway_symbols(tmp_path, clock):
+    fallback = sp.fallback_watchlist(["aapl", "MSFT", "AAPL", " "], now=clock.now())
+
+    assert fallback.source == "gateway"
+    assert fallback.symbols == ["AAPL", "MSFT"]
+    assert fallback.picks[0].momentum is None  # unknown, not zero
+    path = tmp_path / "w.json"
+    sp.write_watchlist(path, fallback)
+    assert sp.read_watchlist(path) == fallback
+
+
+# ------------------------------------------------------------------ loop and CLI
+
+
+def test_run_forever_refreshes_on_the_accelerated_clock(massive, tmp_path):
+    fast = MarketClock(SimulatedTimeSource.starting_at(SIM_START, speed=9000.0))  # 15 min = 0.1 s
+    scanner = make_scanner(massive, fast, common_stocks_only=False, avg_volume_days=0)
+    path = tmp_path / "day_trading_watchlist.json"
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sp.run_forever(scanner, path, clock=fast, stop=stop))
+        while massive.routes().count("snapshot") < 3:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, timeout=2)
+
+    asyncio.run(asyncio.wait_for(run(), timeout=10))
+
+    written = sp.read_watchlist(path)
+    assert written.symbols[0] == "MOMO" and written.source == "massive"
+    assert written.timestamp > SIM_START  # stamped with the simulated exchange time
+
+
+def test_loop_sleeps_until_the_open_when_closed():
+    before_open = datetime(2026, 11, 24, 8, 0, tzinfo=NEW_YORK)
+    closed = MarketClock(SimulatedTimeSource.starting_at(before_open, speed=1.0))
+
+    pause = sp._seconds_to_next_scan(closed, 900.0, market_hours_only=True)
+
+    assert pause == pytest.approx(900.0)  # never longer than the interval
+    assert sp._seconds_to_next_scan(closed, 3 * 3600.0, True) == pytest.approx(5400, abs=2)
+
+
+@pytest.fixture
+def cli_env(tmp_path, clock, monkeypatch):
+    from core import clock as clock_module
+    from core import settings as settings_module
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    settings = settings_module.load_settings(
+        environ={},
+        dotenv_path=tmp_path / "absent.env",
+        massive_api_key=settings_module.Secret("test-key"),
+        log_dir=tmp_path / "logs",
+        watchlist_path=tmp_path / "day_trading_watchlist.json",
+    )
+    settings_module.set_settings(settings)
+    clock_module.set_clock(clock)
+    yield settings
+    settings_module.set_settings(None)
+    clock_module.set_clock(None)
+    for handler in list(root.handlers):
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_cli_once_prints_picks_and_writes_file(massive, cli_env, capsys):
+    rc = sp.main(["--once", "--base-url", massive.url, "--avg-days", "0", "--no-common-filter"])
+
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "4 picks" in out and "  1 MOMO " in out  # WARW is in: no common-stock filter
+    assert sp.read_watchlist(cli_env.watchlist_path).symbols[0] == "MOMO"
+
+
+def test_cli_bad_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sp.main(["--frobnicate"])
+
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 0 and "--frobnicate" in err and "--help" in err
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sp.main(["--help"])
+
+    assert exit_info.value.code == 0
+    assert "--once" in capsys.readouterr().out
