@@ -40,32 +40,8 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from core.clock import get_clock
+from core.logs import get_logger
 from core.settings import Secret, Settings, get_settings
-
-try:
-    from core.logs import get_logger
-except ImportError:  # core/logs.py is being written; keep its call shape until it lands
-    import logging
-
-    class _EventLogger:
-        def __init__(self, name: str) -> None:
-            self._logger = logging.getLogger(name)
-
-        def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
-            self._logger.log(level, "%s %s", event, json.dumps(fields, default=str))
-
-        def info(self, event: str, **fields: Any) -> None:
-            self._emit(logging.INFO, event, fields)
-
-        def warning(self, event: str, **fields: Any) -> None:
-            self._emit(logging.WARNING, event, fields)
-
-        def error(self, event: str, **fields: Any) -> None:
-            self._emit(logging.ERROR, event, fields)
-
-    def get_logger(name: str) -> Any:  # type: ignore[misc]
-        return _EventLogger(name)
-
 
 log = get_logger("llm")
 

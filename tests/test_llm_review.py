@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import llm_review
+from core.logs import JsonFormatter
 from core.settings import Secret
 from llm_review import Candidate, LLMReviewer, MalformedAnswer, heuristic_opinion, parse_verdict
 
@@ -326,6 +327,35 @@ def test_only_google_key_asks_gemini_directly(providers: FakeProviders) -> None:
     assert providers.requests == {"deepseek": 0, "gemini": 1}
 
 
+def test_base_urls_default_to_the_providers_own() -> None:
+    reviewer = LLMReviewer(
+        deepseek_api_key=Secret(DEEPSEEK_KEY), google_api_key=Secret(GOOGLE_KEY), clock=FakeClock()
+    )
+
+    deepseek, gemini = (reviewer._build_model(p) for p in reviewer.providers)  # no I/O
+
+    assert str(deepseek.root_async_client.base_url).rstrip("/") == "https://api.deepseek.com/v1"
+    assert gemini.base_url == "https://generativelanguage.googleapis.com/"
+
+
+def test_unreachable_provider_fails_fast_instead_of_hanging(providers: FakeProviders) -> None:
+    # 10.x is refused by the socket guard, as a closed network would (but without the hang).
+    reviewer = LLMReviewer(
+        deepseek_api_key=Secret(DEEPSEEK_KEY),
+        google_api_key=Secret(GOOGLE_KEY),
+        deepseek_base_url="http://10.1.2.3:9/v1",
+        gemini_base_url="http://10.1.2.3:9/",
+        clock=FakeClock(),
+        budget_s=3.0,
+    )
+
+    opinion = asyncio.run(reviewer.review(GOOD))
+
+    assert opinion.source == "heuristic"
+    assert "deepseek: " in opinion.reason and "gemini: " in opinion.reason
+    assert opinion.latency_s < 3.0
+
+
 # -- secrets, loop, errors -------------------------------------------------------------------
 
 
@@ -342,8 +372,11 @@ def test_keys_never_reach_the_logs_even_when_the_server_echoes_them(
     asyncio.run(reviewer.review(Candidate("MSFT", 420.0, 418.0, 60.0, 1.2, 0.5, 2.0)))
 
     out, err = capfd.readouterr()
-    logged = caplog.text + out + err + opinion.reason
-    assert "llm_provider_failed" in logged and "llm_veto" in logged  # logs were captured
+    # Render records as the run file would, so event fields (error, reason) are checked too.
+    as_json = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    logged = as_json + caplog.text + out + err + opinion.reason
+    assert '"event": "llm_provider_failed"' in as_json and '"event": "llm_veto"' in as_json
+    assert '"error": "HTTP 500' in as_json  # the echoing error body itself was logged
     assert providers.requests["deepseek"] == 2
     for key in (DEEPSEEK_KEY, GOOGLE_KEY):
         assert key not in logged
