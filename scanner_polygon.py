@@ -60,6 +60,7 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 
 from core.clock import MarketClock, get_clock
 from core.logs import get_logger
+from core.settings import Settings
 
 log = get_logger("scanner")
 
@@ -191,8 +192,10 @@ class SnapshotArrays:
     eligible: np.ndarray  # bool: not OTC, and a common stock when the list is known
 
 
-def _positive(value: float | None) -> float:
-    return float(value) if value is not None and value > 0 else math.nan
+def _positive(column: np.ndarray) -> np.ndarray:
+    """Prices must be > 0: zero (pre-market day bars) and missing become NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.where(column > 0, column, np.nan)
 
 
 def snapshot_arrays(
@@ -203,58 +206,58 @@ def snapshot_arrays(
     """Parse `TickerSnapshot` objects into arrays in one pass.
 
     Last price: last trade, else the last minute bar's close, else the day bar's close.
+    Average volume: `avg_volume[symbol]`, else the previous day's volume (flagged).
     `common_stocks` None means the type is unknown: every non-OTC ticker stays eligible.
     """
-    n = len(snapshots)
-    cols = np.full((9, n), np.nan)
-    symbols = np.empty(n, dtype=object)
-    prev_day_basis = np.zeros(n, dtype=bool)
-    eligible = np.zeros(n, dtype=bool)
     avg_volume = avg_volume or {}
-    for i, snap in enumerate(snapshots):
-        symbol = snap.ticker or ""
-        symbols[i] = symbol
+    symbols: list[str] = []
+    rows: list[tuple[Any, ...]] = []
+    eligible: list[bool] = []
+    # One tuple per ticker, converted once: per-element numpy writes cost ~3x more.
+    for snap in snapshots:
         day, prev, minute, trade = snap.day, snap.prev_day, snap.min, snap.last_trade
-        last = math.nan
-        if trade is not None:
-            last = _positive(trade.price)
-        if math.isnan(last) and minute is not None:
-            last = _positive(minute.close)
-        if math.isnan(last) and day is not None:
-            last = _positive(day.close)
-        cols[0, i] = last
-        otc = False
-        if day is not None:
-            cols[2, i] = _positive(day.high)
-            cols[3, i] = _positive(day.low)
-            cols[4, i] = day.volume if day.volume is not None else math.nan
-            otc = bool(day.otc)
-        if prev is not None:
-            cols[1, i] = _positive(prev.close)
-        if minute is not None:
-            cols[5, i] = _positive(minute.open)
-            cols[6, i] = _positive(minute.close)
-            otc = otc or bool(minute.otc)
-        average = avg_volume.get(symbol)
-        if average is None or not average > 0:
-            average = prev.volume if prev is not None and prev.volume else math.nan
-            prev_day_basis[i] = True
-        cols[7, i] = average
-        eligible[i] = (
+        symbol = snap.ticker or ""
+        otc = bool(day and day.otc) or bool(minute and minute.otc)
+        symbols.append(symbol)
+        eligible.append(
             bool(symbol) and not otc and (common_stocks is None or symbol in common_stocks)
         )
+        rows.append(
+            (
+                trade.price if trade else None,
+                minute.close if minute else None,
+                day.close if day else None,
+                prev.close if prev else None,
+                day.high if day else None,
+                day.low if day else None,
+                day.volume if day else None,
+                minute.open if minute else None,
+                avg_volume.get(symbol),
+                prev.volume if prev else None,
+            )
+        )
+    cols = np.array(rows, dtype=float).reshape(len(rows), 10).T  # None -> NaN
+    trade_price, minute_close, day_close = _positive(cols[0]), _positive(cols[1]), cols[2]
+    last = np.where(
+        np.isfinite(trade_price),
+        trade_price,
+        np.where(np.isfinite(minute_close), minute_close, _positive(day_close)),
+    )
+    with np.errstate(invalid="ignore"):
+        has_average = cols[8] > 0
+        prev_volume = np.where(cols[9] > 0, cols[9], np.nan)
     return SnapshotArrays(
-        symbols=symbols,
-        last=cols[0],
-        prev_close=cols[1],
-        day_high=cols[2],
-        day_low=cols[3],
-        day_volume=cols[4],
-        minute_open=cols[5],
-        minute_close=cols[6],
-        avg_volume=cols[7],
-        avg_is_prev_day=prev_day_basis,
-        eligible=eligible,
+        symbols=np.array(symbols, dtype=object),
+        last=last,
+        prev_close=_positive(cols[3]),
+        day_high=_positive(cols[4]),
+        day_low=_positive(cols[5]),
+        day_volume=cols[6],
+        minute_open=_positive(cols[7]),
+        minute_close=minute_close,
+        avg_volume=np.where(has_average, cols[8], prev_volume),
+        avg_is_prev_day=~has_average,
+        eligible=np.array(eligible, dtype=bool),
     )
 
 
@@ -618,7 +621,8 @@ class MassiveScanner:
         self._degraded_today: set[tuple[date, str]] = set()
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> MassiveScanner:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> MassiveScanner:
+        """A scanner using the settings' MASSIVE_API_KEY (or POLYGON_API_KEY), None if unset."""
         key = settings.massive_api_key.reveal() if settings.massive_api_key else None
         return cls(key, **kwargs)
 
@@ -832,6 +836,8 @@ async def run_forever(
                 await asyncio.to_thread(refresh_watchlist, scanner, path)
             except OSError as exc:  # the file could not be written; keep scanning
                 log.error("watchlist_write_failed", path=str(path), error=str(exc))
+            except Exception:  # a bug or an odd response must not end the refreshes
+                log.exception("scan_crashed", path=str(path))
         pause = clock.real_seconds(_seconds_to_next_scan(clock, interval_s, market_hours_only))
         with contextlib.suppress(TimeoutError):  # the pause ended without a stop
             await asyncio.wait_for(stop.wait(), timeout=pause)
