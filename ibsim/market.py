@@ -102,16 +102,19 @@ class MarketConfig:
             )
         if self.replay_path is not None:
             replay_format(self.replay_path)
+        clock = MarketClock()
         try:
-            session = MarketClock().session(day)
-        except Exception as exc:  # the calendar only covers a few years around today
+            session = clock.session(day)
+            next_session = None if session else clock.next_session(day).trading_date
+        except Exception as exc:  # exchange_calendars raises its own types out of range
             raise ValueError(
-                f"trading_date {day} is outside the XNYS calendar ({exc}); pick a recent date"
+                f"trading_date {day} is outside the XNYS calendar core.clock loads "
+                "(3 years back to 2 years ahead); pick a date in that range"
             ) from exc
         if session is None:
             raise ValueError(
                 f"trading_date {day} is not an XNYS session (weekend or holiday); "
-                "pick a trading day such as the next session after it"
+                f"pick a trading day such as {next_session}"
             )
 
 
@@ -236,11 +239,16 @@ class Market:
             names = config.symbol_names or generate_tickers(config.symbols, config.seed)
             names, prev_closes = self._build_synthetic(config, tuple(names))
         self.symbols: dict[str, SymbolSpec] = {}
+        con_ids: set[int] = set()
         for name, prev_close in zip(names, prev_closes, strict=True):
             rng = np.random.Generator(np.random.PCG64(_symbol_seed(config.seed, name)))
+            con_id = con_id_for(name)
+            while con_id in con_ids:  # a hash collision (about 1 in 10^6 universes)
+                con_id += 1
+            con_ids.add(con_id)
             self.symbols[name] = SymbolSpec(
                 symbol=name,
-                con_id=con_id_for(name),
+                con_id=con_id,
                 primary_exchange=_exchange_for(name),
                 min_tick=MIN_TICK,
                 prev_close=prev_close,

@@ -90,19 +90,29 @@ def read_replay_frame(path: str | Path) -> pd.DataFrame:
 
 
 def _to_epoch_seconds(column: pd.Series, path: str | Path) -> pd.Series:
-    """Epoch seconds from numbers (already epoch seconds) or ISO strings (naive = New York)."""
+    """Epoch seconds from numbers (epoch s, ms, us or ns) or ISO strings (naive = New York)."""
     if pd.api.types.is_numeric_dtype(column):
-        return column.astype("float64")
-    try:
-        stamps = pd.to_datetime(column.astype(str), format="ISO8601")
-    except (ValueError, TypeError):
-        try:  # mixed UTC offsets parse only as UTC
-            stamps = pd.to_datetime(column.astype(str), format="ISO8601", utc=True)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(
-                f"replay file {path}: column time is neither epoch seconds nor ISO 8601 ({exc}); "
-                "write times like 2026-03-16T09:30:00-04:00"
-            ) from exc
+        seconds = column.astype("float64")
+        # Exporters differ in units; today's epoch is ~1.8e9 s, so larger numbers are finer units.
+        magnitude = float(seconds.abs().max()) if len(seconds) else 0.0
+        for limit, divisor in ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3)):
+            if magnitude > limit:
+                return seconds / divisor
+        return seconds
+    if pd.api.types.is_datetime64_any_dtype(column):  # Parquet keeps real timestamps
+        stamps = column
+    else:
+        try:
+            stamps = pd.to_datetime(column.astype(str), format="ISO8601")
+        except (ValueError, TypeError):
+            try:  # mixed UTC offsets parse only as UTC
+                stamps = pd.to_datetime(column.astype(str), format="ISO8601", utc=True)
+            except (ValueError, TypeError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(
+                    f"replay file {path}: column time is neither epoch seconds nor ISO 8601 "
+                    f"({reason}); write times like 2026-03-16T09:30:00-04:00"
+                ) from exc
     if stamps.dt.tz is None:
         stamps = stamps.dt.tz_localize(NEW_YORK)
     return (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
@@ -179,9 +189,10 @@ def _interpolate_bars(
         segment = np.clip(np.searchsorted(knots_x, k, side="right") - 1, 0, 2)
         weight = (k - knots_x[segment]) / (knots_x[segment + 1] - knots_x[segment])
         path = knots_y[:, segment] + (knots_y[:, segment + 1] - knots_y[:, segment]) * weight
-    else:  # too short to visit four points: open first, close last
+    else:  # too short to visit four points: open first (unless 1 s long), close last
         path = np.repeat(knots_y[:, [3]], length, axis=1)
-        path[:, 0] = knots_y[:, 0]
+        if length > 1:
+            path[:, 0] = knots_y[:, 0]
     # Volume: an even share per second, the remainder first to the key seconds so they trade.
     bar_volume = np.maximum(rows["volume"].to_numpy(dtype=np.float64), 0).astype(np.int64)
     rank = np.full(length, 4 + k)

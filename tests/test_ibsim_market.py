@@ -308,18 +308,19 @@ def recorded_bars() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["symbol", "time", "open", "high", "low", "close", "volume"])
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_replay_round_trips_the_recorded_bars(tmp_path: Path, fmt: str) -> None:
+@pytest.mark.parametrize("variant", ["csv-iso-naive", "parquet-epoch", "parquet-datetime-utc"])
+def test_replay_round_trips_the_recorded_bars(tmp_path: Path, variant: str) -> None:
     recorded = recorded_bars()
-    path = tmp_path / f"day.{fmt}"
-    if fmt == "csv":  # ISO times without zone are New York time
-        iso = recorded.assign(time=[datetime.fromtimestamp(t, NEW_YORK).strftime("%Y-%m-%d %H:%M:%S")
-                                    for t in recorded["time"]])  # fmt: skip
-        iso.to_csv(path, index=False)
+    path = tmp_path / f"day.{variant.split('-')[0]}"
+    if variant == "csv-iso-naive":  # ISO times without a zone are New York time
+        stamps = [datetime.fromtimestamp(t, NEW_YORK).strftime("%Y-%m-%d %H:%M:%S")
+                  for t in recorded["time"]]  # fmt: skip
+        recorded.assign(time=stamps).to_csv(path, index=False)
+    elif variant == "parquet-epoch":
+        prev_close = np.where(recorded["symbol"] == "AAPL", 179.0, np.nan)
+        recorded.assign(prev_close=prev_close).to_parquet(path)
     else:
-        recorded.assign(
-            prev_close=np.where(recorded["symbol"] == "AAPL", 179.0, np.nan)
-        ).to_parquet(path)
+        recorded.assign(time=pd.to_datetime(recorded["time"], unit="s", utc=True)).to_parquet(path)
     market = Market(MarketConfig(DAY, replay_path=str(path)))
     assert sorted(market.symbols) == ["AAPL", "XYZ"]
     market.advance(at(DAY, 16, 0))
@@ -329,11 +330,11 @@ def test_replay_round_trips_the_recorded_bars(tmp_path: Path, fmt: str) -> None:
                            columns=["time", "open", "high", "low", "close", "volume"])  # fmt: skip
         want = rows[["time", "open", "high", "low", "close", "volume"]].reset_index(drop=True)
         pd.testing.assert_frame_equal(got, want, check_dtype=False)
-        expected_prev = 179.0 if (fmt == "parquet" and symbol == "AAPL") else rows["open"].iloc[0]
-        assert market.previous_close(symbol) == expected_prev
+        given = variant == "parquet-epoch" and symbol == "AAPL"
+        assert market.previous_close(symbol) == (179.0 if given else rows["open"].iloc[0])
         q = market.quote(symbol)
         assert q.last == rows["close"].iloc[-1] and q.volume == rows["volume"].sum()
-        assert q.open == rows["open"].iloc[5] and q.bid < q.ask
+        assert q.open == rows["open"].iloc[5] and q.bid < q.ask  # first bar from 09:30
 
 
 def test_replay_with_bad_columns_names_the_file_and_the_fix(tmp_path: Path) -> None:
