@@ -1,0 +1,71 @@
+"""GatewayConfig: every knob of the simulated gateway, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time
+
+from core.clock import NEW_YORK, MarketClock, SystemTimeSource
+
+SERVER_VERSION = 176
+
+
+class ConfigError(ValueError):
+    """A gateway setting is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    port: int = 4002  # 0 = a free loopback port
+    account: str = "DU1234567"
+    symbols: int = 50
+    symbol_names: tuple[str, ...] | None = None
+    seed: int = 7
+    replay_path: str | None = None
+    trading_date: date | None = None  # None: today in New York, or the next session
+    start: time = time(9, 25)
+    speed: float = 1.0
+    steps_per_second: float = 20.0
+    clock_file: str | None = None
+    control_port: int | None = None  # None: no HTTP control interface; 0 = a free port
+    market_data_subscribed: bool = True  # False: 354 / 162 / 420 like an unsubscribed account
+    pacing: bool = False  # enforce IB's small-bar historical pacing (error 162)
+    no_shorting: bool = True  # cash account: a SELL below zero shares is rejected (201)
+    check_buying_power: bool = True
+    initial_cash: float = 100_000.0
+    commission_per_share: float = 0.005
+    commission_min: float = 1.0
+    slippage_ticks: int = 0
+    partial_fills: bool = False
+    master_client_id: int | None = None  # receives every client's order events
+    portfolio_refresh_s: float = 180.0  # simulated seconds between updatePortfolio refreshes
+    max_clients: int = 32
+    first_order_id: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} must be 0..65535")
+        if self.speed <= 0:
+            raise ConfigError(f"speed {self.speed} must be > 0")
+        if not 0.5 <= self.steps_per_second <= 1000:
+            raise ConfigError(f"steps_per_second {self.steps_per_second} must be 0.5..1000")
+        if not self.account or "," in self.account:
+            raise ConfigError(f"account {self.account!r} must be one non-empty account id")
+        if self.symbols < 1 and not self.symbol_names:
+            raise ConfigError("symbols must be >= 1")
+        if self.initial_cash < 0 or self.commission_per_share < 0 or self.commission_min < 0:
+            raise ConfigError("cash and commissions must be >= 0")
+
+    def resolved_date(self) -> date:
+        """The trading date to simulate. Raises ConfigError when it is not an XNYS session."""
+        clock = MarketClock(SystemTimeSource())
+        day = self.trading_date
+        if day is None:
+            today = clock.today()
+            return today if clock.is_trading_day(today) else clock.next_session(today).trading_date
+        if not clock.is_trading_day(day):
+            raise ConfigError(f"{day} is not an XNYS trading day; pick a session date")
+        return day
+
+    def start_datetime(self) -> datetime:
+        return datetime.combine(self.resolved_date(), self.start, NEW_YORK)

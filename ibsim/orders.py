@@ -1,0 +1,236 @@
+"""Order and execution records, the order state transition table, and fill-price rules.
+
+Pure data and pure functions: the engine (`ibsim.engine`) owns the books and the events.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT", "TRAIL"})
+TIFS = frozenset({"DAY", "IOC", "GTC"})
+STOP_TYPES = frozenset({"STP", "STP LMT", "TRAIL"})
+
+
+class OrderState(enum.Enum):
+    """Server-side life of an order; `.ib_status` is what orderStatus reports."""
+
+    HELD = "PendingSubmit"  # transmit=False: kept until its bracket is transmitted
+    PRE_SUBMITTED = "PreSubmitted"  # accepted, not yet working (untriggered stop, child)
+    SUBMITTED = "Submitted"  # working at the exchange
+    FILLED = "Filled"
+    CANCELLED = "Cancelled"
+    REJECTED = "Inactive"
+
+    @property
+    def ib_status(self) -> str:
+        return "Cancelled" if self is OrderState.REJECTED else self.value
+
+    @property
+    def is_done(self) -> bool:
+        return self in DONE_STATES
+
+
+DONE_STATES = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED})
+
+# Every legal move; anything else is a bug in the engine (asserted in `SimOrder.move_to`).
+# A working order may stay in its state (modify) and a cancelled order cannot fill here
+# because cancels are applied synchronously in the engine loop.
+TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
+    OrderState.HELD: frozenset(
+        {OrderState.HELD, OrderState.PRE_SUBMITTED, OrderState.SUBMITTED, OrderState.CANCELLED}
+        | {OrderState.REJECTED}
+    ),
+    OrderState.PRE_SUBMITTED: frozenset(
+        {OrderState.PRE_SUBMITTED, OrderState.SUBMITTED, OrderState.FILLED}
+        | {OrderState.CANCELLED, OrderState.REJECTED}
+    ),
+    OrderState.SUBMITTED: frozenset(
+        {OrderState.SUBMITTED, OrderState.PRE_SUBMITTED, OrderState.FILLED}
+        | {OrderState.CANCELLED, OrderState.REJECTED}
+    ),
+    OrderState.FILLED: frozenset(),
+    OrderState.CANCELLED: frozenset(),
+    OrderState.REJECTED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class OrderLogEntry:
+    """One state change of an order (append-only), stamped with simulated time."""
+
+    time: float
+    state: OrderState
+    note: str = ""
+
+
+@dataclass(eq=False)  # identity semantics: orders live in sets and books
+class SimOrder:
+    order_id: int
+    client_id: int
+    perm_id: int
+    account: str
+    symbol: str
+    con_id: int
+    exchange: str
+    action: str  # BUY / SELL
+    total_qty: float
+    order_type: str
+    lmt_price: float | None
+    aux_price: float | None
+    tif: str
+    oca_group: str
+    oca_type: int
+    order_ref: str
+    transmit: bool
+    parent_id: int
+    outside_rth: bool
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    state: OrderState = OrderState.HELD
+    filled: float = 0.0
+    avg_fill_price: float = 0.0
+    last_fill_price: float = 0.0
+    triggered: bool = False
+    commission_paid: float = 0.0
+    completed_time: float | None = None
+    log: list[OrderLogEntry] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.total_qty - self.filled)
+
+    @property
+    def is_buy(self) -> bool:
+        return self.action == "BUY"
+
+    def move_to(self, state: OrderState, now: float, note: str = "") -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"order {self.order_id}: {self.state.name} -> {state.name}")
+        self.state = state
+        self.log.append(OrderLogEntry(now, state, note))
+        if state.is_done:
+            self.completed_time = now
+
+    def apply_fill(self, qty: float, price: float) -> None:
+        total = self.filled + qty
+        self.avg_fill_price = (self.avg_fill_price * self.filled + price * qty) / total
+        self.filled = total
+        self.last_fill_price = price
+
+
+@dataclass(frozen=True)
+class Execution:
+    exec_id: str
+    time: float
+    order_id: int
+    client_id: int
+    perm_id: int
+    account: str
+    symbol: str
+    con_id: int
+    side: str  # BOT / SLD
+    shares: float
+    price: float
+    cum_qty: float
+    avg_price: float
+    order_ref: str
+    commission: float
+    realized_pnl: float | None  # None on an opening fill (IB sends the unset double)
+    exchange: str = "ISLAND"
+
+
+class BookQuote(Protocol):
+    """The quote fields fill rules read (ibsim.market.Quote satisfies it)."""
+
+    bid: float
+    ask: float
+    last: float
+    bid_size: float
+    ask_size: float
+
+
+def update_trail(order: SimOrder, last: float) -> None:
+    """Move a TRAIL order's stop with the last price (never against the position)."""
+    if order.order_type != "TRAIL" or last <= 0:
+        return
+    if order.trailing_percent:
+        offset = last * order.trailing_percent / 100.0
+    else:
+        offset = order.aux_price or 0.0
+    if order.is_buy:
+        candidate = last + offset
+        if order.trail_stop_price is None or candidate < order.trail_stop_price:
+            order.trail_stop_price = candidate
+    else:
+        candidate = last - offset
+        if order.trail_stop_price is None or candidate > order.trail_stop_price:
+            order.trail_stop_price = candidate
+
+
+def stop_price(order: SimOrder) -> float | None:
+    if order.order_type == "TRAIL":
+        return order.trail_stop_price
+    return order.aux_price
+
+
+def is_triggered(order: SimOrder, last: float) -> bool:
+    """Stops trigger on the last trade price reaching the stop."""
+    stop = stop_price(order)
+    if stop is None or last <= 0:
+        return False
+    return last >= stop if order.is_buy else last <= stop
+
+
+def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: int) -> float | None:
+    """The price this order fills at against `quote` now, or None when it cannot fill.
+
+    Market (and triggered stop) orders take the far side plus slippage; limits fill when the
+    book crosses them, at the book price (which is never worse than the limit), or at the
+    limit when the last trade went through it.
+    """
+    market_like = order.order_type in {"MKT", "STP", "TRAIL"}
+    if order.order_type in STOP_TYPES and not order.triggered:
+        return None
+    if order.is_buy:
+        if quote.ask <= 0:
+            return None
+        if market_like:
+            return round(quote.ask + slippage_ticks * tick, 6)
+        limit = order.lmt_price
+        if limit is None:
+            return None
+        if quote.ask <= limit:
+            return quote.ask
+        if 0 < quote.last < limit:
+            return limit
+        return None
+    if quote.bid <= 0:
+        return None
+    if market_like:
+        return round(max(tick, quote.bid - slippage_ticks * tick), 6)
+    limit = order.lmt_price
+    if limit is None:
+        return None
+    if quote.bid >= limit:
+        return quote.bid
+    if quote.last > limit:
+        return limit
+    return None
+
+
+def available_size(order: SimOrder, quote: BookQuote) -> float:
+    """Shares the displayed book offers this order now (for partial fills)."""
+    size = quote.ask_size if order.is_buy else quote.bid_size
+    return max(1.0, float(size or 0))
+
+
+def commission_for(shares: float, value: float, per_share: float, minimum: float) -> float:
+    """IB fixed pricing: per share, a per-order minimum, capped at 1% of the trade value."""
+    return round(min(max(shares * per_share, minimum), max(value * 0.01, minimum)), 4)
