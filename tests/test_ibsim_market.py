@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time as pytime
 from datetime import date, datetime, time
 from pathlib import Path
 
@@ -85,11 +86,22 @@ def test_a_symbol_keeps_its_path_in_a_larger_universe() -> None:
     small = Market(MarketConfig(DAY, symbols=3, seed=5))
     large = Market(MarketConfig(DAY, symbols=8, seed=5))
     assert list(large.symbols)[:3] == list(small.symbols)
-    # The smallest universe may promote one symbol to a gapper; compare the others.
     for market in (small, large):
         market.advance(at(DAY, 11, 0))
-    same = [s for s in small.symbols if small.quote(s).prev_close == large.quote(s).prev_close]
-    assert same == list(small.symbols)
+    # A universe without a natural gapper promotes one symbol; every other path is shared.
+    same = [s for s in small.symbols if repr(small.quote(s)) == repr(large.quote(s))]
+    assert len(same) >= len(small.symbols) - 1
+
+
+def test_build_and_whole_day_advance_are_cheap() -> None:
+    # CPU time, not wall time, so a busy machine does not make this flaky.
+    started = pytime.process_time()
+    market = Market(MarketConfig(DAY, symbols=50, seed=21))
+    built = pytime.process_time()
+    market.advance(at(DAY, 20, 0))  # 57,600 seconds in one call
+    advanced = pytime.process_time()
+    assert built - started < 2.0
+    assert advanced - built < 0.1
 
 
 def test_universe_is_plausible(closed_market: Market) -> None:
@@ -194,8 +206,8 @@ def test_30s_bar_close_is_the_last_at_its_end_and_volumes_add_up() -> None:
 def test_some_symbols_gap_up_5pct_at_4am_and_hold_it_into_the_open(closed_market: Market) -> None:
     gappers = []
     for symbol, spec in closed_market.symbols.items():
-        first_print = closed_market.bars(symbol, at(DAY, 4, 0), at(DAY, 9, 30), 1)[0]
-        gap_at_4 = first_print.time == at(DAY, 4, 0) and first_print.open >= 1.05 * spec.prev_close
+        print_at_4 = closed_market.bars(symbol, at(DAY, 4, 0), at(DAY, 4, 0, 1), 1)
+        gap_at_4 = bool(print_at_4) and print_at_4[0].open >= 1.05 * spec.prev_close
         if gap_at_4 and closed_market.quote(symbol).open >= 1.05 * spec.prev_close:
             gappers.append(symbol)
     assert 2 <= len(gappers) <= 15
