@@ -1,0 +1,321 @@
+"""The exit manager's pure rules: reconciliation plan, protective set, exit decisions, EOD."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pytest
+
+from core.clock import NEW_YORK, ManualTimeSource, MarketClock
+from exit_rules import (
+    PURPOSE_BOT_STOP,
+    PURPOSE_BOT_TARGET,
+    BrokerPosition,
+    DayPhase,
+    ExitConfig,
+    RejectTracker,
+    StampedQuote,
+    WorkingOrder,
+    average_price,
+    day_phase,
+    exit_decision,
+    exit_limit_price,
+    exit_reason_for,
+    held_position,
+    plan_reconciliation,
+    protective_orders,
+    quote_fault,
+    target_touch_time,
+)
+
+CONFIG = ExitConfig()
+US = 10  # our client id
+
+
+def _row(symbol: str, qty: int = 100, entry: float = 100.0, **extra: object) -> dict:
+    row = {
+        "symbol": symbol,
+        "quantity": qty,
+        "entry_price": entry,
+        "profit_target_price": None,
+        "stop_loss_price": None,
+        "agent": "day_trader",
+    }
+    row.update(extra)
+    return row
+
+
+def _sell(symbol: str, kind: str, qty: float, price: float, oca: str = "g1", client: int = US):
+    return WorkingOrder(
+        symbol=symbol,
+        order_id=hash((symbol, kind, oca)) % 1000,
+        client_id=client,
+        perm_id=0,
+        action="SELL",
+        order_type=kind,
+        quantity=qty,
+        limit_price=price if kind == "LMT" else None,
+        stop_price=price if kind == "STP" else None,
+        oca_group=oca,
+        order_ref=f"exit_manager-{symbol}-{kind}-{oca}",
+    )
+
+
+def _quote(last: float, at: float = 1000.0, bid: float | None = None, data_type: int = 1):
+    return StampedQuote(
+        "AAPL", last, bid if bid is not None else last - 0.01, last + 0.01, at, data_type
+    )
+
+
+# -- prices -------------------------------------------------------------------------------
+def test_prices_from_entry_use_target_stop_and_a_lower_backstop():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    assert (pos.target_price, pos.stop_price, pos.backstop_price) == (101.8, 99.1, 98.6)
+    assert pos.agent == "adopted"
+
+
+def test_database_prices_win_over_broker_average_cost():
+    row = _row("AAPL", entry=50.0, profit_target_price=51.0, stop_loss_price=49.5)
+    pos = held_position("AAPL", 100, 50.37, CONFIG, db_row=row)
+    assert (pos.entry_price, pos.target_price, pos.stop_price) == (50.0, 51.0, 49.5)
+    assert pos.backstop_price < pos.stop_price
+    assert pos.agent == "day_trader"
+
+
+def test_prices_round_to_the_contracts_tick():
+    pos = held_position("XYZ", 10, 123.456, CONFIG, tick=0.05)
+    for price in (pos.target_price, pos.stop_price, pos.backstop_price):
+        assert abs(price / 0.05 - round(price / 0.05)) < 1e-9
+
+
+def test_protective_pair_is_one_oca_group_of_type_1_for_the_quantity():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    target, backstop = protective_orders(pos, 100, "oca-1", CONFIG)
+    assert (target.orderType, target.lmtPrice, backstop.orderType, backstop.auxPrice) == (
+        "LMT",
+        101.8,
+        "STP",
+        98.6,
+    )
+    for order in (target, backstop):
+        assert (order.action, order.totalQuantity, order.ocaGroup, order.ocaType) == (
+            "SELL",
+            100,
+            "oca-1",
+            1,
+        )
+        assert order.tif == "GTC"
+
+
+def test_exit_limit_gets_worse_with_each_attempt_and_stays_on_the_tick():
+    quote = _quote(99.0, bid=98.99)
+    first = exit_limit_price(quote, 1, CONFIG, 0.01)
+    second = exit_limit_price(quote, 2, CONFIG, 0.01)
+    assert first is not None and second is not None
+    assert second < first <= 98.99
+    assert exit_limit_price(None, 1, CONFIG, 0.01) is None
+
+
+# -- reconciliation -------------------------------------------------------------------------
+def test_broker_position_unknown_to_database_is_adopted_and_protected():
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)], [], [], config=CONFIG, our_client_id=US
+    )
+    assert [p.symbol for p in plan.adopt] == ["AAPL"]
+    assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 100)]
+
+
+def test_database_row_not_at_broker_is_closed_as_reconcile_and_orphan_sells_cancelled():
+    orphan = _sell("MSFT", "STP", 50, 90.0)
+    plan = plan_reconciliation(
+        [],
+        [_row("MSFT", 50)],
+        [orphan],
+        config=CONFIG,
+        our_client_id=US,
+        last_prices={"MSFT": 91.0},
+    )
+    assert [(c.symbol, c.exit_price, c.reason) for c in plan.close] == [("MSFT", 91.0, "RECONCILE")]
+    assert plan.cancel == (orphan,)
+    assert not plan.protect
+
+
+def test_young_entry_is_neither_adopted_nor_closed():
+    plan = plan_reconciliation(
+        [BrokerPosition("NEW", 10, 5.0)],
+        [_row("ROW", 10)],
+        [],
+        config=CONFIG,
+        our_client_id=US,
+        young={"NEW", "ROW"},
+    )
+    assert plan.deferred == ("NEW",)
+    assert not plan.adopt and not plan.close and not plan.protect
+
+
+def test_exactly_one_correct_set_is_kept():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    orders = [
+        _sell("AAPL", "LMT", 100, pos.target_price),
+        _sell("AAPL", "STP", 100, pos.backstop_price),
+    ]
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)],
+        [_row("AAPL")],
+        orders,
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert plan.keep == ("AAPL",) and not plan.cancel and not plan.protect
+
+
+def test_duplicate_sets_are_cancelled_and_replaced_by_one():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    orders = [
+        _sell("AAPL", "LMT", 100, pos.target_price, "g1"),
+        _sell("AAPL", "STP", 100, pos.backstop_price, "g1"),
+        _sell("AAPL", "STP", 100, pos.backstop_price, "g2"),
+    ]
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)],
+        [_row("AAPL")],
+        orders,
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert set(plan.cancel) == set(orders)
+    assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 100)]
+
+
+def test_partial_fill_resizes_row_and_protective_set_to_broker_quantity():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    orders = [_sell("AAPL", "LMT", 100, pos.target_price)]
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 60, 100.0)],
+        [_row("AAPL", 100)],
+        orders,
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert plan.resize == (("AAPL", 60),)
+    assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 60)]
+    assert plan.cancel == tuple(orders)
+
+
+def test_other_clients_sells_reduce_what_we_protect_so_we_never_oversell():
+    foreign = _sell("AAPL", "LMT", 40, 105.0, "x", client=2)
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)],
+        [_row("AAPL")],
+        [foreign],
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 60)]
+    assert foreign not in plan.cancel
+    assert plan.alerts
+
+
+def test_short_position_is_alerted_and_our_sells_cancelled():
+    ours = _sell("AAPL", "STP", 10, 90.0)
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", -10, 100.0)], [], [ours], config=CONFIG, our_client_id=US
+    )
+    assert plan.cancel == (ours,) and not plan.protect and "SHORT" in plan.alerts[0]
+
+
+def test_busy_and_blocked_symbols_get_no_new_orders():
+    positions = [BrokerPosition("BUSY", 10, 10.0), BrokerPosition("BLK", 10, 10.0)]
+    rows = [_row("BUSY", 10, 10.0), _row("BLK", 10, 10.0)]
+    plan = plan_reconciliation(
+        positions, rows, [], config=CONFIG, our_client_id=US, busy={"BUSY"}, blocked={"BLK"}
+    )
+    assert not plan.protect and not plan.cancel
+
+
+# -- quotes and decisions -------------------------------------------------------------------------
+def test_stale_delayed_and_missing_quotes_are_faults():
+    assert quote_fault(None, 0, CONFIG) == "no_quote"
+    assert quote_fault(_quote(100, at=0), CONFIG.stale_tick_seconds + 1, CONFIG) == "stale"
+    assert quote_fault(_quote(100, at=0, data_type=3), 0, CONFIG) == "delayed"
+    assert (
+        quote_fault(_quote(100, at=0, data_type=3), 0, ExitConfig(allow_delayed_data=True)) is None
+    )
+    assert quote_fault(_quote(float("nan"), at=0), 0, CONFIG) == "no_price"
+
+
+def test_stop_fires_at_or_below_the_bot_stop_only():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    assert exit_decision(pos, _quote(99.11), 1000, CONFIG, market_open=True) is None
+    action = exit_decision(pos, _quote(99.1), 1000, CONFIG, market_open=True)
+    assert (
+        action is not None and action.purpose == PURPOSE_BOT_STOP and action.reason == "STOP_LOSS"
+    )
+
+
+def test_no_action_on_stale_price_or_outside_regular_hours():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    old = _quote(90.0, at=0)
+    assert (
+        exit_decision(pos, old, CONFIG.stale_tick_seconds + 0.5, CONFIG, market_open=True) is None
+    )
+    assert exit_decision(pos, _quote(90.0), 1000, CONFIG, market_open=False) is None
+
+
+def test_target_touched_sells_only_after_the_grace_when_the_limit_did_not_fill():
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    quote = _quote(102.0)
+    touched = target_touch_time(pos, quote, None, 1000)
+    assert touched == 1000
+    assert (
+        exit_decision(pos, quote, 1001, CONFIG, market_open=True, target_touched_at=touched) is None
+    )
+    action = exit_decision(
+        pos,
+        quote,
+        1000 + CONFIG.target_fill_grace_s,
+        CONFIG,
+        market_open=True,
+        target_touched_at=touched,
+    )
+    assert action is not None and action.purpose == PURPOSE_BOT_TARGET
+    assert target_touch_time(pos, _quote(101.0), touched, 1005) is None
+
+
+# -- end of day -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("trading_day", "clock_time", "phase"),
+    [
+        (date(2026, 11, 27), "12:44:59", DayPhase.REGULAR),  # half day: 13:00 close
+        (date(2026, 11, 27), "12:45:00", DayPhase.FLATTEN),
+        (date(2026, 11, 27), "12:55:00", DayPhase.SWEEP),
+        (date(2026, 11, 27), "13:00:00", DayPhase.CLOSED),
+        (date(2026, 11, 25), "15:44:00", DayPhase.REGULAR),
+        (date(2026, 11, 25), "15:45:00", DayPhase.FLATTEN),
+        (date(2026, 11, 25), "09:29:00", DayPhase.CLOSED),
+        (date(2026, 11, 26), "11:00:00", DayPhase.CLOSED),  # Thanksgiving
+    ],
+)
+def test_day_phase_follows_the_exchange_calendar(trading_day, clock_time, phase):
+    hour, minute, second = map(int, clock_time.split(":"))
+    now = datetime(
+        trading_day.year, trading_day.month, trading_day.day, hour, minute, second, tzinfo=NEW_YORK
+    )
+    clock = MarketClock(ManualTimeSource(now))
+    assert day_phase(now, clock.session(trading_day), CONFIG) is phase
+
+
+# -- rejects and fills ------------------------------------------------------------------------------
+def test_reject_tracker_gives_up_once_at_the_limit():
+    tracker = RejectTracker(limit=3)
+    assert [tracker.record("AAPL") for _ in range(4)] == [False, False, True, False]
+    assert tracker.is_blocked("AAPL") and not tracker.is_blocked("MSFT")
+
+
+def test_exit_reason_and_average_price():
+    assert exit_reason_for("PROTECT_TARGET") == "PROFIT_TARGET"
+    assert exit_reason_for("PROTECT_STOP") == "STOP_LOSS"
+    assert exit_reason_for("EOD_FLATTEN") == "EOD"
+    assert exit_reason_for(None) == "MANUAL"
+    assert average_price([(60, 10.0), (40, 11.0)]) == pytest.approx(10.4)
+    assert average_price([]) is None
