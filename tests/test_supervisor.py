@@ -1,0 +1,410 @@
+"""Supervisor process management on tiny fake bots: order, restarts, hangs, crash loops, lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+import supervisor as sup
+from core.clock import NEW_YORK, ManualTimeSource, MarketClock
+from core.settings import PROJECT_ROOT
+from observability import TradingDatabase
+
+FAKE_BOT = textwrap.dedent(
+    """
+    import argparse, os, signal, sys, time
+    sys.path.insert(0, os.environ["PROJECT_ROOT"])
+    from observability import TradingDatabase
+    p = argparse.ArgumentParser()
+    p.add_argument("--name"); p.add_argument("--db")
+    p.add_argument("--state", default="RECONCILED")
+    p.add_argument("--ready-after", type=float, default=0.0)
+    p.add_argument("--die-after", type=float, default=None)
+    p.add_argument("--hang-after", type=float, default=None)
+    p.add_argument("--exit-code", type=int, default=1)
+    p.add_argument("--mark", default=None)
+    a, _ = p.parse_known_args()
+    stop = False
+    def on_term(*_):
+        global stop
+        stop = True
+    signal.signal(signal.SIGTERM, on_term)
+    if a.mark:
+        with open(a.mark, "a") as f:
+            f.write(f"{os.getpid()} start {time.time()}\\n")
+    db = TradingDatabase(a.db)
+    t0 = time.time()
+    while not stop:
+        age = time.time() - t0
+        if a.die_after is not None and age > a.die_after:
+            sys.exit(a.exit_code)
+        if a.hang_after is None or age < a.hang_after:
+            db.beat(a.name, a.state if age >= a.ready_after else "CONNECTING")
+        time.sleep(0.05)
+    if a.mark:
+        with open(a.mark, "a") as f:
+            f.write(f"{os.getpid()} stop {time.time()}\\n")
+    """
+)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Deadline-based wait: polls `condition` until true or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def fake_bot(tmp_path: Path) -> Path:
+    script = tmp_path / "fake_bot.py"
+    script.write_text(FAKE_BOT)
+    return script
+
+
+@pytest.fixture
+def wall_db(tmp_path: Path) -> TradingDatabase:
+    """A database on the wall clock (heartbeats are wall time)."""
+    database = TradingDatabase(tmp_path / "sup.db", clock=MarketClock())
+    yield database
+    database.close()
+
+
+def spec(fake_bot: Path, db: TradingDatabase, name: str, *extra: str, **kw) -> sup.BotSpec:
+    argv = (sys.executable, str(fake_bot), "--name", name, "--db", str(db.path), *extra)
+    return sup.BotSpec(name, argv, env={"PROJECT_ROOT": str(PROJECT_ROOT)}, **kw)
+
+
+FAST = sup.WatchdogPolicy(
+    poll_seconds=0.05,
+    stale_after_s=1.0,
+    startup_grace_s=3.0,
+    backoff_initial_s=0.2,
+    backoff_max_s=1.0,
+    crash_loop_max=3,
+    crash_loop_window_s=30.0,
+    stop_timeout_s=3.0,
+    status_every_s=3600.0,
+)
+
+
+def make(db: TradingDatabase, specs: list[sup.BotSpec], **kw) -> sup.Supervisor:
+    printed: list[str] = []
+    supervisor = sup.Supervisor(db, specs, FAST, print_status=printed.append, **kw)
+    supervisor.printed = printed  # type: ignore[attr-defined]
+    return supervisor
+
+
+def drive(supervisor: sup.Supervisor, condition: Callable[[], bool], timeout: float, what: str):
+    def step() -> bool:
+        supervisor.poll_once()
+        return condition()
+
+    wait_for(step, timeout, what)
+
+
+def test_day_trader_waits_until_exit_manager_reconciled(fake_bot, wall_db):
+    supervisor = make(
+        wall_db,
+        [
+            spec(
+                fake_bot,
+                wall_db,
+                "exit_manager",
+                "--ready-after",
+                "1.0",
+                critical=True,
+                ready_states=frozenset({"RECONCILED"}),
+            ),
+            spec(fake_bot, wall_db, "day_trader", "--state", "SCANNING"),
+        ],
+    )
+    em, dt = supervisor.bots["exit_manager"], supervisor.bots["day_trader"]
+    try:
+        supervisor.poll_once()
+        assert em.is_alive() and dt.process is None
+        drive(
+            supervisor,
+            lambda: wall_db.get_heartbeats().get("exit_manager", {}).get("state") == "CONNECTING",
+            10,
+            "exit manager beating CONNECTING",
+        )
+        supervisor.poll_once()
+        assert dt.process is None, "day trader started before the exit manager reconciled"
+        drive(supervisor, lambda: dt.process is not None, 10, "day trader start")
+        assert wall_db.get_heartbeats()["exit_manager"]["state"] == "RECONCILED"
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_dead_exit_manager_restarts_at_once_day_trader_with_backoff(fake_bot, wall_db):
+    supervisor = make(
+        wall_db,
+        [
+            spec(fake_bot, wall_db, "exit_manager", critical=True),
+            spec(fake_bot, wall_db, "day_trader"),
+        ],
+    )
+    em, dt = supervisor.bots["exit_manager"], supervisor.bots["day_trader"]
+    try:
+        drive(supervisor, lambda: em.state == sup.RUNNING and dt.process is not None, 10, "start")
+        drive(supervisor, lambda: dt.state == sup.RUNNING, 10, "day trader running")
+        em_pid, dt_pid = em.pid, dt.pid
+        psutil.Process(em_pid).kill()
+        psutil.Process(dt_pid).kill()
+        wait_for(lambda: not em.is_alive() and not dt.is_alive(), 5, "both dead")
+        supervisor.poll_once()
+        # Exit manager: started again in the same pass. Day trader: waits for its backoff.
+        assert em.is_alive() and em.pid != em_pid and em.restarts == 1
+        assert dt.process is None and dt.next_start_at > time.time()
+        drive(supervisor, lambda: dt.is_alive(), 10, "day trader restarted after backoff")
+        assert dt.restarts == 1 and dt.pid != dt_pid
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_alive_but_silent_bot_is_killed_and_restarted(fake_bot, wall_db):
+    supervisor = make(
+        wall_db, [spec(fake_bot, wall_db, "exit_manager", "--hang-after", "0.5", critical=True)]
+    )
+    em = supervisor.bots["exit_manager"]
+    try:
+        drive(supervisor, lambda: em.state == sup.RUNNING, 10, "running")
+        first = em.process
+        drive(supervisor, lambda: em.restarts >= 1, 15, "hung bot restarted")
+        assert first is not None and first.poll() is not None, "the hung process was stopped"
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_crash_loop_is_capped_and_reported_not_spun_forever(fake_bot, wall_db):
+    supervisor = make(
+        wall_db,
+        [
+            spec(fake_bot, wall_db, "exit_manager", critical=True),
+            spec(fake_bot, wall_db, "day_trader", "--die-after", "0.1"),
+        ],
+    )
+    dt = supervisor.bots["day_trader"]
+    try:
+        drive(supervisor, lambda: dt.state == sup.GAVE_UP, 20, "day trader given up")
+        assert dt.restarts == FAST.crash_loop_max
+        assert supervisor.fatal is None, "a crash-looping day trader must not stop protection"
+        assert supervisor.bots["exit_manager"].is_alive()
+        supervisor.maybe_status(force=True)
+        assert "GAVE_UP" in supervisor.printed[-1]
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_exit_manager_crash_loop_stops_day_trader_and_run_returns_3(fake_bot, wall_db):
+    supervisor = make(
+        wall_db, [spec(fake_bot, wall_db, "exit_manager", "--die-after", "0.1", critical=True)]
+    )
+    assert supervisor.run() == 3
+    assert supervisor.bots["exit_manager"].state == sup.GAVE_UP
+
+
+def test_stop_all_stops_day_trader_before_exit_manager(fake_bot, wall_db, tmp_path):
+    mark = tmp_path / "marks.txt"
+    supervisor = make(
+        wall_db,
+        [
+            spec(fake_bot, wall_db, "exit_manager", "--mark", str(mark), critical=True),
+            spec(fake_bot, wall_db, "day_trader", "--mark", str(mark)),
+        ],
+    )
+    drive(supervisor, lambda: supervisor.bots["day_trader"].state == sup.RUNNING, 10, "both up")
+    em_pid, dt_pid = supervisor.bots["exit_manager"].pid, supervisor.bots["day_trader"].pid
+    supervisor.stop_all("test")
+    stops = [line.split() for line in mark.read_text().splitlines() if " stop " in line]
+    assert [int(pid) for pid, _, _ in stops] == [dt_pid, em_pid], "both stop cleanly, in order"
+
+
+def test_sigterm_stops_children_cleanly(fake_bot, tmp_path):
+    """A real supervisor process on fake bots: SIGTERM stops both children, removes the lock."""
+    db_path = tmp_path / "proc.db"
+    runner = tmp_path / "run_sup.py"
+    runner.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(PROJECT_ROOT)!r})
+            import supervisor as sup
+            from observability import get_database
+            db = get_database({str(db_path)!r})
+            lock = sup.SupervisorLock(sup.lock_path_for(db.path))
+            lock.acquire()
+            env = {{"PROJECT_ROOT": {str(PROJECT_ROOT)!r}}}
+            argv = lambda n: (sys.executable, {str(fake_bot)!r}, "--name", n, "--db", str(db.path))
+            specs = [sup.BotSpec("exit_manager", argv("exit_manager"), critical=True, env=env),
+                     sup.BotSpec("day_trader", argv("day_trader"), env=env)]
+            s = sup.Supervisor(db, specs, sup.WatchdogPolicy(poll_seconds=0.1), lock=lock,
+                               backup_dir={str(tmp_path / "archive")!r})
+            sup.install_signal_handlers(s)
+            try:
+                sys.exit(s.run())
+            finally:
+                lock.release()
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(runner)], cwd=PROJECT_ROOT)
+    lock_file = sup.lock_path_for(db_path.resolve())
+    children: list[int] = []
+
+    def both_running() -> bool:
+        payload = sup.read_lock(lock_file) or {}
+        bots = payload.get("bots") or {}
+        if all(bots.get(n, {}).get("state") == sup.RUNNING for n in ("exit_manager", "day_trader")):
+            children[:] = [bots[n]["pid"] for n in ("exit_manager", "day_trader")]
+            return True
+        return False
+
+    try:
+        wait_for(both_running, 30, "both fake bots running under the supervisor")
+        status = sup.status_from_files(TradingDatabase(db_path, clock=MarketClock()), lock_file)
+        assert "RUNNING" in status and str(children[0]) in status
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(psutil.pid_exists(pid) for pid in children)
+        assert not lock_file.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_second_supervisor_refuses_while_first_lives(tmp_path):
+    lock_file = tmp_path / "db.supervisor.lock"
+    first = sup.SupervisorLock(lock_file)
+    assert first.acquire() == []
+    with pytest.raises(sup.LockHeld, match=str(os.getpid())):
+        sup.SupervisorLock(lock_file).acquire()
+    first.release()
+    assert not lock_file.exists()
+
+
+def test_stale_lock_of_dead_process_is_taken_over_and_orphans_returned(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_file = tmp_path / "db.supervisor.lock"
+    orphan = {"name": "exit_manager", "pid": 999_999_999, "create_time": 1.0}
+    lock_file.write_text(
+        f'{{"pid": {dead.pid}, "create_time": 1.0, "bots": {{"exit_manager": '
+        f'{{"name": "exit_manager", "pid": {orphan["pid"]}, "create_time": 1.0}}}}}}'
+    )
+    lock = sup.SupervisorLock(lock_file)
+    orphans = lock.acquire()
+    assert [o["pid"] for o in orphans] == [orphan["pid"]]
+    assert sup.read_lock(lock_file)["pid"] == os.getpid()
+    sup.stop_orphans(orphans)  # a pid that does not exist is skipped quietly
+    lock.release()
+
+
+def test_reused_pid_in_lock_is_not_mistaken_for_a_live_supervisor(tmp_path):
+    """Our own pid with another start time: the old holder is dead, its pid reused."""
+    lock_file = tmp_path / "db.supervisor.lock"
+    lock_file.write_text(f'{{"pid": {os.getpid()}, "create_time": 12345.0, "bots": {{}}}}')
+    lock = sup.SupervisorLock(lock_file)
+    lock.acquire()
+    assert sup.read_lock(lock_file)["create_time"] != 12345.0
+    lock.release()
+
+
+def test_orphan_bot_of_dead_supervisor_is_stopped(tmp_path):
+    orphan = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sup.stop_orphans(
+            [{"name": "exit_manager", "pid": orphan.pid, "create_time": orphan.create_time()}],
+            timeout=5,
+        )
+        assert not psutil.pid_exists(orphan.pid)
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+def test_daily_reset_clears_old_closed_rows_and_backs_up_once_per_day(tmp_path):
+    source = ManualTimeSource(datetime(2026, 11, 24, 15, 0, tzinfo=NEW_YORK))
+    db = TradingDatabase(tmp_path / "t.db", clock=MarketClock(source))
+    db.add_active_position("AAPL", 10, 100.0, 101.8, 99.1)
+    db.remove_active_position("AAPL", 101.8, "PROFIT_TARGET")
+    supervisor = make(db, [], backup_dir=tmp_path / "archive")
+    assert supervisor.daily_reset_if_new_day() is True  # first look at 11-24
+    assert len(db.get_closed_today()) == 1, "a mid-day restart must keep today's closed rows"
+    assert (tmp_path / "archive" / "t_2026-11-24.db").exists()
+    assert supervisor.daily_reset_if_new_day() is False
+
+    source.set(datetime(2026, 11, 25, 8, 0, tzinfo=NEW_YORK))
+    assert supervisor.daily_reset_if_new_day() is True
+    assert db.was_closed_today("AAPL") is False
+    source.set(datetime(2026, 11, 24, 15, 0, tzinfo=NEW_YORK))
+    assert db.get_closed_today() == [], "yesterday's closed row was cleared"
+    source.set(datetime(2026, 11, 25, 9, 0, tzinfo=NEW_YORK))
+    assert (tmp_path / "archive" / "t_2026-11-25.db").exists()
+    # A new supervisor the same day does not redo it (the date is kept in the database).
+    assert make(db, [], backup_dir=tmp_path / "archive").daily_reset_if_new_day() is False
+    # Thanksgiving: not a trading day, nothing happens.
+    source.set(datetime(2026, 11, 26, 9, 0, tzinfo=NEW_YORK))
+    assert supervisor.daily_reset_if_new_day() is False
+
+
+def test_status_block_shows_bots_positions_and_pnl(db):
+    db.add_active_position("MSFT", 5, 400.0, 407.2, 396.4)
+    db.add_active_position("AAPL", 10, 100.0, 101.8, 99.1)
+    db.remove_active_position("AAPL", 101.8, "PROFIT_TARGET")
+    me = psutil.Process()
+    bots = {
+        "exit_manager": {
+            "pid": me.pid,
+            "create_time": me.create_time(),
+            "state": sup.RUNNING,
+            "started_at": time.time() - 125,
+            "restarts": 2,
+        },
+        "day_trader": {"pid": None, "state": sup.STOPPED, "restarts": 0},
+    }
+    text = sup.render_status(db, bots, time.time())
+    assert "exit_manager" in text and "RUNNING" in text and str(me.pid) in text
+    assert "2m0" in text  # uptime
+    assert "STOPPED" in text
+    assert "active positions: 1" in text and "MSFT" in text
+    assert "closed today: 1" in text and "+1.80%" in text and "$+18.00" in text
+
+
+def test_judge_heartbeat_ignores_beats_from_an_earlier_process():
+    policy = sup.WatchdogPolicy(stale_after_s=10, startup_grace_s=30)
+    old = {"pid": 111, "beat_at": 1000.0, "state": "RECONCILED"}
+    verdict = sup.judge_heartbeat(old, {222}, started_at=1005.0, now=1006.0, policy=policy)
+    assert verdict.state is None and verdict.fresh  # in grace, not "ready" from the old beat
+    late = sup.judge_heartbeat(old, {222}, started_at=1005.0, now=1040.0, policy=policy)
+    assert not late.fresh
+    own = {"pid": 222, "beat_at": 1010.0, "state": "RECONCILED"}
+    assert sup.judge_heartbeat(own, {222}, 1005.0, 1015.0, policy).fresh
+    assert not sup.judge_heartbeat(own, {222}, 1005.0, 1021.0, policy).fresh
+
+
+def test_status_cli_without_supervisor(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "supervisor.py", "--status", "--db", str(tmp_path / "x.db")],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LOG_DIR": str(tmp_path / "logs")},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "no supervisor running" in out.stdout and "active positions: 0" in out.stdout
