@@ -1,0 +1,297 @@
+"""The day trader's entry rules: pure functions of one symbol's data, the book and the time.
+
+No I/O and no clock reads: the caller passes `now`, the session and every number, so the same
+code decides live, on the simulated gateway and in a replay. Every decision carries the rule
+values it was taken on (`EntryDecision.values`) so a day can be analysed from the logs.
+
+Rules (issue 6):
+  standard    last > VWAP, RSI < 60, ATR% >= 0.3
+  gap_and_go  pre-market gap >= 5% vs the previous close, RSI < 60 (VWAP not needed)
+Both also need: no kill switch, under max open positions, daily loss limit not hit, regular
+hours before close - 15 min, the symbol not active / closed today / with a working entry,
+live (not delayed) and fresh data, and the indicators they use past their warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from core.clock import Session
+
+BAR_SECONDS = 30
+LIVE_DATA_TYPES = frozenset({1})  # IB marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed frozen
+DELAYED_DATA_TYPES = frozenset({3, 4})
+
+STANDARD = "standard"
+GAP_AND_GO = "gap_and_go"
+
+# Reasons, stable strings for log analysis.
+KILL_SWITCH = "kill_switch"
+DAILY_LOSS_LIMIT = "daily_loss_limit"
+MAX_OPEN_POSITIONS = "max_open_positions"
+MARKET_CLOSED = "market_closed"
+AFTER_ENTRY_CUTOFF = "after_entry_cutoff"
+POSITION_ACTIVE = "position_active"
+CLOSED_TODAY = "closed_today"
+ENTRY_WORKING = "entry_working"
+NO_QUOTE = "no_quote"
+DELAYED_DATA = "delayed_data"
+STALE_QUOTE = "stale_quote"
+STALE_BARS = "stale_bars"
+WARMING_UP = "warming_up"
+NO_SIGNAL = "no_signal"
+ENTER = "enter"
+
+
+@dataclass(frozen=True)
+class EntryConfig:
+    """Thresholds of the rules; `from_settings` takes the risk limits from core.settings."""
+
+    rsi_max: float = 60.0
+    atr_pct_min: float = 0.3
+    gap_min_pct: float = 5.0
+    entry_cutoff_minutes: float = 15.0  # no new entries from close - this
+    stale_seconds: float = 30.0  # market seconds a quote may be old
+    allow_delayed_data: bool = False
+    max_open_positions: int = 4
+    daily_loss_limit_pct: float = 2.0  # of net liquidation
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> EntryConfig:
+        values: dict[str, Any] = {
+            "entry_cutoff_minutes": settings.eod_flatten_minutes,
+            "stale_seconds": settings.stale_tick_seconds,
+            "allow_delayed_data": settings.allow_delayed_data,
+            "max_open_positions": settings.max_open_positions,
+            "daily_loss_limit_pct": settings.daily_loss_limit_pct,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SymbolSnapshot:
+    """What the trader knows about one symbol at one moment; nan = unknown.
+
+    `quote_time` is the market-clock epoch of the last tick the trader received (stamped on
+    arrival, since IB's tick times are wall time); `bar_time` the start of the latest
+    completed 30-s bar. `rsi_bars` / `atr_bars`: bars each indicator still needs.
+    """
+
+    symbol: str
+    last: float = math.nan
+    bid: float = math.nan
+    ask: float = math.nan
+    vwap: float = math.nan
+    rsi: float = math.nan
+    atr_pct: float = math.nan
+    prev_close: float = math.nan
+    gap_pct: float = math.nan
+    market_data_type: int = 0  # 0 = not known yet
+    quote_time: float = math.nan
+    bar_time: float = math.nan
+    rsi_bars: int = 14
+    atr_bars: int = 14
+    vwap_has_volume: bool = False
+
+
+@dataclass(frozen=True)
+class BookState:
+    """The book as the database and the account show it, read once per analysis cycle.
+
+    `open_positions` counts active positions plus working entry orders (each takes a slot).
+    `day_pnl` is today's realised plus unrealised P&L in dollars (nan = unknown);
+    `kill_switch` the reason entries are halted, or None.
+    """
+
+    active_symbols: frozenset[str] = frozenset()
+    closed_today: frozenset[str] = frozenset()
+    working_entries: frozenset[str] = frozenset()
+    open_positions: int = 0
+    day_pnl: float = 0.0
+    net_liquidation: float = math.nan
+    kill_switch: str | None = None
+
+
+class EntryDecision(NamedTuple):
+    """One decision: `enter` with the `rule` that fired, or not with the first failing reason."""
+
+    symbol: str
+    enter: bool
+    rule: str | None
+    reason: str
+    values: Mapping[str, Any]
+
+    def log_fields(self) -> dict[str, Any]:
+        """The decision as flat JSON-ready fields for `log.info("entry_decision", ...)`."""
+        return {
+            "symbol": self.symbol,
+            "decision": ENTER if self.enter else "skip",
+            "rule": self.rule,
+            "reason": self.reason,
+            **{k: _rounded(v) for k, v in self.values.items()},
+        }
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 4)
+    return value
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+def entry_cutoff(session: Session, cutoff_minutes: float) -> datetime:
+    """Returns the moment new entries stop: the session's close minus `cutoff_minutes`."""
+    return session.close - timedelta(minutes=cutoff_minutes)
+
+
+def entry_window_problem(
+    now: datetime, session: Session | None, cutoff_minutes: float
+) -> str | None:
+    """Returns why entries are not allowed at `now` (market closed / after cutoff), or None.
+
+    Half days work through the calendar: a 13:00 close stops entries at 12:45.
+    """
+    if session is None or not session.open <= now < session.close:
+        return MARKET_CLOSED
+    if now >= entry_cutoff(session, cutoff_minutes):
+        return AFTER_ENTRY_CUTOFF
+    return None
+
+
+# -- risk and book -----------------------------------------------------------------------------
+
+
+def risk_problem(book: BookState, config: EntryConfig) -> str | None:
+    """Returns why no new entry may be opened at all (kill switch, limits), or None.
+
+    These halt entries only; exits are the exit manager's and never pass through here.
+    """
+    if book.kill_switch:
+        return KILL_SWITCH
+    limit = daily_loss_limit_usd(book.net_liquidation, config.daily_loss_limit_pct)
+    # Unknown P&L or net liquidation: we cannot show the limit is not hit, so no entry.
+    if not math.isfinite(limit) or not math.isfinite(book.day_pnl) or book.day_pnl <= -limit:
+        return DAILY_LOSS_LIMIT
+    if book.open_positions >= config.max_open_positions:
+        return MAX_OPEN_POSITIONS
+    return None
+
+
+def daily_loss_limit_usd(net_liquidation: float, limit_pct: float) -> float:
+    """Returns the dollar loss that halts entries for the day (nan when net liq is unknown)."""
+    if not math.isfinite(net_liquidation) or net_liquidation <= 0:
+        return math.nan
+    return net_liquidation * limit_pct / 100.0
+
+
+def symbol_problem(symbol: str, book: BookState) -> str | None:
+    """Returns why this symbol may not be entered (active, closed today, entry working)."""
+    if symbol in book.active_symbols:
+        return POSITION_ACTIVE
+    if symbol in book.closed_today:
+        return CLOSED_TODAY
+    if symbol in book.working_entries:
+        return ENTRY_WORKING
+    return None
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def data_problem(snap: SymbolSnapshot, now_epoch: float, config: EntryConfig) -> str | None:
+    """Returns why the symbol's data may not be traded on (missing, delayed, stale), or None.
+
+    Delayed data (types 3/4) is refused unless the user opted in; an unknown type is refused
+    too. Quotes older than `stale_seconds` and bars more than one bar late are stale.
+    """
+    if not (snap.last > 0 and snap.ask > 0):
+        return NO_QUOTE
+    allowed = LIVE_DATA_TYPES | (DELAYED_DATA_TYPES if config.allow_delayed_data else frozenset())
+    if snap.market_data_type not in allowed:
+        return DELAYED_DATA
+    if not now_epoch - snap.quote_time <= config.stale_seconds:
+        return STALE_QUOTE
+    bar_end = snap.bar_time + BAR_SECONDS
+    if not now_epoch - bar_end <= BAR_SECONDS + config.stale_seconds:
+        return STALE_BARS
+    return None
+
+
+def gap_percent(price: float, prev_close: float) -> float:
+    """Returns the percent change of `price` from the previous close (nan when unknown)."""
+    if not (prev_close > 0 and price > 0):
+        return math.nan
+    return (price - prev_close) / prev_close * 100.0
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def standard_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
+    """Returns why the standard rule does not fire (warming_up / no_signal), or None if it does."""
+    if snap.rsi_bars > 0 or snap.atr_bars > 0 or not snap.vwap_has_volume:
+        return WARMING_UP
+    if snap.last > snap.vwap and snap.rsi < config.rsi_max and snap.atr_pct >= config.atr_pct_min:
+        return None
+    return NO_SIGNAL
+
+
+def gap_and_go_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
+    """Returns why gap-and-go does not fire, or None if it does. Needs only RSI warm."""
+    if not snap.gap_pct >= config.gap_min_pct:
+        return NO_SIGNAL
+    if snap.rsi_bars > 0:
+        return WARMING_UP
+    return None if snap.rsi < config.rsi_max else NO_SIGNAL
+
+
+def rule_values(snap: SymbolSnapshot) -> dict[str, Any]:
+    """The numbers a decision was taken on, for the decision log."""
+    return {
+        "last": snap.last,
+        "ask": snap.ask,
+        "vwap": snap.vwap,
+        "rsi": snap.rsi,
+        "atr_pct": snap.atr_pct,
+        "gap_pct": snap.gap_pct,
+        "data_type": snap.market_data_type,
+        "above_vwap": bool(snap.last > snap.vwap),
+    }
+
+
+def evaluate_entry(
+    snap: SymbolSnapshot,
+    book: BookState,
+    now: datetime,
+    session: Session | None,
+    config: EntryConfig,
+) -> EntryDecision:
+    """Returns the entry decision for one symbol; the reason is the first check that failed.
+
+    Order: risk (kill switch, loss limit, slots), time window, symbol state in the book,
+    data quality, then the rules (gap-and-go first: it is the more specific setup).
+    """
+    values = rule_values(snap)
+    for problem in (
+        risk_problem(book, config),
+        entry_window_problem(now, session, config.entry_cutoff_minutes),
+        symbol_problem(snap.symbol, book),
+        data_problem(snap, now.timestamp(), config),
+    ):
+        if problem is not None:
+            return EntryDecision(snap.symbol, False, None, problem, values)
+    gap = gap_and_go_signal(snap, config)
+    if gap is None:
+        return EntryDecision(snap.symbol, True, GAP_AND_GO, ENTER, values)
+    standard = standard_signal(snap, config)
+    if standard is None:
+        return EntryDecision(snap.symbol, True, STANDARD, ENTER, values)
+    reason = WARMING_UP if WARMING_UP in (gap, standard) else NO_SIGNAL
+    return EntryDecision(snap.symbol, False, None, reason, values)

@@ -1,0 +1,242 @@
+"""Entry rules and sizing as pure functions: each rule, each risk limit, time cutoffs, data checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import date, datetime
+
+import pytest
+
+from core.clock import NEW_YORK, MarketClock
+from core.money import entry_shares, marketable_limit_price
+from entry_rules import (
+    AFTER_ENTRY_CUTOFF,
+    CLOSED_TODAY,
+    DAILY_LOSS_LIMIT,
+    DELAYED_DATA,
+    ENTRY_WORKING,
+    GAP_AND_GO,
+    KILL_SWITCH,
+    MARKET_CLOSED,
+    MAX_OPEN_POSITIONS,
+    NO_QUOTE,
+    NO_SIGNAL,
+    POSITION_ACTIVE,
+    STALE_BARS,
+    STALE_QUOTE,
+    STANDARD,
+    WARMING_UP,
+    BookState,
+    EntryConfig,
+    SymbolSnapshot,
+    evaluate_entry,
+    gap_percent,
+)
+
+DAY = date(2026, 11, 25)  # a full Wednesday session
+HALF_DAY = date(2026, 11, 27)  # the Friday after Thanksgiving closes at 13:00
+CONFIG = EntryConfig()
+BOOK = BookState(net_liquidation=100_000.0)
+
+
+def at(hour: int, minute: int, second: int = 0, day: date = DAY) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=NEW_YORK)
+
+
+def session(day: date = DAY):  # type: ignore[no-untyped-def]
+    return MarketClock().session(day)
+
+
+def snap(now: datetime, **changes: object) -> SymbolSnapshot:
+    """A standard-entry candidate at `now`: above VWAP, RSI 55, ATR% 0.5, live and fresh."""
+    base = SymbolSnapshot(
+        symbol="ABC",
+        last=20.10,
+        bid=20.09,
+        ask=20.11,
+        vwap=20.00,
+        rsi=55.0,
+        atr_pct=0.5,
+        prev_close=19.90,
+        gap_pct=1.0,
+        market_data_type=1,
+        quote_time=now.timestamp() - 1,
+        bar_time=now.timestamp() - 35,
+        rsi_bars=0,
+        atr_bars=0,
+        vwap_has_volume=True,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def decide(s: SymbolSnapshot, now: datetime, book: BookState = BOOK, day: date = DAY):  # type: ignore[no-untyped-def]
+    return evaluate_entry(s, book, now, session(day), CONFIG)
+
+
+NOON = at(12, 0)
+
+
+def test_standard_entry_fires_when_above_vwap_rsi_below_60_and_atr_enough() -> None:
+    decision = decide(snap(NOON), NOON)
+    assert decision.enter and decision.rule == STANDARD
+    fields = decision.log_fields()
+    assert fields["decision"] == "enter" and fields["rsi"] == 55.0 and fields["above_vwap"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"last": 19.99},  # below VWAP
+        {"last": 20.00},  # at VWAP is not above
+        {"rsi": 60.0},  # RSI must be strictly below 60
+        {"atr_pct": 0.29},  # not enough range to pay for the spread
+    ],
+)
+def test_standard_entry_refused_when_one_condition_fails(change: dict[str, float]) -> None:
+    decision = decide(snap(NOON, **change), NOON)
+    assert not decision.enter and decision.reason == NO_SIGNAL
+
+
+def test_atr_exactly_at_threshold_is_enough() -> None:
+    assert decide(snap(NOON, atr_pct=0.3), NOON).enter
+
+
+def test_gap_and_go_bypasses_vwap_but_needs_rsi_below_60() -> None:
+    gapper = snap(NOON, last=19.0, vwap=20.0, gap_pct=6.5, atr_pct=0.1)
+    decision = decide(gapper, NOON)
+    assert decision.enter and decision.rule == GAP_AND_GO
+    assert not decide(replace(gapper, rsi=61.0), NOON).enter
+    assert not decide(replace(gapper, gap_pct=4.99), NOON).enter
+    # VWAP not yet known (no regular-session volume) does not stop a gap-and-go.
+    early = replace(gapper, vwap=math.nan, vwap_has_volume=False, atr_bars=3)
+    assert decide(early, NOON).rule == GAP_AND_GO
+
+
+def test_gap_percent_against_previous_close() -> None:
+    assert gap_percent(10.5, 10.0) == pytest.approx(5.0)
+    assert math.isnan(gap_percent(10.5, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("book", "reason"),
+    [
+        (replace(BOOK, active_symbols=frozenset({"ABC"})), POSITION_ACTIVE),
+        (replace(BOOK, closed_today=frozenset({"ABC"})), CLOSED_TODAY),
+        (replace(BOOK, working_entries=frozenset({"ABC"})), ENTRY_WORKING),
+        (replace(BOOK, open_positions=4), MAX_OPEN_POSITIONS),
+        (replace(BOOK, kill_switch="file KILL_SWITCH"), KILL_SWITCH),
+        (replace(BOOK, day_pnl=-2_000.0), DAILY_LOSS_LIMIT),  # 2% of 100k
+        (replace(BOOK, day_pnl=math.nan), DAILY_LOSS_LIMIT),  # unknown is not "fine"
+        (replace(BOOK, net_liquidation=math.nan), DAILY_LOSS_LIMIT),
+    ],
+)
+def test_book_and_risk_limits_refuse_entries(book: BookState, reason: str) -> None:
+    decision = decide(snap(NOON), NOON, book)
+    assert not decision.enter and decision.reason == reason
+
+
+def test_loss_just_under_the_limit_still_allows_entries() -> None:
+    assert decide(snap(NOON), NOON, replace(BOOK, day_pnl=-1_999.0)).enter
+
+
+def test_kill_switch_wins_over_a_perfect_gap_and_go() -> None:
+    gapper = snap(NOON, gap_pct=9.0)
+    assert decide(gapper, NOON, replace(BOOK, kill_switch="flag")).reason == KILL_SWITCH
+
+
+@pytest.mark.parametrize(
+    ("now", "reason"),
+    [
+        (at(9, 29, 59), MARKET_CLOSED),
+        (at(9, 30), None),
+        (at(15, 44, 59), None),
+        (at(15, 45), AFTER_ENTRY_CUTOFF),
+        (at(16, 0), MARKET_CLOSED),
+    ],
+)
+def test_entries_only_in_regular_hours_before_close_minus_15(
+    now: datetime, reason: str | None
+) -> None:
+    decision = decide(snap(now), now)
+    assert decision.enter is (reason is None)
+    if reason:
+        assert decision.reason == reason
+
+
+def test_half_day_cutoff_is_close_minus_15_from_the_calendar() -> None:
+    before, after = at(12, 44, 59, HALF_DAY), at(12, 45, 0, HALF_DAY)
+    assert decide(snap(before), before, day=HALF_DAY).enter
+    assert decide(snap(after), after, day=HALF_DAY).reason == AFTER_ENTRY_CUTOFF
+    # Thanksgiving itself has no session at all.
+    holiday = at(11, 0, 0, date(2026, 11, 26))
+    assert decide(snap(holiday), holiday, day=date(2026, 11, 26)).reason == MARKET_CLOSED
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"market_data_type": 3}, DELAYED_DATA),
+        ({"market_data_type": 4}, DELAYED_DATA),
+        ({"market_data_type": 0}, DELAYED_DATA),  # not known to be live
+        ({"quote_time": NOON.timestamp() - 31}, STALE_QUOTE),
+        ({"quote_time": math.nan}, STALE_QUOTE),
+        ({"bar_time": NOON.timestamp() - 91}, STALE_BARS),
+        ({"ask": math.nan}, NO_QUOTE),
+        ({"last": 0.0}, NO_QUOTE),
+    ],
+)
+def test_stale_delayed_or_missing_data_is_refused(change: dict[str, float], reason: str) -> None:
+    decision = decide(snap(NOON, **change), NOON)
+    assert not decision.enter and decision.reason == reason
+
+
+def test_delayed_data_allowed_only_when_opted_in() -> None:
+    opted_in = EntryConfig(allow_delayed_data=True)
+    delayed = snap(NOON, market_data_type=3)
+    assert evaluate_entry(delayed, BOOK, NOON, session(), opted_in).enter
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"rsi_bars": 1, "rsi": math.nan}, {"atr_bars": 2}, {"vwap_has_volume": False}],
+)
+def test_no_entry_while_an_indicator_warms_up(change: dict[str, object]) -> None:
+    decision = decide(snap(NOON, **change), NOON)
+    assert not decision.enter and decision.reason == WARMING_UP
+
+
+def test_config_from_settings_takes_the_risk_limits(_isolated_settings) -> None:  # type: ignore[no-untyped-def]
+    config = EntryConfig.from_settings(replace(_isolated_settings, max_open_positions=2))
+    assert config.max_open_positions == 2 and config.entry_cutoff_minutes == 15.0
+
+
+# -- sizing ----------------------------------------------------------------------------------
+
+
+def test_size_is_allocation_split_over_max_positions_in_whole_shares() -> None:
+    # 100k x 0.25 / 4 = 6,250 -> 6250 / 33.33 = 187.5 -> 187 shares
+    assert entry_shares(33.33, 100_000, 0.25, 4) == 187
+    assert entry_shares(25.00, 100_000, 0.25, 4) == 250  # exact division stays exact
+
+
+def test_size_never_above_buying_power_nor_max_position_usd() -> None:
+    assert entry_shares(10.0, 100_000, 0.25, 4, buying_power=1_234.0) == 123
+    assert entry_shares(10.0, 1_000_000, 1.0, 1, max_position_usd=25_000.0) == 2_500
+    assert entry_shares(10.0, 100_000, 0.25, 4, buying_power=-5.0) == 0
+    assert entry_shares(10.0, 100_000, 0.25, 4, buying_power=math.nan) == 0
+    assert entry_shares(7_000.0, 100_000, 0.25, 4) == 0  # not one share fits
+
+
+def test_sizing_refuses_nonsense_inputs() -> None:
+    with pytest.raises(ValueError, match="allocation"):
+        entry_shares(10.0, 100_000, 1.5, 4)
+    with pytest.raises(ValueError, match="price"):
+        entry_shares(0.0, 100_000, 0.25, 4)
+
+
+def test_marketable_limit_is_ticks_above_the_ask_on_the_grid() -> None:
+    assert marketable_limit_price(20.11, 2) == 20.13
+    assert marketable_limit_price(20.105, 2) == 20.13  # off-grid ask rounds up, never down
+    with pytest.raises(ValueError):
+        marketable_limit_price(math.nan)
