@@ -39,3 +39,46 @@ def pnl_percent(entry_price: float, exit_price: float) -> float:
 def pnl_dollars(entry_price: float, exit_price: float, quantity: float) -> float:
     """Dollar gain of a long of `quantity` shares, before commissions."""
     return (exit_price - entry_price) * quantity
+
+
+def marketable_limit_price(ask: float, ticks: int = 2, tick: float = DEFAULT_TICK) -> float:
+    """Limit for a marketable BUY: `ticks` above the ask, rounded up onto the tick grid.
+
+    Raises ValueError when the ask is not a positive number or `ticks` is negative.
+    """
+    if not ask > 0 or ask != ask:
+        raise ValueError(f"ask must be a positive price, got {ask}")
+    if ticks < 0:
+        raise ValueError(f"ticks above the ask must be >= 0, got {ticks}")
+    return round_to_tick(ask + ticks * tick, tick, "up")
+
+
+def entry_shares(
+    price: float,
+    net_liquidation: float,
+    allocation: float,
+    max_open_positions: int,
+    *,
+    buying_power: float | None = None,
+    max_position_usd: float | None = None,
+) -> int:
+    """Whole shares for one entry at `price`; 0 when not even one share fits.
+
+    Budget = net liquidation x allocation split evenly over `max_open_positions`, never above
+    `max_position_usd` nor `buying_power` (what the account can still pay for). Raises
+    ValueError on a non-positive price or max_open_positions, or allocation outside (0, 1].
+    """
+    if not price > 0:
+        raise ValueError(f"price must be > 0, got {price}")
+    if max_open_positions < 1:
+        raise ValueError(f"max_open_positions must be >= 1, got {max_open_positions}")
+    if not 0 < allocation <= 1:
+        raise ValueError(f"allocation must be in (0, 1], got {allocation}")
+    limits = [net_liquidation * allocation / max_open_positions]
+    limits += [x for x in (max_position_usd, buying_power) if x is not None]
+    if any(x != x for x in limits):  # nan anywhere: no size rather than a wrong one
+        return 0
+    budget = max(min(limits), 0.0)
+    # Decimal division so 2500 / 25.00 gives exactly 100, not 99.
+    shares = (Decimal(str(budget)) / Decimal(str(price))).to_integral_value(rounding=ROUND_FLOOR)
+    return max(int(shares), 0)
