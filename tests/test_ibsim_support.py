@@ -53,13 +53,27 @@ def stock(symbol: str) -> Stock:
     return Stock(symbol, "SMART", "USD")
 
 
-def wait_for(ib: IB, predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Run ib's loop until predicate() is truthy; fail after `timeout` real seconds."""
+def wait_for(
+    ib: IB,
+    predicate: Callable[[], object],
+    timeout: float = 5.0,
+    what: str = "",
+    disconnect_expected: bool = False,
+) -> None:
+    """Run ib's loop until predicate() is truthy; fail after `timeout` real seconds.
+
+    ib_async raises ConnectionError out of ib.sleep() when any socket closes; tests that
+    provoke a disconnect pass disconnect_expected=True.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        ib.sleep(0.01)
+        try:
+            ib.sleep(0.01)
+        except ConnectionError:
+            if not disconnect_expected:
+                raise
 
 
 def collect_errors(ib: IB) -> list[tuple[int, int, str]]:
