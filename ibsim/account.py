@@ -51,7 +51,7 @@ class Account:
         else:
             closing = min(abs(signed), abs(row.quantity))
             direction = 1.0 if row.quantity > 0 else -1.0
-            realized = (price - row.avg_cost) * closing * direction - commission
+            realized = round((price - row.avg_cost) * closing * direction - commission, 6)
             row.quantity += signed
             if abs(row.quantity) < 1e-9:
                 row.quantity = 0.0

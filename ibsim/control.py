@@ -1,7 +1,7 @@
 """The control interface: JSON over HTTP on 127.0.0.1 (stdlib only).
 
     GET  /state               account, positions, orders, executions, time, clients
-    GET  /health              {"ok": true, "port": ..., "time": ...}
+    GET  /health              {"ok": true, "result": {"port", "time", "steps", "symbols"}}
     POST /fault/<command>     body: JSON object of keyword arguments (see Faults.COMMANDS)
 
 Replies are {"ok": true, "result": ...} or {"ok": false, "error": "..."} with status 400/404.
@@ -86,7 +86,12 @@ class ControlServer:
         if method == "GET" and path == "/state":
             return 200, {"ok": True, "result": self._gw.account.state()}
         if method == "GET" and path == "/health":
-            result = {"port": self._gw.port, "time": self._gw.now(), "steps": self._gw.steps}
+            result = {
+                "port": self._gw.port,
+                "time": self._gw.now(),
+                "steps": self._gw.steps,
+                "symbols": list(self._gw.market.symbols),
+            }
             return 200, {"ok": True, "result": result}
         if method == "POST" and path.startswith("/fault/"):
             name = path.removeprefix("/fault/")

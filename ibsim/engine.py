@@ -526,7 +526,8 @@ class OrderEngine:
         last = self._mark(symbol)
         self.router.to_account_subscribers(msg.portfolio(spec, qty, last, avg, realized, acct))
         for key, value in self.account_values():
-            self.router.to_account_subscribers(msg.account_value(key, value, "USD", acct))
+            currency = "" if key == "AccountType" else "USD"
+            self.router.to_account_subscribers(msg.account_value(key, value, currency, acct))
 
     def portfolio_messages(self) -> Iterable[bytes]:
         acct = self.options.account_id

@@ -7,6 +7,7 @@ calls there) and returns something JSON-serialisable.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from ibsim import messages as msg
@@ -130,11 +131,16 @@ class Faults:
         self._gw.restart(down_seconds)
 
     def set_price(self, symbol: str, price: float) -> dict[str, float]:
-        """Move `symbol` to `price` now: ticks go out and orders match immediately."""
+        """Move `symbol` to `price` now: ticks go out and orders match immediately.
+
+        Returns the new quote and `sent_monotonic`, the time.monotonic() at which the ticks
+        were written to the sockets (latency benchmarks compare it with arrival times).
+        """
         quote = self._gw.market.set_price(self._symbol(symbol), float(price))
         self._gw.apply_quotes([quote], self._gw.market_time())
         self._gw.flush_all()
-        return {"bid": quote.bid, "ask": quote.ask, "last": quote.last}
+        sent = time.monotonic()
+        return {"bid": quote.bid, "ask": quote.ask, "last": quote.last, "sent_monotonic": sent}
 
     def _symbol(self, symbol: str) -> str:
         name = symbol.upper()

@@ -199,8 +199,9 @@ class MarketData:
                     if live is None:
                         live = _tails(quote, prev, False)
                     tails = live
-                rid = sub.rid
-                sub.session.push(b"".join([msg.with_req_id(h, rid, t) for h, t in tails]))
+                if tails:
+                    rid = sub.rid
+                    sub.session.push(b"".join([msg.with_req_id(h, rid, t) for h, t in tails]))
 
     def resume(self, symbol: str) -> None:
         self.stopped.discard(symbol)

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from core.clock import NEW_YORK, MarketClock, SimulatedTimeSource, write_sim_clock_file
 from ibsim import handlers
+from ibsim import messages as msg
 from ibsim import requests as rq
 from ibsim.account import Account
 from ibsim.config import ConfigError, GatewayConfig
@@ -198,8 +199,14 @@ class SimulatedGateway:
             self.engine.on_quote(quote, now)
 
     def _refresh_portfolio(self) -> None:
+        """IB refreshes portfolio prices and account values only every few minutes."""
         for data in self.engine.portfolio_messages():
             self.to_account_subscribers(data)
+        for key, value in self.engine.account_values():
+            currency = "" if key == "AccountType" else "USD"
+            self.to_account_subscribers(
+                msg.account_value(key, value, currency, self.config.account)
+            )
 
     # -- sessions and routing ---------------------------------------------------------
     def handle(self, session: ClientSession, request: rq.Request) -> None:

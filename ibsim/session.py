@@ -83,8 +83,8 @@ class ClientSession(asyncio.Protocol):
 
     # -- input ----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.silent or self.gw.silent or self.closed:
-            return  # a hung gateway reads nothing
+        if self.closed:
+            return
         self.reader.feed(data)
         try:
             if not self.reader.handshake_done:
@@ -95,6 +95,8 @@ class ClientSession(asyncio.Protocol):
             for fields in self.reader.read_messages():
                 if self.closed:
                     break
+                if self.silent or self.gw.silent:
+                    continue  # a hung gateway answers nothing (framing stays in step)
                 self._on_message(fields)
         except ProtocolError as exc:
             log.warning(

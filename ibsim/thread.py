@@ -133,6 +133,11 @@ class GatewayThread:
         assert self.gateway is not None
         return _OnLoop(self, self.gateway.account)
 
+    def quote(self, symbol: str) -> Any:
+        """The market's current Quote of `symbol` (read on the gateway loop)."""
+        assert self.gateway is not None
+        return self.call(self.gateway.market.quote, symbol.upper())
+
     def now(self) -> float:
         """Simulated time (unix seconds)."""
         assert self.gateway is not None

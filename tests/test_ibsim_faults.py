@@ -77,7 +77,7 @@ def test_1100_stops_the_stream_fills_recovered_by_req_executions_after_1102() ->
         errors = collect_errors(ib)
         ticker = streaming(ib, "AAA")
         contract = ticker.contract
-        last = gw.gateway.market.quote("AAA").last
+        last = gw.quote("AAA").last
         trade = ib.placeOrder(contract, LimitOrder("BUY", 10, round(last - 5, 2), orderRef="dip"))
         wait_for(ib, lambda: trade.orderStatus.status == "Submitted")
         gw.faults.connectivity_lost(2)
@@ -170,7 +170,7 @@ def test_restart_refuses_connections_then_restores_account_and_ids() -> None:
             ib.qualifyContracts(contract)
             filled = ib.placeOrder(contract, MarketOrder("BUY", 10, orderRef="before-restart"))
             wait_for(ib, lambda: filled.orderStatus.status == "Filled")
-            far = round(gw.gateway.market.quote("AAA").bid * 0.5, 2)
+            far = round(gw.quote("AAA").bid * 0.5, 2)
             resting = ib.placeOrder(
                 contract, LimitOrder("BUY", 5, far, tif="GTC", orderRef="gtc-1")
             )
@@ -211,7 +211,7 @@ def test_reconnect_restores_open_orders_executions_and_increasing_ids() -> None:
             ib.qualifyContracts(contract)
             entry = ib.placeOrder(contract, MarketOrder("BUY", 20, orderRef="entry-BBB"))
             wait_for(ib, lambda: entry.orderStatus.status == "Filled")
-            far = round(gw.gateway.market.quote("BBB").ask * 2, 2)
+            far = round(gw.quote("BBB").ask * 2, 2)
             target = ib.placeOrder(contract, LimitOrder("SELL", 20, far, orderRef="target-BBB"))
             wait_for(ib, lambda: target.orderStatus.status == "Submitted")
             used = target.order.orderId

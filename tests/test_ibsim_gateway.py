@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from datetime import datetime, timedelta
+from datetime import time as dtime
 
 import pytest
 from ib_async import IB
@@ -168,3 +170,37 @@ def test_pacing_flag_rejects_identical_small_bar_request() -> None:
         assert any(code == 162 and "pacing" in text for _, code, text in errors)
         other = ib.reqHistoricalData(contract, "", "600 S", "1 min", "TRADES", True, timeout=5)
         assert len(other) > 0  # large bars are not paced
+
+
+def test_in_process_async_gateway_with_async_client() -> None:
+    from ibsim.server import SimulatedGateway
+    from tests.test_ibsim_support import config
+
+    async def scenario() -> tuple[int, float]:
+        gw = SimulatedGateway(config())
+        await gw.start()
+        try:
+            ib = IB()
+            await ib.connectAsync("127.0.0.1", gw.port, clientId=5, timeout=5)
+            when = await ib.reqCurrentTimeAsync()
+            details = await ib.reqContractDetailsAsync(stock("AAA"))
+            ib.disconnect()
+            return len(details), when.timestamp()
+        finally:
+            await gw.stop()
+
+    count, when = asyncio.run(scenario())
+    assert count == 1 and datetime.fromtimestamp(when, NEW_YORK).date() == TRADING_DATE
+
+
+def test_after_20_00_prices_freeze_and_the_gateway_keeps_serving() -> None:
+    with gateway(start=dtime(19, 59, 55), speed=30) as gw, client(gw, 2) as ib:
+        contract = stock("AAA")
+        ib.qualifyContracts(contract)
+        ticker = ib.reqMktData(contract)
+        wait_for(ib, lambda: ticker.last > 0)
+        wait_for(ib, lambda: gw.now() > gw.gateway.hours.post_close + 1, what="20:00 passed")
+        frozen = gw.quote("AAA")
+        ib.sleep(0.3)
+        assert gw.quote("AAA") == frozen
+        assert ib.reqCurrentTime().timestamp() > gw.gateway.hours.post_close

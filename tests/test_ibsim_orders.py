@@ -45,7 +45,7 @@ def test_two_clients_one_account_protective_stop_triggers_and_fills() -> None:
         assert entry.fills[0].commissionReport.commission == 1.0
         assert entry.fills[0].execution.orderRef == "entry-AAA-1"
 
-        last = gw.gateway.market.quote("AAA").last
+        last = gw.quote("AAA").last
         stop_price = round(last - 1.0, 2)
         stop = exits.placeOrder(
             qualified(exits, "AAA"), StopOrder("SELL", 200, stop_price, orderRef="stop-AAA-1")
@@ -74,7 +74,7 @@ def test_two_clients_one_account_protective_stop_triggers_and_fills() -> None:
 def test_limit_rests_then_fills_after_modify_at_the_ask() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         contract = qualified(ib, "BBB")
-        price = gw.gateway.market.quote("BBB").ask
+        price = gw.quote("BBB").ask
         order = LimitOrder("BUY", 100, round(price * 0.5, 2), orderRef="lmt-1")
         trade = ib.placeOrder(contract, order)
         wait_for(ib, lambda: trade.orderStatus.status == "Submitted", what="resting limit")
@@ -92,7 +92,7 @@ def test_cancel_202_unknown_10147_and_filled_10148() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
         contract = qualified(ib, "CCC")
-        far = round(gw.gateway.market.quote("CCC").bid * 0.5, 2)
+        far = round(gw.quote("CCC").bid * 0.5, 2)
         trade = ib.placeOrder(contract, LimitOrder("BUY", 10, far))
         wait_for(ib, lambda: trade.orderStatus.status == "Submitted")
         ib.cancelOrder(trade.order)
@@ -128,7 +128,7 @@ def test_bynd_loop_second_exit_is_rejected_at_fill_not_shorted() -> None:
         errors = collect_errors(ib)
         buy(ib, "BYND", 100)
         contract = qualified(ib, "BYND")
-        last = gw.gateway.market.quote("BYND").last
+        last = gw.quote("BYND").last
         target = ib.placeOrder(
             contract, LimitOrder("SELL", 100, round(last + 3, 2), orderRef="target")
         )
@@ -152,7 +152,7 @@ def test_oca_group_fill_cancels_the_other_exit() -> None:
     with gateway() as gw, client(gw, 10) as ib:
         buy(ib, "AAA", 100)
         contract = qualified(ib, "AAA")
-        last = gw.gateway.market.quote("AAA").last
+        last = gw.quote("AAA").last
         target = LimitOrder("SELL", 100, round(last + 3, 2), ocaGroup="exit-AAA", ocaType=1)
         stop = StopOrder("SELL", 100, round(last - 3, 2), ocaGroup="exit-AAA", ocaType=1)
         t_trade, s_trade = ib.placeOrder(contract, target), ib.placeOrder(contract, stop)
@@ -169,7 +169,7 @@ def test_oca_group_fill_cancels_the_other_exit() -> None:
 def test_bracket_children_held_until_transmit_then_implicit_oca() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         contract = qualified(ib, "CCC")
-        ask = gw.gateway.market.quote("CCC").ask
+        ask = gw.quote("CCC").ask
         parent, take_profit, stop_loss = ib.bracketOrder(
             "BUY", 100, round(ask * 1.05, 2), round(ask * 1.2, 2), round(ask * 0.8, 2)
         )
@@ -190,7 +190,7 @@ def test_bracket_children_held_until_transmit_then_implicit_oca() -> None:
 def test_cancel_parent_cancels_children() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         contract = qualified(ib, "AAA")
-        bid = gw.gateway.market.quote("AAA").bid
+        bid = gw.quote("AAA").bid
         parent, tp, sl = ib.bracketOrder(
             "BUY", 10, round(bid * 0.5, 2), bid * 2, round(bid * 0.4, 2)
         )
@@ -206,7 +206,7 @@ def test_cancel_parent_cancels_children() -> None:
 
 def test_global_cancel_cancels_every_clients_orders() -> None:
     with gateway() as gw, client(gw, 2) as a, client(gw, 10) as b:
-        far = round(gw.gateway.market.quote("AAA").bid * 0.5, 2)
+        far = round(gw.quote("AAA").bid * 0.5, 2)
         ta = a.placeOrder(qualified(a, "AAA"), LimitOrder("BUY", 10, far))
         tb = b.placeOrder(qualified(b, "AAA"), LimitOrder("BUY", 10, far))
         wait_for(a, lambda: ta.orderStatus.status == "Submitted")
@@ -220,7 +220,7 @@ def test_global_cancel_cancels_every_clients_orders() -> None:
 def test_ioc_cancels_what_does_not_fill_at_once() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         contract = qualified(ib, "BBB")
-        quote = gw.gateway.market.quote("BBB")
+        quote = gw.quote("BBB")
         passive = ib.placeOrder(
             contract, LimitOrder("BUY", 10, round(quote.bid * 0.5, 2), tif="IOC")
         )
@@ -236,7 +236,7 @@ def test_trailing_stop_follows_last_then_triggers() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         buy(ib, "AAA", 50)
         contract = qualified(ib, "AAA")
-        last = gw.gateway.market.quote("AAA").last
+        last = gw.quote("AAA").last
         trail = Order(action="SELL", totalQuantity=50, orderType="TRAIL", auxPrice=1.0)
         trade = ib.placeOrder(contract, trail)
         wait_for(ib, lambda: trade.orderStatus.status == "PreSubmitted")
@@ -254,7 +254,7 @@ def test_stop_limit_triggers_then_fills_as_limit() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         buy(ib, "BBB", 30)
         contract = qualified(ib, "BBB")
-        last = gw.gateway.market.quote("BBB").last
+        last = gw.quote("BBB").last
         order = StopLimitOrder("SELL", 30, round(last - 2.0, 2), round(last - 1.0, 2))
         trade = ib.placeOrder(contract, order)
         wait_for(ib, lambda: trade.orderStatus.status == "PreSubmitted")
@@ -279,7 +279,7 @@ def test_pre_market_fills_only_with_outside_rth(outside_rth: bool, filled: bool)
 def test_day_orders_expire_at_the_close_gtc_stays() -> None:
     with gateway(start=dtime(15, 59, 50), speed=30) as gw, client(gw, 2) as ib:
         contract = qualified(ib, "AAA")
-        far = round(gw.gateway.market.quote("AAA").bid * 0.5, 2)
+        far = round(gw.quote("AAA").bid * 0.5, 2)
         day = ib.placeOrder(contract, LimitOrder("BUY", 10, far, tif="DAY"))
         gtc = ib.placeOrder(contract, LimitOrder("BUY", 10, far, tif="GTC"))
         wait_for(ib, lambda: day.orderStatus.status == "Cancelled", what="DAY order expired")
@@ -290,7 +290,7 @@ def test_order_queries_open_all_completed_executions() -> None:
     with gateway() as gw, client(gw, 2) as a, client(gw, 10) as b:
         buy(a, "AAA", 10, ref="a-entry")
         buy(b, "BBB", 10, ref="b-entry")
-        far = round(gw.gateway.market.quote("CCC").bid * 0.5, 2)
+        far = round(gw.quote("CCC").bid * 0.5, 2)
         resting = b.placeOrder(qualified(b, "CCC"), LimitOrder("BUY", 10, far, orderRef="b-rest"))
         wait_for(b, lambda: resting.orderStatus.status == "Submitted")
         assert [t.order.orderRef for t in a.reqAllOpenOrders()] == ["b-rest"]
@@ -317,3 +317,25 @@ def test_what_if_order_reports_margin_without_trading() -> None:
         state = ib.whatIfOrder(qualified(ib, "AAA"), MarketOrder("BUY", 100))
         assert float(state.initMarginChange) > 0
         assert gw.account.open_orders() == [] and gw.account.positions() == {}
+
+
+def test_partial_fills_take_the_displayed_size_commission_minimum_once() -> None:
+    with gateway(partial_fills=True, initial_cash=1e8) as gw, client(gw, 2) as ib:
+        trade = ib.placeOrder(qualified(ib, "AAA"), MarketOrder("BUY", 5000))
+        wait_for(
+            ib, lambda: trade.orderStatus.status == "Filled", timeout=10, what="filled in pieces"
+        )
+        wait_for(ib, lambda: all(f.commissionReport.execId for f in trade.fills))
+        assert len(trade.fills) > 1
+        assert sum(f.execution.shares for f in trade.fills) == 5000
+        assert sum(f.commissionReport.commission for f in trade.fills) == pytest.approx(25.0)
+        assert gw.account.positions() == {"AAA": 5000.0}
+
+
+def test_slippage_ticks_worsen_market_fills() -> None:
+    with gateway(slippage_ticks=2, speed=0.001) as gw, client(gw, 2) as ib:
+        contract = qualified(ib, "BBB")
+        quote = gw.quote("BBB")
+        trade = ib.placeOrder(contract, MarketOrder("BUY", 10))
+        wait_for(ib, lambda: trade.orderStatus.status == "Filled")
+        assert trade.orderStatus.avgFillPrice == pytest.approx(quote.ask + 0.02)
