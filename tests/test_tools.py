@@ -1,0 +1,278 @@
+"""Operator tools on the simulated gateway (real processes): test_connection, check_orders,
+monitor_live, analyze_today (reports), view_logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from ib_async import LimitOrder
+from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock
+
+import reports
+import view_logs
+from core.clock import NEW_YORK
+from core.settings import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    """One simulated morning shared by the read-only tools: two protected positions."""
+    tmp = tmp_path_factory.mktemp("tools")
+    gw = start_gateway(tmp)
+    db = sim_db(tmp)
+    ib = client(gw.port, 2)
+    first, second, third = list(gw.gateway.market.symbols)[:3]
+    buy_now(ib, db, first, 100)
+    buy_now(ib, db, second, 40)
+    # A manual order: no orderRef, placed outside the intent protocol.
+    manual = LimitOrder("BUY", 1, 1.00, tif="DAY")
+    ib.placeOrder(stock(ib, third), manual)
+    ib.sleep(0.3)
+    ib.disconnect()
+    yield {"tmp": tmp, "gw": gw, "db": db, "symbols": (first, second, third)}
+    gw.stop()
+
+
+def test_test_connection_reports_everything_and_exits_0(day):
+    result = run_tool(day["tmp"], day["gw"].port, "test_connection.py")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "server version:   176" in out
+    assert "account:          DU1234567" in out
+    assert "market data type: 1 live" in out  # probed with a held symbol
+    assert "positions:        2" in out
+    assert "round trip:" in out and " ms " in out
+
+
+def test_test_connection_exits_1_with_one_line_when_gateway_down(day):
+    result = run_tool(day["tmp"], 1, "test_connection.py", "--timeout", "2")
+    assert result.returncode == 1
+    assert result.stderr.startswith("test_connection: error: cannot connect to IB at 127.0.0.1:1")
+    assert result.stderr.count("\n") == 1
+
+
+def test_check_orders_lists_orders_with_intents_and_flags_disagreements(day):
+    tmp, gw, db = day["tmp"], day["gw"], day["db"]
+    first, _, third = day["symbols"]
+    result = run_tool(tmp, gw.port, "check_orders.py")
+    out = result.stdout
+    assert result.returncode == 3, out + result.stderr  # the manual order is flagged
+    assert "NO_REF" in out and third in out
+    assert out.count("PROFIT_TARGET") == 0  # purposes are not shown; orderRefs are
+    for intent in db.get_open_intents():
+        assert intent["order_ref"] in out
+    # Now an intent the database believes is working but IB never saw.
+    ghost = db.create_order_intent(first, "SELL", 100, "LMT", "exit_manager", purpose="ghost")
+    result = run_tool(tmp, gw.port, "check_orders.py")
+    assert "NOT_AT_IB" in result.stdout and ghost in result.stdout
+    db.update_order_intent(ghost, "CANCELLED", note="test cleanup")
+
+
+def test_check_orders_flags_state_disagreement():
+    from types import SimpleNamespace
+
+    import check_orders
+
+    trade = SimpleNamespace(
+        order=SimpleNamespace(orderRef="r1", action="SELL", totalQuantity=5, orderType="STP",
+                              clientId=10),
+        orderStatus=SimpleNamespace(status="Filled", filled=5, remaining=0),
+        contract=SimpleNamespace(symbol="AAPL"),
+    )  # fmt: skip
+    intents = {"r1": {"state": "SUBMITTED"}}
+    [row] = check_orders.compare([], [trade], [], intents.get)
+    assert row.flag == "STATE: IB FILLED, db SUBMITTED"
+    intents["r1"]["state"] = "FILLED"
+    assert check_orders.compare([], [trade], [], intents.get)[0].flag == ""
+
+
+def test_monitor_live_once_shows_prices_distances_and_pnl(day):
+    tmp, gw, db = day["tmp"], day["gw"], day["db"]
+    first, second, _ = day["symbols"]
+    result = run_tool(tmp, gw.port, "monitor_live.py", "--once")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    row = next(line for line in out.splitlines() if f" {first} " in line)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    symbol, qty, _entry, last, target, to_target, stop, to_stop, pnl, pnl_pct, _note = cells
+    position = db.get_active_position(first)
+    assert (symbol, qty) == (first, "100")
+    assert float(last) > 0, "a streamed price"
+    assert float(target) == position["profit_target_price"]
+    assert float(stop) == position["stop_loss_price"]
+    assert to_target.endswith("%") and to_stop.endswith("%")
+    assert float(pnl.replace(",", "")) == pytest.approx(
+        (float(last) - position["entry_price"]) * 100
+    )
+    assert second in out and "open P&L $" in out
+
+
+def test_monitor_live_build_views_marks_database_disagreements():
+    from types import SimpleNamespace
+
+    import monitor_live
+
+    pos = SimpleNamespace(contract=SimpleNamespace(symbol="AAA"), position=10, avgCost=9.0)
+    rows = [
+        {"symbol": "AAA", "quantity": 7, "entry_price": 10.0, "profit_target_price": 10.18,
+         "stop_loss_price": 9.91},
+        {"symbol": "BBB", "quantity": 5, "entry_price": 20.0, "profit_target_price": 20.36,
+         "stop_loss_price": 19.82},
+    ]  # fmt: skip
+    views = {v.symbol: v for v in monitor_live.build_views([pos], rows, {"AAA": 10.0})}
+    assert views["AAA"].note == "database qty 7"
+    assert views["AAA"].to_target_pct == pytest.approx(1.8)
+    assert views["AAA"].to_stop_pct == pytest.approx(0.9)
+    assert views["AAA"].pnl == 0.0
+    assert views["BBB"].note.startswith("database only")
+
+
+def _fill(i, symbol, side, qty, price, hhmm, ref, commission=1.0):
+    return {"id": i, "symbol": symbol, "side": side, "quantity": qty, "price": price,
+            "trade_time": f"2026-11-24T{hhmm}:00-05:00", "order_ref": ref, "exec_id": f"e{i}",
+            "commission": commission}  # fmt: skip
+
+
+def test_round_trips_fifo_pnl_win_rate_and_drawdown():
+    fills = [
+        _fill(1, "AAA", "BUY", 100, 10.00, "09:40", "b1"),
+        _fill(2, "BBB", "BUY", 50, 20.00, "09:45", "b2"),
+        _fill(3, "AAA", "SELL", 60, 10.18, "10:10", "s1"),  # target hit in two fills
+        _fill(4, "AAA", "SELL", 40, 10.18, "10:10", "s1"),
+        _fill(5, "BBB", "SELL", 50, 19.82, "11:00", "s2"),
+        _fill(6, "CCC", "BUY", 10, 5.00, "15:00", "b3"),  # still open
+    ]
+    trips, still_open = reports.round_trips_from_fills(
+        fills, {"s1": "PROFIT_TARGET", "s2": "STOP_LOSS"}
+    )
+    assert [(t.symbol, t.quantity, t.exit_reason) for t in trips] == [
+        ("AAA", 100, "PROFIT_TARGET"),
+        ("BBB", 50, "STOP_LOSS"),
+    ]
+    assert trips[0].gross_pnl == pytest.approx(18.0)
+    assert trips[0].pnl == pytest.approx(18.0 - 3.0)  # buy + two sell commissions
+    assert trips[1].pnl == pytest.approx(-9.0 - 2.0)
+    assert trips[0].hold_seconds == 30 * 60
+    assert still_open == {"CCC": 10}
+    report = reports.DayReport("2026-11-24", trips, still_open, len(fills))
+    assert report.win_rate == 50.0
+    assert report.max_drawdown == pytest.approx(11.0)
+    assert report.exit_reasons() == {"PROFIT_TARGET": 1, "STOP_LOSS": 1}
+    assert reports.max_drawdown([5, -3, 4, -10, 2]) == pytest.approx(10)
+
+
+def test_exit_reason_from_intent_purpose():
+    assert reports.exit_reason_for("PROFIT_TARGET") == "PROFIT_TARGET"
+    assert reports.exit_reason_for("protective stop") == "STOP_LOSS"
+    assert reports.exit_reason_for("eod flatten") == "EOD"
+    assert reports.exit_reason_for(None) == "UNKNOWN"
+
+
+def test_analyze_today_on_a_liquidated_morning_writes_report_and_chart(tmp_path):
+    gw = start_gateway(tmp_path)
+    try:
+        db = sim_db(tmp_path)
+        ib = client(gw.port, 2)
+        symbol = next(iter(gw.gateway.market.symbols))
+        buy_now(ib, db, symbol, 20)
+        ib.disconnect()
+        assert run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes").returncode == 0
+    finally:
+        gw.stop()
+    chart = tmp_path / "chart.png"
+    result = run_tool(tmp_path, 1, "analyze_today.py", "--chart", str(chart))
+    assert result.returncode == 0, result.stderr
+    assert "trades (round trips): 1" in result.stdout
+    assert "win rate:" in result.stdout and "max drawdown:" in result.stdout
+    assert "MANUAL 1" in result.stdout and symbol in result.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other_day = run_tool(tmp_path, 1, "analyze_today.py", "--date", "2026-11-23", "--no-chart")
+    assert "trades (round trips): 0" in other_day.stdout
+    bad = run_tool(tmp_path, 1, "analyze_today.py", "--date", "yesterday")
+    assert bad.returncode == 1 and "YYYY-MM-DD" in bad.stderr
+
+
+def _write_log(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"ts": "partial')
+
+
+def _rec(hh, mm, bot, level, event, **fields):
+    ts = datetime(2026, 11, 24, hh, mm, tzinfo=NEW_YORK).astimezone(UTC)
+    return {"ts": ts.isoformat(timespec="milliseconds"), "level": level, "bot": bot,
+            "event": event, "logger": bot, **fields}  # fmt: skip
+
+
+def test_view_logs_filters_by_bot_level_event_symbol_and_time(tmp_path):
+    _write_log(tmp_path / "exit_manager_run_20261124_093000.json", [
+        _rec(9, 31, "exit_manager", "INFO", "connected"),
+        _rec(10, 5, "exit_manager", "WARNING", "stop_triggered", symbol="AAPL", last=187.1),
+        _rec(11, 0, "exit_manager", "ERROR", "order_rejected", symbol="MSFT"),
+    ])  # fmt: skip
+    _write_log(tmp_path / "day_trader_run_20261124_093000.json", [
+        _rec(9, 45, "day_trader", "INFO", "order_sent", symbol="AAPL"),
+    ])  # fmt: skip
+
+    def run(*argv):
+        out = subprocess.run([sys.executable, "view_logs.py", "--dir", str(tmp_path), *argv],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    assert len(run()) == 4
+    assert [line.split()[3] for line in run()] == [
+        "connected", "order_sent", "stop_triggered", "order_rejected"
+    ]  # fmt: skip
+    assert len(run("--bot", "day_trader")) == 1
+    assert len(run("--level", "warning")) == 2
+    assert len(run("--symbol", "aapl")) == 2
+    assert len(run("--event", "order_*")) == 2
+    assert len(run("--since", "2026-11-24T10:00", "--until", "2026-11-24T10:30")) == 1
+    assert run("--event", "stop")[0].startswith("10:05:00.000 WARNING exit_manager stop_triggered")
+    assert json.loads(run("--json", "--limit", "1")[0])["event"] == "order_rejected"
+
+
+def test_view_logs_follow_prints_new_lines(tmp_path):
+    log = tmp_path / "day_trader_run_20261124_093000.json"
+    log.write_text(json.dumps(_rec(9, 45, "day_trader", "INFO", "old")) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "view_logs.py", "--dir", str(tmp_path), "--follow", "--poll", "0.1",
+         "--event", "new"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # let it start and skip the existing lines
+        with log.open("a") as handle:
+            handle.write(json.dumps(_rec(9, 46, "day_trader", "INFO", "new_event")) + "\n")
+        (tmp_path / "exit_manager_run_20261124_094700.json").write_text(
+            json.dumps(_rec(9, 47, "exit_manager", "INFO", "new_file")) + "\n"
+        )
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert sorted(line.split()[3] for line in lines) == ["new_event", "new_file"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_view_logs_time_forms():
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=NEW_YORK)
+    assert view_logs.parse_when("-15m", now) == datetime(2026, 11, 24, 11, 45, tzinfo=NEW_YORK)
+    assert view_logs.parse_when("09:30", now) == datetime(2026, 11, 24, 9, 30, tzinfo=NEW_YORK)
+    with pytest.raises(view_logs.ToolError, match="HH:MM"):
+        view_logs.parse_when("noonish", now)
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["supervisor.py", "liquidate_all.py", "test_connection.py", "check_orders.py",
+     "monitor_live.py", "analyze_today.py", "view_logs.py"],
+)  # fmt: skip
+def test_every_tool_has_help(script):
+    out = subprocess.run([sys.executable, script, "--help"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and "usage:" in out.stdout
