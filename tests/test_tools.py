@@ -100,7 +100,7 @@ def test_monitor_live_once_shows_prices_distances_and_pnl(day):
     out = result.stdout
     row = next(line for line in out.splitlines() if f" {first} " in line)
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
-    symbol, qty, _entry, last, target, to_target, stop, to_stop, pnl, pnl_pct, _note = cells
+    symbol, qty, _entry, last, target, to_target, stop, to_stop, pnl, _pnl_pct, _note = cells
     position = db.get_active_position(first)
     assert (symbol, qty) == (first, "100")
     assert float(last) > 0, "a streamed price"
