@@ -132,6 +132,7 @@ class BrokerSession:
         self._log = get_logger(bot)
         self._stopping = False
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._connecting = False  # connect() is looping: disconnects must not start a 2nd loop
         self._client_id_rejected = False
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
@@ -144,14 +145,18 @@ class BrokerSession:
         when the gateway's account does not match paper/live: that is never retried.
         """
         tried = 0
-        while not self._stopping:
-            tried += 1
-            if await self._connect_once():
-                return True
-            if attempts is not None and tried >= attempts:
-                return False
-            await asyncio.sleep(self._retry_delay())
-        return False
+        self._connecting = True
+        try:
+            while not self._stopping:
+                tried += 1
+                if await self._connect_once():
+                    return True
+                if attempts is not None and tried >= attempts:
+                    return False
+                await asyncio.sleep(self._retry_delay())
+            return False
+        finally:
+            self._connecting = False
 
     def _retry_delay(self) -> float:
         spread = self.retry_seconds * self.jitter
@@ -263,7 +268,11 @@ class BrokerSession:
             for handler in self.connected_handlers:
                 await handler()
         except Exception as exc:
+            # No orders until a reconciliation succeeds: reconnect and run the handlers again.
             self._log.exception("reconcile_after_restore_failed", error=str(exc))
+            self.ready.clear()
+            if self.ib.isConnected():
+                self.ib.disconnect()
             return
         self.ready.set()
         self._log.info("connectivity_restored", kind=kind.value)
@@ -278,8 +287,8 @@ class BrokerSession:
     def _on_disconnected(self) -> None:
         self.health.connected = False
         self.ready.clear()
-        if self._stopping:
-            return
+        if self._stopping or self._connecting:
+            return  # closing, or connect() is already retrying
         self._log.error("disconnected", retry_in_s=self.retry_seconds)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = self._spawn(self._reconnect())

@@ -33,6 +33,20 @@ _WORKING_STATUSES = frozenset(
     {OrderStatus.PreSubmitted, OrderStatus.Submitted, OrderStatus.PendingCancel}
 )
 _CANCELLED_STATUSES = frozenset({OrderStatus.Cancelled, OrderStatus.ApiCancelled})
+# IB error codes that mean "this order was refused" (ib_async reports them as Cancelled).
+REJECT_CODES = frozenset({103, 135, 200, 201, 203, 321, 383, 387, 434, 10147})
+
+
+def is_rejected(trade: Trade) -> bool:
+    """True when IB refused the order (Inactive, or an order error such as 201 in its log).
+
+    ib_async turns a reject into status "Cancelled"; only the log keeps the error code.
+    """
+    if trade.orderStatus.status == OrderStatus.Inactive:
+        return True
+    return trade.orderStatus.status in _CANCELLED_STATUSES and any(
+        entry.errorCode in REJECT_CODES for entry in trade.log
+    )
 
 
 def intent_state_for(ib_status: str, filled: float, remaining: float) -> str | None:
@@ -116,7 +130,12 @@ class IntentOrders:
             guard_entry=guard_entry,
         )
         order.orderRef = ref
-        trade = self.ib.placeOrder(contract, order)
+        try:
+            trade = self.ib.placeOrder(contract, order)
+        except (ConnectionError, OSError) as exc:
+            # Nothing left this process: the intent is final so the decision can be made again.
+            self.db.update_order_intent(ref, CANCELLED, note=f"not sent: {exc}")
+            raise
         self.db.update_order_intent(ref, PENDING_SUBMIT, ib_order_id=trade.order.orderId)
         self._log.info(
             "order_sent",
@@ -142,13 +161,19 @@ class IntentOrders:
             return
         status = trade.orderStatus
         state = intent_state_for(status.status, status.filled, status.remaining)
+        if state == CANCELLED and status.filled <= 0 and is_rejected(trade):
+            state = REJECTED
         if state is None:
             return
         intent = self.db.get_order_intent(ref)
         if intent is None or intent["agent"] != self.agent:
             return
         note = None
-        if state == REJECTED or (state == CANCELLED and trade.log):
+        if state == REJECTED:
+            note = next(
+                (e.message for e in reversed(trade.log) if e.errorCode in REJECT_CODES), None
+            ) or (trade.log[-1].message if trade.log else None)
+        elif state == CANCELLED and trade.log:
             note = trade.log[-1].message or None
         try:
             self.db.update_order_intent(
@@ -163,8 +188,8 @@ class IntentOrders:
         except IntentTransitionError as exc:
             self._log.warning("intent_transition_refused", order_ref=ref, error=str(exc))
 
-    async def lookup(self, order_ref: str) -> OrderLookup:
-        """Find an order at IB by orderRef across open orders, completed orders, executions."""
+    async def snapshot(self) -> tuple[list[Trade], list[Trade], list[Fill]] | None:
+        """IB's open orders (every client), completed orders and executions; None on failure."""
         try:
             open_trades, completed, fills = await asyncio.wait_for(
                 asyncio.gather(
@@ -175,20 +200,34 @@ class IntentOrders:
                 self.query_timeout,
             )
         except (TimeoutError, ConnectionError, OSError) as exc:
-            self._log.warning("order_lookup_failed", order_ref=order_ref, error=repr(exc))
+            self._log.warning("order_snapshot_failed", error=repr(exc))
+            return None
+        return list(open_trades), list(completed), list(fills)
+
+    async def lookup(self, order_ref: str) -> OrderLookup:
+        """Find an order at IB by orderRef across open orders, completed orders, executions."""
+        found = await self.snapshot()
+        if found is None:
             return OrderLookup(LookupStatus.UNKNOWN)
-        return match_order_ref(order_ref, open_trades, completed, fills)
+        return match_order_ref(order_ref, *found)
 
     async def recover(self) -> dict[str, LookupStatus]:
         """Bring every open intent of this program in line with IB, sending nothing.
 
         Intents IB never saw (NOT_FOUND) are marked CANCELLED with a note so they may be
         decided again; UNKNOWN ones are left alone. Returns orderRef -> lookup status.
+        One snapshot of IB serves every intent (three requests, not three per intent).
         """
         results: dict[str, LookupStatus] = {}
-        for intent in self.db.get_open_intents(agent=self.agent):
+        intents = self.db.get_open_intents(agent=self.agent)
+        snapshot = await self.snapshot() if intents else None
+        for intent in intents:
             ref = intent["order_ref"]
-            found = await self.lookup(ref)
+            found = (
+                OrderLookup(LookupStatus.UNKNOWN)
+                if snapshot is None
+                else match_order_ref(ref, *snapshot)
+            )
             results[ref] = found.status
             if found.status is LookupStatus.UNKNOWN:
                 continue
