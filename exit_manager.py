@@ -1,0 +1,1008 @@
+"""Exit manager: protects every open long position at IB and closes it (GitHub issue 5).
+
+    python exit_manager.py                # run (paper); --once: reconcile, print, exit
+    python exit_manager.py --help
+
+The rules live in `exit_rules.py` (pure); this module wires them to IB (core.broker,
+core.orders) and the database (observability). One exit owner per symbol: every SELL goes
+through `ExitManager._exit_locked` or `_protect_locked` under the symbol's lock, after our
+working sells are cancelled *and confirmed*, for the broker's fresh quantity, never when it
+is <= 0 (failure mode 2). The day trader's kill switch is never read here (failure mode 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ib_async import Contract, Fill, MarketOrder, Order, Position, Stock, Ticker, Trade
+
+from core.broker import BrokerSession
+from core.clock import MarketClock, get_clock, set_clock
+from core.logs import get_logger, setup_logging
+from core.orders import IntentOrders, is_rejected
+from core.settings import SettingsError, load_settings, set_settings
+from exit_rules import (
+    AGENT,
+    PURPOSE_BACKSTOP,
+    PURPOSE_EOD,
+    PURPOSE_TARGET,
+    BrokerPosition,
+    DayPhase,
+    ExitAction,
+    ExitConfig,
+    HeldPosition,
+    ReconcilePlan,
+    RejectTracker,
+    StampedQuote,
+    WorkingOrder,
+    average_price,
+    day_phase,
+    exit_decision,
+    exit_limit_price,
+    exit_order,
+    exit_reason_for,
+    plan_reconciliation,
+    protection_table,
+    protective_orders,
+    quote_fault,
+    target_touch_time,
+)
+from observability import DatabaseError, TradingDatabase
+
+HEARTBEAT_SECONDS = 2.0  # real seconds: the supervisor's watchdog runs on wall time
+BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
+DAY_TRADER = "day_trader"
+log = get_logger(AGENT)
+
+
+class ReconcileError(RuntimeError):
+    """Reconciliation could not complete; no orders until it does. The message says why."""
+
+
+def blocked_flag(symbol: str) -> str:
+    return f"exit_blocked:{symbol}"
+
+
+def working_order(trade: Trade) -> WorkingOrder:
+    """IB's Trade as the plain WorkingOrder the rules read (remaining quantity)."""
+    order, status = trade.order, trade.orderStatus
+    remaining = status.remaining if status.remaining > 0 else order.totalQuantity - status.filled
+    return WorkingOrder(
+        symbol=trade.contract.symbol,
+        order_id=order.orderId,
+        client_id=order.clientId,
+        perm_id=order.permId or status.permId,
+        action=order.action,
+        order_type=order.orderType,
+        quantity=float(remaining),
+        limit_price=_price(order.lmtPrice),
+        stop_price=_price(order.auxPrice),
+        oca_group=order.ocaGroup or "",
+        order_ref=order.orderRef or "",
+    )
+
+
+def _price(value: float | None) -> float | None:
+    return None if value is None or value != value or value >= 1e300 else float(value)
+
+
+def stamped_quote(ticker: Ticker, received_at: float) -> StampedQuote:
+    """The ticker's prices stamped with the exchange time of the last trade (tick 45) when
+    IB sent one, else with the (market) time we received it."""
+    stamp = ticker.lastTimestamp.timestamp() if ticker.lastTimestamp else received_at
+    return StampedQuote(
+        symbol=ticker.contract.symbol if ticker.contract else "",
+        last=ticker.last,
+        bid=ticker.bid,
+        ask=ticker.ask,
+        time=min(stamp, received_at),
+        data_type=ticker.marketDataType,
+    )
+
+
+class ExitManager:
+    """Wires the exit rules to one IB connection (client id 10) and the shared database."""
+
+    def __init__(
+        self,
+        session: BrokerSession,
+        db: TradingDatabase,
+        config: ExitConfig,
+        clock: MarketClock,
+        *,
+        stream_quotes: bool = True,
+    ) -> None:
+        self.session = session
+        self.ib = session.ib
+        self.db = db
+        self.config = config
+        self.clock = clock
+        self.stream_quotes = stream_quotes
+        self.orders = IntentOrders(self.ib, db, AGENT, query_timeout=BROKER_TIMEOUT_S)
+        self.held: dict[str, HeldPosition] = {}
+        self.contracts: dict[str, Contract] = {}
+        self.ticks: dict[str, float] = {}
+        self.con_ids: dict[str, int] = {}
+        self.tickers: dict[str, Ticker] = {}
+        self.quotes: dict[str, StampedQuote] = {}
+        self.quote_faults: dict[str, str] = {}
+        self.target_touched: dict[str, float] = {}
+        self.busy: set[str] = set()
+        self.rejects = RejectTracker(config.max_rejects)
+        self.cooldown_until: dict[str, float] = {}
+        self.reconciled = False
+        self.state = "CONNECTING"
+        self.last_report: dict[str, Any] = {}
+        self._reconciling = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._dirty: set[str] = set()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._counted_rejects: set[str] = set()
+        self._seen_qty: dict[str, float] = {}
+        self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
+        self._query_lock = asyncio.Lock()
+        self._eod_phase_done: tuple[str, DayPhase] | None = None
+        self._stop = asyncio.Event()
+        session.connected_handlers.append(self.reconcile)
+        session.resubscribe_handlers.append(self.resubscribe)
+        self.ib.positionEvent += self._on_position
+        self.ib.execDetailsEvent += self._on_exec
+        self.ib.orderStatusEvent += self._on_order_status
+        self.ib.pendingTickersEvent += self._on_tickers
+        self.ib.errorEvent += self._on_error
+        self.ib.disconnectedEvent += self._on_disconnected
+
+    # -- small helpers ---------------------------------------------------------------
+    def _lock(self, symbol: str) -> asyncio.Lock:
+        return self._locks.setdefault(symbol, asyncio.Lock())
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", error=repr(task.exception()))
+
+    def _pulse(self, *_: object) -> None:
+        """Wake everything waiting for IB (an order event, an error, a disconnect)."""
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (real seconds) until `predicate()` holds; False on timeout or disconnect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not self.ib.isConnected():
+                return predicate()
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, remaining)
+        return True
+
+    def _market_timeout(self, market_seconds: float) -> float:
+        """Real seconds for a market-time wait, never below one broker round trip."""
+        return max(self.clock.real_seconds(market_seconds), 1.0)
+
+    def can_trade(self) -> bool:
+        """Orders only after reconciliation, while connected and not in a 1100 outage."""
+        return (
+            (self.reconciled or self._reconciling)
+            and self.ib.isConnected()
+            and not self.session.health.data_lost
+            and not self._stop.is_set()
+        )
+
+    def _our_sells(self, symbol: str) -> list[Trade]:
+        return [
+            t
+            for t in self.ib.openTrades()
+            if t.contract.symbol == symbol
+            and t.order.action == "SELL"
+            and t.order.clientId == self.session.client_id
+        ]
+
+    # -- broker queries (coalesced: ib_async keys these requests by name) ----------------
+    async def broker_positions(self) -> dict[str, BrokerPosition] | None:
+        """Fresh positions from IB (symbol -> position); None when IB did not answer."""
+        if self._positions_task is None or self._positions_task.done():
+            self._positions_task = asyncio.ensure_future(self._request_positions())
+        return await asyncio.shield(self._positions_task)
+
+    async def _request_positions(self) -> dict[str, BrokerPosition] | None:
+        try:
+            async with self._query_lock:
+                rows = await asyncio.wait_for(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.warning("positions_unavailable", error=repr(exc))
+            return None
+        out: dict[str, BrokerPosition] = {}
+        for p in rows:
+            if self._ours(p):
+                self.con_ids[p.contract.symbol] = p.contract.conId
+                out[p.contract.symbol] = BrokerPosition(p.contract.symbol, p.position, p.avgCost)
+        return out
+
+    async def broker_quantity(self, symbol: str) -> int | None:
+        positions = await self.broker_positions()
+        if positions is None:
+            return None
+        pos = positions.get(symbol)
+        return round(pos.quantity) if pos else 0
+
+    def _ours(self, p: Position) -> bool:
+        account = self.session.account
+        return p.contract.secType == "STK" and (not account or p.account == account)
+
+    async def contract(self, symbol: str) -> Contract:
+        """The SMART-routed stock contract and its minTick (from contract details)."""
+        if symbol in self.contracts:
+            return self.contracts[symbol]
+        query = Stock(symbol, "SMART", "USD")
+        if self.con_ids.get(symbol):
+            query = Contract(conId=self.con_ids[symbol], exchange="SMART")
+        try:
+            details = await asyncio.wait_for(
+                self.ib.reqContractDetailsAsync(query), BROKER_TIMEOUT_S
+            )
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise ReconcileError(f"{symbol}: contract details unavailable ({exc!r})") from exc
+        if not details:
+            raise ReconcileError(f"{symbol}: IB knows no stock contract for it")
+        contract = details[0].contract
+        assert contract is not None
+        contract.exchange = "SMART"
+        self.contracts[symbol] = contract
+        self.ticks[symbol] = details[0].minTick or 0.01
+        return contract
+
+    # -- reconciliation ----------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """Startup / reconnect: apply missed fills, then make the broker, the database and
+        the protective orders agree. Raises ReconcileError (no orders until it succeeds)."""
+        self.reconciled = False
+        self._reconciling = True
+        self.state = "RECONCILING"
+        try:
+            plan = await self._reconcile()
+        except ReconcileError as exc:
+            self.state = "DEGRADED"
+            log.error("reconcile_failed", reason=str(exc), action="no orders until it succeeds")
+            self._beat(str(exc))
+            raise
+        finally:
+            self._reconciling = False
+        self.reconciled = True
+        self.state = "RECONCILED"
+        self.last_report = plan.report()
+        log.info("reconciliation_report", **self.last_report)
+        self._beat()
+        for symbol in list(self._dirty):  # events that arrived while we reconciled
+            self._schedule(symbol)
+
+    async def _reconcile(self) -> ReconcilePlan:
+        positions = await self.broker_positions()
+        if positions is None:
+            raise ReconcileError("IB did not answer the positions request")
+        async with self._query_lock:
+            snapshot = await self.orders.snapshot()
+        if snapshot is None:
+            raise ReconcileError("IB did not answer the open orders / executions requests")
+        open_trades, _completed, fills = snapshot
+        for fill in fills:  # fills missed while we were down (failure mode 11)
+            self._record_fill(fill)
+        await self.orders.recover()
+        working = [working_order(t) for t in open_trades if not t.isDone()]
+        rows = {r["symbol"]: r for r in self.db.get_active_positions()}
+        entries_in_flight = {
+            i["symbol"] for i in self.db.get_open_intents(agent=DAY_TRADER) if i["side"] == "BUY"
+        }
+        symbols = sorted(set(positions) | set(rows) | {o.symbol for o in working})
+        plans = []
+        for symbol in symbols:
+            async with self._lock(symbol):
+                plans.append(
+                    await self._sync_locked(
+                        symbol,
+                        positions.get(symbol),
+                        [o for o in working if o.symbol == symbol],
+                        young=symbol in entries_in_flight,
+                        flat_reason="RECONCILE",
+                    )
+                )
+        return _merge(plans)
+
+    def _schedule(self, symbol: str) -> None:
+        """Re-check one symbol soon (position changed, fill, reject); coalesces bursts."""
+        self._dirty.add(symbol)
+        worker = self._workers.get(symbol)
+        if worker is None or worker.done():
+            self._workers[symbol] = self._spawn(self._symbol_worker(symbol))
+
+    async def _symbol_worker(self, symbol: str) -> None:
+        while symbol in self._dirty and not self._stop.is_set():
+            if not (self.reconciled and self.can_trade()):
+                return  # stays dirty: the next reconciliation reschedules it
+            self._dirty.discard(symbol)
+            positions = await self.broker_positions()
+            if positions is None:
+                continue
+            try:
+                async with self._lock(symbol):
+                    ours = [working_order(t) for t in self._our_sells(symbol)]
+                    await self._sync_locked(
+                        symbol, positions.get(symbol), ours, young=False, flat_reason="MANUAL"
+                    )
+            except ReconcileError as exc:
+                log.error("symbol_sync_failed", symbol=symbol, reason=str(exc))
+
+    def _schedule_later(self, symbol: str, market_seconds: float) -> None:
+        async def later() -> None:
+            await self.clock.sleep(market_seconds)
+            self._schedule(symbol)
+
+        self._spawn(later())
+
+    async def _sync_locked(
+        self,
+        symbol: str,
+        position: BrokerPosition | None,
+        orders: list[WorkingOrder],
+        *,
+        young: bool,
+        flat_reason: str,
+    ) -> ReconcilePlan:
+        """Bring one symbol in line (caller holds its lock); returns what was planned."""
+        quantity = round(position.quantity) if position else 0
+        row = self.db.get_active_position(symbol)
+        if quantity > 0 and row is None and not young and not self._reconciling:
+            row = await self._grace_for_day_trader(symbol)
+        if quantity == 0 and row is not None and not young:
+            if not self._close_from_fills(symbol, row) and not self._reconciling:
+                await self._pull_executions()  # our fill may be behind the position update
+                self._close_from_fills(symbol, row)
+            row = self.db.get_active_position(symbol)
+            young = young or self._entry_is_young(row)
+        if blocked := self._is_blocked(symbol):
+            self.rejects.counts[symbol] = self.config.max_rejects
+        if quantity > 0 and symbol not in self.contracts:
+            await self.contract(symbol)
+        plan = plan_reconciliation(
+            [position] if position else [],
+            [row] if row else [],
+            orders,
+            config=self.config,
+            our_client_id=self.session.client_id,
+            ticks=self.ticks,
+            last_prices={s: q.last for s, q in self.quotes.items()},
+            young={symbol} if young else set(),
+            blocked={symbol} if blocked else set(),
+        )
+        await self._apply(symbol, plan, flat_reason)
+        if plan.deferred:
+            self._schedule_later(symbol, self.config.adopt_grace_s)
+        return plan
+
+    async def _pull_executions(self) -> None:
+        async with self._query_lock:
+            snapshot = await self.orders.snapshot()
+        for fill in snapshot[2] if snapshot else []:
+            self._record_fill(fill)
+
+    async def _grace_for_day_trader(self, symbol: str) -> dict[str, Any] | None:
+        """A position nobody registered: give the day trader a few market seconds to write
+        its row (its entry price and target win), then adopt."""
+        deadline = self.clock.epoch() + self.config.adopt_grace_s
+        while self.clock.epoch() < deadline and not self._stop.is_set():
+            row = self.db.get_active_position(symbol)
+            if row is not None:
+                return row
+            await asyncio.sleep(min(0.05, self.clock.real_seconds(0.5)))
+        return self.db.get_active_position(symbol)
+
+    def _entry_is_young(self, row: dict[str, Any] | None) -> bool:
+        """A row whose entry may still be filling: do not close it as flat yet."""
+        if row is None:
+            return False
+        if any(i["side"] == "BUY" for i in self.db.get_open_intents(symbol=row["symbol"])):
+            return True
+        try:
+            entered = datetime.fromisoformat(row["entry_time"]).timestamp()
+        except (TypeError, ValueError):
+            return False
+        return self.clock.epoch() - entered < self.config.adopt_grace_s
+
+    async def _apply(self, symbol: str, plan: ReconcilePlan, flat_reason: str) -> None:
+        for alert in plan.alerts:
+            log.critical("reconcile_alert", symbol=symbol, alert=alert)
+        for pos in plan.adopt:
+            self.db.add_active_position(
+                pos.symbol,
+                pos.quantity,
+                pos.entry_price,
+                pos.target_price,
+                pos.stop_price,
+                agent=pos.agent,
+            )
+            log.warning("position_adopted", symbol=pos.symbol, quantity=pos.quantity,
+                        entry=pos.entry_price, target=pos.target_price, stop=pos.stop_price)  # fmt: skip
+        for sym, qty in plan.resize:
+            self.db.update_active_position(sym, quantity=qty)
+            log.warning("position_resized", symbol=sym, quantity=qty)
+        for closure in plan.close:
+            self._close_row(closure.symbol, closure.exit_price, flat_reason)
+        held = {p.symbol: p for p in plan.held}
+        if symbol in held:
+            self.held[symbol] = held[symbol]
+            self._subscribe(symbol)
+        elif symbol not in plan.deferred:
+            self._forget(symbol)
+        cancels = [t for t in self._our_sells(symbol) if t.order.orderId in
+                   {o.order_id for o in plan.cancel}]  # fmt: skip
+        if plan.cancel and not await self._cancel_confirmed(symbol, cancels):
+            raise ReconcileError(f"{symbol}: cancels of our sells were not confirmed")
+        for pos, qty in plan.protect:
+            after_flatten = self._phase() in (DayPhase.FLATTEN, DayPhase.SWEEP)
+            if after_flatten and self.cooldown_until.get(symbol, 0) <= self.clock.epoch():
+                await self._exit_locked(symbol, PURPOSE_EOD)  # after the flatten: no new sets
+            else:
+                await self._protect_locked(pos, qty)
+
+    def _forget(self, symbol: str) -> None:
+        self.held.pop(symbol, None)
+        self.target_touched.pop(symbol, None)
+        self.quote_faults.pop(symbol, None)
+        ticker = self.tickers.pop(symbol, None)
+        if ticker is not None and ticker.contract is not None and self.ib.isConnected():
+            self.ib.cancelMktData(ticker.contract)
+        self.quotes.pop(symbol, None)
+
+    # -- protective set ----------------------------------------------------------------
+    async def _protect_locked(self, pos: HeldPosition, quantity: int) -> None:
+        """Place the OCA pair for min(quantity, the broker's fresh quantity)."""
+        if not self.can_trade() or self.rejects.is_blocked(pos.symbol):
+            return
+        fresh = await self.broker_quantity(pos.symbol)
+        if fresh is None or fresh <= 0:
+            log.warning("protect_skipped", symbol=pos.symbol, broker_quantity=fresh)
+            return
+        if fresh != quantity:
+            self._schedule(pos.symbol)  # the position moved while we cancelled: check again
+        quantity = min(quantity, fresh)
+        contract = await self.contract(pos.symbol)
+        oca = f"{AGENT}-{pos.symbol}-{uuid.uuid4().hex[:10]}"
+        target, backstop = protective_orders(pos, quantity, oca, self.config)
+        self.orders.place(contract, target, purpose=PURPOSE_TARGET)
+        self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP)
+        log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
+                 target=pos.target_price, backstop=pos.backstop_price,
+                 bot_stop=pos.stop_price, oca_group=oca, tif=self.config.protective_tif)  # fmt: skip
+
+    async def _cancel_confirmed(self, symbol: str, trades: list[Trade]) -> bool:
+        """Cancel `trades` and wait until IB confirms each is done (cancelled or filled)."""
+        pending = [t for t in trades if not t.isDone()]
+        for trade in pending:
+            with contextlib.suppress(ConnectionError, OSError):
+                self.ib.cancelOrder(trade.order)
+        if await self._wait_until(lambda: all(t.isDone() for t in pending), BROKER_TIMEOUT_S):
+            return True
+        # No confirmation: ask IB by orderRef rather than assume (failure mode 1).
+        async with self._query_lock:
+            snapshot = await self.orders.snapshot()
+        if snapshot is None:
+            log.error("cancel_unconfirmed", symbol=symbol, refs=[t.order.orderRef for t in pending])
+            return False
+        still_open = {t.order.orderRef for t in snapshot[0] if not t.isDone()}
+        ok = not any(t.order.orderRef in still_open for t in pending)
+        if not ok:
+            log.error("cancel_unconfirmed", symbol=symbol, refs=sorted(still_open))
+        return ok
+
+    # -- exits ---------------------------------------------------------------------------
+    async def exit_position(self, symbol: str, purpose: str) -> None:
+        """Sell the whole position now (bot stop, touched target, EOD), under the lock."""
+        self.busy.add(symbol)
+        try:
+            async with self._lock(symbol):
+                await self._exit_locked(symbol, purpose)
+        finally:
+            self.busy.discard(symbol)
+
+    async def _exit_locked(self, symbol: str, purpose: str) -> None:
+        if self.rejects.is_blocked(symbol) or not self.can_trade():
+            log.warning("exit_not_allowed", symbol=symbol, purpose=purpose,
+                        blocked=self.rejects.is_blocked(symbol), connected=self.ib.isConnected())  # fmt: skip
+            return
+        if not await self._cancel_confirmed(symbol, self._our_sells(symbol)):
+            log.critical(
+                "exit_aborted", symbol=symbol, reason="working sells not confirmed cancelled"
+            )
+            return
+        contract = await self.contract(symbol)
+        tick = self.ticks.get(symbol, 0.01)
+        for attempt in range(1, self.config.exit_attempts + 1):
+            quantity = await self.broker_quantity(symbol)
+            if quantity is None:
+                log.critical("exit_aborted", symbol=symbol, reason="broker position unknown")
+                break
+            if quantity <= 0:
+                log.info(
+                    "sell_refused_flat", symbol=symbol, purpose=purpose, broker_quantity=quantity
+                )
+                return
+            quote = self.quotes.get(symbol)
+            if quote_fault(quote, self.clock.epoch(), self.config):
+                quote = None
+            limit = exit_limit_price(quote, attempt, self.config, tick)
+            order: Order = exit_order(quantity, limit) if limit else MarketOrder("SELL", quantity)
+            try:
+                trade = self.orders.place(contract, order, purpose=purpose)
+            except (ConnectionError, OSError) as exc:
+                log.error("exit_not_sent", symbol=symbol, error=repr(exc))
+                return
+            log.info("exit_sent", symbol=symbol, purpose=purpose, attempt=attempt,
+                     quantity=quantity, limit=limit, order_ref=trade.order.orderRef)  # fmt: skip
+            timeout = self._market_timeout(self.config.exit_fill_timeout_s)
+            if not await self._wait_until(trade.isDone, timeout):
+                log.warning("exit_not_filled_in_time", symbol=symbol, attempt=attempt)
+                if not await self._cancel_confirmed(symbol, [trade]):
+                    log.critical("exit_aborted", symbol=symbol, reason="exit cancel unconfirmed")
+                    return
+            if is_rejected(trade):
+                self._count_reject(trade)
+                if self.rejects.is_blocked(symbol):
+                    return
+            elif trade.orderStatus.status != "Filled":
+                log.warning("exit_retry", symbol=symbol, attempt=attempt,
+                            filled=trade.orderStatus.filled, status=trade.orderStatus.status)  # fmt: skip
+        else:
+            quantity = await self.broker_quantity(symbol)
+            if quantity == 0:
+                return
+        # Not flat after every attempt: the server-side set takes over again.
+        log.critical("exit_attempts_exhausted", symbol=symbol, purpose=purpose,
+                     action="protective set re-placed; server stop in charge")  # fmt: skip
+        self.cooldown_until[symbol] = self.clock.epoch() + 60.0
+        self._schedule(symbol)
+
+    # -- fills and order events ------------------------------------------------------------
+    def _on_exec(self, trade: Trade, fill: Fill) -> None:
+        self._pulse()
+        if self._record_fill(fill):
+            self._schedule(fill.contract.symbol)
+
+    def _record_fill(self, fill: Fill) -> bool:
+        """Record one of our sell fills (idempotent by execId); True when it is ours."""
+        ex = fill.execution
+        intent = self.db.get_order_intent(ex.orderRef) if ex.orderRef else None
+        if intent is None or intent["agent"] != AGENT or ex.side not in {"SLD", "SELL"}:
+            return False
+        symbol = fill.contract.symbol
+        row = self.db.get_active_position(symbol)
+        pnl = (ex.price - row["entry_price"]) * ex.shares if row else None
+        when = ex.time if isinstance(ex.time, datetime) and ex.time.tzinfo else self.clock.now()
+        new = self.db.record_trade(
+            symbol, "SELL", ex.shares, ex.price, AGENT, order_ref=ex.orderRef,
+            pnl=pnl, exec_id=ex.execId, trade_time=when,
+        )  # fmt: skip
+        if new:
+            log.info("exit_fill", symbol=symbol, shares=ex.shares, price=ex.price,
+                     purpose=intent["purpose"], order_ref=ex.orderRef, exec_id=ex.execId)  # fmt: skip
+        return True
+
+    def _close_from_fills(self, symbol: str, row: dict[str, Any]) -> bool:
+        """Close a flat position from our recorded fills (price, reason); False if none."""
+        entered = _parse_time(row["entry_time"])
+        fills = [
+            t
+            for t in self.db.get_trades_by_date(self.clock.today_str())
+            if t["symbol"] == symbol
+            and t["side"] == "SELL"
+            and t["agent"] == AGENT
+            and (entered is None or (_parse_time(t["trade_time"]) or entered) >= entered)
+        ]
+        if not fills:
+            return False
+        price = average_price((t["quantity"], t["price"]) for t in fills)
+        assert price is not None
+        intent = self.db.get_order_intent(fills[-1]["order_ref"] or "")
+        reason = exit_reason_for(intent["purpose"] if intent else None)
+        sold = round(sum(t["quantity"] for t in fills))
+        if sold > row["quantity"]:  # partial exits resized the row: P&L over all shares
+            self.db.update_active_position(symbol, quantity=sold)
+        self._close_row(symbol, price, reason)
+        return True
+
+    def _close_row(self, symbol: str, price: float, reason: str) -> None:
+        closed = self.db.remove_active_position(symbol, price, reason)
+        if closed:
+            log.info("position_closed", symbol=symbol, reason=reason, exit_price=round(price, 4),
+                     pnl_pct=round(closed["pnl_pct"], 3), pnl=round(closed["pnl"], 2))  # fmt: skip
+            self._forget(symbol)
+            self.rejects.clear(symbol)
+
+    def _on_order_status(self, trade: Trade) -> None:
+        self._pulse()
+        rejected_sell = is_rejected(trade) and trade.order.action == "SELL"
+        if rejected_sell and self._count_reject(trade):
+            self._schedule(trade.contract.symbol)  # a rejected protective leg: retry (bounded)
+
+    def _count_reject(self, trade: Trade) -> bool:
+        """Count a rejected sell once; returns True when the symbol may still be tried."""
+        ref = trade.order.orderRef
+        symbol = trade.contract.symbol
+        intent = self.db.get_order_intent(ref) if ref else None
+        if intent is None or intent["agent"] != AGENT or ref in self._counted_rejects:
+            return not self.rejects.is_blocked(symbol)
+        self._counted_rejects.add(ref)
+        reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
+        reached = self.rejects.record(symbol)
+        log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=self.rejects.counts[symbol],
+                  reason=reason)  # fmt: skip
+        if reached:
+            self.db.set_flag(blocked_flag(symbol), f"{self.clock.today_str()} {reason}"[:500])
+            log.critical("symbol_blocked", symbol=symbol, rejects=self.config.max_rejects,
+                         action="no more sells for it today; fix by hand and clear the flag")  # fmt: skip
+            self._beat()
+        return not self.rejects.is_blocked(symbol)
+
+    def _is_blocked(self, symbol: str) -> bool:
+        if self.rejects.is_blocked(symbol):
+            return True
+        flag = self.db.get_flag(blocked_flag(symbol))
+        return bool(flag and flag.startswith(self.clock.today_str()))
+
+    def _on_position(self, position: Position) -> None:
+        self._pulse()
+        if not self._ours(position):
+            return
+        symbol = position.contract.symbol
+        self.con_ids[symbol] = position.contract.conId
+        if self._seen_qty.get(symbol) == position.position:
+            return  # a repeat (every positions request replays them)
+        self._seen_qty[symbol] = position.position
+        if self.reconciled:
+            self._schedule(symbol)
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: object = None) -> None:
+        self._pulse()
+        if code == 1100:
+            self.reconciled = False  # the 1101/1102 handler reconciles again
+
+    def _on_disconnected(self) -> None:
+        self.reconciled = False
+        self._seen_qty.clear()
+        self.tickers.clear()  # ib_async dropped every subscription with the connection
+        self._pulse()
+
+    # -- quotes ---------------------------------------------------------------------------
+    def _subscribe(self, symbol: str) -> None:
+        if not self.stream_quotes or symbol in self.tickers or symbol not in self.contracts:
+            return
+        self.tickers[symbol] = self.ib.reqMktData(self.contracts[symbol], "", False, False)
+
+    async def resubscribe(self) -> None:
+        """1101 / feed back: IB dropped the market data subscriptions; request them again."""
+        for symbol, ticker in list(self.tickers.items()):
+            if ticker.contract is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    self.ib.cancelMktData(ticker.contract)
+            self.tickers.pop(symbol, None)
+            self._subscribe(symbol)
+        log.info("market_data_resubscribed", symbols=sorted(self.tickers))
+
+    def _on_tickers(self, tickers: Iterable[Ticker]) -> None:
+        now = self.clock.epoch()
+        for ticker in tickers:
+            if ticker.contract is None:
+                continue
+            symbol = ticker.contract.symbol
+            pos = self.held.get(symbol)
+            if pos is None or self.tickers.get(symbol) is not ticker:
+                continue
+            quote = stamped_quote(ticker, now)
+            self.quotes[symbol] = quote
+            touched = target_touch_time(pos, quote, self.target_touched.get(symbol), now)
+            if touched is None:
+                self.target_touched.pop(symbol, None)
+            else:
+                self.target_touched[symbol] = touched
+            self._consider_exit(pos, quote, now)
+
+    def _consider_exit(self, pos: HeldPosition, quote: StampedQuote, now: float) -> None:
+        symbol = pos.symbol
+        if symbol in self.busy or self.cooldown_until.get(symbol, 0) > now:
+            return
+        action: ExitAction | None = exit_decision(
+            pos, quote, now, self.config,
+            market_open=self.clock.is_market_open(),
+            target_touched_at=self.target_touched.get(symbol),
+        )  # fmt: skip
+        if action is None or not self.reconciled or not self.can_trade():
+            return
+        log.warning("exit_triggered", symbol=symbol, reason=action.reason, last=action.last,
+                    trigger=action.trigger_price, quote_time=quote.time)  # fmt: skip
+        self.busy.add(symbol)  # before the task starts: the next tick must not start another
+        self._spawn(self.exit_position(symbol, action.purpose))
+
+    # -- periodic work -------------------------------------------------------------------------
+    def _phase(self) -> DayPhase:
+        return day_phase(self.clock.now(), self.clock.session(), self.config)
+
+    async def _watch(self) -> None:
+        """Stale-quote guard and the end-of-day schedule (4 checks per real second)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.25)
+            if self._stop.is_set():
+                return
+            self._check_quotes()
+            await self._check_eod()
+
+    def _check_quotes(self) -> None:
+        if not self.reconciled or not self.clock.is_market_open():
+            return
+        now = self.clock.epoch()
+        for symbol in list(self.held):
+            fault = quote_fault(self.quotes.get(symbol), now, self.config)
+            if fault == "no_quote" and symbol not in self.tickers:
+                fault = "not_subscribed"
+            previous = self.quote_faults.get(symbol)
+            if fault and fault != previous:
+                age = now - self.quotes[symbol].time if symbol in self.quotes else None
+                log.error("quote_fault", symbol=symbol, fault=fault, age_s=age,
+                          action="server-side stop in charge; bot does not act")  # fmt: skip
+                self.quote_faults[symbol] = fault
+            elif not fault and previous:
+                log.info("quote_ok", symbol=symbol)
+                self.quote_faults.pop(symbol, None)
+
+    async def _check_eod(self) -> None:
+        phase = self._phase()
+        if phase not in (DayPhase.FLATTEN, DayPhase.SWEEP) or not self.reconciled:
+            return
+        key = (self.clock.today_str(), phase)
+        if self._eod_phase_done == key:
+            return
+        self._eod_phase_done = key
+        await self.flatten_all(phase)
+
+    async def flatten_all(self, phase: DayPhase) -> bool:
+        """EOD: cancel our exits (confirmed), sell every broker position, verify flat."""
+        positions = await self.broker_positions()
+        if positions is None:
+            self._eod_phase_done = None  # try again on the next check
+            return False
+        longs = [s for s, p in positions.items() if p.quantity > 0]
+        log.warning("eod_flatten", phase=phase.value, symbols=longs,
+                    close=str(self.clock.session().close if self.clock.session() else None))  # fmt: skip
+        await asyncio.gather(*(self.exit_position(s, PURPOSE_EOD) for s in longs))
+        after = await self.broker_positions()
+        left = {s: p.quantity for s, p in (after or {}).items() if p.quantity}
+        if after is not None and not left:
+            log.info("eod_flat_verified", phase=phase.value)
+            return True
+        log.critical("eod_not_flat", phase=phase.value, positions=left or "unknown")
+        return False
+
+    def _beat(self, detail: str | None = None) -> None:
+        if self.reconciled:
+            state = "DEGRADED" if self._degraded() else "RECONCILED"
+        elif self.state == "RECONCILED":
+            state = "DEGRADED"  # was reconciled: now disconnected or in a 1100 outage
+        else:
+            state = self.state
+        if detail is None:
+            detail = f"held={len(self.held)} faults={len(self.quote_faults)}"
+        try:
+            self.db.beat(AGENT, state, detail)
+        except DatabaseError as exc:
+            log.error("heartbeat_failed", error=str(exc))
+
+    def _degraded(self) -> bool:
+        blocked = any(self.rejects.is_blocked(s) for s in self.rejects.counts)
+        return bool(self.quote_faults) or blocked or not self.ib.isConnected()
+
+    async def _heartbeat(self) -> None:
+        while not self._stop.is_set():
+            self._beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), HEARTBEAT_SECONDS)
+
+    # -- running -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        log.warning("stop_requested", action="server-side protection stays at IB")
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Connect (retrying), then protect until stopped. Returns the exit code."""
+        self._beat("connecting")
+        heartbeat = self._spawn(self._heartbeat())
+        try:
+            connect = asyncio.ensure_future(self.session.connect())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not connect.done():
+                connect.cancel()
+            elif connect.exception() is not None:
+                raise connect.exception()  # type: ignore[misc]
+            if not self._stop.is_set():
+                await self._watch()
+            return 0
+        finally:
+            await self.shutdown()
+            heartbeat.cancel()
+
+    async def run_once(self, attempts: int = 3) -> int:
+        """Reconcile once, print the protection table, exit: 0 reconciled, 1 not."""
+        if not await self.session.connect(attempts=attempts) or not self.reconciled:
+            print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
+            await self.shutdown()
+            return 1
+        # Let IB acknowledge what reconciliation placed before reading it back.
+        await self._wait_until(
+            lambda: all(t.orderStatus.status != "PendingSubmit" for t in self.ib.openTrades()),
+            BROKER_TIMEOUT_S,
+        )
+        print(format_table(self.protection_rows()))
+        await self.shutdown()
+        return 0
+
+    def protection_rows(self) -> list[dict[str, Any]]:
+        ours = [working_order(t) for t in self.ib.openTrades()]
+        return protection_table(self.held.values(), ours, self.session.client_id)
+
+    async def shutdown(self) -> None:
+        """Stop our tasks and disconnect; orders at IB (the protection) stay."""
+        self._stop.set()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state = "STOPPED"
+        self.reconciled = False
+        with contextlib.suppress(DatabaseError):
+            self.db.beat(AGENT, "STOPPED", "clean shutdown; server-side protection left at IB")
+        await self.session.close()
+
+
+def _merge(plans: list[ReconcilePlan]) -> ReconcilePlan:
+    merged: dict[str, tuple[Any, ...]] = {}
+    for name in ReconcilePlan.__dataclass_fields__:
+        merged[name] = tuple(item for plan in plans for item in getattr(plan, name))
+    return ReconcilePlan(**merged)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The protection table --once prints."""
+    header = ("symbol", "qty", "entry", "target", "bot_stop", "backstop", "tgt_order",
+              "stp_order", "protected")  # fmt: skip
+    keys = ("symbol", "quantity", "entry", "target", "bot_stop", "backstop", "target_order",
+            "stop_order", "protected")  # fmt: skip
+    lines = ["  ".join(f"{h:>9}" for h in header)]
+    for row in rows:
+        lines.append("  ".join(f"{_cell(row[k]):>9}" for k in keys))
+    if not rows:
+        lines.append("(no open positions)")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+# -- command line ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exit_manager.py",
+        description="Protect every open position at IB: OCA target + stop, bot stop, EOD flatten.",
+    )
+    parser.add_argument("--client-id", type=int, default=None, help="IB client id (default 10)")
+    parser.add_argument("--host", default=None, help="IB host (default IB_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="IB port (default IB_PORT)")
+    parser.add_argument("--db", default=None, help="database file (default DATABASE_PATH)")
+    parser.add_argument("--once", action="store_true", help="reconcile, print the table, exit")
+    parser.add_argument("--live", action="store_true", help="trade real money (TRADING_MODE=live)")
+    parser.add_argument("--retry-seconds", type=float, default=30.0, help="reconnect interval")
+    parser.add_argument("--backstop-gap-pct", type=float, default=None,
+                        help="server STP this many %% below the bot stop (default 0.5)")  # fmt: skip
+    parser.add_argument("--tif", choices=("GTC", "DAY"), default=None, help="protective order tif")
+    parser.error = _arg_error  # type: ignore[method-assign]
+    return parser
+
+
+def _arg_error(message: str) -> None:
+    print(f"exit_manager: error: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["ib_host"] = args.host
+    if args.port:
+        overrides["ib_port"] = args.port
+    if args.client_id is not None:
+        overrides["exit_manager_client_id"] = args.client_id
+    if args.db:
+        overrides["database_path"] = Path(args.db).expanduser().resolve()
+    try:
+        settings = load_settings(**overrides)
+        if args.live != settings.is_live:
+            raise SettingsError(
+                "--live needs TRADING_MODE=live"
+                if args.live
+                else "TRADING_MODE=live needs --live on the command line (real money)"
+            )
+        config = ExitConfig.from_settings(settings)
+        if args.backstop_gap_pct is not None:
+            config = replace(config, backstop_gap_pct=args.backstop_gap_pct)
+        if args.tif:
+            config = replace(config, protective_tif=args.tif)
+    except (SettingsError, ValueError) as exc:
+        print(f"exit_manager: error: {exc}", file=sys.stderr)
+        return 2
+    set_settings(settings)
+    setup_logging(AGENT, settings.log_dir, settings.log_level)
+    clock = get_clock(settings.clock_file) if settings.clock_file else get_clock()
+    set_clock(clock)
+    try:
+        db = TradingDatabase(settings.database_path, clock=clock)
+        db.schema_version()
+    except DatabaseError as exc:
+        print(f"exit_manager: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(settings, db, config, clock, args))
+
+
+async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: MarketClock,
+               args: argparse.Namespace) -> int:  # fmt: skip
+    session = BrokerSession(
+        settings, settings.exit_manager_client_id, AGENT, retry_seconds=args.retry_seconds
+    )
+    manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
+    if args.once:
+        return await manager.run_once()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, manager.request_stop)
+    try:
+        return await manager.run()
+    except SettingsError as exc:  # paper/live account mismatch: never retried
+        print(f"exit_manager: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

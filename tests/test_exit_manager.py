@@ -1,0 +1,231 @@
+"""Exit manager on the simulated gateway: real ib_async clients, no mocked IB.
+
+Each test starts its own gateway (a thread), runs the ExitManager on the test's event loop
+(or as a subprocess where it must die by kill -9), and plays the day trader with its own
+ib_async connection (client id 2). Waits are on conditions with deadlines, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import date, datetime
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ib_async import IB, MarketOrder, Stock
+
+from core.broker import BrokerSession
+from core.clock import NEW_YORK, MarketClock, get_clock
+from core.money import profit_target_price, stop_loss_price
+from core.settings import get_settings
+from exit_manager import ExitManager, blocked_flag
+from exit_rules import AGENT, ExitConfig
+from ibsim.config import GatewayConfig
+from ibsim.thread import GatewayThread
+from observability import TradingDatabase
+
+ROOT = Path(__file__).resolve().parent.parent
+TRADING_DATE = date(2026, 11, 25)  # a full Wednesday session
+HALF_DAY = date(2026, 11, 27)  # the day after Thanksgiving: close 13:00
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMD")
+# Wide bands: the synthetic market must not reach them by itself during a test.
+CONFIG = ExitConfig(
+    profit_target_pct=4.0,
+    stop_loss_pct=3.0,
+    backstop_gap_pct=2.0,
+    adopt_grace_s=1.0,
+    target_fill_grace_s=1.0,
+    exit_fill_timeout_s=2.0,
+    stale_tick_seconds=30.0,
+)
+DT = 2  # the day trader's client id
+EM = 10  # the exit manager's
+
+
+# -- harness --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def gateway(tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
+    options: dict[str, Any] = dict(
+        port=0,
+        symbol_names=SYMBOLS,
+        trading_date=TRADING_DATE,
+        start=dtime(10, 0),
+        speed=1.0,
+        clock_file=str(tmp_path / "sim_clock.json"),
+        no_shorting=True,
+    )
+    options.update(overrides)
+    with GatewayThread(GatewayConfig(**options)) as gw:
+        yield gw
+
+
+async def gw_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A gateway call off our loop (the gateway thread answers; our loop keeps running)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll `predicate` (sync) until truthy; fail naming `what` after `timeout` real seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+async def until_gw(gw: GatewayThread, predicate: Callable[[dict], Any], timeout: float = 5.0,
+                   what: str = "") -> Any:  # fmt: skip
+    """Poll the gateway's account state until `predicate(state)` is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await gw_call(gw.account.state)
+        value = predicate(state)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {state}")
+        await asyncio.sleep(0.02)
+
+
+def em_sells(state: dict, symbol: str) -> list[dict]:
+    return [
+        o
+        for o in state["open_orders"]
+        if o["client_id"] == EM and o["symbol"] == symbol and o["action"] == "SELL"
+    ]
+
+
+def one_protective_set(state: dict, symbol: str, quantity: float) -> list[dict] | None:
+    sells = em_sells(state, symbol)
+    kinds = sorted(o["order_type"] for o in sells)
+    if kinds != ["LMT", "STP"] or len({o["oca_group"] for o in sells}) != 1:
+        return None
+    if any(o["quantity"] != quantity for o in sells):
+        return None
+    return sells
+
+
+def position(state: dict, symbol: str) -> float:
+    return next((p["quantity"] for p in state["positions"] if p["symbol"] == symbol), 0.0)
+
+
+def sells_executed(gw: GatewayThread, symbol: str) -> float:
+    return sum(
+        e["shares"] for e in gw.account.executions() if e["symbol"] == symbol and e["side"] == "SLD"
+    )
+
+
+@contextlib.asynccontextmanager
+async def exit_manager(gw: GatewayThread, db: TradingDatabase, clock: MarketClock,
+                       config: ExitConfig = CONFIG, retry_seconds: float = 0.3,
+                       wait: bool = True) -> AsyncIterator[ExitManager]:  # fmt: skip
+    """An ExitManager running on this loop against `gw`; stopped (not cleaned up) after."""
+    settings = replace(get_settings(), ib_port=gw.port)
+    session = BrokerSession(settings, EM, AGENT, retry_seconds=retry_seconds, connect_timeout=5)
+    manager = ExitManager(session, db, config, clock)
+    task = asyncio.ensure_future(manager.run())
+    try:
+        if wait:
+            await until(lambda: manager.reconciled or task.done(), 10, "first reconciliation")
+            assert not task.done(), task
+        yield manager
+    finally:
+        manager.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def day_trader(gw: GatewayThread) -> AsyncIterator[IB]:
+    ib = IB()
+    await ib.connectAsync("127.0.0.1", gw.port, clientId=DT, timeout=5)
+    try:
+        yield ib
+    finally:
+        ib.disconnect()
+
+
+async def buy(ib: IB, db: TradingDatabase | None, symbol: str, quantity: int = 100,
+              config: ExitConfig = CONFIG) -> float:  # fmt: skip
+    """The day trader's entry: market buy, then (with `db`) its database row from the fill."""
+    trade = ib.placeOrder(Stock(symbol, "SMART", "USD"), MarketOrder("BUY", quantity))
+    await until(lambda: trade.orderStatus.status == "Filled", 5, f"{symbol} entry fill")
+    entry = trade.orderStatus.avgFillPrice
+    if db is not None:
+        db.add_active_position(
+            symbol,
+            quantity,
+            entry,
+            profit_target_price(entry, config.profit_target_pct),
+            stop_loss_price(entry, config.stop_loss_pct),
+            agent="day_trader",
+        )
+    return entry
+
+
+@pytest.fixture
+def sim_db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def make(gw: GatewayThread) -> tuple[TradingDatabase, MarketClock]:
+        clock = get_clock(gw.config.clock_file)
+        return TradingDatabase(tmp_path / "trading.db", clock=clock), clock
+
+    return make
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+# -- protection and closing from fills -------------------------------------------------------------
+def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_closes_it(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                assert db.get_heartbeats()[AGENT]["state"] == "RECONCILED"
+                entry = await buy(dt, db, "AAPL", 100)
+                bought_at = time.monotonic()
+                sells = await until_gw(
+                    gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protective pair"
+                )
+                reaction = time.monotonic() - bought_at
+                assert reaction < 1.0, f"protection took {reaction:.3f}s: not event driven"
+                row = db.get_active_position("AAPL")
+                target = next(o for o in sells if o["order_type"] == "LMT")
+                stop = next(o for o in sells if o["order_type"] == "STP")
+                assert target["lmt_price"] == row["profit_target_price"]
+                assert stop["aux_price"] < row["stop_loss_price"]  # the backstop sits below
+                assert target["tif"] == stop["tif"] == "GTC"
+                intents = db.get_open_intents(symbol="AAPL", agent=AGENT)
+                assert {i["order_ref"] for i in intents} == {o["order_ref"] for o in sells}
+
+                await gw_call(gw.faults.set_price, "AAPL", row["profit_target_price"] + 0.05)
+                await until(lambda: db.was_closed_today("AAPL"), 5, "closed after target fill")
+                state = await gw_call(gw.account.state)
+                assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
+                closed = db.get_closed_today()[0]
+                fill = next(e for e in gw.account.executions() if e["side"] == "SLD")
+                assert closed["exit_reason"] == "PROFIT_TARGET"
+                assert closed["exit_price"] == pytest.approx(fill["price"])
+                assert closed["pnl"] == pytest.approx((fill["price"] - entry) * 100)
+                trades = [t for t in db.get_trades_by_date("2026-11-25") if t["side"] == "SELL"]
+                assert [t["exec_id"] for t in trades] == [fill["exec_id"]]
+                assert trades[0]["pnl"] == pytest.approx((fill["price"] - entry) * 100)
+                assert "AAPL" not in manager.held
+
+    run(scenario())
