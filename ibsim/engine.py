@@ -150,9 +150,9 @@ class OrderEngine:
     # -- placing --------------------------------------------------------------------
     def place(self, client_id: int, req: OrderRequest, now: float) -> None:
         """New order or modification. Raises RequestError when IB would reject it."""
+        self._validate(req)
         self._bump_ids(req.order_id + 1)
         existing = self.orders.get((client_id, req.order_id))
-        self._validate(req)
         if existing is not None:
             self._modify(existing, req, now)
             return
@@ -209,7 +209,7 @@ class OrderEngine:
 
     def _validate(self, req: OrderRequest) -> None:
         oid = req.order_id
-        if oid <= 0:
+        if not 0 < oid < 2**31 - 1:
             raise RequestError(oid, 103, "Duplicate order id")
         if req.action not in {"BUY", "SELL"}:
             raise RequestError(oid, 321, f"Error validating request: invalid action {req.action!r}")

@@ -94,6 +94,7 @@ class SimulatedGateway:
         self._control = None
         self._loop_task: asyncio.Task[None] | None = None
         self._reopen: asyncio.TimerHandle | None = None
+        self._reopen_task: asyncio.Task[None] | None = None
         self._last_step_time = 0.0
         self._last_refresh = 0.0
 
@@ -133,6 +134,10 @@ class SimulatedGateway:
     async def stop(self) -> None:
         if self._reopen is not None:
             self._reopen.cancel()
+        if self._reopen_task is not None and not self._reopen_task.done():
+            self._reopen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reopen_task
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,7 +166,17 @@ class SimulatedGateway:
         for s in list(self.sessions):
             s.close(abort=True)
         loop = asyncio.get_running_loop()
-        self._reopen = loop.call_later(down_seconds, lambda: asyncio.ensure_future(self._listen()))
+        self._reopen = loop.call_later(down_seconds, self._start_reopen)
+
+    def _start_reopen(self) -> None:
+        self._reopen_task = asyncio.create_task(self._reopen_listener(), name="ibsim-reopen")
+
+    async def _reopen_listener(self) -> None:
+        try:
+            await self._listen()
+            log.warning("restart: accepting connections again on port %s", self.port)
+        except OSError:
+            log.exception("restart: cannot listen on port %s again", self.port)
 
     # -- engine loop -------------------------------------------------------------------
     async def _run(self) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ibsim.server import SimulatedGateway
 
 log = logging.getLogger("ibsim.session")
+MAX_UNREAD_BYTES = 64 * 1024 * 1024
 _VERSION_RE = re.compile(r"^v(\d+)(?:\.\.(\d+))?(?:\s.*)?$")
 
 
@@ -71,6 +72,11 @@ class ClientSession(asyncio.Protocol):
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
             self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+                # A client that stopped reading would make the gateway hoard memory.
+                log.warning("client %s is not reading (%d bytes queued); dropping it",
+                            self.client_id, self.transport.get_write_buffer_size())  # fmt: skip
+                self.close(abort=True)
 
     def close(self, abort: bool = False) -> None:
         if self.transport is not None and not self.closed:
