@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ import pytest
 from ib_async import IB, MarketOrder, Stock
 
 from core.broker import BrokerSession
-from core.clock import NEW_YORK, MarketClock, get_clock
+from core.clock import MarketClock, get_clock
 from core.money import profit_target_price, stop_loss_price
 from core.settings import get_settings
-from exit_manager import ExitManager, blocked_flag
+from exit_manager import ExitManager
 from exit_rules import AGENT, ExitConfig
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
@@ -229,3 +228,165 @@ def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_close
                 assert "AAPL" not in manager.held
 
     run(scenario())
+
+
+def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The seed's bot stop sells the live quantity with a marketable IOC; the day trader's
+    kill switch (file and flag) must not stop it (failure mode 15)."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            get_settings().kill_switch_file.write_text("stop entries")
+            db.set_flag("kill_switch", "on")
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                await buy(dt, db, "MSFT", 50)
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection")
+                row = db.get_active_position("MSFT")
+                # Through the bot stop, still above the server-side backstop.
+                gap_to = round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2)
+                started = time.monotonic()
+                await gw_call(gw.faults.set_price, "MSFT", gap_to)
+                await until(lambda: db.was_closed_today("MSFT"), 3, "bot stop exit")
+                assert time.monotonic() - started < 1.0
+                state = await gw_call(gw.account.state)
+                assert position(state, "MSFT") == 0 and not em_sells(state, "MSFT")
+                exits = [o for o in state["completed_orders"] if o["symbol"] == "MSFT"
+                         and o["action"] == "SELL" and o["status"] == "Filled"]  # fmt: skip
+                assert [(o["order_type"], o["tif"]) for o in exits] == [("LMT", "IOC")]
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+                assert sells_executed(gw, "MSFT") == 50
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("race", ["gap_through_backstop", "target_then_crash"])
+def test_no_second_sell_when_server_orders_and_bot_stop_race(
+    tmp_path: Path, sim_db: Any, race: str
+) -> None:
+    """Server STP (or target LMT) and the bot stop both want to sell the same shares: exactly
+    one sells, the account never goes short (the simulator rejects shorts: none may occur)."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 40)
+                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 40), 3, "protection")
+                row = db.get_active_position("NVDA")
+                if race == "gap_through_backstop":
+                    await gw_call(gw.faults.set_price, "NVDA", row["entry_price"] * 0.90)
+                    reason = "STOP_LOSS"
+                else:
+                    await gw_call(gw.faults.set_price, "NVDA", row["profit_target_price"] + 0.1)
+                    await gw_call(gw.faults.set_price, "NVDA", row["stop_loss_price"] - 0.5)
+                    reason = "PROFIT_TARGET"
+                await until(lambda: db.was_closed_today("NVDA"), 3, "closed")
+                await asyncio.sleep(0.3)  # room for a wrong second sell to show up
+                state = await gw_call(gw.account.state)
+                assert position(state, "NVDA") == 0
+                assert sells_executed(gw, "NVDA") == 40
+                rejected = [o for o in state["completed_orders"] if o["state"] == "REJECTED"]
+                assert not rejected, rejected
+                assert not em_sells(state, "NVDA")
+                assert db.get_closed_today()[0]["exit_reason"] == reason
+
+    run(scenario())
+
+
+# -- crash and restart ------------------------------------------------------------------------------
+def _subprocess_env(tmp_path: Path, gw: GatewayThread) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "TRADING_MODE"))}
+    env.update(
+        CLOCK_FILE=str(gw.config.clock_file),
+        LOG_DIR=str(tmp_path / "logs"),
+        KILL_SWITCH_FILE=str(tmp_path / "KILL_SWITCH"),
+        WATCHLIST_PATH=str(tmp_path / "watchlist.json"),
+        BACKUP_DIR=str(tmp_path / "archive"),
+        PROFIT_TARGET_PCT=str(CONFIG.profit_target_pct),
+        STOP_LOSS_PCT=str(CONFIG.stop_loss_pct),
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def _exit_manager_args(gw: GatewayThread, db: TradingDatabase, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "exit_manager.py"), "--port", str(gw.port), "--db", str(db.path),
+        "--retry-seconds", "0.5", "--backstop-gap-pct", str(CONFIG.backstop_gap_pct), *extra,
+    ]  # fmt: skip
+
+
+def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplicate(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, _clock = sim_db(gw)
+            env = _subprocess_env(tmp_path, gw)
+            proc = subprocess.Popen(
+                _exit_manager_args(gw, db), env=env, cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                await until(
+                    lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
+                    30, "subprocess reconciled",
+                )  # fmt: skip
+                async with day_trader(gw) as dt:
+                    await buy(dt, db, "AAPL", 100)
+                    await buy(dt, db, "MSFT", 60)
+                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                                   and one_protective_set(s, "MSFT", 60), 5, "both protected")  # fmt: skip
+                    os.kill(proc.pid, signal.SIGKILL)  # no cleanup of any kind
+                    proc.wait(10)
+                    await until_gw(gw, lambda s: EM not in s["clients"], 5, "client 10 gone")
+
+                    # Dead exit manager: the server-side stop still sells.
+                    row = db.get_active_position("AAPL")
+                    await gw_call(gw.faults.set_price, "AAPL", row["entry_price"] * 0.90)
+                    await until_gw(gw, lambda s: position(s, "AAPL") == 0, 3, "backstop fired")
+                    before = await gw_call(gw.account.state)
+                    msft_set = sorted(o["perm_id"] for o in em_sells(before, "MSFT"))
+                    orders_before = len(before["open_orders"]) + len(before["completed_orders"])
+
+                    # Restart (--once): reconcile, print the table, exit.
+                    done = await asyncio.to_thread(
+                        subprocess.run, _exit_manager_args(gw, db, "--once"), env=env,
+                        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                    )  # fmt: skip
+                    assert done.returncode == 0, done.stderr[-2000:]
+                    assert "MSFT" in done.stdout and "True" in done.stdout
+                    after = await gw_call(gw.account.state)
+                    assert sorted(o["perm_id"] for o in em_sells(after, "MSFT")) == msft_set
+                    assert (
+                        len(after["open_orders"]) + len(after["completed_orders"]) == orders_before
+                    )
+                    closed = {r["symbol"]: r for r in db.get_closed_today()}
+                    assert closed["AAPL"]["exit_reason"] == "STOP_LOSS"  # from reqExecutions
+                    assert db.is_position_active("MSFT")
+                    assert position(after, "AAPL") == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+
+    run(scenario())
+
+
+def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from exit_manager import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "--client-id" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["--bogus"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--bogus" in err
+    assert main(["--live", "--port", "4002"]) == 2  # --live needs TRADING_MODE=live
+    assert "TRADING_MODE=live" in capsys.readouterr().err
