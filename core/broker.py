@@ -10,6 +10,7 @@ and "resubscribe" (market data was lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -134,6 +135,7 @@ class BrokerSession:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._connecting = False  # connect() is looping: disconnects must not start a 2nd loop
         self._client_id_rejected = False
+        self._id_rejected_event = asyncio.Event()
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
 
@@ -158,21 +160,40 @@ class BrokerSession:
         finally:
             self._connecting = False
 
-    def _retry_delay(self) -> float:
-        spread = self.retry_seconds * self.jitter
-        return max(0.1, self.retry_seconds + random.uniform(-spread, spread))
-
-    async def _connect_once(self) -> bool:
-        self._client_id_rejected = False
-        s = self.settings
-        try:
-            await self.ib.connectAsync(
+    async def _connect_or_326(self, s: Settings) -> None:
+        """ib_async's connect, abandoned as soon as IB answers 326: after that error IB
+        closes the socket but ib_async would wait out the whole connect timeout."""
+        connect = asyncio.ensure_future(
+            self.ib.connectAsync(
                 s.ib_host,
                 s.ib_port,
                 clientId=self.client_id,
                 timeout=self.connect_timeout,
                 account=s.ib_account,
             )
+        )
+        rejected = asyncio.ensure_future(self._id_rejected_event.wait())
+        try:
+            await asyncio.wait({connect, rejected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            rejected.cancel()
+        if not connect.done():
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            raise ConnectionError(f"client id {self.client_id} is in use (326)")
+        connect.result()
+
+    def _retry_delay(self) -> float:
+        spread = self.retry_seconds * self.jitter
+        return max(0.1, self.retry_seconds + random.uniform(-spread, spread))
+
+    async def _connect_once(self) -> bool:
+        self._client_id_rejected = False
+        self._id_rejected_event = asyncio.Event()
+        s = self.settings
+        try:
+            await self._connect_or_326(s)
         except (OSError, TimeoutError, ConnectionError) as exc:
             if self._client_id_rejected:
                 self._log.error(
@@ -243,6 +264,7 @@ class BrokerSession:
 
         if kind is ErrorKind.CLIENT_ID_IN_USE:
             self._client_id_rejected = True
+            self._id_rejected_event.set()
         elif kind is ErrorKind.CONNECTIVITY_LOST:
             self.health.data_lost = True
             self.ready.clear()
