@@ -154,6 +154,7 @@ class ExitManager:
         self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
         self._query_lock = asyncio.Lock()
         self._eod_phase_done: tuple[str, DayPhase] | None = None
+        self.eod_verified: dict[DayPhase, bool] = {}
         self._stop = asyncio.Event()
         session.connected_handlers.append(self.reconcile)
         session.resubscribe_handlers.append(self.resubscribe)
@@ -733,6 +734,8 @@ class ExitManager:
         symbol = pos.symbol
         if symbol in self.busy or self.cooldown_until.get(symbol, 0) > now:
             return
+        if self.rejects.is_blocked(symbol):
+            return  # given up after repeated rejects: alerted once, no loop
         action: ExitAction | None = exit_decision(
             pos, quote, now, self.config,
             market_open=self.clock.is_market_open(),
@@ -799,7 +802,8 @@ class ExitManager:
         await asyncio.gather(*(self.exit_position(s, PURPOSE_EOD) for s in longs))
         after = await self.broker_positions()
         left = {s: p.quantity for s, p in (after or {}).items() if p.quantity}
-        if after is not None and not left:
+        self.eod_verified[phase] = after is not None and not left
+        if self.eod_verified[phase]:
             log.info("eod_flat_verified", phase=phase.value)
             return True
         log.critical("eod_not_flat", phase=phase.value, positions=left or "unknown")

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import date
+from datetime import date, datetime
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,11 @@ import pytest
 from ib_async import IB, MarketOrder, Stock
 
 from core.broker import BrokerSession
-from core.clock import MarketClock, get_clock
+from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import profit_target_price, stop_loss_price
 from core.settings import get_settings
-from exit_manager import ExitManager
-from exit_rules import AGENT, ExitConfig
+from exit_manager import ExitManager, blocked_flag
+from exit_rules import AGENT, DayPhase, ExitConfig
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
@@ -390,3 +390,225 @@ def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(err.splitlines()) == 1 and "--bogus" in err
     assert main(["--live", "--port", "4002"]) == 2  # --live needs TRADING_MODE=live
     assert "TRADING_MODE=live" in capsys.readouterr().err
+
+
+# -- connection faults ----------------------------------------------------------------------------
+def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, sim_db: Any) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await buy(dt, db, "AMD", 10)
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                               and one_protective_set(s, "AMD", 10), 3, "protection")  # fmt: skip
+                connects = manager.session.health.connects
+                await gw_call(gw.faults.drop_client, EM)
+                row = db.get_active_position("AAPL")
+                await gw_call(gw.faults.set_price, "AAPL", row["profit_target_price"] + 0.05)
+                await until(lambda: manager.session.health.connects > connects, 5, "reconnected")
+                await until(lambda: manager.reconciled, 5, "reconciled after reconnect")
+                await until(lambda: db.was_closed_today("AAPL"), 3, "missed fill applied")
+                assert db.get_closed_today()[0]["exit_reason"] == "PROFIT_TARGET"
+                state = await gw_call(gw.account.state)
+                assert one_protective_set(state, "AMD", 10)  # kept, not duplicated
+                assert len(em_sells(state, "AMD")) == 2
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("data_lost", [True, False], ids=["1101", "1102"])
+def test_connectivity_restored_resubscribes_and_reconciles(
+    tmp_path: Path, sim_db: Any, data_lost: bool
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "MSFT", 70)
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 70), 3, "protection")
+                await until(lambda: "MSFT" in manager.quotes, 3, "quotes streaming")
+                await gw_call(gw.faults.connectivity_lost, EM)
+                await until(lambda: not manager.reconciled, 3, "1100 seen")
+                await gw_call(gw.faults.connectivity_restored, EM, data_lost)
+                await until(lambda: manager.reconciled, 5, "reconciled after restore")
+                state = await gw_call(gw.account.state)
+                assert len(em_sells(state, "MSFT")) == 2 and one_protective_set(state, "MSFT", 70)
+                # Ticks flow again (after 1101 only because we resubscribed): the bot stop works.
+                row = db.get_active_position("MSFT")
+                await gw_call(gw.faults.set_price, "MSFT",
+                              round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
+                await until(lambda: db.was_closed_today("MSFT"), 3, "bot stop after restore")
+                done = await gw_call(gw.account.completed_orders)
+                assert any(o["tif"] == "IOC" and o["status"] == "Filled" for o in done)
+
+    run(scenario())
+
+
+def test_client_id_in_use_at_startup_backs_off_and_connects_later(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            squatter = IB()
+            await squatter.connectAsync("127.0.0.1", gw.port, clientId=EM, timeout=5)
+            async with exit_manager(gw, db, clock, wait=False) as manager:
+                health = manager.session.health
+                await until(lambda: health.errors_seen.get(326, 0) >= 1, 5, "error 326")
+                assert not manager.reconciled
+                assert db.get_heartbeats()[AGENT]["state"] != "RECONCILED"
+                squatter.disconnect()
+                await until(lambda: manager.reconciled, 5, "connected after the id was freed")
+
+    run(scenario())
+
+
+def test_sell_rejected_three_times_stops_trying_flags_and_alerts(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AMD", 50)
+                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 3, "protection")
+                for _ in range(5):
+                    await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
+                row = db.get_active_position("AMD")
+                await gw_call(gw.faults.set_price, "AMD",
+                              round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
+                await until(lambda: db.get_flag(blocked_flag("AMD")), 5, "symbol flagged")
+                assert manager.rejects.is_blocked("AMD")
+                await asyncio.sleep(0.5)  # a loop would keep sending: give it room to show
+                state = await gw_call(gw.account.state)
+                # Rejected at placement, so the gateway kept none: the faults left tell the count.
+                assert not em_sells(state, "AMD")
+                assert len(gw.gateway.engine.reject_next) == 2  # nothing else was tried
+                assert position(state, "AMD") == 50
+                intents = [i for i in db.get_intents_by_date("2026-11-25") if i["symbol"] == "AMD"]
+                assert sum(i["state"] == "REJECTED" for i in intents) == 3
+                manager._beat()
+                assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
+
+    run(scenario())
+
+
+# -- reconciliation ------------------------------------------------------------------------------
+def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with day_trader(gw) as dt:
+                await buy(dt, None, "MSFT", 30)  # at the broker, not in the database
+                db.add_active_position(  # in the database only, from earlier this morning
+                    "NVDA", 10, 40.0, 41.6, 38.8, entry_time="2026-11-25T09:45:00-05:00"
+                )
+                async with exit_manager(gw, db, clock) as manager:
+                    adopted = db.get_active_position("MSFT")
+                    assert adopted["agent"] == "adopted" and adopted["quantity"] == 30
+                    closed = {r["symbol"]: r for r in db.get_closed_today()}
+                    assert closed["NVDA"]["exit_reason"] == "RECONCILE"
+                    assert manager.last_report["adopted"] == ["MSFT"]
+                    assert manager.last_report["closed"] == ["NVDA"]
+                    await until_gw(
+                        gw, lambda s: one_protective_set(s, "MSFT", 30), 3, "adopted set"
+                    )
+
+                    # Live: an unregistered fill is adopted after the grace period...
+                    await buy(dt, None, "AMD", 20)
+                    await until_gw(gw, lambda s: one_protective_set(s, "AMD", 20), 5, "AMD set")
+                    assert db.get_active_position("AMD")["agent"] == "adopted"
+                    # ...but a row the day trader writes within the grace wins.
+                    trade = dt.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 10))
+                    await until(lambda: trade.orderStatus.status == "Filled", 5, "AAPL fill")
+                    await asyncio.sleep(clock.real_seconds(CONFIG.adopt_grace_s) / 3)
+                    entry = trade.orderStatus.avgFillPrice
+                    db.add_active_position("AAPL", 10, entry, round(entry * 1.05, 2),
+                                           round(entry * 0.96, 2))  # fmt: skip
+                    sells = await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 10), 5)
+                    target = next(o for o in sells if o["order_type"] == "LMT")
+                    assert target["lmt_price"] == round(entry * 1.05, 2)
+                    assert db.get_active_position("AAPL")["agent"] == "day_trader"
+
+    run(scenario())
+
+
+def test_stale_ticks_leave_the_server_stop_in_charge(tmp_path: Path, sim_db: Any) -> None:
+    config = replace(CONFIG, stale_tick_seconds=1.5)
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 25)
+                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 25), 3, "protection")
+                await gw_call(gw.faults.stop_ticks, "NVDA")
+                await until(lambda: manager.quote_faults.get("NVDA") == "stale", 5, "stale fault")
+                manager._beat()
+                assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
+                row = db.get_active_position("NVDA")
+                await gw_call(gw.faults.set_price, "NVDA",
+                              round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
+                await asyncio.sleep(0.3)  # the bot must not act on what it cannot see
+                state = await gw_call(gw.account.state)
+                assert position(state, "NVDA") == 25 and one_protective_set(state, "NVDA", 25)
+                await gw_call(gw.faults.set_price, "NVDA", row["entry_price"] * 0.90)
+                await until(lambda: db.was_closed_today("NVDA"), 3, "backstop closed it")
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+
+    run(scenario())
+
+
+def test_outside_regular_hours_keeps_protection_and_does_not_trade(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path, start=dtime(9, 0)) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                order = MarketOrder("BUY", 15)
+                order.outsideRth = True  # pre-market entry
+                trade = dt.placeOrder(Stock("AMD", "SMART", "USD"), order)
+                await until(lambda: trade.orderStatus.status == "Filled", 5, "pre-market fill")
+                db.add_active_position("AMD", 15, trade.orderStatus.avgFillPrice)
+                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 15), 3, "protection")
+                row = db.get_active_position("AMD")
+                await gw_call(gw.faults.set_price, "AMD", row["stop_loss_price"] - 0.05)
+                await until(lambda: "AMD" in manager.quotes, 3, "pre-market quotes")
+                await asyncio.sleep(0.3)
+                state = await gw_call(gw.account.state)
+                assert position(state, "AMD") == 15 and one_protective_set(state, "AMD", 15)
+
+    run(scenario())
+
+
+# -- end of day ---------------------------------------------------------------------------------
+def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def flatten() -> None:
+        with gateway(tmp_path, trading_date=HALF_DAY, start=dtime(12, 44, 57)) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection")
+                await until(lambda: db.was_closed_today("AAPL"), 8, "EOD flatten")
+                assert db.get_closed_today()[0]["exit_reason"] == "EOD"
+                sold = [e for e in gw.account.executions() if e["side"] == "SLD"]
+                when = datetime.fromtimestamp(sold[0]["time"], NEW_YORK)
+                assert (when.hour, when.minute) == (12, 45), when
+                state = await gw_call(gw.account.state)
+                assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
+                await until(lambda: manager.eod_verified.get(DayPhase.FLATTEN), 3, "verified")
+
+    async def sweep() -> None:
+        with gateway(tmp_path, trading_date=HALF_DAY, start=dtime(12, 54, 58)) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager:
+                await until(lambda: manager.eod_verified.get(DayPhase.SWEEP), 8, "sweep")
+
+    run(flatten())
+    run(sweep())
