@@ -143,7 +143,7 @@ def test_stop_ticks_for_one_symbol_then_resume() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         quiet, busy = streaming(ib, "AAA"), streaming(ib, "BBB")
         gw.faults.stop_ticks("AAA")
-        ib.sleep(0.05)  # in-flight ticks
+        ib.sleep(0.2)  # let ticks already on the wire arrive
         assert updates_within(ib, quiet, 0.4) == 0
         assert updates_within(ib, busy, 0.4) > 0
         gw.faults.resume_ticks("AAA")
@@ -154,7 +154,7 @@ def test_go_silent_keeps_socket_open_but_answers_nothing() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         ticker = streaming(ib, "CCC")
         gw.faults.go_silent()
-        ib.sleep(0.05)
+        ib.sleep(0.2)  # let ticks already on the wire arrive
         with pytest.raises(asyncio.TimeoutError):
             ib.run(asyncio.wait_for(ib.reqCurrentTimeAsync(), 0.5))
         assert updates_within(ib, ticker, 0.3) == 0
