@@ -42,8 +42,9 @@ log = get_logger("supervisor")
 
 EXIT_MANAGER = "exit_manager"
 DAY_TRADER = "day_trader"
-# Heartbeat states in which the exit manager has reconciled with IB and protects positions.
-EXIT_MANAGER_READY_STATES = frozenset({"RECONCILED", "RUNNING", "PROTECTING", "EOD", "FLAT"})
+# The exit manager's heartbeat state once it has reconciled with IB and protects positions
+# (its others: CONNECTING, RECONCILING, DEGRADED, STOPPED).
+EXIT_MANAGER_READY_STATES = frozenset({"RECONCILED"})
 RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP"
 DAILY_RESET_FLAG = "supervisor_daily_reset"
 
@@ -637,12 +638,14 @@ def bot_specs(
     extra_env: Mapping[str, str] | None = None,
     output_dir: Path | None = None,
     python: str = sys.executable,
+    day_trader_args: Sequence[str] = (),
+    exit_manager_args: Sequence[str] = (),
 ) -> list[BotSpec]:
     """The real bots: exit manager (client id 10) first, then the day trader (client id 2)."""
     return [
         BotSpec(
             EXIT_MANAGER,
-            (python, str(PROJECT_ROOT / "exit_manager.py")),
+            (python, str(PROJECT_ROOT / "exit_manager.py"), *exit_manager_args),
             critical=True,
             ready_states=EXIT_MANAGER_READY_STATES,
             env=extra_env,
@@ -650,7 +653,13 @@ def bot_specs(
         ),
         BotSpec(
             DAY_TRADER,
-            (python, str(PROJECT_ROOT / "day_trader.py"), "--allocation", f"{allocation:g}"),
+            (
+                python,
+                str(PROJECT_ROOT / "day_trader.py"),
+                "--allocation",
+                f"{allocation:g}",
+                *day_trader_args,
+            ),
             env=extra_env,
             stdout_path=output_dir / f"{DAY_TRADER}.out" if output_dir else None,
         ),

@@ -1,0 +1,400 @@
+"""`python supervisor.py --sim`: one whole simulated trading day, start to report.
+
+The project's simulated gateway (`python -m ibsim`) runs on a free port with a seeded market
+and an accelerated clock published in a clock file; the supervisor runs the exit manager and
+the day trader against it exactly as in production, only with IB_PORT, CLOCK_FILE and a
+sim-specific DATABASE_PATH (and logs, archive, kill switch) under `sim_runs/<date>_<seed>/`.
+Once the simulated time passes the close + a few minutes, the bots are stopped and the day
+report (trades, win rate, P&L, max drawdown) is printed and a P&L chart written.
+`sim.json` in the run folder tells tests and tools the ports and files of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from core.clock import MarketClock, SystemTimeSource, get_clock, set_clock
+from core.logs import get_logger, setup_logging
+from core.settings import PROJECT_ROOT, get_settings, set_settings
+from observability import TradingDatabase, get_database
+from reports import DayReport, build_day_report, render_report, write_pnl_chart
+from supervisor import (
+    Supervisor,
+    SupervisorError,
+    SupervisorLock,
+    WatchdogPolicy,
+    bot_specs,
+    install_signal_handlers,
+    lock_path_for,
+    stop_process_tree,
+)
+
+log = get_logger("supervisor")
+
+DEFAULT_SEED = 7
+# 09:00 -> 16:05 is 25,500 simulated seconds: at 110x about 4 minutes of real time.
+DEFAULT_SPEED = 110.0
+DEFAULT_START = "09:00"
+DEFAULT_SYMBOLS = 20
+END_AFTER_CLOSE_MINUTES = 5.0
+GATEWAY_START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    seed: int = DEFAULT_SEED
+    speed: float = DEFAULT_SPEED
+    trading_date: date | None = None  # None: the last completed trading date
+    start: str = DEFAULT_START
+    symbols: int = DEFAULT_SYMBOLS
+    allocation: float = 0.25
+    run_dir: Path | None = None
+    status_every_s: float = 30.0
+    stale_after_s: float = 60.0
+    end_after_close_minutes: float = END_AFTER_CLOSE_MINUTES
+
+
+def last_trading_date(clock: MarketClock | None = None) -> date:
+    """The last trading date whose session has closed (today's once it is past the close)."""
+    clock = clock or MarketClock(SystemTimeSource())
+    today = clock.today()
+    session = clock.session(today)
+    if session is not None and clock.now() >= session.close:
+        return today
+    return clock.previous_session(today).trading_date
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    """SimOptions from supervisor.py's --sim flags. Raises SupervisorError on a bad value."""
+    options = SimOptions()
+    changes: dict[str, Any] = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.speed is not None:
+        if args.speed <= 0:
+            raise SupervisorError(f"--speed {args.speed} is invalid: expected > 0")
+        changes["speed"] = args.speed
+    if args.date:
+        try:
+            changes["trading_date"] = date.fromisoformat(args.date)
+        except ValueError:
+            raise SupervisorError(f"--date {args.date!r} is not a date (YYYY-MM-DD)") from None
+    if args.start:
+        try:
+            datetime.strptime(args.start, "%H:%M")
+        except ValueError:
+            raise SupervisorError(f"--start {args.start!r} is not a time (HH:MM)") from None
+        changes["start"] = args.start
+    if args.symbols is not None:
+        changes["symbols"] = args.symbols
+    if args.allocation is not None:
+        changes["allocation"] = args.allocation
+    if args.run_dir is not None:
+        changes["run_dir"] = args.run_dir
+    if args.status_every is not None:
+        changes["status_every_s"] = args.status_every
+    return replace(options, **changes)
+
+
+class SimGateway:
+    """`python -m ibsim` as a child process on free ports; stopped with the run."""
+
+    def __init__(self, options: SimOptions, trading_date: date, run_dir: Path) -> None:
+        self.options = options
+        self.trading_date = trading_date
+        self.run_dir = run_dir
+        self.clock_file = run_dir / "sim_clock.json"
+        self.process: psutil.Popen | None = None
+        self.port = 0
+        self.control_port = 0
+
+    def argv(self) -> list[str]:
+        o = self.options
+        return [
+            sys.executable,
+            "-m",
+            "ibsim",
+            "--port",
+            "0",
+            "--control-port",
+            "0",
+            "--seed",
+            str(o.seed),
+            "--speed",
+            f"{o.speed:g}",
+            "--date",
+            self.trading_date.isoformat(),
+            "--start",
+            o.start,
+            "--symbols",
+            str(o.symbols),
+            "--clock-file",
+            str(self.clock_file),
+            "--log-level",
+            "WARNING",
+        ]
+
+    def start(self) -> None:
+        """Start and wait for its "listening" line. Raises SupervisorError when it fails."""
+        import subprocess
+
+        errors = (self.run_dir / "ibsim.out").open("ab")
+        try:
+            self.process = psutil.Popen(
+                self.argv(),
+                cwd=str(PROJECT_ROOT),
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                start_new_session=os.name != "nt",
+            )
+        finally:
+            errors.close()
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # "ibsim: listening on 127.0.0.1:P ... control C"
+        words = line.split()
+        if "listening" not in words:
+            self.process.wait(timeout=GATEWAY_START_TIMEOUT_S)
+            raise SupervisorError(
+                f"the simulated gateway did not start (see {self.run_dir / 'ibsim.out'}): "
+                f"{line.strip() or 'no output'}"
+            )
+        self.port = int(words[words.index("on") + 1].rsplit(":", 1)[1])
+        self.control_port = int(words[words.index("control") + 1])
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
+        while not self.clock_file.exists():
+            if time.monotonic() > deadline:
+                raise SupervisorError(
+                    f"the simulated gateway wrote no clock file {self.clock_file}"
+                )
+            time.sleep(0.05)
+
+    def state(self) -> dict[str, Any] | None:
+        """The simulator's account (positions, orders, executions), or None if unreachable."""
+        from ibsim.ctl import call
+
+        try:
+            reply = call(self.control_port, "state", {}, timeout=10.0)
+        except OSError:
+            return None
+        return reply.get("result") if reply.get("ok") else None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process_tree(self.process, timeout=10.0)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    report: DayReport
+    chart: Path
+    flat: bool | None  # None: the simulator could not be asked
+    unmatched_fills: list[str]  # how the database's fills differ from the simulator's
+    open_orders: int
+
+
+def fill_disagreements(
+    db_trades: list[dict[str, Any]], executions: list[dict[str, Any]]
+) -> list[str]:
+    """Pure: every way the database's fills of the day differ from the simulator's executions."""
+    ours = {t["exec_id"]: t for t in db_trades if t["exec_id"]}
+    theirs = {e["exec_id"]: e for e in executions}
+    problems = [
+        f"{x} {theirs[x]['symbol']} missing from the database" for x in theirs.keys() - ours.keys()
+    ]
+    problems += [
+        f"{x} {ours[x]['symbol']} unknown to the simulator" for x in ours.keys() - theirs.keys()
+    ]
+    for exec_id in ours.keys() & theirs.keys():
+        t, e = ours[exec_id], theirs[exec_id]
+        side = {"BOT": "BUY", "SLD": "SELL"}.get(e["side"], e["side"])
+        if (
+            (t["symbol"], t["side"]) != (e["symbol"], side)
+            or abs(float(t["quantity"]) - float(e["shares"])) > 1e-9
+            or abs(float(t["price"]) - float(e["price"])) > 1e-6
+        ):
+            problems.append(f"{exec_id} differs: database {t}, simulator {e}")
+    return sorted(problems)
+
+
+def check_against_simulator(db: TradingDatabase, state: dict[str, Any] | None, day: str):  # type: ignore[no-untyped-def]
+    """(flat, how the database and the simulator disagree on fills, working orders left)."""
+    if state is None:
+        return None, ["simulator unreachable"], -1
+    flat = not any(float(p["quantity"]) for p in state["positions"])
+    problems = fill_disagreements(db.get_trades_by_date(day), state["executions"])
+    return flat, problems, len(state["open_orders"])
+
+
+def sim_env(run_dir: Path, gateway: SimGateway, db_path: Path) -> dict[str, str]:
+    """What points both bots at the simulator (and keeps them off the real files)."""
+    return {
+        "IB_HOST": "127.0.0.1",
+        "IB_PORT": str(gateway.port),
+        "TRADING_MODE": "paper",
+        "IB_ACCOUNT": "",
+        "CLOCK_FILE": str(gateway.clock_file),
+        "DATABASE_PATH": str(db_path),
+        "LOG_DIR": str(run_dir / "logs"),
+        "BACKUP_DIR": str(run_dir / "archive"),
+        "KILL_SWITCH_FILE": str(run_dir / "KILL_SWITCH"),
+        "WATCHLIST_PATH": str(run_dir / "watchlist.json"),
+        # No calls to paid services from a simulation.
+        "MASSIVE_API_KEY": "",
+        "POLYGON_API_KEY": "",
+        "DEEPSEEK_API_KEY": "",
+        "GOOGLE_API_KEY": "",
+        "GEMINI_API_KEY": "",
+    }
+
+
+def prepare_run_dir(options: SimOptions, trading_date: date) -> Path:
+    """A clean folder for this run (a rerun of the same date and seed replaces the last one)."""
+    run_dir = options.run_dir or PROJECT_ROOT / "sim_runs" / f"{trading_date}_{options.seed}"
+    run_dir = run_dir.resolve()
+    lock = read_lock_pid(run_dir)
+    if lock is not None:
+        raise SupervisorError(
+            f"a simulation (pid {lock}) is running in {run_dir}; stop it or pass --run-dir"
+        )
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "logs").mkdir(parents=True)
+    return run_dir
+
+
+def read_lock_pid(run_dir: Path) -> int | None:
+    from supervisor import _process_matches, read_lock
+
+    payload = read_lock(lock_path_for(run_dir / "trading_history.db"))
+    if payload and _process_matches(int(payload.get("pid", -1)), payload.get("create_time")):
+        return int(payload["pid"])
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole simulated day; returns 0 when flat at the close and the database agrees."""
+    options = options_from_args(args)
+    trading_date = options.trading_date or last_trading_date()
+    run_dir = prepare_run_dir(options, trading_date)
+    db_path = run_dir / "trading_history.db"
+    settings = replace(
+        get_settings(),
+        database_path=db_path,
+        log_dir=run_dir / "logs",
+        backup_dir=run_dir / "archive",
+        kill_switch_file=run_dir / "KILL_SWITCH",
+        watchlist_path=run_dir / "watchlist.json",
+        trading_mode="paper",
+        ib_port=4002,
+    )
+    set_settings(settings)
+    setup_logging("supervisor", log_dir=run_dir / "logs", level=settings.log_level)
+    gateway = SimGateway(options, trading_date, run_dir)
+    print(
+        f"simulated day {trading_date} seed {options.seed} from {options.start} at "
+        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}",
+        flush=True,
+    )
+    gateway.start()
+    lock: SupervisorLock | None = None
+    try:
+        clock = get_clock(gateway.clock_file)
+        set_clock(clock)
+        settings = replace(settings, ib_port=gateway.port, clock_file=gateway.clock_file)
+        set_settings(settings)
+        db = get_database(db_path)
+        lock = SupervisorLock(lock_path_for(db.path))
+        lock.acquire()
+        (run_dir / "sim.json").write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "port": gateway.port,
+                    "control_port": gateway.control_port,
+                    "clock_file": str(gateway.clock_file),
+                    "database": str(db.path),
+                    "lock": str(lock.path),
+                    "trading_date": trading_date.isoformat(),
+                    "seed": options.seed,
+                    "speed": options.speed,
+                }
+            )
+        )
+        from ibsim.market import generate_tickers
+
+        universe = generate_tickers(options.symbols, options.seed)
+        specs = bot_specs(
+            options.allocation,
+            sim_env(run_dir, gateway, db.path),
+            output_dir=run_dir / "logs",
+            day_trader_args=("--symbols", ",".join(universe), "--no-llm"),
+            # Reconnect retries are in real seconds: 30 s would be most of an hour simulated.
+            exit_manager_args=("--retry-seconds", "3"),
+        )
+        policy = WatchdogPolicy(
+            poll_seconds=0.5,
+            stale_after_s=options.stale_after_s,
+            startup_grace_s=90.0,
+            backoff_initial_s=2.0,
+            backoff_max_s=30.0,
+            status_every_s=options.status_every_s,
+        )
+        supervisor = Supervisor(db, specs, policy, lock=lock, backup_dir=run_dir / "archive")
+        install_signal_handlers(supervisor)
+        session = clock.session(trading_date)
+        assert session is not None
+        end_at = session.close + timedelta(minutes=options.end_after_close_minutes)
+        code = supervisor.run(until=lambda: clock.now() >= end_at)
+        if supervisor.stop_requested and clock.now() < end_at:
+            print("simulation stopped before the close: no day report", flush=True)
+            return 130 if code == 0 else code
+        outcome = finish(db, gateway, trading_date.isoformat(), run_dir)
+        ok = outcome.flat and not outcome.unmatched_fills and code == 0
+        return 0 if ok else 1
+    finally:
+        gateway.stop()
+        if lock is not None:
+            lock.release()
+
+
+def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) -> SimOutcome:
+    """Report, chart, and the checks against the simulator's own account."""
+    report = build_day_report(db, day)
+    chart = write_pnl_chart(report, run_dir / f"pnl_{day}.png")
+    flat, unmatched, open_orders = check_against_simulator(db, gateway.state(), day)
+    print(render_report(report), end="", flush=True)
+    print(f"P&L chart: {chart}")
+    print(
+        "flat at the close: "
+        + {True: "yes", False: "NO", None: "unknown (simulator unreachable)"}[flat]
+        + f"; working orders left: {open_orders}"
+    )
+    if unmatched:
+        print("database and simulator DISAGREE on fills of the day:")
+        for problem in unmatched:
+            print(f"  {problem}")
+    else:
+        print("database and simulator agree on every fill")
+    log.info(
+        "sim_day_done",
+        trading_date=day,
+        trades=len(report.round_trips),
+        pnl=round(report.total_pnl, 2),
+        flat=flat,
+        unmatched_fills=len(unmatched),
+    )
+    return SimOutcome(report, chart, flat, unmatched, open_orders)
