@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from exit_rules import EXIT_REASON_BY_PURPOSE
 from observability import EXIT_REASONS, TradingDatabase
 
 
@@ -52,26 +53,13 @@ class RoundTrip:
 
 
 def exit_reason_for(purpose: str | None) -> str:
-    """Our exit reason for an intent's purpose text ("PROFIT_TARGET", "stop", "eod sweep"...)."""
+    """The exit reason of a sell placed for `purpose`: the exit manager's map (exit_rules),
+    else the purpose itself when it is a reason (liquidate_all's MANUAL / EMERGENCY)."""
     if not purpose:
         return "UNKNOWN"
-    text = purpose.upper()
-    if text in EXIT_REASONS:
-        return text
-    for needle, reason in (
-        ("TARGET", "PROFIT_TARGET"),
-        ("PROFIT", "PROFIT_TARGET"),
-        ("STOP", "STOP_LOSS"),
-        ("EOD", "EOD"),
-        ("FLATTEN", "EOD"),
-        ("SWEEP", "EOD"),
-        ("EMERGENCY", "EMERGENCY"),
-        ("MANUAL", "MANUAL"),
-        ("RECONCIL", "RECONCILE"),
-    ):
-        if needle in text:
-            return reason
-    return text
+    if purpose in EXIT_REASON_BY_PURPOSE:
+        return EXIT_REASON_BY_PURPOSE[purpose]
+    return purpose.upper() if purpose.upper() in EXIT_REASONS else "UNKNOWN"
 
 
 def round_trips_from_fills(

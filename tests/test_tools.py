@@ -168,9 +168,12 @@ def test_round_trips_fifo_pnl_win_rate_and_drawdown():
 
 
 def test_exit_reason_from_intent_purpose():
-    assert reports.exit_reason_for("PROFIT_TARGET") == "PROFIT_TARGET"
-    assert reports.exit_reason_for("protective stop") == "STOP_LOSS"
-    assert reports.exit_reason_for("eod flatten") == "EOD"
+    assert reports.exit_reason_for("PROTECT_TARGET") == "PROFIT_TARGET"
+    assert reports.exit_reason_for("PROTECT_STOP") == "STOP_LOSS"
+    assert reports.exit_reason_for("BOT_STOP") == "STOP_LOSS"
+    assert reports.exit_reason_for("EOD_FLATTEN") == "EOD"
+    assert reports.exit_reason_for("MANUAL") == "MANUAL"
+    assert reports.exit_reason_for("entry:standard") == "UNKNOWN"
     assert reports.exit_reason_for(None) == "UNKNOWN"
 
 
