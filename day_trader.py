@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import math
 import os
 import re
@@ -1239,6 +1240,9 @@ async def _run(settings: Settings, options: DayTraderOptions) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack: the way to see a hang in production.
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

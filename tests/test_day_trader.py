@@ -1,0 +1,452 @@
+"""The day trader against the simulated gateway: real ib_async client, real processes, no mocks.
+
+Each test starts `ibsim` in this process (GatewayThread, accelerated clock published to a
+clock file) and `day_trader.py` as a subprocess following that clock. Waits are deadlines on
+observable state (database rows, gateway state), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.clock import NEW_YORK, FileTimeSource, MarketClock
+from core.settings import env_keys
+from day_trader import (
+    HistoricalPacer,
+    SymbolFeed,
+    build_parser,
+    day_phase,
+    main,
+)
+from entry_rules import AFTER_ENTRY_CUTOFF
+from ibsim.config import GatewayConfig
+from ibsim.thread import GatewayThread
+from indicators import Bar
+from observability import TradingDatabase
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = date(2026, 11, 25)
+SEED = 7
+SYMBOLS = 12  # seed 7: one pre-market gapper (LEY, +11%) among them
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float, what: str, logs: Path | None = None
+) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            tail = _log_tail(logs) if logs else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+        time.sleep(0.05)
+
+
+def _log_tail(logs: Path) -> str:
+    lines: list[str] = []
+    for run in sorted(logs.glob("day_trader_run_*.json")):
+        lines += [ln for ln in run.read_text().splitlines() if '"entry_decision"' not in ln]
+    return "\n--- trader log tail ---\n" + "\n".join(lines[-25:])
+
+
+def events(logs: Path, name: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for run in sorted(logs.glob("day_trader_run_*.json")):
+        for line in run.read_text().splitlines():
+            if f'"event": "{name}"' in line:
+                out.append(json.loads(line))
+    return out
+
+
+@contextmanager
+def gateway(tmp_path: Path, start: dtime, speed: float, **changes: Any) -> Iterator[GatewayThread]:
+    config = GatewayConfig(
+        port=0,
+        symbols=SYMBOLS,
+        seed=SEED,
+        trading_date=DAY,
+        start=start,
+        speed=speed,
+        steps_per_second=50,
+        clock_file=str(tmp_path / "clock.json"),
+        **changes,
+    )
+    with GatewayThread(config) as gw:
+        yield gw
+
+
+def sim_db(tmp_path: Path) -> TradingDatabase:
+    """The test's view of the database, on the simulated clock (so 'today' is the sim date)."""
+    return TradingDatabase(
+        tmp_path / "trading.db", clock=MarketClock(FileTimeSource(tmp_path / "clock.json"))
+    )
+
+
+def start_trader(
+    gw: GatewayThread,
+    tmp_path: Path,
+    *,
+    client_id: int = 2,
+    logs: str = "logs",
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in os.environ.items() if k not in env_keys()}
+    clean.update(
+        {
+            "CLOCK_FILE": str(tmp_path / "clock.json"),
+            "LOG_DIR": str(tmp_path / logs),
+            "KILL_SWITCH_FILE": str(tmp_path / "KILL_SWITCH"),
+            "WATCHLIST_PATH": str(tmp_path / "watchlist.json"),
+            "BACKUP_DIR": str(tmp_path / "archive"),
+            # At 60-120x a 30-s quote age is a quarter of a real second; give the test slack.
+            "STALE_TICK_SECONDS": "90",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    clean.update(env or {})
+    symbols = ",".join(gw.gateway.market.symbols)
+    command = [sys.executable, str(ROOT / "day_trader.py"), "--port", str(gw.port)]
+    command += ["--client-id", str(client_id), "--db", str(tmp_path / "trading.db")]
+    command += ["--symbols", symbols, "--no-llm", *(args or [])]
+    # Console output to a file: an unread pipe fills up and blocks the trader.
+    console = (tmp_path / f"{logs}.console").open("ab")
+    return subprocess.Popen(command, cwd=ROOT, env=clean, stdout=console, stderr=console)
+
+
+def console_lines(tmp_path: Path, logs: str = "logs") -> list[str]:
+    return (tmp_path / f"{logs}.console").read_text().strip().splitlines()
+
+
+def stop_trader(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("day trader did not stop within 30 s of SIGTERM")
+
+
+def entry_intents(db: TradingDatabase) -> list[dict[str, Any]]:
+    return [i for i in db.get_intents_by_date(DAY.isoformat()) if i["side"] == "BUY"]
+
+
+def sim_orders(gw: GatewayThread) -> list[dict[str, Any]]:
+    return [*gw.account.open_orders(), *gw.account.completed_orders()]
+
+
+# -- a simulated morning and a simulated close ---------------------------------------------
+
+
+def test_simulated_day_enters_gap_and_go_and_standard_sized_right_never_twice(
+    tmp_path: Path,
+) -> None:
+    """Seed 7 at 60x from 09:20: a gap-and-go at the open, standard entries after; sizes
+    follow NetLiquidation x 0.25 / 4; a symbol closed today (by the 'exit manager') and
+    symbols already held are never entered again."""
+    logs = tmp_path / "logs"
+    # From 09:20 so the trader is connected and seeded before the open whatever its start-up
+    # takes; the gapper's RSI is below 60 only in the first minute of the session.
+    with gateway(tmp_path, dtime(9, 20), speed=60) as gw:
+        db = sim_db(tmp_path)
+        # Closed earlier today: must never be entered, though its data looks fine.
+        blocked = "AUL"
+        db.add_active_position(blocked, 10, 6.6, 6.7, 6.5, entry_time="2026-11-25T09:00:00")
+        db.remove_active_position(blocked, 6.65, "MANUAL")
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: len(db.get_active_positions()) >= 4,
+                90,
+                "four filled entries",
+                logs,
+            )
+            # Free slots the way the exit manager does (position closed in the database):
+            # those symbols are closed today now and must not come back.
+            # (Flat exits: a loss here would trip the daily loss limit instead.)
+            first_two = [p["symbol"] for p in db.get_active_positions()[:2]]
+            for position in db.get_active_positions()[:2]:
+                db.remove_active_position(position["symbol"], position["entry_price"], "MANUAL")
+            wait_until(
+                lambda: len(entry_intents(db)) >= 6,
+                90,
+                "two more entries after slots were freed",
+                logs,
+            )
+        finally:
+            rc = stop_trader(proc)
+        assert rc == 0, console_lines(tmp_path)[-20:]
+
+        intents = entry_intents(db)
+        rules = {i["purpose"] for i in intents}
+        assert {"entry:gap_and_go", "entry:standard"} <= rules, rules
+        gapper = next(i for i in intents if i["purpose"] == "entry:gap_and_go")
+        assert gapper["symbol"] == "LEY"
+
+        symbols = [i["symbol"] for i in intents]
+        assert len(symbols) == len(set(symbols)), f"a symbol was entered twice: {symbols}"
+        assert blocked not in symbols
+        for symbol in first_two:
+            assert symbols.count(symbol) == 1
+
+        # At the gateway: exactly one order per entered symbol, every one from our intents.
+        ours = [o for o in sim_orders(gw) if o["order_ref"].startswith("day_trader-")]
+        assert sorted(o["order_ref"] for o in ours) == sorted(i["order_ref"] for i in intents)
+
+        # Sizing: the first entry saw the untouched 100k account: 6,250 per slot.
+        sent = events(logs, "entry_sent")
+        first = sent[0]
+        assert first["net_liquidation"] == 100_000.0
+        assert first["quantity"] == math.floor(100_000 * 0.25 / 4 / first["limit"])
+        for entry in sent:
+            budget = min(entry["net_liquidation"] * 0.25 / 4, entry["buying_power"], 25_000.0)
+            assert entry["quantity"] == math.floor(budget / entry["limit"]), entry
+            # The trader's account numbers were the gateway's (cash never exceeded 100k).
+            assert 95_000 < entry["net_liquidation"] < 105_000
+
+        # Fills reached the database with target and stop from the fill price.
+        filled = [i for i in intents if i["state"] == "FILLED"]
+        assert len(filled) >= 6
+        trades = db.get_trades_by_date(DAY.isoformat())
+        assert len({t["exec_id"] for t in trades}) == len(trades)
+        for position in db.get_active_positions():
+            entry = position["entry_price"]
+            assert position["profit_target_price"] == pytest.approx(entry * 1.018, abs=0.01)
+            assert position["stop_loss_price"] == pytest.approx(entry * 0.991, abs=0.01)
+        assert db.get_heartbeats()["day_trader"]["state"] == "stopped"
+
+
+def test_no_entries_from_close_minus_15(tmp_path: Path) -> None:
+    """From 15:38 at 60x with room for 20 positions: nothing is sent from 15:45 on, and the
+    decisions after 15:45 say after_entry_cutoff even where the standard rule holds."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(15, 38), speed=60) as gw:
+        db = sim_db(tmp_path)
+        proc = start_trader(gw, tmp_path, env={"MAX_OPEN_POSITIONS": "20"})
+        cutoff = datetime(2026, 11, 25, 15, 45, tzinfo=NEW_YORK)
+        try:
+            wait_until(lambda: gw.now() > cutoff.timestamp() + 150, 60, "15:47:30", logs)
+        finally:
+            stop_trader(proc)
+        for intent in entry_intents(db):
+            assert datetime.fromisoformat(intent["created_at"]) < cutoff, intent
+        late = [d for d in events(logs, "entry_decision") if d["reason"] == AFTER_ENTRY_CUTOFF]
+        assert late, "no decision was logged after the cutoff"
+        would_enter = [
+            d
+            for d in late
+            if d["above_vwap"] and d["rsi"] is not None and d["rsi"] < 60 and d["atr_pct"] >= 0.3
+        ]
+        assert would_enter, "no symbol met the standard rule after 15:45 (test has no teeth)"
+
+
+# -- restarts and races ------------------------------------------------------------------------
+
+
+def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: Path) -> None:
+    """The process dies after placeOrder, before any answer (intent PENDING_SUBMIT). The
+    restart finds the order by orderRef and never sends that entry again."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+        db = sim_db(tmp_path)
+        crashed = start_trader(gw, tmp_path, env={"DAY_TRADER_TEST_CRASH": "after_place"})
+        rc = wait_until(lambda: crashed.poll(), 60, "the crash after the first order", logs)
+        assert rc == 137
+        # Entries decided on the same bar may all have gone out before the process died.
+        crashed_intents = entry_intents(db)
+        assert crashed_intents and {i["state"] for i in crashed_intents} == {"PENDING_SUBMIT"}
+        refs = {i["order_ref"]: i["symbol"] for i in crashed_intents}
+        assert sorted(o["order_ref"] for o in sim_orders(gw)) == sorted(refs)  # IB has them
+
+        proc = start_trader(gw, tmp_path, logs="logs2")
+        try:
+            wait_until(
+                lambda: all(
+                    db.get_order_intent(ref)["state"] == "FILLED" and db.is_position_active(sym)
+                    for ref, sym in refs.items()
+                ),
+                60,
+                "the recovered entries filled and their positions recorded",
+                tmp_path / "logs2",
+            )
+            # Let the restarted trader run through more bars: it must not retry them.
+            t0 = gw.now()
+            wait_until(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
+        finally:
+            assert stop_trader(proc) == 0
+        trades = db.get_trades_by_date(DAY.isoformat())
+        for ref, symbol in refs.items():
+            assert [i["order_ref"] for i in entry_intents(db) if i["symbol"] == symbol] == [ref]
+            assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
+            at_ib = sorted(e["exec_id"] for e in gw.account.executions() if e["order_ref"] == ref)
+            assert at_ib == sorted(t["exec_id"] for t in trades if t["order_ref"] == ref)
+        assert any(e["status"] == "done" for e in events(tmp_path / "logs2", "intent_recovered"))
+
+
+def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None:
+    """Two processes (client ids 2 and 3) on one database see the same signals at the same
+    moments; the guard_entry transaction lets only one of them enter each symbol."""
+    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+        db = sim_db(tmp_path)
+        env = {"MAX_OPEN_POSITIONS": "8"}
+        first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
+        second = start_trader(gw, tmp_path, client_id=3, logs="logs_b", env=env)
+        try:
+            wait_until(lambda: len(entry_intents(db)) >= 5, 90, "five entries", tmp_path / "logs_a")
+            t0 = gw.now()
+            wait_until(lambda: gw.now() > t0 + 90, 30, "more market time for the race")
+        finally:
+            rcs = [stop_trader(first), stop_trader(second)]
+        assert rcs == [0, 0]
+        symbols = [i["symbol"] for i in entry_intents(db)]
+        assert len(symbols) == len(set(symbols)), f"a symbol was entered twice: {symbols}"
+        at_ib = [o["symbol"] for o in sim_orders(gw) if o["action"] == "BUY"]
+        assert sorted(at_ib) == sorted(symbols)
+        clients = {o["client_id"] for o in sim_orders(gw)}
+        assert clients <= {2, 3}
+
+
+def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path) -> None:
+    with gateway(tmp_path, dtime(9, 25), speed=1) as gw:
+        proc = start_trader(gw, tmp_path, args=["--live"])
+        try:
+            rc = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err = console_lines(tmp_path)
+        assert rc == 2
+        assert err[-1].startswith("day_trader.py: error: account DU1234567 is a paper account")
+        assert not gw.account.open_orders() and not gw.account.completed_orders()
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--allocation", "0"], "argument --allocation: '0' is outside (0, 1]"),
+        (["--allocation", "1.5"], "argument --allocation: '1.5' is outside (0, 1]"),
+        (["--allocation", "abc"], "argument --allocation: 'abc' is not a number in (0, 1]"),
+        (["--workers", "0"], "argument --workers: '0' is outside [1, 64]"),
+        (["--port", "70000"], "argument --port: '70000' is outside [1, 65535]"),
+        (["--symbols", "AAPL,$$"], "argument --symbols: 'AAPL,$$' is not a comma-separated"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_give_one_line_naming_the_flag(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_live_port_without_live_flag_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--port", "4001", "--symbols", "AAPL"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a live port" in err[0] and "--live" in err[0]
+
+
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--allocation", "--client-id", "--host", "--port", "--db", "--live"):
+        assert flag in text
+    for flag in ("--symbols", "--workers", "--no-llm"):
+        assert flag in text
+
+
+# -- pacing, bars, phases (pure parts of the I/O layer) ---------------------------------------
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pacer_keeps_ib_history_limits() -> None:
+    clock = FakeMonotonic()
+    pacer = HistoricalPacer(monotonic=clock)
+    key = ("ABC", "TRADES", "", "600 S", "30 secs", False)
+    pacer.record(key, "ABC")
+    assert pacer.wait_seconds(key, "ABC") == pytest.approx(15.0)  # identical within 15 s
+    for i in range(4):
+        pacer.record(("ABC", i), "ABC")
+    # Five for one contract within 2 s: the sixth waits; another contract does not.
+    assert pacer.wait_seconds(("ABC", "x"), "ABC") == pytest.approx(2.0)
+    assert pacer.wait_seconds(("XYZ", "x"), "XYZ") == 0.0
+    clock.now += 3
+    for i in range(55):
+        pacer.record((f"S{i}",), f"S{i}")
+    assert pacer.wait_seconds(("NEW",), "NEW") == pytest.approx(597.0)  # 60 in 10 minutes
+
+
+def test_pacer_backs_off_on_162_and_recovers() -> None:
+    clock = FakeMonotonic()
+    pacer = HistoricalPacer(monotonic=clock)
+    assert pacer.on_pacing_violation() == 15.0
+    assert pacer.wait_seconds(("A",), "A") == pytest.approx(15.0)
+    assert pacer.on_pacing_violation() == 30.0
+    clock.now += 30
+    pacer.on_success()
+    assert pacer.wait_seconds(("A",), "A") == 0.0
+    assert pacer.on_pacing_violation() == 15.0
+
+
+def test_stream_bars_that_arrive_before_the_seed_do_not_hide_the_history() -> None:
+    """Bug pinned: a live 30-s bar landing before the history seed made every (older)
+    history bar look stale, so indicators stayed cold for 7 minutes."""
+    clock = MarketClock()
+    feed = SymbolFeed("ABC", contract=None, clock=clock)  # type: ignore[arg-type]
+    start = datetime(2026, 11, 25, 9, 0, tzinfo=NEW_YORK).timestamp()
+    bars = [Bar(start + 30 * i, 10, 10.1, 9.9, 10 + 0.01 * i, 100) for i in range(40)]
+    feed.on_live_bar(bars[-1])  # the stream is faster than the history request
+    feed.seed(bars[:-1])
+    assert feed.indicators.warmup().rsi_bars == 0
+    assert feed.last_bar_time == bars[-1].time
+
+
+def test_day_phases_follow_the_calendar() -> None:
+    session = MarketClock().session(DAY)
+
+    def at(h: int, m: int) -> datetime:
+        return datetime(2026, 11, 25, h, m, tzinfo=NEW_YORK)
+
+    assert day_phase(at(6, 59), session) == "idle"
+    assert day_phase(at(7, 0), session) == "aggregation"
+    assert day_phase(at(7, 30), session) == "analysis"
+    assert day_phase(at(9, 30), session) == "regular"
+    assert day_phase(at(16, 0), session) == "after_close"
+    assert day_phase(at(12, 0), None) == "closed"
