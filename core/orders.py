@@ -12,7 +12,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+import copy
+import queue
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -91,17 +95,78 @@ class OrderLookup:
         return sum(f.execution.shares * f.execution.price for f in self.fills) / shares
 
 
-class IntentOrders:
-    """Places orders through the intent protocol and keeps intents in step with IB."""
+class IntentWriter:
+    """One background thread applying intent updates in order, so IB's event handlers never
+    wait on a database fsync (the exit path's latency). Only updates go here: the intent
+    row itself is always written before its order is sent."""
 
-    def __init__(self, ib: IB, db: TradingDatabase, agent: str, query_timeout: float = 10.0):
+    def __init__(self, agent: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], object], threading.Event | None]] = (
+            queue.SimpleQueue()
+        )
+        self._log = get_logger(agent)
+        # Held for each write: a write from another thread takes it too, so SQLite never
+        # sees two writers of ours (its busy back-off sleeps 1-25 ms).
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"{agent}-intents", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self._queue.put((write, None))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every update submitted so far is written; False on timeout."""
+        done = threading.Event()
+        self._queue.put((lambda: None, done))
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            write, done = self._queue.get()
+            try:
+                with self.lock:
+                    write()
+            except IntentTransitionError as exc:
+                self._log.warning("intent_transition_refused", error=str(exc))
+            except Exception as exc:  # a failed update must not stop the later ones
+                self._log.exception("intent_update_failed", error=repr(exc))
+            if done is not None:
+                done.set()
+
+
+class IntentOrders:
+    """Places orders through the intent protocol and keeps intents in step with IB.
+
+    With `write_behind`, state updates from IB's events are written by an IntentWriter
+    thread (in order) instead of inside the event handler.
+    """
+
+    def __init__(
+        self,
+        ib: IB,
+        db: TradingDatabase,
+        agent: str,
+        query_timeout: float = 10.0,
+        *,
+        write_behind: bool = False,
+    ):
         self.ib = ib
         self.db = db
         self.agent = agent
         self.query_timeout = query_timeout
         self._log = get_logger(agent)
+        self.writer = IntentWriter(agent) if write_behind else None
         ib.orderStatusEvent += self._on_order_status
         ib.openOrderEvent += self._on_order_status
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until queued intent updates are in the database (no-op without write_behind)."""
+        return self.writer.flush(timeout) if self.writer is not None else True
+
+    def exclusive(self) -> contextlib.AbstractContextManager[object]:
+        """Hold while writing the database from the event loop (waits out one queued write at
+        most, instead of SQLite's busy back-off)."""
+        return self.writer.lock if self.writer is not None else contextlib.nullcontext()
 
     def place(
         self,
@@ -116,27 +181,30 @@ class IntentOrders:
 
         Raises observability.ReentryBlocked (guard_entry) before anything is sent.
         """
-        ref = self.db.create_order_intent(
-            contract.symbol,
-            order.action,
-            float(order.totalQuantity),
-            order.orderType,
-            self.agent,
-            limit_price=_price_or_none(order.lmtPrice),
-            stop_price=_price_or_none(order.auxPrice),
-            purpose=purpose,
-            parent_ref=parent_ref,
-            oca_group=order.ocaGroup or None,
-            guard_entry=guard_entry,
-        )
+        with self.exclusive():  # on disk before the order is sent
+            ref = self.db.create_order_intent(
+                contract.symbol,
+                order.action,
+                float(order.totalQuantity),
+                order.orderType,
+                self.agent,
+                limit_price=_price_or_none(order.lmtPrice),
+                stop_price=_price_or_none(order.auxPrice),
+                purpose=purpose,
+                parent_ref=parent_ref,
+                oca_group=order.ocaGroup or None,
+                guard_entry=guard_entry,
+            )
         order.orderRef = ref
         try:
             trade = self.ib.placeOrder(contract, order)
         except (ConnectionError, OSError) as exc:
             # Nothing left this process: the intent is final so the decision can be made again.
-            self.db.update_order_intent(ref, CANCELLED, note=f"not sent: {exc}")
+            note = f"not sent: {exc}"
+            self._write(lambda: self.db.update_order_intent(ref, CANCELLED, note=note))
             raise
-        self.db.update_order_intent(ref, PENDING_SUBMIT, ib_order_id=trade.order.orderId)
+        order_id = trade.order.orderId
+        self._write(lambda: self.db.update_order_intent(ref, PENDING_SUBMIT, ib_order_id=order_id))
         self._log.info(
             "order_sent",
             symbol=contract.symbol,
@@ -151,11 +219,26 @@ class IntentOrders:
         )
         return trade
 
+    def _write(self, write: Callable[[], object]) -> None:
+        if self.writer is not None:
+            self.writer.submit(write)
+        else:
+            write()
+
     def _on_order_status(self, trade: Trade) -> None:
-        self.sync_intent(trade)
+        if self.writer is None:
+            self.sync_intent(trade)
+            return
+        ref = trade.order.orderRef
+        if ref and ref.startswith(f"{self.agent}-"):  # our refs; others never reach the DB
+            update = _status_copy(trade)
+            self.writer.submit(lambda: self.sync_intent(update))
 
     def sync_intent(self, trade: Trade) -> None:
-        """Move our intent (found by orderRef) to the state IB reports for `trade`."""
+        """Move our intent (found by orderRef) to the state IB reports for `trade`.
+
+        Repeats (IB sends orderStatus and openOrder for one change) write nothing.
+        """
         ref = trade.order.orderRef
         if not ref:
             return
@@ -167,6 +250,13 @@ class IntentOrders:
             return
         intent = self.db.get_order_intent(ref)
         if intent is None or intent["agent"] != self.agent:
+            return
+        perm_id = trade.order.permId or status.permId or None
+        if (
+            state == intent["state"]
+            and float(status.filled) == float(intent["filled_quantity"])
+            and (perm_id is None or perm_id == intent["perm_id"])
+        ):
             return
         note = None
         if state == REJECTED:
@@ -180,7 +270,7 @@ class IntentOrders:
                 ref,
                 state,
                 ib_order_id=trade.order.orderId or None,
-                perm_id=trade.order.permId or status.permId or None,
+                perm_id=perm_id,
                 filled_quantity=status.filled,
                 avg_fill_price=status.avgFillPrice or None,
                 note=note,
@@ -244,6 +334,17 @@ class IntentOrders:
                 )
             self._log.info("intent_recovered", order_ref=ref, status=found.status.value)
         return results
+
+
+def _status_copy(trade: Trade) -> Trade:
+    """A frozen view of `trade` for a later write (the live Trade keeps changing)."""
+    return Trade(
+        contract=trade.contract,
+        order=copy.copy(trade.order),
+        orderStatus=copy.copy(trade.orderStatus),
+        fills=list(trade.fills),
+        log=list(trade.log),
+    )
 
 
 def match_order_ref(
