@@ -128,7 +128,10 @@ class ExitManager:
         self.config = config
         self.clock = clock
         self.stream_quotes = stream_quotes
-        self.orders = IntentOrders(self.ib, db, AGENT, query_timeout=BROKER_TIMEOUT_S)
+        # Write-behind: IB's events never wait on an fsync on the exit path.
+        self.orders = IntentOrders(
+            self.ib, db, AGENT, query_timeout=BROKER_TIMEOUT_S, write_behind=True
+        )
         self.held: dict[str, HeldPosition] = {}
         self.contracts: dict[str, Contract] = {}
         self.ticks: dict[str, float] = {}
@@ -602,10 +605,11 @@ class ExitManager:
         row = self.db.get_active_position(symbol)
         pnl = (ex.price - row["entry_price"]) * ex.shares if row else None
         when = ex.time if isinstance(ex.time, datetime) and ex.time.tzinfo else self.clock.now()
-        new = self.db.record_trade(
-            symbol, "SELL", ex.shares, ex.price, AGENT, order_ref=ex.orderRef,
-            pnl=pnl, exec_id=ex.execId, trade_time=when,
-        )  # fmt: skip
+        with self.orders.exclusive():  # one writer of ours at a time
+            new = self.db.record_trade(
+                symbol, "SELL", ex.shares, ex.price, AGENT, order_ref=ex.orderRef,
+                pnl=pnl, exec_id=ex.execId, trade_time=when,
+            )  # fmt: skip
         if new:
             log.info("exit_fill", symbol=symbol, shares=ex.shares, price=ex.price,
                      purpose=intent["purpose"], order_ref=ex.orderRef, exec_id=ex.execId)  # fmt: skip
@@ -819,7 +823,8 @@ class ExitManager:
         if detail is None:
             detail = f"held={len(self.held)} faults={len(self.quote_faults)}"
         try:
-            self.db.beat(AGENT, state, detail)
+            with self.orders.exclusive():
+                self.db.beat(AGENT, state, detail)
         except DatabaseError as exc:
             log.error("heartbeat_failed", error=str(exc))
 
@@ -884,6 +889,7 @@ class ExitManager:
             if task is not asyncio.current_task():
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.orders.flush)
         self.state = "STOPPED"
         self.reconciled = False
         with contextlib.suppress(DatabaseError):

@@ -486,6 +486,7 @@ def test_sell_rejected_three_times_stops_trying_flags_and_alerts(
                 assert not em_sells(state, "AMD")
                 assert len(gw.gateway.engine.reject_next) == 2  # nothing else was tried
                 assert position(state, "AMD") == 50
+                await asyncio.to_thread(manager.orders.flush)
                 intents = [i for i in db.get_intents_by_date("2026-11-25") if i["symbol"] == "AMD"]
                 assert sum(i["state"] == "REJECTED" for i in intents) == 3
                 manager._beat()
