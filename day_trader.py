@@ -751,7 +751,7 @@ class DayTrader:
         for feed in due:
             feed.new_bar = False
         loop = asyncio.get_running_loop()
-        book = await loop.run_in_executor(self.pool, self.read_book)
+        book = await self.read_book()
         epoch = now.timestamp()
         snaps = [f.snapshot(epoch, session) for f in due]
         chunks = [snaps[i :: self.options.workers] for i in range(self.options.workers)]
@@ -782,32 +782,43 @@ class DayTrader:
             )
         log.info("entry_decision", **decision.log_fields())
 
-    def read_book(self) -> BookState:
-        """The book from the database and the account (thread-safe: runs in the pool)."""
+    async def read_book(self) -> BookState:
+        """The book: IB-side numbers taken here on the loop thread (ib_async's state is not
+        thread-safe), database reads in the worker pool so the loop never waits on SQLite."""
+        prices = {p.contract.symbol: _num(p.marketPrice) for p in self.ib.portfolio()}
+        for symbol, feed in self.feeds.items():
+            last = _num(getattr(feed.ticker, "last", math.nan))
+            if not math.isnan(last):  # our stream is fresher than updatePortfolio (3 min)
+                prices[symbol] = last
+        working = frozenset(e.symbol for e in self.working.values())
+        net_liquidation = self._start_net_liquidation()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool, self.book_from_database, prices, working, net_liquidation
+        )
+
+    def book_from_database(
+        self, prices: dict[str, float], working: frozenset[str], net_liquidation: float
+    ) -> BookState:
+        """BookState from the database plus the given prices; runs in a worker thread."""
         active = self.db.get_active_positions()
         closed = self.db.get_closed_today()
-        working = {i["symbol"] for i in self.db.get_open_intents() if i["side"] == "BUY"} | {
-            e.symbol for e in self.working.values()
-        }
+        entries = {i["symbol"] for i in self.db.get_open_intents() if i["side"] == "BUY"}
+        entries |= working
         active_symbols = frozenset(p["symbol"] for p in active)
         realised = sum(float(c["pnl"] or 0.0) for c in closed if c.get("agent") == AGENT)
         unrealised = 0.0
-        marks = {p.contract.symbol: p.marketPrice for p in self.ib.portfolio()}
         for p in active:
-            if p.get("agent") != AGENT:
-                continue
-            feed = self.feeds.get(p["symbol"])
-            price = _num(getattr(feed.ticker, "last", math.nan)) if feed else math.nan
-            if math.isnan(price):
-                price = _num(marks.get(p["symbol"], math.nan))
-            unrealised += (price - float(p["entry_price"])) * int(p["quantity"])
+            if p.get("agent") == AGENT:  # an unknown price makes the P&L unknown (nan)
+                price = prices.get(p["symbol"], math.nan)
+                unrealised += (price - float(p["entry_price"])) * int(p["quantity"])
         return BookState(
             active_symbols=active_symbols,
             closed_today=frozenset(c["symbol"] for c in closed),
-            working_entries=frozenset(working),
-            open_positions=len(active_symbols | working),
+            working_entries=frozenset(entries),
+            open_positions=len(active_symbols | entries),
             day_pnl=realised + unrealised,
-            net_liquidation=self._start_net_liquidation(),
+            net_liquidation=net_liquidation,
             kill_switch=self.kill_switch(),
         )
 
@@ -855,7 +866,7 @@ class DayTrader:
         # Re-decide on the newest data: the review (or the queue) may have taken a while.
         now = self.clock.now()
         session = self.clock.session(now.date())
-        book = await asyncio.get_running_loop().run_in_executor(self.pool, self.read_book)
+        book = await self.read_book()
         fresh = evaluate_entry(
             feed.snapshot(now.timestamp(), session), book, now, session, self.config
         )
@@ -1047,7 +1058,8 @@ class DayTrader:
         intent = self.db.get_order_intent(ref)
         if intent is None or intent["agent"] != AGENT or intent["side"] != "BUY":
             return False
-        when = fill.time if isinstance(fill.time, datetime) else self.clock.now()
+        # execution.time is the exchange's; Fill.time is only when the message arrived here.
+        when = execution.time if isinstance(execution.time, datetime) else self.clock.now()
         if not self.db.record_trade(
             intent["symbol"],
             "BUY",
