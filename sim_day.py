@@ -273,6 +273,9 @@ def prepare_run_dir(options: SimOptions, trading_date: date) -> Path:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
+    runs_root = PROJECT_ROOT / "sim_runs"
+    if run_dir.is_relative_to(runs_root) and not (runs_root / ".gitignore").exists():
+        (runs_root / ".gitignore").write_text("# simulated runs are not source\n*\n")
     return run_dir
 
 

@@ -39,6 +39,7 @@ from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, s
 from observability import DatabaseError, TradingDatabase, get_database
 
 log = get_logger("supervisor")
+# Log lines name the supervised program in `child`: `bot` is the writing program's own key.
 
 EXIT_MANAGER = "exit_manager"
 DAY_TRADER = "day_trader"
@@ -345,19 +346,19 @@ class Supervisor:
                 out.close()
         bot.started_at = self.wall()
         bot.state = STARTING
-        log.info("bot_started", bot=spec.name, pid=bot.pid, argv=list(spec.argv))
+        log.info("bot_started", child=spec.name, pid=bot.pid, argv=list(spec.argv))
 
     def stop_bot(self, bot: ManagedBot, reason: str, timeout: float | None = None) -> None:
         if bot.process is None:
             return
         if bot.is_alive():
-            log.info("bot_stopping", bot=bot.spec.name, pid=bot.pid, reason=reason)
+            log.info("bot_stopping", child=bot.spec.name, pid=bot.pid, reason=reason)
         code = stop_process_tree(
             bot.process, self.policy.stop_timeout_s if timeout is None else timeout
         )
         bot.state = STOPPED
         bot.last_exit = f"{reason} (exit code {code})"
-        log.info("bot_stopped", bot=bot.spec.name, pid=bot.pid, exit_code=code, reason=reason)
+        log.info("bot_stopped", child=bot.spec.name, pid=bot.pid, exit_code=code, reason=reason)
 
     def stop_all(self, reason: str) -> None:
         """Day trader first (no new entries), then the exit manager."""
@@ -392,7 +393,7 @@ class Supervisor:
             bot.state = GAVE_UP
             log.critical(
                 "crash_loop_gave_up",
-                bot=bot.spec.name,
+                child=bot.spec.name,
                 failures_in_window=recent,
                 window_s=self.policy.crash_loop_window_s,
                 last_exit=bot.last_exit,
@@ -413,7 +414,7 @@ class Supervisor:
         level = log.critical if bot.spec.critical else log.error
         level(
             "bot_failed",
-            bot=bot.spec.name,
+            child=bot.spec.name,
             why=why,
             ran_for_s=round(ran_for, 1),
             restart_in_s=round(delay, 1),
@@ -438,7 +439,7 @@ class Supervisor:
                 verdict = self._heartbeat(bot, beats, now)
                 if not verdict.fresh:
                     age = "never" if verdict.age_s is None else f"{verdict.age_s:.0f} s ago"
-                    log.error("bot_hung", bot=name, pid=bot.pid, last_beat=age)
+                    log.error("bot_hung", child=name, pid=bot.pid, last_beat=age)
                     # A hung process gets little time: its positions wait meanwhile.
                     self.stop_bot(bot, "heartbeat stale", timeout=5.0)
                     bot.process = None
@@ -454,7 +455,7 @@ class Supervisor:
             if all(self.is_ready(self.bots[n], beats, now) for n in self.order[:index]):
                 if bot.started_at:
                     bot.restarts += 1
-                    log.warning("bot_restarting", bot=name, restarts=bot.restarts)
+                    log.warning("bot_restarting", child=name, restarts=bot.restarts)
                 self.start_bot(bot)
         if self.fatal:
             # Without an exit manager nothing may enter: stop the day trader too.
@@ -536,7 +537,7 @@ def stop_orphans(orphans: Sequence[Mapping[str, Any]], timeout: float = 20.0) ->
         pid = record.get("pid")
         if not pid or not _process_matches(int(pid), record.get("create_time")):
             continue
-        log.warning("orphan_bot_stopped", bot=record.get("name"), pid=pid)
+        log.warning("orphan_bot_stopped", child=record.get("name"), pid=pid)
         with contextlib.suppress(psutil.NoSuchProcess):
             stop_process_tree(psutil.Process(int(pid)), timeout)
 
