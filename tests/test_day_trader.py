@@ -334,6 +334,44 @@ def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None
         assert clients <= {2, 3}
 
 
+def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: Path) -> None:
+    """Entries only: the switch never touches positions (the exit manager's job)."""
+    logs = tmp_path / "logs"
+    kill_file = tmp_path / "KILL_SWITCH"
+    kill_file.write_text("operator")
+    with gateway(tmp_path, dtime(9, 29, 30), speed=60) as gw:
+        db = sim_db(tmp_path)
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: (
+                    sum(d["reason"] == "kill_switch" for d in events(logs, "entry_decision")) >= 24
+                ),
+                60,
+                "decisions refused by the kill-switch file",
+                logs,
+            )
+            db.set_flag("kill_switch", "operator via database")  # the flag alone also halts
+            kill_file.unlink()
+            flagged = len(events(logs, "entry_decision"))
+            wait_until(
+                lambda: len(events(logs, "entry_decision")) >= flagged + 24,
+                60,
+                "decisions under the database flag",
+                logs,
+            )
+            assert entry_intents(db) == []
+            db.set_flag("kill_switch", None)
+            wait_until(lambda: entry_intents(db), 60, "entries after the switch was cleared", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        decisions = events(logs, "entry_decision")
+        assert all(d["reason"] == "kill_switch" for d in decisions[:flagged])
+        first_entry = next(i for i, d in enumerate(decisions) if d["decision"] == "enter")
+        assert all(d["reason"] == "kill_switch" for d in decisions[flagged : flagged + 24])
+        assert first_entry > flagged + 24
+
+
 def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path) -> None:
     with gateway(tmp_path, dtime(9, 25), speed=1) as gw:
         proc = start_trader(gw, tmp_path, args=["--live"])
