@@ -158,10 +158,10 @@ async def day_trader(gw: GatewayThread) -> AsyncIterator[IB]:
 
 
 async def buy(ib: IB, db: TradingDatabase | None, symbol: str, quantity: int = 100,
-              config: ExitConfig = CONFIG) -> float:  # fmt: skip
+              config: ExitConfig = CONFIG, timeout: float = 5.0) -> float:  # fmt: skip
     """The day trader's entry: market buy, then (with `db`) its database row from the fill."""
     trade = ib.placeOrder(Stock(symbol, "SMART", "USD"), MarketOrder("BUY", quantity))
-    await until(lambda: trade.orderStatus.status == "Filled", 5, f"{symbol} entry fill")
+    await until(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} entry fill")
     entry = trade.orderStatus.avgFillPrice
     if db is not None:
         db.add_active_position(
@@ -613,3 +613,28 @@ def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
 
     run(flatten())
     run(sweep())
+
+
+def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path, partial_fills=True) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                entry = await buy(dt, db, "MSFT", 600, timeout=20)  # fills in parts, too
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 600), 5, "protection")
+                row = db.get_active_position("MSFT")
+
+                def touch_target_once() -> None:  # one print at the target, then back
+                    gw.gateway.faults.set_price("MSFT", row["profit_target_price"] + 0.02)
+                    gw.gateway.faults.set_price("MSFT", entry)
+
+                await gw_call(gw.call, touch_target_once)
+                state = await gw_call(gw.account.state)
+                held = position(state, "MSFT")
+                assert 0 < held < 600, "the touch should fill only part of the target"
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", held), 5, "resized set")
+                await until(lambda: db.get_active_position("MSFT")["quantity"] == held, 3)
+                trades = [t for t in db.get_trades_by_date("2026-11-25") if t["side"] == "SELL"]
+                assert sum(t["quantity"] for t in trades) == 600 - held
+
+    run(scenario())

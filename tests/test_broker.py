@@ -1,0 +1,82 @@
+"""core.broker: connect, 326, reconnect and handler failures on the simulated gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import date
+from datetime import time as dtime
+from typing import Any
+
+from ib_async import IB
+
+from core.broker import BrokerSession, ErrorKind, classify_error
+from core.settings import get_settings
+from ibsim.config import GatewayConfig
+from ibsim.thread import GatewayThread
+
+CONFIG = GatewayConfig(
+    port=0, symbol_names=("AAPL",), trading_date=date(2026, 11, 25), start=dtime(10, 0)
+)
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_error_codes_are_classified() -> None:
+    assert classify_error(326) is ErrorKind.CLIENT_ID_IN_USE
+    assert classify_error(1101) is ErrorKind.RESTORED_DATA_LOST
+    assert classify_error(201) is ErrorKind.ORDER_REJECTED
+    assert classify_error(99999) is ErrorKind.OTHER
+
+
+def test_326_fails_fast_instead_of_waiting_out_the_connect_timeout() -> None:
+    async def scenario(gw: GatewayThread) -> None:
+        squatter = IB()
+        await squatter.connectAsync("127.0.0.1", gw.port, clientId=10, timeout=5)
+        session = BrokerSession(replace(get_settings(), ib_port=gw.port), 10, "t",
+                                connect_timeout=20)  # fmt: skip
+        started = time.monotonic()
+        assert not await session.connect(attempts=1)
+        assert time.monotonic() - started < 5, "326 waited out the connect timeout"
+        assert session.health.errors_seen.get(326) == 1
+        squatter.disconnect()
+        assert await session.connect(attempts=1)
+        await session.close()
+
+    with GatewayThread(CONFIG) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
+def test_failing_handler_blocks_ready_and_reconnect_runs_one_loop() -> None:
+    """A connected handler (reconciliation) that fails: never ready, and exactly one
+    reconnect loop (no second loop racing connect() on the same IB object)."""
+
+    async def scenario(gw: GatewayThread) -> None:
+        session = BrokerSession(replace(get_settings(), ib_port=gw.port), 11, "t",
+                                retry_seconds=0.2)  # fmt: skip
+        calls: list[float] = []
+
+        async def failing_then_ok() -> None:
+            calls.append(time.monotonic())
+            if len(calls) < 3:
+                raise RuntimeError("reconciliation failed")
+
+        session.connected_handlers.append(failing_then_ok)
+        assert await session.connect(attempts=5)
+        assert session.ready.is_set() and len(calls) == 3
+        assert session._reconnect_task is None  # connect() did the retrying alone
+
+        # A drop after that: the session comes back by itself and runs the handler again.
+        await asyncio.to_thread(gw.faults.drop_client, 11)
+        await _until(lambda: len(calls) == 4 and session.ready.is_set(), 5, "reconnected")
+        await session.close()
+
+    with GatewayThread(CONFIG) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))

@@ -1,0 +1,102 @@
+"""core.orders: the intent protocol on the simulated gateway (real ib_async, no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import date
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ib_async import IB, LimitOrder, OrderStatus, Stock, Trade
+from ib_async.order import Order, TradeLogEntry
+
+from core.clock import get_clock
+from core.orders import IntentOrders, LookupStatus, intent_state_for, is_rejected
+from ibsim.config import GatewayConfig
+from ibsim.thread import GatewayThread
+from observability import CANCELLED, FILLED, REJECTED, SUBMITTED, TradingDatabase
+
+
+def test_intent_state_for_ib_statuses() -> None:
+    assert intent_state_for("Submitted", 0, 10) == SUBMITTED
+    assert intent_state_for("PreSubmitted", 0, 10) == SUBMITTED
+    assert intent_state_for("Filled", 10, 0) == FILLED
+    assert intent_state_for("Cancelled", 0, 10) == CANCELLED
+    assert intent_state_for("Inactive", 0, 10) == REJECTED
+    assert intent_state_for("PendingSubmit", 0, 10) is None
+
+
+def test_a_reject_reads_as_rejected_though_ib_async_says_cancelled() -> None:
+    trade = Trade(order=Order(), orderStatus=OrderStatus(status="Cancelled"))
+    assert not is_rejected(trade)  # a plain cancel
+    trade.log.append(
+        TradeLogEntry(time=None, status="Cancelled", message="rejected", errorCode=201)
+    )  # type: ignore[arg-type]
+    assert is_rejected(trade)
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_intent_states_follow_ib_and_a_reject_is_recorded_as_rejected(
+    tmp_path: Path, write_behind: bool
+) -> None:
+    config = GatewayConfig(
+        port=0, symbol_names=("AAPL",), trading_date=date(2026, 11, 25), start=dtime(10, 0),
+        clock_file=str(tmp_path / "clock.json"),
+    )  # fmt: skip
+
+    async def scenario(gw: GatewayThread) -> None:
+        db = TradingDatabase(tmp_path / "t.db", clock=get_clock(tmp_path / "clock.json"))
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", gw.port, clientId=7, timeout=5)
+        try:
+            orders = IntentOrders(ib, db, "tester", write_behind=write_behind)
+            contract = Stock("AAPL", "SMART", "USD")
+            working = orders.place(contract, LimitOrder("BUY", 10, 1.0), purpose="test")
+            ref = working.order.orderRef
+            assert db.get_order_intent(ref) is not None  # written before the send
+            await _until(lambda: working.orderStatus.status == "Submitted", 5, "submitted")
+            assert orders.flush()
+            assert db.get_order_intent(ref)["state"] == SUBMITTED
+            ib.cancelOrder(working.order)
+            await _until(working.isDone, 5, "cancelled")
+            assert orders.flush()
+            assert db.get_order_intent(ref)["state"] == CANCELLED
+
+            await asyncio.to_thread(gw.faults.reject_next_order, "test reject", 7)
+            refused = orders.place(contract, LimitOrder("BUY", 10, 1.0), purpose="test")
+            await _until(refused.isDone, 5, "rejected")
+            assert orders.flush()
+            row = db.get_order_intent(refused.order.orderRef)
+            assert row["state"] == REJECTED and "test reject" in (row["note"] or "")
+            # Repeats write nothing: the intent log has one line per state.
+            states = [e["state"] for e in db.get_intent_log(ref)]
+            assert states == ["PENDING_SUBMIT", "SUBMITTED", "CANCELLED"]
+
+            # lookup/recover by orderRef: the cancelled one is DONE, an unknown is NOT_FOUND.
+            assert (await orders.lookup(ref)).status is LookupStatus.DONE
+            assert (await orders.lookup("tester-nothing")).status is LookupStatus.NOT_FOUND
+        finally:
+            ib.disconnect()
+
+    with GatewayThread(config) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
+def test_unsent_order_is_not_left_pending(tmp_path: Path) -> None:
+    db = TradingDatabase(tmp_path / "t.db")
+    orders = IntentOrders(IB(), db, "tester")  # never connected
+    with pytest.raises(ConnectionError):
+        orders.place(Stock("AAPL", "SMART", "USD"), LimitOrder("BUY", 1, 1.0), purpose="test")
+    [intent] = db.get_intents_by_date(db.clock.today_str())
+    assert intent["state"] == CANCELLED and intent["note"].startswith("not sent")
