@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ib_async import Contract, Fill, MarketOrder, Order, Position, Stock, Ticker, Trade
+from ib_async import Contract, Fill, Order, Position, Stock, Ticker, Trade
 
 from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
@@ -51,6 +51,7 @@ from exit_rules import (
     exit_limit_price,
     exit_order,
     exit_reason_for,
+    market_exit_order,
     plan_reconciliation,
     protection_table,
     protective_orders,
@@ -558,7 +559,7 @@ class ExitManager:
             if quote_fault(quote, self.clock.epoch(), self.config):
                 quote = None
             limit = exit_limit_price(quote, attempt, self.config, tick)
-            order: Order = exit_order(quantity, limit) if limit else MarketOrder("SELL", quantity)
+            order: Order = exit_order(quantity, limit) if limit else market_exit_order(quantity)
             try:
                 trade = self.orders.place(contract, order, purpose=purpose)
             except (ConnectionError, OSError) as exc:

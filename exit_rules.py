@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, NamedTuple
 
-from ib_async import LimitOrder, Order, StopOrder
+from ib_async import LimitOrder, MarketOrder, Order, StopOrder
 
 from core.clock import Session
 from core.money import profit_target_price, round_to_tick, stop_loss_price
@@ -205,6 +205,13 @@ def exit_order(quantity: int, limit_price: float) -> Order:
     order = LimitOrder("SELL", quantity, limit_price)
     order.tif = "IOC"
     order.outsideRth = False
+    return order
+
+
+def market_exit_order(quantity: int) -> Order:
+    """The fallback without a usable quote (EOD on stale data): a DAY market sell."""
+    order = MarketOrder("SELL", quantity)
+    order.tif = "DAY"
     return order
 
 

@@ -368,6 +368,20 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
                     assert closed["AAPL"]["exit_reason"] == "STOP_LOSS"  # from reqExecutions
                     assert db.is_position_active("MSFT")
                     assert position(after, "AAPL") == 0
+
+                    # SIGTERM: a clean stop that leaves the server-side protection in place.
+                    proc = subprocess.Popen(_exit_manager_args(gw, db), env=env, cwd=tmp_path,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                    await until(
+                        lambda: db.get_heartbeats()[AGENT]["pid"] == proc.pid
+                        and db.get_heartbeats()[AGENT]["state"] == "RECONCILED",
+                        30, "restarted",
+                    )  # fmt: skip
+                    proc.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(proc.wait, 15) == 0
+                    assert db.get_heartbeats()[AGENT]["state"] == "STOPPED"
+                    final = await gw_call(gw.account.state)
+                    assert sorted(o["perm_id"] for o in em_sells(final, "MSFT")) == msft_set
             finally:
                 if proc.poll() is None:
                     proc.kill()
