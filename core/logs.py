@@ -163,6 +163,6 @@ def setup_logging(
         file_handler.setFormatter(JsonFormatter())
         root.addHandler(file_handler)
 
-    # ib_async logs every tick at DEBUG; keep its INFO and above only.
-    logging.getLogger("ib_async").setLevel(max(logging.INFO, root.level))
+    # ib_async prints every order status in full at INFO; our own events carry what matters.
+    logging.getLogger("ib_async").setLevel(max(logging.WARNING, root.level))
     return run_file
