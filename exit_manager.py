@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import uuid
@@ -741,6 +742,8 @@ class ExitManager:
             return
         if self.rejects.is_blocked(symbol):
             return  # given up after repeated rejects: alerted once, no loop
+        if self._seen_qty.get(symbol, 1) <= 0:
+            return  # the position stream already says flat: the close is on its way
         action: ExitAction | None = exit_decision(
             pos, quote, now, self.config,
             market_open=self.clock.is_market_open(),
@@ -986,6 +989,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_settings(settings)
     setup_logging(AGENT, settings.log_dir, settings.log_level)
+    # ib_async logs every order cancel (202) as an ERROR; BrokerSession logs IB's messages
+    # with their meaning instead, so keep only ib_async's own failures.
+    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
     clock = get_clock(settings.clock_file) if settings.clock_file else get_clock()
     set_clock(clock)
     try:
