@@ -52,12 +52,16 @@ from exit_rules import (
     exit_limit_price,
     exit_order,
     exit_reason_for,
+    format_table,
     market_exit_order,
+    merge_plans,
     plan_reconciliation,
     protection_table,
     protective_orders,
     quote_fault,
+    stamped_quote,
     target_touch_time,
+    working_order,
 )
 from observability import DatabaseError, TradingDatabase
 
@@ -73,43 +77,6 @@ class ReconcileError(RuntimeError):
 
 def blocked_flag(symbol: str) -> str:
     return f"exit_blocked:{symbol}"
-
-
-def working_order(trade: Trade) -> WorkingOrder:
-    """IB's Trade as the plain WorkingOrder the rules read (remaining quantity)."""
-    order, status = trade.order, trade.orderStatus
-    remaining = status.remaining if status.remaining > 0 else order.totalQuantity - status.filled
-    return WorkingOrder(
-        symbol=trade.contract.symbol,
-        order_id=order.orderId,
-        client_id=order.clientId,
-        perm_id=order.permId or status.permId,
-        action=order.action,
-        order_type=order.orderType,
-        quantity=float(remaining),
-        limit_price=_price(order.lmtPrice),
-        stop_price=_price(order.auxPrice),
-        oca_group=order.ocaGroup or "",
-        order_ref=order.orderRef or "",
-    )
-
-
-def _price(value: float | None) -> float | None:
-    return None if value is None or value != value or value >= 1e300 else float(value)
-
-
-def stamped_quote(ticker: Ticker, received_at: float) -> StampedQuote:
-    """The ticker's prices stamped with the exchange time of the last trade (tick 45) when
-    IB sent one, else with the (market) time we received it."""
-    stamp = ticker.lastTimestamp.timestamp() if ticker.lastTimestamp else received_at
-    return StampedQuote(
-        symbol=ticker.contract.symbol if ticker.contract else "",
-        last=ticker.last,
-        bid=ticker.bid,
-        ask=ticker.ask,
-        time=min(stamp, received_at),
-        data_type=ticker.marketDataType,
-    )
 
 
 class ExitManager:
@@ -336,7 +303,7 @@ class ExitManager:
                         flat_reason="RECONCILE",
                     )
                 )
-        return _merge(plans)
+        return merge_plans(plans)
 
     def _schedule(self, symbol: str) -> None:
         """Re-check one symbol soon (position changed, fill, reject); coalesces bursts."""
@@ -901,38 +868,11 @@ class ExitManager:
         await self.session.close()
 
 
-def _merge(plans: list[ReconcilePlan]) -> ReconcilePlan:
-    merged: dict[str, tuple[Any, ...]] = {}
-    for name in ReconcilePlan.__dataclass_fields__:
-        merged[name] = tuple(item for plan in plans for item in getattr(plan, name))
-    return ReconcilePlan(**merged)
-
-
 def _parse_time(text: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The protection table --once prints."""
-    header = ("symbol", "qty", "entry", "target", "bot_stop", "backstop", "tgt_order",
-              "stp_order", "protected")  # fmt: skip
-    keys = ("symbol", "quantity", "entry", "target", "bot_stop", "backstop", "target_order",
-            "stop_order", "protected")  # fmt: skip
-    lines = ["  ".join(f"{h:>9}" for h in header)]
-    for row in rows:
-        lines.append("  ".join(f"{_cell(row[k]):>9}" for k in keys))
-    if not rows:
-        lines.append("(no open positions)")
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return "-" if value is None else str(value)
 
 
 # -- command line ---------------------------------------------------------------------------

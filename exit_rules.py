@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, NamedTuple
 
-from ib_async import LimitOrder, MarketOrder, Order, StopOrder
+from ib_async import LimitOrder, MarketOrder, Order, StopOrder, Ticker, Trade
 
 from core.clock import Session
 from core.money import profit_target_price, round_to_tick, stop_loss_price
@@ -537,3 +537,69 @@ def protection_table(
             }
         )
     return table
+
+
+# -- conversions from ib_async objects (pure) -------------------------------------------
+def working_order(trade: Trade) -> WorkingOrder:
+    """IB's Trade as the plain WorkingOrder the rules read (remaining quantity)."""
+    order, status = trade.order, trade.orderStatus
+    remaining = status.remaining if status.remaining > 0 else order.totalQuantity - status.filled
+    return WorkingOrder(
+        symbol=trade.contract.symbol,
+        order_id=order.orderId,
+        client_id=order.clientId,
+        perm_id=order.permId or status.permId,
+        action=order.action,
+        order_type=order.orderType,
+        quantity=float(remaining),
+        limit_price=_price(order.lmtPrice),
+        stop_price=_price(order.auxPrice),
+        oca_group=order.ocaGroup or "",
+        order_ref=order.orderRef or "",
+    )
+
+
+def _price(value: float | None) -> float | None:
+    return None if value is None or value != value or value >= 1e300 else float(value)
+
+
+def stamped_quote(ticker: Ticker, received_at: float) -> StampedQuote:
+    """The ticker's prices stamped with the exchange time of the last trade (tick 45) when
+    IB sent one, else with the (market) time we received it."""
+    stamp = ticker.lastTimestamp.timestamp() if ticker.lastTimestamp else received_at
+    return StampedQuote(
+        symbol=ticker.contract.symbol if ticker.contract else "",
+        last=ticker.last,
+        bid=ticker.bid,
+        ask=ticker.ask,
+        time=min(stamp, received_at),
+        data_type=ticker.marketDataType,
+    )
+
+
+def merge_plans(plans: list[ReconcilePlan]) -> ReconcilePlan:
+    """One plan from per-symbol plans (for the reconciliation report)."""
+    merged: dict[str, tuple[Any, ...]] = {}
+    for name in ReconcilePlan.__dataclass_fields__:
+        merged[name] = tuple(item for plan in plans for item in getattr(plan, name))
+    return ReconcilePlan(**merged)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The protection table --once prints."""
+    header = ("symbol", "qty", "entry", "target", "bot_stop", "backstop", "tgt_order",
+              "stp_order", "protected")  # fmt: skip
+    keys = ("symbol", "quantity", "entry", "target", "bot_stop", "backstop", "target_order",
+            "stop_order", "protected")  # fmt: skip
+    lines = ["  ".join(f"{h:>9}" for h in header)]
+    for row in rows:
+        lines.append("  ".join(f"{_cell(row[k]):>9}" for k in keys))
+    if not rows:
+        lines.append("(no open positions)")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)

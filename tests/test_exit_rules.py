@@ -319,3 +319,19 @@ def test_exit_reason_and_average_price():
     assert exit_reason_for(None) == "MANUAL"
     assert average_price([(60, 10.0), (40, 11.0)]) == pytest.approx(10.4)
     assert average_price([]) is None
+
+
+def test_protection_table_marks_a_correct_set_protected_and_prints() -> None:
+    from exit_rules import format_table, protection_table
+
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    bare = held_position("MSFT", 10, 50.0, CONFIG)
+    orders = [
+        _sell("AAPL", "LMT", 100, pos.target_price),
+        _sell("AAPL", "STP", 100, pos.backstop_price),
+    ]
+    rows = protection_table([pos, bare], orders, US)
+    assert [(r["symbol"], r["protected"]) for r in rows] == [("AAPL", True), ("MSFT", False)]
+    text = format_table(rows)
+    assert "AAPL" in text and "True" in text and "False" in text
+    assert "(no open positions)" in format_table([])
