@@ -99,7 +99,7 @@ def test_monitor_live_once_shows_prices_distances_and_pnl(day):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     row = next(line for line in out.splitlines() if f" {first} " in line)
-    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
     symbol, qty, _entry, last, target, to_target, stop, to_stop, pnl, _pnl_pct, _note = cells
     position = db.get_active_position(first)
     assert (symbol, qty) == (first, "100")
