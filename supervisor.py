@@ -732,14 +732,20 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stop_orphans(orphans)
         env = {"DATABASE_PATH": str(db.path)}
-        if args.live:
+        live_args: tuple[str, ...] = ()
+        if args.live:  # each bot also wants --live on its own command line
             env["TRADING_MODE"] = "live"
+            live_args = ("--live",)
         policy = WatchdogPolicy(
             stale_after_s=args.stale_after,
             status_every_s=args.status_every if args.status_every is not None else 300.0,
         )
         supervisor = Supervisor(
-            db, bot_specs(allocation, env), policy, lock=lock, backup_dir=settings.backup_dir
+            db,
+            bot_specs(allocation, env, day_trader_args=live_args, exit_manager_args=live_args),
+            policy,
+            lock=lock,
+            backup_dir=settings.backup_dir,
         )
         install_signal_handlers(supervisor)
         return supervisor.run()
