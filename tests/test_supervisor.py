@@ -262,7 +262,9 @@ def test_sigterm_stops_children_cleanly(fake_bot, tmp_path):
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(runner)], cwd=PROJECT_ROOT)
+    out_file = tmp_path / "supervisor.out"
+    with out_file.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(runner)], cwd=PROJECT_ROOT, stdout=out)
     lock_file = sup.lock_path_for(db_path.resolve())
     children: list[int] = []
 
@@ -278,6 +280,12 @@ def test_sigterm_stops_children_cleanly(fake_bot, tmp_path):
         wait_for(both_running, 30, "both fake bots running under the supervisor")
         status = sup.status_from_files(TradingDatabase(db_path, clock=MarketClock()), lock_file)
         assert "RUNNING" in status and str(children[0]) in status
+        # SIGUSR1: a status block on demand (one is printed at start; the next in 5 minutes).
+        wait_for(lambda: out_file.read_text().count("supervisor status") == 1, 10, "first status")
+        proc.send_signal(signal.SIGUSR1)
+        wait_for(
+            lambda: out_file.read_text().count("supervisor status") == 2, 10, "status on SIGUSR1"
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not any(psutil.pid_exists(pid) for pid in children)
