@@ -372,7 +372,8 @@ class ExitManager:
             blocked={symbol} if blocked else set(),
         )
         await self._apply(symbol, plan, flat_reason)
-        if plan.deferred:
+        entry_in_flight = quantity == 0 and row is not None and young
+        if plan.deferred or entry_in_flight:  # look again once the grace has passed
             self._schedule_later(symbol, self.config.adopt_grace_s)
         return plan
 
