@@ -116,14 +116,17 @@ def day(tmp_path_factory) -> SimRun:
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "CLOCK", "DATABASE"))}
     env["LOG_DIR"] = str(run_dir.parent / "logs")
+    # Output to a file, not a pipe: a full pipe would block the supervisor mid-day.
+    output = (run_dir.parent / "supervisor.out").open("w")
     process = subprocess.Popen(
         [
             sys.executable, "supervisor.py", "--sim", "--seed", str(SEED), "--speed", f"{SPEED:g}",
             "--date", SIM_DATE.isoformat(), "--start", START, "--symbols", str(SYMBOLS),
             "--run-dir", str(run_dir), "--status-every", "60",
         ],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    output.close()
     run = SimRun(run_dir, process)
     try:
         wait_for(run.load, 60, "the simulated day to start (sim.json)")
@@ -141,21 +144,46 @@ def held(state: dict[str, Any]) -> dict[str, float]:
     return {p["symbol"]: float(p["quantity"]) for p in state["positions"] if p["quantity"]}
 
 
-def protection_problems(state: dict[str, Any]) -> list[str]:
-    """Every held symbol must have exactly one protective set: one OCA group with one target
-    and one stop, each for the whole position, and no other working sell."""
+def protection_problems(state: dict[str, Any], db: TradingDatabase) -> list[str]:
+    """How IB's working sells break "one protective set per position".
+
+    Two sets (or two stops) for a symbol is always wrong. A held symbol needs its set (one
+    target and one stop in one OCA group, each for the whole position) unless an exit is being
+    worked for it (the exit manager cancels the set before it sells otherwise).
+    """
     problems = []
     for symbol, quantity in held(state).items():
         sells = [o for o in state["open_orders"] if o["symbol"] == symbol and o["action"] == "SELL"]
-        groups = {o["oca_group"] for o in sells}
-        kinds = sorted(o["order_type"] for o in sells)
-        if len(groups) != 1 or kinds != ["LMT", "STP"]:
-            problems.append(
-                f"{symbol}: working sells {[(o['order_type'], o['oca_group']) for o in sells]}"
-            )
-        elif any(float(o["quantity"]) != quantity for o in sells):
+        purposes = {o["order_ref"]: (db.get_order_intent(o["order_ref"]) or {}).get("purpose")
+                    for o in sells}  # fmt: skip
+        protective = [o for o in sells if purposes[o["order_ref"]] in PROTECTIVE]
+        stops = [o for o in protective if o["order_type"] == "STP"]
+        shown = [(o["order_type"], purposes[o["order_ref"]], o["oca_group"]) for o in sells]
+        if len({o["oca_group"] for o in protective}) > 1 or len(stops) > 1:
+            problems.append(f"{symbol}: more than one protective set {shown}")
+        elif len(protective) < len(sells):
+            continue  # an exit is being worked
+        elif len(stops) != 1 or len(protective) != 2:
+            problems.append(f"{symbol}: not protected {shown}")
+        elif any(float(o["quantity"]) != quantity for o in protective):
             problems.append(f"{symbol}: protective quantity != position {quantity}")
     return problems
+
+
+def wait_protected(day: SimRun, timeout: float) -> dict[str, Any]:
+    """A state in which every position is protected once; fails with the last problems seen."""
+    last: list[str] = []
+
+    def check() -> dict[str, Any] | None:
+        nonlocal last
+        state = day.state()
+        last = protection_problems(state, day.db)
+        return None if last else state
+
+    try:
+        return wait_for(check, timeout, "every position protected exactly once")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last problems: {last}") from None
 
 
 def never_short(executions: list[dict[str, Any]]) -> list[str]:
@@ -173,7 +201,7 @@ def test_exit_manager_killed_with_positions_open_is_restarted_and_protection_sta
     # Arrange: wait for entries and their protection (the first entries come after the open).
     def protected_positions() -> dict[str, Any] | None:
         state = day.state()
-        return state if held(state) and not protection_problems(state) else None
+        return state if held(state) and not protection_problems(state, day.db) else None
 
     wait_for(
         protected_positions, day.real_seconds_until(day.at("11:00")) + 10, "protected positions"
@@ -200,10 +228,7 @@ def test_exit_manager_killed_with_positions_open_is_restarted_and_protection_sta
         45,
         "the new exit manager to reconcile",
     )
-    state = wait_for(
-        lambda: (s := day.state()) and not protection_problems(s) and s, 10, "stable protection"
-    )
-    assert protection_problems(state) == []
+    state = wait_protected(day, 10)
     assert never_short(state["executions"]) == []
     assert day.bots()["exit_manager"]["restarts"] == 1
 
@@ -263,9 +288,7 @@ def test_gateway_dropped_60_simulated_seconds_both_bots_reconnect_and_reconcile(
     )
     wait_for(lambda: {10, 2} <= set(day.state()["clients"]), 30, "both bots connected")
     # Nothing lost: every fill at IB is in the database, protection is intact.
-    state = wait_for(
-        lambda: (s := day.state()) and not protection_problems(s) and s, 15, "protection"
-    )
+    state = wait_protected(day, 15)
     executions = state["executions"]
     assert len(executions) >= len(state_before["executions"])
     assert never_short(executions) == []
@@ -281,6 +304,11 @@ def test_gateway_dropped_60_simulated_seconds_both_bots_reconnect_and_reconcile(
 
 
 def test_liquidate_all_during_the_day_leaves_account_flat_and_database_consistent(day):
+    holding = wait_for(
+        lambda: held(day.state()),
+        day.real_seconds_until(day.at("14:00")) + 5,
+        "an open position to liquidate (none by 14:00: did the day trader stop entering?)",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "CLOCK", "DATABASE"))}
     env.update(
         IB_PORT=str(day.info["port"]),
@@ -304,12 +332,19 @@ def test_liquidate_all_during_the_day_leaves_account_flat_and_database_consisten
         for t in day.db.get_trades_by_date(SIM_DATE.isoformat())
         if t["agent"] == "liquidate_all"
     }
+    # What IB held a moment before was sold by the tool (or closed by its stop meanwhile).
+    assert sold_by_tool or set(holding) <= set(closed), f"IB held {holding}; closed {closed}"
     assert all(closed[s]["exit_reason"] == "MANUAL" for s in sold_by_tool)
+    for symbol in sold_by_tool:
+        sells = [i for i in day.db.get_intents_by_date(SIM_DATE.isoformat())
+                 if i["symbol"] == symbol and i["agent"] == "liquidate_all"]  # fmt: skip
+        assert [i["state"] for i in sells] == ["FILLED"], sells
     assert never_short(state["executions"]) == []
 
 
 def test_whole_day_entries_exits_flat_at_close_and_database_agrees_with_simulator(day):
-    output, _ = day.process.communicate(timeout=day.real_seconds_until(day.at("16:05")) + 120)
+    day.process.wait(timeout=day.real_seconds_until(day.at("16:05")) + 120)
+    output = (day.run_dir.parent / "supervisor.out").read_text()
     assert day.process.returncode == 0, output[-3000:]
     assert "flat at the close: yes" in output
     assert "database and simulator agree on every fill" in output
