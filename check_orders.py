@@ -70,7 +70,8 @@ def _row(where: str, trade: Trade, intent: dict[str, Any] | None) -> OrderRow:
         quantity=float(order.totalQuantity),
         order_type=order.orderType,
         ib_status=status.status,
-        client_id=order.clientId,
+        # IB's completed-order messages carry no client id (ib_async reports 0).
+        client_id=order.clientId if where == "open" or order.clientId else None,
         order_ref=ref,
         intent_state=intent["state"] if intent else None,
         flag=flag,
