@@ -256,6 +256,9 @@ def write_pnl_chart(report: DayReport, path: Path) -> Path:
 
     matplotlib.use("Agg")  # no display needed (servers, CI)
     import matplotlib.pyplot as plt
+    from matplotlib.dates import DateFormatter
+
+    from core.clock import NEW_YORK
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (curve, bars) = plt.subplots(2, 1, figsize=(9, 7))
@@ -270,16 +273,18 @@ def write_pnl_chart(report: DayReport, path: Path) -> Path:
             curve.axhline(0, color="grey", linewidth=0.8)
         else:
             curve.text(0.5, 0.5, "no trades", ha="center", va="center", transform=curve.transAxes)
+        # "\$": a bare pair of $ would switch matplotlib into math text.
         curve.set_title(
-            f"{report.trading_date}: cumulative net P&L ${report.total_pnl:+,.2f}, "
-            f"max drawdown ${report.max_drawdown:,.2f}"
+            f"{report.trading_date}: cumulative net P&L \\${report.total_pnl:+,.2f}, "
+            f"max drawdown \\${report.max_drawdown:,.2f}"
         )
-        curve.set_ylabel("$")
+        curve.set_ylabel("USD")
+        curve.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=NEW_YORK))
         per_symbol = report.per_symbol()
         colors = ["tab:green" if pnl >= 0 else "tab:red" for _, pnl in per_symbol.values()]
         bars.bar(list(per_symbol), [pnl for _, pnl in per_symbol.values()], color=colors)
         bars.set_title("net P&L per symbol")
-        bars.set_ylabel("$")
+        bars.set_ylabel("USD")
         bars.tick_params(axis="x", labelrotation=45)
         fig.tight_layout()
         fig.savefig(path, dpi=90)

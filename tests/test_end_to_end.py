@@ -369,3 +369,12 @@ def test_whole_day_entries_exits_flat_at_close_and_database_agrees_with_simulato
     bought = [t["symbol"] for t in trades if t["side"] == "BUY"]
     assert len(bought) == len(set(bought))
     assert day.db.get_active_positions() == []
+    # The day's JSON logs through view_logs: the two restarts of this file's kills.
+    restarts = subprocess.run(
+        [sys.executable, "view_logs.py", "--dir", str(day.run_dir / "logs"), "--bot", "supervisor",
+         "--event", "bot_restarting", "--json"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert restarts.returncode == 0, restarts.stderr
+    children = sorted(json.loads(line)["child"] for line in restarts.stdout.splitlines())
+    assert children == ["day_trader", "exit_manager"]
