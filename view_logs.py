@@ -118,7 +118,9 @@ def format_record(record: dict[str, Any]) -> str:
         for k, v in record.items()
         if k not in _BASE_KEYS
     )
-    line = f"{shown} {record.get('level', '')!s:<7} {record.get('bot', '?')} {record.get('event', '')}"
+    line = (
+        f"{shown} {record.get('level', '')!s:<7} {record.get('bot', '?')} {record.get('event', '')}"
+    )
     return f"{line} {extras}" if extras else line
 
 
