@@ -565,6 +565,14 @@ class TradingDatabase:
             )
             return cursor.rowcount == 1
 
+    def record_commission(self, exec_id: str, commission: float) -> bool:
+        """Attach IB's commission report to its fill; False when the fill is not recorded yet."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE trades SET commission = ? WHERE exec_id = ?", (float(commission), exec_id)
+            )
+            return cursor.rowcount == 1
+
     def has_execution(self, exec_id: str) -> bool:
         return (
             self._read("SELECT 1 FROM trades WHERE exec_id = ?", (exec_id,)).fetchone() is not None
@@ -603,12 +611,15 @@ class TradingDatabase:
         oca_group: str | None = None,
         order_ref: str | None = None,
         guard_entry: bool = False,
+        max_open_positions: int | None = None,
     ) -> str:
         """Record an order before it is sent; returns its unique orderRef.
 
         With `guard_entry`, refuse (ReentryBlocked) in the same transaction when the symbol is
         active, was closed today, or already has an open BUY intent, so two racing processes
-        cannot enter one symbol twice.
+        cannot enter one symbol twice. With `max_open_positions` too, also refuse when active
+        positions plus working entry orders already fill every slot (one free slot is never
+        filled twice, even by racing processes).
         """
         side = side.upper()
         if side not in {"BUY", "SELL"}:
@@ -620,6 +631,8 @@ class TradingDatabase:
         with self._write() as conn:
             if guard_entry:
                 reason = self._entry_block_reason(conn, symbol, today)
+                if reason is None and max_open_positions is not None:
+                    reason = self._slots_full_reason(conn, max_open_positions)
                 if reason:
                     raise ReentryBlocked(f"{symbol}: entry refused, {reason}")
             conn.execute(
@@ -666,6 +679,17 @@ class TradingDatabase:
             (symbol,),
         ).fetchone():
             return "an entry order is already working"
+        return None
+
+    @staticmethod
+    def _slots_full_reason(conn: sqlite3.Connection, max_open_positions: int) -> str | None:
+        used = conn.execute(
+            "SELECT count(*) FROM (SELECT symbol FROM active_positions UNION"
+            " SELECT symbol FROM order_intents WHERE side = 'BUY'"
+            " AND state IN ('PENDING_SUBMIT', 'SUBMITTED'))"
+        ).fetchone()[0]
+        if used >= max_open_positions:
+            return f"max open positions reached ({used} of {max_open_positions} in use)"
         return None
 
     def update_order_intent(

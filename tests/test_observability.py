@@ -240,6 +240,39 @@ def test_entry_guard_blocks_active_closed_and_working_symbols(db: TradingDatabas
     assert len(db.get_open_intents()) == 1
 
 
+def test_entry_guard_never_fills_one_free_slot_twice(db: TradingDatabase) -> None:
+    db.add_active_position("HELD1", 1, 10.0)
+    db.add_active_position("HELD2", 1, 10.0)
+    db.create_order_intent(
+        "NEW1", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+    )
+    db.create_order_intent(
+        "NEW2", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+    )
+    with pytest.raises(ReentryBlocked, match="max open positions reached"):
+        db.create_order_intent(
+            "NEW3", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+        )
+    # A filled entry (now an active row) and its intent count once, not twice.
+    db.update_order_intent(db.get_open_intents(symbol="NEW1")[0]["order_ref"], FILLED)
+    db.add_active_position("NEW1", 1, 10.0)
+    with pytest.raises(ReentryBlocked, match="4 of 4"):
+        db.create_order_intent(
+            "NEW3", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+        )
+    db.remove_active_position("HELD1", 10.0, "STOP_LOSS")
+    assert db.create_order_intent(
+        "NEW3", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+    )
+
+
+def test_commission_attaches_to_its_fill(db: TradingDatabase) -> None:
+    assert not db.record_commission("e9", 1.0)  # report before the fill: nothing to attach to
+    db.record_trade("AAPL", "SELL", 10, 100.0, agent="exit_manager", exec_id="e9")
+    assert db.record_commission("e9", 1.25)
+    assert db.get_trades_by_date("2026-11-25")[0]["commission"] == 1.25
+
+
 def test_intent_states_follow_the_transition_table(db: TradingDatabase) -> None:
     ref = db.create_order_intent("AAPL", "SELL", 10, "STP", "exit_manager", stop_price=99.1)
     assert db.get_order_intent(ref)["state"] == PENDING_SUBMIT
