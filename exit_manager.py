@@ -122,6 +122,10 @@ class ExitManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._counted_rejects: set[str] = set()
+        # Given up after repeated rejects: one protective set is still owed (once per give-up).
+        self._give_up_pending: set[str] = set()
+        self._give_up_refs: dict[str, str] = {}  # orderRef of that set -> symbol
+        self.unprotected: set[str] = set()  # even the give-up set was refused: CRITICAL
         self._seen_qty: dict[str, float] = {}
         self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
         self._query_lock = asyncio.Lock()
@@ -372,6 +376,8 @@ class ExitManager:
             blocked={symbol} if blocked else set(),
         )
         await self._apply(symbol, plan, flat_reason)
+        if blocked and quantity > 0 and symbol in self._give_up_pending:
+            await self._protect_after_give_up(symbol)
         entry_in_flight = quantity == 0 and row is not None and young
         if plan.deferred or entry_in_flight:  # look again once the grace has passed
             self._schedule_later(symbol, self.config.adopt_grace_s)
@@ -462,15 +468,55 @@ class ExitManager:
             return
         if fresh != quantity:
             self._schedule(pos.symbol)  # the position moved while we cancelled: check again
-        quantity = min(quantity, fresh)
+        await self._place_protective_set(pos, min(quantity, fresh))
+
+    async def _place_protective_set(self, pos: HeldPosition, quantity: int) -> list[Trade]:
+        """Send the target LMT + backstop STP (one OCA group) for `quantity`; returns both
+        trades. Raises ConnectionError / OSError when the first could not be sent."""
         contract = await self.contract(pos.symbol)
         oca = f"{AGENT}-{pos.symbol}-{uuid.uuid4().hex[:10]}"
         target, backstop = protective_orders(pos, quantity, oca, self.config)
-        self.orders.place(contract, target, purpose=PURPOSE_TARGET)
-        self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP)
+        trades = [
+            self.orders.place(contract, target, purpose=PURPOSE_TARGET),
+            self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP),
+        ]
         log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
                  target=pos.target_price, backstop=pos.backstop_price,
                  bot_stop=pos.stop_price, oca_group=oca, tif=self.config.protective_tif)  # fmt: skip
+        return trades
+
+    async def _protect_after_give_up(self, symbol: str) -> None:
+        """Exits were given up after repeated rejects, and the exit attempt had cancelled the
+        protective set: place one set again for the broker's live quantity (caller holds
+        the lock). Once per give-up; if IB refuses it too, `_count_reject` alerts CRITICAL
+        and the blocked flag stays for a human. Never loops."""
+        if not self.can_trade():
+            return  # still owed: the next reconciliation places it
+        if not await self._cancel_confirmed(symbol, self._our_sells(symbol)):
+            self._give_up_pending.discard(symbol)
+            self._alert_unprotected(symbol, "our leftover sells were not confirmed cancelled")
+            return
+        quantity = await self.broker_quantity(symbol)
+        pos = self.held.get(symbol)
+        if quantity is None or pos is None:
+            return  # unknown: still owed, tried again on the next event or reconciliation
+        self._give_up_pending.discard(symbol)
+        if quantity <= 0:
+            return
+        try:
+            trades = await self._place_protective_set(replace(pos, quantity=quantity), quantity)
+        except (ConnectionError, OSError) as exc:
+            self._alert_unprotected(symbol, f"protective set not sent: {exc!r}")
+            return
+        self._give_up_refs.update({t.order.orderRef: symbol for t in trades})
+        log.warning("protection_after_give_up", symbol=symbol, quantity=quantity,
+                    action="server-side set only; no more bot exits for it today")  # fmt: skip
+
+    def _alert_unprotected(self, symbol: str, reason: str) -> None:
+        self.unprotected.add(symbol)
+        log.critical("position_unprotected", symbol=symbol, reason=reason,
+                     action="no server-side stop at IB: protect or close it by hand")  # fmt: skip
+        self._beat()
 
     async def _cancel_confirmed(self, symbol: str, trades: list[Trade]) -> bool:
         """Cancel `trades` and wait until IB confirms each is done (cancelled or filled)."""
@@ -615,12 +661,17 @@ class ExitManager:
                      pnl_pct=round(closed["pnl_pct"], 3), pnl=round(closed["pnl"], 2))  # fmt: skip
             self._forget(symbol)
             self.rejects.clear(symbol)
+            self._give_up_pending.discard(symbol)
+            self.unprotected.discard(symbol)
 
     def _on_order_status(self, trade: Trade) -> None:
         self._pulse()
         rejected_sell = is_rejected(trade) and trade.order.action == "SELL"
-        if rejected_sell and self._count_reject(trade):
-            self._schedule(trade.contract.symbol)  # a rejected protective leg: retry (bounded)
+        if not rejected_sell:
+            return
+        symbol = trade.contract.symbol
+        if self._count_reject(trade) or symbol in self._give_up_pending:
+            self._schedule(symbol)  # a rejected protective leg: retry (bounded); or give-up set
 
     def _count_reject(self, trade: Trade) -> bool:
         """Count a rejected sell once; returns True when the symbol may still be tried."""
@@ -634,7 +685,11 @@ class ExitManager:
         reached = self.rejects.record(symbol)
         log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=self.rejects.counts[symbol],
                   reason=reason)  # fmt: skip
+        if ref in self._give_up_refs:
+            self._alert_unprotected(symbol, f"the protective set after the give-up was rejected: "
+                                    f"{reason}")  # fmt: skip
         if reached:
+            self._give_up_pending.add(symbol)  # the exit attempt cancelled the protective set
             self.db.set_flag(blocked_flag(symbol), f"{self.clock.today_str()} {reason}"[:500])
             log.critical("symbol_blocked", symbol=symbol, rejects=self.config.max_rejects,
                          action="no more sells for it today; fix by hand and clear the flag")  # fmt: skip
@@ -802,7 +857,12 @@ class ExitManager:
 
     def _degraded(self) -> bool:
         blocked = any(self.rejects.is_blocked(s) for s in self.rejects.counts)
-        return bool(self.quote_faults) or blocked or not self.ib.isConnected()
+        return (
+            bool(self.quote_faults)
+            or blocked
+            or bool(self.unprotected)
+            or not self.ib.isConnected()
+        )
 
     async def _heartbeat(self) -> None:
         while not self._stop.is_set():

@@ -478,7 +478,63 @@ def test_client_id_in_use_at_startup_backs_off_and_connects_later(
     run(scenario())
 
 
-def test_sell_rejected_three_times_stops_trying_flags_and_alerts(
+def _amd_sell_intents(db: TradingDatabase) -> list[dict]:
+    return [
+        i
+        for i in db.get_intents_by_date("2026-11-25")
+        if i["symbol"] == "AMD" and i["side"] == "SELL" and i["agent"] == AGENT
+    ]
+
+
+async def _prove_no_more_sells(gw: GatewayThread, manager: ExitManager, row: dict) -> None:
+    """Two more ticks through the bot stop, each seen by the manager: a loop would sell."""
+    for cents in (2, 4):
+        price = round(row["stop_loss_price"] - row["entry_price"] * 0.01 - cents / 100, 2)
+        await gw_call(gw.faults.set_price, "AMD", price)
+        await until(lambda p=price: manager.quotes["AMD"].last == p, 3, f"tick {price} seen")
+    await until(lambda: not manager.busy and not manager._give_up_pending, 3, "idle")
+    await asyncio.to_thread(manager.orders.flush)
+
+
+def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_quantity(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Naked position after rejects: the exit attempt cancelled the OCA set, then every sell
+    was rejected; giving up must leave exactly one server-side set, and sell nothing more."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AMD", 50)
+                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 3, "protection")
+                for _ in range(3):
+                    await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
+                row = db.get_active_position("AMD")
+                await gw_call(gw.faults.set_price, "AMD",
+                              round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
+                await until(lambda: db.get_flag(blocked_flag("AMD")), 5, "symbol flagged")
+                assert manager.rejects.is_blocked("AMD")
+                sells = await until_gw(
+                    gw, lambda s: one_protective_set(s, "AMD", 50), 5, "protection re-placed"
+                )
+                assert {o["tif"] for o in sells} == {"GTC"}
+                await _prove_no_more_sells(gw, manager, row)
+                state = await gw_call(gw.account.state)
+                assert one_protective_set(state, "AMD", 50) and len(em_sells(state, "AMD")) == 2
+                assert position(state, "AMD") == 50
+                intents = _amd_sell_intents(db)
+                # The first set (cancelled), three rejected exits, the re-placed set: no more.
+                assert len(intents) == 7, [(i["order_type"], i["state"]) for i in intents]
+                assert sum(i["state"] == "REJECTED" for i in intents) == 3
+                assert "AMD" not in manager.unprotected
+                manager._beat()
+                assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
+
+    run(scenario())
+
+
+def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
     tmp_path: Path, sim_db: Any
 ) -> None:
     async def scenario() -> None:
@@ -487,24 +543,21 @@ def test_sell_rejected_three_times_stops_trying_flags_and_alerts(
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 50)
                 await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 3, "protection")
-                for _ in range(5):
+                for _ in range(6):
                     await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD",
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
-                await until(lambda: db.get_flag(blocked_flag("AMD")), 5, "symbol flagged")
-                assert manager.rejects.is_blocked("AMD")
-                await asyncio.sleep(0.5)  # a loop would keep sending: give it room to show
+                await until(lambda: "AMD" in manager.unprotected, 5, "unprotected alert")
+                await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
-                # Rejected at placement, so the gateway kept none: the faults left tell the count.
-                assert not em_sells(state, "AMD")
-                assert len(gw.gateway.engine.reject_next) == 2  # nothing else was tried
-                assert position(state, "AMD") == 50
-                await asyncio.to_thread(manager.orders.flush)
-                intents = [i for i in db.get_intents_by_date("2026-11-25") if i["symbol"] == "AMD"]
-                assert sum(i["state"] == "REJECTED" for i in intents) == 3
-                manager._beat()
-                assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
+                assert not em_sells(state, "AMD") and position(state, "AMD") == 50
+                # Three exits and the two legs of the one re-placed set: the sixth is unused.
+                assert len(gw.gateway.engine.reject_next) == 1
+                intents = _amd_sell_intents(db)
+                assert sum(i["state"] == "REJECTED" for i in intents) == 5
+                assert len(intents) == 7
+                assert db.get_flag(blocked_flag("AMD"))  # left for a human
 
     run(scenario())
 
