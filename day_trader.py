@@ -55,11 +55,16 @@ from core.orders import IntentOrders, LookupStatus
 from core.settings import Settings, SettingsError, load_settings, set_settings
 from entry_rules import (
     BAR_SECONDS,
+    CLOSED_TODAY,
+    ENTRY_WORKING,
+    MAX_OPEN_POSITIONS,
+    POSITION_ACTIVE,
     WARMING_UP,
     BookState,
     EntryConfig,
     EntryDecision,
     SymbolSnapshot,
+    allot_free_slots,
     evaluate_entry,
     gap_percent,
 )
@@ -751,7 +756,8 @@ class DayTrader:
         for feed in due:
             feed.new_bar = False
         loop = asyncio.get_running_loop()
-        book = await self.read_book()
+        # Entries still being decided or placed take a slot too.
+        book = await self.read_book(pending=frozenset(self._entering))
         epoch = now.timestamp()
         snaps = [f.snapshot(epoch, session) for f in due]
         chunks = [snaps[i :: self.options.workers] for i in range(self.options.workers)]
@@ -762,7 +768,8 @@ class DayTrader:
                 if c
             )
         )
-        for decision in (d for chunk in results for d in chunk):
+        decisions = allot_free_slots([d for chunk in results for d in chunk], book, self.config)
+        for decision in decisions:
             self._record_decision(decision)
             if decision.enter and decision.symbol not in self._entering:
                 self._entering.add(decision.symbol)
@@ -782,15 +789,18 @@ class DayTrader:
             )
         log.info("entry_decision", **decision.log_fields())
 
-    async def read_book(self) -> BookState:
+    async def read_book(self, pending: frozenset[str] = frozenset()) -> BookState:
         """The book: IB-side numbers taken here on the loop thread (ib_async's state is not
-        thread-safe), database reads in the worker pool so the loop never waits on SQLite."""
+        thread-safe), database reads in the worker pool so the loop never waits on SQLite.
+
+        `pending`: symbols whose entry is being decided or placed; they count as working.
+        """
         prices = {p.contract.symbol: _num(p.marketPrice) for p in self.ib.portfolio()}
         for symbol, feed in self.feeds.items():
             last = _num(getattr(feed.ticker, "last", math.nan))
             if not math.isnan(last):  # our stream is fresher than updatePortfolio (3 min)
                 prices[symbol] = last
-        working = frozenset(e.symbol for e in self.working.values())
+        working = frozenset(e.symbol for e in self.working.values()) | pending
         net_liquidation = self._start_net_liquidation()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
@@ -866,7 +876,7 @@ class DayTrader:
         # Re-decide on the newest data: the review (or the queue) may have taken a while.
         now = self.clock.now()
         session = self.clock.session(now.date())
-        book = await self.read_book()
+        book = await self.read_book(pending=frozenset(self._entering - {symbol}))
         fresh = evaluate_entry(
             feed.snapshot(now.timestamp(), session), book, now, session, self.config
         )
@@ -882,10 +892,15 @@ class DayTrader:
         order.outsideRth = False
         try:
             trade = self.orders.place(
-                feed.contract, order, purpose=f"entry:{fresh.rule}", guard_entry=True
+                feed.contract,
+                order,
+                purpose=f"entry:{fresh.rule}",
+                guard_entry=True,
+                max_open_positions=self.settings.max_open_positions,
             )
-        except ReentryBlocked as exc:
-            log.info("entry_blocked", symbol=symbol, reason=str(exc))
+        except ReentryBlocked as exc:  # another process took the slot or the symbol first
+            skip = fresh._replace(enter=False, rule=None, reason=_refusal_reason(exc))
+            log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
         self.working[order.orderRef] = WorkingEntry(
             order.orderRef, symbol, quantity, limit, self.clock.epoch(), time.monotonic(), trade
@@ -1136,6 +1151,20 @@ class DayTrader:
             working_entries=len(self.working),
             kill_switch=self.kill_switch(),
         )
+
+
+def _refusal_reason(exc: ReentryBlocked) -> str:
+    """The entry_rules reason for a refusal by the database's entry guard."""
+    text = str(exc)
+    for words, reason in (
+        ("max open positions", MAX_OPEN_POSITIONS),
+        ("closed today", CLOSED_TODAY),
+        ("already working", ENTRY_WORKING),
+        ("is active", POSITION_ACTIVE),
+    ):
+        if words in text:
+            return reason
+    return "entry_refused"
 
 
 def _evaluate_all(

@@ -15,7 +15,7 @@ live (not delayed) and fresh data, and the indicators they use past their warm-u
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -295,3 +295,27 @@ def evaluate_entry(
         return EntryDecision(snap.symbol, True, STANDARD, ENTER, values)
     reason = WARMING_UP if WARMING_UP in (gap, standard) else NO_SIGNAL
     return EntryDecision(snap.symbol, False, None, reason, values)
+
+
+def allot_free_slots(
+    decisions: Sequence[EntryDecision], book: BookState, config: EntryConfig
+) -> list[EntryDecision]:
+    """Returns `decisions` with no more enters than free position slots in `book`.
+
+    Decisions of one pass are all taken against the same book, so without this every
+    symbol that qualifies at once would be entered into one free slot. Gap-and-go setups
+    get the slots first, then the given order; the enters left over become skips with
+    reason max_open_positions.
+    """
+    free = max(config.max_open_positions - book.open_positions, 0)
+    ranked = sorted(
+        (i for i, d in enumerate(decisions) if d.enter),
+        key=lambda i: decisions[i].rule != GAP_AND_GO,
+    )
+    allotted = set(ranked[:free])
+    return [
+        d
+        if not d.enter or i in allotted
+        else EntryDecision(d.symbol, False, None, MAX_OPEN_POSITIONS, d.values)
+        for i, d in enumerate(decisions)
+    ]

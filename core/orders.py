@@ -176,10 +176,12 @@ class IntentOrders:
         purpose: str,
         guard_entry: bool = False,
         parent_ref: str | None = None,
+        max_open_positions: int | None = None,
     ) -> Trade:
         """Record the intent, then send the order; returns IB's Trade.
 
-        Raises observability.ReentryBlocked (guard_entry) before anything is sent.
+        Raises observability.ReentryBlocked (guard_entry) before anything is sent; with
+        `max_open_positions` too, also when every position slot is in use.
         """
         with self.exclusive():  # on disk before the order is sent
             ref = self.db.create_order_intent(
@@ -194,6 +196,7 @@ class IntentOrders:
                 parent_ref=parent_ref,
                 oca_group=order.ocaGroup or None,
                 guard_entry=guard_entry,
+                max_open_positions=max_open_positions,
             )
         order.orderRef = ref
         try:

@@ -32,7 +32,7 @@ from day_trader import (
     day_phase,
     main,
 )
-from entry_rules import AFTER_ENTRY_CUTOFF
+from entry_rules import AFTER_ENTRY_CUTOFF, MAX_OPEN_POSITIONS
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
@@ -332,6 +332,51 @@ def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None
         assert sorted(at_ib) == sorted(symbols)
         clients = {o["client_id"] for o in sim_orders(gw)}
         assert clients <= {2, 3}
+
+
+def slots_in_use_at_gateway(gw: GatewayThread) -> set[str]:
+    """Symbols held at the gateway or with a working BUY there: each takes a position slot."""
+    state = gw.account.state()
+    held = {str(p["symbol"]) for p in state["positions"] if float(p["quantity"]) > 0}
+    working = {str(o["symbol"]) for o in state["open_orders"] if o["action"] == "BUY"}
+    return held | working
+
+
+def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path: Path) -> None:
+    """Bug pinned (supervisor --sim: 6 positions against a limit of 4): every symbol that
+    qualified in one analysis pass was entered, all against the same free slot. With
+    max_open_positions=2, many symbols qualifying at the open and two traders on one
+    database, the gateway never holds more than 2 positions plus working entries."""
+    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+        db = sim_db(tmp_path)
+        env = {"MAX_OPEN_POSITIONS": "2"}
+        first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
+        second = start_trader(gw, tmp_path, client_id=3, logs="logs_b", env=env)
+        most: set[str] = set()
+        try:
+            # Sample the gateway through the morning: 2 fills, then 2 more market minutes.
+            def sample() -> bool:
+                nonlocal most
+                in_use = slots_in_use_at_gateway(gw)
+                most = max(most, in_use, key=len)
+                assert len(in_use) <= 2, f"{len(in_use)} slots in use: {sorted(in_use)}"
+                return len(gw.account.positions()) >= 2
+
+            wait_until(sample, 90, "two filled entries", tmp_path / "logs_a")
+            t0 = gw.now()
+            wait_until(lambda: sample() and gw.now() > t0 + 120, 30, "two more minutes")
+        finally:
+            rcs = [stop_trader(first), stop_trader(second)]
+        assert rcs == [0, 0]
+        bought = {str(e["symbol"]) for e in gw.account.executions() if e["side"] == "BOT"}
+        assert len(bought) <= 2, f"entered {sorted(bought)} with max_open_positions=2"
+        assert len(most) == 2  # the test had teeth: both slots were used
+        decisions = [
+            d for logs in ("logs_a", "logs_b") for d in events(tmp_path / logs, "entry_decision")
+        ]
+        refused = [d for d in decisions if d["reason"] == MAX_OPEN_POSITIONS]
+        assert refused, "no entry was refused for want of a slot (test has no teeth)"
+        assert len(entry_intents(db)) >= 2
 
 
 def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: Path) -> None:

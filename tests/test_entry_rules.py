@@ -29,7 +29,9 @@ from entry_rules import (
     WARMING_UP,
     BookState,
     EntryConfig,
+    EntryDecision,
     SymbolSnapshot,
+    allot_free_slots,
     evaluate_entry,
     gap_percent,
 )
@@ -240,3 +242,30 @@ def test_marketable_limit_is_ticks_above_the_ask_on_the_grid() -> None:
     assert marketable_limit_price(20.105, 2) == 20.13  # off-grid ask rounds up, never down
     with pytest.raises(ValueError):
         marketable_limit_price(math.nan)
+
+
+def test_one_pass_enters_no_more_symbols_than_free_slots() -> None:
+    """Bug pinned (supervisor --sim: 6 positions against 4): every symbol that qualified in
+    one pass was entered into the same free slot. One free slot: one enter, the gap-and-go
+    first; the others become max_open_positions skips, and skips stay as they were."""
+    book = replace(BOOK, open_positions=3)
+    decisions = [
+        EntryDecision("AAA", True, STANDARD, "enter", {}),
+        EntryDecision("BBB", False, None, NO_SIGNAL, {}),
+        EntryDecision("CCC", True, GAP_AND_GO, "enter", {}),
+        EntryDecision("DDD", True, STANDARD, "enter", {}),
+    ]
+    allotted = allot_free_slots(decisions, book, CONFIG)
+    assert [d.symbol for d in allotted] == ["AAA", "BBB", "CCC", "DDD"]
+    assert [d.symbol for d in allotted if d.enter] == ["CCC"]
+    assert [d.reason for d in allotted] == [
+        MAX_OPEN_POSITIONS,
+        NO_SIGNAL,
+        "enter",
+        MAX_OPEN_POSITIONS,
+    ]
+    two_free = allot_free_slots(decisions, replace(book, open_positions=2), CONFIG)
+    assert [d.symbol for d in two_free if d.enter] == ["AAA", "CCC"]
+    assert not any(
+        d.enter for d in allot_free_slots(decisions, replace(book, open_positions=5), CONFIG)
+    )
