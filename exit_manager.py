@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ib_async import Contract, Fill, Order, Position, Stock, Ticker, Trade
+from ib_async import CommissionReport, Contract, Fill, Order, Position, Stock, Ticker, Trade
 
 from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
@@ -126,6 +126,7 @@ class ExitManager:
         self._give_up_pending: set[str] = set()
         self._give_up_refs: dict[str, str] = {}  # orderRef of that set -> symbol
         self.unprotected: set[str] = set()  # even the give-up set was refused: CRITICAL
+        self._pending_commissions: dict[str, float] = {}  # execId -> report before its fill row
         self._seen_qty: dict[str, float] = {}
         self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
         self._query_lock = asyncio.Lock()
@@ -136,6 +137,7 @@ class ExitManager:
         session.resubscribe_handlers.append(self.resubscribe)
         self.ib.positionEvent += self._on_position
         self.ib.execDetailsEvent += self._on_exec
+        self.ib.commissionReportEvent += self._on_commission
         self.ib.orderStatusEvent += self._on_order_status
         self.ib.pendingTickersEvent += self._on_tickers
         self.ib.errorEvent += self._on_error
@@ -612,24 +614,63 @@ class ExitManager:
             self._schedule(fill.contract.symbol)
 
     def _record_fill(self, fill: Fill) -> bool:
-        """Record one of our sell fills (idempotent by execId); True when it is ours."""
+        """Record one of our sell fills (idempotent by execId) with its commission when IB
+        already reported it; True when it is ours."""
         ex = fill.execution
-        intent = self.db.get_order_intent(ex.orderRef) if ex.orderRef else None
-        if intent is None or intent["agent"] != AGENT or ex.side not in {"SLD", "SELL"}:
+        if not self._is_our_sell(fill):
             return False
         symbol = fill.contract.symbol
         row = self.db.get_active_position(symbol)
         pnl = (ex.price - row["entry_price"]) * ex.shares if row else None
         when = ex.time if isinstance(ex.time, datetime) and ex.time.tzinfo else self.clock.now()
+        commission = self._known_commission(fill)
         with self.orders.exclusive():  # one writer of ours at a time
             new = self.db.record_trade(
                 symbol, "SELL", ex.shares, ex.price, AGENT, order_ref=ex.orderRef,
-                pnl=pnl, exec_id=ex.execId, trade_time=when,
+                pnl=pnl, commission=commission, exec_id=ex.execId, trade_time=when,
             )  # fmt: skip
+            if not new and commission is not None:  # recorded before its report came
+                self.db.record_commission(ex.execId, commission)
+        if commission is not None:
+            self._pending_commissions.pop(ex.execId, None)
         if new:
+            intent = self.db.get_order_intent(ex.orderRef)
             log.info("exit_fill", symbol=symbol, shares=ex.shares, price=ex.price,
-                     purpose=intent["purpose"], order_ref=ex.orderRef, exec_id=ex.execId)  # fmt: skip
+                     purpose=intent["purpose"] if intent else None, order_ref=ex.orderRef,
+                     exec_id=ex.execId, commission=commission)  # fmt: skip
         return True
+
+    def _is_our_sell(self, fill: Fill) -> bool:
+        ex = fill.execution
+        intent = self.db.get_order_intent(ex.orderRef) if ex.orderRef else None
+        return intent is not None and intent["agent"] == AGENT and ex.side in {"SLD", "SELL"}
+
+    def _known_commission(self, fill: Fill) -> float | None:
+        """IB's commission for the fill's execution if its report has arrived (ib_async fills
+        in the Fill it keeps; a reqExecutions answer carries its reports), else None."""
+        exec_id = fill.execution.execId
+        kept = self.ib.wrapper.fills.get(exec_id)
+        for report in (fill.commissionReport, kept.commissionReport if kept else None):
+            if report is not None and report.execId == exec_id:
+                return float(report.commission)
+        return self._pending_commissions.get(exec_id)
+
+    def _on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        """IB's commission report for one of our executions: attach it to the fill's row.
+
+        The row is normally written by execDetails just before; if it is not there yet, the
+        fill is recorded now with the report, and the report is kept for the reconciliation
+        that records the fill otherwise (after a reconnect)."""
+        if not self._is_our_sell(fill):
+            return
+        try:
+            with self.orders.exclusive():
+                attached = self.db.record_commission(report.execId, report.commission)
+            if not attached:
+                self._pending_commissions[report.execId] = float(report.commission)
+                self._record_fill(fill)
+        except DatabaseError as exc:
+            log.error("commission_not_recorded", exec_id=report.execId, error=str(exc))
 
     def _close_from_fills(self, symbol: str, row: dict[str, Any]) -> bool:
         """Close a flat position from our recorded fills (price, reason); False if none."""

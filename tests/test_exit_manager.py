@@ -230,6 +230,40 @@ def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_close
     run(scenario())
 
 
+def _sell_rows(db: TradingDatabase, symbol: str) -> list[dict]:
+    return [
+        t
+        for t in db.get_trades_by_date("2026-11-25")
+        if t["symbol"] == symbol and t["side"] == "SELL"
+    ]
+
+
+def test_exit_fill_records_ib_commission_for_its_execution(tmp_path: Path, sim_db: Any) -> None:
+    """Commissions were never stored: the trade row's commission stayed empty."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 30)
+                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 30), 3, "protection")
+                row = db.get_active_position("NVDA")
+                await gw_call(gw.faults.set_price, "NVDA", row["profit_target_price"] + 0.05)
+                await until(lambda: db.was_closed_today("NVDA"), 5, "closed after target fill")
+                sims = {e["exec_id"]: e for e in gw.account.executions() if e["side"] == "SLD"}
+                await until(
+                    lambda: all(t["commission"] is not None for t in _sell_rows(db, "NVDA")),
+                    3, "commission recorded",
+                )  # fmt: skip
+                rows = _sell_rows(db, "NVDA")
+                assert sorted(t["exec_id"] for t in rows) == sorted(sims)
+                for t in rows:
+                    assert t["commission"] == pytest.approx(sims[t["exec_id"]]["commission"])
+                    assert t["commission"] > 0
+
+    run(scenario())
+
+
 def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on(
     tmp_path: Path, sim_db: Any
 ) -> None:
@@ -424,6 +458,11 @@ def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, si
                 await until(lambda: manager.reconciled, 5, "reconciled after reconnect")
                 await until(lambda: db.was_closed_today("AAPL"), 3, "missed fill applied")
                 assert db.get_closed_today()[0]["exit_reason"] == "PROFIT_TARGET"
+                # The commission came with reqExecutions' answer, not as a live event.
+                [sold] = [e for e in gw.account.executions() if e["side"] == "SLD"]
+                assert [t["commission"] for t in _sell_rows(db, "AAPL")] == [
+                    pytest.approx(sold["commission"])
+                ]
                 state = await gw_call(gw.account.state)
                 assert one_protective_set(state, "AMD", 10)  # kept, not duplicated
                 assert len(em_sells(state, "AMD")) == 2
