@@ -1045,6 +1045,35 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(settings, db, config, clock, args))
 
 
+def install_stop_handlers(
+    loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]
+) -> list[int]:
+    """Run `request_stop` on `loop` for Ctrl+C and termination; returns the signals handled.
+
+    POSIX: loop.add_signal_handler for SIGINT and SIGTERM. Where the loop cannot do that
+    (Windows' Proactor loop raises NotImplementedError), plain signal.signal handlers for
+    SIGINT and SIGBREAK (Ctrl+Break, what a console close sends) schedule the same stop
+    on the loop thread-safely.
+    """
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, request_stop)
+        return [signal.SIGINT, signal.SIGTERM]
+    except (NotImplementedError, RuntimeError):
+        pass
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(request_stop)
+
+    handled = []
+    for name in ("SIGINT", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, on_signal)
+            handled.append(int(sig))
+    return handled
+
+
 async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: MarketClock,
                args: argparse.Namespace) -> int:  # fmt: skip
     session = BrokerSession(
@@ -1053,9 +1082,7 @@ async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: Ma
     manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
     if args.once:
         return await manager.run_once()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, manager.request_stop)
+    install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
     try:
         return await manager.run()
     except SettingsError as exc:  # paper/live account mismatch: never retried
