@@ -365,6 +365,7 @@ class DayTrader:
         self.stop_event = asyncio.Event()
         self.bar_event = asyncio.Event()
         self._entering: set[str] = set()
+        self._positions_lock = asyncio.Lock()
         self._req_errors: dict[int, tuple[int, str]] = {}
         self._feeds_generation = -1
         self._net_liq_start: float | None = None
@@ -1063,8 +1064,10 @@ class DayTrader:
     def _apply_fill(self, fill: Fill) -> bool:
         """Apply one execution of our entry BUYs (keyed by execId: twice is harmless).
 
-        Returns True when it was new: a trade row, and the position opened or grown with
-        target and stop from the average fill price.
+        Returns True when it was new: a trade row, and the position opened at this first
+        fill (the exit manager adopts unknown broker positions after a short grace) or grown,
+        with target and stop from the average fill price. A symbol the exit manager already
+        closed today gets a row again only for shares the broker still holds.
         """
         execution = fill.execution
         ref = execution.orderRef
@@ -1087,10 +1090,41 @@ class DayTrader:
         ):
             return False
         symbol = intent["symbol"]
+        quantity, average = self._filled_so_far(ref, when)
+        if self.db.get_active_position(symbol) is None and self.db.was_closed_today(symbol):
+            self._spawn(self._open_after_close(symbol, ref, when))
+        else:
+            self._open_or_grow(symbol, ref, quantity, average, when)
+        if quantity >= float(intent["quantity"]):
+            # Already final (e.g. FILLED from orderStatus first) is fine.
+            with contextlib.suppress(IntentTransitionError):
+                self.db.update_order_intent(
+                    ref, FILLED, filled_quantity=quantity, avg_fill_price=average
+                )
+        log.info(
+            "entry_filled",
+            symbol=symbol,
+            order_ref=ref,
+            exec_id=execution.execId,
+            shares=float(execution.shares),
+            price=float(execution.price),
+            position=quantity,
+            avg_price=round(average, 4),
+        )
+        return True
+
+    def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
+        """Shares filled for one entry and their average price, from the recorded fills."""
         day = when.astimezone(NEW_YORK).date().isoformat()
         own = [t for t in self.db.get_trades_by_date(day) if t["order_ref"] == ref]
-        quantity = sum(t["quantity"] for t in own)
-        average = sum(t["quantity"] * t["price"] for t in own) / quantity
+        quantity = sum(float(t["quantity"]) for t in own)
+        return quantity, sum(float(t["quantity"]) * float(t["price"]) for t in own) / quantity
+
+    def _open_or_grow(
+        self, symbol: str, ref: str, quantity: float, average: float, when: datetime
+    ) -> None:
+        """Write the active position (first fill) or update it (later fills), with target and
+        stop from the average price."""
         target = profit_target_price(average, self.settings.profit_target_pct)
         stop = stop_loss_price(average, self.settings.stop_loss_pct)
         if not self.db.add_active_position(
@@ -1110,25 +1144,48 @@ class DayTrader:
                 profit_target_price=target,
                 stop_loss_price=stop,
             )
-        if quantity >= float(intent["quantity"]):
-            # Already final (e.g. FILLED from orderStatus first) is fine.
-            with contextlib.suppress(IntentTransitionError):
-                self.db.update_order_intent(
-                    ref, FILLED, filled_quantity=quantity, avg_fill_price=average
-                )
         log.info(
-            "entry_filled",
+            "position_written",
             symbol=symbol,
             order_ref=ref,
-            exec_id=execution.execId,
-            shares=float(execution.shares),
-            price=float(execution.price),
-            position=quantity,
+            quantity=int(quantity),
             avg_price=round(average, 4),
             target=target,
             stop=stop,
         )
-        return True
+
+    async def _open_after_close(self, symbol: str, ref: str, when: datetime) -> None:
+        """A fill for a symbol the exit manager closed today: a row only for shares the broker
+        still holds. Asked fresh (reqPositions): the position stream lags the fill."""
+        try:
+            async with self._positions_lock:  # ib_async keeps one positions request at a time
+                positions = await asyncio.wait_for(self.ib.reqPositionsAsync(), 15.0)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            # Unknown is not flat; without a row the exit manager adopts what is still held.
+            log.warning(
+                "fill_after_close_unchecked",
+                symbol=symbol,
+                order_ref=ref,
+                error=repr(exc),
+                action="no row written; the exit manager adopts shares the broker holds",
+            )
+            return
+        held = sum(
+            float(p.position)
+            for p in positions
+            if p.contract.symbol == symbol and p.account in (self.session.account, "")
+        )
+        quantity, average = self._filled_so_far(ref, when)
+        log.warning(
+            "fill_after_close",
+            symbol=symbol,
+            order_ref=ref,
+            filled=quantity,
+            broker_position=held,
+            action="active row for the shares still held" if held > 0 else "no row: flat",
+        )
+        if held > 0 and self.db.get_active_position(symbol) is None:
+            self._open_or_grow(symbol, ref, min(quantity, held), average, when)
 
     # -- health -----------------------------------------------------------------------------
     def _log_health(self, phase: str) -> None:

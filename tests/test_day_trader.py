@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ib_async import MarketOrder
 
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
+from core.money import profit_target_price, stop_loss_price
+from core.orders import IntentOrders
 from core.settings import env_keys
 from day_trader import (
     HistoricalPacer,
@@ -37,6 +40,7 @@ from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
 from observability import TradingDatabase
+from tests.sim_support import client, stock
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
@@ -377,6 +381,95 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
         refused = [d for d in decisions if d["reason"] == MAX_OPEN_POSITIONS]
         assert refused, "no entry was refused for want of a slot (test has no teeth)"
         assert len(entry_intents(db)) >= 2
+
+
+def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds_it(
+    tmp_path: Path,
+) -> None:
+    """Bug pinned: the trader's entry filled while it was away, the exit manager adopted and
+    closed the position; at the restart the fill (from IB's executions) re-created the
+    active row although the broker was flat. A row only where the broker still holds."""
+    logs = tmp_path / "logs"
+    (tmp_path / "KILL_SWITCH").write_text("test: no new entries")
+    with gateway(tmp_path, dtime(9, 35), speed=10) as gw:
+        db = sim_db(tmp_path)
+        flat, held = list(gw.gateway.market.symbols)[:2]
+        # The trader's entries (its client id, its agent), filled; then it went away.
+        ib = client(gw.port, 2)
+        try:
+            orders = IntentOrders(ib, db, "day_trader")
+            for symbol in (flat, held):
+                trade = orders.place(
+                    stock(ib, symbol), MarketOrder("BUY", 100), purpose="entry:standard"
+                )
+                wait_until(lambda t=trade: (ib.sleep(0.05), t.isDone())[1], 20, "entry fill")
+            # The exit manager closed both rows; only `flat` was sold at the broker.
+            sell = ib.placeOrder(stock(ib, flat), MarketOrder("SELL", 100))
+            wait_until(lambda: (ib.sleep(0.05), sell.isDone())[1], 20, "exit fill")
+        finally:
+            ib.disconnect()
+        for symbol in (flat, held):
+            db.add_active_position(symbol, 100, 10.0, 10.2, 9.9, agent="exit_manager")
+            db.remove_active_position(symbol, 10.0, "MANUAL")
+        assert gw.account.positions() == {held: 100.0}
+
+        proc = start_trader(gw, tmp_path)
+        try:
+
+            def both_applied() -> bool:
+                checked = {e["symbol"] for e in events(logs, "fill_after_close")}
+                return bool(db.get_active_position(held)) and (
+                    flat in checked or db.get_active_position(flat) is not None
+                )
+
+            wait_until(both_applied, 30, "both fills applied", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        assert db.get_active_position(flat) is None
+        row = db.get_active_position(held)
+        assert row is not None and row["quantity"] == 100 and row["agent"] == "day_trader"
+        bought = [t for t in db.get_trades_by_date(DAY.isoformat()) if t["side"] == "BUY"]
+        assert sorted(t["symbol"] for t in bought) == sorted([flat, held])
+
+
+def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
+    tmp_path: Path,
+) -> None:
+    """The exit manager adopts a broker position without a row after a few seconds, so the
+    row is written at the first fill (its shares, its price), then grown at each later fill
+    with the weighted average price and target/stop from it."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30, partial_fills=True) as gw:
+        db = sim_db(tmp_path)
+        # Low-priced names with thin books: one entry takes several fills.
+        args = ["--symbols", "LMHJ,HQQP"]
+        proc = start_trader(gw, tmp_path, env={"MAX_OPEN_POSITIONS": "1"}, args=args)
+        try:
+            [intent] = wait_until(lambda: entry_intents(db), 60, "the entry", logs)
+            ref = intent["order_ref"]
+
+            def entry_done() -> bool:
+                state = db.get_order_intent(ref)["state"]
+                recorded = {t["exec_id"] for t in db.get_trades_by_date(DAY.isoformat())}
+                at_ib = {e["exec_id"] for e in gw.account.executions() if e["order_ref"] == ref}
+                return state in {"FILLED", "CANCELLED"} and bool(at_ib) and at_ib <= recorded
+
+            wait_until(entry_done, 60, "the entry filled or cancelled", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        fills = [e for e in gw.account.executions() if e["order_ref"] == ref]
+        assert len(fills) >= 2, f"one fill only, the test has no teeth: {fills}"
+        written = [e for e in events(logs, "position_written") if e["order_ref"] == ref]
+        running = [sum(float(f["shares"]) for f in fills[: i + 1]) for i in range(len(fills))]
+        assert [w["quantity"] for w in written] == running
+        assert written[0]["avg_price"] == pytest.approx(fills[0]["price"])
+        shares = running[-1]
+        average = sum(float(f["shares"]) * float(f["price"]) for f in fills) / shares
+        row = db.get_active_position(intent["symbol"])
+        assert row is not None and row["quantity"] == shares
+        assert row["entry_price"] == pytest.approx(average)
+        assert row["profit_target_price"] == profit_target_price(average, 1.8)
+        assert row["stop_loss_price"] == stop_loss_price(average, 0.9)
 
 
 def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: Path) -> None:
