@@ -32,7 +32,7 @@ class Faults:
         {
             "drop_client", "drop_all", "connectivity_lost", "connectivity_restored",
             "farm_broken", "pacing_violation_next", "reject_next_order", "stop_ticks",
-            "resume_ticks", "go_silent", "resume", "restart", "set_price",
+            "resume_ticks", "go_silent", "resume", "restart", "set_price", "notice",
         }
     )  # fmt: skip
 
@@ -86,6 +86,16 @@ class Faults:
         targets = self._targets(client_id)
         for s in targets:
             s.push(msg.error(-1, 2110, BROKEN_2110))
+            s.flush()
+        return len(targets)
+
+    def notice(self, code: int, text: str = "", client_id: int | None = None) -> int:
+        """Send IB system message `code` (e.g. 2103/2104 farm down/up, 10197 competing session)."""
+        if not 1 <= int(code) <= 99_999:
+            raise ValueError(f"notice code {code} is not an IB message code (1-99999)")
+        targets = self._targets(client_id)
+        for s in targets:
+            s.push(msg.error(-1, int(code), text or f"simulated notice {code}"))
             s.flush()
         return len(targets)
 

@@ -80,3 +80,34 @@ def test_failing_handler_blocks_ready_and_reconnect_runs_one_loop() -> None:
 
     with GatewayThread(CONFIG) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
+def test_dead_feed_then_farm_ok_resubscribes_and_competing_session_is_unhealthy() -> None:
+    """Failure modes 12 and 14: 2103 marks feeds suspect until 2104 resubscribes; 10197
+    (another login took the data) leaves the session unhealthy and says so loudly."""
+
+    async def scenario(gw: GatewayThread) -> None:
+        session = BrokerSession(replace(get_settings(), ib_port=gw.port), 31, "t")
+        resubscribed: list[float] = []
+
+        async def resubscribe() -> None:
+            resubscribed.append(time.monotonic())
+
+        session.resubscribe_handlers.append(resubscribe)
+        assert await session.connect(attempts=1)
+        assert session.health.healthy
+
+        gw.faults.notice(2103, "Market data farm connection is broken:usfarm", client_id=31)
+        await _until(lambda: session.health.feeds_suspect, 5, "feeds marked suspect")
+        assert not session.health.healthy and resubscribed == []
+        gw.faults.notice(2104, "Market data farm connection is OK:usfarm", client_id=31)
+        await _until(lambda: resubscribed, 5, "resubscribe after the farm came back")
+        assert session.health.healthy
+
+        gw.faults.notice(10197, "No market data during competing live session", client_id=31)
+        await _until(lambda: session.health.competing_session, 5, "competing session seen")
+        assert not session.health.healthy
+        await session.close()
+
+    with GatewayThread(CONFIG) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))
