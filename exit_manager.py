@@ -47,6 +47,7 @@ from exit_rules import (
     StampedQuote,
     WorkingOrder,
     average_price,
+    covered_quantity,
     day_phase,
     exit_decision,
     exit_limit_price,
@@ -129,6 +130,10 @@ class ExitManager:
         self._pending_commissions: dict[str, float] = {}  # execId -> report before its fill row
         self._seen_qty: dict[str, float] = {}
         self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
+        self._positions_seq = 0  # positions requests started so far
+        self._positions_task_seq = 0  # which of them _positions_task is
+        self._last_fills: list[Fill] = []  # the latest reqExecutions answer
+        self.shorts: dict[str, int] = {}  # symbol -> negative broker quantity (alerted)
         self._query_lock = asyncio.Lock()
         self._eod_phase_done: tuple[str, DayPhase] | None = None
         self.eod_verified: dict[DayPhase, bool] = {}
@@ -203,10 +208,24 @@ class ExitManager:
 
     # -- broker queries (coalesced: ib_async keys these requests by name) ----------------
     async def broker_positions(self) -> dict[str, BrokerPosition] | None:
-        """Fresh positions from IB (symbol -> position); None when IB did not answer."""
-        if self._positions_task is None or self._positions_task.done():
-            self._positions_task = asyncio.ensure_future(self._request_positions())
-        return await asyncio.shield(self._positions_task)
+        """Fresh positions from IB (symbol -> position); None when IB did not answer.
+
+        Fresh means requested after this call began: a request already in flight may have
+        been answered before a fill the caller has seen, and a stale quantity sells twice.
+        Callers share any request started after they asked, so a burst costs two at most.
+        """
+        asked = self._positions_seq
+        while True:
+            task = self._positions_task
+            if task is not None and self._positions_task_seq > asked:
+                return await asyncio.shield(task)
+            if task is None or task.done():
+                self._positions_seq += 1
+                self._positions_task_seq = self._positions_seq
+                self._positions_task = asyncio.ensure_future(self._request_positions())
+                continue
+            with contextlib.suppress(Exception):  # in flight since before we asked: wait it out
+                await asyncio.shield(task)
 
     async def _request_positions(self) -> dict[str, BrokerPosition] | None:
         try:
@@ -288,6 +307,7 @@ class ExitManager:
         if snapshot is None:
             raise ReconcileError("IB did not answer the open orders / executions requests")
         open_trades, _completed, fills = snapshot
+        self._last_fills = fills
         for fill in fills:  # fills missed while we were down (failure mode 11)
             self._record_fill(fill)
         await self.orders.recover()
@@ -353,17 +373,30 @@ class ExitManager:
     ) -> ReconcilePlan:
         """Bring one symbol in line (caller holds its lock); returns what was planned."""
         quantity = round(position.quantity) if position else 0
+        self._track_short(symbol, quantity)
+        if quantity <= 0 and self._our_sells(symbol):
+            # Flat or short (someone else sold): our sells could only open or deepen a short.
+            # Cancel them before any bookkeeping; the plan checks they are gone.
+            await self._cancel_confirmed(symbol, self._our_sells(symbol))
         row = self.db.get_active_position(symbol)
         if quantity > 0 and row is None and not young and not self._reconciling:
             row = await self._grace_for_day_trader(symbol)
+        last_prices = {s: q.last for s, q in self.quotes.items()}
         if quantity == 0 and row is not None and not young:
             if not self._close_from_fills(symbol, row) and not self._reconciling:
                 await self._pull_executions()  # our fill may be behind the position update
                 self._close_from_fills(symbol, row)
+            if (price := self._others_sell_price(symbol, row)) is not None:
+                last_prices[symbol] = price
             row = self.db.get_active_position(symbol)
             young = young or self._entry_is_young(row)
         if blocked := self._is_blocked(symbol):
             self.rejects.counts[symbol] = self.config.max_rejects
+            ours = [o for o in orders if o.client_id == self.session.client_id]
+            if quantity > 0 and covered_quantity(ours) > quantity:
+                # Someone else sold part: the set left after the give-up now covers more
+                # than is held. Replace it once for what is left (one per position change).
+                self._give_up_pending.add(symbol)
         if quantity > 0 and symbol not in self.contracts:
             await self.contract(symbol)
         plan = plan_reconciliation(
@@ -373,7 +406,7 @@ class ExitManager:
             config=self.config,
             our_client_id=self.session.client_id,
             ticks=self.ticks,
-            last_prices={s: q.last for s, q in self.quotes.items()},
+            last_prices=last_prices,
             young={symbol} if young else set(),
             blocked={symbol} if blocked else set(),
         )
@@ -388,8 +421,38 @@ class ExitManager:
     async def _pull_executions(self) -> None:
         async with self._query_lock:
             snapshot = await self.orders.snapshot()
+        if snapshot is not None:
+            self._last_fills = snapshot[2]
         for fill in snapshot[2] if snapshot else []:
             self._record_fill(fill)
+
+    def _others_sell_price(self, symbol: str, row: dict[str, Any]) -> float | None:
+        """The average price of other clients' sells of `symbol` since the row's entry, from
+        the latest reqExecutions answer; None when IB showed us none.
+
+        IB lists other clients' executions only to its master API client, so usually this
+        is None and a position someone else closed is booked at the last quote (else at its
+        entry price): the MANUAL row's P&L is then an estimate.
+        """
+        entered = _parse_time(row["entry_time"])
+        sells = [
+            (f.execution.shares, f.execution.price)
+            for f in self._last_fills
+            if f.contract.symbol == symbol
+            and f.execution.side in {"SLD", "SELL"}
+            and f.execution.clientId != self.session.client_id
+            and (entered is None or f.time is None or f.time >= entered)
+        ]
+        return average_price(sells)
+
+    def _track_short(self, symbol: str, quantity: int) -> None:
+        """Short positions stay alerted (every reconciliation) and keep the bot DEGRADED."""
+        if quantity < 0:
+            self.shorts[symbol] = quantity
+            log.critical("short_position", symbol=symbol, quantity=quantity,
+                         action="never sold more by the exit manager; cover it by hand")  # fmt: skip
+        else:
+            self.shorts.pop(symbol, None)
 
     async def _grace_for_day_trader(self, symbol: str) -> dict[str, Any] | None:
         """A position nobody registered: give the day trader a few market seconds to write
@@ -902,6 +965,7 @@ class ExitManager:
             bool(self.quote_faults)
             or blocked
             or bool(self.unprotected)
+            or bool(self.shorts)
             or not self.ib.isConnected()
         )
 

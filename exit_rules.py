@@ -254,6 +254,21 @@ def matches_protective_set(
     )
 
 
+def covered_quantity(sells: Iterable[WorkingOrder]) -> int:
+    """Shares `sells` can sell at most: per OCA group its largest leg (ocaType 1 cancels
+    the rest once one fills), plus every order outside a group."""
+    by_group: dict[str, float] = {}
+    loose = 0.0
+    for order in sells:
+        if order.action != "SELL":
+            continue
+        if order.oca_group:
+            by_group[order.oca_group] = max(by_group.get(order.oca_group, 0.0), order.quantity)
+        else:
+            loose += order.quantity
+    return round(sum(by_group.values()) + loose)
+
+
 # -- reconciliation ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Closure:

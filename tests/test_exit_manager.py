@@ -611,6 +611,11 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
 
+                # Someone sells part by hand: the give-up set is resized, once, to what is left.
+                await _other_client_sells(dt, "AMD", 20)
+                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 30), 3, "resized")
+                assert position(await gw_call(gw.account.state), "AMD") == 30
+
     run(scenario())
 
 
@@ -643,6 +648,131 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
 
 
 # -- reconciliation ------------------------------------------------------------------------------
+async def _other_client_sells(dt: IB, symbol: str, quantity: int) -> None:
+    trade = dt.placeOrder(Stock(symbol, "SMART", "USD"), MarketOrder("SELL", quantity))
+    await until(lambda: trade.orderStatus.status == "Filled", 5, f"{symbol} manual sell")
+
+
+def test_other_client_selling_half_resizes_the_protective_set_at_once_and_never_shorts(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """A manual sell of half left our OCA set sized for the whole position: when its stop
+    fired it sold twice the shares held (a margin account goes short)."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection")
+                await _other_client_sells(dt, "AAPL", 40)
+                sold_at = time.monotonic()
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 60), 2, "resized set")
+                reaction = time.monotonic() - sold_at
+                assert reaction < 1.0, f"resize took {reaction:.3f}s: not event driven"
+                await until(lambda: db.get_active_position("AAPL")["quantity"] == 60, 2)
+                row = db.get_active_position("AAPL")
+                await gw_call(gw.faults.set_price, "AAPL", row["entry_price"] * 0.90)
+                await until_gw(gw, lambda s: position(s, "AAPL") <= 0, 3, "backstop fired")
+                await until(lambda: db.was_closed_today("AAPL"), 3, "closed")
+                state = await gw_call(gw.account.state)
+                assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
+                assert sells_executed(gw, "AAPL") == 100  # 40 manual + 60 backstop
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("master", [False, True], ids=["own_executions", "master_client"])
+def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as_manual(
+    tmp_path: Path, sim_db: Any, master: bool
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False, master_client_id=EM if master else None) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "MSFT", 50)
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection")
+                await until(lambda: "MSFT" in manager.quotes, 3, "quotes")
+                await _other_client_sells(dt, "MSFT", 50)
+                await until_gw(gw, lambda s: not em_sells(s, "MSFT"), 2, "our sells cancelled")
+                await until(lambda: db.was_closed_today("MSFT"), 3, "row closed")
+                closed = db.get_closed_today()[0]
+                assert closed["exit_reason"] == "MANUAL"
+                [manual] = [e for e in gw.account.executions() if e["side"] == "SLD"]
+                if master:  # IB shows the master client every execution: the real price
+                    assert closed["exit_price"] == pytest.approx(manual["price"])
+                else:  # only its own executions: the last quote's price
+                    assert closed["exit_price"] == pytest.approx(manual["price"], rel=0.01)
+                await gw_call(gw.faults.set_price, "MSFT", closed["exit_price"] * 0.85)
+                await until(lambda: manager.quotes.get("MSFT") is None, 2, "unsubscribed")
+                state = await gw_call(gw.account.state)
+                assert position(state, "MSFT") == 0 and sells_executed(gw, "MSFT") == 50
+
+    run(scenario())
+
+
+def test_short_position_is_alerted_every_reconciliation_and_never_sold(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with day_trader(gw) as dt:
+                await _other_client_sells(dt, "AMD", 20)  # someone shorted it by hand
+                async with exit_manager(gw, db, clock) as manager:
+                    assert any("SHORT" in a for a in manager.last_report["alerts"])
+                    connects = manager.session.health.connects
+                    await gw_call(gw.faults.drop_client, EM)
+                    await until(lambda: manager.session.health.connects > connects, 5)
+                    await until(lambda: manager.reconciled, 5, "reconciled again")
+                    assert any("SHORT" in a for a in manager.last_report["alerts"])
+                    assert manager.shorts == {"AMD": -20}
+                    manager._beat()
+                    assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
+                    state = await gw_call(gw.account.state)
+                    assert position(state, "AMD") == -20 and not em_sells(state, "AMD")
+                    assert not [o for o in state["completed_orders"] if o["client_id"] == EM]
+
+    run(scenario())
+
+
+def test_positions_answer_requested_before_the_caller_asked_is_never_used(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Coalescing joined an in-flight reqPositions sent before a fill the caller had seen:
+    the stale quantity kept a full-size protective set (or sold twice)."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager:
+                idle = manager._positions_task
+                await until(lambda: idle is None or idle.done(), 3, "startup requests answered")
+                sent: list[float] = []
+                later: list[asyncio.Future[Any]] = []
+                real = manager.ib.reqPositionsAsync
+
+                def counted() -> Any:
+                    request = real()  # the request is on the wire...
+                    sent.append(time.monotonic())
+                    if len(sent) == 1:  # ...before these callers ask (its answer is not in)
+                        later.extend(
+                            asyncio.ensure_future(manager.broker_positions()) for _ in range(3)
+                        )
+                    return request
+
+                manager.ib.reqPositionsAsync = counted  # type: ignore[method-assign]
+                first = asyncio.ensure_future(manager.broker_positions())
+                await until(lambda: later, 2, "first request sent")
+                await asyncio.gather(first, *later)
+                # Before: the later callers joined the first request (one request in all).
+                assert len(sent) >= 2, sent
+                assert len(sent) <= 3  # still coalesced: not one request per caller
+                assert all(t.result() == first.result() for t in later)
+
+    run(scenario())
+
+
 def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
     tmp_path: Path, sim_db: Any
 ) -> None:

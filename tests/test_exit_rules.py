@@ -17,6 +17,7 @@ from exit_rules import (
     StampedQuote,
     WorkingOrder,
     average_price,
+    covered_quantity,
     day_phase,
     exit_decision,
     exit_limit_price,
@@ -335,3 +336,13 @@ def test_protection_table_marks_a_correct_set_protected_and_prints() -> None:
     text = format_table(rows)
     assert "AAPL" in text and "True" in text and "False" in text
     assert "(no open positions)" in format_table([])
+
+
+def test_covered_quantity_counts_an_oca_group_once() -> None:
+    def sell(qty: float, oca: str, action: str = "SELL") -> WorkingOrder:
+        return WorkingOrder("AAPL", 1, 10, 1, action, "LMT", qty, 1.0, None, oca, "")
+
+    assert covered_quantity([]) == 0
+    assert covered_quantity([sell(50, "g1"), sell(50, "g1")]) == 50
+    assert covered_quantity([sell(50, "g1"), sell(30, "g1"), sell(10, "")]) == 60
+    assert covered_quantity([sell(50, "g1"), sell(20, "g2"), sell(5, "", "BUY")]) == 70
