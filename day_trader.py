@@ -40,7 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ib_async import Contract, Fill, LimitOrder, OrderStatus, Stock, Trade
+from ib_async import CommissionReport, Contract, Fill, LimitOrder, OrderStatus, Stock, Trade
 
 from core.broker import BrokerSession
 from core.clock import NEW_YORK, FileTimeSource, MarketClock, Session, get_clock, set_clock
@@ -366,6 +366,7 @@ class DayTrader:
         self.bar_event = asyncio.Event()
         self._entering: set[str] = set()
         self._positions_lock = asyncio.Lock()
+        self._unrecorded_commissions: dict[str, float] = {}  # execId -> commission
         self._req_errors: dict[int, tuple[int, str]] = {}
         self._feeds_generation = -1
         self._net_liq_start: float | None = None
@@ -378,6 +379,7 @@ class DayTrader:
         self.session.resubscribe_handlers.append(self._resubscribe)
         self.session.error_listeners.append(self._on_ib_error)
         self.ib.execDetailsEvent += self._on_exec_details
+        self.ib.commissionReportEvent += self._on_commission_report
         self.ib.pendingTickersEvent += self._on_tickers
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1078,7 +1080,7 @@ class DayTrader:
             return False
         # execution.time is the exchange's; Fill.time is only when the message arrived here.
         when = execution.time if isinstance(execution.time, datetime) else self.clock.now()
-        if not self.db.record_trade(
+        new = self.db.record_trade(
             intent["symbol"],
             "BUY",
             float(execution.shares),
@@ -1087,7 +1089,11 @@ class DayTrader:
             order_ref=ref,
             exec_id=execution.execId,
             trade_time=when,
-        ):
+        )
+        commission = self._commission_of(fill)
+        if commission is not None:  # applying it twice is harmless
+            self.db.record_commission(execution.execId, commission)
+        if not new:
             return False
         symbol = intent["symbol"]
         quantity, average = self._filled_so_far(ref, when)
@@ -1112,6 +1118,30 @@ class DayTrader:
             avg_price=round(average, 4),
         )
         return True
+
+    def _on_commission_report(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        ref = fill.execution.orderRef
+        if not ref or not ref.startswith(f"{AGENT}-"):
+            return
+        if not self.db.record_commission(report.execId, report.commission):
+            # Its fill is not written yet: _apply_fill attaches it when it is.
+            self._unrecorded_commissions[report.execId] = float(report.commission)
+
+    def _commission_of(self, fill: Fill) -> float | None:
+        """IB's commission for this execution if its report has arrived, else None.
+
+        reqExecutions hands back a fresh Fill for an execution seen live; the report is
+        on the one ib_async keeps.
+        """
+        exec_id = fill.execution.execId
+        pending = self._unrecorded_commissions.pop(exec_id, None)
+        if pending is not None:
+            return pending
+        for known in (fill, self.ib.wrapper.fills.get(exec_id)):
+            report = getattr(known, "commissionReport", None)
+            if report is not None and report.execId == exec_id:
+                return float(report.commission)
+        return None
 
     def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
         """Shares filled for one entry and their average price, from the recorded fills."""

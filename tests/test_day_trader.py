@@ -430,6 +430,10 @@ def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds
         assert row is not None and row["quantity"] == 100 and row["agent"] == "day_trader"
         bought = [t for t in db.get_trades_by_date(DAY.isoformat()) if t["side"] == "BUY"]
         assert sorted(t["symbol"] for t in bought) == sorted([flat, held])
+        # Commissions too, from the reports that came with IB's executions at the restart.
+        commissions = {e["exec_id"]: e["commission"] for e in gw.account.executions()}
+        for t in bought:
+            assert t["commission"] == pytest.approx(commissions[t["exec_id"]]), t
 
 
 def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
@@ -470,6 +474,10 @@ def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
         assert row["entry_price"] == pytest.approx(average)
         assert row["profit_target_price"] == profit_target_price(average, 1.8)
         assert row["stop_loss_price"] == stop_loss_price(average, 0.9)
+        # IB's commission report reached each fill's trade row.
+        trades = {t["exec_id"]: t for t in db.get_trades_by_date(DAY.isoformat())}
+        for f in fills:
+            assert trades[f["exec_id"]]["commission"] == pytest.approx(f["commission"]), f
 
 
 def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: Path) -> None:
