@@ -892,6 +892,42 @@ def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
     run(sweep())
 
 
+def test_eod_flatten_of_twelve_positions_is_flat_before_the_sweep_and_never_short(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """A 20-position flatten must not serialise round trips per symbol (ib_async throttles
+    above 45 requests/s): twelve here, measured in market seconds at speed 1."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, symbol_names=None, symbols=12, start=dtime(15, 44, 56),
+                     no_shorting=False) as gw:  # fmt: skip
+            names = sorted(gw.gateway.market.symbols)
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await asyncio.gather(*(buy(dt, db, name, 10 + i) for i, name in enumerate(names)))
+                await until_gw(
+                    gw,
+                    lambda s: all(one_protective_set(s, n, 10 + i) for i, n in enumerate(names)),
+                    5, "twelve protective sets",
+                )  # fmt: skip
+                assert clock.now().time() < dtime(15, 45), "setup overran the flatten time"
+                await until(lambda: manager.eod_verified.get(DayPhase.FLATTEN), 20, "flat")
+                sold = [e for e in gw.account.executions() if e["side"] == "SLD"]
+                first_sell, last_sell = min(e["time"] for e in sold), max(e["time"] for e in sold)
+                flatten_at = datetime(2026, 11, 25, 15, 45, tzinfo=NEW_YORK).timestamp()
+                print(f"EOD flatten of {len(names)}: first sell +{first_sell - flatten_at:.3f}s,"
+                      f" all flat +{last_sell - flatten_at:.3f}s (market seconds, speed 1)")  # fmt: skip
+                assert last_sell < flatten_at + 10 * 60  # flat by close - 5 min
+                state = await gw_call(gw.account.state)
+                assert not state["positions"], state["positions"]
+                for i, name in enumerate(names):
+                    assert sells_executed(gw, name) == 10 + i  # never short
+                await until(lambda: len(db.get_closed_today()) == 12, 3, "rows closed")
+                assert {r["exit_reason"] for r in db.get_closed_today()} == {"EOD"}
+
+    run(scenario())
+
+
 def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> None:
     async def scenario() -> None:
         with gateway(tmp_path, partial_fills=True) as gw:
