@@ -110,6 +110,7 @@ class DayTraderOptions:
     watchlist_refresh_s: float = 15 * 60.0
     max_symbols: int = 50  # IB market-data lines are limited; keep the best-ranked
     llm_budget_real_s: float = 8.0
+    retry_real_s: float = 30.0  # reconnect interval (short in accelerated simulations)
 
 
 PREMARKET_AGGREGATION = (7, 0)
@@ -353,7 +354,9 @@ class DayTrader:
         self.clock = clock or get_clock()
         self.db = db or get_database(settings.database_path)
         self.config = EntryConfig.from_settings(settings)
-        self.session = BrokerSession(settings, settings.day_trader_client_id, AGENT)
+        self.session = BrokerSession(
+            settings, settings.day_trader_client_id, AGENT, retry_seconds=options.retry_real_s
+        )
         self.ib = self.session.ib
         self.orders = IntentOrders(self.ib, self.db, AGENT)
         self.reviewer = reviewer
@@ -1333,6 +1336,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="market seconds an unfilled entry works before it is cancelled (default 60)",
     )
+    parser.add_argument(
+        "--retry-seconds",
+        type=_ranged(float, 0.0, 3600.0, lo_open=True),
+        default=30.0,
+        help="real seconds between reconnect attempts, in (0, 3600] (default 30)",
+    )
     return parser
 
 
@@ -1351,6 +1360,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["allocation"] = args.allocation
     overrides["trading_mode"] = "live" if args.live else "paper"
     return load_settings(**overrides)
+
+
+def options_from_args(args: argparse.Namespace, settings: Settings) -> DayTraderOptions:
+    """The bot's options from parsed arguments (allocation from the settings)."""
+    return DayTraderOptions(
+        allocation=settings.allocation,
+        workers=args.workers,
+        use_llm=not args.no_llm,
+        symbols=args.symbols,
+        entry_timeout_s=args.entry_timeout,
+        retry_real_s=args.retry_seconds,
+    )
 
 
 async def _run(settings: Settings, options: DayTraderOptions) -> int:
@@ -1380,13 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.clock_file is not None:
         set_clock(MarketClock(FileTimeSource(settings.clock_file)))
     setup_logging(AGENT, level=settings.log_level)
-    options = DayTraderOptions(
-        allocation=settings.allocation,
-        workers=args.workers,
-        use_llm=not args.no_llm,
-        symbols=args.symbols,
-        entry_timeout_s=args.entry_timeout,
-    )
+    options = options_from_args(args, settings)
     try:
         return asyncio.run(_run(settings, options))
     except SettingsError as exc:  # paper/live mismatch found at connect

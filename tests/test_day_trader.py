@@ -27,13 +27,15 @@ from ib_async import MarketOrder
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
-from core.settings import env_keys
+from core.settings import env_keys, load_settings
 from day_trader import (
+    DayTrader,
     HistoricalPacer,
     SymbolFeed,
     build_parser,
     day_phase,
     main,
+    options_from_args,
 )
 from entry_rules import AFTER_ENTRY_CUTOFF, MAX_OPEN_POSITIONS
 from ibsim.config import GatewayConfig
@@ -544,6 +546,9 @@ def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path
         (["--workers", "0"], "argument --workers: '0' is outside [1, 64]"),
         (["--port", "70000"], "argument --port: '70000' is outside [1, 65535]"),
         (["--symbols", "AAPL,$$"], "argument --symbols: 'AAPL,$$' is not a comma-separated"),
+        (["--retry-seconds", "0"], "argument --retry-seconds: '0' is outside (0, 3600]"),
+        (["--retry-seconds", "-5"], "argument --retry-seconds: '-5' is outside (0, 3600]"),
+        (["--retry-seconds", "soon"], "'soon' is not a number in (0, 3600]"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -555,6 +560,19 @@ def test_bad_flags_give_one_line_naming_the_flag(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_retry_seconds_reaches_the_broker_session_default_30(tmp_path: Path) -> None:
+    """The supervisor passes a short reconnect interval to accelerated simulations."""
+    settings = load_settings(database_path=tmp_path / "trading.db")
+    db = TradingDatabase(tmp_path / "trading.db")
+    for argv, expected in (([], 30.0), (["--retry-seconds", "2.5"], 2.5)):
+        args = build_parser().parse_args(["--symbols", "AAPL", *argv])
+        trader = DayTrader(settings, options_from_args(args, settings), db=db)
+        try:
+            assert trader.session.retry_seconds == expected
+        finally:
+            trader.pool.shutdown()
 
 
 def test_live_port_without_live_flag_is_refused_in_one_line(
@@ -571,7 +589,7 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for flag in ("--allocation", "--client-id", "--host", "--port", "--db", "--live"):
         assert flag in text
-    for flag in ("--symbols", "--workers", "--no-llm"):
+    for flag in ("--symbols", "--workers", "--no-llm", "--retry-seconds"):
         assert flag in text
 
 
