@@ -344,8 +344,8 @@ def run(args: argparse.Namespace) -> int:
             options.allocation,
             sim_env(run_dir, gateway, db.path),
             output_dir=run_dir / "logs",
-            day_trader_args=("--symbols", ",".join(universe), "--no-llm"),
             # Reconnect retries are in real seconds: 30 s would be most of an hour simulated.
+            day_trader_args=("--symbols", ",".join(universe), "--no-llm", "--retry-seconds", "3"),
             exit_manager_args=("--retry-seconds", "3"),
         )
         policy = WatchdogPolicy(

@@ -306,8 +306,8 @@ def test_gateway_dropped_60_simulated_seconds_both_bots_reconnect_and_reconcile(
 def test_liquidate_all_during_the_day_leaves_account_flat_and_database_consistent(day):
     holding = wait_for(
         lambda: held(day.state()),
-        day.real_seconds_until(day.at("14:00")) + 5,
-        "an open position to liquidate (none by 14:00: did the day trader stop entering?)",
+        day.real_seconds_until(day.at("15:15")) + 5,
+        "an open position to liquidate (none by 15:15: did the day trader stop entering?)",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "CLOCK", "DATABASE"))}
     env.update(
