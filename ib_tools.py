@@ -17,7 +17,7 @@ from ib_async import IB
 
 from core.clock import ClockError
 from core.logs import setup_logging
-from core.settings import Settings, SettingsError, get_settings, set_settings
+from core.settings import Settings, SettingsError, get_settings, set_settings, with_overrides
 from observability import DatabaseError, TradingDatabase, get_database
 
 TOOL_CLIENT_IDS = {
@@ -50,8 +50,6 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
 
 def settings_for(args: argparse.Namespace) -> Settings:
     """Settings with --host/--port applied (validated like the environment would be)."""
-    from dataclasses import replace
-
     settings = get_settings()
     changes = {}
     if getattr(args, "host", None):
@@ -59,7 +57,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if getattr(args, "port", None):
         changes["ib_port"] = args.port
     if changes:
-        settings = replace(settings, **changes)
+        settings = with_overrides(settings, **changes)
         set_settings(settings)
     return settings
 

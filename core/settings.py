@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -235,9 +235,17 @@ def load_settings(
         if raw is not None and (raw.strip() or field_name.endswith("_api_key")):
             values[field_name] = parse(key, raw)
     values.update(overrides)
-    settings = Settings(**values)
-    _check_consistency(settings)
-    return settings
+    return with_overrides(Settings(**values))
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """`settings` with typed `changes` (e.g. from CLI flags), checked like loaded settings.
+
+    Raises SettingsError when the result is inconsistent (e.g. a live port in paper mode).
+    """
+    updated = replace(settings, **changes)
+    _check_consistency(updated)
+    return updated
 
 
 def _check_consistency(s: Settings) -> None:

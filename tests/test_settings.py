@@ -105,3 +105,12 @@ def test_env_example_documents_every_key() -> None:
 def test_env_example_itself_loads(tmp_path: Path) -> None:
     s = load_settings(environ={}, dotenv_path=PROJECT_ROOT / ".env.example")
     assert s.ib_port == 4002 and s.clock_file is None and s.massive_api_key is None
+
+
+def test_cli_overrides_are_checked_like_loaded_settings(tmp_path: Path) -> None:
+    from core.settings import with_overrides
+
+    paper = load({}, tmp_path)
+    assert with_overrides(paper, ib_port=7497).ib_port == 7497
+    with pytest.raises(SettingsError, match="live port"):
+        with_overrides(paper, ib_port=4001)

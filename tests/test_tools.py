@@ -279,3 +279,16 @@ def test_every_tool_has_help(script):
     out = subprocess.run([sys.executable, script, "--help"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_tool_port_flag_cannot_reach_a_live_port_in_paper_mode() -> None:
+    """--port bypassed the paper/live port check before; now it is one clear line."""
+    done = subprocess.run(
+        [sys.executable, "test_connection.py", "--port", "4001"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "live port" in done.stderr and done.stderr.strip().count("\n") == 0
