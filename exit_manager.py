@@ -67,6 +67,7 @@ from exit_rules import (
 from observability import DatabaseError, TradingDatabase
 
 HEARTBEAT_SECONDS = 2.0  # real seconds: the supervisor's watchdog runs on wall time
+AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
 DAY_TRADER = "day_trader"
 log = get_logger(AGENT)
@@ -129,6 +130,7 @@ class ExitManager:
         self.unprotected: set[str] = set()  # even the give-up set was refused: CRITICAL
         self._pending_commissions: dict[str, float] = {}  # execId -> report before its fill row
         self._seen_qty: dict[str, float] = {}
+        self._unprotected_seen: set[str] = set()  # the last protection audit's findings
         self._positions_task: asyncio.Task[dict[str, BrokerPosition] | None] | None = None
         self._positions_seq = 0  # positions requests started so far
         self._positions_task_seq = 0  # which of them _positions_task is
@@ -815,8 +817,10 @@ class ExitManager:
         if self._seen_qty.get(symbol) == position.position:
             return  # a repeat (every positions request replays them)
         self._seen_qty[symbol] = position.position
-        if self.reconciled:
-            self._schedule(symbol)
+        # Also while reconciling: a fill after its positions snapshot is seen only here, and
+        # the replays that follow are deduplicated above. The worker waits for the end of
+        # the reconciliation, which reschedules every dirty symbol.
+        self._schedule(symbol)
 
     def _on_error(self, req_id: int, code: int, message: str, contract: object = None) -> None:
         self._pulse()
@@ -888,7 +892,10 @@ class ExitManager:
         return day_phase(self.clock.now(), self.clock.session(), self.config)
 
     async def _watch(self) -> None:
-        """Stale-quote guard and the end-of-day schedule (4 checks per real second)."""
+        """Stale-quote guard and the end-of-day schedule (4 checks per real second), and
+        the protection audit."""
+        loop = asyncio.get_running_loop()
+        next_audit = loop.time() + AUDIT_SECONDS
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.25)
@@ -896,6 +903,9 @@ class ExitManager:
                 return
             self._check_quotes()
             await self._check_eod()
+            if loop.time() >= next_audit:
+                next_audit = loop.time() + AUDIT_SECONDS
+                self._audit_protection()
 
     def _check_quotes(self) -> None:
         if not self.reconciled or not self.clock.is_market_open():
@@ -914,6 +924,37 @@ class ExitManager:
             elif not fault and previous:
                 log.info("quote_ok", symbol=symbol)
                 self.quote_faults.pop(symbol, None)
+
+    def _audit_protection(self) -> None:
+        """Defence in depth for "every position protected": a long position IB reports
+        (cached stream, no request) with none of our sells working and no exit or check in
+        progress is checked again. Found twice in a row, it is also logged: an event was
+        missed somewhere. The check itself is the normal idempotent per-symbol sync."""
+        if not (self.reconciled and self.can_trade()):
+            self._unprotected_seen.clear()
+            return
+        now = self.clock.epoch()
+        working_sells = {  # ours, or another client's we can see (it protects or exits)
+            t.contract.symbol
+            for t in self.ib.openTrades()
+            if t.order.action == "SELL" and not t.isDone()
+        }
+        found = {
+            p.contract.symbol
+            for p in self.ib.positions()
+            if self._ours(p)
+            and p.position > 0
+            and p.contract.symbol not in self.busy
+            and p.contract.symbol not in self._dirty
+            and self.cooldown_until.get(p.contract.symbol, 0) <= now
+            and not self._is_blocked(p.contract.symbol)  # a human's call now; alerted
+        } - working_sells
+        for symbol in sorted(found):
+            if symbol in self._unprotected_seen:
+                log.warning("protection_audit_found_gap", symbol=symbol,
+                            action="checking it again now")  # fmt: skip
+            self._schedule(symbol)
+        self._unprotected_seen = found
 
     async def _check_eod(self) -> None:
         phase = self._phase()

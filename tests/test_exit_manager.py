@@ -511,6 +511,49 @@ def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, si
     run(scenario())
 
 
+def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_protected(
+    tmp_path: Path, sim_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The position event of a fill that lands mid-reconciliation was dropped (not yet
+    reconciled) and its replays deduplicated: the position stayed naked (CI, e2e restart)."""
+    monkeypatch.setattr("exit_manager.AUDIT_SECONDS", 3600.0)  # pin the event path alone
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with day_trader(gw) as dt, exit_manager(gw, db, clock, wait=False) as manager:
+                real_snapshot = manager.orders.snapshot
+
+                async def snapshot_after_a_fill() -> Any:
+                    if "MSFT" not in manager._seen_qty:  # the first call: the positions are in
+                        await buy(dt, None, "MSFT", 50)
+                        await until(lambda: manager._seen_qty.get("MSFT") == 50, 3, "event")
+                    return await real_snapshot()
+
+                manager.orders.snapshot = snapshot_after_a_fill  # type: ignore[method-assign]
+                await until(lambda: manager.reconciled, 10, "first reconciliation")
+                assert "MSFT" not in manager.last_report.get("held", [])  # missed by the plan
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 5, "protection")
+                assert db.get_active_position("MSFT")["quantity"] == 50  # adopted
+
+    run(scenario())
+
+
+def test_protection_audit_protects_a_position_whose_event_never_came(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                manager.ib.positionEvent -= manager._on_position  # a lost event, however
+                await buy(dt, db, "NVDA", 30)
+                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 30), 8, "audit")
+                assert "NVDA" in manager.held
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("data_lost", [True, False], ids=["1101", "1102"])
 def test_connectivity_restored_resubscribes_and_reconciles(
     tmp_path: Path, sim_db: Any, data_lost: bool
