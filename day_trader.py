@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import faulthandler
 import math
-import os
 import re
 import signal
 import sys
@@ -83,8 +82,6 @@ KILL_SWITCH_FLAG = "kill_switch"  # database flag: any value halts entries
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 _SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
-# Test-only fault injection: exit abruptly right after an entry order was sent.
-_CRASH_ENV = "DAY_TRADER_TEST_CRASH"
 
 log = get_logger(AGENT)
 
@@ -920,9 +917,6 @@ class DayTrader:
             limit=limit,
             **sizing,
         )
-        if os.environ.get(_CRASH_ENV) == "after_place":
-            await asyncio.sleep(0)  # let the socket write go out, then die like a kill -9
-            os._exit(137)
 
     async def _llm_approves(self, decision: EntryDecision, feed: SymbolFeed) -> bool:
         from llm_review import Candidate

@@ -33,6 +33,7 @@ class Faults:
             "drop_client", "drop_all", "connectivity_lost", "connectivity_restored",
             "farm_broken", "pacing_violation_next", "reject_next_order", "stop_ticks",
             "resume_ticks", "go_silent", "resume", "restart", "set_price", "notice",
+            "go_silent_after_next_order",
         }
     )  # fmt: skip
 
@@ -125,6 +126,12 @@ class Faults:
             for s in self._targets(client_id):
                 s.out.clear()
                 s.silent = True
+
+    def go_silent_after_next_order(self, client_id: int) -> None:
+        """The next new order of `client_id` reaches the order engine, then the gateway
+        hangs for that client before any answer (go_silent): the order is live at IB
+        while the client never hears of it, as when a program dies right after sending."""
+        self._gw.silent_after_order.add(client_id)
 
     def resume(self, client_id: int | None = None) -> None:
         """End go_silent (requests sent meanwhile were dropped, as by a hung gateway)."""

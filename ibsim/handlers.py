@@ -238,6 +238,10 @@ def place_order(gw: SimulatedGateway, s: ClientSession, r: rq.Request) -> None:
         s.push(msg.open_order(preview, what_if_margin=margin))
         return
     gw.engine.place(s.client_id, r, gw.now())
+    if s.client_id in gw.silent_after_order:  # fault: hang before any answer goes out
+        gw.silent_after_order.discard(s.client_id)
+        s.out.clear()
+        s.silent = True
 
 
 def cancel_order(gw: SimulatedGateway, s: ClientSession, r: rq.Request) -> None:

@@ -85,6 +85,7 @@ class SimulatedGateway:
         self.sessions: set[ClientSession] = set()
         self.by_client: dict[int, ClientSession] = {}
         self.silent = False
+        self.silent_after_order: set[int] = set()  # fault: client ids to hang after an order
         self.port = config.port
         self.control_port: int | None = None
         self.faults = Faults(self)
