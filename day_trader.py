@@ -1374,6 +1374,7 @@ async def _run(settings: Settings, options: DayTraderOptions) -> int:
         from llm_review import LLMReviewer
 
         reviewer = LLMReviewer.from_settings(settings, budget_s=options.llm_budget_real_s)
+        reviewer.prepare()  # the client imports take seconds: before the market, not mid-review
     trader = DayTrader(settings, options, reviewer=reviewer)
     install_stop_handlers(asyncio.get_running_loop(), trader.stop_event.set)
     return await trader.run()

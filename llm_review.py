@@ -27,6 +27,8 @@ before they reach a log line or an `Opinion.reason`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import math
 import re
@@ -54,6 +56,7 @@ DEEPSEEK_DEFAULT_MODEL = "deepseek-chat"
 GEMINI_DEFAULT_MODEL = "gemini-2.5-flash"
 # Below this many seconds left, a provider call cannot finish; skip it rather than start it.
 _MIN_CALL_SECONDS = 0.05
+_CLIENT_MODULES = {"deepseek": "langchain_deepseek", "gemini": "langchain_google_genai"}
 _MAX_REASON_CHARS = 300
 
 
@@ -294,6 +297,7 @@ class LLMReviewer:
         # Async HTTP clients belong to the loop they were first used on; rebuild for a new one.
         self._models_loop: asyncio.AbstractEventLoop | None = None
         self._models: dict[str, BaseChatModel] = {}
+        self._prepared = False
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> LLMReviewer:
@@ -303,11 +307,23 @@ class LLMReviewer:
 
     # -- public ---------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Import the configured providers' clients now (seconds on a cold start under
+        load), so that no review's budget is spent importing. Idempotent; the bot calls it
+        at startup, `review` calls it before its clock starts."""
+        if self._prepared:
+            return
+        for provider in self.providers:
+            importlib.import_module(_CLIENT_MODULES[provider.name])
+        self._prepared = True
+
     async def review(self, candidate: Candidate) -> Opinion:
         """The opinion on `candidate`; never raises (any error -> heuristic, reason says why).
 
         Returns within about `budget_s` real seconds. A veto is logged as `llm_veto`.
         """
+        with contextlib.suppress(ImportError):  # a missing client fails its call, below
+            self.prepare()
         started = self._monotonic()
         try:
             opinion = await self._review(candidate, started)

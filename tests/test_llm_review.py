@@ -9,13 +9,14 @@ test that tries to leave the machine, instead of letting it hang on the closed n
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -453,6 +454,30 @@ def test_circuit_breaker_skips_failing_deepseek_then_retries_after_pause(
     assert asyncio.run(reviewer.review(GOOD)).source == "deepseek"
     assert providers.requests["deepseek"] == 3
     assert reviewer.providers[0].breaker.consecutive_failures == 0
+
+
+def test_first_review_budget_is_not_spent_importing_the_clients(
+    providers: FakeProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI under load: the first review's cold import of the client libraries took the whole
+    DeepSeek share, so a healthy DeepSeek counted as failed and Gemini answered."""
+    real_time = [1000.0]
+    reviewer = make_reviewer(providers, monotonic=lambda: real_time[0])
+    real_import = importlib.import_module
+
+    def slow_import(name: str) -> Any:
+        real_time[0] += 60.0  # a cold import on a loaded machine, far past the budget
+        return real_import(name)
+
+    monkeypatch.setattr(llm_review.importlib, "import_module", slow_import)
+
+    opinion = asyncio.run(reviewer.review(GOOD))
+
+    assert opinion.source == "deepseek"
+    assert providers.requests == {"deepseek": 1, "gemini": 0}
+    before = real_time[0]
+    asyncio.run(reviewer.review(replace(GOOD, symbol="MSFT")))
+    assert real_time[0] == before  # prepared once: later reviews import nothing
 
 
 def test_circuit_breaker_reopens_after_one_failed_retry() -> None:
