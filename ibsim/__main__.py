@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer 354/162/420 like an unsubscribed account",
     )
+    p.add_argument(
+        "--delayed-lag",
+        type=float,
+        default=d.delayed_data_lag_s,
+        help="simulated seconds delayed quotes lag the market (IB: 900)",
+    )
     p.add_argument("--pacing", action="store_true", help="enforce historical data pacing (162)")
     p.add_argument("--allow-shorting", action="store_true", help="accept sells below zero shares")
     p.add_argument("--no-buying-power-check", action="store_true")
@@ -93,6 +99,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]
             clock_file=opts.clock_file,
             control_port=opts.control_port,
             market_data_subscribed=not opts.no_subscription,
+            delayed_data_lag_s=opts.delayed_lag,
             pacing=opts.pacing,
             no_shorting=not opts.allow_shorting,
             check_buying_power=not opts.no_buying_power_check,

@@ -29,6 +29,7 @@ class GatewayConfig:
     clock_file: str | None = None
     control_port: int | None = None  # None: no HTTP control interface; 0 = a free port
     market_data_subscribed: bool = True  # False: 354 / 162 / 420 like an unsubscribed account
+    delayed_data_lag_s: float = 900.0  # simulated seconds: how old delayed quotes are
     pacing: bool = False  # enforce IB's small-bar historical pacing (error 162)
     no_shorting: bool = True  # cash account: a SELL below zero shares is rejected (201)
     check_buying_power: bool = True
@@ -53,6 +54,8 @@ class GatewayConfig:
             raise ConfigError(f"account {self.account!r} must be one non-empty account id")
         if self.symbols < 1 and not self.symbol_names:
             raise ConfigError("symbols must be >= 1")
+        if self.delayed_data_lag_s < 0:
+            raise ConfigError(f"delayed_data_lag_s {self.delayed_data_lag_s} must be >= 0")
         if self.initial_cash < 0 or self.commission_per_share < 0 or self.commission_min < 0:
             raise ConfigError("cash and commissions must be >= 0")
 

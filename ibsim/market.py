@@ -544,6 +544,35 @@ class Market:
         """The current quote of `symbol`. Raises KeyError for an unknown symbol."""
         return self._quotes([self._row_of(symbol)])[0]
 
+    def quote_at(self, symbol: str, epoch: float) -> Quote:
+        """The quote `symbol` had at `epoch` (the current one for now or later): what a
+        delayed feed shows. Session open/high/low are as of that time too."""
+        row = self._row_of(symbol)
+        col = self._col_at(epoch)
+        if col >= self._col:
+            return self.quote(symbol)
+        tpd = self._tpd
+        bid = int(self._bid[row, col])
+        first = int(self._first_regular_trade[row])
+        lo, hi = max(self._day.open_col, first), min(col, self._day.close_col - 1)
+        session = self._last[row, lo : hi + 1] if lo <= hi else None
+        nan = float("nan")
+        return Quote(
+            self._names[row],
+            self._day.start + col - 1,
+            bid / tpd,
+            (bid + int(self._spread[row, col])) / tpd,
+            int(self._last[row, col]) / tpd,
+            int(self._bid_lots[row, col]) * _SHARES_PER_LOT,
+            int(self._ask_lots[row, col]) * _SHARES_PER_LOT,
+            int(self._last_size[row, col]),
+            int(self._cumvol[row, col]),
+            int(self._last[row, first]) / tpd if session is not None else nan,
+            int(session.max()) / tpd if session is not None else nan,
+            int(session.min()) / tpd if session is not None else nan,
+            float(self._prev_close[row]),
+        )
+
     def previous_close(self, symbol: str) -> float:
         """The previous session's close. Raises KeyError for an unknown symbol."""
         return self.symbols[self._names[self._row_of(symbol)]].prev_close

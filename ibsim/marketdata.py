@@ -23,6 +23,7 @@ from ibsim.requests import HistoricalDataRequest, MktDataRequest, RealTimeBarsRe
 log = logging.getLogger("ibsim.marketdata")
 
 LIVE, FROZEN, DELAYED, DELAYED_FROZEN = 1, 2, 3, 4
+DELAYED_SECONDS = 15 * 60.0  # IB's delayed feed for US stocks is 15-20 minutes old
 # (live id, delayed id) per quote field
 _BID, _ASK, _LAST, _HIGH, _LOW, _CLOSE, _OPEN = (
     (1, 66),
@@ -108,11 +109,14 @@ class Pacer:
 
 
 class MarketData:
-    def __init__(self, market, symbols: dict, hours: Hours, subscribed: bool, pacing: bool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, market, symbols: dict, hours: Hours, subscribed: bool, pacing: bool,  # type: ignore[no-untyped-def]
+                 delay_s: float = DELAYED_SECONDS) -> None:  # fmt: skip
         self.market = market
         self.symbols = symbols
         self.hours = hours
         self.subscribed = subscribed
+        self.delay_s = delay_s  # how old a delayed quote is
+        self._prev_delayed: dict[str, object] = {}
         self.pacing = Pacer() if pacing else None
         self.tick_subs: dict[str, list[TickSub]] = {}
         self.bar_subs: list[BarSub] = []
@@ -149,7 +153,7 @@ class MarketData:
         out.append(msg.market_data_type(req.req_id, DELAYED if delayed else LIVE))
         out.append(msg.tick_req_params(req.req_id, spec.min_tick))
         rid = msg.req_id_field(req.req_id)
-        quote = self.market.quote(symbol)
+        quote = self._quote(symbol, delayed)
         out += [msg.with_req_id(h, rid, t) for h, t in _tails(quote, None, delayed)]
         if req.snapshot or req.regulatory_snapshot:
             out.append(msg.tick_snapshot_end(req.req_id))
@@ -169,7 +173,7 @@ class MarketData:
         for symbol, subs in self.tick_subs.items():
             for sub in subs:
                 if sub.session is session:
-                    quote = self.market.quote(symbol)
+                    quote = self._quote(symbol, sub.delayed)
                     for h, t in _tails(quote, None, sub.delayed):
                         session.push(msg.with_req_id(h, sub.rid, t))
 
@@ -187,27 +191,41 @@ class MarketData:
             if not subs or symbol in self.stopped:
                 continue
             live: list[tuple[bytes, bytes]] | None = None
-            delayed: list[tuple[bytes, bytes]] | None = None
             for sub in subs:
-                if not sub.session.receiving:
-                    continue
-                if sub.delayed:
-                    if delayed is None:
-                        delayed = _tails(quote, prev, True)
-                    tails = delayed
-                else:
-                    if live is None:
-                        live = _tails(quote, prev, False)
-                    tails = live
-                if tails:
+                if not sub.session.receiving or sub.delayed:
+                    continue  # delayed streams follow the clock: on_delayed
+                if live is None:
+                    live = _tails(quote, prev, False)
+                if live:
                     rid = sub.rid
-                    sub.session.push(b"".join([msg.with_req_id(h, rid, t) for h, t in tails]))
+                    sub.session.push(b"".join([msg.with_req_id(h, rid, t) for h, t in live]))
+
+    def on_delayed(self, now: float) -> None:
+        """Stream to delayed subscribers what the market did `delay_s` ago."""
+        if self.subscribed:
+            return  # delayed streams exist only without a subscription
+        for symbol, subs in self.tick_subs.items():
+            receivers = [s for s in subs if s.delayed and s.session.receiving]
+            if not receivers or symbol in self.stopped:
+                continue
+            quote = self.market.quote_at(symbol, now - self.delay_s)
+            prev = self._prev_delayed.get(symbol)
+            self._prev_delayed[symbol] = quote
+            tails = _tails(quote, prev, True)
+            for sub in receivers if tails else ():
+                rid = sub.rid
+                sub.session.push(b"".join([msg.with_req_id(h, rid, t) for h, t in tails]))
+
+    def _quote(self, symbol: str, delayed: bool):  # type: ignore[no-untyped-def]
+        if delayed:
+            return self.market.quote_at(symbol, self.market.time - self.delay_s)
+        return self.market.quote(symbol)
 
     def resume(self, symbol: str) -> None:
         self.stopped.discard(symbol)
-        quote = self.market.quote(symbol)
         for sub in self.tick_subs.get(symbol, ()):
             if sub.session.receiving:
+                quote = self._quote(symbol, sub.delayed)
                 for h, t in _tails(quote, None, sub.delayed):
                     sub.session.push(msg.with_req_id(h, sub.rid, t))
 

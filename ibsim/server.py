@@ -81,6 +81,7 @@ class SimulatedGateway:
             Hours(self.hours.open, self.hours.close),
             subscribed=config.market_data_subscribed,
             pacing=config.pacing,
+            delay_s=config.delayed_data_lag_s,
         )
         self.sessions: set[ClientSession] = set()
         self.by_client: dict[int, ClientSession] = {}
@@ -201,6 +202,7 @@ class SimulatedGateway:
         quotes = self.market.advance(now)
         self.apply_quotes(quotes, now)
         self.marketdata.on_time(self._last_step_time, now)
+        self.marketdata.on_delayed(now)
         self._last_step_time = now
         self.engine.expire(now)
         if now - self._last_refresh >= self.config.portfolio_refresh_s:

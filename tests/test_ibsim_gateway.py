@@ -115,6 +115,33 @@ def test_delayed_data_without_subscription_uses_delayed_tick_ids() -> None:
         assert delayed.delayedLastTimestamp is not None
 
 
+def test_delayed_quotes_show_the_market_as_it_was_the_lag_ago() -> None:
+    lag = 60.0  # simulated seconds (IB's is 15 minutes, the default)
+    with (
+        gateway(market_data_subscribed=False, delayed_data_lag_s=lag, speed=20.0) as gw,
+        client(gw, 2) as ib,
+    ):
+        market = gw.gateway.market
+        contract = stock("AAA")
+        ib.qualifyContracts(contract)
+        ib.reqMarketDataType(3)
+        ticker = ib.reqMktData(contract)
+        wait_for(ib, lambda: ticker.last > 0 and ticker.high >= ticker.low > 0, what="quote")
+        target = round(ticker.last * 1.5, 2)
+        set_at = market.time
+        gw.faults.set_price("AAA", target)
+        seen_at: list[float] = []
+
+        def new_price_shown() -> bool:
+            if abs(ticker.last - target) < target * 0.05:
+                seen_at.append(market.time)
+            return bool(seen_at)
+
+        wait_for(ib, new_price_shown, timeout=15, what="the new price, a lag later")
+        assert seen_at[0] >= set_at + lag - 1, "a delayed feed showed a price before its time"
+        assert ticker.marketDataType == 3
+
+
 def test_historical_bars_and_keep_up_to_date_updates() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         contract = stock("AAA")

@@ -159,6 +159,19 @@ def test_before_4am_the_quote_is_the_previous_close() -> None:
         assert q.last == spec.prev_close and q.volume == 0 and q.bid < q.ask
 
 
+def test_quote_at_a_past_time_is_the_quote_that_time_had_with_its_session_stats() -> None:
+    """What a delayed feed shows: a second market stopped at the earlier time agrees."""
+    market = Market(MarketConfig(DAY, symbols=4))
+    then = Market(MarketConfig(DAY, symbols=4))
+    market.advance(at(DAY, 11, 0))
+    then.advance(at(DAY, 10, 45, 30))
+    for symbol in market.symbols:
+        assert market.quote_at(symbol, at(DAY, 10, 45, 30)) == then.quote(symbol)
+        assert market.quote_at(symbol, at(DAY, 12, 0)) == market.quote(symbol)  # not ahead
+    early = market.quote_at(symbol, at(DAY, 9, 0))  # pre-market: no session stats yet
+    assert math.isnan(early.open) and math.isnan(early.high) and math.isnan(early.low)
+
+
 # -- bars --------------------------------------------------------------------------------------
 def test_bars_never_look_ahead() -> None:
     market = Market(MarketConfig(DAY, symbols=2))
