@@ -687,6 +687,16 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
                 assert len(intents) == 7
                 assert db.get_flag(blocked_flag("AMD"))  # left for a human
 
+            # A restart (a new process) finds it blocked and naked: one set, once, no exits.
+            await gw_call(gw.gateway.engine.reject_next.clear)
+            async with exit_manager(gw, db, clock) as manager:
+                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 5, "one set")
+                assert manager.rejects.is_blocked("AMD") and "AMD" not in manager.unprotected
+                await _prove_no_more_sells(gw, manager, row)
+                state = await gw_call(gw.account.state)
+                assert one_protective_set(state, "AMD", 50) and len(em_sells(state, "AMD")) == 2
+                assert len(_amd_sell_intents(db)) == 9
+
     run(scenario())
 
 
