@@ -52,6 +52,7 @@ from core.money import (
 )
 from core.orders import IntentOrders, LookupStatus
 from core.settings import Settings, SettingsError, load_settings, set_settings
+from core.shutdown import install_stop_handlers
 from entry_rules import (
     BAR_SECONDS,
     CLOSED_TODAY,
@@ -1378,29 +1379,6 @@ async def _run(settings: Settings, options: DayTraderOptions) -> int:
     trader = DayTrader(settings, options, reviewer=reviewer)
     install_stop_handlers(asyncio.get_running_loop(), trader.stop_event.set)
     return await trader.run()
-
-
-def install_stop_handlers(
-    loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
-) -> list[signal.Signals]:
-    """Make Ctrl+C and friends call `stop` on the loop thread; returns the signals handled.
-
-    POSIX: SIGINT/SIGTERM through the loop. Where the loop cannot (Windows' proactor loop),
-    signal.signal handlers for SIGINT/SIGBREAK schedule the same clean shutdown.
-    """
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        return [signal.SIGINT, signal.SIGTERM]
-    except NotImplementedError:
-        pass
-    handled: list[signal.Signals] = []
-    for name in ("SIGINT", "SIGBREAK"):  # SIGBREAK: Ctrl+Break / console close on Windows
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, lambda _signum, _frame: loop.call_soon_threadsafe(stop))
-            handled.append(sig)
-    return handled
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,6 +31,7 @@ from core.clock import MarketClock, get_clock, set_clock
 from core.logs import get_logger, setup_logging
 from core.orders import IntentOrders, is_rejected
 from core.settings import SettingsError, load_settings, set_settings
+from core.shutdown import install_stop_handlers
 from exit_rules import (
     AGENT,
     PURPOSE_BACKSTOP,
@@ -1154,35 +1154,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exit_manager: error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run(settings, db, config, clock, args))
-
-
-def install_stop_handlers(
-    loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]
-) -> list[int]:
-    """Run `request_stop` on `loop` for Ctrl+C and termination; returns the signals handled.
-
-    POSIX: loop.add_signal_handler for SIGINT and SIGTERM. Where the loop cannot do that
-    (Windows' Proactor loop raises NotImplementedError), plain signal.signal handlers for
-    SIGINT and SIGBREAK (Ctrl+Break, what a console close sends) schedule the same stop
-    on the loop thread-safely.
-    """
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, request_stop)
-        return [signal.SIGINT, signal.SIGTERM]
-    except (NotImplementedError, RuntimeError):
-        pass
-
-    def on_signal(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(request_stop)
-
-    handled = []
-    for name in ("SIGINT", "SIGBREAK"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, on_signal)
-            handled.append(int(sig))
-    return handled
 
 
 async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: MarketClock,

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from datetime import date, datetime, time
 
+from core.shutdown import install_stop_handlers
 from ibsim.config import ConfigError, GatewayConfig
 
 
@@ -128,10 +127,7 @@ async def _serve(config: GatewayConfig) -> None:
         flush=True,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    install_stop_handlers(asyncio.get_running_loop(), stop.set)
     try:
         await stop.wait()
     finally:

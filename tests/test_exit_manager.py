@@ -440,47 +440,6 @@ def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "TRADING_MODE=live" in capsys.readouterr().err
 
 
-def test_stop_handlers_fall_back_to_signal_signal_where_the_loop_has_none(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Windows: loop.add_signal_handler raises NotImplementedError; Ctrl+C must still stop
-    the manager cleanly (on the loop), not kill it mid-order."""
-    from exit_manager import install_stop_handlers
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        stopped = asyncio.Event()
-
-        def no_signal_handlers(*_: object) -> None:
-            raise NotImplementedError
-
-        monkeypatch.setattr(loop, "add_signal_handler", no_signal_handlers)
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            handled = install_stop_handlers(loop, stopped.set)
-            assert signal.SIGINT in handled
-            assert getattr(signal, "SIGBREAK", signal.SIGINT) in handled
-            signal.raise_signal(signal.SIGINT)
-            await asyncio.wait_for(stopped.wait(), 2)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    run(scenario())
-
-
-def test_stop_handlers_on_posix_use_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    from exit_manager import install_stop_handlers
-
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        added: list[int] = []
-        monkeypatch.setattr(loop, "add_signal_handler", lambda sig, cb: added.append(sig))
-        assert install_stop_handlers(loop, lambda: None) == [signal.SIGINT, signal.SIGTERM]
-        assert added == [signal.SIGINT, signal.SIGTERM]
-
-    run(scenario())
-
-
 # -- connection faults ----------------------------------------------------------------------------
 def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, sim_db: Any) -> None:
     async def scenario() -> None:
