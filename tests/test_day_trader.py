@@ -39,7 +39,7 @@ from day_trader import (
     main,
     options_from_args,
 )
-from entry_rules import AFTER_ENTRY_CUTOFF, MAX_OPEN_POSITIONS
+from entry_rules import AFTER_ENTRY_CUTOFF, DELAYED_DATA, MAX_OPEN_POSITIONS, STALE_QUOTE
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
@@ -552,6 +552,68 @@ def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path
         assert rc == 2
         assert err[-1].startswith("day_trader.py: error: account DU1234567 is a paper account")
         assert not gw.account.open_orders() and not gw.account.completed_orders()
+
+
+# -- data quality, client id, missed fills (failure modes 4, 7, 11) ----------------------------
+
+
+def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol(
+    tmp_path: Path,
+) -> None:
+    """An account without a market-data subscription gets delayed quotes (type 3) and no
+    bars: through the open and five regular minutes nothing is sent, and the log says
+    why for each symbol (reason delayed_data), not just IB's 354/162 texts."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
+        db = sim_db(tmp_path)
+        symbols = set(gw.gateway.market.symbols)
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: {e["symbol"] for e in events(logs, "market_data_delayed")} == symbols,
+                30,
+                "every symbol logged as delayed",
+                logs,
+            )
+            opened = datetime(2026, 11, 25, 9, 30, tzinfo=NEW_YORK).timestamp()
+            wait_until(lambda: gw.now() > opened + 300, 30, "09:35", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        assert entry_intents(db) == []
+        assert [o for o in sim_orders(gw) if o["client_id"] == 2] == []
+        for event in events(logs, "market_data_delayed"):
+            assert event["reason"] == DELAYED_DATA and event["data_type"] == 3, event
+            assert event["action"] == "no entries on this symbol until its data is live"
+        assert not [d for d in events(logs, "entry_decision") if d["decision"] == "enter"]
+
+
+def test_symbol_whose_ticks_stopped_is_never_entered_on_its_old_data(tmp_path: Path) -> None:
+    """The gapper's feed dies before the open (ticks and bars stop, orders still match):
+    seed 7 enters it (gap-and-go) at 09:30:00 when its data flows; with only its pre-market
+    data the trader logs it stale and never enters it, while the other symbols trade."""
+    logs = tmp_path / "logs"
+    gapper = "LEY"
+    with gateway(tmp_path, dtime(9, 28), speed=30) as gw:
+        db = sim_db(tmp_path)
+        gw.faults.stop_ticks(gapper)
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: [e for e in events(logs, "market_data_stale") if e["symbol"] == gapper],
+                60,
+                f"{gapper} logged stale",
+                logs,
+            )
+            wait_until(
+                lambda: len(entry_intents(db)) >= 2, 60, "entries on the other symbols", logs
+            )
+        finally:
+            assert stop_trader(proc) == 0
+        assert gapper not in {i["symbol"] for i in entry_intents(db)}
+        assert gapper not in {o["symbol"] for o in sim_orders(gw)}
+        [stale] = [e for e in events(logs, "market_data_stale") if e["symbol"] == gapper]
+        assert stale["reason"] == STALE_QUOTE and stale["last_tick_age_s"] > 90, stale
+        assert gapper not in {e["symbol"] for e in events(logs, "market_data_fresh")}
 
 
 # -- CLI ---------------------------------------------------------------------------------------
