@@ -56,9 +56,12 @@ from core.shutdown import install_stop_handlers
 from entry_rules import (
     BAR_SECONDS,
     CLOSED_TODAY,
+    DELAYED_DATA,
+    DELAYED_DATA_TYPES,
     ENTRY_WORKING,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
+    STALE_QUOTE,
     WARMING_UP,
     BookState,
     EntryConfig,
@@ -82,6 +85,8 @@ AGENT = "day_trader"
 KILL_SWITCH_FLAG = "kill_switch"  # database flag: any value halts entries
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
+# reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
+_LIVE_ELSE_DELAYED = 3
 _SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 
 log = get_logger(AGENT)
@@ -226,6 +231,8 @@ class SymbolFeed:
     held_back: list[Bar] = field(default_factory=list)
     warmup_logged: bool = False
     no_data: str | None = None
+    data_type: int = 0  # IB marketDataType of the quotes last seen (0 = none yet)
+    stale: bool = False  # no tick for the stale limit during regular hours (logged once)
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -431,6 +438,8 @@ class DayTrader:
                         await self._refresh_watchlist()
                     await self._validate_tickers_if_due(now)
                     self._flush_bars(now.timestamp())
+                    if phase == "regular":
+                        self._watch_quotes(now.timestamp())
                     if phase in {"analysis", "regular"}:
                         await self._analyze(now, session)
                 await self._watch_entries()
@@ -480,6 +489,8 @@ class DayTrader:
     # -- reconciliation -------------------------------------------------------------------
     async def _on_connected(self) -> None:
         """After every (re)connect, before any order: intents and fills brought in line."""
+        # Per connection, before any reqMktData: quotes say whether they are delayed.
+        self.ib.reqMarketDataType(_LIVE_ELSE_DELAYED)
         results = await self.orders.recover()
         fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), 15.0)
         applied = sum(self._apply_fill(f) for f in fills)
@@ -729,6 +740,49 @@ class DayTrader:
             feed = self.feeds.get(getattr(ticker.contract, "symbol", ""))
             if feed is not None and feed.ticker is ticker:
                 feed.on_tick()
+                self._note_data_type(feed)
+
+    def _watch_quotes(self, now: float) -> None:
+        """Log a symbol whose ticks stopped for the stale limit (and again when they resume):
+        its entries are refused, and with its bars stopped too no decision would say why."""
+        for feed in self.feeds.values():
+            age = now - feed.quote_time
+            stale = not age <= self.config.stale_seconds  # never ticked (nan): stale too
+            if stale == feed.stale:
+                continue
+            feed.stale = stale
+            if stale:
+                log.warning(
+                    "market_data_stale",
+                    symbol=feed.symbol,
+                    last_tick_age_s=round(age, 1) if math.isfinite(age) else None,
+                    reason=STALE_QUOTE,
+                    action="no entries on this symbol until its ticks resume",
+                )
+            else:
+                log.info("market_data_fresh", symbol=feed.symbol)
+
+    def _note_data_type(self, feed: SymbolFeed) -> None:
+        """Log when a symbol's quotes turn delayed (and live again). Entries refuse delayed
+        data unless ALLOW_DELAYED_DATA; without a subscription IB sends no bars either, so
+        no entry decision is ever logged to say so."""
+        data_type = int(getattr(feed.ticker, "marketDataType", 0) or 0)
+        previous, feed.data_type = feed.data_type, data_type
+        if data_type == previous:
+            return
+        if data_type in DELAYED_DATA_TYPES:
+            allowed = self.config.allow_delayed_data
+            log.warning(
+                "market_data_delayed",
+                symbol=feed.symbol,
+                data_type=data_type,
+                reason=DELAYED_DATA,
+                action="entries allowed (ALLOW_DELAYED_DATA)"
+                if allowed
+                else "no entries on this symbol until its data is live",
+            )
+        elif previous in DELAYED_DATA_TYPES:
+            log.info("market_data_live", symbol=feed.symbol, data_type=data_type)
 
     def _on_ib_error(self, req_id: int, code: int, message: str) -> None:
         if req_id < 0:

@@ -39,7 +39,7 @@ from day_trader import (
     main,
     options_from_args,
 )
-from entry_rules import AFTER_ENTRY_CUTOFF, MAX_OPEN_POSITIONS
+from entry_rules import AFTER_ENTRY_CUTOFF, DELAYED_DATA, MAX_OPEN_POSITIONS, STALE_QUOTE
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
@@ -552,6 +552,177 @@ def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path
         assert rc == 2
         assert err[-1].startswith("day_trader.py: error: account DU1234567 is a paper account")
         assert not gw.account.open_orders() and not gw.account.completed_orders()
+
+
+# -- data quality, client id, missed fills (failure modes 4, 7, 11) ----------------------------
+
+
+def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol(
+    tmp_path: Path,
+) -> None:
+    """An account without a market-data subscription gets delayed quotes (type 3) and no
+    bars: through the open and five regular minutes nothing is sent, and the log says
+    why for each symbol (reason delayed_data), not just IB's 354/162 texts."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
+        db = sim_db(tmp_path)
+        symbols = set(gw.gateway.market.symbols)
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: {e["symbol"] for e in events(logs, "market_data_delayed")} == symbols,
+                30,
+                "every symbol logged as delayed",
+                logs,
+            )
+            opened = datetime(2026, 11, 25, 9, 30, tzinfo=NEW_YORK).timestamp()
+            wait_until(lambda: gw.now() > opened + 300, 30, "09:35", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        assert entry_intents(db) == []
+        assert [o for o in sim_orders(gw) if o["client_id"] == 2] == []
+        for event in events(logs, "market_data_delayed"):
+            assert event["reason"] == DELAYED_DATA and event["data_type"] == 3, event
+            assert event["action"] == "no entries on this symbol until its data is live"
+        assert not [d for d in events(logs, "entry_decision") if d["decision"] == "enter"]
+
+
+def test_symbol_whose_ticks_stopped_is_never_entered_on_its_old_data(tmp_path: Path) -> None:
+    """The gapper's feed dies before the open (ticks and bars stop, orders still match):
+    seed 7 enters it (gap-and-go) at 09:30:00 when its data flows; with only its pre-market
+    data the trader logs it stale and never enters it, while the other symbols trade."""
+    logs = tmp_path / "logs"
+    gapper = "LEY"
+    with gateway(tmp_path, dtime(9, 28), speed=30) as gw:
+        db = sim_db(tmp_path)
+        gw.faults.stop_ticks(gapper)
+        proc = start_trader(gw, tmp_path)
+        try:
+            wait_until(
+                lambda: [e for e in events(logs, "market_data_stale") if e["symbol"] == gapper],
+                60,
+                f"{gapper} logged stale",
+                logs,
+            )
+            wait_until(
+                lambda: len(entry_intents(db)) >= 2, 60, "entries on the other symbols", logs
+            )
+        finally:
+            assert stop_trader(proc) == 0
+        assert gapper not in {i["symbol"] for i in entry_intents(db)}
+        assert gapper not in {o["symbol"] for o in sim_orders(gw)}
+        [stale] = [e for e in events(logs, "market_data_stale") if e["symbol"] == gapper]
+        assert stale["reason"] == STALE_QUOTE and stale["last_tick_age_s"] > 90, stale
+        assert gapper not in {e["symbol"] for e in events(logs, "market_data_fresh")}
+
+
+def test_client_id_in_use_at_startup_backs_off_logs_it_and_trades_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    """Another program holds client id 2 (IB answers 326): the trader neither gives up nor
+    waits out a connect timeout; it logs the collision, retries, and connects, reconciles,
+    beats its heartbeat and enters once the other client has gone."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29), speed=30) as gw:
+        db = sim_db(tmp_path)
+        squatter = client(gw.port, 2)
+        try:
+            proc = start_trader(gw, tmp_path, args=["--retry-seconds", "0.5"])
+            try:
+                wait_until(
+                    lambda: len(events(logs, "client_id_in_use")) >= 2,
+                    20,
+                    "two connection attempts refused with 326",
+                    logs,
+                )
+                assert proc.poll() is None, console_lines(tmp_path)[-20:]
+                assert events(logs, "connected") == []
+                assert db.get_heartbeats()["day_trader"]["state"] == "starting"
+                alerts = [e for e in events(logs, "ib_alert") if e["code"] == 326]
+                assert alerts and all(e["level"] == "CRITICAL" for e in alerts)
+            finally:
+                squatter.disconnect()
+            wait_until(
+                lambda: events(logs, "reconciled"), 20, "connected once the id was free", logs
+            )
+            # Its first beat once ready names the phase: analysis before 09:30, then regular.
+            wait_until(
+                lambda: db.get_heartbeats()["day_trader"]["state"] in {"analysis", "regular"},
+                20,
+                "a heartbeat of the connected trader",
+                logs,
+            )
+            wait_until(lambda: entry_intents(db), 30, "an entry", logs)
+        finally:
+            assert stop_trader(proc) == 0
+        assert [e["client_id"] for e in events(logs, "connected")] == [2]
+        refused = events(logs, "client_id_in_use")
+        assert all(e["level"] == "ERROR" and e["client_id"] == 2 for e in refused)
+        ours = [o for o in sim_orders(gw) if o["order_ref"].startswith("day_trader-")]
+        assert ours and {o["client_id"] for o in ours} == {2}
+
+
+def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconnect_not_resent(
+    tmp_path: Path,
+) -> None:
+    """IB takes the entry, then the trader's socket dies before it hears anything; the order
+    fills while it is away. The same process reconnects by itself: the intent is FILLED,
+    the position row comes from IB's executions (same exec ids), and the entry is never
+    sent again."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+        db = sim_db(tmp_path)
+        gw.faults.go_silent_after_next_order(2)  # the order is live; its answers never come
+        proc = start_trader(gw, tmp_path, args=["--retry-seconds", "2"])
+        try:
+            [order] = wait_until(
+                lambda: [o for o in sim_orders(gw) if o["client_id"] == 2],
+                60,
+                "an entry at IB",
+                logs,
+            )
+            gw.faults.drop_client(2)
+            ref, symbol = order["order_ref"], order["symbol"]
+            # Marketable: it may have filled on arrival, unheard; if it rests, this fills it.
+            limit = db.get_order_intent(ref)["limit_price"]
+            gw.faults.set_price(symbol, round(limit * 0.99, 2))
+            wait_until(
+                lambda: any(
+                    o["order_ref"] == ref and o["status"] == "Filled"
+                    for o in gw.account.completed_orders()
+                ),
+                10,
+                "the entry filled at the gateway",
+            )
+            assert db.get_order_intent(ref)["state"] == "PENDING_SUBMIT"  # it heard nothing
+            assert db.get_active_position(symbol) is None
+
+            def recorded() -> bool:
+                return db.get_order_intent(ref)["state"] == "FILLED" and db.is_position_active(
+                    symbol
+                )
+
+            wait_until(recorded, 30, "the missed fill recorded after the reconnect", logs)
+            # Let it trade on through more bars: it must not send that entry again.
+            t0 = gw.now()
+            wait_until(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
+            assert proc.poll() is None
+        finally:
+            assert stop_trader(proc) == 0
+        assert len(events(logs, "starting")) == 1  # one process, never restarted
+        assert [e["connects"] for e in events(logs, "connected")] == [1, 2]
+        # Applied by the reconciliation after the reconnect, from reqExecutions.
+        assert events(logs, "reconciled")[1]["fills_applied"] >= 1
+        fills = [e for e in gw.account.executions() if e["order_ref"] == ref]
+        trades = [t for t in db.get_trades_by_date(DAY.isoformat()) if t["order_ref"] == ref]
+        assert fills and sorted(t["exec_id"] for t in trades) == sorted(e["exec_id"] for e in fills)
+        shares = sum(float(f["shares"]) for f in fills)
+        average = sum(float(f["shares"]) * float(f["price"]) for f in fills) / shares
+        row = db.get_active_position(symbol)
+        assert row is not None and row["order_ref"] == ref and row["agent"] == "day_trader"
+        assert row["quantity"] == shares and row["entry_price"] == pytest.approx(average)
+        assert [i["order_ref"] for i in entry_intents(db) if i["symbol"] == symbol] == [ref]
+        assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
 
 
 # -- CLI ---------------------------------------------------------------------------------------
