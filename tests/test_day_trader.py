@@ -7,7 +7,6 @@ observable state (database rows, gateway state), never fixed sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -35,7 +34,6 @@ from day_trader import (
     SymbolFeed,
     build_parser,
     day_phase,
-    install_stop_handlers,
     main,
     options_from_args,
 )
@@ -764,46 +762,6 @@ def test_retry_seconds_reaches_the_broker_session_default_30(tmp_path: Path) -> 
             assert trader.session.retry_seconds == expected
         finally:
             trader.pool.shutdown()
-
-
-class _LoopWithoutSignalHandlers(asyncio.SelectorEventLoop):
-    """Like Windows' proactor loop: add_signal_handler is not available."""
-
-    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
-        raise NotImplementedError
-
-
-def test_without_loop_signal_handlers_ctrl_c_still_stops_cleanly() -> None:
-    """Windows: loop.add_signal_handler raises NotImplementedError; SIGINT must still set
-    the stop event (on the loop thread) instead of raising KeyboardInterrupt mid-order."""
-    loop = _LoopWithoutSignalHandlers()
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        stop = asyncio.Event()
-        handled = install_stop_handlers(loop, stop.set)
-        assert signal.SIGINT in handled
-
-        async def interrupted() -> None:
-            signal.raise_signal(signal.SIGINT)
-            await asyncio.wait_for(stop.wait(), 5.0)
-
-        loop.run_until_complete(interrupted())
-        assert stop.is_set()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        loop.close()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX event loop signal handlers")
-def test_posix_stop_handlers_go_through_the_loop() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        handled = install_stop_handlers(loop, lambda: None)
-        assert handled == [signal.SIGINT, signal.SIGTERM]
-        assert loop.remove_signal_handler(signal.SIGINT)
-        assert loop.remove_signal_handler(signal.SIGTERM)
-    finally:
-        loop.close()
 
 
 def test_live_port_without_live_flag_is_refused_in_one_line(
