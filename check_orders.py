@@ -22,15 +22,7 @@ from typing import Any
 from ib_async import Trade
 
 from core.orders import intent_state_for
-from ib_tools import (
-    add_connection_args,
-    add_db_arg,
-    connect,
-    open_database,
-    quiet_logging,
-    run_tool,
-    settings_for,
-)
+from ib_tools import add_connection_args, add_db_arg, run_tool, tool_session
 from observability import OPEN_INTENT_STATES
 
 TOOL = "check_orders"
@@ -150,15 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> int:
-    settings = settings_for(args)
-    quiet_logging(TOOL, settings)
-    db = open_database(args, settings)
-    ib = connect(settings, args.client_id, args.timeout)
-    try:
+    with tool_session(args, TOOL) as session:
+        db, ib = session.db, session.ib
         open_trades = ib.reqAllOpenOrders()
         completed = [] if args.open_only else ib.reqCompletedOrders(apiOnly=False)
-    finally:
-        ib.disconnect()
     rows = compare(
         open_trades, completed, db.get_intents_by_date(db.clock.today_str()), db.get_order_intent
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ib_async import IB
@@ -92,6 +94,33 @@ def connect(settings: Settings, client_id: int, timeout: float = 10.0) -> IB:
     except OSError as exc:
         raise ToolError(f"cannot connect to IB at {where}: {exc}") from None
     return ib
+
+
+@dataclass(frozen=True)
+class ToolSession:
+    """What a tool works with: its settings, the database (None if it needs none), a connected IB."""
+
+    settings: Settings
+    db: TradingDatabase | None
+    ib: IB
+
+
+@contextmanager
+def tool_session(
+    args: argparse.Namespace, tool: str, *, database: bool = True
+) -> Iterator[ToolSession]:
+    """Settings, then logging, then the database, then the connection; disconnects on exit.
+
+    Raises SettingsError, DatabaseError or ToolError (see run_tool) before anything later opens.
+    """
+    settings = settings_for(args)
+    quiet_logging(tool, settings)
+    db = open_database(args, settings) if database else None
+    ib = connect(settings, args.client_id, args.timeout)
+    try:
+        yield ToolSession(settings, db, ib)
+    finally:
+        ib.disconnect()
 
 
 def account_of(ib: IB, settings: Settings) -> str:

@@ -28,17 +28,7 @@ from core.logs import get_logger
 from core.money import pnl_dollars, round_to_tick
 from core.orders import IntentOrders
 from core.settings import Settings
-from ib_tools import (
-    ToolError,
-    account_of,
-    add_connection_args,
-    add_db_arg,
-    connect,
-    open_database,
-    quiet_logging,
-    run_tool,
-    settings_for,
-)
+from ib_tools import ToolError, account_of, add_connection_args, add_db_arg, run_tool, tool_session
 from observability import TradingDatabase
 
 TOOL = "liquidate_all"
@@ -256,13 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def liquidate(args: argparse.Namespace) -> int:
-    settings = settings_for(args)
-    quiet_logging(TOOL, settings)
-    db = open_database(args, settings)
-    clock = get_clock()
-    reason = "EMERGENCY" if args.emergency else "MANUAL"
-    ib = connect(settings, args.client_id, args.timeout)
-    try:
+    with tool_session(args, TOOL) as session:
+        settings, db, ib = session.settings, session.db, session.ib
+        clock = get_clock()
+        reason = "EMERGENCY" if args.emergency else "MANUAL"
         account = account_of(ib, settings)
         steps = plan_flatten(ib.reqPositions(), account)
         working = [t for t in ib.reqAllOpenOrders() if not t.isDone()]
@@ -303,8 +290,6 @@ def liquidate(args: argparse.Namespace) -> int:
         print(f"flat: account {account} holds no positions")
         log.info("liquidation_done", account=account, reason=reason, orders=len(results))
         return 0
-    finally:
-        ib.disconnect()
 
 
 def main(argv: list[str] | None = None) -> int:

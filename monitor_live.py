@@ -22,16 +22,7 @@ from typing import Any
 from ib_async import IB, Position, Ticker
 
 from core.money import pnl_dollars, pnl_percent
-from ib_tools import (
-    account_of,
-    add_connection_args,
-    add_db_arg,
-    connect,
-    open_database,
-    quiet_logging,
-    run_tool,
-    settings_for,
-)
+from ib_tools import account_of, add_connection_args, add_db_arg, run_tool, tool_session
 
 TOOL = "monitor_live"
 
@@ -211,12 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def monitor(args: argparse.Namespace) -> int:
-    settings = settings_for(args)
-    quiet_logging(TOOL, settings)
-    db = open_database(args, settings)
-    ib = connect(settings, args.client_id, args.timeout)
-    feed = PriceFeed(ib)
-    try:
+    with tool_session(args, TOOL) as session:
+        settings, db, ib = session.settings, session.db, session.ib
+        feed = PriceFeed(ib)
         account = account_of(ib, settings)
         ib.reqPositions()
         if args.once:
@@ -235,8 +223,6 @@ def monitor(args: argparse.Namespace) -> int:
                 views = frame(ib, feed, db, account)
                 live.update(Text(render(views, f"{db.clock.now():%H:%M:%S}")))
                 ib.sleep(args.every)
-    finally:
-        ib.disconnect()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ib_async import IB, Stock
 
-from ib_tools import account_of, add_connection_args, connect, quiet_logging, run_tool, settings_for
+from ib_tools import account_of, add_connection_args, run_tool, tool_session
 
 TOOL = "test_connection"
 MARKET_DATA_TYPES = {1: "1 live", 2: "2 frozen", 3: "3 delayed", 4: "4 delayed-frozen"}
@@ -102,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        settings = settings_for(args)
-        quiet_logging(TOOL, settings)
-        ib = connect(settings, args.client_id, args.timeout)
-        try:
+        with tool_session(args, TOOL, database=False) as session:
+            settings, ib = session.settings, session.ib
             report = check(
                 ib,
                 account_of(ib, settings),
@@ -115,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
                 settings.ib_port,
                 args.client_id,
             )
-        finally:
-            ib.disconnect()
         print("\n".join(report.lines()))
         return 0
 

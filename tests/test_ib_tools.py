@@ -1,0 +1,43 @@
+"""ib_tools: the session every operator tool opens, on the simulated gateway."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from sim_support import start_gateway, wait_for
+
+from core.settings import Settings
+from ib_tools import TOOL_CLIENT_IDS, ToolSession, add_connection_args, add_db_arg, tool_session
+
+
+def test_tool_session_disconnects_when_the_body_raises_and_opens_no_database_when_told(
+    tmp_path: Path, _isolated_settings: Settings
+) -> None:
+    """A tool that fails mid-way must not leave its client id held at the gateway (IB then
+    refuses the next run with 326), and test_connection must not create a database file."""
+    gw = start_gateway(tmp_path)
+    try:
+        parser = argparse.ArgumentParser()
+        add_connection_args(parser, "test_connection")
+        add_db_arg(parser)
+        args = parser.parse_args(["--port", str(gw.port)])
+        client_id = TOOL_CLIENT_IDS["test_connection"]
+        opened: list[ToolSession] = []
+
+        with (
+            pytest.raises(RuntimeError, match="body failed"),
+            tool_session(args, "test_connection", database=False) as session,
+        ):
+            opened.append(session)
+            assert session.ib.isConnected() and client_id in gw.gateway.by_client
+            raise RuntimeError("body failed")
+
+        [session] = opened
+        assert session.db is None
+        assert not _isolated_settings.database_path.exists()
+        assert not session.ib.isConnected()
+        wait_for(lambda: client_id not in gw.gateway.by_client, 5, "the gateway to free the id")
+    finally:
+        gw.stop()
