@@ -126,8 +126,8 @@ class ExitManager:
         self._counted_rejects: set[str] = set()
         # Given up after repeated rejects: one protective set is still owed (once per give-up).
         self._give_up_pending: set[str] = set()
-        self._give_up_refs: dict[str, str] = {}  # orderRef of that set -> symbol
-        self._give_up_placed: set[str] = set()  # symbols given such a set by this process
+        # orderRef of that set -> symbol; its values: the symbols this process gave one
+        self._give_up_refs: dict[str, str] = {}
         self.unprotected: set[str] = set()  # even the give-up set was refused: CRITICAL
         self._pending_commissions: dict[str, float] = {}  # execId -> report before its fill row
         self._seen_qty: dict[str, float] = {}
@@ -400,7 +400,7 @@ class ExitManager:
                 # Someone else sold part: the set left after the give-up now covers more
                 # than is held. Replace it once for what is left (one per position change).
                 self._give_up_pending.add(symbol)
-            elif quantity > 0 and not ours and symbol not in self._give_up_placed:
+            elif quantity > 0 and not ours and symbol not in self._give_up_refs.values():
                 # Blocked by an earlier process (the flag is in the database) and nothing
                 # protects it at IB: one set, once per process; refused too, it is alerted.
                 self._give_up_pending.add(symbol)
@@ -581,7 +581,6 @@ class ExitManager:
             self._alert_unprotected(symbol, f"protective set not sent: {exc!r}")
             return
         self._give_up_refs.update({t.order.orderRef: symbol for t in trades})
-        self._give_up_placed.add(symbol)
         log.warning("protection_after_give_up", symbol=symbol, quantity=quantity,
                     action="server-side set only; no more bot exits for it today")  # fmt: skip
 
