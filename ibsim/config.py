@@ -29,7 +29,7 @@ class GatewayConfig:
     clock_file: str | None = None
     control_port: int | None = None  # None: no HTTP control interface; 0 = a free port
     market_data_subscribed: bool = True  # False: 354 / 162 / 420 like an unsubscribed account
-    delayed_data_lag_s: float = 900.0  # simulated seconds: how old delayed quotes are
+    delayed_data_lag_s: float = 900.0  # simulated seconds delayed quotes lag (IB: 15-20 min)
     pacing: bool = False  # enforce IB's small-bar historical pacing (error 162)
     no_shorting: bool = True  # cash account: a SELL below zero shares is rejected (201)
     check_buying_power: bool = True

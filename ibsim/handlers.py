@@ -240,8 +240,7 @@ def place_order(gw: SimulatedGateway, s: ClientSession, r: rq.Request) -> None:
     gw.engine.place(s.client_id, r, gw.now())
     if s.client_id in gw.silent_after_order:  # fault: hang before any answer goes out
         gw.silent_after_order.discard(s.client_id)
-        s.out.clear()
-        s.silent = True
+        gw.faults.go_silent(s.client_id)
 
 
 def cancel_order(gw: SimulatedGateway, s: ClientSession, r: rq.Request) -> None:

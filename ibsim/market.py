@@ -507,9 +507,17 @@ class Market:
         self._low = np.fmin(self._low, np.fmin.reduce(segment, axis=1))
 
     # -- quotes -----------------------------------------------------------------------------
-    def _quotes(self, rows: np.ndarray | list[int]) -> list[Quote]:
-        """Quotes of `rows` at the current column, gathered with one numpy index per field."""
-        c = self._col
+    def _quotes(
+        self,
+        rows: np.ndarray | list[int],
+        col: int | None = None,
+        session: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> list[Quote]:
+        """Quotes of `rows` at column `col` (default: the current one), gathered with one
+        numpy index per field. `session`: their open/high/low in ticks as of `col` (default:
+        the session so far)."""
+        c = self._col if col is None else col
+        opens, highs, lows = session or (self._open[rows], self._high[rows], self._low[rows])
         tpd = self._tpd
         bid = self._bid[rows, c].astype(np.int64)
         ask = bid + self._spread[rows, c]
@@ -522,9 +530,9 @@ class Market:
             (self._ask_lots[rows, c].astype(np.int64) * _SHARES_PER_LOT).tolist(),
             self._last_size[rows, c].tolist(),
             self._cumvol[rows, c].tolist(),
-            (self._open[rows] / tpd).tolist(),
-            (self._high[rows] / tpd).tolist(),
-            (self._low[rows] / tpd).tolist(),
+            (opens / tpd).tolist(),
+            (highs / tpd).tolist(),
+            (lows / tpd).tolist(),
             self._prev_close[rows].tolist(),
             strict=True,
         )
@@ -551,27 +559,15 @@ class Market:
         col = self._col_at(epoch)
         if col >= self._col:
             return self.quote(symbol)
-        tpd = self._tpd
-        bid = int(self._bid[row, col])
         first = int(self._first_regular_trade[row])
         lo, hi = max(self._day.open_col, first), min(col, self._day.close_col - 1)
-        session = self._last[row, lo : hi + 1] if lo <= hi else None
-        nan = float("nan")
-        return Quote(
-            self._names[row],
-            self._day.start + col - 1,
-            bid / tpd,
-            (bid + int(self._spread[row, col])) / tpd,
-            int(self._last[row, col]) / tpd,
-            int(self._bid_lots[row, col]) * _SHARES_PER_LOT,
-            int(self._ask_lots[row, col]) * _SHARES_PER_LOT,
-            int(self._last_size[row, col]),
-            int(self._cumvol[row, col]),
-            int(self._last[row, first]) / tpd if session is not None else nan,
-            int(session.max()) / tpd if session is not None else nan,
-            int(session.min()) / tpd if session is not None else nan,
-            float(self._prev_close[row]),
-        )
+        if lo <= hi:
+            traded = self._last[row, lo : hi + 1]
+            stats = (self._last[row, first], traded.max(), traded.min())
+        else:  # no regular-session trade yet at that time
+            stats = (np.nan, np.nan, np.nan)
+        opens, highs, lows = (np.array([value], dtype=np.float64) for value in stats)
+        return self._quotes([row], col, (opens, highs, lows))[0]
 
     def previous_close(self, symbol: str) -> float:
         """The previous session's close. Raises KeyError for an unknown symbol."""

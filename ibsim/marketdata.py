@@ -23,7 +23,6 @@ from ibsim.requests import HistoricalDataRequest, MktDataRequest, RealTimeBarsRe
 log = logging.getLogger("ibsim.marketdata")
 
 LIVE, FROZEN, DELAYED, DELAYED_FROZEN = 1, 2, 3, 4
-DELAYED_SECONDS = 15 * 60.0  # IB's delayed feed for US stocks is 15-20 minutes old
 # (live id, delayed id) per quote field
 _BID, _ASK, _LAST, _HIGH, _LOW, _CLOSE, _OPEN = (
     (1, 66),
@@ -110,12 +109,12 @@ class Pacer:
 
 class MarketData:
     def __init__(self, market, symbols: dict, hours: Hours, subscribed: bool, pacing: bool,  # type: ignore[no-untyped-def]
-                 delay_s: float = DELAYED_SECONDS) -> None:  # fmt: skip
+                 delay_s: float) -> None:  # fmt: skip
         self.market = market
         self.symbols = symbols
         self.hours = hours
         self.subscribed = subscribed
-        self.delay_s = delay_s  # how old a delayed quote is
+        self.delay_s = delay_s  # how old a delayed quote is (simulated seconds)
         self._prev_delayed: dict[str, object] = {}
         self.pacing = Pacer() if pacing else None
         self.tick_subs: dict[str, list[TickSub]] = {}
