@@ -70,6 +70,7 @@ from entry_rules import (
     allot_free_slots,
     evaluate_entry,
     gap_percent,
+    quote_is_stale,
 )
 from indicators import Bar, BarAggregator, StreamingIndicators
 from observability import (
@@ -746,12 +747,12 @@ class DayTrader:
         """Log a symbol whose ticks stopped for the stale limit (and again when they resume):
         its entries are refused, and with its bars stopped too no decision would say why."""
         for feed in self.feeds.values():
-            age = now - feed.quote_time
-            stale = not age <= self.config.stale_seconds  # never ticked (nan): stale too
+            stale = quote_is_stale(feed.quote_time, now, self.config)
             if stale == feed.stale:
                 continue
             feed.stale = stale
             if stale:
+                age = now - feed.quote_time  # nan: never ticked
                 log.warning(
                     "market_data_stale",
                     symbol=feed.symbol,
@@ -1276,7 +1277,7 @@ class DayTrader:
         fresh = 0
         for feed in self.feeds.values():
             snap = feed.snapshot(now, session)
-            if now - snap.quote_time <= self.config.stale_seconds:
+            if not quote_is_stale(snap.quote_time, now, self.config):
                 fresh += 1
         log.info(
             "health",

@@ -205,6 +205,11 @@ def symbol_problem(symbol: str, book: BookState) -> str | None:
 # -- data --------------------------------------------------------------------------------------
 
 
+def quote_is_stale(quote_time: float, now_epoch: float, config: EntryConfig) -> bool:
+    """True when the last tick is older than `stale_seconds` (or there was none: nan)."""
+    return not now_epoch - quote_time <= config.stale_seconds
+
+
 def data_problem(snap: SymbolSnapshot, now_epoch: float, config: EntryConfig) -> str | None:
     """Returns why the symbol's data may not be traded on (missing, delayed, stale), or None.
 
@@ -216,7 +221,7 @@ def data_problem(snap: SymbolSnapshot, now_epoch: float, config: EntryConfig) ->
     allowed = LIVE_DATA_TYPES | (DELAYED_DATA_TYPES if config.allow_delayed_data else frozenset())
     if snap.market_data_type not in allowed:
         return DELAYED_DATA
-    if not now_epoch - snap.quote_time <= config.stale_seconds:
+    if quote_is_stale(snap.quote_time, now_epoch, config):
         return STALE_QUOTE
     bar_end = snap.bar_time + BAR_SECONDS
     if not now_epoch - bar_end <= BAR_SECONDS + config.stale_seconds:
