@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import date
 from datetime import time as dtime
 from pathlib import Path
+from typing import Any
 
 from ib_async import IB, LimitOrder, MarketOrder, Order, Stock
 
@@ -22,7 +23,7 @@ from observability import TradingDatabase
 SIM_DATE = date(2026, 11, 24)  # a Tuesday, a full session
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     """Deadline-based wait: polls `condition` until truthy (returned) or fails naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

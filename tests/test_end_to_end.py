@@ -16,14 +16,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from sim_support import SIM_DATE
+from sim_support import SIM_DATE, wait_for
 
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.settings import PROJECT_ROOT
@@ -39,16 +38,6 @@ PROTECTIVE = {"PROTECT_TARGET", "PROTECT_STOP"}
 TARGET_OR_STOP = {"PROTECT_TARGET", "PROTECT_STOP", "BOT_STOP", "BOT_TARGET"}
 
 pytestmark = pytest.mark.timeout(420)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class SimRun:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sim_support import wait_for
 
 import supervisor as sup
 from core.clock import NEW_YORK, ManualTimeSource, MarketClock
@@ -56,16 +57,6 @@ FAKE_BOT = textwrap.dedent(
             f.write(f"{os.getpid()} stop {time.time()}\\n")
     """
 )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Deadline-based wait: polls `condition` until true or fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
