@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -76,14 +77,17 @@ def last_trading_date(clock: MarketClock | None = None) -> date:
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
-    """SimOptions from supervisor.py's --sim flags. Raises SupervisorError on a bad value."""
+    """SimOptions from supervisor.py's --sim flags, all checked before anything touches the disk.
+
+    Raises SupervisorError naming the first bad flag.
+    """
     options = SimOptions()
     changes: dict[str, Any] = {}
     if args.seed is not None:
         changes["seed"] = args.seed
     if args.speed is not None:
-        if args.speed <= 0:
-            raise SupervisorError(f"--speed {args.speed} is invalid: expected > 0")
+        if not (math.isfinite(args.speed) and args.speed > 0):
+            raise SupervisorError(f"--speed {args.speed} is invalid: expected a number > 0")
         changes["speed"] = args.speed
     if args.date:
         try:
@@ -97,12 +101,18 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
             raise SupervisorError(f"--start {args.start!r} is not a time (HH:MM)") from None
         changes["start"] = args.start
     if args.symbols is not None:
+        if args.symbols < 1:
+            raise SupervisorError(f"--symbols {args.symbols} is invalid: expected at least 1")
         changes["symbols"] = args.symbols
     if args.allocation is not None:
+        if not (math.isfinite(args.allocation) and 0 < args.allocation <= 1):
+            raise SupervisorError(f"--allocation {args.allocation} is invalid: expected 0 < x <= 1")
         changes["allocation"] = args.allocation
     if args.run_dir is not None:
         changes["run_dir"] = args.run_dir
     if args.status_every is not None:
+        if not (math.isfinite(args.status_every) and args.status_every > 0):
+            raise SupervisorError(f"--status-every {args.status_every} is invalid: expected > 0")
         changes["status_every_s"] = args.status_every
     return replace(options, **changes)
 
@@ -261,18 +271,38 @@ def sim_env(run_dir: Path, gateway: SimGateway, db_path: Path) -> dict[str, str]
     }
 
 
+RUN_MARKER = ".sim_run"  # written into every run folder this program creates
+
+
+def is_sim_run_dir(path: Path) -> bool:
+    """True when `path` is a run folder this program created (its marker file is there)."""
+    return (path / RUN_MARKER).is_file()
+
+
 def prepare_run_dir(options: SimOptions, trading_date: date) -> Path:
-    """A clean folder for this run (a rerun of the same date and seed replaces the last one)."""
+    """A clean folder for this run (a rerun of the same date and seed replaces the last one).
+
+    Only a folder this program created (it holds RUN_MARKER) is ever deleted; a new or empty
+    folder is used as it is. Raises SupervisorError for any other folder, touching nothing.
+    """
     run_dir = options.run_dir or PROJECT_ROOT / "sim_runs" / f"{trading_date}_{options.seed}"
     run_dir = run_dir.resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SupervisorError(f"--run-dir {run_dir} is a file: pass a new or empty folder")
     lock = read_lock_pid(run_dir)
     if lock is not None:
         raise SupervisorError(
             f"a simulation (pid {lock}) is running in {run_dir}; stop it or pass --run-dir"
         )
-    if run_dir.exists():
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not is_sim_run_dir(run_dir):
+            raise SupervisorError(
+                f"--run-dir {run_dir} is not empty and was not made by a simulated run: "
+                "pass a new or empty folder (nothing was deleted)"
+            )
         shutil.rmtree(run_dir)
-    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("made by supervisor.py --sim; rerunning replaces it\n")
     runs_root = PROJECT_ROOT / "sim_runs"
     if run_dir.is_relative_to(runs_root) and not (runs_root / ".gitignore").exists():
         (runs_root / ".gitignore").write_text("# simulated runs are not source\n*\n")

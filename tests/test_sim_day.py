@@ -1,0 +1,97 @@
+"""sim_day: the --sim run folder (only what the simulation made is ever deleted) and its flags."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+import sim_day
+from supervisor import SupervisorError, build_parser
+
+DAY = date(2026, 11, 24)
+
+
+def sim_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["--sim", *argv])
+
+
+def options_for(run_dir: Path) -> sim_day.SimOptions:
+    return sim_day.SimOptions(run_dir=run_dir)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(path.rglob("*"))
+    }
+
+
+def test_run_dir_holding_other_files_is_refused_and_left_untouched(tmp_path):
+    # `--run-dir .` once erased a whole project with its .git, .env and database.
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / ".env").write_text("IB_PORT=4002\n")
+    (project / "trading_history.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 84)
+    before = tree(project)
+
+    with pytest.raises(SupervisorError, match="not empty and was not made by a simulated run"):
+        sim_day.prepare_run_dir(options_for(project), DAY)
+
+    assert tree(project) == before
+
+
+def test_run_dir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    with pytest.raises(SupervisorError, match="is a file"):
+        sim_day.prepare_run_dir(options_for(target), DAY)
+    assert target.read_text() == "keep me"
+
+
+def test_new_and_empty_folders_are_used_and_marked(tmp_path):
+    for run_dir in (tmp_path / "new" / "run", tmp_path / "empty"):
+        if run_dir.name == "empty":
+            run_dir.mkdir()
+        assert sim_day.prepare_run_dir(options_for(run_dir), DAY) == run_dir.resolve()
+        assert sim_day.is_sim_run_dir(run_dir)
+        assert (run_dir / "logs").is_dir()
+
+
+def test_rerun_replaces_a_folder_the_simulation_made(tmp_path):
+    run_dir = tmp_path / "run"
+    sim_day.prepare_run_dir(options_for(run_dir), DAY)
+    (run_dir / "sim.json").write_text("{}")
+    (run_dir / "logs" / "old.json").write_text("{}")
+
+    sim_day.prepare_run_dir(options_for(run_dir), DAY)
+
+    assert sorted(p.name for p in run_dir.iterdir()) == [sim_day.RUN_MARKER, "logs"]
+    assert list((run_dir / "logs").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--speed", "0", "--speed 0.0 is invalid"),
+        ("--speed", "nan", "--speed nan is invalid"),
+        ("--speed", "-3", "--speed -3.0 is invalid"),
+        ("--symbols", "0", "--symbols 0 is invalid"),
+        ("--allocation", "1.5", "--allocation 1.5 is invalid"),
+        ("--allocation", "nan", "--allocation nan is invalid"),
+        ("--status-every", "0", "--status-every 0.0 is invalid"),
+        ("--date", "2026-13-45", "is not a date"),
+        ("--start", "25:99", "is not a time"),
+    ],
+)
+def test_bad_sim_flag_is_refused_before_the_run_folder_is_touched(
+    tmp_path, flag, value, message
+):
+    run_dir = tmp_path / "run"
+    args = sim_args(flag, value, "--run-dir", str(run_dir))
+    with pytest.raises(SupervisorError, match=message):
+        sim_day.run(args)
+    assert not run_dir.exists()
