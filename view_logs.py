@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.clock import NEW_YORK
+from core.logs import printable
 from core.settings import get_settings
 from ib_tools import ToolError, run_tool
 
@@ -121,7 +122,8 @@ def format_record(record: dict[str, Any]) -> str:
     line = (
         f"{shown} {record.get('level', '')!s:<7} {record.get('bot', '?')} {record.get('event', '')}"
     )
-    return f"{line} {extras}" if extras else line
+    # A logged value never starts a line of its own (a symbol with a newline once forged one).
+    return printable(f"{line} {extras}" if extras else line)
 
 
 def log_files(log_dir: Path) -> list[Path]:
@@ -217,12 +219,19 @@ def filter_from_args(args: argparse.Namespace) -> LogFilter:
 
 
 def view(args: argparse.Namespace) -> int:
+    if not (args.poll > 0 and args.poll != float("inf")):
+        raise ToolError(f"--poll {args.poll} is invalid: expected seconds > 0, e.g. --poll 0.5")
     log_dir = args.dir or get_settings().log_dir
     if not log_dir.is_dir():
         raise ToolError(f"log folder {log_dir} does not exist; pass --dir or set LOG_DIR")
     log_filter = filter_from_args(args)
     show = (lambda r: json.dumps(r)) if args.json else format_record
-    records = read_records(log_files(log_dir), log_filter)
+    files = log_files(log_dir)
+    if not files and not args.follow:
+        raise ToolError(
+            f"log folder {log_dir} holds no run files (*_run_*.json); pass the --dir of a run"
+        )
+    records = read_records(files, log_filter)
     if args.limit is not None:
         records = records[-args.limit :] if args.limit > 0 else []
     for record in records:

@@ -16,6 +16,7 @@ import logging
 import logging.handlers
 import math
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,6 +29,32 @@ _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 _MAX_BYTES = 20 * 1024 * 1024
 _BACKUPS = 5
 _bot_name = "app"
+_secret_values: set[str] = set()
+# Credentials a remote server may echo back into an error text (headers, query strings).
+_CREDENTIAL_PATTERN = re.compile(
+    r"(?i)(\bbearer\s+)[^\s\"',;&]+"
+    r"|(\b(?:api[_-]?key|apikey|access[_-]?token|token|authorization|password)\b[\"']?\s*[=:]\s*[\"']?)"
+    r"(?!bearer\b)[^\s\"',;&]+"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def remember_secrets(*values: str) -> None:
+    """Values that must never appear in a log line (the configured API keys, ...)."""
+    _secret_values.update(v for v in values if v and len(v) >= 4)
+
+
+def scrub(text: str) -> str:
+    """`text` with every remembered secret and every `Bearer x` / `apiKey=x` value as ***."""
+    for value in _secret_values:
+        if value in text:
+            text = text.replace(value, "***")
+    return _CREDENTIAL_PATTERN.sub(lambda m: f"{m.group(1) or m.group(2)}***", text)
+
+
+def printable(text: str) -> str:
+    """One console line: control characters shown escaped, so no value can forge a line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _plain(value: Any) -> Any:
@@ -67,7 +94,7 @@ class JsonFormatter(logging.Formatter):
         payload.update({k: _plain(v) for k, v in _fields(record).items()})
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        return scrub(json.dumps(payload, default=str))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -80,9 +107,10 @@ class ConsoleFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname:<7} {_bot_name} {event}"
         if extras:
             line = f"{line} {extras}"
+        line = printable(line)
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
-        return line
+        return scrub(line)
 
 
 class EventLogger:
@@ -116,6 +144,16 @@ class EventLogger:
         self._log(logging.ERROR, event, True, fields)
 
 
+def _remember_configured_secrets() -> None:
+    from core.settings import SettingsError, get_settings
+
+    try:
+        settings = get_settings()
+    except SettingsError:
+        return  # the program reports the bad setting itself
+    remember_secrets(*(v.reveal() for v in vars(settings).values() if isinstance(v, Secret) and v))
+
+
 def get_logger(name: str) -> EventLogger:
     return EventLogger(logging.getLogger(name))
 
@@ -133,6 +171,7 @@ def setup_logging(
     """
     global _bot_name
     _bot_name = bot
+    _remember_configured_secrets()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

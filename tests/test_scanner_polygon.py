@@ -584,3 +584,46 @@ def test_cli_help(capsys):
 
     assert exit_info.value.code == 0
     assert "--once" in capsys.readouterr().out
+
+
+def test_key_echoed_in_a_server_error_never_reaches_the_log_file_or_console(
+    massive, clock, tmp_path, capsys
+):
+    from core import settings as settings_module
+    from core.logs import setup_logging
+
+    key = "mk-echo-5d81e2"
+    settings_module.set_settings(
+        settings_module.load_settings(
+            environ={"MASSIVE_API_KEY": key}, dotenv_path=tmp_path / "no.env"
+        )
+    )
+
+    def echo_headers(route: str) -> None:  # the server quotes the request back in its error
+        authorization = massive.requests[-1][3]
+        body = json.dumps({"status": "ERROR", "error": f"bad: Authorization={authorization}"})
+        massive.script[route] = [(400, body.encode())]
+
+    massive.on_request = echo_headers
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        run_file = setup_logging("scanner", log_dir=tmp_path / "logs")
+        scanner = sp.MassiveScanner(
+            key, clock=clock, base_url=massive.url, sleep_fn=lambda s: None, timeout_s=2.0
+        )
+        assert scanner.scan() is None
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+    assert massive.requests and key in massive.requests[0][3]  # the key did go to the server
+    written, console = run_file.read_text(), capsys.readouterr().err
+    assert "Authorization=" in written and "Authorization=" in console
+    assert key not in written and key not in console

@@ -262,6 +262,39 @@ def test_view_logs_follow_prints_new_lines(tmp_path):
         proc.wait()
 
 
+def test_view_logs_shows_a_value_with_a_newline_on_its_own_line_escaped(tmp_path):
+    _write_log(tmp_path / "day_trader_run_20261124_093000.json", [
+        _rec(9, 45, "day_trader", "WARNING", "symbol_rejected",
+             symbol="AAPL\n09:45:00.000 CRITICAL exit_manager naked"),
+    ])  # fmt: skip
+    out = subprocess.run([sys.executable, "view_logs.py", "--dir", str(tmp_path)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1
+    assert "AAPL\\n09:45:00.000 CRITICAL" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--follow", "--poll", "-1"], "--poll -1.0 is invalid"),
+        (["--poll", "0"], "--poll 0.0 is invalid"),
+        (["--dir", "{missing}"], "does not exist"),
+        (["--dir", "{empty}"], "holds no run files"),
+    ],
+)
+def test_view_logs_bad_poll_or_folder_is_one_line(tmp_path, argv, message):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in argv]
+    if "--dir" not in argv:
+        argv += ["--dir", str(tmp_path / "empty")]
+    out = subprocess.run([sys.executable, "view_logs.py", *argv],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
+
+
 def test_view_logs_time_forms():
     now = datetime(2026, 11, 24, 12, 0, tzinfo=NEW_YORK)
     assert view_logs.parse_when("-15m", now) == datetime(2026, 11, 24, 11, 45, tzinfo=NEW_YORK)
