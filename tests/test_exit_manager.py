@@ -730,6 +730,91 @@ def test_other_client_selling_half_resizes_the_protective_set_at_once_and_never_
     run(scenario())
 
 
+def _cancels_held(state: dict, symbol: str) -> bool:
+    sells = em_sells(state, symbol)
+    return len(sells) == 2 and all(o["status"] == "PendingCancel" for o in sells)
+
+
+@pytest.mark.parametrize("left", [30, 0])
+def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_shrank_meanwhile(
+    tmp_path: Path, sim_db: Any, left: int
+) -> None:
+    """The resize plan is made from a positions snapshot (60 here); another client sells more
+    while our cancels wait for IB. The new set must be for what is held when it is sent, and
+    there must be none when nothing is. (Margin account: an oversized set would be accepted.)"""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await protected(gw, manager, "AAPL", 100)
+                await gw_call(gw.faults.hold_cancels, EM)
+                await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
+                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await _other_client_sells(dt, "AAPL", 60 - left)  # while they are pending
+                await until_gw(gw, lambda s: position(s, "AAPL") == left, 3, "shrunk")
+                await gw_call(gw.faults.release_cancels)
+                if left:
+                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", left), 3, "new set")
+                else:
+                    await until(lambda: db.was_closed_today("AAPL"), 3, "closed as manual")
+                await until(lambda: not manager._dirty and not manager.busy, 3, "settled")
+                await asyncio.to_thread(manager.orders.flush)
+                state = await gw_call(gw.account.state)
+                placed = sorted(o["quantity"] for o in em_orders(state, "AAPL"))
+                assert placed == sorted([100, 100] + [left, left] * bool(left)), placed
+                assert position(state, "AAPL") == left
+                assert sells_executed(gw, "AAPL") == 100 - left  # the other client's only
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("then", ["cancels_released", "held_stop_fills"])
+def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
+    tmp_path: Path, sim_db: Any, then: str
+) -> None:
+    """A cancel is a request: until IB confirms it the order can still fill. The bot stop must
+    not sell while the set's cancels are pending; when the held stop fills instead, nothing
+    more is sold. (Margin account: a second sell would open a short instead of a reject.)"""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 40)
+                await protected(gw, manager, "NVDA", 40)
+                pos = manager.held["NVDA"]
+                await gw_call(gw.faults.hold_cancels, EM)
+                between = round((pos.stop_price + pos.backstop_price) / 2, 2)
+                await gw_call(gw.faults.set_price, "NVDA", between)  # through the bot stop only
+                await until_gw(gw, lambda s: _cancels_held(s, "NVDA"), 3, "the set's cancels held")
+                await asyncio.sleep(0.5)  # room for a wrong exit sell to show up
+                if then == "held_stop_fills":
+                    await gw_call(gw.faults.set_price, "NVDA", round(pos.backstop_price - 0.05, 2))
+                    await until_gw(gw, lambda s: position(s, "NVDA") <= 0, 3, "held stop filled")
+                released = await gw_call(gw.faults.release_cancels)
+                await until(lambda: db.was_closed_today("NVDA"), 5, "closed")
+                await until(lambda: not manager.busy and not manager._dirty, 3, "settled")
+                await asyncio.sleep(0.3)  # room for a wrong second sell to show up
+
+                state = await gw_call(gw.account.state)
+                exits = [o for o in em_orders(state, "NVDA") if o["tif"] in ("IOC", "DAY")]
+                assert all(o["received_time"] >= released["time"] for o in exits), (
+                    released,
+                    exits,
+                )
+                assert position(state, "NVDA") == 0
+                assert sells_executed(gw, "NVDA") == 40
+                sold = {o["order_type"] for o in em_orders(state, "NVDA") if o["filled"]}
+                assert sold == ({"STP"} if then == "held_stop_fills" else {"LMT"})
+                if then == "held_stop_fills":
+                    assert not exits and released["cancelled"] == 0
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("master", [False, True], ids=["own_executions", "master_client"])
 def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as_manual(
     tmp_path: Path, sim_db: Any, master: bool
