@@ -577,9 +577,11 @@ class ExitManager:
         if not (self.reconciled and self.can_trade()):
             return
         for symbol, pos in list(self.held.items()):
-            if symbol in self.busy or symbol in self._moving_stops:
-                continue
-            if self.rejects.is_blocked(symbol):
+            if (
+                symbol in self.busy
+                or symbol in self._moving_stops
+                or self.rejects.is_blocked(symbol)
+            ):
                 continue
             due = server_stop_price(pos, self._bot_stop_fault(symbol))
             if any(abs(t.order.auxPrice - due) >= pos.tick / 2 for t in self._server_stops(symbol)):
