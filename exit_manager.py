@@ -47,6 +47,7 @@ from exit_rules import (
     StampedQuote,
     WorkingOrder,
     average_price,
+    bot_stop_fault,
     covered_quantity,
     day_phase,
     exit_decision,
@@ -60,6 +61,7 @@ from exit_rules import (
     protection_table,
     protective_orders,
     quote_fault,
+    server_stop_price,
     stamped_quote,
     target_touch_time,
     working_order,
@@ -112,6 +114,7 @@ class ExitManager:
         self.quote_faults: dict[str, str] = {}
         self.target_touched: dict[str, float] = {}
         self.busy: set[str] = set()
+        self._moving_stops: set[str] = set()  # symbols whose server STP is being moved
         self.rejects = RejectTracker(config.max_rejects)
         self.cooldown_until: dict[str, float] = {}
         self.reconciled = False
@@ -547,15 +550,71 @@ class ExitManager:
         trades. Raises ConnectionError / OSError when the first could not be sent."""
         contract = await self.contract(pos.symbol)
         oca = f"{AGENT}-{pos.symbol}-{uuid.uuid4().hex[:10]}"
-        target, backstop = protective_orders(pos, quantity, oca, self.config)
+        fault = self._bot_stop_fault(pos.symbol)
+        stop_price = server_stop_price(pos, fault)
+        target, backstop = protective_orders(pos, quantity, oca, self.config, stop_price)
         trades = [
             self.orders.place(contract, target, purpose=PURPOSE_TARGET),
             self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP),
         ]
         log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
-                 target=pos.target_price, backstop=pos.backstop_price,
-                 bot_stop=pos.stop_price, oca_group=oca, tif=self.config.protective_tif)  # fmt: skip
+                 target=pos.target_price, server_stop=stop_price, bot_stop=pos.stop_price,
+                 bot_stop_fault=fault, oca_group=oca, tif=self.config.protective_tif)  # fmt: skip
         return trades
+
+    def _bot_stop_fault(self, symbol: str) -> str | None:
+        return bot_stop_fault(self.quotes.get(symbol), self.clock.epoch(), self.config)
+
+    def _server_stops(self, symbol: str) -> list[Trade]:
+        """Our working protective STP legs of `symbol` (exits are never STP orders)."""
+        return [t for t in self._our_sells(symbol) if t.order.orderType == "STP"]
+
+    def _check_server_stops(self) -> None:
+        """Move each held symbol's server STP where `server_stop_price` wants it now: up to
+        the stop-loss price while the bot cannot act (quotes stale, delayed or missing),
+        back to the backstop when live quotes return. Symbols given up after rejects are
+        left alone (server orders only, a human's call), so a refused change cannot loop."""
+        if not (self.reconciled and self.can_trade()):
+            return
+        for symbol, pos in list(self.held.items()):
+            if (
+                symbol in self.busy
+                or symbol in self._moving_stops
+                or self.rejects.is_blocked(symbol)
+            ):
+                continue
+            due = server_stop_price(pos, self._bot_stop_fault(symbol))
+            if any(abs(t.order.auxPrice - due) >= pos.tick / 2 for t in self._server_stops(symbol)):
+                self._moving_stops.add(symbol)
+                self._spawn(self._move_server_stop(symbol))
+
+    async def _move_server_stop(self, symbol: str) -> None:
+        """Modify the working STP in place (same order id and orderRef: no second stop and no
+        moment without one), under the symbol's lock so no exit or new set interleaves."""
+        try:
+            async with self._lock(symbol):
+                pos = self.held.get(symbol)
+                if pos is None or symbol in self.busy or not self.can_trade():
+                    return
+                fault = self._bot_stop_fault(symbol)
+                due = server_stop_price(pos, fault)
+                for trade in self._server_stops(symbol):
+                    if abs(trade.order.auxPrice - due) < pos.tick / 2:
+                        continue
+                    if trade.orderStatus.status in {"PendingSubmit", "PendingCancel"}:
+                        continue  # not acknowledged yet, or going away: the next check decides
+                    was = trade.order.auxPrice
+                    try:
+                        self.orders.modify_stop(trade, due, reason=fault or "live quotes")
+                    except (ConnectionError, OSError, KeyError) as exc:
+                        log.error("server_stop_not_moved", symbol=symbol, error=repr(exc))
+                        return
+                    (log.warning if fault else log.info)(
+                        "server_stop_moved", symbol=symbol, stop=due, was=was,
+                        bot_stop_fault=fault, order_ref=trade.order.orderRef,
+                    )  # fmt: skip
+        finally:
+            self._moving_stops.discard(symbol)
 
     async def _protect_after_give_up(self, symbol: str) -> None:
         """Exits were given up after repeated rejects, and the exit attempt had cancelled the
@@ -897,8 +956,8 @@ class ExitManager:
         return day_phase(self.clock.now(), self.clock.session(), self.config)
 
     async def _watch(self) -> None:
-        """Stale-quote guard and the end-of-day schedule (4 checks per real second), and
-        the protection audit."""
+        """Stale-quote guard, the server stops' price and the end-of-day schedule (4 checks
+        per real second), and the protection audit."""
         loop = asyncio.get_running_loop()
         next_audit = loop.time() + AUDIT_SECONDS
         while not self._stop.is_set():
@@ -907,6 +966,7 @@ class ExitManager:
             if self._stop.is_set():
                 return
             self._check_quotes()
+            self._check_server_stops()
             await self._check_eod()
             if loop.time() >= next_audit:
                 next_audit = loop.time() + AUDIT_SECONDS

@@ -8,7 +8,10 @@ rules run live, on the simulator and in tests.
 Prices: the take-profit LMT sits at entry × (1 + target%), the bot-monitored stop at
 entry × (1 - stop%), and the server-side STP backstop a little lower (entry × (1 - stop% -
 gap%)) so that while the bot is alive it exits first with a marketable limit it controls,
-and while it is dead the backstop still sells (failure mode 3).
+and while it is dead the backstop still sells (failure mode 3). While the bot has no live,
+fresh quotes for a symbol (no subscription, delayed, stale), the server STP sits at the
+stop-loss price itself: IB triggers it on its own data, and it is then the only stop that
+acts (`server_stop_price`).
 """
 
 from __future__ import annotations
@@ -183,15 +186,16 @@ def held_position(
 
 # -- the protective set ---------------------------------------------------------------------
 def protective_orders(
-    position: HeldPosition, quantity: int, oca_group: str, config: ExitConfig
+    position: HeldPosition, quantity: int, oca_group: str, config: ExitConfig, stop_price: float
 ) -> tuple[Order, Order]:
-    """Take-profit LMT and backstop STP for `quantity` shares in one OCA group (ocaType 1).
+    """Take-profit LMT and server STP (at `stop_price`, from `server_stop_price`) for
+    `quantity` shares in one OCA group (ocaType 1).
 
     ocaType 1 cancels the rest of the group when one order fills (in part, too), and IB
     blocks the group against overfill, so the pair can never sell more than `quantity`.
     """
     target = LimitOrder("SELL", quantity, position.target_price)
-    backstop = StopOrder("SELL", quantity, position.backstop_price)
+    backstop = StopOrder("SELL", quantity, stop_price)
     for order in (target, backstop):
         order.ocaGroup = oca_group
         order.ocaType = 1
@@ -236,8 +240,10 @@ def exit_limit_price(
 def matches_protective_set(
     position: HeldPosition, quantity: int, sells: list[WorkingOrder]
 ) -> bool:
-    """True when `sells` are exactly one target LMT and one backstop STP for `quantity`
-    shares, at the position's prices, in one OCA group."""
+    """True when `sells` are exactly one target LMT and one server STP for `quantity`
+    shares, at the position's prices, in one OCA group. The STP may sit at either of its two
+    prices (backstop or stop-loss): which one is due is `server_stop_price`'s call, and a
+    wrong one is moved by modifying the order, never by replacing the set."""
     if len(sells) != 2 or quantity <= 0:
         return False
     by_type = {o.order_type: o for o in sells}
@@ -250,7 +256,10 @@ def matches_protective_set(
         and target.oca_group == backstop.oca_group
         and all(abs(o.quantity - quantity) < 1e-9 for o in sells)
         and abs((target.limit_price or 0) - position.target_price) < half_tick
-        and abs((backstop.stop_price or 0) - position.backstop_price) < half_tick
+        and any(
+            abs((backstop.stop_price or 0) - price) < half_tick
+            for price in (position.backstop_price, position.stop_price)
+        )
     )
 
 
@@ -423,6 +432,22 @@ def quote_fault(quote: StampedQuote | None, now: float, config: ExitConfig) -> s
     if now - quote.time > config.stale_tick_seconds:
         return "stale"
     return None
+
+
+def bot_stop_fault(quote: StampedQuote | None, now: float, config: ExitConfig) -> str | None:
+    """Why the bot's own stop cannot see the symbol's price now, or None while it watches
+    live, fresh quotes. Delayed quotes count even where the user allowed them for the bot:
+    they are minutes old, while IB triggers server stops on its own live data."""
+    if quote is not None and quote.data_type in DELAYED_DATA_TYPES:
+        return "delayed"
+    return quote_fault(quote, now, config)
+
+
+def server_stop_price(position: HeldPosition, fault: str | None) -> float:
+    """The price the server-side STP must have: the backstop below the bot stop while the
+    bot sees the price (no `fault` from `bot_stop_fault`: it exits first, with a limit it
+    controls), else the stop-loss price itself, since only the server stop can act then."""
+    return position.backstop_price if fault is None else position.stop_price
 
 
 @dataclass(frozen=True)

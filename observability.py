@@ -702,10 +702,12 @@ class TradingDatabase:
         filled_quantity: float | None = None,
         avg_fill_price: float | None = None,
         note: str | None = None,
+        stop_price: float | None = None,
     ) -> dict[str, Any]:
         """Move an intent to `state` (checked against INTENT_TRANSITIONS) and log the move.
 
-        Repeating the current state only updates the details. Returns the updated row;
+        Repeating the current state only updates the details (`stop_price`: a working stop
+        modified in place). Returns the updated row;
         raises KeyError for an unknown orderRef and IntentTransitionError for an illegal move.
         """
         if state not in INTENT_STATES:
@@ -727,6 +729,7 @@ class TradingDatabase:
                 " perm_id = coalesce(?, perm_id),"
                 " filled_quantity = coalesce(?, filled_quantity),"
                 " avg_fill_price = coalesce(?, avg_fill_price),"
+                " stop_price = coalesce(?, stop_price),"
                 " note = coalesce(?, note), updated_at = ? WHERE order_ref = ?",
                 (
                     state,
@@ -734,6 +737,7 @@ class TradingDatabase:
                     perm_id,
                     filled_quantity,
                     avg_fill_price,
+                    stop_price,
                     note,
                     now,
                     order_ref,

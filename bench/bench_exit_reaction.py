@@ -146,10 +146,13 @@ async def _bench(trials: int, folder: Path) -> list[float]:
                 # The day trader is another process: its write must not run on our loop.
                 await asyncio.to_thread(day_trader_db.add_active_position, symbol, 10, entry,
                                         round(entry * 1.04, 2), round(entry * 0.97, 2))  # fmt: skip
+                # Protected, with the server STP moved to the backstop once quotes stream.
                 await _until(
                     lambda s=symbol: len([t for t in manager._our_sells(s)
                                           if t.orderStatus.status in ("Submitted", "PreSubmitted")]) == 2
-                    and s in manager.quotes,
+                    and s in manager.quotes
+                    and all(t.order.auxPrice == manager.held[s].backstop_price
+                            for t in manager._server_stops(s)),
                     5, "protection",
                 )  # fmt: skip
                 await asyncio.to_thread(manager.orders.flush)  # a quiet start for each trial

@@ -222,6 +222,32 @@ class IntentOrders:
         )
         return trade
 
+    def modify_stop(self, trade: Trade, stop_price: float, *, reason: str) -> None:
+        """Move our working stop order `trade` to `stop_price` in place: the same order id and
+        orderRef, so IB modifies it (never a second order, never a moment without the stop).
+        As in place(), the intent's new stop price and a line in its log are on disk before
+        the modification is sent. Raises KeyError when the order has no intent of ours, and
+        ConnectionError / OSError when it could not be sent (then it keeps its old price)."""
+        order = trade.order
+        ref, old = order.orderRef, order.auxPrice
+        self._record_stop(ref, stop_price, f"stop {old:g} -> {stop_price:g}: {reason}")
+        order.auxPrice = stop_price
+        try:
+            self.ib.placeOrder(trade.contract, order)  # a known orderId: IB modifies it
+        except (ConnectionError, OSError) as exc:
+            order.auxPrice = old
+            self._record_stop(ref, old, f"stop modification not sent: {exc}")
+            raise
+        self._log.info("order_modified", symbol=trade.contract.symbol, order_ref=ref,
+                       order_id=order.orderId, stop=stop_price, was=old, reason=reason)  # fmt: skip
+
+    def _record_stop(self, ref: str, stop_price: float, note: str) -> None:
+        with self.exclusive():  # one writer: the queued state updates cannot interleave
+            intent = self.db.get_order_intent(ref)
+            if intent is None or intent["agent"] != self.agent:
+                raise KeyError(f"no order intent of {self.agent} with orderRef {ref!r}")
+            self.db.update_order_intent(ref, intent["state"], stop_price=stop_price, note=note)
+
     def _write(self, write: Callable[[], object]) -> None:
         if self.writer is not None:
             self.writer.submit(write)

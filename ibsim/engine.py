@@ -97,6 +97,10 @@ class OrderEngine:
         floor = _ORDER_ID_FLOOR.get(options.account_id, 0)
         self._next_order_id = max(first_order_id, floor)
         self.reject_next: list[tuple[int | None, str]] = []  # fault hook: (client_id, reason)
+        # Fault hook (hold_cancels): client ids whose cancels wait (None: every client), and
+        # the orders waiting in PENDING_CANCEL until release_cancels.
+        self.hold_cancels_of: set[int | None] = set()
+        self.held_cancels: list[SimOrder] = []
 
     # -- ids ------------------------------------------------------------------------
     def next_valid_id(self) -> int:
@@ -320,13 +324,35 @@ class OrderEngine:
                 order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found."
             )
         if order.state.is_done:
-            raise RequestError(
-                order_id,
-                10148,
-                f"OrderId {order_id} that needs to be cancelled cannot be cancelled, "
-                f"state: {order.state.ib_status}.",
-            )
+            raise _not_cancellable(order)
+        if order.state is not OrderState.HELD and self._holds_cancels_of(client_id):
+            if order.state is not OrderState.PENDING_CANCEL:
+                order.move_to(OrderState.PENDING_CANCEL, now, "cancel held")
+                self.held_cancels.append(order)
+            self.router.to_order_owner(order.client_id, msg.order_status(order))
+            return
         self._cancel(order, now, "cancelled by client", notify_202=True)
+
+    def _holds_cancels_of(self, client_id: int) -> bool:
+        return None in self.hold_cancels_of or client_id in self.hold_cancels_of
+
+    def release_cancels(self, now: float) -> int:
+        """End the cancel hold: apply every held cancel (Cancelled + 202); one whose order
+        filled meanwhile is refused with 10148, as IB refuses a cancel that comes too late.
+        Returns how many orders were cancelled."""
+        self.hold_cancels_of.clear()
+        held, self.held_cancels = self.held_cancels, []
+        cancelled = 0
+        for order in held:
+            if order.state.is_done:
+                refused = _not_cancellable(order)
+                self.router.to_order_owner(
+                    order.client_id, msg.error(refused.req_id, refused.code, refused.text)
+                )
+                continue
+            self._cancel(order, now, "held cancel released", notify_202=True)
+            cancelled += 1
+        return cancelled
 
     def global_cancel(self, now: float) -> int:
         live = [o for o in self.orders.values() if not o.state.is_done]
@@ -454,9 +480,10 @@ class OrderEngine:
         )
         self.account.executions.append(execution)
         done = order.remaining <= 1e-9
-        order.move_to(
-            OrderState.FILLED if done else OrderState.SUBMITTED, now, f"fill {qty:g}@{price}"
-        )
+        # A fill during a held cancel leaves the rest waiting for the cancel.
+        pending = order.state is OrderState.PENDING_CANCEL
+        working = OrderState.PENDING_CANCEL if pending else OrderState.SUBMITTED
+        order.move_to(OrderState.FILLED if done else working, now, f"fill {qty:g}@{price}")
         if done:
             self._unwork(order)
         owner = order.client_id
@@ -603,7 +630,18 @@ def _order_json(o: SimOrder) -> dict[str, object]:
         "state": o.state.name,
         "filled": o.filled,
         "avg_fill_price": o.avg_fill_price,
+        "received_time": o.log[0].time if o.log else None,  # simulated time it arrived
+        "completed_time": o.completed_time,
     }
+
+
+def _not_cancellable(order: SimOrder) -> RequestError:
+    return RequestError(
+        order.order_id,
+        10148,
+        f"OrderId {order.order_id} that needs to be cancelled cannot be cancelled, "
+        f"state: {order.state.ib_status}.",
+    )
 
 
 def _entry(now: float, state: OrderState, note: str):  # type: ignore[no-untyped-def]

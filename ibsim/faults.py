@@ -33,7 +33,7 @@ class Faults:
             "drop_client", "drop_all", "connectivity_lost", "connectivity_restored",
             "farm_broken", "pacing_violation_next", "reject_next_order", "stop_ticks",
             "resume_ticks", "go_silent", "resume", "restart", "set_price", "notice",
-            "go_silent_after_next_order",
+            "go_silent_after_next_order", "hold_cancels", "release_cancels",
         }
     )  # fmt: skip
 
@@ -109,6 +109,19 @@ class Faults:
     ) -> None:
         """The next new order (of that client) is rejected with error 201 and `reason`."""
         self._gw.engine.reject_next.append((client_id, reason))
+
+    def hold_cancels(self, client_id: int | None = None) -> None:
+        """From now on, cancels (of that client) are only acknowledged: the order reports
+        PendingCancel and keeps working, so it can still fill, until release_cancels()."""
+        self._gw.engine.hold_cancels_of.add(client_id)
+
+    def release_cancels(self) -> dict[str, float]:
+        """End the hold and apply the held cancels (Cancelled + 202); an order that filled
+        meanwhile gets 10148 instead. Returns `cancelled` and the simulated `time`."""
+        now = self._gw.now()
+        cancelled = self._gw.engine.release_cancels(now)
+        self._gw.flush_all()
+        return {"cancelled": cancelled, "time": now}
 
     def stop_ticks(self, symbol: str) -> None:
         """No more ticks or bars for `symbol` (orders still match) until resume_ticks."""

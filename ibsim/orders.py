@@ -20,6 +20,7 @@ class OrderState(enum.Enum):
     HELD = "PendingSubmit"  # transmit=False: kept until its bracket is transmitted
     PRE_SUBMITTED = "PreSubmitted"  # accepted, not yet working (untriggered stop, child)
     SUBMITTED = "Submitted"  # working at the exchange
+    PENDING_CANCEL = "PendingCancel"  # cancel requested, not yet confirmed: can still fill
     FILLED = "Filled"
     CANCELLED = "Cancelled"
     REJECTED = "Inactive"
@@ -36,8 +37,9 @@ class OrderState(enum.Enum):
 DONE_STATES = frozenset({OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED})
 
 # Every legal move; anything else is a bug in the engine (asserted in `SimOrder.move_to`).
-# A working order may stay in its state (modify) and a cancelled order cannot fill here
-# because cancels are applied synchronously in the engine loop.
+# A working order may stay in its state (modify). Cancels are applied at once, except under
+# the hold_cancels fault: then the order waits in PENDING_CANCEL and can still fill (IB's
+# real-world oddity: a cancel is a request, not a guarantee).
 TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     OrderState.HELD: frozenset(
         {OrderState.HELD, OrderState.PRE_SUBMITTED, OrderState.SUBMITTED, OrderState.CANCELLED}
@@ -45,11 +47,14 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     ),
     OrderState.PRE_SUBMITTED: frozenset(
         {OrderState.PRE_SUBMITTED, OrderState.SUBMITTED, OrderState.FILLED}
-        | {OrderState.CANCELLED, OrderState.REJECTED}
+        | {OrderState.PENDING_CANCEL, OrderState.CANCELLED, OrderState.REJECTED}
     ),
     OrderState.SUBMITTED: frozenset(
         {OrderState.SUBMITTED, OrderState.PRE_SUBMITTED, OrderState.FILLED}
-        | {OrderState.CANCELLED, OrderState.REJECTED}
+        | {OrderState.PENDING_CANCEL, OrderState.CANCELLED, OrderState.REJECTED}
+    ),
+    OrderState.PENDING_CANCEL: frozenset(
+        {OrderState.PENDING_CANCEL, OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED}
     ),
     OrderState.FILLED: frozenset(),
     OrderState.CANCELLED: frozenset(),

@@ -118,6 +118,40 @@ def one_protective_set(state: dict, symbol: str, quantity: float) -> list[dict] 
     return sells
 
 
+def server_stop(state: dict, symbol: str) -> dict | None:
+    """Our one working STP for `symbol` at the gateway (None when there is not exactly one)."""
+    stops = [o for o in em_sells(state, symbol) if o["order_type"] == "STP"]
+    return stops[0] if len(stops) == 1 else None
+
+
+def stop_at(state: dict, symbol: str, price: float) -> dict | None:
+    stop = server_stop(state, symbol)
+    return stop if stop is not None and abs(stop["aux_price"] - price) < 1e-6 else None
+
+
+async def protected(gw: GatewayThread, manager: ExitManager, symbol: str, quantity: float,
+                    timeout: float = 3.0) -> list[dict]:  # fmt: skip
+    """Wait for one protective set whose server STP sits at the backstop: where it goes once
+    live quotes stream (until the first one it sits at the stop-loss price)."""
+
+    def settled(state: dict) -> list[dict] | None:
+        pos = manager.held.get(symbol)
+        sells = one_protective_set(state, symbol, quantity)
+        ok = sells and pos is not None and stop_at(state, symbol, pos.backstop_price)
+        return sells if ok else None
+
+    return await until_gw(gw, settled, timeout, f"{symbol} protected, STP at the backstop")
+
+
+def em_orders(state: dict, symbol: str) -> list[dict]:
+    """Every order of ours for `symbol` the gateway ever accepted (working or done)."""
+    return [
+        o
+        for o in state["open_orders"] + state["completed_orders"]
+        if o["client_id"] == EM and o["symbol"] == symbol
+    ]
+
+
 def position(state: dict, symbol: str) -> float:
     return next((p["quantity"] for p in state["positions"] if p["symbol"] == symbol), 0.0)
 
@@ -206,8 +240,9 @@ def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_close
                 assert reaction < 1.0, f"protection took {reaction:.3f}s: not event driven"
                 row = db.get_active_position("AAPL")
                 target = next(o for o in sells if o["order_type"] == "LMT")
-                stop = next(o for o in sells if o["order_type"] == "STP")
                 assert target["lmt_price"] == row["profit_target_price"]
+                sells = await protected(gw, manager, "AAPL", 100)  # live quotes: the gap
+                stop = next(o for o in sells if o["order_type"] == "STP")
                 assert stop["aux_price"] < row["stop_loss_price"]  # the backstop sits below
                 assert target["tif"] == stop["tif"] == "GTC"
                 intents = db.get_open_intents(symbol="AAPL", agent=AGENT)
@@ -275,9 +310,9 @@ def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on
             db, clock = sim_db(gw)
             get_settings().kill_switch_file.write_text("stop entries")
             db.set_flag("kill_switch", "on")
-            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "MSFT", 50)
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection")
+                await protected(gw, manager, "MSFT", 50)
                 row = db.get_active_position("MSFT")
                 # Through the bot stop, still above the server-side backstop.
                 gap_to = round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2)
@@ -531,6 +566,7 @@ def test_connectivity_restored_resubscribes_and_reconciles(
                 state = await gw_call(gw.account.state)
                 assert len(em_sells(state, "MSFT")) == 2 and one_protective_set(state, "MSFT", 70)
                 # Ticks flow again (after 1101 only because we resubscribed): the bot stop works.
+                await protected(gw, manager, "MSFT", 70)
                 row = db.get_active_position("MSFT")
                 await gw_call(gw.faults.set_price, "MSFT",
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
@@ -589,7 +625,7 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
             db, clock = sim_db(gw)
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 50)
-                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 3, "protection")
+                await protected(gw, manager, "AMD", 50)
                 for _ in range(3):
                     await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
                 row = db.get_active_position("AMD")
@@ -629,7 +665,7 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
             db, clock = sim_db(gw)
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 50)
-                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 3, "protection")
+                await protected(gw, manager, "AMD", 50)
                 for _ in range(6):
                     await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
                 row = db.get_active_position("AMD")
@@ -690,6 +726,91 @@ def test_other_client_selling_half_resizes_the_protective_set_at_once_and_never_
                 state = await gw_call(gw.account.state)
                 assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
                 assert sells_executed(gw, "AAPL") == 100  # 40 manual + 60 backstop
+
+    run(scenario())
+
+
+def _cancels_held(state: dict, symbol: str) -> bool:
+    sells = em_sells(state, symbol)
+    return len(sells) == 2 and all(o["status"] == "PendingCancel" for o in sells)
+
+
+@pytest.mark.parametrize("left", [30, 0])
+def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_shrank_meanwhile(
+    tmp_path: Path, sim_db: Any, left: int
+) -> None:
+    """The resize plan is made from a positions snapshot (60 here); another client sells more
+    while our cancels wait for IB. The new set must be for what is held when it is sent, and
+    there must be none when nothing is. (Margin account: an oversized set would be accepted.)"""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await protected(gw, manager, "AAPL", 100)
+                await gw_call(gw.faults.hold_cancels, EM)
+                await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
+                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await _other_client_sells(dt, "AAPL", 60 - left)  # while they are pending
+                await until_gw(gw, lambda s: position(s, "AAPL") == left, 3, "shrunk")
+                await gw_call(gw.faults.release_cancels)
+                if left:
+                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", left), 3, "new set")
+                else:
+                    await until(lambda: db.was_closed_today("AAPL"), 3, "closed as manual")
+                await until(lambda: not manager._dirty and not manager.busy, 3, "settled")
+                await asyncio.to_thread(manager.orders.flush)
+                state = await gw_call(gw.account.state)
+                placed = sorted(o["quantity"] for o in em_orders(state, "AAPL"))
+                assert placed == sorted([100, 100] + [left, left] * bool(left)), placed
+                assert position(state, "AAPL") == left
+                assert sells_executed(gw, "AAPL") == 100 - left  # the other client's only
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("then", ["cancels_released", "held_stop_fills"])
+def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
+    tmp_path: Path, sim_db: Any, then: str
+) -> None:
+    """A cancel is a request: until IB confirms it the order can still fill. The bot stop must
+    not sell while the set's cancels are pending; when the held stop fills instead, nothing
+    more is sold. (Margin account: a second sell would open a short instead of a reject.)"""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 40)
+                await protected(gw, manager, "NVDA", 40)
+                pos = manager.held["NVDA"]
+                await gw_call(gw.faults.hold_cancels, EM)
+                between = round((pos.stop_price + pos.backstop_price) / 2, 2)
+                await gw_call(gw.faults.set_price, "NVDA", between)  # through the bot stop only
+                await until_gw(gw, lambda s: _cancels_held(s, "NVDA"), 3, "the set's cancels held")
+                await asyncio.sleep(0.5)  # room for a wrong exit sell to show up
+                if then == "held_stop_fills":
+                    await gw_call(gw.faults.set_price, "NVDA", round(pos.backstop_price - 0.05, 2))
+                    await until_gw(gw, lambda s: position(s, "NVDA") <= 0, 3, "held stop filled")
+                released = await gw_call(gw.faults.release_cancels)
+                await until(lambda: db.was_closed_today("NVDA"), 5, "closed")
+                await until(lambda: not manager.busy and not manager._dirty, 3, "settled")
+                await asyncio.sleep(0.3)  # room for a wrong second sell to show up
+
+                state = await gw_call(gw.account.state)
+                exits = [o for o in em_orders(state, "NVDA") if o["tif"] in ("IOC", "DAY")]
+                assert all(o["received_time"] >= released["time"] for o in exits), (
+                    released,
+                    exits,
+                )
+                assert position(state, "NVDA") == 0
+                assert sells_executed(gw, "NVDA") == 40
+                sold = {o["order_type"] for o in em_orders(state, "NVDA") if o["filled"]}
+                assert sold == ({"STP"} if then == "held_stop_fills" else {"LMT"})
+                if then == "held_stop_fills":
+                    assert not exits and released["cancelled"] == 0
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
 
     run(scenario())
 
@@ -826,7 +947,11 @@ def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
     run(scenario())
 
 
-def test_stale_ticks_leave_the_server_stop_in_charge(tmp_path: Path, sim_db: Any) -> None:
+def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_there(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The bot does not act on quotes it cannot trust; its stop price must then be the server
+    STP's, not stop% + gap (a drop through the bot stop went unsold)."""
     config = replace(CONFIG, stale_tick_seconds=1.5)
 
     async def scenario() -> None:
@@ -834,20 +959,108 @@ def test_stale_ticks_leave_the_server_stop_in_charge(tmp_path: Path, sim_db: Any
             db, clock = sim_db(gw)
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "NVDA", 25)
-                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 25), 3, "protection")
+                await protected(gw, manager, "NVDA", 25)
                 await gw_call(gw.faults.stop_ticks, "NVDA")
                 await until(lambda: manager.quote_faults.get("NVDA") == "stale", 5, "stale fault")
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
                 row = db.get_active_position("NVDA")
+                await until_gw(gw, lambda s: stop_at(s, "NVDA", row["stop_loss_price"]), 3,
+                               "server STP at the stop-loss price")  # fmt: skip
+                # Through the bot stop, above the backstop: the server stop sells, not the bot.
                 await gw_call(gw.faults.set_price, "NVDA",
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
-                await asyncio.sleep(0.3)  # the bot must not act on what it cannot see
-                state = await gw_call(gw.account.state)
-                assert position(state, "NVDA") == 25 and one_protective_set(state, "NVDA", 25)
-                await gw_call(gw.faults.set_price, "NVDA", row["entry_price"] * 0.90)
-                await until(lambda: db.was_closed_today("NVDA"), 3, "backstop closed it")
+                await until(lambda: db.was_closed_today("NVDA"), 3, "server stop closed it")
                 assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+                state = await gw_call(gw.account.state)
+                sold = [o for o in em_orders(state, "NVDA") if o["status"] == "Filled"]
+                assert [o["order_type"] for o in sold] == ["STP"]
+                assert sold[0]["aux_price"] == row["stop_loss_price"]
+                assert position(state, "NVDA") == 0 and sells_executed(gw, "NVDA") == 25
+
+    run(scenario())
+
+
+def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when_they_resume(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """One STP, modified in place both ways: same order id, permId and orderRef, never
+    cancelled (no moment without a stop), no second set; its intent follows the price."""
+    config = replace(CONFIG, stale_tick_seconds=1.5)
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AMD", 40)
+                sells = await protected(gw, manager, "AMD", 40)
+                pos = manager.held["AMD"]
+                [stop] = [o for o in sells if o["order_type"] == "STP"]
+                same = ("order_id", "perm_id", "order_ref", "oca_group", "quantity")
+                intents_before = len(_amd_sell_intents(db))
+
+                await gw_call(gw.faults.stop_ticks, "AMD")
+                state = await until_gw(gw, lambda s: stop_at(s, "AMD", pos.stop_price) and s,
+                                       5, "STP up to the stop-loss price")  # fmt: skip
+                assert manager.quote_faults["AMD"] == "stale"
+                moved = server_stop(state, "AMD")
+                assert moved is not None and all(moved[k] == stop[k] for k in same)
+                assert one_protective_set(state, "AMD", 40)
+                await asyncio.to_thread(manager.orders.flush)
+                assert db.get_order_intent(stop["order_ref"])["stop_price"] == pos.stop_price
+
+                await gw_call(gw.faults.resume_ticks, "AMD")
+                state = await until_gw(gw, lambda s: stop_at(s, "AMD", pos.backstop_price) and s,
+                                       5, "STP back at the backstop")  # fmt: skip
+                back = server_stop(state, "AMD")
+                assert back is not None and all(back[k] == stop[k] for k in same)
+                assert one_protective_set(state, "AMD", 40)
+                assert not [o for o in em_orders(state, "AMD") if o["status"] == "Cancelled"]
+                await asyncio.to_thread(manager.orders.flush)
+                assert db.get_order_intent(stop["order_ref"])["stop_price"] == pos.backstop_price
+                assert len(_amd_sell_intents(db)) == intents_before  # no order of any kind
+                notes = [e["note"] for e in db.get_intent_log(stop["order_ref"]) if e["note"]]
+                assert [n.split(":")[0] for n in notes if n.startswith("stop ")] == [
+                    f"stop {pos.backstop_price:g} -> {pos.stop_price:g}",
+                    f"stop {pos.stop_price:g} -> {pos.backstop_price:g}",
+                ]
+                assert position(state, "AMD") == 40
+
+    run(scenario())
+
+
+def test_delayed_only_account_puts_the_server_stop_at_the_stop_loss_price_and_it_sells_there(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The seed guide's user has free delayed data only: no live quotes, so the bot's -0.9%
+    stop never acts, and the server STP sat at -1.4% (stop + backstop gap): a drop to -1.0%
+    was never sold."""
+    config = replace(CONFIG, stop_loss_pct=0.9, backstop_gap_pct=0.5)
+
+    async def scenario() -> None:
+        with gateway(tmp_path, market_data_subscribed=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
+                entry = await buy(dt, db, "MSFT", 100, config)
+                row = db.get_active_position("MSFT")
+                assert row["stop_loss_price"] == stop_loss_price(entry, 0.9)
+                sells = await until_gw(
+                    gw, lambda s: one_protective_set(s, "MSFT", 100), 3, "protection"
+                )
+                [stop] = [o for o in sells if o["order_type"] == "STP"]
+                assert stop["aux_price"] == row["stop_loss_price"]  # -0.9%, not -1.4%
+                await until(lambda: manager.quote_faults.get("MSFT") == "no_quote", 3, "fault")
+                await asyncio.sleep(0.5)  # room for a wrong move back to the backstop
+                state = await gw_call(gw.account.state)
+                assert stop_at(state, "MSFT", row["stop_loss_price"])["perm_id"] == stop["perm_id"]
+
+                await gw_call(gw.faults.set_price, "MSFT", round(entry * 0.99, 2))  # -1.0%
+                await until(lambda: db.was_closed_today("MSFT"), 5, "server stop sold at -1%")
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+                state = await gw_call(gw.account.state)
+                sold = [o for o in em_orders(state, "MSFT") if o["status"] == "Filled"]
+                assert [o["perm_id"] for o in sold] == [stop["perm_id"]]
+                assert position(state, "MSFT") == 0 and sells_executed(gw, "MSFT") == 100
 
     run(scenario())
 

@@ -17,6 +17,7 @@ from exit_rules import (
     StampedQuote,
     WorkingOrder,
     average_price,
+    bot_stop_fault,
     covered_quantity,
     day_phase,
     exit_decision,
@@ -26,6 +27,7 @@ from exit_rules import (
     plan_reconciliation,
     protective_orders,
     quote_fault,
+    server_stop_price,
     target_touch_time,
 )
 
@@ -91,7 +93,7 @@ def test_prices_round_to_the_contracts_tick():
 
 def test_protective_pair_is_one_oca_group_of_type_1_for_the_quantity():
     pos = held_position("AAPL", 100, 100.0, CONFIG)
-    target, backstop = protective_orders(pos, 100, "oca-1", CONFIG)
+    target, backstop = protective_orders(pos, 100, "oca-1", CONFIG, pos.backstop_price)
     assert (target.orderType, target.lmtPrice, backstop.orderType, backstop.auxPrice) == (
         "LMT",
         101.8,
@@ -159,6 +161,24 @@ def test_exactly_one_correct_set_is_kept():
     orders = [
         _sell("AAPL", "LMT", 100, pos.target_price),
         _sell("AAPL", "STP", 100, pos.backstop_price),
+    ]
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)],
+        [_row("AAPL")],
+        orders,
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert plan.keep == ("AAPL",) and not plan.cancel and not plan.protect
+
+
+def test_a_set_whose_stop_sits_at_the_stop_loss_price_is_kept_not_replaced():
+    """The server STP moves between its two prices by modification; reconciliation must not
+    cancel and replace a set for sitting at the other one."""
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    orders = [
+        _sell("AAPL", "LMT", 100, pos.target_price),
+        _sell("AAPL", "STP", 100, pos.stop_price),
     ]
     plan = plan_reconciliation(
         [BrokerPosition("AAPL", 100, 100.0)],
@@ -243,6 +263,24 @@ def test_stale_delayed_and_missing_quotes_are_faults():
         quote_fault(_quote(100, at=0, data_type=3), 0, ExitConfig(allow_delayed_data=True)) is None
     )
     assert quote_fault(_quote(float("nan"), at=0), 0, CONFIG) == "no_price"
+
+
+def test_server_stop_sits_at_the_stop_loss_price_while_the_bot_cannot_act():
+    """Delayed-only data left the bot's -0.9% stop blind and the server STP at -1.4%."""
+    pos = held_position("AAPL", 100, 100.0, CONFIG)
+    assert (pos.stop_price, pos.backstop_price) == (99.1, 98.6)
+    live = _quote(100.0, at=1000)
+    assert bot_stop_fault(live, 1000, CONFIG) is None
+    assert server_stop_price(pos, bot_stop_fault(live, 1000, CONFIG)) == 98.6
+    allowed = ExitConfig(allow_delayed_data=True)  # the bot may act on it; still minutes old
+    cases = {
+        "no_quote": bot_stop_fault(None, 1000, CONFIG),
+        "delayed": bot_stop_fault(_quote(100.0, at=1000, data_type=3), 1000, allowed),
+        "stale": bot_stop_fault(live, 1000 + CONFIG.stale_tick_seconds + 1, CONFIG),
+    }
+    for reason, fault in cases.items():
+        assert fault == reason
+        assert server_stop_price(pos, fault) == pos.stop_price == 99.1
 
 
 def test_stop_fires_at_or_below_the_bot_stop_only():

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from ib_async import IB, LimitOrder, MarketOrder
+from ib_async import IB, LimitOrder, MarketOrder, StopOrder
 
 from ibsim import ctl
 from ibsim.wire import MAGIC, FrameReader, encode, frame
@@ -137,6 +137,62 @@ def test_reject_next_order_with_reason() -> None:
         assert any(c == 201 and "margin check failed" in t for _, c, t in errors)
         accepted = ib.placeOrder(contract, MarketOrder("BUY", 10))
         wait_for(ib, lambda: accepted.orderStatus.status == "Filled")
+
+
+def test_held_cancel_stays_pending_cancel_until_released_then_cancels_with_202() -> None:
+    """The simulator confirmed every cancel at once, so nothing could show a client that
+    sells before its cancels are confirmed."""
+    with gateway(control_port=0) as gw, client(gw, 2) as ib, client(gw, 3) as other:
+        errors = collect_errors(ib)
+        contract = stock("AAA")
+        ib.qualifyContracts(contract)
+        far_below = round(gw.quote("AAA").last * 0.5, 2)
+        held = ib.placeOrder(contract, LimitOrder("BUY", 10, far_below))
+        free = other.placeOrder(contract, LimitOrder("BUY", 10, far_below))
+        wait_for(ib, lambda: held.orderStatus.status == "Submitted", what="order working")
+        wait_for(other, lambda: free.orderStatus.status == "Submitted", what="order working")
+        assert ctl.call(gw.control_port, "hold_cancels", {"client_id": 2})["ok"]
+
+        ib.cancelOrder(held.order)
+        other.cancelOrder(free.order)
+        wait_for(other, lambda: free.orderStatus.status == "Cancelled", what="other client's")
+        [book] = [o for o in gw.account.open_orders() if o["order_id"] == held.order.orderId]
+        assert book["status"] == "PendingCancel" and book["client_id"] == 2
+        ib.sleep(0.3)  # room for a wrong confirmation to arrive
+        assert held.orderStatus.status == "PendingCancel" and not held.isDone()
+        assert not [e for e in errors if e[1] == 202]
+
+        released = ctl.call(gw.control_port, "release_cancels", {})["result"]
+        assert released["cancelled"] == 1
+        wait_for(ib, lambda: held.orderStatus.status == "Cancelled", what="cancel confirmed")
+        wait_for(ib, lambda: (held.order.orderId, 202) in [e[:2] for e in errors], what="202")
+        assert not gw.account.open_orders()
+
+
+def test_held_cancel_of_a_stop_that_fills_meanwhile_is_refused_with_10148() -> None:
+    with gateway() as gw, client(gw, 2) as ib:
+        errors = collect_errors(ib)
+        contract = stock("BBB")
+        ib.qualifyContracts(contract)
+        entry = ib.placeOrder(contract, MarketOrder("BUY", 10))
+        wait_for(ib, lambda: entry.orderStatus.status == "Filled", what="entry")
+        stop_at = round(entry.orderStatus.avgFillPrice * 0.95, 2)
+        stop = ib.placeOrder(contract, StopOrder("SELL", 10, stop_at))
+        wait_for(ib, lambda: stop.orderStatus.status == "PreSubmitted", what="stop working")
+        gw.faults.hold_cancels()
+
+        ib.cancelOrder(stop.order)
+        wait_for(ib, lambda: gw.account.open_orders()[0]["status"] == "PendingCancel")
+        gw.faults.set_price("BBB", round(stop_at - 0.05, 2))  # the stop fires while it waits
+        wait_for(ib, lambda: stop.orderStatus.status == "Filled", what="held stop filled")
+        assert gw.account.positions() == {}
+
+        assert gw.faults.release_cancels()["cancelled"] == 0
+        wait_for(ib, lambda: (stop.order.orderId, 10148) in [e[:2] for e in errors], what="10148")
+        assert stop.orderStatus.status == "Filled"
+        assert [(e["side"], e["shares"]) for e in gw.account.executions()] == [
+            ("BOT", 10), ("SLD", 10)
+        ]  # fmt: skip
 
 
 def test_stop_ticks_for_one_symbol_then_resume() -> None:
