@@ -35,7 +35,6 @@ from core.money import stop_loss_price as _stop_price
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Order intent states and the moves allowed between them. A cancelled order can still
 # fill (the cancel raced the fill), and IB can report a fill before the submit ack.
@@ -208,51 +207,52 @@ class TradingDatabase:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        self._check_file()
+        self._check_location()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
             )
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            # FULL: an order intent must be on disk before its order is sent (a power loss
+            # after placeOrder must not forget the orderRef). NORMAL could lose that commit.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # Check and migrate before switching to WAL: a file refused here is left
+            # byte for byte as it was, whatever its journal mode.
+            with self._check_lock:
+                if not self._checked:
+                    self._verify(conn)
+                    self._migrate(conn)
+                    self._checked = True
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise DatabaseError(
                     f"database {self.path} could not switch to WAL mode (got {mode}): "
                     "put it on a local disk, not a network share"
                 )
-            # FULL: an order intent must be on disk before its order is sent (a power loss
-            # after placeOrder must not forget the orderRef). NORMAL could lose that commit.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            with self._check_lock:
-                if not self._checked:
-                    self._verify(conn)
-                    self._migrate(conn)
-                    self._checked = True
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from exc
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._explain(exc) from exc
+            raise
         return conn
 
-    def _check_file(self) -> None:
-        """Refuse a file that is not SQLite, or a folder we cannot create the database in."""
+    def _check_location(self) -> None:
+        """Refuse a folder as the path, or a folder we cannot create the database in.
+
+        The file itself is only ever opened through SQLite: closing any other handle on it
+        drops every POSIX lock this process holds on it, and the next program to close the
+        database would then delete the -wal and -shm files under our running connections.
+        """
         if self.path.is_dir():
             raise DatabaseError(
                 f"database path {self.path} is a folder: set DATABASE_PATH to a file path"
             )
         if self.path.exists():
-            try:
-                with self.path.open("rb") as handle:
-                    header = handle.read(16)
-            except OSError as exc:
-                raise DatabaseError(
-                    f"database {self.path} cannot be read ({exc.strerror}): fix its permissions"
-                ) from exc
-            if header and header != _SQLITE_MAGIC:
-                raise DatabaseError(
-                    f"database {self.path} is not a SQLite database: move it aside "
-                    f"(e.g. rename it to {self.path.name}.bad) and start again; it was not changed"
-                )
             return
         folder = self.path.parent
         if not folder.exists():
@@ -282,6 +282,11 @@ class TradingDatabase:
         lowered = text.lower()
         if isinstance(exc, DatabaseError):
             return exc
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            return DatabaseError(
+                f"database {self.path} is not a SQLite database: move it aside "
+                f"(e.g. rename it to {self.path.name}.bad) and start again; it was not changed"
+            )
         if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
             return DatabaseError(
                 f"database {self.path} is corrupt ({text}): stop the bots, restore the newest file "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from observability import (
     get_database,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 OPS_PER_PROCESS = 10_000
 CONTESTED = 200
 
@@ -457,16 +459,69 @@ def test_get_database_uses_settings_path_and_one_instance_per_process(
 
 
 def test_self_check_command_reports_bad_file_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-
     bad = tmp_path / "bad.db"
     bad.write_text("garbage")
-    done = subprocess.run(
-        [sys.executable, "observability.py", "--self-check", "--db", str(bad)],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _python("observability.py", "--self-check", "--db", str(bad))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and str(bad) in done.stderr
+
+
+# Process A of the lock-loss scenario: a bot that writes, touches the database from a worker
+# thread (a new per-thread connection), then waits for the test to say "write the flag".
+_RUNNING_BOT = """
+import sys, threading
+from observability import get_database
+db = get_database(sys.argv[1])
+db.set_flag("before", "1")
+worker = threading.Thread(target=db.get_flag, args=("before",))
+worker.start()
+worker.join()
+print("ready", flush=True)
+sys.stdin.readline()
+db.set_flag("after", "written by the running bot")
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_running_bots_writes_stay_visible_after_another_process_opens_and_closes_the_database(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "trading_history.db")
+    bot = subprocess.Popen(
+        [sys.executable, "-c", _RUNNING_BOT, path],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bot.stdout.readline().strip() == "ready"
+        # Another program opens the database and exits: while the bot runs it is not the last
+        # user, so it must leave the bot's -wal and -shm alone.
+        opened = _python(
+            "-c", "import sys; from observability import get_database; "
+            "get_database(sys.argv[1]).close()", path,
+        )  # fmt: skip
+        assert opened.returncode == 0, opened.stderr
+        checked = _python("observability.py", "--self-check", "--db", path)
+        assert checked.returncode == 0, checked.stderr
+        bot.stdin.write("write\n")
+        bot.stdin.flush()
+        assert bot.stdout.readline().strip() == "written"
+
+        seen = _python(
+            "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+            "\"SELECT value FROM flags WHERE name = 'after'\").fetchone())", path,
+        )  # fmt: skip
+        assert seen.returncode == 0, seen.stderr
+        assert seen.stdout.strip() == "('written by the running bot',)"
+    finally:
+        bot.stdin.close()
+        bot.wait(timeout=30)
