@@ -15,13 +15,14 @@ Run `python observability.py --self-check` to create/check the database and prin
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -33,7 +34,7 @@ from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
 # Order intent states and the moves allowed between them. A cancelled order can still
@@ -57,8 +58,8 @@ EXIT_REASONS = frozenset(
     {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
 )
 
-# Migration N brings a database from user_version N-1 to N. Version 1 is the seed's schema
-# (a seed database has these tables at user_version 0 and upgrades in place).
+# Migration N brings a database from user_version N-1 to N. A database made by the seed
+# system is at user_version 0 with tables of its own shape; _migrate rebuilds those first.
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS active_positions (
@@ -156,7 +157,29 @@ _MIGRATIONS: dict[int, str] = {
         updated_at TEXT NOT NULL
     );
     """,
+    3: """
+    ALTER TABLE active_positions ADD COLUMN metadata TEXT;
+    """,
 }
+
+# The seed system (orelmeister/Shamir) named these columns differently: seed name -> ours.
+# Its tables are rebuilt into ours keeping every row and value, and the rows we return carry
+# the seed's names too, so the seed guide's snippets keep working.
+SEED_COLUMN_NAMES: dict[str, dict[str, str]] = {
+    "active_positions": {"entry_timestamp": "entry_time", "agent_name": "agent"},
+    "closed_positions_today": {
+        "profit_loss_pct": "pnl_pct",
+        "agent_name": "agent",
+        "timestamp": "exit_time",
+    },
+    "trades": {
+        "timestamp": "trade_time",
+        "action": "side",
+        "agent_name": "agent",
+        "profit_loss": "pnl",
+    },
+}
+_SEED_TABLE_PREFIX = "_seed_"
 
 
 class DatabaseError(RuntimeError):
@@ -179,6 +202,87 @@ class IntegrityReport:
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(row) for row in cursor.fetchall()]
+
+
+def _apply_migration(conn: sqlite3.Connection, target: int) -> None:
+    for statement in _MIGRATIONS[target].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {target}")
+
+
+@functools.cache
+def _schema_at(version: int) -> dict[str, tuple[str, ...]]:
+    """Each table's CREATE statements (the table's, then its indexes') at schema `version`."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for target in range(1, version + 1):
+            _apply_migration(scratch, target)
+        schema: dict[str, list[str]] = {}
+        for table, sql in scratch.execute(
+            "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+            " AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index', name"
+        ):
+            schema.setdefault(table, []).append(sql)
+    finally:
+        scratch.close()
+    return {table: tuple(statements) for table, statements in schema.items()}
+
+
+def _order_side(side: str) -> str | None:
+    """BUY or SELL for IB's and our spellings (BOT/SLD, any case); None for anything else."""
+    upper = side.upper()
+    upper = {"BOT": "BUY", "SLD": "SELL"}.get(upper, upper)
+    return upper if upper in {"BUY", "SELL"} else None
+
+
+def _trading_date_of(stamp: Any) -> str | None:
+    """The New York date of an ISO time ('YYYY-MM-DD'); a time without a zone keeps its date."""
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(NEW_YORK)
+    return moment.date().isoformat()
+
+
+def _seed_active_position(row: dict[str, Any]) -> dict[str, Any]:
+    status = row.get("status")
+    if status is not None and str(status).upper() != "OPEN":
+        # The seed ignored such rows; as ours they would become positions to protect.
+        raise ValueError(f"its status is {status!r}, not 'OPEN'")
+    if row.get("trade_date") is None:
+        row["trade_date"] = _trading_date_of(row.get("entry_time"))
+    return row
+
+
+def _seed_closed_position(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("quantity") is None:
+        row["quantity"] = 0  # the seed never recorded how many shares were closed
+    exit_price, pct = row.get("exit_price"), row.get("pnl_pct")
+    if row.get("entry_price") is None and exit_price is not None and pct is not None and pct > -100:
+        # The seed stored pnl_pct = (exit - entry) / entry * 100 only; this is its inverse.
+        row["entry_price"] = round(exit_price / (1 + pct / 100), 6)
+    return row
+
+
+def _seed_trade(row: dict[str, Any]) -> dict[str, Any]:
+    side = _order_side(str(row.get("side") or ""))
+    if side is None:
+        raise ValueError(f"its action is {row.get('side')!r}, neither BUY nor SELL")
+    row["side"] = side
+    if row.get("trade_date") is None:
+        row["trade_date"] = _trading_date_of(row.get("trade_time"))
+    return row
+
+
+# Fill in what ours needs and the seed never had; ValueError for a row that cannot move.
+_SEED_ROW_FIXES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "active_positions": _seed_active_position,
+    "closed_positions_today": _seed_closed_position,
+    "trades": _seed_trade,
+}
 
 
 class TradingDatabase:
@@ -305,6 +409,11 @@ class TradingDatabase:
         return DatabaseError(f"database {self.path} failed: {text}")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION in one transaction: all of it, or nothing changed.
+
+        Tables still in the seed system's shape (at any version: an earlier migration stamped
+        such files without converting them) are moved aside, recreated as ours and refilled.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -313,15 +422,69 @@ class TradingDatabase:
                     f"database {self.path} has schema version {version}, newer than this program's "
                     f"{SCHEMA_VERSION}: update the program"
                 )
+            seed_tables = self._seed_tables(conn)
+            for name in seed_tables:
+                conn.execute(f"ALTER TABLE {name} RENAME TO {_SEED_TABLE_PREFIX}{name}")
+                for statement in _schema_at(version).get(name, ()):
+                    conn.execute(statement)
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
+                _apply_migration(conn, target)
+            for name in seed_tables:
+                self._refill_from_seed(conn, name)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _seed_tables(self, conn: sqlite3.Connection) -> list[str]:
+        """Our tables that still have the seed's columns; DatabaseError for any other shape."""
+        found = []
+        for name, renames in SEED_COLUMN_NAMES.items():
+            columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({name})")}
+            ours, seed = set(renames.values()), set(renames)
+            if not columns or ours <= columns:
+                continue
+            if seed <= columns and not ours & columns:
+                found.append(name)
+                continue
+            raise DatabaseError(
+                f"database {self.path}: table {name} ({', '.join(sorted(columns))}) is neither "
+                "this program's nor the seed system's, so it cannot be migrated; the file was not "
+                f"changed: move it aside (e.g. rename it to {self.path.name}.old) and start again"
+            )
+        return found
+
+    def _refill_from_seed(self, conn: sqlite3.Connection, name: str) -> None:
+        """Copy every row of the moved-aside seed table into ours, then drop it.
+
+        Seed columns renamed in SEED_COLUMN_NAMES land in ours; any other seed column is
+        added to ours as it was, so no value is lost.
+        """
+        source = f"{_SEED_TABLE_PREFIX}{name}"
+        renames = SEED_COLUMN_NAMES[name]
+        columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({name})")}
+        for row in conn.execute(f"PRAGMA table_info({source})").fetchall():
+            column = renames.get(row["name"], row["name"])
+            if column not in columns:
+                conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {row["type"]}')
+                columns.add(column)
+        fix = _SEED_ROW_FIXES[name]
+        for seed_row in conn.execute(f"SELECT * FROM {source}").fetchall():
+            values = {renames.get(key, key): value for key, value in dict(seed_row).items()}
+            try:
+                values = fix(values)
+                names = ", ".join(f'"{column}"' for column in values)
+                conn.execute(
+                    f"INSERT INTO {name} ({names}) VALUES ({', '.join('?' * len(values))})",
+                    tuple(values.values()),
+                )
+            except (ValueError, sqlite3.IntegrityError) as exc:
+                raise DatabaseError(
+                    f"database {self.path}: the seed's {name} row for {values.get('symbol')!r} "
+                    f"cannot be migrated ({exc}); the file was not changed: correct or delete "
+                    "that row (e.g. with a SQLite browser) or move the file aside, then start again"
+                ) from exc
+        conn.execute(f"DROP TABLE {source}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -544,9 +707,8 @@ class TradingDatabase:
 
         `trade_time` (default: now) is stored in New York time; its date is the trading date.
         """
-        side = side.upper()
-        side = {"BOT": "BUY", "SLD": "SELL"}.get(side, side)
-        if side not in {"BUY", "SELL"}:
+        normal_side = _order_side(side)
+        if normal_side is None:
             raise ValueError(f"trade side {side!r} unknown; use BUY or SELL")
         when = (trade_time or self.clock.now()).astimezone(NEW_YORK)
         with self._write() as conn:
@@ -556,7 +718,7 @@ class TradingDatabase:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     symbol,
-                    side,
+                    normal_side,
                     float(quantity),
                     float(price),
                     when.isoformat(timespec="seconds"),
