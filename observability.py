@@ -326,24 +326,43 @@ class TradingDatabase:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             # Check and migrate before switching to WAL: a file refused here is left
-            # byte for byte as it was, whatever its journal mode.
+            # byte for byte as it was, whatever its journal mode. This thread switches a new
+            # file to WAL before any other thread of ours opens it.
             with self._check_lock:
                 if not self._checked:
                     self._verify(conn)
                     self._migrate(conn)
+                    self._use_wal(conn)
                     self._checked = True
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise DatabaseError(
-                    f"database {self.path} could not switch to WAL mode (got {mode}): "
-                    "put it on a local disk, not a network share"
-                )
+            self._use_wal(conn)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise self._explain(exc) from exc
             raise
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (a no-op once it is).
+
+        Two connections converting a new file at once both hold a read lock and want the
+        write lock; SQLite fails one at once ("locked") rather than wait into a deadlock, so
+        that one retries until busy_timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise DatabaseError(
+                f"database {self.path} could not switch to WAL mode (got {mode}): "
+                "put it on a local disk, not a network share"
+            )
 
     def _check_location(self) -> None:
         """Refuse a folder as the path, or a folder we cannot create the database in.

@@ -138,6 +138,31 @@ def test_each_thread_gets_its_own_connection(db: TradingDatabase) -> None:
     assert len(set(seen)) == 3 and id(db._conn) not in seen
 
 
+def test_threads_and_instances_opening_a_new_database_at_once_never_see_it_locked(
+    tmp_path: Path,
+) -> None:
+    # Converting a new file to WAL from two connections at once makes SQLite fail one of them
+    # at once rather than wait; a bot's threads all start on a fresh database.
+    failures: list[BaseException] = []
+
+    def first_use(db: TradingDatabase) -> None:
+        try:
+            db.is_position_active("X")
+        except BaseException as exc:
+            failures.append(exc)
+
+    for attempt in range(40):
+        path = tmp_path / f"fresh{attempt}.db"
+        shared = TradingDatabase(path)
+        users = [shared, shared, shared, TradingDatabase(path)]
+        threads = [threading.Thread(target=first_use, args=(db,)) for db in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == [], f"attempt {attempt}: {failures[0]}"
+
+
 def test_remove_moves_position_to_closed_today_with_pnl(db: TradingDatabase) -> None:
     assert db.add_active_position("AAPL", 100, 200.0, 203.6, 198.2, agent="day_trader")
     assert not db.add_active_position("AAPL", 5, 1.0)  # already active: unchanged
