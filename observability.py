@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sqlite3
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -204,6 +206,37 @@ def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(row) for row in cursor.fetchall()]
 
 
+def _with_seed_names(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with the seed's names for our known values added (agent_name beside agent, ...)."""
+    for seed, ours in SEED_COLUMN_NAMES[table].items():
+        if row.get(ours) is not None:
+            row.setdefault(seed, row[ours])
+    return row
+
+
+def _with_trade_pnl_pct(trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trade rows with the seed's names, and `profit_loss_pct` on exit fills of known P&L.
+
+    An exit fill's share of its closed trade's P&L %: 100 x its P&L / the cost of every share
+    of the symbol sold in these rows, so the fills of one closed trade add up to its P&L %
+    (the seed guide sums this key over a day). Entries carry no `profit_loss_pct`. A row
+    migrated from the seed keeps the seed's own value.
+    """
+    cost: dict[str, float] = defaultdict(float)
+    for trade in trades:
+        if trade.get("profit_loss_pct") is None:
+            trade.pop("profit_loss_pct", None)
+            if trade["side"] == "SELL" and trade["pnl"] is not None:
+                cost[trade["symbol"]] += trade["price"] * trade["quantity"] - trade["pnl"]
+    for trade in trades:
+        basis = cost.get(trade["symbol"], 0.0)
+        derive = "profit_loss_pct" not in trade and trade["side"] == "SELL"
+        if derive and trade["pnl"] is not None and basis > 0:
+            trade["profit_loss_pct"] = pnl_percent(basis, basis + trade["pnl"])
+        _with_seed_names("trades", trade)
+    return trades
+
+
 def _apply_migration(conn: sqlite3.Connection, target: int) -> None:
     for statement in _MIGRATIONS[target].split(";"):
         if statement.strip():
@@ -234,6 +267,13 @@ def _order_side(side: str) -> str | None:
     upper = side.upper()
     upper = {"BOT": "BUY", "SLD": "SELL"}.get(upper, upper)
     return upper if upper in {"BUY", "SELL"} else None
+
+
+def _same_value(name: str, value: Any, seed_name: str, seed_value: Any) -> Any:
+    """The argument given under our name or the seed's; ValueError when both differ."""
+    if value is not None and seed_value is not None and value != seed_value:
+        raise ValueError(f"{name}={value!r} and {seed_name}={seed_value!r} disagree; give one")
+    return seed_value if value is None else value
 
 
 def _trading_date_of(stamp: Any) -> str | None:
@@ -310,6 +350,23 @@ class TradingDatabase:
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, for queries by hand (the seed guide's `db.conn`).
+
+        It is in autocommit mode: each statement commits by itself and `commit()` is harmless.
+        """
+        return self._conn
+
+    @property
+    def cursor(self) -> sqlite3.Cursor:
+        """A cursor on this thread's connection (the seed guide's `db.cursor`)."""
+        conn = self._conn
+        cursor: sqlite3.Cursor | None = getattr(self._local, "cursor", None)
+        if cursor is None or cursor.connection is not conn:
+            cursor = self._local.cursor = conn.cursor()
+        return cursor
+
     def _open(self) -> sqlite3.Connection:
         self._check_location()
         try:
@@ -355,7 +412,8 @@ class TradingDatabase:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                busy = getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+                if not busy or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.01)
         if str(mode).lower() != "wal":
@@ -535,7 +593,7 @@ class TradingDatabase:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
-            self._local.conn = None
+            self._local.conn = self._local.cursor = None
 
     def schema_version(self) -> int:
         return int(self._read("PRAGMA user_version").fetchone()[0])
@@ -566,18 +624,39 @@ class TradingDatabase:
         entry_price: float,
         profit_target_price: float | None = None,
         stop_loss_price: float | None = None,
-        agent: str = "day_trader",
+        agent: str | None = None,
         order_ref: str | None = None,
         entry_time: str | None = None,
         *,
         profit_target_pct: float | None = None,
         stop_loss_pct: float | None = None,
         tick: float = 0.01,
+        agent_name: str | None = None,
+        profit_target: float | None = None,
+        stop_loss: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record a new open position; False if the symbol is already active (nothing changed).
 
         Missing target/stop prices are computed from the percentages (settings by default).
+        The seed system's keywords work too: `agent_name` (agent, default day_trader),
+        `profit_target` / `stop_loss` (the prices) and `metadata` (kept as JSON).
+        Raises TypeError for a price that is not a number (e.g. the seed's positional order).
         """
+        agent = _same_value("agent", agent, "agent_name", agent_name) or "day_trader"
+        profit_target_price = _same_value(
+            "profit_target_price", profit_target_price, "profit_target", profit_target
+        )
+        stop_loss_price = _same_value("stop_loss_price", stop_loss_price, "stop_loss", stop_loss)
+        for name, price in (
+            ("profit_target_price", profit_target_price),
+            ("stop_loss_price", stop_loss_price),
+        ):
+            if price is not None and not isinstance(price, int | float):
+                raise TypeError(
+                    f"{symbol}: {name} must be a price, got {price!r}; the seed's order (symbol, "
+                    "quantity, entry_price, agent_name, profit_target, stop_loss) works by keyword"
+                )
         if quantity <= 0 or entry_price <= 0:
             raise ValueError(f"{symbol}: quantity and entry price must be > 0 for a long position")
         if profit_target_price is None or stop_loss_price is None:
@@ -593,8 +672,8 @@ class TradingDatabase:
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO active_positions (symbol, quantity, entry_price, entry_time,"
-                " profit_target_price, stop_loss_price, agent, order_ref, trade_date)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " profit_target_price, stop_loss_price, agent, order_ref, trade_date, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     symbol,
                     int(quantity),
@@ -605,6 +684,7 @@ class TradingDatabase:
                     agent,
                     order_ref,
                     self._today(),
+                    None if metadata is None else json.dumps(metadata),
                 ),
             )
             return cursor.rowcount == 1
@@ -675,7 +755,7 @@ class TradingDatabase:
                 " pnl_pct = excluded.pnl_pct, exit_reason = excluded.exit_reason",
                 closed,
             )
-            return closed
+            return _with_seed_names("closed_positions_today", closed)
 
     def clear_closed_today(self, include_today: bool = False) -> int:
         """Start a new trading day: drop closed rows of earlier dates; returns rows removed.
@@ -694,19 +774,23 @@ class TradingDatabase:
             return cursor.rowcount
 
     def get_active_positions(self) -> list[dict[str, Any]]:
-        return _rows(self._read("SELECT * FROM active_positions ORDER BY entry_time, symbol"))
+        """Open positions, oldest first, with the seed's names too (agent_name, ...)."""
+        rows = _rows(self._read("SELECT * FROM active_positions ORDER BY entry_time, symbol"))
+        return [_with_seed_names("active_positions", row) for row in rows]
 
     def get_active_position(self, symbol: str) -> dict[str, Any] | None:
         row = self._read("SELECT * FROM active_positions WHERE symbol = ?", (symbol,)).fetchone()
-        return dict(row) if row else None
+        return _with_seed_names("active_positions", dict(row)) if row else None
 
     def get_closed_today(self) -> list[dict[str, Any]]:
-        return _rows(
+        """Today's closed positions with their P&L; rows carry the seed's names too."""
+        rows = _rows(
             self._read(
                 "SELECT * FROM closed_positions_today WHERE close_date = ? ORDER BY exit_time",
                 (self._today(),),
             )
         )
+        return [_with_seed_names("closed_positions_today", row) for row in rows]
 
     # -- trades ---------------------------------------------------------------
     def record_trade(
@@ -765,14 +849,21 @@ class TradingDatabase:
         )
 
     def get_trades_by_date(self, trade_date: str) -> list[dict[str, Any]]:
-        """Every fill of a trading date 'YYYY-MM-DD' (New York), oldest first."""
+        """Every fill of a trading date 'YYYY-MM-DD' (New York), oldest first.
+
+        Rows carry the seed's names too, and exit fills their share of the closed trade's
+        P&L % as `profit_loss_pct` (see _with_trade_pnl_pct).
+        """
         try:
             date.fromisoformat(trade_date)
         except ValueError:
             raise ValueError(f"date {trade_date!r} is not YYYY-MM-DD") from None
-        return _rows(
-            self._read(
-                "SELECT * FROM trades WHERE trade_date = ? ORDER BY trade_time, id", (trade_date,)
+        return _with_trade_pnl_pct(
+            _rows(
+                self._read(
+                    "SELECT * FROM trades WHERE trade_date = ? ORDER BY trade_time, id",
+                    (trade_date,),
+                )
             )
         )
 

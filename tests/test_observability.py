@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -949,3 +952,179 @@ def test_database_that_cannot_be_migrated_is_refused_in_one_line_and_left_unchan
     assert checked.returncode == 2
     assert checked.stderr.strip().count("\n") == 0 and problem in checked.stderr
     assert _digest(path) == before
+
+
+# The seed guide's snippets (orelmeister/Shamir docs/PRODUCTION_GUIDE.md), exactly as users
+# copy them: "Database Queries" (three blocks run one after the other), "Manual Recovery",
+# "Testing" and "Common Issues".
+_GUIDE_DATABASE_QUERIES = (
+    """\
+from observability import get_database
+db = get_database()
+
+positions = db.get_active_positions()
+for pos in positions:
+    print(f"{pos['symbol']}: {pos['quantity']} @ ${pos['entry_price']:.2f}")
+""",
+    """\
+closed = db.get_closed_today()
+for pos in closed:
+    print(f"{pos['symbol']}: {pos['exit_reason']} - {pos['profit_loss_pct']:+.2f}%")
+""",
+    """\
+trades = db.get_trades_by_date('2025-10-29')
+total_pnl = sum(t.get('profit_loss_pct', 0) for t in trades)
+print(f"Total P&L: {total_pnl:+.2f}%")
+""",
+)
+_GUIDE_MANUAL_RECOVERY = (
+    "from observability import get_database; db = get_database(); print(db.get_active_positions())"
+)
+_GUIDE_INTEGRITY_CHECK = ["sqlite3", "trading_history.db", "PRAGMA integrity_check;"]
+_GUIDE_TESTING = (
+    "from observability import get_database; db = get_database();"
+    " print('Active:', len(db.get_active_positions()))"
+)
+_GUIDE_MANUAL_CLEAR = """\
+# Exit Manager automatically syncs on startup
+# Or manually clear:
+from observability import get_database
+db = get_database()
+db.cursor.execute("DELETE FROM active_positions")
+db.conn.commit()
+"""
+_GUIDE_BLOCKED_SYMBOLS = """\
+from observability import get_database
+db = get_database()
+print(db.get_closed_today())  # Should show blocked symbols
+"""
+
+
+@pytest.fixture
+def guide_day(_isolated_settings) -> TradingDatabase:
+    """The guide's day 2025-10-29 as the bots record it: AAPL hit its target (+1.80%), MSFT
+    its stop (-0.90%, sold in two fills), NVDA is still open. get_database() finds it."""
+    from core.clock import set_clock
+
+    manual = ManualTimeSource(datetime(2025, 10, 29, 9, 45, tzinfo=NEW_YORK))
+    set_clock(MarketClock(manual))
+    db = get_database()
+    for symbol, shares, entry in [("AAPL", 10, 200.0), ("MSFT", 20, 400.0), ("NVDA", 5, 150.0)]:
+        db.record_trade(symbol, "BUY", shares, entry, "day_trader", exec_id=f"b-{symbol}")
+        db.add_active_position(symbol, shares, entry, agent="day_trader")
+        manual.advance(60)
+    exits = [("AAPL", 10, 203.6, "PROFIT_TARGET"), ("MSFT", 5, 396.4, None),
+             ("MSFT", 15, 396.4, "STOP_LOSS")]  # fmt: skip
+    for symbol, shares, price, closes in exits:
+        entry = db.get_active_position(symbol)["entry_price"]
+        pnl = (price - entry) * shares  # as the exit manager records its fills
+        db.record_trade(symbol, "SELL", shares, price, "exit_manager", pnl=pnl,
+                        exec_id=f"s-{symbol}-{shares}")  # fmt: skip
+        if closes:
+            db.remove_active_position(symbol, price, closes)
+        manual.advance(60)
+    return db
+
+
+def test_seed_guide_database_queries_print_positions_closes_and_total_pnl(
+    guide_day: TradingDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session: dict[str, Any] = {}
+    for block in _GUIDE_DATABASE_QUERIES:
+        exec(block, session)
+    assert capsys.readouterr().out.splitlines() == [
+        "NVDA: 5 @ $150.00",
+        "AAPL: PROFIT_TARGET - +1.80%",
+        "MSFT: STOP_LOSS - -0.90%",
+        "Total P&L: +0.90%",
+    ]
+
+
+def _guide_env(db: TradingDatabase) -> dict[str, str]:
+    return {**os.environ, "DATABASE_PATH": str(db.path)}
+
+
+def test_seed_guide_manual_recovery_and_testing_one_liners_run_as_written(
+    guide_day: TradingDatabase,
+) -> None:
+    recovery = subprocess.run(
+        [sys.executable, "-c", _GUIDE_MANUAL_RECOVERY], cwd=ROOT, env=_guide_env(guide_day),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert recovery.returncode == 0, recovery.stderr
+    assert "'symbol': 'NVDA'" in recovery.stdout and "'agent_name': 'day_trader'" in recovery.stdout
+    testing = subprocess.run(
+        [sys.executable, "-c", _GUIDE_TESTING], cwd=ROOT, env=_guide_env(guide_day),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (testing.returncode, testing.stdout) == (0, "Active: 1\n"), testing.stderr
+    if shutil.which("sqlite3") is None:
+        pytest.skip("the sqlite3 command line shell is not installed")
+    integrity = subprocess.run(
+        _GUIDE_INTEGRITY_CHECK, cwd=guide_day.path.parent, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert (integrity.returncode, integrity.stdout) == (0, "ok\n")
+
+
+def test_seed_guide_manual_clear_empties_active_positions_for_every_process(
+    guide_day: TradingDatabase,
+) -> None:
+    exec(_GUIDE_MANUAL_CLEAR, {})
+    other = sqlite3.connect(guide_day.path)
+    assert other.execute("SELECT count(*) FROM active_positions").fetchone() == (0,)
+    other.close()
+    assert guide_day.get_active_positions() == []
+
+
+def test_seed_guide_closed_today_check_shows_the_blocked_symbols(
+    guide_day: TradingDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exec(_GUIDE_BLOCKED_SYMBOLS, {})
+    out = capsys.readouterr().out
+    assert "'symbol': 'AAPL'" in out and "'symbol': 'MSFT'" in out
+    assert "'profit_loss_pct': " in out
+
+
+def test_rows_carry_the_seed_names_and_exit_fills_add_up_to_their_trades_pnl_pct(
+    guide_day: TradingDatabase,
+) -> None:
+    active = guide_day.get_active_position("NVDA")
+    assert (active["agent_name"], active["entry_timestamp"]) == (
+        active["agent"],
+        active["entry_time"],
+    )
+    closed = {c["symbol"]: c for c in guide_day.get_closed_today()}
+    assert closed["MSFT"]["profit_loss_pct"] == closed["MSFT"]["pnl_pct"] == pytest.approx(-0.9)
+    assert closed["AAPL"]["timestamp"] == closed["AAPL"]["exit_time"]
+    assert closed["AAPL"]["agent_name"] == "day_trader"
+
+    trades = guide_day.get_trades_by_date("2025-10-29")
+    assert all(t["action"] == t["side"] and t["agent_name"] == t["agent"] for t in trades)
+    assert all("profit_loss_pct" not in t for t in trades if t["side"] == "BUY")
+    msft = [t["profit_loss_pct"] for t in trades if t["symbol"] == "MSFT" and t["side"] == "SELL"]
+    assert msft == [pytest.approx(-0.9 * 5 / 20), pytest.approx(-0.9 * 15 / 20)]
+    assert sum(msft) == pytest.approx(closed["MSFT"]["pnl_pct"])
+
+
+def test_add_active_position_takes_the_seed_keywords_and_refuses_its_positional_order(
+    db: TradingDatabase,
+) -> None:
+    assert db.add_active_position(
+        "AAPL", 10, 200.0, agent_name="exit_manager", profit_target=203.6, stop_loss=198.2,
+        metadata={"strategy": "gap_and_go"},
+    )  # fmt: skip
+    row = db.get_active_position("AAPL")
+    assert (row["agent"], row["profit_target_price"], row["stop_loss_price"]) == (
+        "exit_manager",
+        203.6,
+        198.2,
+    )
+    assert json.loads(row["metadata"]) == {"strategy": "gap_and_go"}
+
+    # The seed's positional order would put the agent where our target price goes.
+    with pytest.raises(TypeError, match="by keyword"):
+        db.add_active_position("MSFT", 5, 400.0, "day_trader", 407.2, 396.4)
+    with pytest.raises(ValueError, match="disagree"):
+        db.add_active_position("MSFT", 5, 400.0, agent="day_trader", agent_name="exit_manager")
+    assert not db.is_position_active("MSFT")
