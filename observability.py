@@ -684,7 +684,7 @@ class TradingDatabase:
                     agent,
                     order_ref,
                     self._today(),
-                    None if metadata is None else json.dumps(metadata),
+                    None if metadata is None else json.dumps(dict(metadata)),
                 ),
             )
             return cursor.rowcount == 1
