@@ -15,13 +15,16 @@ Run `python observability.py --self-check` to create/check the database and prin
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import sqlite3
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -33,9 +36,8 @@ from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Order intent states and the moves allowed between them. A cancelled order can still
 # fill (the cancel raced the fill), and IB can report a fill before the submit ack.
@@ -58,8 +60,8 @@ EXIT_REASONS = frozenset(
     {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
 )
 
-# Migration N brings a database from user_version N-1 to N. Version 1 is the seed's schema
-# (a seed database has these tables at user_version 0 and upgrades in place).
+# Migration N brings a database from user_version N-1 to N. A database made by the seed
+# system is at user_version 0 with tables of its own shape; _migrate rebuilds those first.
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS active_positions (
@@ -157,7 +159,29 @@ _MIGRATIONS: dict[int, str] = {
         updated_at TEXT NOT NULL
     );
     """,
+    3: """
+    ALTER TABLE active_positions ADD COLUMN metadata TEXT;
+    """,
 }
+
+# The seed system (orelmeister/Shamir) named these columns differently: seed name -> ours.
+# Its tables are rebuilt into ours keeping every row and value, and the rows we return carry
+# the seed's names too, so the seed guide's snippets keep working.
+SEED_COLUMN_NAMES: dict[str, dict[str, str]] = {
+    "active_positions": {"entry_timestamp": "entry_time", "agent_name": "agent"},
+    "closed_positions_today": {
+        "profit_loss_pct": "pnl_pct",
+        "agent_name": "agent",
+        "timestamp": "exit_time",
+    },
+    "trades": {
+        "timestamp": "trade_time",
+        "action": "side",
+        "agent_name": "agent",
+        "profit_loss": "pnl",
+    },
+}
+_SEED_TABLE_PREFIX = "_seed_"
 
 
 class DatabaseError(RuntimeError):
@@ -180,6 +204,125 @@ class IntegrityReport:
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(row) for row in cursor.fetchall()]
+
+
+def _with_seed_names(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with the seed's names for our known values added (agent_name beside agent, ...)."""
+    for seed, ours in SEED_COLUMN_NAMES[table].items():
+        if row.get(ours) is not None:
+            row.setdefault(seed, row[ours])
+    return row
+
+
+def _with_trade_pnl_pct(trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trade rows with the seed's names, and `profit_loss_pct` on exit fills of known P&L.
+
+    An exit fill's share of its closed trade's P&L %: 100 x its P&L / the cost of every share
+    of the symbol sold in these rows, so the fills of one closed trade add up to its P&L %
+    (the seed guide sums this key over a day). Entries carry no `profit_loss_pct`. A row
+    migrated from the seed keeps the seed's own value.
+    """
+    cost: dict[str, float] = defaultdict(float)
+    for trade in trades:
+        if trade.get("profit_loss_pct") is None:
+            trade.pop("profit_loss_pct", None)
+            if trade["side"] == "SELL" and trade["pnl"] is not None:
+                cost[trade["symbol"]] += trade["price"] * trade["quantity"] - trade["pnl"]
+    for trade in trades:
+        basis = cost.get(trade["symbol"], 0.0)
+        derive = "profit_loss_pct" not in trade and trade["side"] == "SELL"
+        if derive and trade["pnl"] is not None and basis > 0:
+            trade["profit_loss_pct"] = pnl_percent(basis, basis + trade["pnl"])
+        _with_seed_names("trades", trade)
+    return trades
+
+
+def _apply_migration(conn: sqlite3.Connection, target: int) -> None:
+    for statement in _MIGRATIONS[target].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {target}")
+
+
+@functools.cache
+def _schema_at(version: int) -> dict[str, tuple[str, ...]]:
+    """Each table's CREATE statements (the table's, then its indexes') at schema `version`."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for target in range(1, version + 1):
+            _apply_migration(scratch, target)
+        schema: dict[str, list[str]] = {}
+        for table, sql in scratch.execute(
+            "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+            " AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index', name"
+        ):
+            schema.setdefault(table, []).append(sql)
+    finally:
+        scratch.close()
+    return {table: tuple(statements) for table, statements in schema.items()}
+
+
+def _order_side(side: str) -> str | None:
+    """BUY or SELL for IB's and our spellings (BOT/SLD, any case); None for anything else."""
+    upper = side.upper()
+    upper = {"BOT": "BUY", "SLD": "SELL"}.get(upper, upper)
+    return upper if upper in {"BUY", "SELL"} else None
+
+
+def _same_value(name: str, value: Any, seed_name: str, seed_value: Any) -> Any:
+    """The argument given under our name or the seed's; ValueError when both differ."""
+    if value is not None and seed_value is not None and value != seed_value:
+        raise ValueError(f"{name}={value!r} and {seed_name}={seed_value!r} disagree; give one")
+    return seed_value if value is None else value
+
+
+def _trading_date_of(stamp: Any) -> str | None:
+    """The New York date of an ISO time ('YYYY-MM-DD'); a time without a zone keeps its date."""
+    try:
+        moment = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(NEW_YORK)
+    return moment.date().isoformat()
+
+
+def _seed_active_position(row: dict[str, Any]) -> dict[str, Any]:
+    status = row.get("status")
+    if status is not None and str(status).upper() != "OPEN":
+        # The seed ignored such rows; as ours they would become positions to protect.
+        raise ValueError(f"its status is {status!r}, not 'OPEN'")
+    if row.get("trade_date") is None:
+        row["trade_date"] = _trading_date_of(row.get("entry_time"))
+    return row
+
+
+def _seed_closed_position(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("quantity") is None:
+        row["quantity"] = 0  # the seed never recorded how many shares were closed
+    exit_price, pct = row.get("exit_price"), row.get("pnl_pct")
+    if row.get("entry_price") is None and exit_price is not None and pct is not None and pct > -100:
+        # The seed stored pnl_pct = (exit - entry) / entry * 100 only; this is its inverse.
+        row["entry_price"] = round(exit_price / (1 + pct / 100), 6)
+    return row
+
+
+def _seed_trade(row: dict[str, Any]) -> dict[str, Any]:
+    side = _order_side(str(row.get("side") or ""))
+    if side is None:
+        raise ValueError(f"its action is {row.get('side')!r}, neither BUY nor SELL")
+    row["side"] = side
+    if row.get("trade_date") is None:
+        row["trade_date"] = _trading_date_of(row.get("trade_time"))
+    return row
+
+
+# Fill in what ours needs and the seed never had; ValueError for a row that cannot move.
+_SEED_ROW_FIXES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "active_positions": _seed_active_position,
+    "closed_positions_today": _seed_closed_position,
+    "trades": _seed_trade,
+}
 
 
 class TradingDatabase:
@@ -207,52 +350,90 @@ class TradingDatabase:
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, for queries by hand (the seed guide's `db.conn`).
+
+        It is in autocommit mode: each statement commits by itself and `commit()` is harmless.
+        """
+        return self._conn
+
+    @property
+    def cursor(self) -> sqlite3.Cursor:
+        """A cursor on this thread's connection (the seed guide's `db.cursor`)."""
+        conn = self._conn
+        cursor: sqlite3.Cursor | None = getattr(self._local, "cursor", None)
+        if cursor is None or cursor.connection is not conn:
+            cursor = self._local.cursor = conn.cursor()
+        return cursor
+
     def _open(self) -> sqlite3.Connection:
-        self._check_file()
+        self._check_location()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
             )
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise DatabaseError(
-                    f"database {self.path} could not switch to WAL mode (got {mode}): "
-                    "put it on a local disk, not a network share"
-                )
             # FULL: an order intent must be on disk before its order is sent (a power loss
             # after placeOrder must not forget the orderRef). NORMAL could lose that commit.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Check and migrate before switching to WAL: a file refused here is left
+            # byte for byte as it was, whatever its journal mode. This thread switches a new
+            # file to WAL before any other thread of ours opens it.
             with self._check_lock:
                 if not self._checked:
                     self._verify(conn)
                     self._migrate(conn)
+                    self._use_wal(conn)
                     self._checked = True
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from exc
+            self._use_wal(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._explain(exc) from exc
+            raise
         return conn
 
-    def _check_file(self) -> None:
-        """Refuse a file that is not SQLite, or a folder we cannot create the database in."""
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (a no-op once it is).
+
+        Two connections converting a new file at once both hold a read lock and want the
+        write lock; SQLite fails one at once ("locked") rather than wait into a deadlock, so
+        that one retries until busy_timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise DatabaseError(
+                f"database {self.path} could not switch to WAL mode (got {mode}): "
+                "put it on a local disk, not a network share"
+            )
+
+    def _check_location(self) -> None:
+        """Refuse a folder as the path, or a folder we cannot create the database in.
+
+        The file itself is only ever opened through SQLite: closing any other handle on it
+        drops every POSIX lock this process holds on it, and the next program to close the
+        database would then delete the -wal and -shm files under our running connections.
+        """
         if self.path.is_dir():
             raise DatabaseError(
                 f"database path {self.path} is a folder: set DATABASE_PATH to a file path"
             )
         if self.path.exists():
-            try:
-                with self.path.open("rb") as handle:
-                    header = handle.read(16)
-            except OSError as exc:
-                raise DatabaseError(
-                    f"database {self.path} cannot be read ({exc.strerror}): fix its permissions"
-                ) from exc
-            if header and header != _SQLITE_MAGIC:
-                raise DatabaseError(
-                    f"database {self.path} is not a SQLite database: move it aside "
-                    f"(e.g. rename it to {self.path.name}.bad) and start again; it was not changed"
-                )
             return
         folder = self.path.parent
         if not folder.exists():
@@ -282,6 +463,11 @@ class TradingDatabase:
         lowered = text.lower()
         if isinstance(exc, DatabaseError):
             return exc
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            return DatabaseError(
+                f"database {self.path} is not a SQLite database: move it aside "
+                f"(e.g. rename it to {self.path.name}.bad) and start again; it was not changed"
+            )
         if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
             return DatabaseError(
                 f"database {self.path} is corrupt ({text}): stop the bots, restore the newest file "
@@ -300,6 +486,11 @@ class TradingDatabase:
         return DatabaseError(f"database {self.path} failed: {text}")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION in one transaction: all of it, or nothing changed.
+
+        Tables still in the seed system's shape (at any version: an earlier migration stamped
+        such files without converting them) are moved aside, recreated as ours and refilled.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -308,15 +499,69 @@ class TradingDatabase:
                     f"database {self.path} has schema version {version}, newer than this program's "
                     f"{SCHEMA_VERSION}: update the program"
                 )
+            seed_tables = self._seed_tables(conn)
+            for name in seed_tables:
+                conn.execute(f"ALTER TABLE {name} RENAME TO {_SEED_TABLE_PREFIX}{name}")
+                for statement in _schema_at(version).get(name, ()):
+                    conn.execute(statement)
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
+                _apply_migration(conn, target)
+            for name in seed_tables:
+                self._refill_from_seed(conn, name)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _seed_tables(self, conn: sqlite3.Connection) -> list[str]:
+        """Our tables that still have the seed's columns; DatabaseError for any other shape."""
+        found = []
+        for name, renames in SEED_COLUMN_NAMES.items():
+            columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({name})")}
+            ours, seed = set(renames.values()), set(renames)
+            if not columns or ours <= columns:
+                continue
+            if seed <= columns and not ours & columns:
+                found.append(name)
+                continue
+            raise DatabaseError(
+                f"database {self.path}: table {name} ({', '.join(sorted(columns))}) is neither "
+                "this program's nor the seed system's, so it cannot be migrated; the file was not "
+                f"changed: move it aside (e.g. rename it to {self.path.name}.old) and start again"
+            )
+        return found
+
+    def _refill_from_seed(self, conn: sqlite3.Connection, name: str) -> None:
+        """Copy every row of the moved-aside seed table into ours, then drop it.
+
+        Seed columns renamed in SEED_COLUMN_NAMES land in ours; any other seed column is
+        added to ours as it was, so no value is lost.
+        """
+        source = f"{_SEED_TABLE_PREFIX}{name}"
+        renames = SEED_COLUMN_NAMES[name]
+        columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({name})")}
+        for row in conn.execute(f"PRAGMA table_info({source})").fetchall():
+            column = renames.get(row["name"], row["name"])
+            if column not in columns:
+                conn.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {row["type"]}')
+                columns.add(column)
+        fix = _SEED_ROW_FIXES[name]
+        for seed_row in conn.execute(f"SELECT * FROM {source}").fetchall():
+            values = {renames.get(key, key): value for key, value in dict(seed_row).items()}
+            try:
+                values = fix(values)
+                names = ", ".join(f'"{column}"' for column in values)
+                conn.execute(
+                    f"INSERT INTO {name} ({names}) VALUES ({', '.join('?' * len(values))})",
+                    tuple(values.values()),
+                )
+            except (ValueError, sqlite3.IntegrityError) as exc:
+                raise DatabaseError(
+                    f"database {self.path}: the seed's {name} row for {values.get('symbol')!r} "
+                    f"cannot be migrated ({exc}); the file was not changed: correct or delete "
+                    "that row (e.g. with a SQLite browser) or move the file aside, then start again"
+                ) from exc
+        conn.execute(f"DROP TABLE {source}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -348,7 +593,7 @@ class TradingDatabase:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
-            self._local.conn = None
+            self._local.conn = self._local.cursor = None
 
     def schema_version(self) -> int:
         return int(self._read("PRAGMA user_version").fetchone()[0])
@@ -379,18 +624,39 @@ class TradingDatabase:
         entry_price: float,
         profit_target_price: float | None = None,
         stop_loss_price: float | None = None,
-        agent: str = "day_trader",
+        agent: str | None = None,
         order_ref: str | None = None,
         entry_time: str | None = None,
         *,
         profit_target_pct: float | None = None,
         stop_loss_pct: float | None = None,
         tick: float = 0.01,
+        agent_name: str | None = None,
+        profit_target: float | None = None,
+        stop_loss: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record a new open position; False if the symbol is already active (nothing changed).
 
         Missing target/stop prices are computed from the percentages (settings by default).
+        The seed system's keywords work too: `agent_name` (agent, default day_trader),
+        `profit_target` / `stop_loss` (the prices) and `metadata` (kept as JSON).
+        Raises TypeError for a price that is not a number (e.g. the seed's positional order).
         """
+        agent = _same_value("agent", agent, "agent_name", agent_name) or "day_trader"
+        profit_target_price = _same_value(
+            "profit_target_price", profit_target_price, "profit_target", profit_target
+        )
+        stop_loss_price = _same_value("stop_loss_price", stop_loss_price, "stop_loss", stop_loss)
+        for name, price in (
+            ("profit_target_price", profit_target_price),
+            ("stop_loss_price", stop_loss_price),
+        ):
+            if price is not None and not isinstance(price, int | float):
+                raise TypeError(
+                    f"{symbol}: {name} must be a price, got {price!r}; the seed's order (symbol, "
+                    "quantity, entry_price, agent_name, profit_target, stop_loss) works by keyword"
+                )
         if quantity <= 0 or entry_price <= 0:
             raise ValueError(f"{symbol}: quantity and entry price must be > 0 for a long position")
         if profit_target_price is None or stop_loss_price is None:
@@ -406,8 +672,8 @@ class TradingDatabase:
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO active_positions (symbol, quantity, entry_price, entry_time,"
-                " profit_target_price, stop_loss_price, agent, order_ref, trade_date)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " profit_target_price, stop_loss_price, agent, order_ref, trade_date, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     symbol,
                     int(quantity),
@@ -418,6 +684,7 @@ class TradingDatabase:
                     agent,
                     order_ref,
                     self._today(),
+                    None if metadata is None else json.dumps(dict(metadata)),
                 ),
             )
             return cursor.rowcount == 1
@@ -488,7 +755,7 @@ class TradingDatabase:
                 " pnl_pct = excluded.pnl_pct, exit_reason = excluded.exit_reason",
                 closed,
             )
-            return closed
+            return _with_seed_names("closed_positions_today", closed)
 
     def clear_closed_today(self, include_today: bool = False) -> int:
         """Start a new trading day: drop closed rows of earlier dates; returns rows removed.
@@ -507,19 +774,23 @@ class TradingDatabase:
             return cursor.rowcount
 
     def get_active_positions(self) -> list[dict[str, Any]]:
-        return _rows(self._read("SELECT * FROM active_positions ORDER BY entry_time, symbol"))
+        """Open positions, oldest first, with the seed's names too (agent_name, ...)."""
+        rows = _rows(self._read("SELECT * FROM active_positions ORDER BY entry_time, symbol"))
+        return [_with_seed_names("active_positions", row) for row in rows]
 
     def get_active_position(self, symbol: str) -> dict[str, Any] | None:
         row = self._read("SELECT * FROM active_positions WHERE symbol = ?", (symbol,)).fetchone()
-        return dict(row) if row else None
+        return _with_seed_names("active_positions", dict(row)) if row else None
 
     def get_closed_today(self) -> list[dict[str, Any]]:
-        return _rows(
+        """Today's closed positions with their P&L; rows carry the seed's names too."""
+        rows = _rows(
             self._read(
                 "SELECT * FROM closed_positions_today WHERE close_date = ? ORDER BY exit_time",
                 (self._today(),),
             )
         )
+        return [_with_seed_names("closed_positions_today", row) for row in rows]
 
     # -- trades ---------------------------------------------------------------
     def record_trade(
@@ -539,9 +810,8 @@ class TradingDatabase:
 
         `trade_time` (default: now) is stored in New York time; its date is the trading date.
         """
-        side = side.upper()
-        side = {"BOT": "BUY", "SLD": "SELL"}.get(side, side)
-        if side not in {"BUY", "SELL"}:
+        normal_side = _order_side(side)
+        if normal_side is None:
             raise ValueError(f"trade side {side!r} unknown; use BUY or SELL")
         when = (trade_time or self.clock.now()).astimezone(NEW_YORK)
         with self._write() as conn:
@@ -551,7 +821,7 @@ class TradingDatabase:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     symbol,
-                    side,
+                    normal_side,
                     float(quantity),
                     float(price),
                     when.isoformat(timespec="seconds"),
@@ -579,14 +849,21 @@ class TradingDatabase:
         )
 
     def get_trades_by_date(self, trade_date: str) -> list[dict[str, Any]]:
-        """Every fill of a trading date 'YYYY-MM-DD' (New York), oldest first."""
+        """Every fill of a trading date 'YYYY-MM-DD' (New York), oldest first.
+
+        Rows carry the seed's names too, and exit fills their share of the closed trade's
+        P&L % as `profit_loss_pct` (see _with_trade_pnl_pct).
+        """
         try:
             date.fromisoformat(trade_date)
         except ValueError:
             raise ValueError(f"date {trade_date!r} is not YYYY-MM-DD") from None
-        return _rows(
-            self._read(
-                "SELECT * FROM trades WHERE trade_date = ? ORDER BY trade_time, id", (trade_date,)
+        return _with_trade_pnl_pct(
+            _rows(
+                self._read(
+                    "SELECT * FROM trades WHERE trade_date = ? ORDER BY trade_time, id",
+                    (trade_date,),
+                )
             )
         )
 

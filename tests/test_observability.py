@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
+import os
+import shutil
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +34,7 @@ from observability import (
     get_database,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 OPS_PER_PROCESS = 10_000
 CONTESTED = 200
 
@@ -132,6 +139,31 @@ def test_each_thread_gets_its_own_connection(db: TradingDatabase) -> None:
     for t in threads:
         t.join()
     assert len(set(seen)) == 3 and id(db._conn) not in seen
+
+
+def test_threads_and_instances_opening_a_new_database_at_once_never_see_it_locked(
+    tmp_path: Path,
+) -> None:
+    # Converting a new file to WAL from two connections at once makes SQLite fail one of them
+    # at once rather than wait; a bot's threads all start on a fresh database.
+    failures: list[BaseException] = []
+
+    def first_use(db: TradingDatabase) -> None:
+        try:
+            db.is_position_active("X")
+        except BaseException as exc:
+            failures.append(exc)
+
+    for attempt in range(40):
+        path = tmp_path / f"fresh{attempt}.db"
+        shared = TradingDatabase(path)
+        users = [shared, shared, shared, TradingDatabase(path)]
+        threads = [threading.Thread(target=first_use, args=(db,)) for db in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == [], f"attempt {attempt}: {failures[0]}"
 
 
 def test_remove_moves_position_to_closed_today_with_pnl(db: TradingDatabase) -> None:
@@ -412,7 +444,7 @@ def test_database_locked_by_another_program_names_the_file(tmp_path: Path) -> No
         holder.close()
 
 
-def test_seed_database_is_migrated_in_place_keeping_rows(tmp_path: Path) -> None:
+def test_unstamped_database_with_our_first_tables_is_upgraded_keeping_rows(tmp_path: Path) -> None:
     path = tmp_path / "seed.db"
     seed = sqlite3.connect(path)
     seed.executescript(
@@ -457,16 +489,642 @@ def test_get_database_uses_settings_path_and_one_instance_per_process(
 
 
 def test_self_check_command_reports_bad_file_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-
     bad = tmp_path / "bad.db"
     bad.write_text("garbage")
-    done = subprocess.run(
-        [sys.executable, "observability.py", "--self-check", "--db", str(bad)],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _python("observability.py", "--self-check", "--db", str(bad))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and str(bad) in done.stderr
+
+
+# Process A of the lock-loss scenario: a bot that writes, touches the database from a worker
+# thread (a new per-thread connection), then waits for the test to say "write the flag".
+_RUNNING_BOT = """
+import sys, threading
+from observability import get_database
+db = get_database(sys.argv[1])
+db.set_flag("before", "1")
+worker = threading.Thread(target=db.get_flag, args=("before",))
+worker.start()
+worker.join()
+print("ready", flush=True)
+sys.stdin.readline()
+db.set_flag("after", "written by the running bot")
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_running_bots_writes_stay_visible_after_another_process_opens_and_closes_the_database(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "trading_history.db")
+    bot = subprocess.Popen(
+        [sys.executable, "-c", _RUNNING_BOT, path],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bot.stdout.readline().strip() == "ready"
+        # Another program opens the database and exits: while the bot runs it is not the last
+        # user, so it must leave the bot's -wal and -shm alone.
+        opened = _python(
+            "-c", "import sys; from observability import get_database; "
+            "get_database(sys.argv[1]).close()", path,
+        )  # fmt: skip
+        assert opened.returncode == 0, opened.stderr
+        checked = _python("observability.py", "--self-check", "--db", path)
+        assert checked.returncode == 0, checked.stderr
+        bot.stdin.write("write\n")
+        bot.stdin.flush()
+        assert bot.stdout.readline().strip() == "written"
+
+        seen = _python(
+            "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+            "\"SELECT value FROM flags WHERE name = 'after'\").fetchone())", path,
+        )  # fmt: skip
+        assert seen.returncode == 0, seen.stderr
+        assert seen.stdout.strip() == "('written by the running bot',)"
+    finally:
+        bot.stdin.close()
+        bot.wait(timeout=30)
+
+
+# The seed system's schema, statement for statement (orelmeister/Shamir observability.py:
+# TradingDatabase._init_database and _optimize_database).
+_SEED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trades (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    action TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    price REAL NOT NULL,
+    agent_name TEXT NOT NULL,
+    reason TEXT,
+    profit_loss REAL,
+    profit_loss_pct REAL,
+    capital_at_trade REAL,
+    position_size_pct REAL,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS daily_metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    date TEXT NOT NULL UNIQUE,
+    total_trades INTEGER DEFAULT 0,
+    winning_trades INTEGER DEFAULT 0,
+    losing_trades INTEGER DEFAULT 0,
+    total_profit_loss REAL DEFAULT 0,
+    total_profit_loss_pct REAL DEFAULT 0,
+    max_drawdown REAL DEFAULT 0,
+    sharpe_ratio REAL,
+    avg_trade_duration_minutes REAL,
+    capital_start REAL,
+    capital_end REAL,
+    positions_held_eod INTEGER DEFAULT 0,
+    errors_count INTEGER DEFAULT 0,
+    agent_name TEXT NOT NULL,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS agent_health (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    health_status TEXT NOT NULL,
+    cpu_percent REAL,
+    memory_mb REAL,
+    ibkr_connected INTEGER,
+    last_error TEXT,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS parameter_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    parameter_name TEXT NOT NULL,
+    old_value TEXT,
+    new_value TEXT NOT NULL,
+    reason TEXT,
+    approved_by TEXT,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL,
+    date_range_start TEXT NOT NULL,
+    date_range_end TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    evaluation_type TEXT NOT NULL,
+    score REAL,
+    insights TEXT,
+    recommendations TEXT,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS active_positions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    symbol TEXT NOT NULL UNIQUE,
+    quantity REAL NOT NULL,
+    entry_price REAL NOT NULL,
+    entry_timestamp TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    profit_target_price REAL,
+    stop_loss_price REAL,
+    status TEXT DEFAULT 'OPEN',
+    last_updated TEXT NOT NULL,
+    metadata TEXT
+);
+CREATE TABLE IF NOT EXISTS closed_positions_today (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    symbol TEXT NOT NULL,
+    close_date TEXT NOT NULL,
+    exit_price REAL NOT NULL,
+    exit_reason TEXT NOT NULL,
+    profit_loss_pct REAL,
+    agent_name TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    UNIQUE(symbol, close_date)
+);
+CREATE INDEX IF NOT EXISTS idx_trades_symbol_timestamp ON trades(symbol, timestamp);
+CREATE INDEX IF NOT EXISTS idx_trades_timestamp ON trades(timestamp);
+CREATE INDEX IF NOT EXISTS idx_daily_metrics_date ON daily_metrics(date);
+CREATE INDEX IF NOT EXISTS idx_agent_health_timestamp ON agent_health(timestamp);
+"""
+
+# Rows as the seed's methods wrote them (UTC isoformat stamps, JSON metadata), on the test
+# clock's day 2026-11-25 (10:00 New York = 15:00 UTC).
+_AAPL_PCT = (203.6 - 200.0) / 200.0 * 100
+_SEED_ROWS: dict[str, list[tuple[Any, ...]]] = {
+    "active_positions": [
+        (1, "BYND", 100.0, 7.5, "2026-11-25T14:35:12.123456+00:00", "day_trader", 7.64, 7.43,
+         "OPEN", "2026-11-25T14:35:12.123456+00:00", '{"strategy": "gap_and_go"}'),
+        (2, "SOFI", 250.0, 14.2, "2026-11-25T14:50:00.000001+00:00", "day_trader", 14.46, 14.08,
+         "OPEN", "2026-11-25T14:51:00+00:00", "{}"),
+    ],
+    "closed_positions_today": [
+        (1, "AAPL", "2026-11-25", 203.6, "PROFIT_TARGET", _AAPL_PCT, "exit_manager",
+         "2026-11-25T14:40:00.500000+00:00"),
+        (2, "TSLA", "2026-11-24", 247.77, "STOP_LOSS", -0.9, "exit_manager",
+         "2026-11-24T19:00:00+00:00"),
+    ],
+    "trades": [
+        (1, "2026-11-25T14:20:00+00:00", "AAPL", "BUY", 10, 200.0, "day_trader", "gap entry",
+         None, None, 25000.0, 8.0, "{}"),
+        (2, "2026-11-25T14:35:12.123456+00:00", "BYND", "BUY", 100, 7.5, "day_trader",
+         "VWAP entry", None, None, 25000.0, 3.0, "{}"),
+        (3, "2026-11-25T14:40:00.500000+00:00", "AAPL", "SELL", 10, 203.6, "exit_manager",
+         "PROFIT_TARGET", 36.0, _AAPL_PCT, 25036.0, None, '{"order_id": 17}'),
+        # 21:30 New York on the 25th is already the 26th in UTC: the trading date is the 25th.
+        (4, "2026-11-26T02:30:00+00:00", "SOFI", "buy", 5, 14.0, "manual", None,
+         None, None, None, None, None),
+    ],
+    "daily_metrics": [
+        (1, "2026-11-24", 6, 4, 2, 120.5, 0.48, -0.3, 1.2, 17.5, 25000.0, 25120.5, 0, 1,
+         "day_trader", '{"note": "first day"}'),
+    ],
+    "agent_health": [
+        (1, "2026-11-25T14:00:00+00:00", "exit_manager", "HEALTHY", 3.5, 120.0, 1, None, "{}"),
+    ],
+    "parameter_changes": [
+        (1, "2026-11-24T21:00:00+00:00", "day_trader", "stop_loss_pct", "0.01", "0.009",
+         "tighter stop", "AUTO", "{}"),
+    ],
+    "evaluations": [
+        (1, "2026-11-24T21:05:00+00:00", "2026-11-24", "2026-11-24", "day_trader", "daily",
+         0.7, "ok", "keep", "{}"),
+    ],
+}  # fmt: skip
+
+# Where each seed column's value must land in our schema (same name unless listed).
+_SEED_TO_OURS = {
+    "active_positions": {"entry_timestamp": "entry_time", "agent_name": "agent"},
+    "closed_positions_today": {
+        "profit_loss_pct": "pnl_pct",
+        "agent_name": "agent",
+        "timestamp": "exit_time",
+    },
+    "trades": {"timestamp": "trade_time", "action": "side", "agent_name": "agent",
+               "profit_loss": "pnl"},
+}  # fmt: skip
+
+
+def _build_seed_database(
+    path: Path, rows: dict[str, list[tuple[Any, ...]]] | None = None, journal_mode: str = "WAL"
+) -> dict[str, list[dict[str, Any]]]:
+    """A database as the seed system left it; returns its rows per table, as dicts."""
+    rows = _SEED_ROWS if rows is None else rows
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    conn.executescript(_SEED_SCHEMA)
+    for table, values in rows.items():
+        for row in values:
+            conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
+    conn.commit()
+    seeded = {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY id")] for t in rows}
+    conn.close()
+    return seeded
+
+
+def _table(path: Path, table: str, key: str = "id") -> dict[Any, dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {row[key]: dict(row) for row in conn.execute(f"SELECT * FROM {table}")}
+    finally:
+        conn.close()
+
+
+def _assert_every_seed_value_kept(
+    path: Path, seeded: dict[str, list[dict[str, Any]]], key: str = "id"
+) -> None:
+    for table, rows in seeded.items():
+        migrated = _table(path, table, key)
+        assert len(migrated) == len(rows), table
+        renames = _SEED_TO_OURS.get(table, {})
+        for row in rows:
+            now = migrated[row[key]]
+            for column, value in row.items():
+                ours = renames.get(column, column)
+                if column == "action":
+                    assert now["side"] == value.upper(), (table, row[key])
+                else:
+                    assert now[ours] == value, (table, row[key], column)
+
+
+def test_seed_database_is_migrated_in_place_keeping_every_row_and_value(
+    tmp_path: Path, market_clock: MarketClock
+) -> None:
+    path = tmp_path / "trading_history.db"
+    seeded = _build_seed_database(path)
+
+    db = TradingDatabase(path, clock=market_clock)
+
+    assert db.schema_version() == SCHEMA_VERSION
+    _assert_every_seed_value_kept(path, seeded)
+    assert db.integrity_check().ok
+    # What ours needs and the seed never stored: trading dates in New York, the entry price
+    # behind the seed's P&L %; shares of a seed close were never recorded.
+    trades = _table(path, "trades")
+    assert [trades[i]["trade_date"] for i in (1, 2, 3, 4)] == ["2026-11-25"] * 4
+    assert _table(path, "active_positions")[1]["trade_date"] == "2026-11-25"
+    aapl = _table(path, "closed_positions_today")[1]
+    assert aapl["entry_price"] == pytest.approx(200.0) and aapl["quantity"] == 0
+    assert aapl["pnl"] is None  # unknown, not zero
+    # A second open finds nothing left to migrate and changes nothing.
+    before = {t: _table(path, t) for t in seeded}
+    assert TradingDatabase(path, clock=market_clock).get_active_position("BYND") is not None
+    assert {t: _table(path, t) for t in seeded} == before
+
+
+def test_bots_database_calls_work_on_a_migrated_seed_database(
+    tmp_path: Path, market_clock: MarketClock
+) -> None:
+    path = tmp_path / "trading_history.db"
+    _build_seed_database(path)
+    db = TradingDatabase(path, clock=market_clock)
+
+    # The exit manager: reads the open positions, records its sell fill, closes the row.
+    held = {p["symbol"]: p for p in db.get_active_positions()}
+    assert set(held) == {"BYND", "SOFI"}
+    assert (held["BYND"]["quantity"], held["BYND"]["entry_price"]) == (100, 7.5)
+    assert held["BYND"]["stop_loss_price"] == 7.43
+    assert db.update_active_position("BYND", quantity=100)
+    assert db.record_trade("BYND", "SLD", 100, 7.64, "exit_manager", pnl=14.0, exec_id="x1")
+    closed = db.remove_active_position("BYND", 7.64, "PROFIT_TARGET")
+    assert closed is not None and closed["pnl"] == pytest.approx(14.0)
+    assert db.was_closed_today("BYND") and not db.is_position_active("BYND")
+
+    # The day trader's entry guard: the seed's open position and today's seed close block
+    # re-entry; a new symbol enters, fills and is recorded.
+    for symbol, reason in [("SOFI", "active"), ("AAPL", "closed today")]:
+        with pytest.raises(ReentryBlocked, match=reason):
+            db.create_order_intent(symbol, "BUY", 1, "LMT", "day_trader", guard_entry=True)
+    ref = db.create_order_intent(
+        "NVDA", "BUY", 5, "LMT", "day_trader", guard_entry=True, max_open_positions=4
+    )
+    db.update_order_intent(ref, FILLED, filled_quantity=5, avg_fill_price=150.0)
+    assert db.record_trade("NVDA", "BUY", 5, 150.0, "day_trader", order_ref=ref, exec_id="x2")
+    assert db.add_active_position("NVDA", 5, 150.0, agent="day_trader", order_ref=ref)
+
+    assert {p["symbol"] for p in db.get_active_positions()} == {"SOFI", "NVDA"}
+    assert {c["symbol"] for c in db.get_closed_today()} == {"AAPL", "BYND"}
+    assert len(db.get_trades_by_date("2026-11-25")) == 6
+    # The supervisor's start of day drops the seed's close of an earlier date.
+    assert db.clear_closed_today() == 1
+
+
+def test_programs_start_on_a_seed_database(tmp_path: Path) -> None:
+    path = tmp_path / "trading_history.db"
+    _build_seed_database(path)
+
+    checked = _python("observability.py", "--self-check", "--db", str(path))
+    assert checked.returncode == 0, checked.stderr
+    assert f"schema version: {SCHEMA_VERSION}" in checked.stdout
+    assert "active positions: 2" in checked.stdout
+    report = _python("analyze_today.py", "--db", str(path), "--date", "2026-11-25", "--no-chart")
+    assert report.returncode == 0, report.stderr
+    assert "AAPL" in report.stdout
+
+
+# The seed guide's DDL (docs/PRODUCTION_GUIDE.md): files made from it have no trades table,
+# so the old migration went through on them and stamped them version 2.
+_SEED_GUIDE_SCHEMA = """
+CREATE TABLE active_positions (
+    symbol TEXT UNIQUE,
+    quantity INTEGER,
+    entry_price REAL,
+    entry_timestamp TEXT,
+    agent_name TEXT,
+    profit_target_price REAL,
+    stop_loss_price REAL,
+    status TEXT DEFAULT 'OPEN',
+    last_updated TEXT,
+    metadata TEXT
+);
+CREATE TABLE closed_positions_today (
+    symbol TEXT,
+    close_date TEXT,
+    exit_price REAL,
+    exit_reason TEXT,
+    profit_loss_pct REAL,
+    agent_name TEXT,
+    timestamp TEXT,
+    UNIQUE(symbol, close_date)
+);
+"""
+
+
+def test_database_stamped_by_the_old_seed_migration_is_repaired(
+    tmp_path: Path, market_clock: MarketClock
+) -> None:
+    import observability
+
+    path = tmp_path / "trading_history.db"
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_SEED_GUIDE_SCHEMA)
+    for table in ("active_positions", "closed_positions_today"):
+        for row in _SEED_ROWS[table]:  # the same values, without the id the guide lacks
+            conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(row) - 1))})", row[1:])
+    seeded = {
+        t: [dict(r) for r in conn.execute(f"SELECT * FROM {t}")]
+        for t in ("active_positions", "closed_positions_today")
+    }
+    # What the old migration did to such a file: CREATE TABLE IF NOT EXISTS kept the seed's
+    # tables, the ALTERs added our columns to them, and the file was stamped version 2.
+    for version in (1, 2):
+        conn.executescript(observability._MIGRATIONS[version])
+    conn.execute("PRAGMA user_version = 2")
+    # Our own tables worked on such a file: a fill recorded then must survive the repair.
+    conn.execute(
+        "INSERT INTO trades (symbol, side, quantity, price, trade_time, trade_date, agent,"
+        " exec_id) VALUES ('SOFI', 'BUY', 250, 14.2, '2026-11-25T09:50:00-05:00', '2026-11-25',"
+        " 'day_trader', 'e-broken')"
+    )
+    conn.commit()
+    conn.close()
+
+    db = TradingDatabase(path, clock=market_clock)
+
+    assert db.schema_version() == SCHEMA_VERSION
+    _assert_every_seed_value_kept(path, seeded, key="symbol")
+    assert [p["symbol"] for p in db.get_active_positions()] == ["BYND", "SOFI"]
+    assert db.was_closed_today("AAPL")
+    assert db.has_execution("e-broken")
+    assert db.add_active_position("NVDA", 5, 150.0)
+    assert db.remove_active_position("SOFI", 14.46, "PROFIT_TARGET") is not None
+    assert db.integrity_check().ok
+
+
+def _unknown_shape(path: Path) -> None:
+    conn = sqlite3.connect(path)  # a rollback-journal file: refusing must not make it WAL
+    conn.executescript(
+        "CREATE TABLE active_positions (symbol TEXT, qty INTEGER, price REAL);"
+        "INSERT INTO active_positions VALUES ('BYND', 100, 7.5);"
+    )
+    conn.close()
+
+
+def _seed_row_not_open(path: Path) -> None:
+    rows = dict(_SEED_ROWS)
+    rows["active_positions"] = [(3, "GME", 10.0, 20.0, "2026-11-24T15:00:00+00:00", "day_trader",
+                                 20.36, 19.82, "CLOSED", "2026-11-24T16:00:00+00:00", "{}")]  # fmt: skip
+    _build_seed_database(path, rows)
+
+
+def _seed_trade_neither_buy_nor_sell(path: Path) -> None:
+    rows = dict(_SEED_ROWS)
+    rows["trades"] = [(9, "2026-11-24T15:00:00+00:00", "GME", "SHORT", 10, 20.0, "day_trader",
+                       None, None, None, None, None, None)]  # fmt: skip
+    _build_seed_database(path, rows)
+
+
+@pytest.mark.parametrize(
+    ("build", "problem"),
+    [
+        (_unknown_shape, "neither this program's nor the seed system's"),
+        (_seed_row_not_open, "status is 'CLOSED'"),
+        (_seed_trade_neither_buy_nor_sell, "neither BUY nor SELL"),
+    ],
+)
+def test_database_that_cannot_be_migrated_is_refused_in_one_line_and_left_unchanged(
+    tmp_path: Path, build: Callable[[Path], None], problem: str
+) -> None:
+    path = tmp_path / "trading_history.db"
+    build(path)
+    before = _digest(path)
+
+    with pytest.raises(DatabaseError) as caught:
+        TradingDatabase(path).get_active_positions()
+    message = str(caught.value)
+    assert problem in message and str(path) in message and "\n" not in message
+    assert "not changed" in message
+    assert _digest(path) == before
+    checked = _python("observability.py", "--self-check", "--db", str(path))
+    assert checked.returncode == 2
+    assert checked.stderr.strip().count("\n") == 0 and problem in checked.stderr
+    assert _digest(path) == before
+
+
+# The seed guide's snippets (orelmeister/Shamir docs/PRODUCTION_GUIDE.md), exactly as users
+# copy them: "Database Queries" (three blocks run one after the other), "Manual Recovery",
+# "Testing" and "Common Issues".
+_GUIDE_DATABASE_QUERIES = (
+    """\
+from observability import get_database
+db = get_database()
+
+positions = db.get_active_positions()
+for pos in positions:
+    print(f"{pos['symbol']}: {pos['quantity']} @ ${pos['entry_price']:.2f}")
+""",
+    """\
+closed = db.get_closed_today()
+for pos in closed:
+    print(f"{pos['symbol']}: {pos['exit_reason']} - {pos['profit_loss_pct']:+.2f}%")
+""",
+    """\
+trades = db.get_trades_by_date('2025-10-29')
+total_pnl = sum(t.get('profit_loss_pct', 0) for t in trades)
+print(f"Total P&L: {total_pnl:+.2f}%")
+""",
+)
+_GUIDE_MANUAL_RECOVERY = (
+    "from observability import get_database; db = get_database(); print(db.get_active_positions())"
+)
+_GUIDE_INTEGRITY_CHECK = ["sqlite3", "trading_history.db", "PRAGMA integrity_check;"]
+_GUIDE_TESTING = (
+    "from observability import get_database; db = get_database();"
+    " print('Active:', len(db.get_active_positions()))"
+)
+_GUIDE_MANUAL_CLEAR = """\
+# Exit Manager automatically syncs on startup
+# Or manually clear:
+from observability import get_database
+db = get_database()
+db.cursor.execute("DELETE FROM active_positions")
+db.conn.commit()
+"""
+_GUIDE_BLOCKED_SYMBOLS = """\
+from observability import get_database
+db = get_database()
+print(db.get_closed_today())  # Should show blocked symbols
+"""
+
+
+@pytest.fixture
+def guide_day(_isolated_settings) -> TradingDatabase:
+    """The guide's day 2025-10-29 as the bots record it: AAPL hit its target (+1.80%), MSFT
+    its stop (-0.90%, sold in two fills), NVDA is still open. get_database() finds it."""
+    from core.clock import set_clock
+
+    manual = ManualTimeSource(datetime(2025, 10, 29, 9, 45, tzinfo=NEW_YORK))
+    set_clock(MarketClock(manual))
+    db = get_database()
+    for symbol, shares, entry in [("AAPL", 10, 200.0), ("MSFT", 20, 400.0), ("NVDA", 5, 150.0)]:
+        db.record_trade(symbol, "BUY", shares, entry, "day_trader", exec_id=f"b-{symbol}")
+        db.add_active_position(symbol, shares, entry, agent="day_trader")
+        manual.advance(60)
+    exits = [("AAPL", 10, 203.6, "PROFIT_TARGET"), ("MSFT", 5, 396.4, None),
+             ("MSFT", 15, 396.4, "STOP_LOSS")]  # fmt: skip
+    for symbol, shares, price, closes in exits:
+        entry = db.get_active_position(symbol)["entry_price"]
+        pnl = (price - entry) * shares  # as the exit manager records its fills
+        db.record_trade(symbol, "SELL", shares, price, "exit_manager", pnl=pnl,
+                        exec_id=f"s-{symbol}-{shares}")  # fmt: skip
+        if closes:
+            db.remove_active_position(symbol, price, closes)
+        manual.advance(60)
+    return db
+
+
+def test_seed_guide_database_queries_print_positions_closes_and_total_pnl(
+    guide_day: TradingDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session: dict[str, Any] = {}
+    for block in _GUIDE_DATABASE_QUERIES:
+        exec(block, session)
+    assert capsys.readouterr().out.splitlines() == [
+        "NVDA: 5 @ $150.00",
+        "AAPL: PROFIT_TARGET - +1.80%",
+        "MSFT: STOP_LOSS - -0.90%",
+        "Total P&L: +0.90%",
+    ]
+
+
+def _guide_env(db: TradingDatabase) -> dict[str, str]:
+    return {**os.environ, "DATABASE_PATH": str(db.path)}
+
+
+def test_seed_guide_manual_recovery_and_testing_one_liners_run_as_written(
+    guide_day: TradingDatabase,
+) -> None:
+    recovery = subprocess.run(
+        [sys.executable, "-c", _GUIDE_MANUAL_RECOVERY], cwd=ROOT, env=_guide_env(guide_day),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert recovery.returncode == 0, recovery.stderr
+    assert "'symbol': 'NVDA'" in recovery.stdout and "'agent_name': 'day_trader'" in recovery.stdout
+    testing = subprocess.run(
+        [sys.executable, "-c", _GUIDE_TESTING], cwd=ROOT, env=_guide_env(guide_day),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (testing.returncode, testing.stdout) == (0, "Active: 1\n"), testing.stderr
+    if shutil.which("sqlite3") is None:
+        pytest.skip("the sqlite3 command line shell is not installed")
+    integrity = subprocess.run(
+        _GUIDE_INTEGRITY_CHECK, cwd=guide_day.path.parent, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert (integrity.returncode, integrity.stdout) == (0, "ok\n")
+
+
+def test_seed_guide_manual_clear_empties_active_positions_for_every_process(
+    guide_day: TradingDatabase,
+) -> None:
+    exec(_GUIDE_MANUAL_CLEAR, {})
+    other = sqlite3.connect(guide_day.path)
+    assert other.execute("SELECT count(*) FROM active_positions").fetchone() == (0,)
+    other.close()
+    assert guide_day.get_active_positions() == []
+
+
+def test_seed_guide_closed_today_check_shows_the_blocked_symbols(
+    guide_day: TradingDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exec(_GUIDE_BLOCKED_SYMBOLS, {})
+    out = capsys.readouterr().out
+    assert "'symbol': 'AAPL'" in out and "'symbol': 'MSFT'" in out
+    assert "'profit_loss_pct': " in out
+
+
+def test_rows_carry_the_seed_names_and_exit_fills_add_up_to_their_trades_pnl_pct(
+    guide_day: TradingDatabase,
+) -> None:
+    active = guide_day.get_active_position("NVDA")
+    assert (active["agent_name"], active["entry_timestamp"]) == (
+        active["agent"],
+        active["entry_time"],
+    )
+    closed = {c["symbol"]: c for c in guide_day.get_closed_today()}
+    assert closed["MSFT"]["profit_loss_pct"] == closed["MSFT"]["pnl_pct"] == pytest.approx(-0.9)
+    assert closed["AAPL"]["timestamp"] == closed["AAPL"]["exit_time"]
+    assert closed["AAPL"]["agent_name"] == "day_trader"
+
+    trades = guide_day.get_trades_by_date("2025-10-29")
+    assert all(t["action"] == t["side"] and t["agent_name"] == t["agent"] for t in trades)
+    assert all("profit_loss_pct" not in t for t in trades if t["side"] == "BUY")
+    msft = [t["profit_loss_pct"] for t in trades if t["symbol"] == "MSFT" and t["side"] == "SELL"]
+    assert msft == [pytest.approx(-0.9 * 5 / 20), pytest.approx(-0.9 * 15 / 20)]
+    assert sum(msft) == pytest.approx(closed["MSFT"]["pnl_pct"])
+
+
+def test_add_active_position_takes_the_seed_keywords_and_refuses_its_positional_order(
+    db: TradingDatabase,
+) -> None:
+    assert db.add_active_position(
+        "AAPL", 10, 200.0, agent_name="exit_manager", profit_target=203.6, stop_loss=198.2,
+        metadata={"strategy": "gap_and_go"},
+    )  # fmt: skip
+    row = db.get_active_position("AAPL")
+    assert (row["agent"], row["profit_target_price"], row["stop_loss_price"]) == (
+        "exit_manager",
+        203.6,
+        198.2,
+    )
+    assert json.loads(row["metadata"]) == {"strategy": "gap_and_go"}
+
+    # The seed's positional order would put the agent where our target price goes.
+    with pytest.raises(TypeError, match="by keyword"):
+        db.add_active_position("MSFT", 5, 400.0, "day_trader", 407.2, 396.4)
+    with pytest.raises(ValueError, match="disagree"):
+        db.add_active_position("MSFT", 5, 400.0, agent="day_trader", agent_name="exit_manager")
+    assert not db.is_position_active("MSFT")
