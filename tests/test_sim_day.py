@@ -87,9 +87,7 @@ def test_rerun_replaces_a_folder_the_simulation_made(tmp_path):
         ("--start", "25:99", "is not a time"),
     ],
 )
-def test_bad_sim_flag_is_refused_before_the_run_folder_is_touched(
-    tmp_path, flag, value, message
-):
+def test_bad_sim_flag_is_refused_before_the_run_folder_is_touched(tmp_path, flag, value, message):
     run_dir = tmp_path / "run"
     args = sim_args(flag, value, "--run-dir", str(run_dir))
     with pytest.raises(SupervisorError, match=message):
