@@ -6,15 +6,19 @@ Secrets are wrapped in `Secret` so they never reach a log line or a repr.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dotenv import dotenv_values
+from dotenv.parser import Binding, parse_stream
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOTENV_PATH = PROJECT_ROOT / ".env"  # tests point this elsewhere: no test reads a real .env
 # IB's conventional ports: TWS 7497 paper / 7496 live, Gateway 4002 paper / 4001 live.
 LIVE_PORTS = frozenset({7496, 4001})
 PAPER_PORTS = frozenset({7497, 4002})
@@ -213,16 +217,13 @@ def load_settings(
 ) -> Settings:
     """Settings from `.env` overlaid by the environment, then `overrides` (already typed).
 
-    Raises SettingsError (one line: key, value, what is allowed) on the first bad value.
+    Raises SettingsError (one line: key, value, what is allowed) on the first bad value, and
+    on the first `.env` line that cannot be parsed (file, line number, key when readable).
     """
-    env_file = Path(dotenv_path) if dotenv_path is not None else PROJECT_ROOT / ".env"
+    env_file = Path(dotenv_path) if dotenv_path is not None else DOTENV_PATH
     merged: dict[str, str] = {}
     if env_file.exists():
-        try:
-            file_values = dotenv_values(env_file)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"cannot read {env_file}: {exc}; fix or delete the file") from exc
-        merged.update({k: v for k, v in file_values.items() if v is not None})
+        merged.update(read_dotenv(env_file))
     merged.update(os.environ if environ is None else environ)
 
     for alias, key in _ALIASES.items():
@@ -236,6 +237,63 @@ def load_settings(
             values[field_name] = parse(key, raw)
     values.update(overrides)
     return with_overrides(Settings(**values))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The key named in a parse error: an identifier before "=", or an upper-case one before a space
+# ("KEY VALUE", a lone "KEY"). Any other word may be a pasted secret: it is never echoed.
+_READABLE_KEY = re.compile(
+    r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=|(?:export\s+)?([A-Z_][A-Z0-9_]*)(?:\s|$)"
+)
+
+
+def read_dotenv(env_file: Path) -> dict[str, str]:
+    """The `KEY=value` pairs of a `.env` file, `${VAR}` expanded as python-dotenv does.
+
+    python-dotenv skips a line it cannot parse, so a typo (`MAX_POSITION_USD="1000`) would
+    silently leave the default in force. Raises SettingsError naming the file, the line number
+    and, when readable, the key of the first such line; the line's text is never shown (it may
+    hold a secret).
+    """
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read {env_file}: {exc}; fix or delete the file") from exc
+    for binding in parse_stream(io.StringIO(text)):
+        if _is_unparsable(binding):
+            raise _unparsable_line(env_file, binding)
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _is_unparsable(binding: Binding) -> bool:
+    if binding.error:
+        return True
+    # python-dotenv reads a lone word as a key without a value and a key like `$X` as a name:
+    # neither sets anything, so for a settings file both are mistakes.
+    return binding.key is not None and (
+        binding.value is None or not _ENV_NAME.fullmatch(binding.key)
+    )
+
+
+def _unparsable_line(env_file: Path, binding: Binding) -> SettingsError:
+    raw = binding.original.string
+    statement = raw.lstrip()
+    # The statement's own line: python-dotenv counts from the blank lines before it.
+    line = binding.original.line + raw[: len(raw) - len(statement)].count("\n")
+    first_line = statement.splitlines()[0] if statement else ""
+    found = _READABLE_KEY.match(first_line)
+    key = (found.group(1) or found.group(2)) if found else None
+    quote_hint = " with the quotes closed" if any(q in first_line for q in "\"'") else ""
+    if key:
+        return SettingsError(
+            f"{env_file} line {line}: cannot parse the line for {key}, so it would be ignored "
+            f"and the default used; write {key}=value{quote_hint} on one line"
+        )
+    return SettingsError(
+        f"{env_file} line {line}: cannot parse the line, so it would be ignored; write "
+        f"KEY=value{quote_hint}, start a comment with #, or delete the line"
+    )
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

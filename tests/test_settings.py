@@ -114,3 +114,60 @@ def test_cli_overrides_are_checked_like_loaded_settings(tmp_path: Path) -> None:
     assert with_overrides(paper, ib_port=7497).ib_port == 7497
     with pytest.raises(SettingsError, match="live port"):
         with_overrides(paper, ib_port=4001)
+
+
+# -- .env lines that cannot be parsed ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "line", "key"),
+    [
+        ('IB_PORT=4002\nMAX_POSITION_USD="1000\nALLOCATION=0.5\n', 2, "MAX_POSITION_USD"),
+        ("# limits\n\n\nMAX_POSITION_USD='1000\n", 4, "MAX_POSITION_USD"),
+        ('MAX_POSITION_USD="1000\nMAX_OPEN_POSITIONS="4"\n', 1, "MAX_POSITION_USD"),
+        ("ALLOCATION=0.5\nMAX_POSITION_USD 1000\n", 2, "MAX_POSITION_USD"),
+        ("ALLOCATION=0.5\nMAX_POSITION_USD\n", 2, "MAX_POSITION_USD"),
+        ("IB_PORT=4002\n!!garbage\n", 2, None),
+        ("IB_PORT=4002\n=1000\n", 2, None),
+        ("$MAX_POSITION_USD=1000\n", 1, None),
+        ("export MAX_POSITION_USD='it''s'\n", 1, "MAX_POSITION_USD"),
+    ],
+)
+def test_unparsable_dotenv_line_is_fatal_naming_file_line_and_key(
+    dotenv: str, line: int, key: str | None, tmp_path: Path
+) -> None:
+    """Bug pinned: python-dotenv skipped the line and the default applied
+    (MAX_POSITION_USD="1000 silently became $25,000)."""
+    with pytest.raises(SettingsError) as caught:
+        load({}, tmp_path, dotenv=dotenv)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / '.env'} line {line}: cannot parse the line")
+    assert "\n" not in message
+    if key is not None:
+        assert f"for {key}," in message and f"write {key}=value" in message
+
+
+def test_unparsable_dotenv_line_never_echoes_its_text(tmp_path: Path) -> None:
+    """A pasted API key on a line of its own must not reach the console."""
+    with pytest.raises(SettingsError) as caught:
+        load({}, tmp_path, dotenv="DEEPSEEK_API_KEY=\nsk-9f8e7d6c5b4a\n")
+    assert "9f8e7d6c5b4a" not in str(caught.value) and "line 2" in str(caught.value)
+
+
+def test_well_formed_dotenv_stays_accepted(tmp_path: Path) -> None:
+    dotenv = (
+        "# a comment line\n"
+        "\n"
+        "export IB_PORT=7497\n"
+        "ALLOCATION = 0.5  # a trailing comment\n"
+        'IB_ACCOUNT="DU 1 # not a comment"\n'
+        "LOG_LEVEL='warning'\n"
+        "CLOCK_FILE=\n"
+        "   \n"
+        "TRADER_HOME=/srv/trader\n"
+        "DATABASE_PATH=${TRADER_HOME}/db.sqlite\n"
+    )
+    s = load({}, tmp_path, dotenv=dotenv)
+    assert (s.ib_port, s.allocation, s.ib_account) == (7497, 0.5, "DU 1 # not a comment")
+    assert s.log_level == "WARNING" and s.clock_file is None
+    assert s.database_path == Path("/srv/trader/db.sqlite")
