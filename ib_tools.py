@@ -19,7 +19,14 @@ from ib_async import IB
 
 from core.clock import ClockError
 from core.logs import setup_logging
-from core.settings import Settings, SettingsError, get_settings, set_settings, with_overrides
+from core.settings import (
+    Settings,
+    SettingsError,
+    check_trading_mode,
+    get_settings,
+    set_settings,
+    with_overrides,
+)
 from observability import DatabaseError, TradingDatabase, get_database
 
 TOOL_CLIENT_IDS = {
@@ -46,12 +53,18 @@ def add_connection_args(parser: argparse.ArgumentParser, tool: str) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout, seconds")
 
 
+def live_flag_of(args: argparse.Namespace) -> bool | None:
+    """--live as given to a tool that sends orders; None for a tool that only looks."""
+    return getattr(args, "live", None)
+
+
 def add_db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help="database file (default DATABASE_PATH)")
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    """Settings with --host/--port applied (validated like the environment would be)."""
+    """Settings with --host/--port applied (validated like the environment would be), checked
+    against the paper/live rule. Raises SettingsError."""
     settings = get_settings()
     changes = {}
     if getattr(args, "host", None):
@@ -61,6 +74,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if changes:
         settings = with_overrides(settings, **changes)
         set_settings(settings)
+    check_trading_mode(settings, live_flag_of(args))
     return settings
 
 
