@@ -35,6 +35,8 @@ TOOL_CLIENT_IDS = {
     "monitor_live": 93,
     "liquidate_all": 94,
 }
+# Tools that can send an order: they take --live and connect only to an account that fits it.
+TOOLS_THAT_SEND_ORDERS = frozenset({"liquidate_all"})
 
 
 class ToolError(RuntimeError):
@@ -51,6 +53,10 @@ def add_connection_args(parser: argparse.ArgumentParser, tool: str) -> None:
         help=f"API client id (default {TOOL_CLIENT_IDS[tool]})",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout, seconds")
+    if tool in TOOLS_THAT_SEND_ORDERS:  # the bots' paper/live rule, account included
+        parser.add_argument(
+            "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
+        )
 
 
 def live_flag_of(args: argparse.Namespace) -> bool | None:
@@ -125,6 +131,8 @@ def tool_session(
 ) -> Iterator[ToolSession]:
     """Settings, then logging, then the database, then the connection; disconnects on exit.
 
+    A tool that sends orders (it has --live) gets the connection only when the gateway's
+    account fits paper/live, before it can send anything.
     Raises SettingsError, DatabaseError or ToolError (see run_tool) before anything later opens.
     """
     settings = settings_for(args)
@@ -132,6 +140,8 @@ def tool_session(
     db = open_database(args, settings) if database else None
     ib = connect(settings, args.client_id, args.timeout)
     try:
+        if live_flag_of(args) is not None:
+            check_trading_mode(settings, live_flag_of(args), account_of(ib, settings))
         yield ToolSession(settings, db, ib)
     finally:
         ib.disconnect()
