@@ -19,6 +19,8 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     for key in settings.env_keys():
         monkeypatch.delenv(key, raising=False)
+    # A program's main() loads its settings itself: never from the developer's .env.
+    monkeypatch.setattr(settings, "DOTENV_PATH", tmp_path / "no.env")
     isolated = settings.load_settings(
         environ={},
         dotenv_path=tmp_path / "no.env",

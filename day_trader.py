@@ -51,7 +51,13 @@ from core.money import (
     stop_loss_price,
 )
 from core.orders import IntentOrders, LookupStatus
-from core.settings import Settings, SettingsError, load_settings, set_settings
+from core.settings import (
+    Settings,
+    SettingsError,
+    check_trading_mode,
+    load_settings,
+    set_settings,
+)
 from core.shutdown import install_stop_handlers
 from entry_rules import (
     BAR_SECONDS,
@@ -1373,7 +1379,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--db", help="database file (default DATABASE_PATH)")
     parser.add_argument(
-        "--live", action="store_true", help="trade real money (needs a live account)"
+        "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
     parser.add_argument("--symbols", type=_symbols, help="watchlist override, e.g. AAPL,MSFT")
     parser.add_argument(
@@ -1408,8 +1414,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["database_path"] = Path(args.db).expanduser().resolve()
     if args.allocation is not None:
         overrides["allocation"] = args.allocation
-    overrides["trading_mode"] = "live" if args.live else "paper"
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    check_trading_mode(settings, args.live)
+    return settings
 
 
 def options_from_args(args: argparse.Namespace, settings: Settings) -> DayTraderOptions:

@@ -30,7 +30,13 @@ from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
 from core.logs import get_logger, setup_logging
 from core.orders import IntentOrders, is_rejected
-from core.settings import SettingsError, load_settings, set_settings
+from core.settings import (
+    Settings,
+    SettingsError,
+    check_trading_mode,
+    load_settings,
+    set_settings,
+)
 from core.shutdown import install_stop_handlers
 from exit_rules import (
     AGENT,
@@ -1107,8 +1113,15 @@ class ExitManager:
             heartbeat.cancel()
 
     async def run_once(self, attempts: int = 3) -> int:
-        """Reconcile once, print the protection table, exit: 0 reconciled, 1 not."""
-        if not await self.session.connect(attempts=attempts) or not self.reconciled:
+        """Reconcile once, print the protection table, exit: 0 reconciled, 1 not.
+
+        Raises SettingsError when the gateway's account does not fit paper/live."""
+        try:
+            connected = await self.session.connect(attempts=attempts)
+        except SettingsError:
+            await self.shutdown()
+            raise
+        if not connected or not self.reconciled:
             print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
             await self.shutdown()
             return 1
@@ -1158,7 +1171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="IB port (default IB_PORT)")
     parser.add_argument("--db", default=None, help="database file (default DATABASE_PATH)")
     parser.add_argument("--once", action="store_true", help="reconcile, print the table, exit")
-    parser.add_argument("--live", action="store_true", help="trade real money (TRADING_MODE=live)")
+    parser.add_argument(
+        "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
+    )
     parser.add_argument("--retry-seconds", type=float, default=30.0, help="reconnect interval")
     parser.add_argument("--backstop-gap-pct", type=float, default=None,
                         help="server STP this many %% below the bot stop (default 0.5)")  # fmt: skip
@@ -1172,8 +1187,8 @@ def _arg_error(message: str) -> None:
     sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the command line on top. Raises SettingsError."""
     overrides: dict[str, Any] = {}
     if args.host:
         overrides["ib_host"] = args.host
@@ -1183,14 +1198,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides["exit_manager_client_id"] = args.client_id
     if args.db:
         overrides["database_path"] = Path(args.db).expanduser().resolve()
+    settings = load_settings(**overrides)
+    check_trading_mode(settings, args.live)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(**overrides)
-        if args.live != settings.is_live:
-            raise SettingsError(
-                "--live needs TRADING_MODE=live"
-                if args.live
-                else "TRADING_MODE=live needs --live on the command line (real money)"
-            )
+        settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)
         if args.backstop_gap_pct is not None:
             config = replace(config, backstop_gap_pct=args.backstop_gap_pct)
@@ -1221,12 +1237,12 @@ async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: Ma
         settings, settings.exit_manager_client_id, AGENT, retry_seconds=args.retry_seconds
     )
     manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
-    if args.once:
-        return await manager.run_once()
-    install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
     try:
+        if args.once:
+            return await manager.run_once()
+        install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
         return await manager.run()
-    except SettingsError as exc:  # paper/live account mismatch: never retried
+    except SettingsError as exc:  # paper/live account mismatch at connect: never retried
         print(f"exit_manager: error: {exc}", file=sys.stderr)
         return 2
 

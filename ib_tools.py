@@ -19,7 +19,14 @@ from ib_async import IB
 
 from core.clock import ClockError
 from core.logs import setup_logging
-from core.settings import Settings, SettingsError, get_settings, set_settings, with_overrides
+from core.settings import (
+    Settings,
+    SettingsError,
+    check_trading_mode,
+    get_settings,
+    set_settings,
+    with_overrides,
+)
 from observability import DatabaseError, TradingDatabase, get_database
 
 TOOL_CLIENT_IDS = {
@@ -28,6 +35,8 @@ TOOL_CLIENT_IDS = {
     "monitor_live": 93,
     "liquidate_all": 94,
 }
+# Tools that can send an order: they take --live and connect only to an account that fits it.
+TOOLS_THAT_SEND_ORDERS = frozenset({"liquidate_all"})
 
 
 class ToolError(RuntimeError):
@@ -44,6 +53,15 @@ def add_connection_args(parser: argparse.ArgumentParser, tool: str) -> None:
         help=f"API client id (default {TOOL_CLIENT_IDS[tool]})",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout, seconds")
+    if tool in TOOLS_THAT_SEND_ORDERS:  # the bots' paper/live rule, account included
+        parser.add_argument(
+            "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
+        )
+
+
+def live_flag_of(args: argparse.Namespace) -> bool | None:
+    """--live as given to a tool that sends orders; None for a tool that only looks."""
+    return getattr(args, "live", None)
 
 
 def add_db_arg(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +69,8 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    """Settings with --host/--port applied (validated like the environment would be)."""
+    """Settings with --host/--port applied (validated like the environment would be), checked
+    against the paper/live rule. Raises SettingsError."""
     settings = get_settings()
     changes = {}
     if getattr(args, "host", None):
@@ -61,6 +80,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if changes:
         settings = with_overrides(settings, **changes)
         set_settings(settings)
+    check_trading_mode(settings, live_flag_of(args))
     return settings
 
 
@@ -111,6 +131,8 @@ def tool_session(
 ) -> Iterator[ToolSession]:
     """Settings, then logging, then the database, then the connection; disconnects on exit.
 
+    A tool that sends orders (it has --live) gets the connection only when the gateway's
+    account fits paper/live, before it can send anything.
     Raises SettingsError, DatabaseError or ToolError (see run_tool) before anything later opens.
     """
     settings = settings_for(args)
@@ -118,6 +140,8 @@ def tool_session(
     db = open_database(args, settings) if database else None
     ib = connect(settings, args.client_id, args.timeout)
     try:
+        if live_flag_of(args) is not None:
+            check_trading_mode(settings, live_flag_of(args), account_of(ib, settings))
         yield ToolSession(settings, db, ib)
     finally:
         ib.disconnect()

@@ -35,7 +35,13 @@ import psutil
 
 from core.clock import MarketClock
 from core.logs import get_logger, setup_logging
-from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, set_settings
+from core.settings import (
+    PROJECT_ROOT,
+    Settings,
+    SettingsError,
+    check_trading_mode,
+    get_settings,
+)
 from observability import DatabaseError, TradingDatabase, get_database
 
 log = get_logger("supervisor")
@@ -704,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stale-after", type=float, default=90.0, help="real seconds without heartbeat = hung"
     )
-    parser.add_argument("--live", action="store_true", help="trade real money (TRADING_MODE=live)")
+    parser.add_argument(
+        "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
+    )
     sim = parser.add_argument_group("simulation (--sim)")
     sim.add_argument("--sim", action="store_true", help="run one simulated day and report")
     sim.add_argument("--seed", type=int, default=None, help="simulated market seed (default 7)")
@@ -731,18 +739,15 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     orphans = lock.acquire()
     try:
         stop_orphans(orphans)
-        env = {"DATABASE_PATH": str(db.path)}
-        live_args: tuple[str, ...] = ()
-        if args.live:  # each bot also wants --live on its own command line
-            env["TRADING_MODE"] = "live"
-            live_args = ("--live",)
+        mode_env, mode_args = bot_mode(settings)
+        env = {"DATABASE_PATH": str(db.path), **mode_env}
         policy = WatchdogPolicy(
             stale_after_s=args.stale_after,
             status_every_s=args.status_every if args.status_every is not None else 300.0,
         )
         supervisor = Supervisor(
             db,
-            bot_specs(allocation, env, day_trader_args=live_args, exit_manager_args=live_args),
+            bot_specs(allocation, env, day_trader_args=mode_args, exit_manager_args=mode_args),
             policy,
             lock=lock,
             backup_dir=settings.backup_dir,
@@ -753,15 +758,26 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
         lock.release()
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings, checked against --live (the simulator is always paper). Raises SettingsError."""
+    settings = get_settings()
+    if args.sim:
+        if args.live:
+            raise SettingsError("--sim always trades paper on the simulated gateway: drop --live")
+        return settings
+    check_trading_mode(settings, args.live)
+    return settings
+
+
+def bot_mode(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The environment and flags that make each bot decide the supervisor's own mode."""
+    return {"TRADING_MODE": settings.trading_mode}, ("--live",) if settings.is_live else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = get_settings()
-        if args.live:
-            from core.settings import load_settings
-
-            settings = load_settings(trading_mode="live")
-            set_settings(settings)
+        settings = settings_from_args(args)
         if args.sim:
             import sim_day
 

@@ -20,7 +20,7 @@ from enum import Enum
 from ib_async import IB
 
 from core.logs import get_logger
-from core.settings import Settings, SettingsError, check_live_account
+from core.settings import Settings, SettingsError, check_trading_mode
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -220,7 +220,9 @@ class BrokerSession:
                 f"{', '.join(accounts) or 'no account'}"
             )
         try:
-            check_live_account(s, self.account)
+            # The program checked --live against TRADING_MODE at start; here the account, on
+            # every (re)connect, before the connected handlers may send an order.
+            check_trading_mode(s, s.is_live, self.account)
         except SettingsError:
             self.ib.disconnect()
             raise

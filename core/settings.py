@@ -6,18 +6,23 @@ Secrets are wrapped in `Secret` so they never reach a log line or a repr.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dotenv import dotenv_values
+from dotenv.parser import Binding, parse_stream
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOTENV_PATH = PROJECT_ROOT / ".env"  # tests point this elsewhere: no test reads a real .env
 # IB's conventional ports: TWS 7497 paper / 7496 live, Gateway 4002 paper / 4001 live.
 LIVE_PORTS = frozenset({7496, 4001})
 PAPER_PORTS = frozenset({7497, 4002})
+PAPER_ACCOUNT_PREFIX = "DU"  # IB paper accounts are DU...; live ones U..., F..., I...
 
 T = TypeVar("T")
 
@@ -213,16 +218,13 @@ def load_settings(
 ) -> Settings:
     """Settings from `.env` overlaid by the environment, then `overrides` (already typed).
 
-    Raises SettingsError (one line: key, value, what is allowed) on the first bad value.
+    Raises SettingsError (one line: key, value, what is allowed) on the first bad value, and
+    on the first `.env` line that cannot be parsed (file, line number, key when readable).
     """
-    env_file = Path(dotenv_path) if dotenv_path is not None else PROJECT_ROOT / ".env"
+    env_file = Path(dotenv_path) if dotenv_path is not None else DOTENV_PATH
     merged: dict[str, str] = {}
     if env_file.exists():
-        try:
-            file_values = dotenv_values(env_file)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"cannot read {env_file}: {exc}; fix or delete the file") from exc
-        merged.update({k: v for k, v in file_values.items() if v is not None})
+        merged.update(read_dotenv(env_file))
     merged.update(os.environ if environ is None else environ)
 
     for alias, key in _ALIASES.items():
@@ -238,10 +240,68 @@ def load_settings(
     return with_overrides(Settings(**values))
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The key named in a parse error: an identifier before "=", or an upper-case one before a space
+# ("KEY VALUE", a lone "KEY"). Any other word may be a pasted secret: it is never echoed.
+_READABLE_KEY = re.compile(
+    r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=|(?:export\s+)?([A-Z_][A-Z0-9_]*)(?:\s|$)"
+)
+
+
+def read_dotenv(env_file: Path) -> dict[str, str]:
+    """The `KEY=value` pairs of a `.env` file, `${VAR}` expanded as python-dotenv does.
+
+    python-dotenv skips a line it cannot parse, so a typo (`MAX_POSITION_USD="1000`) would
+    silently leave the default in force. Raises SettingsError naming the file, the line number
+    and, when readable, the key of the first such line; the line's text is never shown (it may
+    hold a secret).
+    """
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read {env_file}: {exc}; fix or delete the file") from exc
+    for binding in parse_stream(io.StringIO(text)):
+        if _is_unparsable(binding):
+            raise _unparsable_line(env_file, binding)
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _is_unparsable(binding: Binding) -> bool:
+    if binding.error:
+        return True
+    # python-dotenv reads a lone word as a key without a value and a key like `$X` as a name:
+    # neither sets anything, so for a settings file both are mistakes.
+    return binding.key is not None and (
+        binding.value is None or not _ENV_NAME.fullmatch(binding.key)
+    )
+
+
+def _unparsable_line(env_file: Path, binding: Binding) -> SettingsError:
+    raw = binding.original.string
+    statement = raw.lstrip()
+    # The statement's own line: python-dotenv counts from the blank lines before it.
+    line = binding.original.line + raw[: len(raw) - len(statement)].count("\n")
+    first_line = statement.splitlines()[0] if statement else ""
+    found = _READABLE_KEY.match(first_line)
+    key = (found.group(1) or found.group(2)) if found else None
+    quote_hint = " with the quotes closed" if any(q in first_line for q in "\"'") else ""
+    if key:
+        return SettingsError(
+            f"{env_file} line {line}: cannot parse the line for {key}, so it would be ignored "
+            f"and the default used; write {key}=value{quote_hint} on one line"
+        )
+    return SettingsError(
+        f"{env_file} line {line}: cannot parse the line, so it would be ignored; write "
+        f"KEY=value{quote_hint}, start a comment with #, or delete the line"
+    )
+
+
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
     """`settings` with typed `changes` (e.g. from CLI flags), checked like loaded settings.
 
-    Raises SettingsError when the result is inconsistent (e.g. a live port in paper mode).
+    Raises SettingsError when the result is inconsistent (e.g. two bots on one client id).
+    Paper/live is checked by each program with its --live flag: check_trading_mode.
     """
     updated = replace(settings, **changes)
     _check_consistency(updated)
@@ -260,33 +320,73 @@ def _check_consistency(s: Settings) -> None:
             f"setting EOD_SWEEP_MINUTES={s.eod_sweep_minutes} is invalid: it must be smaller than "
             f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (the sweep comes after the flatten)"
         )
-    if s.is_live and s.ib_port in PAPER_PORTS:
-        raise SettingsError(
-            f"setting IB_PORT={s.ib_port} is invalid with TRADING_MODE=live: {s.ib_port} is a paper "
-            "port; use 4001 (Gateway) or 7496 (TWS) for live"
-        )
-    if not s.is_live and s.ib_port in LIVE_PORTS:
-        raise SettingsError(
-            f"setting IB_PORT={s.ib_port} is invalid with TRADING_MODE=paper: {s.ib_port} is a live "
-            "port; use 4002 (Gateway) or 7497 (TWS), or pass --live to trade real money"
-        )
 
 
-def check_live_account(settings: Settings, account: str) -> None:
-    """Refuse a paper/live mismatch between settings and the account the gateway reports.
+def is_paper_account(account: str) -> bool:
+    """Whether IB's account id is a paper one (DU...)."""
+    return account.upper().startswith(PAPER_ACCOUNT_PREFIX)
 
-    IB paper accounts start with "DU". Raises SettingsError with the fix.
+
+def check_trading_mode(
+    settings: Settings, live_flag: bool | None, account: str | None = None
+) -> None:
+    """The one paper/live rule, for every program that connects to IB.
+
+    Live trading needs all of: `--live` on the command line, TRADING_MODE=live (read
+    case-insensitively when the settings load), and an account the gateway reports as
+    non-paper. A known paper port (4002, 7497) is refused in live mode and a known live port
+    (4001, 7496) in paper mode; other ports are allowed in either.
+    `live_flag` is whether --live was given; None for a tool that never sends an order (it
+    follows TRADING_MODE, and only the ports are checked). `account` is the account the gateway
+    reports, None before connecting.
+    Raises SettingsError: one line naming what is missing and the fix.
     """
-    is_paper_account = account.upper().startswith("DU")
-    if settings.is_live and is_paper_account:
+    live = settings.is_live
+    if live_flag is True and not live:
         raise SettingsError(
-            f"account {account} is a paper account but TRADING_MODE=live: connect to the live "
-            "gateway or drop --live"
+            f"--live needs TRADING_MODE=live, but TRADING_MODE is {settings.trading_mode} (the "
+            "default when unset): set TRADING_MODE=live in .env or the environment to trade "
+            "real money, or drop --live to trade paper"
         )
-    if not settings.is_live and not is_paper_account:
+    if live_flag is False and live:
         raise SettingsError(
-            f"account {account} is a live account but TRADING_MODE=paper: connect to the paper "
-            "gateway, or pass --live to trade real money"
+            "TRADING_MODE=live needs --live on the command line: add --live to trade real "
+            "money, or set TRADING_MODE=paper to trade paper"
+        )
+    real_money = "--live and TRADING_MODE=live" if live_flag else "TRADING_MODE=live"
+    to_paper = "drop --live and set TRADING_MODE=paper" if live_flag else "set TRADING_MODE=paper"
+    to_live = "set TRADING_MODE=live" + (" and add --live" if live_flag is not None else "")
+    port = settings.ib_port
+    if live and port in PAPER_PORTS:
+        raise SettingsError(
+            f"port {port} is a paper port but this run trades real money ({real_money}): "
+            "point IB_PORT (or --port) at the live gateway, 4001 (IB Gateway) or 7496 (TWS), "
+            f"or {to_paper} to trade paper"
+        )
+    if not live and port in LIVE_PORTS:
+        raise SettingsError(
+            f"port {port} is a live port but this is paper trading: point IB_PORT (or --port) "
+            f"at the paper gateway, 4002 (IB Gateway) or 7497 (TWS), or {to_live} to trade "
+            "real money"
+        )
+    if account is None:
+        return
+    if not account:
+        raise SettingsError(
+            "the gateway reports no account, so paper or live cannot be checked: log the "
+            "gateway in to its account (or set IB_ACCOUNT) and start again"
+        )
+    if live and is_paper_account(account):
+        raise SettingsError(
+            f"account {account} is a paper account but this run trades real money "
+            f"({real_money}): log the live gateway in to the live account, or {to_paper} to "
+            "trade paper"
+        )
+    if not live and not is_paper_account(account):
+        raise SettingsError(
+            f"account {account} is a live (non-paper) account but this is paper trading: "
+            f"connect to a gateway logged in to a paper account ({PAPER_ACCOUNT_PREFIX}...), "
+            f"or {to_live} to trade real money"
         )
 
 

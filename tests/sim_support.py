@@ -57,7 +57,7 @@ def sim_db(tmp_path: Path) -> TradingDatabase:
 
 
 def tool_env(tmp_path: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "DATABASE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "DATABASE", "TRADING"))}
     env.update(
         IB_PORT=str(port),
         CLOCK_FILE=str(tmp_path / "sim_clock.json"),
@@ -71,12 +71,18 @@ def tool_env(tmp_path: Path, port: int) -> dict[str, str]:
 
 
 def run_tool(
-    tmp_path: Path, port: int, *argv: str, stdin: str | None = None, timeout: float = 90
+    tmp_path: Path,
+    port: int,
+    *argv: str,
+    stdin: str | None = None,
+    timeout: float = 90,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one of the project's scripts as a real process against the simulator."""
+    """Run one of the project's scripts as a real process against the simulator (`env` on top
+    of tool_env)."""
     return subprocess.run(
-        [sys.executable, *argv], cwd=PROJECT_ROOT, env=tool_env(tmp_path, port), input=stdin,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *argv], cwd=PROJECT_ROOT, env={**tool_env(tmp_path, port), **(env or {})},
+        input=stdin, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 

@@ -9,10 +9,11 @@ from datetime import date
 from datetime import time as dtime
 from typing import Any
 
+import pytest
 from ib_async import IB
 
 from core.broker import BrokerSession, ErrorKind, classify_error
-from core.settings import get_settings
+from core.settings import Settings, SettingsError, get_settings
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 
@@ -111,3 +112,30 @@ def test_dead_feed_then_farm_ok_resubscribes_and_competing_session_is_unhealthy(
 
     with GatewayThread(CONFIG) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
+def test_account_that_does_not_fit_the_mode_is_refused_at_connect_before_any_handler() -> None:
+    """Every bot connects through BrokerSession: a paper run on a U... account, or a live run on
+    a DU... one, must stop before reconciliation (the first code that may send an order)."""
+
+    async def scenario(gw: GatewayThread, settings: Settings, refusal: str) -> None:
+        session = BrokerSession(replace(settings, ib_port=gw.port), 12, "t")
+        handled: list[bool] = []
+
+        async def reconcile() -> None:
+            handled.append(True)
+
+        session.connected_handlers.append(reconcile)
+        with pytest.raises(SettingsError, match=refusal):
+            await session.connect(attempts=1)
+        assert handled == [] and not session.ready.is_set() and not session.ib.isConnected()
+        await session.close()
+
+    paper = get_settings()
+    live = replace(paper, trading_mode="live")
+    for account, settings, refusal in (
+        ("U7654321", paper, r"U7654321 is a live \(non-paper\) account"),
+        ("DU1234567", live, "DU1234567 is a paper account"),
+    ):
+        with GatewayThread(replace(CONFIG, account=account)) as gw:
+            asyncio.run(asyncio.wait_for(scenario(gw, settings, refusal), 60))

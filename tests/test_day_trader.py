@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from ib_async import MarketOrder
 
+import day_trader
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
@@ -36,12 +37,14 @@ from day_trader import (
     day_phase,
     main,
     options_from_args,
+    settings_from_args,
 )
 from entry_rules import AFTER_ENTRY_CUTOFF, DELAYED_DATA, MAX_OPEN_POSITIONS, STALE_QUOTE
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
 from observability import TradingDatabase
+from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
 from tests.sim_support import client, stock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -540,7 +543,7 @@ def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: P
 
 def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path) -> None:
     with gateway(tmp_path, dtime(9, 25), speed=1) as gw:
-        proc = start_trader(gw, tmp_path, args=["--live"])
+        proc = start_trader(gw, tmp_path, env={"TRADING_MODE": "live"}, args=["--live"])
         try:
             rc = proc.wait(60)
         finally:
@@ -550,6 +553,52 @@ def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path
         assert rc == 2
         assert err[-1].startswith("day_trader.py: error: account DU1234567 is a paper account")
         assert not gw.account.open_orders() and not gw.account.completed_orders()
+
+
+def test_paper_mode_against_a_live_account_is_refused_at_connect_before_any_order(
+    tmp_path: Path,
+) -> None:
+    """A paper run must never trade a non-paper (U...) account, whatever its data says."""
+    with gateway(tmp_path, dtime(9, 45), speed=30, account="U7654321") as gw:
+        proc = start_trader(gw, tmp_path)
+        try:
+            rc = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err = console_lines(tmp_path)
+        assert rc == 2
+        assert err[-1].startswith(
+            "day_trader.py: error: account U7654321 is a live (non-paper) account but this is "
+            "paper trading"
+        )
+        assert not gw.account.open_orders() and not gw.account.completed_orders()
+
+
+@pytest.mark.parametrize(("flag", "mode", "port"), COMBOS, ids=map(combo_id, COMBOS))
+def test_start_follows_the_one_paper_live_rule(
+    flag: bool,
+    mode: str | None,
+    port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bugs pinned: --live alone traded live (the flag overrode TRADING_MODE), and
+    TRADING_MODE=LIVE without --live quietly traded paper."""
+    set_environment(monkeypatch, tmp_path, mode, port)
+    argv = ["--symbols", "AAPL", *(["--live"] if flag else [])]
+    refusal = rule_refusal(flag, mode, port)
+    if refusal is None:
+        assert settings_from_args(build_parser().parse_args(argv)).is_live is flag
+        return
+
+    async def trading(*_: Any) -> int:
+        return 99  # got past the start-up checks: it would connect and trade
+
+    monkeypatch.setattr(day_trader, "_run", trading)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"day_trader.py: error: {refusal}"]
 
 
 # -- data quality, client id, missed fills (failure modes 4, 7, 11) ----------------------------

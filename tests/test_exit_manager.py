@@ -33,6 +33,9 @@ from exit_rules import AGENT, DayPhase, ExitConfig
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
+from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
+from tests.sim_support import buy_now
+from tests.sim_support import client as sim_client
 
 ROOT = Path(__file__).resolve().parent.parent
 TRADING_DATE = date(2026, 11, 25)  # a full Wednesday session
@@ -457,6 +460,65 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
                     proc.wait(10)
 
     run(scenario())
+
+
+def test_paper_run_on_a_live_account_is_refused_at_connect_and_a_live_run_protects_it(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The rule through the running program: paper mode refuses a U... account before any
+    order; --live with TRADING_MODE=live on a non-standard port trades it."""
+    with gateway(tmp_path, account="U7654321") as gw:
+        db, _clock = sim_db(gw)
+        ib = sim_client(gw.port, DT)
+        try:
+            buy_now(ib, db, "AAPL", 100, protect=False)
+        finally:
+            ib.disconnect()
+        env = _subprocess_env(tmp_path, gw)
+        paper = subprocess.run(_exit_manager_args(gw, db, "--once"), env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert paper.returncode == 2 and "Traceback" not in paper.stderr
+        assert paper.stderr.splitlines()[-1] == (  # after the console's connect log lines
+            "exit_manager: error: account U7654321 is a live (non-paper) account but this is "
+            "paper trading: connect to a gateway logged in to a paper account (DU...), or set "
+            "TRADING_MODE=live and add --live to trade real money"
+        )
+        assert gw.account.open_orders() == []  # the position is left unprotected, untouched
+        assert len(gw.account.completed_orders()) == 1  # only the entry
+
+        live = subprocess.run(_exit_manager_args(gw, db, "--once", "--live"),
+                              env={**env, "TRADING_MODE": "live"}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert live.returncode == 0, live.stderr[-2000:]
+        assert one_protective_set(gw.account.state(), "AAPL", 100)
+
+
+@pytest.mark.parametrize(("flag", "mode", "port"), COMBOS, ids=map(combo_id, COMBOS))
+def test_start_follows_the_one_paper_live_rule(
+    flag: bool,
+    mode: str | None,
+    port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bug pinned: --live without TRADING_MODE on a live port was told to "pass --live"."""
+    import exit_manager
+
+    set_environment(monkeypatch, tmp_path, mode, port)
+    args = ["--live"] if flag else []
+    refusal = rule_refusal(flag, mode, port)
+    if refusal is None:
+        parsed = exit_manager.build_parser().parse_args(args)
+        assert exit_manager.settings_from_args(parsed).is_live is flag
+        return
+
+    async def protecting(*_: Any) -> int:
+        return 99  # got past the start-up checks: it would connect and send orders
+
+    monkeypatch.setattr(exit_manager, "_run", protecting)
+    assert exit_manager.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [f"exit_manager: error: {refusal}"]
 
 
 def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sim_support import start_gateway, wait_for
 
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from ib_tools import TOOL_CLIENT_IDS, ToolSession, add_connection_args, add_db_arg, tool_session
 
 
@@ -39,5 +39,32 @@ def test_tool_session_disconnects_when_the_body_raises_and_opens_no_database_whe
         assert not _isolated_settings.database_path.exists()
         assert not session.ib.isConnected()
         wait_for(lambda: client_id not in gw.gateway.by_client, 5, "the gateway to free the id")
+    finally:
+        gw.stop()
+
+
+def test_tool_that_sends_orders_is_refused_a_live_account_at_connect_a_looking_tool_is_not(
+    tmp_path: Path,
+) -> None:
+    """liquidate_all (it can sell) gets no session on a U... account in paper mode; the id is
+    freed. test_connection only looks: it may inspect any account."""
+    gw = start_gateway(tmp_path, account="U7654321")
+    try:
+        selling = argparse.ArgumentParser()
+        add_connection_args(selling, "liquidate_all")
+        args = selling.parse_args(["--port", str(gw.port)])
+        with (
+            pytest.raises(SettingsError, match="U7654321 is a live \\(non-paper\\) account"),
+            tool_session(args, "liquidate_all", database=False),
+        ):
+            pytest.fail("a session was opened")
+        client_id = TOOL_CLIENT_IDS["liquidate_all"]
+        wait_for(lambda: client_id not in gw.gateway.by_client, 5, "the gateway to free the id")
+
+        looking = argparse.ArgumentParser()
+        add_connection_args(looking, "test_connection")
+        args = looking.parse_args(["--port", str(gw.port)])
+        with tool_session(args, "test_connection", database=False) as session:
+            assert session.ib.managedAccounts() == ["U7654321"]
     finally:
         gw.stop()

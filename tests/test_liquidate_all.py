@@ -5,8 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from mode_rule import COMBOS, combo_id, rule_refusal, set_environment
 from sim_support import buy_now, client, run_tool, sim_db, start_gateway
 
+import ib_tools
 import liquidate_all as liq
 from core.clock import SimulatedTimeSource, write_sim_clock_file
 
@@ -112,3 +114,77 @@ def test_unreachable_gateway_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "connection refused" in result.stderr
+
+
+# -- paper / live ------------------------------------------------------------------------------
+
+
+def test_paper_mode_never_flattens_a_live_account(tmp_path):
+    """Bug pinned: liquidate_all never checked the account, and in paper mode it sold every
+    position of a non-paper (U...) account."""
+    gateway = start_gateway(tmp_path, account="U7654321")
+    try:
+        db = sim_db(tmp_path)
+        ib = client(gateway.port, 2)
+        [symbol] = _symbols(gateway, 1)
+        try:
+            buy_now(ib, db, symbol, 40, protect=False)
+        finally:
+            ib.disconnect()
+        orders_before = gateway.account.completed_orders()
+
+        result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes")
+
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            "liquidate_all: error: account U7654321 is a live (non-paper) account but this is "
+            "paper trading: connect to a gateway logged in to a paper account (DU...), or set "
+            "TRADING_MODE=live and add --live to trade real money"
+        ]
+        assert gateway.account.positions() == {symbol: 40}
+        assert gateway.account.open_orders() == []
+        assert gateway.account.completed_orders() == orders_before  # no order reached IB
+        assert not (tmp_path / "KILL_SWITCH").exists()
+        live = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--live", "--dry-run",
+                        env={"TRADING_MODE": "live"})  # fmt: skip
+        assert live.returncode == 0, live.stderr
+        assert "account U7654321: 1 position(s)" in live.stdout
+    finally:
+        gateway.stop()
+
+
+def test_live_flag_never_flattens_a_paper_account(gateway, tmp_path):
+    db = sim_db(tmp_path)
+    ib = client(gateway.port, 2)
+    [symbol] = _symbols(gateway, 1)
+    try:
+        buy_now(ib, db, symbol, 10, protect=False)
+    finally:
+        ib.disconnect()
+    result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--live", "--yes",
+                      env={"TRADING_MODE": "live"})  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        "liquidate_all: error: account DU1234567 is a paper account but this run trades real "
+        "money (--live and TRADING_MODE=live)"
+    )
+    assert result.stderr.strip().count("\n") == 0
+    assert gateway.account.positions() == {symbol: 10}
+
+
+@pytest.mark.parametrize(("flag", "mode", "port"), COMBOS, ids=map(combo_id, COMBOS))
+def test_start_follows_the_one_paper_live_rule(flag, mode, port, tmp_path, monkeypatch, capsys):
+    """Bug pinned: liquidate_all had no --live and traded whatever TRADING_MODE said."""
+    set_environment(monkeypatch, tmp_path, mode, port)
+    argv = ["--yes", *(["--live"] if flag else [])]
+    refusal = rule_refusal(flag, mode, port)
+    if refusal is None:
+        assert ib_tools.settings_for(liq.build_parser().parse_args(argv)).is_live is flag
+        return
+
+    def connect(*_):
+        raise AssertionError("got past the start-up checks: it would connect and sell")
+
+    monkeypatch.setattr(ib_tools, "connect", connect)
+    assert liq.main(argv) == 1
+    assert capsys.readouterr().err.splitlines() == [f"liquidate_all: error: {refusal}"]

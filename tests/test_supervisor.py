@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from mode_rule import COMBOS, combo_id, rule_refusal, set_environment
 from sim_support import wait_for
 
 import supervisor as sup
@@ -407,3 +408,64 @@ def test_status_cli_without_supervisor(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "no supervisor running" in out.stdout and "active positions: 0" in out.stdout
+
+
+# -- paper / live -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flag", "mode", "port"), COMBOS, ids=map(combo_id, COMBOS))
+def test_start_follows_the_one_paper_live_rule(flag, mode, port, tmp_path, monkeypatch, capsys):
+    """Bug pinned: supervisor --live forced TRADING_MODE=live onto both bots, so --live alone
+    traded real money."""
+    set_environment(monkeypatch, tmp_path, mode, port)
+    args = ["--live"] if flag else []
+    refusal = rule_refusal(flag, mode, port)
+    if refusal is None:
+        assert sup.settings_from_args(sup.build_parser().parse_args(args)).is_live is flag
+        return
+    monkeypatch.setattr(sup, "run_supervisor", lambda *_: 99)  # past the checks: bots start
+    assert sup.main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {refusal}"]
+
+
+def test_simulated_day_is_always_paper(tmp_path, monkeypatch, capsys):
+    set_environment(monkeypatch, tmp_path, "live", 4001)
+    monkeypatch.setattr("sim_day.run", lambda *_: 99)  # past the checks: the day starts
+    assert sup.main(["--sim", "--live"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --sim always trades paper on the simulated gateway: drop --live"
+    ]
+
+
+@pytest.mark.parametrize(("flag", "mode", "port"), [(False, None, 4002), (True, "live", 4001)])
+def test_both_bots_are_started_in_the_supervisors_mode(flag, mode, port, tmp_path, monkeypatch):
+    """Each bot decides paper/live from its own command line and environment: what the
+    supervisor hands them must make both decide its mode (supervisor --live -> bots --live)."""
+    import day_trader
+    import exit_manager
+
+    set_environment(monkeypatch, tmp_path, mode, port)
+    args = sup.build_parser().parse_args(["--db", str(tmp_path / "t.db"), *(["--live"] * flag)])
+    started: list[sup.BotSpec] = []
+
+    class Started:
+        def __init__(self, db, specs, *_, **__):
+            started.extend(specs)
+            self.stop_requested = False
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(sup, "Supervisor", Started)
+    monkeypatch.setattr(sup, "install_signal_handlers", lambda _: None)
+    assert sup.run_supervisor(args, sup.settings_from_args(args)) == 0
+
+    programs = {"exit_manager.py": exit_manager, "day_trader.py": day_trader}
+    assert sorted(Path(spec.argv[1]).name for spec in started) == sorted(programs)
+    monkeypatch.delenv("TRADING_MODE", raising=False)  # the bot sees only what it is given
+    for spec in started:
+        for key, value in (spec.env or {}).items():
+            monkeypatch.setenv(key, value)
+        program = programs[Path(spec.argv[1]).name]
+        bot_args = program.build_parser().parse_args(spec.argv[2:])
+        assert program.settings_from_args(bot_args).is_live is flag, spec
