@@ -117,6 +117,15 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     return replace(options, **changes)
 
 
+def last_line(path: Path) -> str:
+    """The last non-blank line of a text file ('' when there is none): a program's last word."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((text.strip() for text in reversed(lines) if text.strip()), "")
+
+
 class SimGateway:
     """`python -m ibsim` as a child process on free ports; stopped with the run."""
 
@@ -176,9 +185,9 @@ class SimGateway:
         words = line.split()
         if "listening" not in words:
             self.process.wait(timeout=GATEWAY_START_TIMEOUT_S)
+            cause = line.strip() or last_line(self.run_dir / "ibsim.out") or "no output"
             raise SupervisorError(
-                f"the simulated gateway did not start (see {self.run_dir / 'ibsim.out'}): "
-                f"{line.strip() or 'no output'}"
+                f"the simulated gateway did not start (see {self.run_dir / 'ibsim.out'}): {cause}"
             )
         self.port = int(words[words.index("on") + 1].rsplit(":", 1)[1])
         self.control_port = int(words[words.index("control") + 1])

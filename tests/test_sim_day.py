@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -93,3 +94,25 @@ def test_bad_sim_flag_is_refused_before_the_run_folder_is_touched(tmp_path, flag
     with pytest.raises(SupervisorError, match=message):
         sim_day.run(args)
     assert not run_dir.exists()
+
+
+class _FailingGateway(sim_day.SimGateway):
+    """A gateway process that dies at start, explaining why on stderr only."""
+
+    def argv(self) -> list[str]:
+        script = "import sys; print('Traceback ...', file=sys.stderr); "
+        script += "print('error: --symbols 0: expected at least 1 symbol', file=sys.stderr)"
+        return [sys.executable, "-c", script + "; sys.exit(2)"]
+
+
+def test_gateway_that_dies_at_start_is_reported_with_its_own_last_words(tmp_path):
+    run_dir = sim_day.prepare_run_dir(options_for(tmp_path / "run"), DAY)
+    gateway = _FailingGateway(options_for(run_dir), DAY, run_dir)
+
+    with pytest.raises(SupervisorError) as failure:
+        gateway.start()
+
+    message = str(failure.value)
+    assert "did not start" in message and "no output" not in message
+    assert message.endswith("error: --symbols 0: expected at least 1 symbol")
+    assert str(run_dir / "ibsim.out") in message
