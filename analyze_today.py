@@ -12,6 +12,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from core import cli
 from core.settings import PROJECT_ROOT, get_settings
 from ib_tools import ToolError, add_db_arg, open_database, run_tool
 from reports import build_day_report, render_report, write_pnl_chart
@@ -20,7 +21,7 @@ TOOL = "analyze_today"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Analyse one trading day from the database.")
+    parser = cli.OneLineParser(description="Analyse one trading day from the database.")
     add_db_arg(parser)
     parser.add_argument("--date", help="trading date YYYY-MM-DD (default today, New York)")
     parser.add_argument("--chart", type=Path, help="PNG to write (default reports/<date>_pnl.png)")

@@ -21,6 +21,7 @@ from typing import Any
 
 from ib_async import Trade
 
+from core import cli
 from core.orders import intent_state_for
 from ib_tools import add_connection_args, add_db_arg, run_tool, tool_session
 from observability import OPEN_INTENT_STATES
@@ -132,7 +133,7 @@ def render(rows: list[OrderRow]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         description="List IB's open and today's completed orders beside the database's intents."
     )
     add_connection_args(parser, TOOL)

@@ -41,6 +41,7 @@ from typing import Any
 
 from ib_async import CommissionReport, Contract, Fill, LimitOrder, OrderStatus, Stock, Trade
 
+from core import cli
 from core.broker import BrokerSession
 from core.clock import NEW_YORK, FileTimeSource, MarketClock, Session, get_clock, set_clock
 from core.logs import get_logger, setup_logging
@@ -1327,28 +1328,6 @@ def _evaluate_all(
 # Command line
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _ranged(kind: type, lo: float, hi: float, lo_open: bool = False) -> Callable[[str], Any]:
-    shown = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-
-    def parse(raw: str) -> Any:
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{raw!r} is not a {'whole number' if kind is int else 'number'} in {shown}"
-            ) from None
-        if value != value or value > hi or value < lo or (lo_open and value == lo):
-            raise argparse.ArgumentTypeError(f"{raw!r} is outside {shown}")
-        return value
-
-    return parse
-
-
 def _symbols(raw: str) -> tuple[str, ...]:
     symbols = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
     bad = [s for s in symbols if not _SYMBOL_RE.match(s)]
@@ -1360,44 +1339,36 @@ def _symbols(raw: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = cli.OneLineParser(
         prog="day_trader.py",
         description="Finds long entries on the watchlist and enters them (paper by default).",
     )
     parser.add_argument(
         "--allocation",
-        type=_ranged(float, 0.0, 1.0, lo_open=True),
+        type=cli.ranged(float, 0.0, 1.0, lo_open=True),
         default=None,
         help="fraction of NetLiquidation to deploy, in (0, 1] (default: ALLOCATION or 0.25)",
     )
-    parser.add_argument(
-        "--client-id", type=_ranged(int, 0, 999_999), help="IB client id (default 2)"
-    )
-    parser.add_argument("--host", help="gateway host (default IB_HOST)")
-    parser.add_argument(
-        "--port", type=_ranged(int, 1, 65_535), help="gateway port (default IB_PORT)"
-    )
+    cli.add_gateway_args(parser, None, "IB client id (default 2)")
     parser.add_argument("--db", help="database file (default DATABASE_PATH)")
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
     parser.add_argument("--symbols", type=_symbols, help="watchlist override, e.g. AAPL,MSFT")
     parser.add_argument(
-        "--workers", type=_ranged(int, 1, 64), default=6, help="analysis workers, 1..64 (default 6)"
+        "--workers",
+        type=cli.ranged(int, 1, 64),
+        default=6,
+        help="analysis workers, 1..64 (default 6)",
     )
     parser.add_argument("--no-llm", action="store_true", help="no LLM second opinion")
     parser.add_argument(
         "--entry-timeout",
-        type=_ranged(float, 1.0, 3600.0),
+        type=cli.ranged(float, 1.0, 3600.0),
         default=60.0,
         help="market seconds an unfilled entry works before it is cancelled (default 60)",
     )
-    parser.add_argument(
-        "--retry-seconds",
-        type=_ranged(float, 0.0, 3600.0, lo_open=True),
-        default=30.0,
-        help="real seconds between reconnect attempts, in (0, 3600] (default 30)",
-    )
+    cli.add_seconds_arg(parser, "--retry-seconds", 30.0, "real time between reconnect attempts")
     return parser
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ib_async import CommissionReport, Contract, Fill, Order, Position, Stock, Ticker, Trade
 
+from core import cli
 from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
 from core.logs import get_logger, setup_logging
@@ -1162,29 +1163,21 @@ def _parse_time(text: str | None) -> datetime | None:
 
 # -- command line ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         prog="exit_manager.py",
         description="Protect every open position at IB: OCA target + stop, bot stop, EOD flatten.",
     )
-    parser.add_argument("--client-id", type=int, default=None, help="IB client id (default 10)")
-    parser.add_argument("--host", default=None, help="IB host (default IB_HOST)")
-    parser.add_argument("--port", type=int, default=None, help="IB port (default IB_PORT)")
+    cli.add_gateway_args(parser, None, "IB client id (default 10)")
     parser.add_argument("--db", default=None, help="database file (default DATABASE_PATH)")
     parser.add_argument("--once", action="store_true", help="reconcile, print the table, exit")
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
-    parser.add_argument("--retry-seconds", type=float, default=30.0, help="reconnect interval")
-    parser.add_argument("--backstop-gap-pct", type=float, default=None,
+    cli.add_seconds_arg(parser, "--retry-seconds", 30.0, "real time between reconnect attempts")
+    parser.add_argument("--backstop-gap-pct", type=cli.ranged(float, 0.0, 10.0), default=None,
                         help="server STP this many %% below the bot stop (default 0.5)")  # fmt: skip
     parser.add_argument("--tif", choices=("GTC", "DAY"), default=None, help="protective order tif")
-    parser.error = _arg_error  # type: ignore[method-assign]
     return parser
-
-
-def _arg_error(message: str) -> None:
-    print(f"exit_manager: error: {message} (see --help)", file=sys.stderr)
-    sys.exit(2)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ib_async import IB
 
+from core import cli
 from core.clock import ClockError
 from core.logs import setup_logging
 from core.settings import (
@@ -44,15 +45,9 @@ class ToolError(RuntimeError):
 
 
 def add_connection_args(parser: argparse.ArgumentParser, tool: str) -> None:
-    parser.add_argument("--host", help="gateway host (default IB_HOST)")
-    parser.add_argument("--port", type=int, help="gateway port (default IB_PORT)")
-    parser.add_argument(
-        "--client-id",
-        type=int,
-        default=TOOL_CLIENT_IDS[tool],
-        help=f"API client id (default {TOOL_CLIENT_IDS[tool]})",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, help="connect timeout, seconds")
+    default_id = TOOL_CLIENT_IDS[tool]
+    cli.add_gateway_args(parser, default_id, f"API client id (default {default_id})")
+    cli.add_seconds_arg(parser, "--timeout", 10.0, "connect timeout")
     if tool in TOOLS_THAT_SEND_ORDERS:  # the bots' paper/live rule, account included
         parser.add_argument(
             "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"

@@ -21,6 +21,7 @@ from typing import Any
 
 from ib_async import IB, Position, Ticker
 
+from core import cli
 from core.money import pnl_dollars, pnl_percent
 from ib_tools import account_of, add_connection_args, add_db_arg, run_tool, tool_session
 
@@ -190,14 +191,12 @@ def frame(ib: IB, feed: PriceFeed, db, account: str) -> list[PositionView]:  # t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Live view of positions, targets, stops and P&L.")
+    parser = cli.OneLineParser(description="Live view of positions, targets, stops and P&L.")
     add_connection_args(parser, TOOL)
     add_db_arg(parser)
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
-    parser.add_argument("--every", type=float, default=2.0, help="seconds between refreshes")
-    parser.add_argument(
-        "--price-wait", type=float, default=5.0, help="--once: seconds to wait for prices"
-    )
+    cli.add_seconds_arg(parser, "--every", 2.0, "time between refreshes")
+    cli.add_seconds_arg(parser, "--price-wait", 5.0, "--once: time to wait for prices")
     return parser
 
 

@@ -14,7 +14,6 @@ Run `python observability.py --self-check` to create/check the database and prin
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -31,6 +30,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core import cli
 from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
@@ -1181,7 +1181,7 @@ def _self_check(path: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Check or inspect the trading database.")
+    parser = cli.OneLineParser(description="Check or inspect the trading database.")
     parser.add_argument("--self-check", action="store_true", help="create/check the database")
     parser.add_argument("--db", help="database file (default: DATABASE_PATH)")
     parser.add_argument("--backup", action="store_true", help="write a backup into BACKUP_DIR")

@@ -58,6 +58,7 @@ from massive.rest.models import TickerSnapshot
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ResponseError
 
+from core import cli
 from core.clock import MarketClock, get_clock
 from core.logs import get_logger
 from core.settings import Settings
@@ -846,14 +847,9 @@ async def run_forever(
 # ------------------------------------------------------------ CLI
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _build_parser() -> argparse.ArgumentParser:
     d = ScanConfig()
-    p = _OneLineParser(
+    p = cli.OneLineParser(
         prog="scanner_polygon.py",
         description="Momentum scanner: writes the day trader's watchlist from Massive snapshots.",
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -77,18 +76,10 @@ def last_trading_date(clock: MarketClock | None = None) -> date:
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
-    """SimOptions from supervisor.py's --sim flags, all checked before anything touches the disk.
-
-    Raises SupervisorError naming the first bad flag.
-    """
+    """SimOptions from supervisor.py's --sim flags (ranges are checked while parsing, dates and
+    times here), all before anything touches the disk. Raises SupervisorError on a bad value."""
     options = SimOptions()
     changes: dict[str, Any] = {}
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.speed is not None:
-        if not (math.isfinite(args.speed) and args.speed > 0):
-            raise SupervisorError(f"--speed {args.speed} is invalid: expected a number > 0")
-        changes["speed"] = args.speed
     if args.date:
         try:
             changes["trading_date"] = date.fromisoformat(args.date)
@@ -100,20 +91,16 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         except ValueError:
             raise SupervisorError(f"--start {args.start!r} is not a time (HH:MM)") from None
         changes["start"] = args.start
-    if args.symbols is not None:
-        if args.symbols < 1:
-            raise SupervisorError(f"--symbols {args.symbols} is invalid: expected at least 1")
-        changes["symbols"] = args.symbols
-    if args.allocation is not None:
-        if not (math.isfinite(args.allocation) and 0 < args.allocation <= 1):
-            raise SupervisorError(f"--allocation {args.allocation} is invalid: expected 0 < x <= 1")
-        changes["allocation"] = args.allocation
-    if args.run_dir is not None:
-        changes["run_dir"] = args.run_dir
-    if args.status_every is not None:
-        if not (math.isfinite(args.status_every) and args.status_every > 0):
-            raise SupervisorError(f"--status-every {args.status_every} is invalid: expected > 0")
-        changes["status_every_s"] = args.status_every
+    for flag, name in (
+        ("seed", "seed"),
+        ("speed", "speed"),
+        ("symbols", "symbols"),
+        ("allocation", "allocation"),
+        ("run_dir", "run_dir"),
+        ("status_every", "status_every_s"),
+    ):
+        if getattr(args, flag) is not None:
+            changes[name] = getattr(args, flag)
     return replace(options, **changes)
 
 

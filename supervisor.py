@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from core import cli
 from core.clock import MarketClock
 from core.logs import get_logger, setup_logging
 from core.settings import (
@@ -693,22 +694,29 @@ def install_signal_handlers(supervisor: Supervisor) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
+        prog="supervisor.py",
         description="Run and watch the exit manager and the day trader (or a simulated day)."
     )
     parser.add_argument(
         "--allocation",
-        type=float,
+        type=cli.ranged(float, 0.0, 1.0, lo_open=True),
         default=None,
         help="fraction of net liquidation the day trader may deploy (default ALLOCATION or 0.25)",
     )
     parser.add_argument("--status", action="store_true", help="print one status block and exit")
     parser.add_argument("--db", type=Path, help="database file (default DATABASE_PATH)")
     parser.add_argument(
-        "--status-every", type=float, default=None, help="seconds between status blocks (300)"
+        "--status-every",
+        type=cli.seconds,
+        default=None,
+        help="real seconds between status blocks, in (0, 3600] (default 300)",
     )
     parser.add_argument(
-        "--stale-after", type=float, default=90.0, help="real seconds without heartbeat = hung"
+        "--stale-after",
+        type=cli.seconds,
+        default=90.0,
+        help="real seconds without a heartbeat before a bot counts as hung (default 90)",
     )
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
@@ -716,10 +724,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim = parser.add_argument_group("simulation (--sim)")
     sim.add_argument("--sim", action="store_true", help="run one simulated day and report")
     sim.add_argument("--seed", type=int, default=None, help="simulated market seed (default 7)")
-    sim.add_argument("--speed", type=float, default=None, help="simulated seconds per real second")
+    sim.add_argument(
+        "--speed",
+        type=cli.ranged(float, 0.0, 100_000.0, lo_open=True),
+        default=None,
+        help="simulated seconds per real second (default 110)",
+    )
     sim.add_argument("--date", help="simulated trading date YYYY-MM-DD (default the last one)")
     sim.add_argument("--start", default=None, help="simulated start time HH:MM (default 09:00)")
-    sim.add_argument("--symbols", type=int, default=None, help="symbols in the simulated market")
+    sim.add_argument(
+        "--symbols",
+        type=cli.ranged(int, 1, 500),
+        default=None,
+        help="symbols in the simulated market, 1..500 (default 20)",
+    )
     sim.add_argument(
         "--run-dir", type=Path, help="folder for the run (default sim_runs/<date>_<seed>)"
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ib_async import IB, Stock
 
+from core import cli
 from ib_tools import account_of, add_connection_args, run_tool, tool_session
 
 TOOL = "test_connection"
@@ -89,12 +90,12 @@ def check(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Check the connection to IB; exit code 0/1.")
+    parser = cli.OneLineParser(description="Check the connection to IB; exit code 0/1.")
     add_connection_args(parser, TOOL)
     parser.add_argument(
         "--symbol", help="symbol to probe market data with (default: a held one, else SPY)"
     )
-    parser.add_argument("--data-wait", type=float, default=3.0, help="seconds to wait for a tick")
+    cli.add_seconds_arg(parser, "--data-wait", 3.0, "time to wait for a tick")
     return parser
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core import cli
 from core.clock import NEW_YORK
 from core.logs import printable
 from core.settings import get_settings
@@ -183,7 +184,7 @@ class Follower:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Filter and follow the bots' JSON logs.")
+    parser = cli.OneLineParser(description="Filter and follow the bots' JSON logs.")
     parser.add_argument("--dir", type=Path, help="log folder (default LOG_DIR)")
     parser.add_argument("--bot", action="append", help="bot name (repeat or comma-separate)")
     parser.add_argument("--level", help="minimum level: debug, info, warning, error, critical")

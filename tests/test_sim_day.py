@@ -77,22 +77,33 @@ def test_rerun_replaces_a_folder_the_simulation_made(tmp_path):
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--speed", "0", "--speed 0.0 is invalid"),
-        ("--speed", "nan", "--speed nan is invalid"),
-        ("--speed", "-3", "--speed -3.0 is invalid"),
-        ("--symbols", "0", "--symbols 0 is invalid"),
-        ("--allocation", "1.5", "--allocation 1.5 is invalid"),
-        ("--allocation", "nan", "--allocation nan is invalid"),
-        ("--status-every", "0", "--status-every 0.0 is invalid"),
-        ("--date", "2026-13-45", "is not a date"),
-        ("--start", "25:99", "is not a time"),
+        ("--speed", "0", "argument --speed: '0' is outside (0, 100000]"),
+        ("--speed", "nan", "argument --speed: 'nan' is outside"),
+        ("--speed", "-3", "argument --speed: '-3' is outside"),
+        ("--symbols", "0", "argument --symbols: '0' is outside [1, 500]"),
+        ("--allocation", "1.5", "argument --allocation: '1.5' is outside (0, 1]"),
+        ("--allocation", "nan", "argument --allocation: 'nan' is outside"),
+        ("--status-every", "0", "argument --status-every: '0' is outside (0, 3600]"),
     ],
 )
-def test_bad_sim_flag_is_refused_before_the_run_folder_is_touched(tmp_path, flag, value, message):
+def test_bad_sim_flag_is_refused_in_one_line_while_parsing(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as stop:
+        sim_args(flag, value)
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"supervisor.py: error: {message}") and line.endswith("(see --help)")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--date", "2026-13-45", "is not a date"), ("--start", "25:99", "is not a time")],
+)
+def test_bad_sim_date_or_start_is_refused_before_the_run_folder_is_touched(
+    tmp_path, flag, value, message
+):
     run_dir = tmp_path / "run"
-    args = sim_args(flag, value, "--run-dir", str(run_dir))
     with pytest.raises(SupervisorError, match=message):
-        sim_day.run(args)
+        sim_day.run(sim_args(flag, value, "--run-dir", str(run_dir)))
     assert not run_dir.exists()
 
 

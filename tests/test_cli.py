@@ -1,0 +1,84 @@
+"""The shared flag vocabulary: every program refuses a bad flag in one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from core import cli
+from core.settings import PROJECT_ROOT
+
+GATEWAY_PROGRAMS = (
+    "exit_manager.py",
+    "day_trader.py",
+    "check_orders.py",
+    "monitor_live.py",
+    "test_connection.py",
+)
+BAD_GATEWAY_FLAGS = (
+    ("--port", "99999"),
+    ("--port", "-1"),
+    ("--port", "0"),  # refused, never silently replaced by IB_PORT
+    ("--port", "http"),
+    ("--client-id", "-5"),
+    ("--host", " "),
+)
+OTHER_BAD_INPUT = (
+    ("exit_manager.py", "--retry-seconds", "0"),
+    ("exit_manager.py", "--retry-seconds", "-3"),
+    ("day_trader.py", "--retry-seconds", "nan"),
+    ("check_orders.py", "--timeout", "-1"),
+    ("test_connection.py", "--timeout", "0"),
+    ("test_connection.py", "--data-wait", "-1"),
+    ("monitor_live.py", "--every", "0"),
+    ("view_logs.py", "--poll", "x"),
+    ("supervisor.py", "--status-every", "-1"),
+    ("supervisor.py", "--stale-after", "0"),
+    ("supervisor.py", "--allocation", "2"),
+    ("supervisor.py --sim", "--speed", "nan"),
+    ("supervisor.py --sim", "--speed", "0"),
+    ("supervisor.py --sim", "--symbols", "0"),
+    ("scanner_polygon.py", "--max-picks", "many"),
+    ("observability.py", "--no-such-flag", "1"),
+)
+CASES = [
+    (program, flag, value) for program in GATEWAY_PROGRAMS for flag, value in BAD_GATEWAY_FLAGS
+]
+CASES += list(OTHER_BAD_INPUT)
+
+
+@pytest.mark.parametrize(("program", "flag", "value"), CASES)
+def test_bad_flag_is_one_line_on_stderr_and_exit_2(program: str, flag: str, value: str) -> None:
+    script, *extra = program.split()
+    result = subprocess.run(
+        [sys.executable, script, *extra, f"{flag}={value}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert flag in lines[0] and lines[0].endswith("(see --help)")
+
+
+def test_ranged_accepts_the_bounds_and_refuses_nan_and_the_open_end() -> None:
+    retry = cli.ranged(float, 0.0, 3600.0, lo_open=True)
+    assert retry("3600") == 3600.0 and retry("0.5") == 0.5
+    for raw in ("0", "nan", "3600.1", "-inf", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            retry(raw)
+    assert cli.port("1") == 1 and cli.port("65535") == 65535
+    assert cli.client_id("0") == 0
+
+
+def test_host_is_stripped_and_refuses_spaces_and_control_characters() -> None:
+    assert cli.host(" 127.0.0.1 ") == "127.0.0.1"
+    for raw in ("", "  ", "gate way", "host\nname"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.host(raw)
