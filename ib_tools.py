@@ -18,6 +18,7 @@ from pathlib import Path
 from ib_async import IB
 
 from core import cli
+from core.broker import connect_failure
 from core.clock import ClockError
 from core.logs import setup_logging
 from core.settings import (
@@ -93,21 +94,13 @@ def connect(settings: Settings, client_id: int, timeout: float = 10.0) -> IB:
     """A connected IB. Raises ToolError naming host, port and client id when it fails."""
     ib = IB()
     ib.RequestTimeout = max(timeout, 5.0)
-    where = f"{settings.ib_host}:{settings.ib_port} (client id {client_id})"
     try:
         ib.connect(settings.ib_host, settings.ib_port, clientId=client_id, timeout=timeout)
-    except ConnectionRefusedError:
-        raise ToolError(
-            f"cannot connect to IB at {where}: connection refused; is the gateway running "
-            "and its API port enabled?"
-        ) from None
-    except TimeoutError:
-        raise ToolError(
-            f"no answer from IB at {where} within {timeout:g} s; the client id may be in use "
-            "or the gateway is hung"
-        ) from None
+    except TimeoutError as exc:
+        failure = connect_failure(settings.ib_host, settings.ib_port, timeout, exc)
+        raise ToolError(f"{failure} (or is client id {client_id} in use?)") from None
     except OSError as exc:
-        raise ToolError(f"cannot connect to IB at {where}: {exc}") from None
+        raise ToolError(connect_failure(settings.ib_host, settings.ib_port, timeout, exc)) from None
     return ib
 
 

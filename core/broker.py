@@ -71,6 +71,21 @@ ERROR_KINDS: dict[int, ErrorKind] = {
 _QUIET = frozenset({ErrorKind.FEED_OK, ErrorKind.DELAYED_DATA, ErrorKind.ORDER_CANCELLED})
 
 
+def connect_failure(host: str, port: int, timeout: float, exc: BaseException) -> str:
+    """What a failed connect means, in words a user can act on."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}: is the gateway running with its API enabled?"
+    if isinstance(exc, TimeoutError):
+        # TCP was accepted (or hung) but no TWS API answer came: not a gateway, or a hung one.
+        return (
+            f"no IB API handshake from {where} within {timeout:g} s: "
+            "is this the gateway's API port?"
+        )
+    detail = str(exc) or "connection closed"
+    return f"cannot connect to {where}: {type(exc).__name__}: {detail}"
+
+
 def classify_error(code: int) -> ErrorKind:
     return ERROR_KINDS.get(code, ErrorKind.OTHER)
 
@@ -207,7 +222,7 @@ class BrokerSession:
                     host=s.ib_host,
                     port=s.ib_port,
                     client_id=self.client_id,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=connect_failure(s.ib_host, s.ib_port, self.connect_timeout, exc),
                     retry_in_s=self.retry_seconds,
                 )
             return False

@@ -139,3 +139,73 @@ def test_account_that_does_not_fit_the_mode_is_refused_at_connect_before_any_han
     ):
         with GatewayThread(replace(CONFIG, account=account)) as gw:
             asyncio.run(asyncio.wait_for(scenario(gw, settings, refusal), 60))
+
+
+class _NotAGateway:
+    """A TCP server on a free loopback port that is not an IB gateway: it accepts and then
+    says nothing (`reply` None) or answers with something else and closes."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import socket
+        import threading
+
+        self.reply = reply
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            if self.reply is None:
+                self.held.append(conn)
+            else:
+                conn.sendall(self.reply)
+                conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_server_that_is_not_a_gateway_is_named_as_such_in_the_connect_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    silent = _NotAGateway(None)
+    try:
+        session = BrokerSession(
+            replace(get_settings(), ib_port=silent.port), 13, "t", connect_timeout=1.0
+        )
+        assert not asyncio.run(session.connect(attempts=1))
+    finally:
+        silent.close()
+    (failure,) = [r for r in caplog.records if getattr(r, "event", "") == "connect_failed"]
+    assert failure.error == (
+        f"no IB API handshake from 127.0.0.1:{silent.port} within 1 s: "
+        "is this the gateway's API port?"
+    )
+
+
+def test_tool_against_a_server_that_is_not_a_gateway_says_so_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    from core.settings import PROJECT_ROOT
+
+    web = _NotAGateway(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    try:
+        result = subprocess.run(
+            [sys.executable, "check_orders.py", "--port", str(web.port), "--timeout", "2"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        web.close()
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{web.port}" in line and "gateway's API port" in line
