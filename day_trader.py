@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import faulthandler
 import math
-import re
 import signal
 import sys
 import time
@@ -60,6 +59,7 @@ from core.settings import (
     set_settings,
 )
 from core.shutdown import install_stop_handlers
+from core.tickers import is_ticker
 from entry_rules import (
     BAR_SECONDS,
     CLOSED_TODAY,
@@ -95,7 +95,6 @@ KILL_SWITCH_FLAG = "kill_switch"  # database flag: any value halts entries
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 # reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
 _LIVE_ELSE_DELAYED = 3
-_SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 
 log = get_logger(AGENT)
 
@@ -1330,7 +1329,7 @@ def _evaluate_all(
 
 def _symbols(raw: str) -> tuple[str, ...]:
     symbols = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
-    bad = [s for s in symbols if not _SYMBOL_RE.match(s)]
+    bad = [s for s in symbols if not is_ticker(s)]
     if not symbols or bad:
         raise argparse.ArgumentTypeError(
             f"{raw!r} is not a comma-separated list of tickers such as AAPL,MSFT"

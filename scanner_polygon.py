@@ -62,6 +62,7 @@ from core import cli
 from core.clock import MarketClock, get_clock
 from core.logs import get_logger
 from core.settings import Settings
+from core.tickers import is_ticker
 
 log = get_logger("scanner")
 
@@ -133,6 +134,7 @@ class Watchlist:
     timestamp: datetime
     source: str  # "massive", "gateway" or "cache"
     picks: tuple[Pick, ...]
+    rejected: tuple[str, ...] = ()  # file entries that are not tickers, dropped
 
     @property
     def symbols(self) -> list[str]:
@@ -390,12 +392,16 @@ def parse_watchlist(payload: Any) -> Watchlist:
     if not isinstance(raw_picks, list):
         raise ValueError("picks is not a list")
     picks = []
+    rejected = []
     for entry in raw_picks:
         if not isinstance(entry, dict):
             raise ValueError(f"pick {entry!r} is not an object")
         symbol = entry.get("symbol")
         if not isinstance(symbol, str) or not symbol.strip():
             raise ValueError(f"pick {entry!r} has no symbol")
+        if not is_ticker(symbol.strip().upper()):
+            rejected.append(symbol)  # never sent to IB as a contract lookup
+            continue
         picks.append(
             Pick(
                 symbol=symbol.strip().upper(),
@@ -406,7 +412,7 @@ def parse_watchlist(payload: Any) -> Watchlist:
                 reason=str(entry.get("reason", "")),
             )
         )
-    return Watchlist(timestamp=stamp, source=source, picks=tuple(picks))
+    return Watchlist(timestamp=stamp, source=source, picks=tuple(picks), rejected=tuple(rejected))
 
 
 def read_watchlist(path: str | Path) -> Watchlist:
@@ -473,6 +479,13 @@ class WatchlistStore:
                 return replace(self.last_good, source="cache")
             self._stamp = stamp
             self._problem = None
+            if watchlist.rejected:  # once per version of the file: load re-reads on change only
+                log.warning(
+                    "watchlist_symbols_dropped",
+                    path=str(self.path),
+                    symbols=list(watchlist.rejected),
+                    action="not tickers (e.g. AAPL, BRK.B): fix or remove them in the file",
+                )
             self.last_good = watchlist
             return watchlist
 

@@ -463,6 +463,32 @@ def test_malformed_file_keeps_previous_list_and_logs_once(tmp_path, clock, caplo
     assert store.load().symbols == ["TSLA"]
 
 
+def test_file_symbols_that_are_not_tickers_are_dropped_with_one_warning_naming_them(
+    tmp_path, caplog
+):
+    path = tmp_path / "day_trading_watchlist.json"
+    forged = "MSFT\n12:00:00 CRITICAL exit_manager naked_position"
+    bad = ["../etc", "AAPL; DROP", "ÄPFEL", forged, "TOOLONGTICKER1"]
+    payload = {
+        "version": 1,
+        "timestamp": "2026-11-24T11:00:00-05:00",
+        "source": "massive",
+        "picks": [{"symbol": s} for s in ["AAPL", *bad, "brk.b"]],
+    }
+    path.write_text(json.dumps(payload))
+    store = sp.WatchlistStore(path)
+
+    first = store.load()
+    again = store.load()
+
+    assert first is not None and first.symbols == ["AAPL", "BRK.B"]
+    assert again is not None and again.symbols == ["AAPL", "BRK.B"]
+    (warning,) = [
+        r for r in caplog.records if getattr(r, "event", "") == "watchlist_symbols_dropped"
+    ]
+    assert warning.symbols == bad
+
+
 def test_wrong_field_types_are_malformed(tmp_path):
     path = tmp_path / "w.json"
     path.write_text(
