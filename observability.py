@@ -38,6 +38,8 @@ from core.money import stop_loss_price as _stop_price
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
+# quick_check / integrity_check stop after this many problems (SQLite's default is 100).
+CHECK_MAX_PROBLEMS = 1000
 
 # Order intent states and the moves allowed between them. A cancelled order can still
 # fill (the cancel raced the fill), and IB can report a fill before the submit ack.
@@ -198,8 +200,21 @@ class IntentTransitionError(RuntimeError):
 
 @dataclass(frozen=True)
 class IntegrityReport:
+    """What SQLite's quick_check or integrity_check (`check`) answered, row by row."""
+
     ok: bool
     messages: tuple[str, ...]
+    check: str = "integrity_check"
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """One entry per problem: SQLite packs several lines, under a header, into one row."""
+        lines = (line.strip() for message in self.messages for line in message.splitlines())
+        return tuple(line for line in lines if line and not _is_check_header(line))
+
+
+def _is_check_header(line: str) -> bool:
+    return line.startswith("*** ") and line.endswith(" ***")  # "*** in database main ***"
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -235,6 +250,13 @@ def _with_trade_pnl_pct(trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
             trade["profit_loss_pct"] = pnl_percent(basis, basis + trade["pnl"])
         _with_seed_names("trades", trade)
     return trades
+
+
+def _run_check(conn: sqlite3.Connection, check: str) -> IntegrityReport:
+    """PRAGMA quick_check or integrity_check, up to CHECK_MAX_PROBLEMS problems."""
+    rows = conn.execute(f"PRAGMA {check}({CHECK_MAX_PROBLEMS})").fetchall()
+    messages = tuple(str(row[0]) for row in rows)
+    return IntegrityReport(ok=messages == ("ok",), messages=messages, check=check)
 
 
 def _apply_migration(conn: sqlite3.Connection, target: int) -> None:
@@ -394,7 +416,7 @@ class TradingDatabase:
             self._use_wal(conn)
         except BaseException as exc:
             conn.close()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.Error | UnicodeDecodeError):
                 raise self._explain(exc) from exc
             raise
         return conn
@@ -451,15 +473,60 @@ class TradingDatabase:
             )
 
     def _verify(self, conn: sqlite3.Connection) -> None:
-        result = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
-        if result != ["ok"]:
-            raise DatabaseError(
-                f"database {self.path} is corrupt ({result[0]}): stop the bots, restore the newest "
-                "file from the archive folder (or move it aside) and start again"
-            )
+        report = _run_check(conn, "quick_check")
+        if not report.ok:
+            raise self.corruption_error(report)
 
-    def _explain(self, exc: sqlite3.Error) -> DatabaseError:
+    def corruption_error(self, report: IntegrityReport) -> DatabaseError:
+        """The one-line refusal of a damaged file: how many problems, the first, and where the
+        full report was written (beside the database, which is never touched)."""
+        problems = report.problems or report.messages
+        count = f"{len(problems)}{'+' if len(problems) >= CHECK_MAX_PROBLEMS else ''}"
+        try:
+            where = f"full report in {self._write_integrity_report(report)}"
+        except OSError as exc:
+            where = (
+                f"full report not written: folder {self.path.parent} is not writable "
+                f"({exc.strerror or exc})"
+            )
+        return DatabaseError(
+            f"database {self.path} is corrupt ({report.check} found {count} problem(s), first: "
+            f"{problems[0]}; {where}): stop the bots, restore the newest file from the archive "
+            "folder (or move it aside) and start again"
+        )
+
+    def _write_integrity_report(self, report: IntegrityReport) -> Path:
+        """Write `<db>.integrity-YYYYMMDD-HHMMSS.txt` beside the database; never overwrites one.
+
+        Raises OSError when the folder cannot be written.
+        """
+        now = self.clock.now()
+        text = "\n".join(
+            (
+                f"database: {self.path}",
+                f"check: PRAGMA {report.check} (New York time {now:%Y-%m-%d %H:%M:%S})",
+                f"problems: {len(report.problems)}",
+                "",
+                *report.messages,
+                "",
+            )
+        )
+        stem = f"{self.path.name}.integrity-{now:%Y%m%d-%H%M%S}"
+        for attempt in range(1, 100):
+            target = self.path.with_name(f"{stem}.txt" if attempt == 1 else f"{stem}-{attempt}.txt")
+            try:
+                with open(target, "x", encoding="utf-8") as out:
+                    out.write(text)
+            except FileExistsError:
+                continue
+            return target
+        raise FileExistsError(f"{stem}.txt and 98 more already exist")
+
+    def _explain(self, exc: sqlite3.Error | UnicodeDecodeError) -> DatabaseError:
         text = str(exc)
+        if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+            # Python decodes SQLite's error text as UTF-8; a damaged schema quotes raw bytes.
+            text = exc.object.decode(errors="replace")
         lowered = text.lower()
         if isinstance(exc, DatabaseError):
             return exc
@@ -1095,8 +1162,10 @@ class TradingDatabase:
     # -- maintenance ---------------------------------------------------------------------
     def integrity_check(self) -> IntegrityReport:
         """SQLite's full integrity_check; ok is True only when it answers exactly 'ok'."""
-        result = tuple(str(r[0]) for r in self._read("PRAGMA integrity_check").fetchall())
-        return IntegrityReport(ok=result == ("ok",), messages=result)
+        try:
+            return _run_check(self._conn, "integrity_check")
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
 
     def backup(self, dest_dir: str | Path | None = None, keep_days: int | None = None) -> Path:
         """Copy the live database with SQLite's online backup API; returns the backup file.
@@ -1167,17 +1236,17 @@ def get_database(path: str | Path | None = None) -> TradingDatabase:
 def _self_check(path: str | None) -> int:
     database = get_database(path)
     report = database.integrity_check()
+    if not report.ok:  # quick_check at open passed; the full check found more
+        raise database.corruption_error(report)
     print(f"database: {database.path}")
-    print(
-        f"schema version: {database.schema_version()}  integrity: {'ok' if report.ok else report}"
-    )
+    print(f"schema version: {database.schema_version()}  integrity: ok")
     print(
         f"trading date (New York): {database.clock.today()}  now: {database.clock.now():%H:%M:%S}"
     )
     print(f"active positions: {len(database.get_active_positions())}")
     print(f"closed today: {len(database.get_closed_today())}")
     print(f"trades today: {len(database.get_trades_by_date(database.clock.today_str()))}")
-    return 0 if report.ok else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

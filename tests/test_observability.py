@@ -423,6 +423,110 @@ def test_corrupt_database_is_refused_not_recreated(tmp_path: Path) -> None:
     assert _digest(path) == before
 
 
+def _database_with_a_corrupt_table_page(path: Path) -> None:
+    """A database of 3000 positions, closed, then garbage written over the cell pointers and
+    cells of its fullest table leaf page (its 8-byte header and first pointer kept)."""
+    good = TradingDatabase(path)
+    for i in range(3000):
+        good.add_active_position(f"S{i}", 1, 10.0, 11.0, 9.0)
+    good.close()
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[16:18], "big")
+    leaves = [page for page in range(1, len(raw) // size) if raw[page * size] == 0x0D]
+    page = max(leaves, key=lambda p: int.from_bytes(raw[p * size + 3 : p * size + 5], "big"))
+    raw[page * size + 10 : (page + 1) * size] = b"\xff" * (size - 10)
+    path.write_bytes(bytes(raw))
+
+
+def _report_problems(report: Path) -> list[str]:
+    lines = report.read_text().splitlines()
+    dump = lines[lines.index("") + 1 :]
+    return [line for line in dump if line and not line.startswith("*** ")]
+
+
+def test_corrupt_page_is_one_line_with_the_problem_count_and_the_full_report_beside_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trading_history.db"
+    _database_with_a_corrupt_table_page(path)
+    before = _digest(path)
+    # SQLite's own answer, read-only, to compare the report with.
+    probe = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    expected = [
+        line
+        for row in probe.execute("PRAGMA quick_check(1000)")
+        for line in row[0].splitlines()
+        if not line.startswith("*** ")
+    ]
+    probe.close()
+    assert len(expected) > 50  # many problems: the dump that once filled the console
+
+    with pytest.raises(DatabaseError) as caught:
+        get_database(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert f"quick_check found {len(expected)} problem(s), first: {expected[0]};" in message
+    [report] = tmp_path.glob("trading_history.db.integrity-*.txt")
+    assert f"full report in {report})" in message
+    assert _report_problems(report) == expected
+    assert _digest(path) == before
+
+    for program in (["observability.py", "--self-check"], ["analyze_today.py", "--no-chart"]):
+        done = _python(*program, "--db", str(path))
+        assert done.returncode != 0, done.stdout
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"quick_check found {len(expected)} problem(s)" in done.stderr
+    reports = sorted(tmp_path.glob("trading_history.db.integrity-*.txt"))
+    assert len(reports) == 3  # one per refusal, none overwritten
+    assert all(_report_problems(report) == expected for report in reports)
+    assert _digest(path) == before
+
+
+def test_corrupt_page_in_an_unwritable_folder_says_the_report_was_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import observability
+
+    path = tmp_path / "trading_history.db"
+    _database_with_a_corrupt_table_page(path)
+
+    def unwritable(*args: Any, **kwargs: Any) -> Any:
+        # As root every folder is writable; this is the error a user's read-only folder gives.
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(observability, "open", unwritable, raising=False)
+    with pytest.raises(DatabaseError) as caught:
+        TradingDatabase(path).get_active_positions()
+    message = str(caught.value)
+    assert "\n" not in message and "quick_check found" in message
+    assert (
+        f"full report not written: folder {tmp_path} is not writable (Permission denied)" in message
+    )
+    assert not list(tmp_path.glob("*.integrity-*"))
+
+
+def test_damaged_schema_page_is_one_line_not_a_unicode_traceback(tmp_path: Path) -> None:
+    """SQLite quotes the raw bytes of a damaged schema in its error; Python cannot decode them."""
+    path = tmp_path / "trading_history.db"
+    good = TradingDatabase(path)
+    good.add_active_position("AAPL", 1, 10.0, 11.0, 9.0)
+    good.close()
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[16:18], "big")
+    # The schema leaf page holding our CREATE TABLE statements: garbage over most of it.
+    [page] = [
+        p for p in range(len(raw) // size) if b"CREATE TABLE" in raw[p * size : (p + 1) * size]
+    ]
+    raw[page * size + 100 : (page + 1) * size] = b"\xff" * (size - 100)
+    path.write_bytes(bytes(raw))
+    before = _digest(path)
+    done = _python("observability.py", "--self-check", "--db", str(path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is corrupt" in done.stderr and str(path) in done.stderr
+    assert _digest(path) == before
+
+
 def test_unwritable_location_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError) as caught:
         TradingDatabase("/proc/trading_history.db").is_position_active("AAPL")
