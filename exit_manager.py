@@ -1107,19 +1107,23 @@ class ExitManager:
             heartbeat.cancel()
 
     async def run_once(self, attempts: int = 3) -> int:
-        """Reconcile once, print the protection table, exit: 0 reconciled, 1 not."""
-        if not await self.session.connect(attempts=attempts) or not self.reconciled:
-            print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
+        """Reconcile once, print the protection table, exit: 0 reconciled, 1 not.
+
+        Raises SettingsError (never retried) when the gateway's account does not match the mode.
+        """
+        try:
+            if not await self.session.connect(attempts=attempts) or not self.reconciled:
+                print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
+                return 1
+            # Let IB acknowledge what reconciliation placed before reading it back.
+            await self._wait_until(
+                lambda: all(t.orderStatus.status != "PendingSubmit" for t in self.ib.openTrades()),
+                BROKER_TIMEOUT_S,
+            )
+            print(format_table(self.protection_rows()))
+            return 0
+        finally:
             await self.shutdown()
-            return 1
-        # Let IB acknowledge what reconciliation placed before reading it back.
-        await self._wait_until(
-            lambda: all(t.orderStatus.status != "PendingSubmit" for t in self.ib.openTrades()),
-            BROKER_TIMEOUT_S,
-        )
-        print(format_table(self.protection_rows()))
-        await self.shutdown()
-        return 0
 
     def protection_rows(self) -> list[dict[str, Any]]:
         ours = [working_order(t) for t in self.ib.openTrades()]
@@ -1221,10 +1225,10 @@ async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: Ma
         settings, settings.exit_manager_client_id, AGENT, retry_seconds=args.retry_seconds
     )
     manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
-    if args.once:
-        return await manager.run_once()
-    install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
     try:
+        if args.once:
+            return await manager.run_once()
+        install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
         return await manager.run()
     except SettingsError as exc:  # paper/live account mismatch: never retried
         print(f"exit_manager: error: {exc}", file=sys.stderr)
