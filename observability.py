@@ -1250,6 +1250,8 @@ def _self_check(path: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.settings import SettingsError
+
     parser = argparse.ArgumentParser(description="Check or inspect the trading database.")
     parser.add_argument("--self-check", action="store_true", help="create/check the database")
     parser.add_argument("--db", help="database file (default: DATABASE_PATH)")
@@ -1260,7 +1262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"backup written: {get_database(args.db).backup()}")
             return 0
         return _self_check(args.db)
-    except DatabaseError as exc:
+    except (DatabaseError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

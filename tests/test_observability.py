@@ -600,6 +600,31 @@ def test_self_check_command_reports_bad_file_in_one_line(tmp_path: Path) -> None
     assert done.stderr.strip().count("\n") == 0 and str(bad) in done.stderr
 
 
+def test_self_check_with_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import observability
+    from core import settings
+
+    # The program reads `.env` from the project folder: here a project folder of the test's.
+    (tmp_path / ".env").write_text("IB_PORT=abc\n")
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)
+    settings.set_settings(None)
+    assert observability.main(["--self-check"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: setting IB_PORT='abc' is invalid: expected a whole number from 1 to 65535\n"
+    )
+    # A real process, the same bad value from the environment.
+    done = subprocess.run(
+        [sys.executable, "observability.py", "--self-check"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60,
+        env={**os.environ, "IB_PORT": "abc", "DATABASE_PATH": str(tmp_path / "t.db")},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, err)
+    assert not (tmp_path / "t.db").exists()
+
+
 # Process A of the lock-loss scenario: a bot that writes, touches the database from a worker
 # thread (a new per-thread connection), then waits for the test to say "write the flag".
 _RUNNING_BOT = """
