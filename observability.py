@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
@@ -38,6 +39,10 @@ from core.money import stop_loss_price as _stop_price
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
+# What opening a path without a database file does: "warn" creates it and warns once, naming
+# the path (an empty answer must not pass for "no positions"); "create" creates it quietly (a
+# run that makes a fresh database on purpose); "refuse" raises DatabaseError (tools that only read).
+IfMissing = Literal["warn", "create", "refuse"]
 # quick_check / integrity_check stop after this many problems (SQLite's default is 100).
 CHECK_MAX_PROBLEMS = 1000
 
@@ -355,10 +360,13 @@ class TradingDatabase:
         path: str | Path,
         clock: MarketClock | None = None,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        *,
+        if_missing: IfMissing = "warn",
     ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.clock = clock or get_clock()
         self.busy_timeout_ms = busy_timeout_ms
+        self.if_missing = if_missing
         self._local = threading.local()
         self._checked = False
         self._check_lock = threading.Lock()
@@ -390,10 +398,15 @@ class TradingDatabase:
         return cursor
 
     def _open(self) -> sqlite3.Connection:
-        self._check_location()
+        existed = self._check_location()
+        # mode=rw: SQLite itself never creates the file, even if it vanished since the check.
+        target = f"{self.path.as_uri()}?mode=rw" if self.if_missing == "refuse" else self.path
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+                target,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                uri=self.if_missing == "refuse",
             )
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
@@ -413,6 +426,8 @@ class TradingDatabase:
                     self._migrate(conn)
                     self._use_wal(conn)
                     self._checked = True
+                    if not existed and self.if_missing == "warn":
+                        _warn_new_database(self.path)
             self._use_wal(conn)
         except BaseException as exc:
             conn.close()
@@ -444,8 +459,9 @@ class TradingDatabase:
                 "put it on a local disk, not a network share"
             )
 
-    def _check_location(self) -> None:
-        """Refuse a folder as the path, or a folder we cannot create the database in.
+    def _check_location(self) -> bool:
+        """True when the database file exists. Refuse a folder as the path, a missing file
+        when told to (`if_missing="refuse"`), or a folder we cannot create the database in.
 
         The file itself is only ever opened through SQLite: closing any other handle on it
         drops every POSIX lock this process holds on it, and the next program to close the
@@ -456,7 +472,9 @@ class TradingDatabase:
                 f"database path {self.path} is a folder: set DATABASE_PATH to a file path"
             )
         if self.path.exists():
-            return
+            return True
+        if self.if_missing == "refuse":
+            raise self._missing_error()
         folder = self.path.parent
         if not folder.exists():
             try:
@@ -471,6 +489,13 @@ class TradingDatabase:
                 f"cannot create database {self.path}: folder {folder} is not writable; "
                 "set DATABASE_PATH to a writable location"
             )
+        return False
+
+    def _missing_error(self) -> DatabaseError:
+        return DatabaseError(
+            f"database {self.path} does not exist: pass --db with the path of an existing "
+            "trading_history.db (or set DATABASE_PATH), or start the bots once to create it"
+        )
 
     def _verify(self, conn: sqlite3.Connection) -> None:
         report = _run_check(conn, "quick_check")
@@ -530,6 +555,8 @@ class TradingDatabase:
         lowered = text.lower()
         if isinstance(exc, DatabaseError):
             return exc
+        if self.if_missing == "refuse" and not self.path.exists():
+            return self._missing_error()  # removed between the check and the open
         if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
             return DatabaseError(
                 f"database {self.path} is not a SQLite database: move it aside "
@@ -1209,14 +1236,32 @@ class TradingDatabase:
                 old.unlink(missing_ok=True)
 
 
+def _warn_new_database(path: Path) -> None:
+    # The text also reaches a console with no logging set up (Python's last-resort handler).
+    advice = (
+        "if you expected existing positions, you are in the wrong folder or DATABASE_PATH "
+        "points elsewhere"
+    )
+    logging.getLogger("observability").warning(
+        "created a new empty database at %s: %s",
+        path,
+        advice,
+        extra={"event": "database_created", "path": str(path), "action": advice},
+    )
+
+
 _databases: dict[tuple[int, Path], TradingDatabase] = {}
 _databases_lock = threading.Lock()
 
 
-def get_database(path: str | Path | None = None) -> TradingDatabase:
+def get_database(
+    path: str | Path | None = None, *, if_missing: IfMissing = "warn"
+) -> TradingDatabase:
     """The process's TradingDatabase for `path` (default: DATABASE_PATH from settings).
 
-    Raises DatabaseError (one line: file and what to do) when the file cannot be used.
+    A missing file is created with a warning naming it, created quietly, or refused, as
+    `if_missing` says (see IfMissing). Raises DatabaseError (one line: file and what to do)
+    when the file cannot be used.
     """
     if path is None:
         from core.settings import get_settings
@@ -1227,7 +1272,7 @@ def get_database(path: str | Path | None = None) -> TradingDatabase:
     with _databases_lock:
         database = _databases.get(key)
         if database is None:
-            database = TradingDatabase(resolved)
+            database = TradingDatabase(resolved, if_missing=if_missing)
             database._conn  # open now so a bad file fails here, at startup  # noqa: B018
             _databases[key] = database
         return database
@@ -1258,8 +1303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backup", action="store_true", help="write a backup into BACKUP_DIR")
     args = parser.parse_args(argv)
     try:
-        if args.backup:
-            print(f"backup written: {get_database(args.db).backup()}")
+        if args.backup:  # a backup of nothing would hide a wrong path
+            print(f"backup written: {get_database(args.db, if_missing='refuse').backup()}")
             return 0
         return _self_check(args.db)
     except (DatabaseError, SettingsError) as exc:
@@ -1280,6 +1325,7 @@ __all__ = [
     "REJECTED",
     "SUBMITTED",
     "DatabaseError",
+    "IfMissing",
     "IntegrityReport",
     "IntentTransitionError",
     "ReentryBlocked",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -623,6 +624,80 @@ def test_self_check_with_a_bad_setting_is_one_line_naming_it(
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (2, err)
     assert not (tmp_path / "t.db").exists()
+
+
+def _creation_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "database_created"]
+
+
+def test_new_database_file_is_warned_once_naming_it_and_an_existing_one_never(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "trading_history.db"
+    caplog.set_level(logging.WARNING)
+    first = get_database(path)
+    assert first.get_active_positions() == [] and path.exists()
+    [warning] = _creation_warnings(caplog)
+    assert warning.levelno == logging.WARNING and warning.path == str(path)  # type: ignore[attr-defined]
+    assert warning.getMessage() == (
+        f"created a new empty database at {path}: if you expected existing positions, you are "
+        "in the wrong folder or DATABASE_PATH points elsewhere"
+    )
+    # Other threads' connections, the cached instance, a new instance: the file exists now.
+    worker = threading.Thread(target=first.get_active_positions)
+    worker.start()
+    worker.join()
+    assert get_database(path) is first
+    TradingDatabase(path).get_active_positions()
+    assert len(_creation_warnings(caplog)) == 1
+    # A database made on purpose (a simulated run's) is created quietly.
+    TradingDatabase(tmp_path / "sim.db", if_missing="create").get_active_positions()
+    assert len(_creation_warnings(caplog)) == 1 and (tmp_path / "sim.db").exists()
+
+
+def test_database_that_must_exist_is_refused_in_one_line_and_never_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "nonexist.db"
+    with pytest.raises(DatabaseError) as caught:
+        get_database(missing, if_missing="refuse")
+    assert str(caught.value) == (
+        f"database {missing} does not exist: pass --db with the path of an existing "
+        "trading_history.db (or set DATABASE_PATH), or start the bots once to create it"
+    )
+    assert not list(tmp_path.iterdir()) and not _creation_warnings(caplog)
+    TradingDatabase(missing).schema_version()  # once it exists, it opens
+    assert get_database(missing, if_missing="refuse").get_active_positions() == []
+
+
+def test_ad_hoc_query_in_the_wrong_folder_says_on_stderr_that_the_database_is_new(
+    tmp_path: Path,
+) -> None:
+    """The README's query snippet run where no database is: [] must not pass for 'flat'."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from observability import get_database\n"
+         "print(get_database().get_active_positions())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_PATH": str(tmp_path / "t.db")},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+    assert done.stderr == (
+        f"created a new empty database at {tmp_path / 't.db'}: if you expected existing "
+        "positions, you are in the wrong folder or DATABASE_PATH points elsewhere\n"
+    )
+    again = subprocess.run(
+        [sys.executable, "observability.py", "--self-check", "--db", str(tmp_path / "t.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (again.returncode, again.stderr) == (0, "")  # an existing file: no warning
+
+
+def test_backup_of_a_missing_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexist.db"
+    done = _python("observability.py", "--backup", "--db", str(missing))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and f"database {missing} does not exist" in done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 # Process A of the lock-loss scenario: a bot that writes, touches the database from a worker
