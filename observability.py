@@ -506,7 +506,8 @@ class TradingDatabase:
         """The one-line refusal of a damaged file: how many problems, the first, and where the
         full report was written (beside the database, which is never touched)."""
         problems = report.problems or report.messages
-        count = f"{len(problems)}{'+' if len(problems) >= CHECK_MAX_PROBLEMS else ''}"
+        count = f"{len(problems)}{'+' if len(problems) >= CHECK_MAX_PROBLEMS else ''} problem"
+        count += "" if len(problems) == 1 else "s"
         try:
             where = f"full report in {self._write_integrity_report(report)}"
         except OSError as exc:
@@ -515,7 +516,7 @@ class TradingDatabase:
                 f"({exc.strerror or exc})"
             )
         return DatabaseError(
-            f"database {self.path} is corrupt ({report.check} found {count} problem(s), first: "
+            f"database {self.path} is corrupt ({report.check} found {count}, first: "
             f"{problems[0]}; {where}): stop the bots, restore the newest file from the archive "
             "folder (or move it aside) and start again"
         )

@@ -466,7 +466,7 @@ def test_corrupt_page_is_one_line_with_the_problem_count_and_the_full_report_bes
         get_database(path)
     message = str(caught.value)
     assert "\n" not in message and str(path) in message
-    assert f"quick_check found {len(expected)} problem(s), first: {expected[0]};" in message
+    assert f"quick_check found {len(expected)} problems, first: {expected[0]};" in message
     [report] = tmp_path.glob("trading_history.db.integrity-*.txt")
     assert f"full report in {report})" in message
     assert _report_problems(report) == expected
@@ -476,7 +476,7 @@ def test_corrupt_page_is_one_line_with_the_problem_count_and_the_full_report_bes
         done = _python(*program, "--db", str(path))
         assert done.returncode != 0, done.stdout
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-        assert f"quick_check found {len(expected)} problem(s)" in done.stderr
+        assert f"quick_check found {len(expected)} problems, first" in done.stderr
     reports = sorted(tmp_path.glob("trading_history.db.integrity-*.txt"))
     assert len(reports) == 3  # one per refusal, none overwritten
     assert all(_report_problems(report) == expected for report in reports)
