@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def analyze(args: argparse.Namespace) -> int:
-    db = open_database(args, get_settings())
+    db = open_database(args, get_settings(), read_only=True)
     trading_date = args.date or db.clock.today_str()
     try:
         date.fromisoformat(trading_date)

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> int:
-    with tool_session(args, TOOL) as session:
+    with tool_session(args, TOOL, read_only_db=True) as session:
         db, ib = session.db, session.ib
         open_trades = ib.reqAllOpenOrders()
         completed = [] if args.open_only else ib.reqCompletedOrders(apiOnly=False)

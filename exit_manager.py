@@ -1116,24 +1116,21 @@ class ExitManager:
     async def run_once(self, attempts: int = 3) -> int:
         """Reconcile once, print the protection table, exit: 0 reconciled, 1 not.
 
-        Raises SettingsError when the gateway's account does not fit paper/live."""
+        Raises SettingsError (never retried) when the gateway's account does not match the mode.
+        """
         try:
-            connected = await self.session.connect(attempts=attempts)
-        except SettingsError:
+            if not await self.session.connect(attempts=attempts) or not self.reconciled:
+                print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
+                return 1
+            # Let IB acknowledge what reconciliation placed before reading it back.
+            await self._wait_until(
+                lambda: all(t.orderStatus.status != "PendingSubmit" for t in self.ib.openTrades()),
+                BROKER_TIMEOUT_S,
+            )
+            print(format_table(self.protection_rows()))
+            return 0
+        finally:
             await self.shutdown()
-            raise
-        if not connected or not self.reconciled:
-            print("exit_manager: reconciliation did not complete; see the log", file=sys.stderr)
-            await self.shutdown()
-            return 1
-        # Let IB acknowledge what reconciliation placed before reading it back.
-        await self._wait_until(
-            lambda: all(t.orderStatus.status != "PendingSubmit" for t in self.ib.openTrades()),
-            BROKER_TIMEOUT_S,
-        )
-        print(format_table(self.protection_rows()))
-        await self.shutdown()
-        return 0
 
     def protection_rows(self) -> list[dict[str, Any]]:
         ours = [working_order(t) for t in self.ib.openTrades()]

@@ -80,8 +80,14 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def open_database(args: argparse.Namespace, settings: Settings) -> TradingDatabase:
-    return get_database(getattr(args, "db", None) or settings.database_path)
+def open_database(
+    args: argparse.Namespace, settings: Settings, *, read_only: bool = False
+) -> TradingDatabase:
+    """The --db (or DATABASE_PATH) database; a tool that only reads never creates one."""
+    return get_database(
+        getattr(args, "db", None) or settings.database_path,
+        if_missing="refuse" if read_only else "warn",
+    )
 
 
 def quiet_logging(tool: str, settings: Settings) -> None:
@@ -115,17 +121,18 @@ class ToolSession:
 
 @contextmanager
 def tool_session(
-    args: argparse.Namespace, tool: str, *, database: bool = True
+    args: argparse.Namespace, tool: str, *, database: bool = True, read_only_db: bool = False
 ) -> Iterator[ToolSession]:
     """Settings, then logging, then the database, then the connection; disconnects on exit.
 
     A tool that sends orders (it has --live) gets the connection only when the gateway's
     account fits paper/live, before it can send anything.
+    With `read_only_db` (the tool only reads) a missing database is refused, not created.
     Raises SettingsError, DatabaseError or ToolError (see run_tool) before anything later opens.
     """
     settings = settings_for(args)
     quiet_logging(tool, settings)
-    db = open_database(args, settings) if database else None
+    db = open_database(args, settings, read_only=read_only_db) if database else None
     ib = connect(settings, args.client_id, args.timeout)
     try:
         if live_flag_of(args) is not None:

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def monitor(args: argparse.Namespace) -> int:
-    with tool_session(args, TOOL) as session:
+    with tool_session(args, TOOL, read_only_db=True) as session:
         settings, db, ib = session.settings, session.db, session.ib
         feed = PriceFeed(ib)
         account = account_of(ib, settings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core import cli
 from core.clock import NEW_YORK, MarketClock, get_clock
@@ -38,6 +39,12 @@ from core.money import stop_loss_price as _stop_price
 
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
+# What opening a path without a database file does: "warn" creates it and warns once, naming
+# the path (an empty answer must not pass for "no positions"); "create" creates it quietly (a
+# run that makes a fresh database on purpose); "refuse" raises DatabaseError (tools that only read).
+IfMissing = Literal["warn", "create", "refuse"]
+# quick_check / integrity_check stop after this many problems (SQLite's default is 100).
+CHECK_MAX_PROBLEMS = 1000
 
 # Order intent states and the moves allowed between them. A cancelled order can still
 # fill (the cancel raced the fill), and IB can report a fill before the submit ack.
@@ -198,8 +205,21 @@ class IntentTransitionError(RuntimeError):
 
 @dataclass(frozen=True)
 class IntegrityReport:
+    """What SQLite's quick_check or integrity_check (`check`) answered, row by row."""
+
     ok: bool
     messages: tuple[str, ...]
+    check: str = "integrity_check"
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """One entry per problem: SQLite packs several lines, under a header, into one row."""
+        lines = (line.strip() for message in self.messages for line in message.splitlines())
+        return tuple(line for line in lines if line and not _is_check_header(line))
+
+
+def _is_check_header(line: str) -> bool:
+    return line.startswith("*** ") and line.endswith(" ***")  # "*** in database main ***"
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -235,6 +255,13 @@ def _with_trade_pnl_pct(trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
             trade["profit_loss_pct"] = pnl_percent(basis, basis + trade["pnl"])
         _with_seed_names("trades", trade)
     return trades
+
+
+def _run_check(conn: sqlite3.Connection, check: str) -> IntegrityReport:
+    """PRAGMA quick_check or integrity_check, up to CHECK_MAX_PROBLEMS problems."""
+    rows = conn.execute(f"PRAGMA {check}({CHECK_MAX_PROBLEMS})").fetchall()
+    messages = tuple(str(row[0]) for row in rows)
+    return IntegrityReport(ok=messages == ("ok",), messages=messages, check=check)
 
 
 def _apply_migration(conn: sqlite3.Connection, target: int) -> None:
@@ -333,10 +360,13 @@ class TradingDatabase:
         path: str | Path,
         clock: MarketClock | None = None,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        *,
+        if_missing: IfMissing = "warn",
     ) -> None:
         self.path = Path(path).expanduser().resolve()
         self.clock = clock or get_clock()
         self.busy_timeout_ms = busy_timeout_ms
+        self.if_missing = if_missing
         self._local = threading.local()
         self._checked = False
         self._check_lock = threading.Lock()
@@ -368,10 +398,15 @@ class TradingDatabase:
         return cursor
 
     def _open(self) -> sqlite3.Connection:
-        self._check_location()
+        existed = self._check_location()
+        # mode=rw: SQLite itself never creates the file, even if it vanished since the check.
+        target = f"{self.path.as_uri()}?mode=rw" if self.if_missing == "refuse" else self.path
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+                target,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                uri=self.if_missing == "refuse",
             )
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
@@ -391,10 +426,12 @@ class TradingDatabase:
                     self._migrate(conn)
                     self._use_wal(conn)
                     self._checked = True
+                    if not existed and self.if_missing == "warn":
+                        _warn_new_database(self.path)
             self._use_wal(conn)
         except BaseException as exc:
             conn.close()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.Error | UnicodeDecodeError):
                 raise self._explain(exc) from exc
             raise
         return conn
@@ -422,8 +459,9 @@ class TradingDatabase:
                 "put it on a local disk, not a network share"
             )
 
-    def _check_location(self) -> None:
-        """Refuse a folder as the path, or a folder we cannot create the database in.
+    def _check_location(self) -> bool:
+        """True when the database file exists. Refuse a folder as the path, a missing file
+        when told to (`if_missing="refuse"`), or a folder we cannot create the database in.
 
         The file itself is only ever opened through SQLite: closing any other handle on it
         drops every POSIX lock this process holds on it, and the next program to close the
@@ -434,7 +472,9 @@ class TradingDatabase:
                 f"database path {self.path} is a folder: set DATABASE_PATH to a file path"
             )
         if self.path.exists():
-            return
+            return True
+        if self.if_missing == "refuse":
+            raise self._missing_error()
         folder = self.path.parent
         if not folder.exists():
             try:
@@ -449,20 +489,75 @@ class TradingDatabase:
                 f"cannot create database {self.path}: folder {folder} is not writable; "
                 "set DATABASE_PATH to a writable location"
             )
+        return False
+
+    def _missing_error(self) -> DatabaseError:
+        return DatabaseError(
+            f"database {self.path} does not exist: pass --db with the path of an existing "
+            "trading_history.db (or set DATABASE_PATH), or start the bots once to create it"
+        )
 
     def _verify(self, conn: sqlite3.Connection) -> None:
-        result = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
-        if result != ["ok"]:
-            raise DatabaseError(
-                f"database {self.path} is corrupt ({result[0]}): stop the bots, restore the newest "
-                "file from the archive folder (or move it aside) and start again"
-            )
+        report = _run_check(conn, "quick_check")
+        if not report.ok:
+            raise self.corruption_error(report)
 
-    def _explain(self, exc: sqlite3.Error) -> DatabaseError:
+    def corruption_error(self, report: IntegrityReport) -> DatabaseError:
+        """The one-line refusal of a damaged file: how many problems, the first, and where the
+        full report was written (beside the database, which is never touched)."""
+        problems = report.problems or report.messages
+        count = f"{len(problems)}{'+' if len(problems) >= CHECK_MAX_PROBLEMS else ''} problem"
+        count += "" if len(problems) == 1 else "s"
+        try:
+            where = f"full report in {self._write_integrity_report(report)}"
+        except OSError as exc:
+            where = (
+                f"full report not written: folder {self.path.parent} is not writable "
+                f"({exc.strerror or exc})"
+            )
+        return DatabaseError(
+            f"database {self.path} is corrupt ({report.check} found {count}, first: "
+            f"{problems[0]}; {where}): stop the bots, restore the newest file from the archive "
+            "folder (or move it aside) and start again"
+        )
+
+    def _write_integrity_report(self, report: IntegrityReport) -> Path:
+        """Write `<db>.integrity-YYYYMMDD-HHMMSS.txt` beside the database; never overwrites one.
+
+        Raises OSError when the folder cannot be written.
+        """
+        now = self.clock.now()
+        text = "\n".join(
+            (
+                f"database: {self.path}",
+                f"check: PRAGMA {report.check} (New York time {now:%Y-%m-%d %H:%M:%S})",
+                f"problems: {len(report.problems)}",
+                "",
+                *report.messages,
+                "",
+            )
+        )
+        stem = f"{self.path.name}.integrity-{now:%Y%m%d-%H%M%S}"
+        for attempt in range(1, 100):
+            target = self.path.with_name(f"{stem}.txt" if attempt == 1 else f"{stem}-{attempt}.txt")
+            try:
+                with open(target, "x", encoding="utf-8") as out:
+                    out.write(text)
+            except FileExistsError:
+                continue
+            return target
+        raise FileExistsError(f"{stem}.txt and 98 more already exist")
+
+    def _explain(self, exc: sqlite3.Error | UnicodeDecodeError) -> DatabaseError:
         text = str(exc)
+        if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+            # Python decodes SQLite's error text as UTF-8; a damaged schema quotes raw bytes.
+            text = exc.object.decode(errors="replace")
         lowered = text.lower()
         if isinstance(exc, DatabaseError):
             return exc
+        if self.if_missing == "refuse" and not self.path.exists():
+            return self._missing_error()  # removed between the check and the open
         if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
             return DatabaseError(
                 f"database {self.path} is not a SQLite database: move it aside "
@@ -1095,8 +1190,10 @@ class TradingDatabase:
     # -- maintenance ---------------------------------------------------------------------
     def integrity_check(self) -> IntegrityReport:
         """SQLite's full integrity_check; ok is True only when it answers exactly 'ok'."""
-        result = tuple(str(r[0]) for r in self._read("PRAGMA integrity_check").fetchall())
-        return IntegrityReport(ok=result == ("ok",), messages=result)
+        try:
+            return _run_check(self._conn, "integrity_check")
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from exc
 
     def backup(self, dest_dir: str | Path | None = None, keep_days: int | None = None) -> Path:
         """Copy the live database with SQLite's online backup API; returns the backup file.
@@ -1140,14 +1237,32 @@ class TradingDatabase:
                 old.unlink(missing_ok=True)
 
 
+def _warn_new_database(path: Path) -> None:
+    # The text also reaches a console with no logging set up (Python's last-resort handler).
+    advice = (
+        "if you expected existing positions, you are in the wrong folder or DATABASE_PATH "
+        "points elsewhere"
+    )
+    logging.getLogger("observability").warning(
+        "created a new empty database at %s: %s",
+        path,
+        advice,
+        extra={"event": "database_created", "path": str(path), "action": advice},
+    )
+
+
 _databases: dict[tuple[int, Path], TradingDatabase] = {}
 _databases_lock = threading.Lock()
 
 
-def get_database(path: str | Path | None = None) -> TradingDatabase:
+def get_database(
+    path: str | Path | None = None, *, if_missing: IfMissing = "warn"
+) -> TradingDatabase:
     """The process's TradingDatabase for `path` (default: DATABASE_PATH from settings).
 
-    Raises DatabaseError (one line: file and what to do) when the file cannot be used.
+    A missing file is created with a warning naming it, created quietly, or refused, as
+    `if_missing` says (see IfMissing). Raises DatabaseError (one line: file and what to do)
+    when the file cannot be used.
     """
     if path is None:
         from core.settings import get_settings
@@ -1158,7 +1273,7 @@ def get_database(path: str | Path | None = None) -> TradingDatabase:
     with _databases_lock:
         database = _databases.get(key)
         if database is None:
-            database = TradingDatabase(resolved)
+            database = TradingDatabase(resolved, if_missing=if_missing)
             database._conn  # open now so a bad file fails here, at startup  # noqa: B018
             _databases[key] = database
         return database
@@ -1167,31 +1282,33 @@ def get_database(path: str | Path | None = None) -> TradingDatabase:
 def _self_check(path: str | None) -> int:
     database = get_database(path)
     report = database.integrity_check()
+    if not report.ok:  # quick_check at open passed; the full check found more
+        raise database.corruption_error(report)
     print(f"database: {database.path}")
-    print(
-        f"schema version: {database.schema_version()}  integrity: {'ok' if report.ok else report}"
-    )
+    print(f"schema version: {database.schema_version()}  integrity: ok")
     print(
         f"trading date (New York): {database.clock.today()}  now: {database.clock.now():%H:%M:%S}"
     )
     print(f"active positions: {len(database.get_active_positions())}")
     print(f"closed today: {len(database.get_closed_today())}")
     print(f"trades today: {len(database.get_trades_by_date(database.clock.today_str()))}")
-    return 0 if report.ok else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.settings import SettingsError
+
     parser = cli.OneLineParser(description="Check or inspect the trading database.")
     parser.add_argument("--self-check", action="store_true", help="create/check the database")
     parser.add_argument("--db", help="database file (default: DATABASE_PATH)")
     parser.add_argument("--backup", action="store_true", help="write a backup into BACKUP_DIR")
     args = parser.parse_args(argv)
     try:
-        if args.backup:
-            print(f"backup written: {get_database(args.db).backup()}")
+        if args.backup:  # a backup of nothing would hide a wrong path
+            print(f"backup written: {get_database(args.db, if_missing='refuse').backup()}")
             return 0
         return _self_check(args.db)
-    except DatabaseError as exc:
+    except (DatabaseError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -1209,6 +1326,7 @@ __all__ = [
     "REJECTED",
     "SUBMITTED",
     "DatabaseError",
+    "IfMissing",
     "IntegrityReport",
     "IntentTransitionError",
     "ReentryBlocked",

@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         set_clock(clock)
         settings = replace(settings, ib_port=gateway.port, clock_file=gateway.clock_file)
         set_settings(settings)
-        db = get_database(db_path)
+        db = get_database(db_path, if_missing="create")  # a new run's own database
         lock = SupervisorLock(lock_path_for(db.path))
         lock.acquire()
         (run_dir / "sim.json").write_text(

@@ -696,7 +696,7 @@ def install_signal_handlers(supervisor: Supervisor) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(
         prog="supervisor.py",
-        description="Run and watch the exit manager and the day trader (or a simulated day)."
+        description="Run and watch the exit manager and the day trader (or a simulated day).",
     )
     parser.add_argument(
         "--allocation",
@@ -746,7 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     """Live/paper mode: lock, daily reset, supervise the real bots until stopped."""
-    db = get_database(args.db or settings.database_path)
+    # --status only reads: it must not create a database where none is.
+    db = get_database(
+        args.db or settings.database_path, if_missing="refuse" if args.status else "warn"
+    )
     if args.status:
         print(status_from_files(db, lock_path_for(db.path)))
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -519,6 +520,32 @@ def test_start_follows_the_one_paper_live_rule(
     monkeypatch.setattr(exit_manager, "_run", protecting)
     assert exit_manager.main(args) == 2
     assert capsys.readouterr().err.splitlines() == [f"exit_manager: error: {refusal}"]
+
+
+# A console log line of the exit manager ("HH:MM:SS LEVEL exit_manager event ...").
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) +exit_manager ")
+
+
+def test_once_against_a_live_account_in_paper_mode_is_one_line_exit_2_and_sends_nothing(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    with gateway(tmp_path, account="U7654321") as gw:
+        db, _clock = sim_db(gw)
+        db.schema_version()  # an existing database, as after any earlier day
+        done = subprocess.run(
+            _exit_manager_args(gw, db, "--once"), env=_subprocess_env(tmp_path, gw),
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        state = gw.account.state()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    refusals = [line for line in done.stderr.splitlines() if not _LOG_LINE.match(line)]
+    assert refusals == [
+        "exit_manager: error: account U7654321 is a live account but TRADING_MODE=paper: "
+        "connect to the paper gateway, or pass --live to trade real money"
+    ]
+    assert not state["open_orders"] and not state["completed_orders"]
+    assert db.get_heartbeats()[AGENT]["state"] == "STOPPED"  # shut down, not abandoned
 
 
 def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

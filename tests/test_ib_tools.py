@@ -10,6 +10,7 @@ from sim_support import start_gateway, wait_for
 
 from core.settings import Settings, SettingsError
 from ib_tools import TOOL_CLIENT_IDS, ToolSession, add_connection_args, add_db_arg, tool_session
+from observability import DatabaseError
 
 
 def test_tool_session_disconnects_when_the_body_raises_and_opens_no_database_when_told(
@@ -68,3 +69,20 @@ def test_tool_that_sends_orders_is_refused_a_live_account_at_connect_a_looking_t
             assert session.ib.managedAccounts() == ["U7654321"]
     finally:
         gw.stop()
+
+
+def test_tool_session_for_a_tool_that_only_reads_refuses_a_missing_database_before_connecting(
+    tmp_path: Path, _isolated_settings: Settings
+) -> None:
+    """The database is opened before the connection, so a wrong --db never reaches IB."""
+    parser = argparse.ArgumentParser()
+    add_connection_args(parser, "check_orders")
+    add_db_arg(parser)
+    missing = tmp_path / "nonexist.db"
+    args = parser.parse_args(["--port", "1", "--db", str(missing)])  # nothing listens on 1
+    with (
+        pytest.raises(DatabaseError, match=f"database {missing} does not exist"),
+        tool_session(args, "check_orders", read_only_db=True),
+    ):
+        pytest.fail("the session opened")
+    assert not missing.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -423,6 +424,110 @@ def test_corrupt_database_is_refused_not_recreated(tmp_path: Path) -> None:
     assert _digest(path) == before
 
 
+def _database_with_a_corrupt_table_page(path: Path) -> None:
+    """A database of 3000 positions, closed, then garbage written over the cell pointers and
+    cells of its fullest table leaf page (its 8-byte header and first pointer kept)."""
+    good = TradingDatabase(path)
+    for i in range(3000):
+        good.add_active_position(f"S{i}", 1, 10.0, 11.0, 9.0)
+    good.close()
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[16:18], "big")
+    leaves = [page for page in range(1, len(raw) // size) if raw[page * size] == 0x0D]
+    page = max(leaves, key=lambda p: int.from_bytes(raw[p * size + 3 : p * size + 5], "big"))
+    raw[page * size + 10 : (page + 1) * size] = b"\xff" * (size - 10)
+    path.write_bytes(bytes(raw))
+
+
+def _report_problems(report: Path) -> list[str]:
+    lines = report.read_text().splitlines()
+    dump = lines[lines.index("") + 1 :]
+    return [line for line in dump if line and not line.startswith("*** ")]
+
+
+def test_corrupt_page_is_one_line_with_the_problem_count_and_the_full_report_beside_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trading_history.db"
+    _database_with_a_corrupt_table_page(path)
+    before = _digest(path)
+    # SQLite's own answer, read-only, to compare the report with.
+    probe = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    expected = [
+        line
+        for row in probe.execute("PRAGMA quick_check(1000)")
+        for line in row[0].splitlines()
+        if not line.startswith("*** ")
+    ]
+    probe.close()
+    assert len(expected) > 50  # many problems: the dump that once filled the console
+
+    with pytest.raises(DatabaseError) as caught:
+        get_database(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert f"quick_check found {len(expected)} problems, first: {expected[0]};" in message
+    [report] = tmp_path.glob("trading_history.db.integrity-*.txt")
+    assert f"full report in {report})" in message
+    assert _report_problems(report) == expected
+    assert _digest(path) == before
+
+    for program in (["observability.py", "--self-check"], ["analyze_today.py", "--no-chart"]):
+        done = _python(*program, "--db", str(path))
+        assert done.returncode != 0, done.stdout
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"quick_check found {len(expected)} problems, first" in done.stderr
+    reports = sorted(tmp_path.glob("trading_history.db.integrity-*.txt"))
+    assert len(reports) == 3  # one per refusal, none overwritten
+    assert all(_report_problems(report) == expected for report in reports)
+    assert _digest(path) == before
+
+
+def test_corrupt_page_in_an_unwritable_folder_says_the_report_was_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import observability
+
+    path = tmp_path / "trading_history.db"
+    _database_with_a_corrupt_table_page(path)
+
+    def unwritable(*args: Any, **kwargs: Any) -> Any:
+        # As root every folder is writable; this is the error a user's read-only folder gives.
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(observability, "open", unwritable, raising=False)
+    with pytest.raises(DatabaseError) as caught:
+        TradingDatabase(path).get_active_positions()
+    message = str(caught.value)
+    assert "\n" not in message and "quick_check found" in message
+    assert (
+        f"full report not written: folder {tmp_path} is not writable (Permission denied)" in message
+    )
+    assert not list(tmp_path.glob("*.integrity-*"))
+
+
+def test_damaged_schema_page_is_one_line_not_a_unicode_traceback(tmp_path: Path) -> None:
+    """SQLite quotes the raw bytes of a damaged schema in its error; Python cannot decode them."""
+    path = tmp_path / "trading_history.db"
+    good = TradingDatabase(path)
+    good.add_active_position("AAPL", 1, 10.0, 11.0, 9.0)
+    good.close()
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[16:18], "big")
+    # The schema leaf page holding our CREATE TABLE statements: garbage over most of it.
+    [page] = [
+        p for p in range(len(raw) // size) if b"CREATE TABLE" in raw[p * size : (p + 1) * size]
+    ]
+    raw[page * size + 100 : (page + 1) * size] = b"\xff" * (size - 100)
+    path.write_bytes(bytes(raw))
+    before = _digest(path)
+    done = _python("observability.py", "--self-check", "--db", str(path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is corrupt" in done.stderr and str(path) in done.stderr
+    assert _digest(path) == before
+
+
 def test_unwritable_location_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError) as caught:
         TradingDatabase("/proc/trading_history.db").is_position_active("AAPL")
@@ -494,6 +599,105 @@ def test_self_check_command_reports_bad_file_in_one_line(tmp_path: Path) -> None
     done = _python("observability.py", "--self-check", "--db", str(bad))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and str(bad) in done.stderr
+
+
+def test_self_check_with_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import observability
+    from core import settings
+
+    # The program reads the project's `.env`: here a file of the test's.
+    (tmp_path / ".env").write_text("IB_PORT=abc\n")
+    monkeypatch.setattr(settings, "DOTENV_PATH", tmp_path / ".env")
+    settings.set_settings(None)
+    assert observability.main(["--self-check"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: setting IB_PORT='abc' is invalid: expected a whole number from 1 to 65535\n"
+    )
+    # A real process, the same bad value from the environment.
+    done = subprocess.run(
+        [sys.executable, "observability.py", "--self-check"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60,
+        env={**os.environ, "IB_PORT": "abc", "DATABASE_PATH": str(tmp_path / "t.db")},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, err)
+    assert not (tmp_path / "t.db").exists()
+
+
+def _creation_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "database_created"]
+
+
+def test_new_database_file_is_warned_once_naming_it_and_an_existing_one_never(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "trading_history.db"
+    caplog.set_level(logging.WARNING)
+    first = get_database(path)
+    assert first.get_active_positions() == [] and path.exists()
+    [warning] = _creation_warnings(caplog)
+    assert warning.levelno == logging.WARNING and warning.path == str(path)  # type: ignore[attr-defined]
+    assert warning.getMessage() == (
+        f"created a new empty database at {path}: if you expected existing positions, you are "
+        "in the wrong folder or DATABASE_PATH points elsewhere"
+    )
+    # Other threads' connections, the cached instance, a new instance: the file exists now.
+    worker = threading.Thread(target=first.get_active_positions)
+    worker.start()
+    worker.join()
+    assert get_database(path) is first
+    TradingDatabase(path).get_active_positions()
+    assert len(_creation_warnings(caplog)) == 1
+    # A database made on purpose (a simulated run's) is created quietly.
+    TradingDatabase(tmp_path / "sim.db", if_missing="create").get_active_positions()
+    assert len(_creation_warnings(caplog)) == 1 and (tmp_path / "sim.db").exists()
+
+
+def test_database_that_must_exist_is_refused_in_one_line_and_never_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "nonexist.db"
+    with pytest.raises(DatabaseError) as caught:
+        get_database(missing, if_missing="refuse")
+    assert str(caught.value) == (
+        f"database {missing} does not exist: pass --db with the path of an existing "
+        "trading_history.db (or set DATABASE_PATH), or start the bots once to create it"
+    )
+    assert not list(tmp_path.iterdir()) and not _creation_warnings(caplog)
+    TradingDatabase(missing).schema_version()  # once it exists, it opens
+    assert get_database(missing, if_missing="refuse").get_active_positions() == []
+
+
+def test_ad_hoc_query_in_the_wrong_folder_says_on_stderr_that_the_database_is_new(
+    tmp_path: Path,
+) -> None:
+    """The README's query snippet run where no database is: [] must not pass for 'flat'."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from observability import get_database\n"
+         "print(get_database().get_active_positions())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_PATH": str(tmp_path / "t.db")},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+    assert done.stderr == (
+        f"created a new empty database at {tmp_path / 't.db'}: if you expected existing "
+        "positions, you are in the wrong folder or DATABASE_PATH points elsewhere\n"
+    )
+    again = subprocess.run(
+        [sys.executable, "observability.py", "--self-check", "--db", str(tmp_path / "t.db")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (again.returncode, again.stderr) == (0, "")  # an existing file: no warning
+
+
+def test_backup_of_a_missing_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexist.db"
+    done = _python("observability.py", "--backup", "--db", str(missing))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and f"database {missing} does not exist" in done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 # Process A of the lock-loss scenario: a bot that writes, touches the database from a worker

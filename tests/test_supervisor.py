@@ -397,17 +397,24 @@ def test_judge_heartbeat_ignores_beats_from_an_earlier_process():
     assert not sup.judge_heartbeat(own, {222}, 1005.0, 1021.0, policy).fresh
 
 
-def test_status_cli_without_supervisor(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "supervisor.py", "--status", "--db", str(tmp_path / "x.db")],
+def _status_cli(tmp_path: Path, db_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "supervisor.py", "--status", "--db", str(db_path)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "LOG_DIR": str(tmp_path / "logs")},
     )
+
+
+def test_status_cli_without_supervisor(tmp_path):
+    db_path = tmp_path / "x.db"
+    TradingDatabase(db_path).schema_version()
+    out = _status_cli(tmp_path, db_path)
     assert out.returncode == 0, out.stderr
     assert "no supervisor running" in out.stdout and "active positions: 0" in out.stdout
+    assert out.stderr == ""
 
 
 # -- paper / live -----------------------------------------------------------------------------
@@ -469,3 +476,14 @@ def test_both_bots_are_started_in_the_supervisors_mode(flag, mode, port, tmp_pat
         program = programs[Path(spec.argv[1]).name]
         bot_args = program.build_parser().parse_args(spec.argv[2:])
         assert program.settings_from_args(bot_args).is_live is flag, spec
+
+
+def test_status_cli_refuses_a_missing_database_in_one_line_and_creates_none(tmp_path):
+    missing = tmp_path / "nonexist.db"
+    out = _status_cli(tmp_path, missing)
+    assert out.returncode == 2
+    assert out.stderr == (
+        f"error: database {missing} does not exist: pass --db with the path of an existing "
+        "trading_history.db (or set DATABASE_PATH), or start the bots once to create it\n"
+    )
+    assert not missing.exists() and not list(tmp_path.glob("nonexist.db*"))

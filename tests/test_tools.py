@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from ib_async import LimitOrder
-from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock
+from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock, tool_env
 
 import reports
 import view_logs
@@ -53,7 +53,7 @@ def test_test_connection_reports_everything_and_exits_0(day):
 def test_test_connection_exits_1_with_one_line_when_gateway_down(day):
     result = run_tool(day["tmp"], 1, "test_connection.py", "--timeout", "2")
     assert result.returncode == 1
-    assert result.stderr.startswith("test_connection: error: cannot connect to IB at 127.0.0.1:1")
+    assert result.stderr.startswith("test_connection: error: connection refused by 127.0.0.1:1:")
     assert result.stderr.count("\n") == 1
 
 
@@ -301,6 +301,31 @@ def test_view_logs_time_forms():
     assert view_logs.parse_when("09:30", now) == datetime(2026, 11, 24, 9, 30, tzinfo=NEW_YORK)
     with pytest.raises(view_logs.ToolError, match="HH:MM"):
         view_logs.parse_when("noonish", now)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["analyze_today.py"], ["check_orders.py"], ["monitor_live.py", "--once"]],
+    ids=lambda argv: argv[0],
+)
+def test_read_only_tool_refuses_a_missing_database_in_one_line_and_creates_none(tmp_path, argv):
+    """A wrong --db (or DATABASE_PATH) once made an empty database and reported zeros."""
+    missing = tmp_path / "nonexist.db"
+    tool = argv[0].removesuffix(".py")
+    env = {**tool_env(tmp_path, 1), "DATABASE_PATH": str(missing)}
+    del env["CLOCK_FILE"]  # no simulated gateway: the machine's clock
+    for given in (["--db", str(missing)], []):  # the flag, then DATABASE_PATH
+        result = subprocess.run(
+            [sys.executable, *argv, *given], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            timeout=60, env=env,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout
+        assert result.stderr == (
+            f"{tool}: error: database {missing} does not exist: pass --db with the path of an "
+            "existing trading_history.db (or set DATABASE_PATH), or start the bots once to "
+            "create it\n"
+        )
+        assert not list(tmp_path.glob("nonexist.db*"))
 
 
 @pytest.mark.parametrize(
