@@ -28,7 +28,7 @@ from ib_async import IB, MarketOrder, Stock
 from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import profit_target_price, stop_loss_price
-from core.settings import get_settings
+from core.settings import SettingsError, check_trading_mode, get_settings
 from exit_manager import ExitManager, blocked_flag
 from exit_rules import AGENT, DayPhase, ExitConfig
 from ibsim.config import GatewayConfig
@@ -540,10 +540,9 @@ def test_once_against_a_live_account_in_paper_mode_is_one_line_exit_2_and_sends_
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     refusals = [line for line in done.stderr.splitlines() if not _LOG_LINE.match(line)]
-    assert refusals == [
-        "exit_manager: error: account U7654321 is a live account but TRADING_MODE=paper: "
-        "connect to the paper gateway, or pass --live to trade real money"
-    ]
+    with pytest.raises(SettingsError) as rule:  # the one paper/live rule's own words
+        check_trading_mode(get_settings(), False, "U7654321")
+    assert refusals == [f"exit_manager: error: {rule.value}"]
     assert not state["open_orders"] and not state["completed_orders"]
     assert db.get_heartbeats()[AGENT]["state"] == "STOPPED"  # shut down, not abandoned
 
