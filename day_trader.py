@@ -234,6 +234,7 @@ class SymbolFeed:
     no_data: str | None = None
     data_type: int = 0  # IB marketDataType of the quotes last seen (0 = none yet)
     stale: bool = False  # no tick for the stale limit during regular hours (logged once)
+    last_decision: tuple[bool, str | None, str] | None = None  # (enter, rule, reason) logged
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -846,7 +847,13 @@ class DayTrader:
                 atr_bars=int(warm.atr_bars),
                 vwap_has_volume=bool(warm.vwap_has_volume),
             )
-        log.info("entry_decision", **decision.log_fields())
+        # A symbol skipped for the same reason bar after bar is news once: INFO when the
+        # decision changes (and every enter), DEBUG while it holds.
+        outcome = (decision.enter, decision.rule, decision.reason)
+        changed = feed is None or decision.enter or feed.last_decision != outcome
+        if feed is not None:
+            feed.last_decision = outcome
+        (log.info if changed else log.debug)("entry_decision", **decision.log_fields())
 
     async def read_book(self, pending: frozenset[str] = frozenset()) -> BookState:
         """The book: IB-side numbers taken here on the loop thread (ib_async's state is not
