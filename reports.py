@@ -44,7 +44,18 @@ class RoundTrip:
         return self.gross_pnl - self.commission
 
     @property
+    def capital(self) -> float:
+        """What the entry cost (shares x entry price)."""
+        return self.entry_price * self.quantity
+
+    @property
     def pnl_pct(self) -> float:
+        """Net P&L as a percent of the entry's cost (the basis of every P&L shown)."""
+        return self.pnl / self.capital * 100 if self.capital else 0.0
+
+    @property
+    def gross_pnl_pct(self) -> float:
+        """The price move alone, before commissions."""
         return (self.exit_price - self.entry_price) / self.entry_price * 100
 
     @property
@@ -148,6 +159,16 @@ class DayReport:
         return sum(t.commission for t in self.round_trips)
 
     @property
+    def capital_used(self) -> float:
+        """The entries' cost summed over the round trips."""
+        return sum(t.capital for t in self.round_trips)
+
+    @property
+    def total_pnl_pct(self) -> float:
+        """Net P&L as a percent of the capital the round trips used (0 without any)."""
+        return self.total_pnl / self.capital_used * 100 if self.capital_used else 0.0
+
+    @property
     def wins(self) -> int:
         return sum(1 for t in self.round_trips if t.pnl > 0)
 
@@ -202,6 +223,16 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
+def net_pnl_text(report: DayReport) -> str:
+    """The day's P&L in one phrase, net of commissions, gross labelled: the report headline
+    and the supervisor's status block say it the same way."""
+    return (
+        f"${report.total_pnl:+,.2f} net ({report.total_pnl_pct:+.2f}% of "
+        f"${report.capital_used:,.0f} used; gross ${report.gross_pnl:+,.2f}, "
+        f"commissions ${report.commissions:,.2f})"
+    )
+
+
 def render_report(report: DayReport) -> str:
     """The report as text: summary lines, per-symbol table, exit reasons."""
     from rich.console import Console
@@ -215,18 +246,29 @@ def render_report(report: DayReport) -> str:
         f"  trades (round trips): {len(report.round_trips)}   fills: {report.fills}   "
         f"wins: {report.wins}   win rate: {win_rate}"
     )
+    console.print(f"  P&L: {net_pnl_text(report)}")
     console.print(
-        f"  P&L: ${report.total_pnl:+,.2f} net (gross ${report.gross_pnl:+,.2f}, "
-        f"commissions ${report.commissions:,.2f})   max drawdown: ${report.max_drawdown:,.2f}"
+        f"  max drawdown: ${report.max_drawdown:,.2f} (net)   "
+        f"average hold: {_duration(report.average_hold_seconds)}"
     )
-    console.print(f"  average hold: {_duration(report.average_hold_seconds)}")
     reasons = ", ".join(f"{k} {v}" for k, v in report.exit_reasons().items()) or "-"
     console.print(f"  exit reasons: {reasons}")
     if report.still_open:
         console.print(f"  STILL OPEN at the end of the fills: {report.still_open}")
     if report.round_trips:
         table = Table(title="round trips")
-        for column in ("symbol", "qty", "entry", "exit", "in", "out", "P&L $", "P&L %", "reason"):
+        columns = (
+            "symbol",
+            "qty",
+            "entry",
+            "exit",
+            "in",
+            "out",
+            "net P&L $",
+            "net P&L %",
+            "reason",
+        )
+        for column in columns:
             table.add_column(column)
         for t in report.round_trips:
             table.add_row(

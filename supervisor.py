@@ -37,6 +37,7 @@ from core.clock import MarketClock
 from core.logs import get_logger, setup_logging
 from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, set_settings
 from observability import DatabaseError, TradingDatabase, get_database
+from reports import build_day_report, net_pnl_text
 
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
@@ -551,13 +552,6 @@ def _fmt_uptime(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def pnl_today(closed: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """Realised P&L of today's closed rows: (dollars, percent of the capital they used)."""
-    dollars = sum(float(row.get("pnl") or 0.0) for row in closed)
-    invested = sum(float(row["entry_price"]) * float(row["quantity"]) for row in closed)
-    return dollars, (dollars / invested * 100 if invested > 0 else 0.0)
-
-
 def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], now: float) -> str:
     """The status block as text (a rich table): bots, positions, closed today, P&L."""
     from rich.console import Console
@@ -590,7 +584,8 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
         )
     active = db.get_active_positions()
     closed = db.get_closed_today()
-    dollars, percent = pnl_today(closed)
+    # Today's fills, net of commissions: the same numbers as the day report's headline.
+    today = build_day_report(db, db.clock.today_str())
     pos_table = Table(title=f"active positions: {len(active)}")
     for column in ("symbol", "qty", "entry", "target", "stop", "since"):
         pos_table.add_column(column)
@@ -607,9 +602,7 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
     console = Console(width=110, file=buffer, force_terminal=False, color_system=None)
     console.print(bot_table)
     console.print(pos_table)
-    console.print(
-        f"closed today: {len(closed)}   total P&L today: {percent:+.2f}%  (${dollars:+,.2f})"
-    )
+    console.print(f"closed today: {len(closed)}   P&L today: {net_pnl_text(today)}")
     return buffer.getvalue()
 
 

@@ -167,6 +167,26 @@ def test_round_trips_fifo_pnl_win_rate_and_drawdown():
     assert reports.max_drawdown([5, -3, 4, -10, 2]) == pytest.approx(10)
 
 
+def test_round_trips_table_shows_net_dollars_and_net_percent_and_labels_gross():
+    """Bug pinned: the table's P&L % was the gross price move beside a net P&L $."""
+    fills = [
+        _fill(1, "AAA", "BUY", 100, 10.00, "09:40", "b1", commission=2.0),
+        _fill(2, "AAA", "SELL", 100, 10.18, "10:10", "s1", commission=2.0),
+    ]
+    trips, _ = reports.round_trips_from_fills(fills, {"s1": "PROFIT_TARGET"})
+    [trip] = trips
+    assert trip.pnl == pytest.approx(14.0)
+    assert trip.pnl_pct == pytest.approx(1.4)  # $14 net on $1,000
+    assert trip.gross_pnl_pct == pytest.approx(1.8)
+    report = reports.DayReport("2026-11-24", trips, {}, len(fills))
+    text = reports.render_report(report)
+    assert "P&L: $+14.00 net (+1.40% of $1,000 used; gross $+18.00, commissions $4.00)" in text
+    header = next(line for line in text.splitlines() if "symbol" in line and "qty" in line)
+    assert "net P&L $" in header and "net P&L %" in header
+    row = next(line for line in text.splitlines() if "AAA" in line and "PROFIT_TARGET" in line)
+    assert "+14.00" in row and "+1.40" in row and "+1.80" not in row
+
+
 def test_exit_reason_from_intent_purpose():
     assert reports.exit_reason_for("PROTECT_TARGET") == "PROFIT_TARGET"
     assert reports.exit_reason_for("PROTECT_STOP") == "STOP_LOSS"
