@@ -110,7 +110,7 @@ def test_monitor_live_once_shows_prices_distances_and_pnl(day):
     assert float(pnl.replace(",", "")) == pytest.approx(
         (float(last) - position["entry_price"]) * 100
     )
-    assert second in out and "open P&L $" in out
+    assert second in out and "open P&L $" in out and "gross P&L $" in out  # labelled gross
 
 
 def test_monitor_live_build_views_marks_database_disagreements():
