@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from ib_async import LimitOrder
+from matplotlib.dates import date2num, num2date
 from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock
 
 import reports
@@ -185,6 +186,60 @@ def test_round_trips_table_shows_net_dollars_and_net_percent_and_labels_gross():
     assert "net P&L $" in header and "net P&L %" in header
     row = next(line for line in text.splitlines() if "AAA" in line and "PROFIT_TARGET" in line)
     assert "+14.00" in row and "+1.40" in row and "+1.80" not in row
+
+
+def _markers(axes, marker):
+    return [line for line in axes.get_lines() if line.get_marker() == marker]
+
+
+def test_pnl_chart_spans_the_whole_session_in_new_york_time_with_entry_and_exit_markers():
+    """Bug pinned: the x-axis ran from the first to the last exit only, with no markers."""
+    fills = [
+        _fill(1, "AAA", "BUY", 100, 10.00, "09:40", "b1"),
+        _fill(2, "AAA", "SELL", 100, 10.18, "10:10", "s1"),
+        _fill(3, "BBB", "BUY", 50, 20.00, "10:15", "b2"),
+        _fill(4, "BBB", "SELL", 50, 19.82, "11:00", "s2"),
+    ]
+    trips, _ = reports.round_trips_from_fills(fills, {})
+    fig = reports.pnl_figure(reports.DayReport("2026-11-24", trips, {}, len(fills)))
+    curve = fig.axes[0]
+
+    left, right = (num2date(x, tz=NEW_YORK) for x in curve.get_xlim())
+    assert (left, right) == (
+        datetime(2026, 11, 24, 9, 30, tzinfo=NEW_YORK),
+        datetime(2026, 11, 24, 16, 0, tzinfo=NEW_YORK),
+    )
+    assert "New York" in curve.get_xlabel()
+    [entries] = _markers(curve, "^")
+    entry_times = [
+        num2date(x, tz=NEW_YORK).strftime("%H:%M") for x in date2num(entries.get_xdata())
+    ]
+    assert entry_times == ["09:40", "10:15"]
+    exits = {line.get_label(): line for line in _markers(curve, "v")}
+    assert set(exits) == {"exit, win", "exit, loss"}
+    assert [y for y in exits["exit, win"].get_ydata()] == [pytest.approx(16.0)]
+    assert [y for y in exits["exit, loss"].get_ydata()] == [pytest.approx(16.0 - 11.0)]
+    fig.canvas.draw()  # the labels exist once drawn
+    labels = [tick.get_text() for tick in curve.get_xticklabels()]
+    assert labels[0] == "10:00" and labels[-1] == "16:00"
+
+
+def test_pnl_chart_of_an_empty_half_day_says_no_trades_on_the_session_axis(tmp_path):
+    """The day after Thanksgiving closes at 13:00; with no trades there is no curve, no
+    marker and no 1970 date axis, only the session and "no trades"."""
+    report = reports.DayReport("2026-11-27", [], {}, 0)
+    fig = reports.pnl_figure(report)
+    curve, bars = fig.axes
+
+    left, right = (num2date(x, tz=NEW_YORK) for x in curve.get_xlim())
+    assert (left, right) == (
+        datetime(2026, 11, 27, 9, 30, tzinfo=NEW_YORK),
+        datetime(2026, 11, 27, 13, 0, tzinfo=NEW_YORK),
+    )
+    assert not _markers(curve, "^") and not _markers(curve, "v")
+    for axes in (curve, bars):
+        assert "no trades" in [text.get_text() for text in axes.texts]
+    assert reports.write_pnl_chart(report, tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_exit_reason_from_intent_purpose():
