@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from core.clock import MarketClock
-from core.logs import get_logger, setup_logging
+from core.logs import get_logger, printable, setup_logging
 from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, set_settings
 from observability import DatabaseError, TradingDatabase, get_database
 from reports import build_day_report, net_pnl_text
@@ -559,6 +559,7 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
 
     beats = db.get_heartbeats()
     bot_table = Table(title=f"supervisor status  {db.clock.now():%Y-%m-%d %H:%M:%S} New York")
+    notes: list[str] = []  # what a running bot says of itself (e.g. entries off, and why)
     for column in ("bot", "state", "pid", "uptime", "restarts", "heartbeat"):
         bot_table.add_column(column)
     for name, record in bots.items():
@@ -574,6 +575,8 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
         uptime = now - float(record["started_at"]) if alive and record.get("started_at") else None
         beat = beats.get(name)
         beat_text = f"{beat['state']} {now - beat['beat_at']:.0f}s ago" if beat else "-"
+        if alive and beat and beat.get("detail"):
+            notes.append(f"{name}: {beat['detail']}")
         bot_table.add_row(
             name,
             state,
@@ -601,6 +604,8 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
     buffer = io.StringIO()
     console = Console(width=110, file=buffer, force_terminal=False, color_system=None)
     console.print(bot_table)
+    for note in notes:  # text from the database: no markup, no control characters
+        console.print(printable(note), markup=False, highlight=False, soft_wrap=True)
     console.print(pos_table)
     console.print(f"closed today: {len(closed)}   P&L today: {net_pnl_text(today)}")
     return buffer.getvalue()

@@ -30,11 +30,13 @@ from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
 from core.settings import env_keys, load_settings
 from day_trader import (
+    AGENT,
     DayTrader,
     HistoricalPacer,
     SymbolFeed,
     build_parser,
     day_phase,
+    delayed_data_notice,
     main,
     options_from_args,
 )
@@ -570,7 +572,8 @@ def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol
 ) -> None:
     """An account without a market-data subscription gets delayed quotes (type 3) and no
     bars: through the open and five regular minutes nothing is sent, and the log says
-    why for each symbol (reason delayed_data), not just IB's 354/162 texts."""
+    why for each symbol (reason delayed_data), not just IB's 354/162 texts; one WARNING
+    and the heartbeat say that entries are off and which setting turns them on."""
     logs = tmp_path / "logs"
     with gateway(tmp_path, dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
         db = sim_db(tmp_path)
@@ -585,10 +588,21 @@ def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol
             )
             opened = datetime(2026, 11, 25, 9, 30, tzinfo=NEW_YORK).timestamp()
             wait_until(lambda: gw.now() > opened + 300, 30, "09:35", logs)
+            # Every status block shows it: the heartbeat carries why entries are off.
+            notice = delayed_data_notice([3], allow_delayed=False)
+            wait_until(
+                lambda: db.get_heartbeats()[AGENT]["detail"] == notice, 30, "the heartbeat", logs
+            )
         finally:
             assert stop_trader(proc) == 0
         assert entry_intents(db) == []
         assert [o for o in sim_orders(gw) if o["client_id"] == 2] == []
+        # One clear WARNING, on the console too, naming the setting that turns entries on.
+        [warning] = events(logs, "delayed_market_data")
+        assert warning["level"] == "WARNING" and warning["detail"] == notice
+        warnings = [line for line in console_lines(tmp_path) if " WARNING " in line]
+        assert len([w for w in warnings if "delayed_market_data" in w]) == 1, warnings
+        assert not [w for w in warnings if "market_data_delayed" in w], warnings
         for event in events(logs, "market_data_delayed"):
             assert event["reason"] == DELAYED_DATA and event["data_type"] == 3, event
             assert event["action"] == "no entries on this symbol until its data is live"
@@ -905,3 +919,21 @@ def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_ag
         ("DEBUG", "AAA", "below_vwap", 42.5),
         ("DEBUG", "AAA", "below_vwap", 43.0),
     ]
+
+
+def test_delayed_data_notice_says_entries_are_off_and_the_setting_that_turns_them_on() -> None:
+    fix = (
+        "set ALLOW_DELAYED_DATA=true in .env to enter on delayed quotes, "
+        "or subscribe to live market data in IB"
+    )
+    assert delayed_data_notice([3, 4, 0], allow_delayed=False) == (
+        f"entries off: delayed market data only ({fix})"
+    )
+    assert delayed_data_notice([1, 3], allow_delayed=False) == (
+        f"entries off for the symbols with delayed market data ({fix})"
+    )
+    assert delayed_data_notice([3], allow_delayed=True).startswith(
+        "entries on delayed market data (ALLOW_DELAYED_DATA=true)"
+    )
+    assert delayed_data_notice([1, 1, 0], allow_delayed=False) is None
+    assert delayed_data_notice([], allow_delayed=False) is None

@@ -393,6 +393,25 @@ def test_status_block_shows_bots_positions_and_pnl_net_of_commissions(db):
     assert f"P&L: {net}" in headline
 
 
+def test_status_block_says_entries_are_off_on_delayed_data_and_how_to_turn_them_on(db):
+    """A delayed-data-only account: the day trader's heartbeat says why entries are off and
+    every status block shows it (a stopped bot's last words are not shown as current)."""
+    from day_trader import delayed_data_notice
+
+    notice = delayed_data_notice([3, 3], allow_delayed=False)
+    db.beat("day_trader", "regular", notice)
+    db.beat("exit_manager", "STOPPED", "clean shutdown; server-side protection left at IB")
+    me = psutil.Process()
+    running = {"pid": me.pid, "create_time": me.create_time(), "state": sup.RUNNING}
+    bots = {"exit_manager": {"pid": None, "state": sup.STOPPED}, "day_trader": running}
+
+    text = sup.render_status(db, bots, time.time())
+
+    assert f"day_trader: {notice}" in " ".join(text.split())
+    assert "entries off: delayed market data only (set ALLOW_DELAYED_DATA=true" in text
+    assert "clean shutdown" not in text
+
+
 def test_judge_heartbeat_ignores_beats_from_an_earlier_process():
     policy = sup.WatchdogPolicy(stale_after_s=10, startup_grace_s=30)
     old = {"pid": 111, "beat_at": 1000.0, "state": "RECONCILED"}
