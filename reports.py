@@ -229,6 +229,8 @@ def _duration(seconds: float | None) -> str:
 def net_pnl_text(report: DayReport) -> str:
     """The day's P&L in one phrase, net of commissions, gross labelled: the report headline
     and the supervisor's status block say it the same way."""
+    if not report.round_trips:
+        return "$+0.00 net (no round trips)"
     return (
         f"${report.total_pnl:+,.2f} net ({report.total_pnl_pct:+.2f}% of "
         f"${report.capital_used:,.0f} used; gross ${report.gross_pnl:+,.2f}, "
@@ -259,7 +261,7 @@ def render_report(report: DayReport) -> str:
     if report.still_open:
         console.print(f"  STILL OPEN at the end of the fills: {report.still_open}")
     if report.round_trips:
-        table = Table(title="round trips")
+        table = Table(title="round trips (in / out: New York time)")
         columns = (
             "symbol",
             "qty",
