@@ -315,6 +315,30 @@ def test_view_logs_filters_by_bot_level_event_symbol_and_time(tmp_path):
     assert json.loads(run("--json", "--limit", "1")[0])["event"] == "order_rejected"
 
 
+def test_view_logs_of_a_simulated_day_shows_and_filters_by_its_simulated_new_york_time(tmp_path):
+    """Bug pinned: a simulated day's lines were shown and filtered in real New York time, so
+    `--since 09:30` found nothing in them; now each line's exchange_time counts, and HH:MM
+    is on the logs' trading day (2026-11-24 here, not the real today)."""
+    written = datetime.now(UTC)  # the run happened just now, in real time
+
+    def sim_rec(hh, mm, event):
+        sim = datetime(2026, 11, 24, hh, mm, tzinfo=NEW_YORK)
+        return {"ts": written.isoformat(timespec="milliseconds"),
+                "exchange_time": sim.isoformat(timespec="milliseconds"), "level": "INFO",
+                "bot": "day_trader", "event": event, "logger": "day_trader"}  # fmt: skip
+
+    _write_log(tmp_path / "day_trader_run_20261201_205559.json", [
+        sim_rec(9, 0, "starting"), sim_rec(9, 45, "entry_sent"), sim_rec(15, 58, "stopping"),
+    ])  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "view_logs.py", "--dir", str(tmp_path), "--since", "09:30",
+         "--until", "10:00"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["09:45:00.000 INFO    day_trader entry_sent"]
+
+
 def test_view_logs_follow_prints_new_lines(tmp_path):
     log = tmp_path / "day_trader_run_20261124_093000.json"
     log.write_text(json.dumps(_rec(9, 45, "day_trader", "INFO", "old")) + "\n")
