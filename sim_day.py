@@ -339,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
     gateway = SimGateway(options, trading_date, run_dir)
     print(
         f"simulated day {trading_date} seed {options.seed} from {options.start} at "
-        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}",
+        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}\n"
+        "every time shown from here on is simulated New York time",
         flush=True,
     )
     gateway.start()
