@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,6 +97,26 @@ _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 _LIVE_ELSE_DELAYED = 3
 
 log = get_logger(AGENT)
+
+_DELAYED_FIX = (
+    "set ALLOW_DELAYED_DATA=true in .env to enter on delayed quotes, "
+    "or subscribe to live market data in IB"
+)
+
+
+def delayed_data_notice(data_types: Iterable[int], allow_delayed: bool) -> str | None:
+    """What delayed quotes do to entries, in one line for the console and the heartbeat (the
+    supervisor's status block shows it); None while no symbol's quotes are delayed.
+    `data_types`: each symbol's IB marketDataType (0 = no quote yet)."""
+    seen = [t for t in data_types if t]
+    delayed = [t for t in seen if t in DELAYED_DATA_TYPES]
+    if not delayed:
+        return None
+    if allow_delayed:
+        return "entries on delayed market data (ALLOW_DELAYED_DATA=true): quotes lag 15-20 min"
+    if len(delayed) == len(seen):
+        return f"entries off: delayed market data only ({_DELAYED_FIX})"
+    return f"entries off for the symbols with delayed market data ({_DELAYED_FIX})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +260,7 @@ class SymbolFeed:
     no_data: str | None = None
     data_type: int = 0  # IB marketDataType of the quotes last seen (0 = none yet)
     stale: bool = False  # no tick for the stale limit during regular hours (logged once)
+    last_decision: tuple[bool, str | None, str] | None = None  # (enter, rule, reason) logged
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -387,6 +408,7 @@ class DayTrader:
         self._net_liq_start: float | None = None
         self._net_liq_day: str | None = None
         self._validated_day: str | None = None
+        self._data_notice: str | None = None  # delayed quotes: shown in every heartbeat
         self._watchlist_store: Any = None
         self._watchlist_source = "none"
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -435,7 +457,8 @@ class DayTrader:
             phase = day_phase(now, session)
             if real >= next_beat:
                 next_beat = real + self.options.heartbeat_every_real_s
-                self.db.beat(AGENT, phase if self.session.ready.is_set() else "reconnecting")
+                state = phase if self.session.ready.is_set() else "reconnecting"
+                self.db.beat(AGENT, state, self._data_notice)
             if self.session.ready.is_set():
                 if phase in {"aggregation", "analysis", "regular"}:
                     if real >= next_watchlist:
@@ -777,9 +800,18 @@ class DayTrader:
         previous, feed.data_type = feed.data_type, data_type
         if data_type == previous:
             return
+        notice = delayed_data_notice(
+            (f.data_type for f in self.feeds.values()), self.config.allow_delayed_data
+        )
+        if notice != self._data_notice:
+            self._data_notice = notice
+            if notice is not None:  # one line saying why and what turns entries on
+                log.warning("delayed_market_data", detail=notice, reason=DELAYED_DATA)
+            else:
+                log.info("market_data_live_again")
         if data_type in DELAYED_DATA_TYPES:
             allowed = self.config.allow_delayed_data
-            log.warning(
+            log.info(  # per symbol; the WARNING above says it once for all
                 "market_data_delayed",
                 symbol=feed.symbol,
                 data_type=data_type,
@@ -852,7 +884,13 @@ class DayTrader:
                 atr_bars=int(warm.atr_bars),
                 vwap_has_volume=bool(warm.vwap_has_volume),
             )
-        log.info("entry_decision", **decision.log_fields())
+        # A symbol skipped for the same reason bar after bar is news once: INFO when the
+        # decision changes (and every enter), DEBUG while it holds.
+        outcome = (decision.enter, decision.rule, decision.reason)
+        changed = feed is None or decision.enter or feed.last_decision != outcome
+        if feed is not None:
+            feed.last_decision = outcome
+        (log.info if changed else log.debug)("entry_decision", **decision.log_fields())
 
     async def read_book(self, pending: frozenset[str] = frozenset()) -> BookState:
         """The book: IB-side numbers taken here on the loop thread (ib_async's state is not

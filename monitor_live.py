@@ -126,11 +126,12 @@ def render(views: list[PositionView], now_text: str) -> str:
     from rich.table import Table
 
     total = sum(v.pnl or 0.0 for v in views)
-    table = Table(title=f"positions {now_text} New York — open P&L ${total:+,.2f}")
+    # Open positions have paid no exit commission yet: their P&L is the price move, labelled.
+    table = Table(title=f"positions {now_text} New York — open P&L ${total:+,.2f} gross")
     for column in ("symbol", "qty", "entry", "last", "target", "to target", "stop", "to stop"):
         table.add_column(column, justify="right")
-    table.add_column("P&L $", justify="right")
-    table.add_column("P&L %", justify="right")
+    table.add_column("gross P&L $", justify="right")
+    table.add_column("gross P&L %", justify="right")
     table.add_column("note")
     for v in views:
         table.add_row(

@@ -12,12 +12,15 @@ import io
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exit_rules import EXIT_REASON_BY_PURPOSE
 from observability import EXIT_REASONS, TradingDatabase
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,18 @@ class RoundTrip:
         return self.gross_pnl - self.commission
 
     @property
+    def capital(self) -> float:
+        """What the entry cost (shares x entry price)."""
+        return self.entry_price * self.quantity
+
+    @property
     def pnl_pct(self) -> float:
+        """Net P&L as a percent of the entry's cost (the basis of every P&L shown)."""
+        return self.pnl / self.capital * 100 if self.capital else 0.0
+
+    @property
+    def gross_pnl_pct(self) -> float:
+        """The price move alone, before commissions."""
         return (self.exit_price - self.entry_price) / self.entry_price * 100
 
     @property
@@ -148,6 +162,16 @@ class DayReport:
         return sum(t.commission for t in self.round_trips)
 
     @property
+    def capital_used(self) -> float:
+        """The entries' cost summed over the round trips."""
+        return sum(t.capital for t in self.round_trips)
+
+    @property
+    def total_pnl_pct(self) -> float:
+        """Net P&L as a percent of the capital the round trips used (0 without any)."""
+        return self.total_pnl / self.capital_used * 100 if self.capital_used else 0.0
+
+    @property
     def wins(self) -> int:
         return sum(1 for t in self.round_trips if t.pnl > 0)
 
@@ -202,6 +226,18 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
+def net_pnl_text(report: DayReport) -> str:
+    """The day's P&L in one phrase, net of commissions, gross labelled: the report headline
+    and the supervisor's status block say it the same way."""
+    if not report.round_trips:
+        return "$+0.00 net (no round trips)"
+    return (
+        f"${report.total_pnl:+,.2f} net ({report.total_pnl_pct:+.2f}% of "
+        f"${report.capital_used:,.0f} used; gross ${report.gross_pnl:+,.2f}, "
+        f"commissions ${report.commissions:,.2f})"
+    )
+
+
 def render_report(report: DayReport) -> str:
     """The report as text: summary lines, per-symbol table, exit reasons."""
     from rich.console import Console
@@ -215,18 +251,29 @@ def render_report(report: DayReport) -> str:
         f"  trades (round trips): {len(report.round_trips)}   fills: {report.fills}   "
         f"wins: {report.wins}   win rate: {win_rate}"
     )
+    console.print(f"  P&L: {net_pnl_text(report)}")
     console.print(
-        f"  P&L: ${report.total_pnl:+,.2f} net (gross ${report.gross_pnl:+,.2f}, "
-        f"commissions ${report.commissions:,.2f})   max drawdown: ${report.max_drawdown:,.2f}"
+        f"  max drawdown: ${report.max_drawdown:,.2f} (net)   "
+        f"average hold: {_duration(report.average_hold_seconds)}"
     )
-    console.print(f"  average hold: {_duration(report.average_hold_seconds)}")
     reasons = ", ".join(f"{k} {v}" for k, v in report.exit_reasons().items()) or "-"
     console.print(f"  exit reasons: {reasons}")
     if report.still_open:
         console.print(f"  STILL OPEN at the end of the fills: {report.still_open}")
     if report.round_trips:
-        table = Table(title="round trips")
-        for column in ("symbol", "qty", "entry", "exit", "in", "out", "P&L $", "P&L %", "reason"):
+        table = Table(title="round trips (in / out: New York time)")
+        columns = (
+            "symbol",
+            "qty",
+            "entry",
+            "exit",
+            "in",
+            "out",
+            "net P&L $",
+            "net P&L %",
+            "reason",
+        )
+        for column in columns:
             table.add_column(column)
         for t in report.round_trips:
             table.add_row(
@@ -250,44 +297,116 @@ def render_report(report: DayReport) -> str:
     return buffer.getvalue()
 
 
-def write_pnl_chart(report: DayReport, path: Path) -> Path:
-    """A PNG: cumulative net P&L through the day, and net P&L per symbol. Returns `path`."""
-    import matplotlib
+def session_window(trading_date: str) -> tuple[datetime, datetime]:
+    """The regular session of `trading_date` in New York time, from the exchange calendar
+    (half days close at 13:00); 09:30-16:00 on a date the exchange was closed."""
+    from core.clock import NEW_YORK, MarketClock
 
-    matplotlib.use("Agg")  # no display needed (servers, CI)
-    import matplotlib.pyplot as plt
-    from matplotlib.dates import DateFormatter
+    day = date.fromisoformat(trading_date)
+    session = MarketClock().session(day)
+    if session is None:
+        return (
+            datetime.combine(day, time(9, 30), NEW_YORK),
+            datetime.combine(day, time(16, 0), NEW_YORK),
+        )
+    return session.open, session.close
+
+
+def equity_at(report: DayReport, moment: datetime) -> float:
+    """Cumulative net P&L of the round trips closed by `moment`."""
+    return sum(t.pnl for t in report.round_trips if t.exit_time <= moment)
+
+
+_NO_TRADES = {
+    "ha": "center",
+    "va": "center",
+    "fontsize": "x-large",
+    "color": "dimgrey",
+    "bbox": {"facecolor": "white", "edgecolor": "none"},
+}
+
+
+def pnl_figure(report: DayReport) -> Figure:
+    """The chart as a matplotlib Figure: cumulative net P&L over the whole session (New York
+    time) with entry and exit markers, and net P&L per symbol. An empty day says so."""
+    from matplotlib.dates import DateFormatter, HourLocator, MinuteLocator
+    from matplotlib.figure import Figure
 
     from core.clock import NEW_YORK
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (curve, bars) = plt.subplots(2, 1, figsize=(9, 7))
-    try:
-        times = [t.exit_time for t in report.round_trips]
-        equity, running = [], 0.0
-        for trip in report.round_trips:
-            running += trip.pnl
-            equity.append(running)
-        if times:
-            curve.step([times[0], *times], [0.0, *equity], where="post", color="tab:blue")
-            curve.axhline(0, color="grey", linewidth=0.8)
-        else:
-            curve.text(0.5, 0.5, "no trades", ha="center", va="center", transform=curve.transAxes)
-        # "\$": a bare pair of $ would switch matplotlib into math text.
-        curve.set_title(
-            f"{report.trading_date}: cumulative net P&L \\${report.total_pnl:+,.2f}, "
-            f"max drawdown \\${report.max_drawdown:,.2f}"
+    trips = report.round_trips
+    start, end = session_window(report.trading_date)
+    if trips:  # a fill outside regular hours still shows
+        start = min(start, *(t.entry_time for t in trips))
+        end = max(end, *(t.exit_time for t in trips))
+    fig = Figure(figsize=(9, 7))
+    curve, bars = fig.subplots(2, 1, height_ratios=(3, 2))
+    curve.axhline(0, color="grey", linewidth=0.8)
+    if trips:
+        times = [start, *(t.exit_time for t in trips), end]
+        equity = [0.0, *(equity_at(report, t.exit_time) for t in trips)]
+        curve.step(times, [*equity, equity[-1]], where="post", color="tab:blue", label="net P&L")
+        curve.plot(
+            [t.entry_time for t in trips],
+            [equity_at(report, t.entry_time) for t in trips],
+            "^",
+            color="tab:blue",
+            markersize=7,
+            label="entry",
+            linestyle="none",
         )
-        curve.set_ylabel("USD")
-        curve.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=NEW_YORK))
-        per_symbol = report.per_symbol()
+        for won, color, label in (
+            (True, "tab:green", "exit, win"),
+            (False, "tab:red", "exit, loss"),
+        ):
+            exits = [t for t in trips if (t.pnl > 0) == won]
+            if exits:
+                curve.plot(
+                    [t.exit_time for t in exits],
+                    [equity_at(report, t.exit_time) for t in exits],
+                    "v",
+                    color=color,
+                    markersize=7,
+                    label=label,
+                    linestyle="none",
+                )
+        curve.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize="small")
+    else:
+        curve.set_ylim(-1, 1)
+        curve.set_yticks([0])
+        curve.text(0.5, 0.5, "no trades", transform=curve.transAxes, **_NO_TRADES)
+    curve.set_xlim(start, end)
+    curve.xaxis.set_major_locator(HourLocator(tz=NEW_YORK))
+    curve.xaxis.set_minor_locator(MinuteLocator(byminute=30, tz=NEW_YORK))
+    curve.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=NEW_YORK))
+    curve.set_xlabel(f"New York time (ET), {report.trading_date}")
+    curve.set_ylabel("USD, net of commissions")
+    # "\$": a bare pair of $ would switch matplotlib into math text.
+    curve.set_title(
+        f"{report.trading_date}: cumulative net P&L \\${report.total_pnl:+,.2f}, "
+        f"max drawdown \\${report.max_drawdown:,.2f}"
+        if trips
+        else f"{report.trading_date}: no trades"
+    )
+    curve.grid(True, alpha=0.3)
+    per_symbol = report.per_symbol()
+    if per_symbol:
         colors = ["tab:green" if pnl >= 0 else "tab:red" for _, pnl in per_symbol.values()]
         bars.bar(list(per_symbol), [pnl for _, pnl in per_symbol.values()], color=colors)
-        bars.set_title("net P&L per symbol")
-        bars.set_ylabel("USD")
+        bars.axhline(0, color="grey", linewidth=0.8)
         bars.tick_params(axis="x", labelrotation=45)
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-    finally:
-        plt.close(fig)
+        bars.set_ylabel("USD")
+    else:
+        bars.set_xticks([])
+        bars.set_yticks([])
+        bars.text(0.5, 0.5, "no trades", transform=bars.transAxes, **_NO_TRADES)
+    bars.set_title("net P&L per symbol")
+    fig.tight_layout()
+    return fig
+
+
+def write_pnl_chart(report: DayReport, path: Path) -> Path:
+    """Write `pnl_figure(report)` as a PNG to `path`. Returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pnl_figure(report).savefig(path, dpi=90)
     return path

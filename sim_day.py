@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -153,8 +155,6 @@ class SimGateway:
 
     def start(self) -> None:
         """Start and wait for its "listening" line. Raises SupervisorError when it fails."""
-        import subprocess
-
         errors = (self.run_dir / "ibsim.out").open("ab")
         try:
             self.process = psutil.Popen(
@@ -335,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
     gateway = SimGateway(options, trading_date, run_dir)
     print(
         f"simulated day {trading_date} seed {options.seed} from {options.start} at "
-        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}",
+        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}\n"
+        "every time shown from here on is simulated New York time",
         flush=True,
     )
     gateway.start()
@@ -400,6 +401,66 @@ def run(args: argparse.Namespace) -> int:
             lock.release()
 
 
+def shell_word(word: str) -> str:
+    """`word` quoted for the user's shell (POSIX sh, or cmd.exe on Windows)."""
+    return subprocess.list2cmdline([word]) if os.name == "nt" else shlex.quote(word)
+
+
+def python_command() -> str:
+    """How a shell reaches this interpreter: `python` when that is the one on PATH (same
+    executable and environment), else this interpreter's full path."""
+    found = shutil.which("python")
+    if found:
+        try:
+            probe = subprocess.run(
+                [found, "-c", "import sys; print(sys.executable); print(sys.prefix)"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except (OSError, subprocess.SubprocessError):
+            probe = None
+        if probe is not None and probe.stdout.splitlines() == [sys.executable, sys.prefix]:
+            return "python"
+    return shell_word(sys.executable)
+
+
+def project_relative(path: Path) -> str:
+    """`path` as typed from the project folder: relative inside it, absolute outside."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def results_commands(db_path: Path, log_dir: Path, day: str) -> list[tuple[str, str]]:
+    """(what it shows, shell command run from the project folder) for one run's results:
+    its database, not the default one, and its date, not today."""
+    python = python_command()
+    db = project_relative(db_path)
+    logs = shell_word(project_relative(log_dir))
+    query = (
+        "from observability import get_database; "
+        f"db = get_database({json.dumps(db)}); "
+        f'print(*db.get_trades_by_date({json.dumps(day)}), sep="\\n")'
+    )
+    return [
+        ("the fills of the day, from the run's database", f"{python} -c {shell_word(query)}"),
+        (
+            "the day report again",
+            f"{python} analyze_today.py --db {shell_word(db)} --date {day} --no-chart",
+        ),
+        ("the fills in the bots' logs", f"{python} view_logs.py --dir {logs} --event fill"),
+        ("warnings and errors of the run", f"{python} view_logs.py --dir {logs} --level warning"),
+    ]
+
+
+def render_results_commands(db_path: Path, log_dir: Path, day: str) -> str:
+    """The closing lines of a simulated day: the exact commands that open its results."""
+    lines = [f"this run's results, from the project folder (cd {shell_word(str(PROJECT_ROOT))}):"]
+    for what, command in results_commands(db_path, log_dir, day):
+        lines += [f"  # {what}", f"  {command}"]
+    return "\n".join(lines) + "\n"
+
+
 def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) -> SimOutcome:
     """Report, chart, and the checks against the simulator's own account."""
     report = build_day_report(db, day)
@@ -426,4 +487,5 @@ def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) ->
         flat=flat,
         unmatched_fills=len(unmatched),
     )
+    print(render_results_commands(db.path, run_dir / "logs", day), end="", flush=True)
     return SimOutcome(report, chart, flat, unmatched, open_orders)

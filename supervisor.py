@@ -35,7 +35,7 @@ import psutil
 
 from core import cli
 from core.clock import MarketClock
-from core.logs import get_logger, setup_logging
+from core.logs import get_logger, printable, setup_logging
 from core.settings import (
     PROJECT_ROOT,
     Settings,
@@ -44,6 +44,7 @@ from core.settings import (
     get_settings,
 )
 from observability import DatabaseError, TradingDatabase, get_database
+from reports import build_day_report, net_pnl_text
 
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
@@ -558,13 +559,6 @@ def _fmt_uptime(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def pnl_today(closed: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """Realised P&L of today's closed rows: (dollars, percent of the capital they used)."""
-    dollars = sum(float(row.get("pnl") or 0.0) for row in closed)
-    invested = sum(float(row["entry_price"]) * float(row["quantity"]) for row in closed)
-    return dollars, (dollars / invested * 100 if invested > 0 else 0.0)
-
-
 def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], now: float) -> str:
     """The status block as text (a rich table): bots, positions, closed today, P&L."""
     from rich.console import Console
@@ -572,6 +566,7 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
 
     beats = db.get_heartbeats()
     bot_table = Table(title=f"supervisor status  {db.clock.now():%Y-%m-%d %H:%M:%S} New York")
+    notes: list[str] = []  # what a running bot says of itself (e.g. entries off, and why)
     for column in ("bot", "state", "pid", "uptime", "restarts", "heartbeat"):
         bot_table.add_column(column)
     for name, record in bots.items():
@@ -587,6 +582,8 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
         uptime = now - float(record["started_at"]) if alive and record.get("started_at") else None
         beat = beats.get(name)
         beat_text = f"{beat['state']} {now - beat['beat_at']:.0f}s ago" if beat else "-"
+        if alive and beat and beat.get("detail"):
+            notes.append(f"{name}: {beat['detail']}")
         bot_table.add_row(
             name,
             state,
@@ -597,7 +594,8 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
         )
     active = db.get_active_positions()
     closed = db.get_closed_today()
-    dollars, percent = pnl_today(closed)
+    # Today's fills, net of commissions: the same numbers as the day report's headline.
+    today = build_day_report(db, db.clock.today_str())
     pos_table = Table(title=f"active positions: {len(active)}")
     for column in ("symbol", "qty", "entry", "target", "stop", "since"):
         pos_table.add_column(column)
@@ -613,10 +611,10 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
     buffer = io.StringIO()
     console = Console(width=110, file=buffer, force_terminal=False, color_system=None)
     console.print(bot_table)
+    for note in notes:  # text from the database: no markup, no control characters
+        console.print(printable(note), markup=False, highlight=False, soft_wrap=True)
     console.print(pos_table)
-    console.print(
-        f"closed today: {len(closed)}   total P&L today: {percent:+.2f}%  (${dollars:+,.2f})"
-    )
+    console.print(f"closed today: {len(closed)}   P&L today: {net_pnl_text(today)}")
     return buffer.getvalue()
 
 

@@ -5,7 +5,9 @@
     python view_logs.py --since -15m --follow
     python view_logs.py --dir sim_runs/2026-11-24_7/logs --json
 
-Times given without a zone are New York time; lines are shown in New York time.
+Lines are shown in New York exchange time: simulated time for a simulated day's logs (each
+line's `exchange_time`), so `--since 09:30` finds a simulated 09:30. Times given without a
+zone are New York time; HH:MM means that time on the last trading day the logs reach.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,13 @@ from ib_tools import ToolError, run_tool
 
 TOOL = "view_logs"
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-_BASE_KEYS = ("ts", "level", "bot", "event", "logger")
+_BASE_KEYS = ("ts", "exchange_time", "level", "bot", "event", "logger")
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 
 
-def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """'-15m', 'HH:MM[:SS]' (today, New York), or an ISO time (no zone = New York)."""
+def parse_when(text: str, now: datetime | None = None, day: date | None = None) -> datetime:
+    """'-15m' (before `now`), 'HH:MM[:SS]' (New York, on `day`, default now's date), or an
+    ISO time (no zone = New York)."""
     now = now or datetime.now(NEW_YORK)
     text = text.strip()
     relative = _RELATIVE.match(text)
@@ -47,7 +50,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
             clock_time = datetime.strptime(text, pattern).time()
         except ValueError:
             continue
-        return datetime.combine(now.astimezone(NEW_YORK).date(), clock_time, NEW_YORK)
+        return datetime.combine(day or now.astimezone(NEW_YORK).date(), clock_time, NEW_YORK)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -92,11 +95,32 @@ class LogFilter:
 
 
 def record_time(record: dict[str, Any]) -> datetime | None:
-    try:
-        stamp = datetime.fromisoformat(str(record["ts"]))
-    except (KeyError, ValueError):
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    """When the line happened in exchange time (`exchange_time`: simulated in a simulation),
+    else its wall time `ts` (lines written before exchange_time existed); None if neither."""
+    for key, zone in (("exchange_time", NEW_YORK), ("ts", UTC)):
+        try:
+            stamp = datetime.fromisoformat(str(record[key]))
+        except (KeyError, ValueError):
+            continue
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)
+    return None
+
+
+def last_log_day(files: Sequence[Path]) -> date | None:
+    """The New York date of the newest line of the newest file: what HH:MM refers to."""
+    for path in reversed(files):
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - 65536))
+                tail = handle.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(tail):
+            record = parse_line(line)
+            stamp = record_time(record) if record is not None else None
+            if stamp is not None:
+                return stamp.astimezone(NEW_YORK).date()
+    return None
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
@@ -190,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
     parser.add_argument("--event", help="event name: substring, or glob with * and ?")
     parser.add_argument("--symbol", help="only lines about this symbol")
-    parser.add_argument("--since", help="from: HH:MM (New York), ISO time, or -15m / -2h")
+    parser.add_argument(
+        "--since",
+        help="from: HH:MM (New York, on the logs' last trading day), ISO time, or -15m / -2h",
+    )
     parser.add_argument("--until", help="to: same forms as --since")
     parser.add_argument("--limit", type=int, help="only the last N matching lines")
     parser.add_argument("--json", action="store_true", help="print the raw JSON lines")
@@ -199,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def filter_from_args(args: argparse.Namespace) -> LogFilter:
+def filter_from_args(args: argparse.Namespace, day: date | None = None) -> LogFilter:
+    """The filter of the flags; HH:MM in --since/--until is on `day` (default today)."""
     bots = frozenset(b.strip() for arg in args.bot or [] for b in arg.split(",") if b.strip())
     min_level = 0
     if args.level:
@@ -214,8 +242,8 @@ def filter_from_args(args: argparse.Namespace) -> LogFilter:
         min_level=min_level,
         event=args.event,
         symbol=args.symbol.upper() if args.symbol else None,
-        since=parse_when(args.since) if args.since else None,
-        until=parse_when(args.until) if args.until else None,
+        since=parse_when(args.since, day=day) if args.since else None,
+        until=parse_when(args.until, day=day) if args.until else None,
     )
 
 
@@ -225,13 +253,13 @@ def view(args: argparse.Namespace) -> int:
     log_dir = args.dir or get_settings().log_dir
     if not log_dir.is_dir():
         raise ToolError(f"log folder {log_dir} does not exist; pass --dir or set LOG_DIR")
-    log_filter = filter_from_args(args)
-    show = (lambda r: json.dumps(r)) if args.json else format_record
     files = log_files(log_dir)
     if not files and not args.follow:
         raise ToolError(
             f"log folder {log_dir} holds no run files (*_run_*.json); pass the --dir of a run"
         )
+    log_filter = filter_from_args(args, day=last_log_day(files))
+    show = (lambda r: json.dumps(r)) if args.json else format_record
     records = read_records(files, log_filter)
     if args.limit is not None:
         records = records[-args.limit :] if args.limit > 0 else []

@@ -75,15 +75,40 @@ def _plain(value: Any) -> Any:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k != "event"}
+    return {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _RESERVED and k not in {"event", _EXCHANGE_TIME}
+    }
+
+
+_EXCHANGE_TIME = "_exchange_time"  # cached on the record: file and console show the same time
+
+
+def exchange_time(record: logging.LogRecord) -> datetime:
+    """When `record` happened in New York exchange time, on the process clock: simulated
+    time in a simulation, so a line belongs to the trading day it is about."""
+    cached = record.__dict__.get(_EXCHANGE_TIME)
+    if cached is not None:
+        return cached
+    from core.clock import NEW_YORK, get_clock
+
+    try:
+        moment = get_clock().now()
+    except Exception:  # logging never fails: an unreadable clock file falls back to wall time
+        moment = datetime.fromtimestamp(record.created, NEW_YORK)
+    setattr(record, _EXCHANGE_TIME, moment)
+    return moment
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts (UTC ISO), level, bot, event, logger, fields, exc."""
+    """One JSON object per line: ts (UTC ISO, wall time), exchange_time (New York, the
+    process clock: simulated in a simulation), level, bot, event, logger, fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "exchange_time": exchange_time(record).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "bot": _bot_name,
             "event": getattr(record, "event", None) or record.getMessage(),
@@ -98,10 +123,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
-    """`HH:MM:SS LEVEL bot event key=value ...` for people watching a terminal."""
+    """`HH:MM:SS LEVEL bot event key=value ...` for people watching a terminal; the time is
+    New York exchange time (simulated in a simulation), never the machine's zone."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        stamp = exchange_time(record).strftime("%H:%M:%S")
         event = getattr(record, "event", None) or record.getMessage()
         extras = " ".join(f"{k}={_plain(v)}" for k, v in _fields(record).items())
         line = f"{stamp} {record.levelname:<7} {_bot_name} {event}"

@@ -8,6 +8,7 @@ observable state (database rows, gateway state), never fixed sleeps.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -30,16 +31,24 @@ from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
 from core.settings import env_keys, load_settings
 from day_trader import (
+    AGENT,
     DayTrader,
     HistoricalPacer,
     SymbolFeed,
     build_parser,
     day_phase,
+    delayed_data_notice,
     main,
     options_from_args,
     settings_from_args,
 )
-from entry_rules import AFTER_ENTRY_CUTOFF, DELAYED_DATA, MAX_OPEN_POSITIONS, STALE_QUOTE
+from entry_rules import (
+    AFTER_ENTRY_CUTOFF,
+    DELAYED_DATA,
+    MAX_OPEN_POSITIONS,
+    STALE_QUOTE,
+    EntryDecision,
+)
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
@@ -253,7 +262,9 @@ def test_no_entries_from_close_minus_15(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     with gateway(tmp_path, dtime(15, 38), speed=60) as gw:
         db = sim_db(tmp_path)
-        proc = start_trader(gw, tmp_path, env={"MAX_OPEN_POSITIONS": "20"})
+        # DEBUG: every decision, not only those that changed (the test reads their values).
+        env = {"MAX_OPEN_POSITIONS": "20", "LOG_LEVEL": "DEBUG"}
+        proc = start_trader(gw, tmp_path, env=env)
         cutoff = datetime(2026, 11, 25, 15, 45, tzinfo=NEW_YORK)
         try:
             wait_until(lambda: gw.now() > cutoff.timestamp() + 150, 60, "15:47:30", logs)
@@ -510,7 +521,8 @@ def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: P
     kill_file.write_text("operator")
     with gateway(tmp_path, dtime(9, 29, 30), speed=60) as gw:
         db = sim_db(tmp_path)
-        proc = start_trader(gw, tmp_path)
+        # DEBUG: every decision is logged, also the repeats the test counts.
+        proc = start_trader(gw, tmp_path, env={"LOG_LEVEL": "DEBUG"})
         try:
             wait_until(
                 lambda: (
@@ -609,7 +621,8 @@ def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol
 ) -> None:
     """An account without a market-data subscription gets delayed quotes (type 3) and no
     bars: through the open and five regular minutes nothing is sent, and the log says
-    why for each symbol (reason delayed_data), not just IB's 354/162 texts."""
+    why for each symbol (reason delayed_data), not just IB's 354/162 texts; one WARNING
+    and the heartbeat say that entries are off and which setting turns them on."""
     logs = tmp_path / "logs"
     with gateway(tmp_path, dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
         db = sim_db(tmp_path)
@@ -624,10 +637,21 @@ def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol
             )
             opened = datetime(2026, 11, 25, 9, 30, tzinfo=NEW_YORK).timestamp()
             wait_until(lambda: gw.now() > opened + 300, 30, "09:35", logs)
+            # Every status block shows it: the heartbeat carries why entries are off.
+            notice = delayed_data_notice([3], allow_delayed=False)
+            wait_until(
+                lambda: db.get_heartbeats()[AGENT]["detail"] == notice, 30, "the heartbeat", logs
+            )
         finally:
             assert stop_trader(proc) == 0
         assert entry_intents(db) == []
         assert [o for o in sim_orders(gw) if o["client_id"] == 2] == []
+        # One clear WARNING, on the console too, naming the setting that turns entries on.
+        [warning] = events(logs, "delayed_market_data")
+        assert warning["level"] == "WARNING" and warning["detail"] == notice
+        warnings = [line for line in console_lines(tmp_path) if " WARNING " in line]
+        assert len([w for w in warnings if "delayed_market_data" in w]) == 1, warnings
+        assert not [w for w in warnings if "market_data_delayed" in w], warnings
         for event in events(logs, "market_data_delayed"):
             assert event["reason"] == DELAYED_DATA and event["data_type"] == 3, event
             assert event["action"] == "no entries on this symbol until its data is live"
@@ -896,3 +920,69 @@ def test_day_phases_follow_the_calendar() -> None:
     assert day_phase(at(9, 30), session) == "regular"
     assert day_phase(at(16, 0), session) == "after_close"
     assert day_phase(at(12, 0), None) == "closed"
+
+
+def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug pinned: one simulated day wrote 16,580 entry_decision lines at INFO, the same
+    skip for the same symbol every 30-s bar. Now INFO carries a decision when it changes
+    for that symbol (and every enter); the repeats go to DEBUG."""
+    settings = load_settings(database_path=tmp_path / "trading.db")
+    db = TradingDatabase(tmp_path / "trading.db")
+    args = build_parser().parse_args(["--symbols", "AAA,BBB"])
+    trader = DayTrader(settings, options_from_args(args, settings), db=db)
+    for symbol in ("AAA", "BBB"):
+        trader.feeds[symbol] = SymbolFeed(symbol, contract=None, clock=MarketClock())  # type: ignore[arg-type]
+
+    def decide(symbol: str, reason: str, rsi: float, enter: bool = False) -> None:
+        rule = "standard" if enter else None
+        trader._record_decision(EntryDecision(symbol, enter, rule, reason, {"rsi": rsi}))
+
+    caplog.set_level(logging.DEBUG, logger="day_trader")
+    try:
+        decide("AAA", "below_vwap", 41.0)
+        decide("AAA", "below_vwap", 42.5)  # same decision, new values: a repeat
+        decide("BBB", "below_vwap", 50.0)  # another symbol's first decision
+        decide("AAA", "below_vwap", 43.0)
+        decide("AAA", "rsi_too_high", 71.0)  # changed
+        decide("AAA", "below_vwap", 44.0)  # changed back
+        decide("AAA", "", 55.0, enter=True)
+        decide("AAA", "", 55.1, enter=True)  # an enter is always news
+    finally:
+        trader.pool.shutdown()
+    logged = [
+        (r.levelname, r.symbol, r.reason, r.rsi)
+        for r in caplog.records
+        if r.getMessage() == "entry_decision"
+    ]
+    assert [entry for entry in logged if entry[0] == "INFO"] == [
+        ("INFO", "AAA", "below_vwap", 41.0),
+        ("INFO", "BBB", "below_vwap", 50.0),
+        ("INFO", "AAA", "rsi_too_high", 71.0),
+        ("INFO", "AAA", "below_vwap", 44.0),
+        ("INFO", "AAA", "", 55.0),
+        ("INFO", "AAA", "", 55.1),
+    ]
+    assert [entry for entry in logged if entry[0] == "DEBUG"] == [
+        ("DEBUG", "AAA", "below_vwap", 42.5),
+        ("DEBUG", "AAA", "below_vwap", 43.0),
+    ]
+
+
+def test_delayed_data_notice_says_entries_are_off_and_the_setting_that_turns_them_on() -> None:
+    fix = (
+        "set ALLOW_DELAYED_DATA=true in .env to enter on delayed quotes, "
+        "or subscribe to live market data in IB"
+    )
+    assert delayed_data_notice([3, 4, 0], allow_delayed=False) == (
+        f"entries off: delayed market data only ({fix})"
+    )
+    assert delayed_data_notice([1, 3], allow_delayed=False) == (
+        f"entries off for the symbols with delayed market data ({fix})"
+    )
+    assert delayed_data_notice([3], allow_delayed=True).startswith(
+        "entries on delayed market data (ALLOW_DELAYED_DATA=true)"
+    )
+    assert delayed_data_notice([1, 1, 0], allow_delayed=False) is None
+    assert delayed_data_notice([], allow_delayed=False) is None

@@ -28,7 +28,7 @@ from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.settings import PROJECT_ROOT
 from ibsim.ctl import call
 from observability import TradingDatabase
-from sim_day import fill_disagreements
+from sim_day import fill_disagreements, render_results_commands
 
 SPEED = 100.0  # 09:25 -> 16:05 simulated in about 4 minutes
 SEED = 7
@@ -338,6 +338,10 @@ def test_whole_day_entries_exits_flat_at_close_and_database_agrees_with_simulato
     assert "flat at the close: yes" in output
     assert "database and simulator agree on every fill" in output
     assert (day.run_dir / f"pnl_{SIM_DATE}.png").exists()
+    # The report ends with the commands that open this run's results (run by test_sim_day).
+    logs = day.run_dir.resolve() / "logs"
+    commands = render_results_commands(Path(day.info["database"]), logs, SIM_DATE.isoformat())
+    assert commands in output, output[-2000:]
 
     intents = day.db.get_intents_by_date(SIM_DATE.isoformat())
     entries = [i for i in intents if i["side"] == "BUY" and i["state"] == "FILLED"]

@@ -114,3 +114,28 @@ def test_console_line_escapes_control_characters_so_a_value_cannot_forge_a_line(
     console = capsys.readouterr().err
     assert console.count("\n") == 1  # one line, ended by its own newline
     assert "AAPL\\n12:00:00 CRITICAL" in console
+
+
+def test_file_and_console_carry_the_exchange_time_of_the_process_clock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_root_logging: None
+) -> None:
+    """Bug pinned: console lines were in the machine's zone and the file had only wall time,
+    so a simulated 09:31 showed as 20:55 and `view_logs --since 09:30` found nothing."""
+    from datetime import datetime
+
+    from core.clock import NEW_YORK, ManualTimeSource, MarketClock, set_clock
+
+    simulated = datetime(2026, 11, 24, 9, 31, 5, tzinfo=NEW_YORK)
+    set_clock(MarketClock(ManualTimeSource(simulated)))
+    try:
+        run_file = setup_logging("day_trader", log_dir=tmp_path)
+        get_logger("day_trader").info("entry_sent", symbol="AAPL")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    finally:
+        set_clock(None)
+    assert run_file is not None
+    [line] = [json.loads(text) for text in run_file.read_text().splitlines()]
+    assert line["exchange_time"] == "2026-11-24T09:31:05.000-05:00"
+    assert line["ts"].endswith("+00:00")  # wall time stays, for the order of real events
+    assert capsys.readouterr().err.startswith("09:31:05 INFO    day_trader entry_sent")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import sim_day
+from core.clock import NEW_YORK, MarketClock
+from core.settings import PROJECT_ROOT, env_keys
+from observability import TradingDatabase
 from supervisor import SupervisorError, build_parser
 
 DAY = date(2026, 11, 24)
@@ -127,3 +133,61 @@ def test_gateway_that_dies_at_start_is_reported_with_its_own_last_words(tmp_path
     assert "did not start" in message and "no output" not in message
     assert message.endswith("error: --symbols 0: expected at least 1 symbol")
     assert str(run_dir / "ibsim.out") in message
+
+
+def _log_line(bot: str, event: str, **fields: object) -> str:
+    record = {"ts": "2026-11-24T15:10:00.000+00:00", "level": "INFO", "bot": bot,
+              "event": event, "logger": bot, **fields}  # fmt: skip
+    return json.dumps(record) + "\n"
+
+
+def test_printed_results_commands_open_the_runs_own_database_logs_and_date(tmp_path):
+    """Bug pinned: after a simulated day the README's query and analyze_today.py read the
+    default database and today's date, so a newcomer found nothing. Each printed command,
+    run as printed from the project folder, shows this run's trades (a folder with a space
+    and a quote in its name, and a decoy default database and log folder that hold none)."""
+    run_dir = tmp_path / "my run's day"
+    (run_dir / "logs").mkdir(parents=True)
+    db = TradingDatabase(run_dir / "trading_history.db", clock=MarketClock())
+    bought = datetime(2026, 11, 24, 10, 0, tzinfo=NEW_YORK)
+    db.record_trade("QZX", "BUY", 40, 12.50, "day_trader", order_ref="day_trader-QZX-1",
+                    commission=1.0, exec_id="0001.e1", trade_time=bought)  # fmt: skip
+    db.record_trade("QZX", "SELL", 40, 12.75, "exit_manager", order_ref="exit_manager-QZX-2",
+                    commission=1.0, exec_id="0001.e2", trade_time=bought + timedelta(minutes=20))  # fmt: skip
+    db.close()
+    (run_dir / "logs" / "day_trader_run_20261124_100000.json").write_text(
+        _log_line("day_trader", "entry_decision", symbol="QZX")
+        + _log_line("day_trader", "entry_filled", symbol="QZX", exec_id="0001.e1")
+    )
+    (run_dir / "logs" / "exit_manager_run_20261124_100000.json").write_text(
+        _log_line("exit_manager", "exit_fill", symbol="QZX", exec_id="0001.e2")
+    )
+    decoy = tmp_path / "decoy"
+    (decoy / "logs").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in env_keys()}
+    env.update(DATABASE_PATH=str(decoy / "trading_history.db"), LOG_DIR=str(decoy / "logs"))
+
+    text = sim_day.render_results_commands(run_dir / "trading_history.db", run_dir / "logs",
+                                           "2026-11-24")  # fmt: skip
+    commands = [line.strip() for line in text.splitlines()[1:] if not line.strip().startswith("#")]
+    assert len(commands) == 4 and str(PROJECT_ROOT) in text.splitlines()[0]
+    outputs = []
+    for command in commands:
+        done = subprocess.run(command, shell=True, cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        outputs.append(done.stdout)
+    query, report, fills, _warnings = outputs
+    assert "0001.e1" in query and "0001.e2" in query
+    assert "trades (round trips): 1" in report and "QZX" in report and "$+8.00 net" in report
+    assert "entry_filled" in fills and "exit_fill" in fills and "entry_decision" not in fills
+
+
+def test_readme_shows_the_results_commands_of_the_default_run():
+    run_dir = PROJECT_ROOT / "sim_runs" / "2026-11-24_7"
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    python = sim_day.python_command()
+    for _what, command in sim_day.results_commands(
+        run_dir / "trading_history.db", run_dir / "logs", "2026-11-24"
+    ):
+        assert f"    python{command.removeprefix(python)}\n" in readme, command

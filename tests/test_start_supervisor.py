@@ -1,4 +1,5 @@
-"""start_supervisor.sh: venv on first start, reinstall when requirements.txt changed, pass args.
+"""start_supervisor.sh: venv on first start, reinstall when requirements.txt changed, pass args;
+--help at once without a venv (start_exit_manager.sh too).
 
 The script runs for real (bash) in a copy of the project folder; `python3` and the venv's
 `python` are stand-ins that log their arguments, so no network or real install is needed.
@@ -43,6 +44,7 @@ def project(tmp_path: Path) -> Path:
     folder = tmp_path / "project"
     folder.mkdir()
     shutil.copy(ROOT / "start_supervisor.sh", folder)
+    shutil.copy(ROOT / "start_exit_manager.sh", folder)
     (folder / "requirements.txt").write_text("ib_async==2.1.0\n")
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -51,7 +53,9 @@ def project(tmp_path: Path) -> Path:
     return folder
 
 
-def start(project: Path, *args: str, fail_pip: bool = False) -> subprocess.CompletedProcess[str]:
+def start(
+    project: Path, *args: str, fail_pip: bool = False, script: str = "start_supervisor.sh"
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PATH": f"{project.parent / 'bin'}{os.pathsep}{os.environ['PATH']}",
@@ -60,7 +64,7 @@ def start(project: Path, *args: str, fail_pip: bool = False) -> subprocess.Compl
         "FAIL_PIP": "1" if fail_pip else "",
     }
     return subprocess.run(
-        ["bash", str(project / "start_supervisor.sh"), *args],
+        ["bash", str(project / script), *args],
         cwd=project.parent,  # the script must find its folder by itself
         env=env,
         capture_output=True,
@@ -115,9 +119,49 @@ def test_failed_install_stops_with_one_error_line_and_is_retried_next_start(
     assert calls(project) == [PIP, "python supervisor.py"]
 
 
+@pytest.mark.parametrize("script", ["start_supervisor.sh", "start_exit_manager.sh"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_at_once_without_creating_the_venv(
+    project: Path, script: str, flag: str
+) -> None:
+    """Bug pinned: `./start_supervisor.sh --help` built a 681 MB environment before printing."""
+    done = start(project, flag, script=script)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: ./{script} ")
+    assert not (project / VENV).exists()
+    assert calls(project) == []  # neither python3 -m venv nor pip ran
+
+
+@pytest.mark.parametrize(
+    ("script", "program"),
+    [("start_supervisor.sh", "supervisor.py"), ("start_exit_manager.sh", "exit_manager.py")],
+)
+def test_help_once_installed_is_the_programs_own_without_a_reinstall(
+    project: Path, script: str, program: str
+) -> None:
+    start(project)  # the first start installs
+    calls(project)
+
+    done = start(project, "--sim", "--help", script=script)
+
+    assert done.returncode == 0, done.stderr
+    assert calls(project) == [f"python {program} --sim --help"]
+
+
+def test_windows_twins_answer_help_before_creating_the_venv() -> None:
+    for name in ("start_supervisor.bat", "start_exit_manager.bat"):
+        text = (ROOT / name).read_bytes().decode()
+        help_check = text.index('if /i "%%~A"=="--help" goto help')
+        assert help_check < text.index("-m venv"), name
+        assert "goto usage" in text and "exit /b 0" in text[text.index(":usage") :], name
+
+
 def test_windows_twin_has_crlf_and_the_same_reinstall_stamp() -> None:
+    for name in ("start_supervisor.bat", "start_exit_manager.bat"):
+        twin = (ROOT / name).read_bytes()
+        assert b"\n" not in twin.replace(b"\r\n", b""), name  # cmd.exe misreads LF-only files
     bat = (ROOT / "start_supervisor.bat").read_bytes()
-    assert b"\n" not in bat.replace(b"\r\n", b"")  # cmd.exe misreads LF-only batch files
     text = bat.decode()
     assert "requirements.installed" in text
     assert "requirements.installed" in (ROOT / "start_supervisor.sh").read_text()

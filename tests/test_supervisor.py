@@ -21,6 +21,7 @@ import supervisor as sup
 from core.clock import NEW_YORK, ManualTimeSource, MarketClock
 from core.settings import PROJECT_ROOT
 from observability import TradingDatabase
+from reports import build_day_report, render_report
 
 FAKE_BOT = textwrap.dedent(
     """
@@ -362,9 +363,13 @@ def test_daily_reset_clears_old_closed_rows_and_backs_up_once_per_day(tmp_path):
     assert supervisor.daily_reset_if_new_day() is False
 
 
-def test_status_block_shows_bots_positions_and_pnl(db):
+def test_status_block_shows_bots_positions_and_pnl_net_of_commissions(db):
+    """Bug pinned: the block said "+1.80% ($+18.00)" gross while the day report's headline
+    was net; now both say the day's P&L net of commissions, in the same words."""
     db.add_active_position("MSFT", 5, 400.0, 407.2, 396.4)
     db.add_active_position("AAPL", 10, 100.0, 101.8, 99.1)
+    db.record_trade("AAPL", "BUY", 10, 100.0, "day_trader", commission=1.0, exec_id="e1")
+    db.record_trade("AAPL", "SELL", 10, 101.8, "exit_manager", commission=1.0, exec_id="e2")
     db.remove_active_position("AAPL", 101.8, "PROFIT_TARGET")
     me = psutil.Process()
     bots = {
@@ -382,7 +387,30 @@ def test_status_block_shows_bots_positions_and_pnl(db):
     assert "2m0" in text  # uptime
     assert "STOPPED" in text
     assert "active positions: 1" in text and "MSFT" in text
-    assert "closed today: 1" in text and "+1.80%" in text and "$+18.00" in text
+    net = "$+16.00 net (+1.60% of $1,000 used; gross $+18.00, commissions $2.00)"
+    assert f"closed today: 1   P&L today: {net}" in text
+    assert "+1.80%" not in text  # the price move alone is never shown as the P&L
+    headline = render_report(build_day_report(db, db.clock.today_str()))
+    assert f"P&L: {net}" in headline
+
+
+def test_status_block_says_entries_are_off_on_delayed_data_and_how_to_turn_them_on(db):
+    """A delayed-data-only account: the day trader's heartbeat says why entries are off and
+    every status block shows it (a stopped bot's last words are not shown as current)."""
+    from day_trader import delayed_data_notice
+
+    notice = delayed_data_notice([3, 3], allow_delayed=False)
+    db.beat("day_trader", "regular", notice)
+    db.beat("exit_manager", "STOPPED", "clean shutdown; server-side protection left at IB")
+    me = psutil.Process()
+    running = {"pid": me.pid, "create_time": me.create_time(), "state": sup.RUNNING}
+    bots = {"exit_manager": {"pid": None, "state": sup.STOPPED}, "day_trader": running}
+
+    text = sup.render_status(db, bots, time.time())
+
+    assert f"day_trader: {notice}" in " ".join(text.split())
+    assert "entries off: delayed market data only (set ALLOW_DELAYED_DATA=true" in text
+    assert "clean shutdown" not in text
 
 
 def test_judge_heartbeat_ignores_beats_from_an_earlier_process():

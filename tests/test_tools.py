@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from ib_async import LimitOrder
+from matplotlib.dates import date2num, num2date
 from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock, tool_env
 
 import reports
@@ -110,7 +111,7 @@ def test_monitor_live_once_shows_prices_distances_and_pnl(day):
     assert float(pnl.replace(",", "")) == pytest.approx(
         (float(last) - position["entry_price"]) * 100
     )
-    assert second in out and "open P&L $" in out
+    assert second in out and "open P&L $" in out and "gross P&L $" in out  # labelled gross
 
 
 def test_monitor_live_build_views_marks_database_disagreements():
@@ -165,6 +166,80 @@ def test_round_trips_fifo_pnl_win_rate_and_drawdown():
     assert report.max_drawdown == pytest.approx(11.0)
     assert report.exit_reasons() == {"PROFIT_TARGET": 1, "STOP_LOSS": 1}
     assert reports.max_drawdown([5, -3, 4, -10, 2]) == pytest.approx(10)
+
+
+def test_round_trips_table_shows_net_dollars_and_net_percent_and_labels_gross():
+    """Bug pinned: the table's P&L % was the gross price move beside a net P&L $."""
+    fills = [
+        _fill(1, "AAA", "BUY", 100, 10.00, "09:40", "b1", commission=2.0),
+        _fill(2, "AAA", "SELL", 100, 10.18, "10:10", "s1", commission=2.0),
+    ]
+    trips, _ = reports.round_trips_from_fills(fills, {"s1": "PROFIT_TARGET"})
+    [trip] = trips
+    assert trip.pnl == pytest.approx(14.0)
+    assert trip.pnl_pct == pytest.approx(1.4)  # $14 net on $1,000
+    assert trip.gross_pnl_pct == pytest.approx(1.8)
+    report = reports.DayReport("2026-11-24", trips, {}, len(fills))
+    text = reports.render_report(report)
+    assert "P&L: $+14.00 net (+1.40% of $1,000 used; gross $+18.00, commissions $4.00)" in text
+    header = next(line for line in text.splitlines() if "symbol" in line and "qty" in line)
+    assert "net P&L $" in header and "net P&L %" in header
+    row = next(line for line in text.splitlines() if "AAA" in line and "PROFIT_TARGET" in line)
+    assert "+14.00" in row and "+1.40" in row and "+1.80" not in row
+
+
+def _markers(axes, marker):
+    return [line for line in axes.get_lines() if line.get_marker() == marker]
+
+
+def test_pnl_chart_spans_the_whole_session_in_new_york_time_with_entry_and_exit_markers():
+    """Bug pinned: the x-axis ran from the first to the last exit only, with no markers."""
+    fills = [
+        _fill(1, "AAA", "BUY", 100, 10.00, "09:40", "b1"),
+        _fill(2, "AAA", "SELL", 100, 10.18, "10:10", "s1"),
+        _fill(3, "BBB", "BUY", 50, 20.00, "10:15", "b2"),
+        _fill(4, "BBB", "SELL", 50, 19.82, "11:00", "s2"),
+    ]
+    trips, _ = reports.round_trips_from_fills(fills, {})
+    fig = reports.pnl_figure(reports.DayReport("2026-11-24", trips, {}, len(fills)))
+    curve = fig.axes[0]
+
+    left, right = (num2date(x, tz=NEW_YORK) for x in curve.get_xlim())
+    assert (left, right) == (
+        datetime(2026, 11, 24, 9, 30, tzinfo=NEW_YORK),
+        datetime(2026, 11, 24, 16, 0, tzinfo=NEW_YORK),
+    )
+    assert "New York" in curve.get_xlabel()
+    [entries] = _markers(curve, "^")
+    entry_times = [
+        num2date(x, tz=NEW_YORK).strftime("%H:%M") for x in date2num(entries.get_xdata())
+    ]
+    assert entry_times == ["09:40", "10:15"]
+    exits = {line.get_label(): line for line in _markers(curve, "v")}
+    assert set(exits) == {"exit, win", "exit, loss"}
+    assert [y for y in exits["exit, win"].get_ydata()] == [pytest.approx(16.0)]
+    assert [y for y in exits["exit, loss"].get_ydata()] == [pytest.approx(16.0 - 11.0)]
+    fig.canvas.draw()  # the labels exist once drawn
+    labels = [tick.get_text() for tick in curve.get_xticklabels()]
+    assert labels[0] == "10:00" and labels[-1] == "16:00"
+
+
+def test_pnl_chart_of_an_empty_half_day_says_no_trades_on_the_session_axis(tmp_path):
+    """The day after Thanksgiving closes at 13:00; with no trades there is no curve, no
+    marker and no 1970 date axis, only the session and "no trades"."""
+    report = reports.DayReport("2026-11-27", [], {}, 0)
+    fig = reports.pnl_figure(report)
+    curve, bars = fig.axes
+
+    left, right = (num2date(x, tz=NEW_YORK) for x in curve.get_xlim())
+    assert (left, right) == (
+        datetime(2026, 11, 27, 9, 30, tzinfo=NEW_YORK),
+        datetime(2026, 11, 27, 13, 0, tzinfo=NEW_YORK),
+    )
+    assert not _markers(curve, "^") and not _markers(curve, "v")
+    for axes in (curve, bars):
+        assert "no trades" in [text.get_text() for text in axes.texts]
+    assert reports.write_pnl_chart(report, tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_exit_reason_from_intent_purpose():
@@ -238,6 +313,30 @@ def test_view_logs_filters_by_bot_level_event_symbol_and_time(tmp_path):
     assert len(run("--since", "2026-11-24T10:00", "--until", "2026-11-24T10:30")) == 1
     assert run("--event", "stop")[0].startswith("10:05:00.000 WARNING exit_manager stop_triggered")
     assert json.loads(run("--json", "--limit", "1")[0])["event"] == "order_rejected"
+
+
+def test_view_logs_of_a_simulated_day_shows_and_filters_by_its_simulated_new_york_time(tmp_path):
+    """Bug pinned: a simulated day's lines were shown and filtered in real New York time, so
+    `--since 09:30` found nothing in them; now each line's exchange_time counts, and HH:MM
+    is on the logs' trading day (2026-11-24 here, not the real today)."""
+    written = datetime.now(UTC)  # the run happened just now, in real time
+
+    def sim_rec(hh, mm, event):
+        sim = datetime(2026, 11, 24, hh, mm, tzinfo=NEW_YORK)
+        return {"ts": written.isoformat(timespec="milliseconds"),
+                "exchange_time": sim.isoformat(timespec="milliseconds"), "level": "INFO",
+                "bot": "day_trader", "event": event, "logger": "day_trader"}  # fmt: skip
+
+    _write_log(tmp_path / "day_trader_run_20261201_205559.json", [
+        sim_rec(9, 0, "starting"), sim_rec(9, 45, "entry_sent"), sim_rec(15, 58, "stopping"),
+    ])  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "view_logs.py", "--dir", str(tmp_path), "--since", "09:30",
+         "--until", "10:00"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["09:45:00.000 INFO    day_trader entry_sent"]
 
 
 def test_view_logs_follow_prints_new_lines(tmp_path):
