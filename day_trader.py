@@ -59,6 +59,7 @@ from entry_rules import (
     DELAYED_DATA,
     DELAYED_DATA_TYPES,
     ENTRY_WORKING,
+    KILL_SWITCH,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
     STALE_QUOTE,
@@ -76,6 +77,7 @@ from indicators import Bar, BarAggregator, StreamingIndicators
 from observability import (
     CANCELLED,
     FILLED,
+    KILL_SWITCH_FLAG,
     IntentTransitionError,
     ReentryBlocked,
     TradingDatabase,
@@ -83,7 +85,6 @@ from observability import (
 )
 
 AGENT = "day_trader"
-KILL_SWITCH_FLAG = "kill_switch"  # database flag: any value halts entries
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 # reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
@@ -895,7 +896,7 @@ class DayTrader:
         """Why entries are halted by the operator (file or database flag), or None."""
         if self.settings.kill_switch_file.exists():
             return f"file {self.settings.kill_switch_file}"
-        flag = self.db.get_flag(KILL_SWITCH_FLAG)
+        flag = self.db.entries_halted()
         if flag:
             return f"database flag {KILL_SWITCH_FLAG}={flag}"
         return None
@@ -957,7 +958,7 @@ class DayTrader:
                 guard_entry=True,
                 max_open_positions=self.settings.max_open_positions,
             )
-        except ReentryBlocked as exc:  # another process took the slot or the symbol first
+        except ReentryBlocked as exc:  # entries halted, or another process took the slot first
             skip = fresh._replace(enter=False, rule=None, reason=_refusal_reason(exc))
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
@@ -1297,6 +1298,7 @@ def _refusal_reason(exc: ReentryBlocked) -> str:
     """The entry_rules reason for a refusal by the database's entry guard."""
     text = str(exc)
     for words, reason in (
+        ("entries halted", KILL_SWITCH),
         ("max open positions", MAX_OPEN_POSITIONS),
         ("closed today", CLOSED_TODAY),
         ("already working", ENTRY_WORKING),

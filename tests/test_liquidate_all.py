@@ -55,7 +55,8 @@ def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gate
         intent = db.get_order_intent(sell["order_ref"])
         assert intent is not None and intent["state"] == "FILLED"
         assert intent["purpose"] == "MANUAL"
-    assert (tmp_path / "KILL_SWITCH").exists(), "entries halted after a liquidation"
+    assert db.entries_halted(), "entries halted after a liquidation"
+    assert "new entries stay halted until: python liquidate_all.py --resume" in result.stdout
 
 
 def test_dry_run_and_unconfirmed_run_send_nothing(gateway, tmp_path):
@@ -73,7 +74,7 @@ def test_dry_run_and_unconfirmed_run_send_nothing(gateway, tmp_path):
     assert declined.returncode == 1 and "not confirmed" in declined.stdout
     assert gateway.account.positions() == {symbol: 10}
     assert len(gateway.account.open_orders()) == 2
-    assert not (tmp_path / "KILL_SWITCH").exists()
+    assert db.entries_halted() is None
 
 
 def test_database_row_without_broker_position_is_not_sold(gateway, tmp_path):
