@@ -317,6 +317,7 @@ def flatten_until_flat(
     results: list[FlattenResult] = []
     sold_from: dict[str, float] = {}  # symbol -> IB position our last fill for it started from
     coming, halted_at = set(in_flight), time.monotonic()
+    waiting_for: set[str] = set()
     deadline = halted_at + timeout_s
     while True:
         left = cancel_everything(ib, wait_s=CANCEL_CONFIRM_S)
@@ -330,6 +331,9 @@ def flatten_until_flat(
             return results, {}
         if time.monotonic() > deadline:
             return results, held
+        if coming and coming != waiting_for:
+            waiting_for = coming
+            log.info("waiting_for_entries_in_flight", order_refs=sorted(coming))
         # IB's position report may lag our own fill: a quantity still exactly what we sold
         # from is not sold again until the report has moved (selling it twice would short).
         steps = [
@@ -466,14 +470,15 @@ def liquidate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.resume:
         clashing = [f for f in ("yes", "dry_run", "emergency", "keep_entries") if getattr(args, f)]
         if clashing:
-            parser.error(
-                f"--resume only lifts the entry halt; drop --{clashing[0].replace('_', '-')}"
+            flag = clashing[0].replace("_", "-")
+            print(
+                f"{TOOL}: error: --resume only lifts the entry halt; drop --{flag}", file=sys.stderr
             )
+            return 2
         return run_tool(TOOL, lambda: resume(args))
     return run_tool(TOOL, lambda: liquidate(args))
 
