@@ -36,7 +36,7 @@ import psutil
 from core.clock import MarketClock
 from core.logs import get_logger, setup_logging
 from core.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, set_settings
-from observability import DatabaseError, TradingDatabase, get_database
+from observability import RESUME_ENTRIES, DatabaseError, TradingDatabase, get_database
 
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
@@ -495,6 +495,7 @@ class Supervisor:
             trading_date=today.isoformat(),
             closed_rows_removed=removed,
             backup=backup,
+            entries_halted=self.db.entries_halted(),  # a halt carries over into the new day
         )
         return True
 
@@ -610,6 +611,10 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
     console.print(
         f"closed today: {len(closed)}   total P&L today: {percent:+.2f}%  (${dollars:+,.2f})"
     )
+    halted = db.entries_halted()
+    if halted:
+        console.print(f"NEW ENTRIES HALTED: {halted}")
+        console.print(f"  lift with: {RESUME_ENTRIES}")
     return buffer.getvalue()
 
 

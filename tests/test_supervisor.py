@@ -384,6 +384,14 @@ def test_status_block_shows_bots_positions_and_pnl(db):
     assert "closed today: 1" in text and "+1.80%" in text and "$+18.00" in text
 
 
+def test_status_block_shows_an_entry_halt_and_how_to_lift_it(db):
+    assert "HALTED" not in sup.render_status(db, {}, time.time())
+    db.halt_entries("MANUAL by liquidate_all at 2026-11-25 10:00:00 New York")
+    text = sup.render_status(db, {}, time.time())
+    assert "NEW ENTRIES HALTED: MANUAL by liquidate_all at 2026-11-25 10:00:00 New York" in text
+    assert "lift with: python liquidate_all.py --resume" in text
+
+
 def test_judge_heartbeat_ignores_beats_from_an_earlier_process():
     policy = sup.WatchdogPolicy(stale_after_s=10, startup_grace_s=30)
     old = {"pid": 111, "beat_at": 1000.0, "state": "RECONCILED"}
