@@ -50,7 +50,7 @@ from core.money import (
     profit_target_price,
     stop_loss_price,
 )
-from core.orders import IntentOrders, LookupStatus
+from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import Settings, SettingsError, load_settings, set_settings
 from core.shutdown import install_stop_handlers
 from entry_rules import (
@@ -1037,13 +1037,17 @@ class DayTrader:
         real = time.monotonic()
         for entry in list(self.working.values()):
             trade = entry.trade
-            if trade is not None and trade.isDone():
+            # A cancel IB refused as too late says the order is done, not how: it may have
+            # filled unheard (lost acks). Such an entry is looked up like an unanswered one.
+            too_late = trade is not None and cancel_came_too_late(trade)
+            if trade is not None and trade.isDone() and not too_late:
                 self._finish(entry, trade)
                 continue
-            unanswered = trade is None or trade.orderStatus.status in {
-                OrderStatus.PendingSubmit,
-                "",
-            }
+            unanswered = (
+                too_late
+                or trade is None
+                or trade.orderStatus.status in {OrderStatus.PendingSubmit, ""}
+            )
             waited = real - (entry.cancel_sent_real or entry.placed_real)
             if (unanswered or entry.cancel_sent_real) and waited > self.options.ack_timeout_real_s:
                 await self._look_up(entry)

@@ -723,6 +723,81 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
         assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
 
 
+@pytest.mark.parametrize(
+    "speed",
+    [
+        # 60 market s = 15 real s: the 10-s ack timeout comes first, then the look-up.
+        pytest.param(4, id="ack_timeout_first"),
+        # 60 market s = 2 real s: the entry timeout's cancel comes first and IB refuses it
+        # (10148, already filled), which ib_async reports as "Cancelled".
+        pytest.param(30, id="cancel_refused_first"),
+    ],
+)
+def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_not_resent(
+    tmp_path: Path, speed: float
+) -> None:
+    """IB takes the entry and fills it, but none of its answers (openOrder, orderStatus,
+    execDetails, commission, errors) reaches the trader, while the connection stays alive.
+    The trader looks the order up by orderRef (no reconnect, no restart), tracks what it
+    finds, records the fill from IB's executions, and never sends that entry again."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=speed) as gw:
+        db = sim_db(tmp_path)
+        gw.faults.drop_acks_of_next_order(2)
+        proc = start_trader(gw, tmp_path)
+        try:
+            [order] = wait_until(
+                lambda: [o for o in sim_orders(gw) if o["client_id"] == 2][:1],
+                60,
+                "an entry at IB",
+                logs,
+            )
+            ref, symbol = order["order_ref"], order["symbol"]
+            # Marketable: it may have filled on arrival, unheard; if it rests, this fills it.
+            gw.faults.set_price(symbol, round(db.get_order_intent(ref)["limit_price"] * 0.99, 2))
+            wait_until(
+                lambda: any(
+                    o["order_ref"] == ref and o["status"] == "Filled"
+                    for o in gw.account.completed_orders()
+                ),
+                10,
+                "the entry filled at the gateway",
+            )
+            assert db.get_order_intent(ref)["state"] == "PENDING_SUBMIT"  # it heard nothing
+
+            def recorded() -> bool:
+                fills = {e["exec_id"] for e in gw.account.executions() if e["order_ref"] == ref}
+                trades = {t["exec_id"] for t in db.get_trades_by_date(DAY.isoformat())}
+                return (
+                    bool(fills)
+                    and fills <= trades
+                    and db.get_order_intent(ref)["state"] == "FILLED"
+                    and db.is_position_active(symbol)
+                )
+
+            wait_until(recorded, 60, "the unheard entry found and its fill recorded", logs)
+            # Let it trade on through more bars: it must not send that entry again.
+            t0 = gw.now()
+            wait_until(lambda: gw.now() > t0 + 60, 30, "one more market minute")
+            assert proc.poll() is None
+        finally:
+            assert stop_trader(proc) == 0
+        # Found by the look-up on the live connection: one connection, no reconciliation.
+        assert [e["connects"] for e in events(logs, "connected")] == [1]
+        looked_up = [e for e in events(logs, "entry_looked_up") if e["order_ref"] == ref]
+        assert looked_up and looked_up[-1]["status"] == "done", looked_up
+        assert [i["order_ref"] for i in entry_intents(db) if i["symbol"] == symbol] == [ref]
+        assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
+        fills = [e for e in gw.account.executions() if e["order_ref"] == ref]
+        trades = {t["exec_id"]: t for t in db.get_trades_by_date(DAY.isoformat())}
+        for fill in fills:
+            assert trades[fill["exec_id"]]["order_ref"] == ref
+            assert trades[fill["exec_id"]]["commission"] == pytest.approx(fill["commission"])
+        row = db.get_active_position(symbol)
+        assert row is not None and row["order_ref"] == ref
+        assert row["quantity"] == sum(float(f["shares"]) for f in fills)
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 
