@@ -30,6 +30,7 @@ from core.orders import IntentOrders
 from core.settings import env_keys, load_settings
 from day_trader import (
     DayTrader,
+    DayTraderOptions,
     HistoricalPacer,
     SymbolFeed,
     build_parser,
@@ -37,7 +38,14 @@ from day_trader import (
     main,
     options_from_args,
 )
-from entry_rules import AFTER_ENTRY_CUTOFF, DELAYED_DATA, MAX_OPEN_POSITIONS, STALE_QUOTE
+from entry_rules import (
+    AFTER_ENTRY_CUTOFF,
+    DAILY_LOSS_LIMIT,
+    DELAYED_DATA,
+    MAX_OPEN_POSITIONS,
+    STALE_QUOTE,
+    risk_problem,
+)
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from indicators import Bar
@@ -855,6 +863,88 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in text
     for flag in ("--symbols", "--workers", "--no-llm", "--retry-seconds"):
         assert flag in text
+
+
+# -- the daily loss limit's input: DayTrader.book_from_database ------------------------------
+
+NET_LIQUIDATION = 100_000.0  # the 2 % daily loss limit is $2,000
+
+
+@pytest.fixture
+def trader(db: TradingDatabase, _isolated_settings: Any) -> Iterator[DayTrader]:
+    trader = DayTrader(_isolated_settings, DayTraderOptions(symbols=("AAA",)), db=db)
+    yield trader
+    trader.pool.shutdown()
+
+
+def closed_today(db: TradingDatabase, symbol: str, loss: float, agent: str = "day_trader") -> None:
+    """A position of `agent` closed today for a realised loss of `loss` dollars (100 shares)."""
+    db.add_active_position(symbol, 100, 50.0, 51.0, 49.0, agent=agent)
+    db.remove_active_position(symbol, 50.0 - loss / 100, "STOP_LOSS")
+
+
+def day_pnl_and_verdict(trader: DayTrader, prices: dict[str, float]) -> tuple[float, str | None]:
+    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    return book.day_pnl, risk_problem(book, trader.config)
+
+
+def test_daily_loss_limit_counts_todays_realised_losses_plus_open_positions_below_entry(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    closed_today(db, "LOST", 1_200.0)  # realised -1,200
+    db.add_active_position("OPEN", 200, 20.0, 20.4, 19.8, agent="day_trader")
+    # 200 shares 3.00 below entry: -600 open, -1,800 in all: under the limit.
+    assert day_pnl_and_verdict(trader, {"OPEN": 17.0}) == (pytest.approx(-1_800.0), None)
+    # 5.00 below: -1,000 open, -2,200 in all: beyond it, so no new entry today.
+    assert day_pnl_and_verdict(trader, {"OPEN": 15.0}) == (
+        pytest.approx(-2_200.0),
+        DAILY_LOSS_LIMIT,
+    )
+    # An open gain offsets the realised loss (the limit is on the day's P&L, not on losses).
+    assert day_pnl_and_verdict(trader, {"OPEN": 26.0}) == (pytest.approx(0.0), None)
+
+
+def test_unknown_price_makes_the_day_pnl_unknown_and_refuses_entries_not_a_zero(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    """No quote for a held symbol: its P&L is unknown, so the day's P&L is unknown (nan) and
+    entries are refused for the loss limit, which cannot be shown not to be hit. A price of
+    0 would invent a 100 % loss; leaving the position out (P&L 0) would hide a real one."""
+    db.add_active_position("NOQUOTE", 100, 50.0, 51.0, 49.0, agent="day_trader")
+    for prices in ({}, {"NOQUOTE": math.nan}):  # never quoted, or IB's price unset
+        pnl, verdict = day_pnl_and_verdict(trader, prices)
+        assert math.isnan(pnl), pnl  # not -5,000 (a price of 0), not 0 (left out)
+        assert verdict == DAILY_LOSS_LIMIT
+    # Realised -1,500 plus an unquoted position really 10.00 down (-1,000): leaving the
+    # position out would show -1,500 and allow entries past the limit.
+    closed_today(db, "LOST", 1_500.0)
+    assert day_pnl_and_verdict(trader, {"NOQUOTE": 40.0}) == (
+        pytest.approx(-2_500.0),
+        DAILY_LOSS_LIMIT,
+    )
+    assert day_pnl_and_verdict(trader, {})[1] == DAILY_LOSS_LIMIT
+    # With its quote back and near entry, the day's P&L is known again and under the limit.
+    assert day_pnl_and_verdict(trader, {"NOQUOTE": 49.9}) == (pytest.approx(-1_510.0), None)
+
+
+def test_adopted_positions_and_other_agents_rows_are_left_out_of_the_day_pnl(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    """The limit is the day trader's own budget: positions the exit manager adopted (manual
+    trades, another program's) and other agents' closes do not count, even deep in loss or
+    without a quote; they still take position slots."""
+    closed_today(db, "MINE", 500.0)
+    closed_today(db, "OTHERS", 9_000.0, agent="swing_trader")
+    closed_today(db, "ADOPTCL", 9_000.0, agent="adopted")
+    db.add_active_position("ADOPTED", 1_000, 50.0, 51.0, 49.0, agent="adopted")
+    db.add_active_position("THEIRS", 1_000, 50.0, 51.0, 49.0, agent="swing_trader")
+    prices = {"ADOPTED": 30.0}  # -20,000 if it counted; THEIRS has no quote at all
+    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    assert book.day_pnl == pytest.approx(-500.0)
+    assert risk_problem(book, trader.config) is None
+    assert book.active_symbols == {"ADOPTED", "THEIRS"}
+    assert book.open_positions == 2
+    assert book.closed_today == {"MINE", "OTHERS", "ADOPTCL"}
 
 
 # -- pacing, bars, phases (pure parts of the I/O layer) ---------------------------------------
