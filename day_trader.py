@@ -950,6 +950,8 @@ class DayTrader:
             return
         order = LimitOrder("BUY", quantity, limit, tif="DAY", account=self.session.account)
         order.outsideRth = False
+        # Decided: what follows is the guarded intent write (which may still refuse), then the send.
+        log.info("entry_placing", symbol=symbol, rule=fresh.rule, quantity=quantity, limit=limit)
         try:
             trade = self.orders.place(
                 feed.contract,

@@ -42,7 +42,9 @@ from entry_rules import (
     AFTER_ENTRY_CUTOFF,
     DAILY_LOSS_LIMIT,
     DELAYED_DATA,
+    ENTRY_WORKING,
     MAX_OPEN_POSITIONS,
+    POSITION_ACTIVE,
     STALE_QUOTE,
     risk_problem,
 )
@@ -409,6 +411,189 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
         refused = [d for d in decisions if d["reason"] == MAX_OPEN_POSITIONS]
         assert refused, "no entry was refused for want of a slot (test has no teeth)"
         assert len(entry_intents(db)) >= 2
+
+
+class HeartbeatWatch:
+    """Sees every beat of the traders (one shared heartbeat row, a write every 10 s each) by
+    polling it from before they start; `quiet()` is True while no beat is due for 3 s."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+        import threading
+
+        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._seen: list[tuple[float, int]] = []  # (beat_at, pid) of each row version seen
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            try:
+                row = self._conn.execute(
+                    "SELECT beat_at, pid FROM heartbeats WHERE bot = 'day_trader'"
+                ).fetchone()
+            except Exception:  # the schema is not there before the first trader opens it
+                continue
+            if row and (not self._seen or self._seen[-1] != (float(row[0]), int(row[1]))):
+                self._seen.append((float(row[0]), int(row[1])))
+
+    def quiet(self, pids: set[int]) -> bool:
+        """Each of `pids` beat less than 6 s ago. A beat overwritten by the other process's
+        within one poll was not seen; it came just before a seen one, so a pid not seen in
+        the last 10.5 s (each beats at least that often) counts from the oldest beat seen."""
+        now = time.time()
+        if now - self._started < 10.5:
+            return False
+        recent = [(at, pid) for at, pid in list(self._seen) if now - at < 10.5]
+        if not recent:
+            return False
+        oldest = min(at for at, _ in recent)
+        last = {pid: max([oldest, *(at for at, p in recent if p == pid)]) for pid in pids}
+        return all(now - at < 6.0 for at in last.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+def would_enter(decision: dict[str, Any]) -> bool:
+    """A decision refused by the kill switch whose values meet an entry rule."""
+    rsi, gap, atr = decision["rsi"], decision["gap_pct"], decision["atr_pct"]
+    if rsi is None or rsi >= 60:
+        return False
+    return (gap is not None and gap >= 5) or (decision["above_vwap"] and (atr or 0) >= 0.3)
+
+
+def latest_bar_would_enter(logs: Path) -> bool:
+    """The trader's last two analysis passes each had a symbol the rules would enter."""
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for decision in events(logs, "entry_decision"):
+        passes.setdefault(decision["ts"][:20], []).append(decision)  # one pass: one 0.1 s
+    last_two = [passes[k] for k in sorted(passes)[-2:]]
+    return len(last_two) == 2 and all(any(would_enter(d) for d in p) for p in last_two)
+
+
+@contextmanager
+def database_write_lock(path: Path) -> Iterator[None]:
+    """Hold the database's write lock (what any writer holds during its transaction)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("max_positions", "disjoint", "symbol_guard"),
+    [
+        # Both watch every symbol: they decide the same symbols; one entry per symbol (the
+        # loser finds the winner's entry working, or already filled and active).
+        pytest.param(4, False, True, id="one_symbol"),
+        # They watch different symbols: only one slot, one entry in all.
+        pytest.param(1, True, False, id="one_slot"),
+    ],
+)
+def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transaction(
+    tmp_path: Path, max_positions: int, disjoint: bool, symbol_guard: bool
+) -> None:
+    """Two day trader processes decide their entries on the same bar, each from a book read
+    before the other wrote anything (the database's write lock is held meanwhile, as by a
+    long transaction), so only the guard inside the intent transaction can stop the second.
+    Exactly the allowed orders reach the gateway; the rest are refused by the database."""
+    kill_file = tmp_path / "KILL_SWITCH"
+    kill_file.write_text("held until both traders are deciding")  # entries start on our word
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+        db = sim_db(tmp_path)
+        symbols = list(gw.gateway.market.symbols)
+        lists = [symbols[:6], symbols[6:]] if disjoint else [symbols, symbols]
+        env = {"MAX_OPEN_POSITIONS": str(max_positions)}
+        beats = HeartbeatWatch(tmp_path / "trading.db")
+        traders = {
+            logs: start_trader(
+                gw, tmp_path, client_id=cid, logs=logs, env=env, args=["--symbols", ",".join(s)]
+            )
+            for cid, logs, s in ((2, "logs_a", lists[0]), (3, "logs_b", lists[1]))
+        }
+        try:
+            opened = datetime(2026, 11, 25, 9, 30, 30, tzinfo=NEW_YORK).timestamp()
+            for logs in traders:
+                wait_until(
+                    lambda logs=logs: (
+                        gw.now() > opened
+                        and any(
+                            d["reason"] == "kill_switch"
+                            for d in events(tmp_path / logs, "entry_decision")
+                        )
+                    ),
+                    90,
+                    f"{logs}: deciding after the open (refused by the kill switch)",
+                    tmp_path / logs,
+                )
+            # Start when neither trader has a beat (a write) due soon and both see signals.
+            pids = {proc.pid for proc in traders.values()}
+            wait_until(
+                lambda: (
+                    beats.quiet(pids)
+                    and all(latest_bar_would_enter(tmp_path / logs) for logs in traders)
+                ),
+                60,
+                "a bar with signals for both traders and no heartbeat due",
+            )
+            with database_write_lock(tmp_path / "trading.db"):
+                kill_file.unlink()
+                placing = wait_until(
+                    lambda: (
+                        all(events(tmp_path / logs, "entry_placing") for logs in traders)
+                        and {logs: events(tmp_path / logs, "entry_placing") for logs in traders}
+                    ),
+                    3,
+                    "both traders writing an entry intent on the same bar",
+                )
+            kill_file.write_text("race over")  # decisions from now on are refused
+
+            def attempts() -> list[tuple[str, str]]:
+                return [
+                    (logs, e["symbol"])
+                    for logs in traders
+                    for e in events(tmp_path / logs, "entry_placing")
+                ]
+
+            def outcome(logs: str, symbol: str) -> str | None:
+                for e in events(tmp_path / logs, "entry_sent"):
+                    if e["symbol"] == symbol:
+                        return "sent"
+                for d in events(tmp_path / logs, "entry_decision"):
+                    if d["symbol"] == symbol and d.get("refused_by") == "database":
+                        return d["reason"]
+                return None
+
+            wait_until(
+                lambda: all(outcome(*a) for a in attempts()), 30, "every attempt sent or refused"
+            )
+        finally:
+            beats.close()
+            rcs = [stop_trader(proc) for proc in traders.values()]
+        assert rcs == [0, 0]
+        assert all(len(placing[logs]) >= 1 for logs in traders)
+        outcomes = [(logs, symbol, outcome(logs, symbol)) for logs, symbol in attempts()]
+        reasons = {result for _, _, result in outcomes if result != "sent"}
+        # The race reached the guard, and the guard that can refuse is the one that did.
+        expected = {ENTRY_WORKING, POSITION_ACTIVE} if symbol_guard else {MAX_OPEN_POSITIONS}
+        assert reasons & expected, outcomes
+        assert reasons <= expected | {MAX_OPEN_POSITIONS}, outcomes
+        sent = sorted(symbol for _, symbol, result in outcomes if result == "sent")
+        buys = sorted(o["symbol"] for o in sim_orders(gw) if o["action"] == "BUY")
+        assert buys == sent  # what reached the gateway is exactly what the guard let through
+        assert len(buys) == len(set(buys)), f"a symbol entered twice: {buys}"
+        assert len(buys) == min(max_positions, len({symbol for _, symbol in attempts()}))
+        assert len(entry_intents(db)) == len(buys)
 
 
 def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds_it(
