@@ -32,6 +32,7 @@ from core.clock import MarketClock, get_clock
 from core.logs import get_logger
 from core.money import pnl_dollars, round_to_tick
 from core.orders import IntentOrders, LookupStatus, match_order_ref
+from core.settings import get_settings
 from ib_tools import (
     ToolError,
     account_of,
@@ -40,7 +41,6 @@ from ib_tools import (
     open_database,
     quiet_logging,
     run_tool,
-    settings_for,
     tool_session,
 )
 from observability import KILL_SWITCH_FLAG, OPEN_INTENT_STATES, RESUME_ENTRIES, TradingDatabase
@@ -355,7 +355,7 @@ def flatten_until_flat(
 
 def resume(args: argparse.Namespace) -> int:
     """`--resume`: lift the entry halt (the database's kill-switch flag); no gateway needed."""
-    settings = settings_for(args)
+    settings = get_settings()  # no connection: host, port and account do not matter here
     quiet_logging(TOOL, settings)
     db = open_database(args, settings)
     was = db.resume_entries()
