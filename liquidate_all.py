@@ -351,6 +351,8 @@ def flatten_until_flat(
         if any(r.trade is not None and not r.trade.isDone() for r in done):
             # One of our orders may still fill: another round could sell those shares twice.
             return results, broker_positions(ib, account)
+        if all(r.trade is None for r in done):  # none could be sent (see the errors)
+            return results, held
 
 
 def resume(args: argparse.Namespace) -> int:
