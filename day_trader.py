@@ -50,7 +50,7 @@ from core.money import (
     profit_target_price,
     stop_loss_price,
 )
-from core.orders import IntentOrders, LookupStatus
+from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import (
     Settings,
     SettingsError,
@@ -66,6 +66,7 @@ from entry_rules import (
     DELAYED_DATA,
     DELAYED_DATA_TYPES,
     ENTRY_WORKING,
+    KILL_SWITCH,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
     STALE_QUOTE,
@@ -83,6 +84,7 @@ from indicators import Bar, BarAggregator, StreamingIndicators
 from observability import (
     CANCELLED,
     FILLED,
+    KILL_SWITCH_FLAG,
     IntentTransitionError,
     ReentryBlocked,
     TradingDatabase,
@@ -90,7 +92,6 @@ from observability import (
 )
 
 AGENT = "day_trader"
-KILL_SWITCH_FLAG = "kill_switch"  # database flag: any value halts entries
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 # reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
@@ -939,7 +940,7 @@ class DayTrader:
         """Why entries are halted by the operator (file or database flag), or None."""
         if self.settings.kill_switch_file.exists():
             return f"file {self.settings.kill_switch_file}"
-        flag = self.db.get_flag(KILL_SWITCH_FLAG)
+        flag = self.db.entries_halted()
         if flag:
             return f"database flag {KILL_SWITCH_FLAG}={flag}"
         return None
@@ -993,6 +994,8 @@ class DayTrader:
             return
         order = LimitOrder("BUY", quantity, limit, tif="DAY", account=self.session.account)
         order.outsideRth = False
+        # Decided: what follows is the guarded intent write (which may still refuse), then the send.
+        log.info("entry_placing", symbol=symbol, rule=fresh.rule, quantity=quantity, limit=limit)
         try:
             trade = self.orders.place(
                 feed.contract,
@@ -1001,7 +1004,7 @@ class DayTrader:
                 guard_entry=True,
                 max_open_positions=self.settings.max_open_positions,
             )
-        except ReentryBlocked as exc:  # another process took the slot or the symbol first
+        except ReentryBlocked as exc:  # entries halted, or another process took the slot first
             skip = fresh._replace(enter=False, rule=None, reason=_refusal_reason(exc))
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
@@ -1080,13 +1083,17 @@ class DayTrader:
         real = time.monotonic()
         for entry in list(self.working.values()):
             trade = entry.trade
-            if trade is not None and trade.isDone():
+            # A cancel IB refused as too late says the order is done, not how: it may have
+            # filled unheard (lost acks). Such an entry is looked up like an unanswered one.
+            too_late = trade is not None and cancel_came_too_late(trade)
+            if trade is not None and trade.isDone() and not too_late:
                 self._finish(entry, trade)
                 continue
-            unanswered = trade is None or trade.orderStatus.status in {
-                OrderStatus.PendingSubmit,
-                "",
-            }
+            unanswered = (
+                too_late
+                or trade is None
+                or trade.orderStatus.status in {OrderStatus.PendingSubmit, ""}
+            )
             waited = real - (entry.cancel_sent_real or entry.placed_real)
             if (unanswered or entry.cancel_sent_real) and waited > self.options.ack_timeout_real_s:
                 await self._look_up(entry)
@@ -1341,6 +1348,7 @@ def _refusal_reason(exc: ReentryBlocked) -> str:
     """The entry_rules reason for a refusal by the database's entry guard."""
     text = str(exc)
     for words, reason in (
+        ("entries halted", KILL_SWITCH),
         ("max open positions", MAX_OPEN_POSITIONS),
         ("closed today", CLOSED_TODAY),
         ("already working", ENTRY_WORKING),

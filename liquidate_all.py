@@ -3,13 +3,18 @@
     python liquidate_all.py --dry-run        # show what it would do, change nothing
     python liquidate_all.py                  # asks for confirmation
     python liquidate_all.py --yes --emergency
+    python liquidate_all.py --resume         # lift the entry halt a liquidation left
 
-Steps (failure mode 2): reqGlobalCancel (every client's orders, protective stops included),
-then one marketable order per broker position (IB is the truth, not the database rows), each
-through the intent protocol; wait for the fills, record them and the closes in the database
-(reason MANUAL, or EMERGENCY), verify flat at IB, and cancel again anything a bot re-placed
-meanwhile. It never sells more than the position IB reports and never sells from zero, so it
-cannot open a short. New entries are halted with the kill-switch file unless --keep-entries.
+Steps (failure mode 2): halt new entries first (the database's kill-switch flag, unless
+--keep-entries: the day trader's entry guard reads it in the transaction that writes an entry
+intent, so no entry can be sent after it); then rounds until IB reports the account flat or
+--flat-timeout passes: reqGlobalCancel (every client's orders, protective stops included),
+re-read IB's positions, and one marketable order per position (IB is the truth, not the
+database rows), each through the intent protocol; wait for the fills and record them and the
+closes in the database (reason MANUAL, or EMERGENCY). A position that appears mid-way (an
+entry written just before the halt) is sold in the next round. It never sells more than the
+position IB reports, never sells from zero, and never plans a round while one of its own orders
+may still fill, so it cannot open a short. Entries stay halted until `--resume`.
 Exit code 0 when the account is flat, 1 otherwise.
 """
 
@@ -23,19 +28,33 @@ from dataclasses import dataclass
 
 from ib_async import IB, LimitOrder, MarketOrder, Order, Position, Stock, Trade
 
+from core import cli
 from core.clock import MarketClock, get_clock
 from core.logs import get_logger
 from core.money import pnl_dollars, round_to_tick
-from core.orders import IntentOrders
-from core.settings import Settings
-from ib_tools import ToolError, account_of, add_connection_args, add_db_arg, run_tool, tool_session
-from observability import TradingDatabase
+from core.orders import IntentOrders, LookupStatus, match_order_ref
+from core.settings import get_settings
+from ib_tools import (
+    ToolError,
+    account_of,
+    add_connection_args,
+    add_db_arg,
+    open_database,
+    quiet_logging,
+    run_tool,
+    tool_session,
+)
+from observability import KILL_SWITCH_FLAG, OPEN_INTENT_STATES, RESUME_ENTRIES, TradingDatabase
 
 TOOL = "liquidate_all"
 log = get_logger(TOOL)
 # Outside regular hours a market order would wait for the open: use a limit this far through
 # the last price, good outside RTH, instead.
 EXTENDED_HOURS_THROUGH_PCT = 2.0
+# An entry intent written just before the halt is sent within milliseconds; one IB has still
+# not seen after this long never left its program (it died first).
+IN_FLIGHT_GRACE_S = 5.0
+CANCEL_CONFIRM_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,13 +109,22 @@ def broker_positions(ib: IB, account: str) -> dict[str, float]:
     }
 
 
+def _order_key(trade: Trade) -> tuple[int, int, int]:
+    return (trade.order.permId, trade.order.clientId, trade.order.orderId)
+
+
 def cancel_everything(ib: IB, wait_s: float) -> int:
-    """reqGlobalCancel, then wait until IB lists no working order; returns how many remain."""
+    """reqGlobalCancel, then wait until no order that was working before it still works.
+
+    Returns how many of those still work. An order placed after the cancel (the exit manager
+    protecting a position again) does not hold it up: the next round cancels that one.
+    """
+    before = {_order_key(t) for t in ib.reqAllOpenOrders() if not t.isDone()}
     ib.reqGlobalCancel()
     deadline = time.monotonic() + wait_s
     while True:
         ib.sleep(0.2)
-        working = [t for t in ib.reqAllOpenOrders() if not t.isDone()]
+        working = {_order_key(t) for t in ib.reqAllOpenOrders() if not t.isDone()} & before
         if not working or time.monotonic() > deadline:
             return len(working)
 
@@ -137,9 +165,15 @@ def execute(
     reason: str,
     clock: MarketClock,
     fill_wait_s: float,
+    *,
+    orders: IntentOrders | None = None,
 ) -> list[FlattenResult]:
-    """Send one order per step through the intent protocol and wait for the fills."""
-    orders = IntentOrders(ib, db, TOOL)
+    """Send one order per step through the intent protocol and wait for the fills.
+
+    An order not filled within `fill_wait_s` is cancelled; when this returns, every order it
+    sent is done unless its result's error says the cancel was not confirmed.
+    """
+    orders = orders or IntentOrders(ib, db, TOOL)
     regular_hours = clock.is_market_open()
     results = []
     for step in steps:
@@ -151,11 +185,12 @@ def execute(
             results.append(FlattenResult(step, trade))
         except ToolError as exc:
             results.append(FlattenResult(step, None, error=str(exc)))
-    deadline = time.monotonic() + fill_wait_s
-    while time.monotonic() < deadline and not all(
-        r.trade is None or r.trade.isDone() for r in results
-    ):
-        ib.sleep(0.1)
+    _wait_done(ib, results, fill_wait_s)
+    unfilled = [r.trade for r in results if r.trade is not None and not r.trade.isDone()]
+    for trade in unfilled:  # an order still working could fill after the next plan
+        ib.cancelOrder(trade.order)
+    if unfilled:
+        _wait_done(ib, results, CANCEL_CONFIRM_S)
     ib.sleep(0.3)  # commission reports follow the fills
     for result in results:
         if result.trade is None:
@@ -164,11 +199,20 @@ def execute(
         record_fills(db, result, reason)
         if not result.trade.isDone():
             result.error = (
-                f"not filled within {fill_wait_s:g} s ({result.trade.orderStatus.status})"
+                f"not filled within {fill_wait_s:g} s and its cancel not confirmed "
+                f"({result.trade.orderStatus.status})"
             )
         elif result.filled < result.step.quantity:
             result.error = f"{result.trade.orderStatus.status}: filled {result.filled:g}"
     return results
+
+
+def _wait_done(ib: IB, results: list[FlattenResult], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(
+        r.trade is None or r.trade.isDone() for r in results
+    ):
+        ib.sleep(0.1)
 
 
 def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> None:
@@ -212,11 +256,123 @@ def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> Non
         )
 
 
-def halt_entries(settings: Settings, reason: str) -> None:
-    """Create the kill-switch file: the day trader stops entering, exits go on."""
-    path = settings.kill_switch_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{reason}: written by liquidate_all.py; delete this file to allow entries\n")
+def halt_new_entries(db: TradingDatabase, reason: str) -> list[str]:
+    """Set the kill-switch flag; returns the orderRefs of entries written before it.
+
+    Those few may still reach IB (their program was between writing the intent and sending
+    the order); the flatten loop waits for them. No entry can be written after the flag.
+    """
+    stamp = db.clock.now().strftime("%Y-%m-%d %H:%M:%S")
+    in_flight = db.halt_entries(f"{reason} by {TOOL} at {stamp} New York")
+    refs = [intent["order_ref"] for intent in in_flight]
+    log.warning("entries_halted", reason=reason, entries_in_flight=refs, lift=RESUME_ENTRIES)
+    return refs
+
+
+def entries_in_flight(ib: IB, orders: IntentOrders, refs: set[str], halted_at: float) -> set[str]:
+    """Which entries written before the halt may still open a position.
+
+    An entry whose intent is final, or that IB shows as done, is settled (its shares are in
+    IB's positions). One working at IB is not (the next cancel or fill settles it). One IB has
+    not seen is on its way for IN_FLIGHT_GRACE_S after the halt; after that it never left.
+    When IB does not answer, every one of them is unsettled: unknown is not absent.
+    """
+    open_refs = set()
+    for ref in refs:
+        intent = orders.db.get_order_intent(ref)
+        if intent is not None and intent["state"] in OPEN_INTENT_STATES:
+            open_refs.add(ref)
+    snapshot = ib.run(orders.snapshot()) if open_refs else None
+    if snapshot is None:
+        return open_refs
+    still = set()
+    for ref in open_refs:
+        status = match_order_ref(ref, *snapshot).status
+        if status is LookupStatus.OPEN:
+            still.add(ref)
+        elif status is LookupStatus.NOT_FOUND:
+            if time.monotonic() - halted_at < IN_FLIGHT_GRACE_S:
+                still.add(ref)
+            else:
+                log.warning("entry_never_reached_ib", order_ref=ref)
+    return still
+
+
+def flatten_until_flat(
+    ib: IB,
+    db: TradingDatabase,
+    account: str,
+    reason: str,
+    clock: MarketClock,
+    *,
+    fill_wait_s: float,
+    timeout_s: float,
+    in_flight: list[str],
+) -> tuple[list[FlattenResult], dict[str, float]]:
+    """Rounds of cancel, re-read IB's positions, sell them, until flat or `timeout_s`.
+
+    Flat means IB reports no position, no working BUY, and no entry written before the halt
+    is still on its way. Returns every order's result and what IB still holds ({} = flat).
+    """
+    orders = IntentOrders(ib, db, TOOL)
+    results: list[FlattenResult] = []
+    sold_from: dict[str, float] = {}  # symbol -> IB position our last fill for it started from
+    coming, halted_at = set(in_flight), time.monotonic()
+    waiting_for: set[str] = set()
+    deadline = halted_at + timeout_s
+    while True:
+        left = cancel_everything(ib, wait_s=CANCEL_CONFIRM_S)
+        if left:
+            print(f"warning: {left} order(s) still working after reqGlobalCancel")
+        coming = entries_in_flight(ib, orders, coming, halted_at)
+        positions = [p for p in ib.reqPositions() if p.account == account and p.position != 0]
+        held = {p.contract.symbol: float(p.position) for p in positions}
+        buying = [t for t in ib.reqAllOpenOrders() if t.order.action == "BUY" and not t.isDone()]
+        if not held and not buying and not coming:
+            return results, {}
+        if time.monotonic() > deadline:
+            return results, held
+        if coming and coming != waiting_for:
+            waiting_for = coming
+            log.info("waiting_for_entries_in_flight", order_refs=sorted(coming))
+        # IB's position report may lag our own fill: a quantity still exactly what we sold
+        # from is not sold again until the report has moved (selling it twice would short).
+        steps = [
+            s for s in plan_flatten(positions, account) if sold_from.get(s.symbol) != s.position
+        ]
+        if not steps:
+            ib.sleep(0.2)
+            continue
+        log.info("flatten_round", positions=held, entries_in_flight=sorted(coming))
+        done = execute(ib, db, steps, reason, clock, fill_wait_s, orders=orders)
+        results += done
+        for result in done:
+            if result.filled:
+                sold_from[result.step.symbol] = result.step.position
+        if any(r.trade is not None and not r.trade.isDone() for r in done):
+            # One of our orders may still fill: another round could sell those shares twice.
+            return results, broker_positions(ib, account)
+        if all(r.trade is None for r in done):  # none could be sent (see the errors)
+            return results, held
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`--resume`: lift the entry halt (the database's kill-switch flag); no gateway needed."""
+    settings = get_settings()  # no connection: host, port and account do not matter here
+    quiet_logging(TOOL, settings)
+    db = open_database(args, settings)
+    was = db.resume_entries()
+    if was is None:
+        print(f"entries were not halted (no database flag {KILL_SWITCH_FLAG})")
+    else:
+        log.warning("entries_resumed", was=was)
+        print(f"entries resumed: database flag {KILL_SWITCH_FLAG} cleared (was: {was})")
+    if settings.kill_switch_file.exists():
+        print(
+            f"note: the kill-switch file {settings.kill_switch_file} still halts entries; "
+            "delete it to allow entries"
+        )
+    return 0
 
 
 def confirm(steps: list[FlattenStep]) -> bool:
@@ -228,7 +384,7 @@ def confirm(steps: list[FlattenStep]) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.OneLineParser(
         description="Cancel every order and flatten every IB position (emergency)."
     )
     add_connection_args(parser, TOOL)
@@ -239,9 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--emergency", action="store_true", help="record closes as EMERGENCY (default MANUAL)"
     )
     parser.add_argument(
-        "--keep-entries", action="store_true", help="do not write the kill-switch file"
+        "--keep-entries",
+        action="store_true",
+        help="do not halt new entries (the day trader may enter while this flattens)",
     )
-    parser.add_argument("--fill-wait", type=float, default=30.0, help="seconds to wait for fills")
+    cli.add_seconds_arg(parser, "--fill-wait", 30.0, "time to wait for fills")
+    cli.add_seconds_arg(
+        parser, "--flat-timeout", 90.0, "cancel/sell rounds until IB reports the account flat"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="only lift the entry halt a liquidation set (database flag); sends nothing",
+    )
     return parser
 
 
@@ -254,9 +420,12 @@ def liquidate(args: argparse.Namespace) -> int:
         steps = plan_flatten(ib.reqPositions(), account)
         working = [t for t in ib.reqAllOpenOrders() if not t.isDone()]
         print(f"account {account}: {len(steps)} position(s), {len(working)} working order(s)")
-        print("  1. reqGlobalCancel (every client's orders)")
-        for number, step in enumerate(steps, start=2):
-            print(f"  {number}. {step.describe()}")
+        plan = [] if args.keep_entries else [f"halt new entries (database flag {KILL_SWITCH_FLAG})"]
+        plan.append("reqGlobalCancel (every client's orders)")
+        plan += [step.describe() for step in steps]
+        plan.append(f"re-read IB's positions, repeat until flat (at most {args.flat_timeout:g} s)")
+        for number, line in enumerate(plan, start=1):
+            print(f"  {number}. {line}")
         if args.dry_run:
             print("dry run: nothing sent")
             return 0
@@ -264,20 +433,28 @@ def liquidate(args: argparse.Namespace) -> int:
             print("not confirmed: nothing sent")
             return 1
         log.info("liquidation_started", account=account, reason=reason, positions=len(steps))
+        in_flight: list[str] = []
         if not args.keep_entries:
-            halt_entries(settings, reason)
-        left = cancel_everything(ib, wait_s=10.0)
-        if left:
-            print(f"warning: {left} order(s) still working after reqGlobalCancel")
-        # Positions may have moved while we waited (a stop filled): flatten what IB holds now.
-        steps = plan_flatten(ib.reqPositions(), account)
-        results = execute(ib, db, steps, reason, clock, args.fill_wait)
+            in_flight = halt_new_entries(db, reason)
+            print(f"new entries halted (database flag {KILL_SWITCH_FLAG}); lift: {RESUME_ENTRIES}")
+        results, remaining = flatten_until_flat(
+            ib,
+            db,
+            account,
+            reason,
+            clock,
+            fill_wait_s=args.fill_wait,
+            timeout_s=args.flat_timeout,
+            in_flight=in_flight,
+        )
         for result in results:
             status = result.error or f"filled {result.filled:g} @ {result.avg_price:.4f}"
             print(f"  {result.step.describe()}: {status}")
+        if not args.keep_entries:
+            print(f"new entries stay halted until: {RESUME_ENTRIES}")
         # Anything a bot re-placed while we sold has nothing left to protect.
-        cancel_everything(ib, wait_s=10.0)
-        remaining = broker_positions(ib, account)
+        cancel_everything(ib, wait_s=CANCEL_CONFIRM_S)
+        remaining = remaining or broker_positions(ib, account)
         if remaining:
             print(f"NOT FLAT: {remaining}", file=sys.stderr)
             log.critical("liquidation_incomplete", remaining=remaining)
@@ -294,6 +471,15 @@ def liquidate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume:
+        clashing = [f for f in ("yes", "dry_run", "emergency", "keep_entries") if getattr(args, f)]
+        if clashing:
+            flag = clashing[0].replace("_", "-")
+            print(
+                f"{TOOL}: error: --resume only lifts the entry halt; drop --{flag}", file=sys.stderr
+            )
+            return 2
+        return run_tool(TOOL, lambda: resume(args))
     return run_tool(TOOL, lambda: liquidate(args))
 
 

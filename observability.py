@@ -63,6 +63,10 @@ INTENT_TRANSITIONS: dict[str, frozenset[str]] = {
     REJECTED: frozenset(),
 }
 
+# Any value halts new entries (exits go on); liquidate_all sets it, its --resume lifts it.
+KILL_SWITCH_FLAG = "kill_switch"
+RESUME_ENTRIES = "python liquidate_all.py --resume"
+
 EXIT_REASONS = frozenset(
     {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
 )
@@ -196,7 +200,8 @@ class DatabaseError(RuntimeError):
 
 
 class ReentryBlocked(RuntimeError):
-    """An entry was refused: the symbol is active, closed today, or has an open entry order."""
+    """An entry was refused: entries are halted, or the symbol is active, closed today, or has
+    an open entry order."""
 
 
 class IntentTransitionError(RuntimeError):
@@ -987,9 +992,9 @@ class TradingDatabase:
     ) -> str:
         """Record an order before it is sent; returns its unique orderRef.
 
-        With `guard_entry`, refuse (ReentryBlocked) in the same transaction when the symbol is
-        active, was closed today, or already has an open BUY intent, so two racing processes
-        cannot enter one symbol twice. With `max_open_positions` too, also refuse when active
+        With `guard_entry`, refuse (ReentryBlocked) in the same transaction when entries are
+        halted (the kill-switch flag), the symbol is active, was closed today, or already has an
+        open BUY intent, so two racing processes cannot enter one symbol twice. With `max_open_positions` too, also refuse when active
         positions plus working entry orders already fill every slot (one free slot is never
         filled twice, even by racing processes).
         """
@@ -1002,7 +1007,10 @@ class TradingDatabase:
         now, today = self._now_iso(), self._today()
         with self._write() as conn:
             if guard_entry:
-                reason = self._entry_block_reason(conn, symbol, today)
+                # The halt is read in this transaction: once halt_entries() has committed,
+                # no entry intent can be written (and so no entry order sent).
+                reason = self._entries_halted_reason(conn)
+                reason = reason or self._entry_block_reason(conn, symbol, today)
                 if reason is None and max_open_positions is not None:
                     reason = self._slots_full_reason(conn, max_open_positions)
                 if reason:
@@ -1187,6 +1195,45 @@ class TradingDatabase:
         row = self._read("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def halt_entries(self, reason: str) -> list[dict[str, Any]]:
+        """Halt new entries (the kill-switch flag, set to `reason`); exits go on.
+
+        Returns the entry (BUY) intents still open when the halt committed: written before it,
+        they may still reach IB, so whoever halts must watch them. Every later entry is refused
+        by the guard in create_order_intent (same lock), so none is missing from the list.
+        """
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (KILL_SWITCH_FLAG, reason, self._now_iso()),
+            )
+            return _rows(
+                conn.execute(
+                    "SELECT * FROM order_intents WHERE side = 'BUY'"
+                    " AND state IN ('PENDING_SUBMIT', 'SUBMITTED') ORDER BY id"
+                )
+            )
+
+    def entries_halted(self) -> str | None:
+        """Why new entries are halted (the kill-switch flag's value), or None."""
+        return self.get_flag(KILL_SWITCH_FLAG)
+
+    def resume_entries(self) -> str | None:
+        """Lift the halt; returns the reason it held, or None when entries were not halted."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT value FROM flags WHERE name = ?", (KILL_SWITCH_FLAG,)
+            ).fetchone()
+            conn.execute("DELETE FROM flags WHERE name = ?", (KILL_SWITCH_FLAG,))
+            return None if row is None else str(row[0])
+
+    @staticmethod
+    def _entries_halted_reason(conn: sqlite3.Connection) -> str | None:
+        row = conn.execute("SELECT value FROM flags WHERE name = ?", (KILL_SWITCH_FLAG,)).fetchone()
+        return None if row is None else f"entries halted ({row[0]}; lift: {RESUME_ENTRIES})"
+
     # -- maintenance ---------------------------------------------------------------------
     def integrity_check(self) -> IntegrityReport:
         """SQLite's full integrity_check; ok is True only when it answers exactly 'ok'."""
@@ -1322,8 +1369,10 @@ __all__ = [
     "EXIT_REASONS",
     "FILLED",
     "INTENT_TRANSITIONS",
+    "KILL_SWITCH_FLAG",
     "PENDING_SUBMIT",
     "REJECTED",
+    "RESUME_ENTRIES",
     "SUBMITTED",
     "DatabaseError",
     "IfMissing",

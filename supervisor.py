@@ -43,7 +43,7 @@ from core.settings import (
     check_trading_mode,
     get_settings,
 )
-from observability import DatabaseError, TradingDatabase, get_database
+from observability import RESUME_ENTRIES, DatabaseError, TradingDatabase, get_database
 from reports import build_day_report, net_pnl_text
 
 log = get_logger("supervisor")
@@ -503,6 +503,7 @@ class Supervisor:
             trading_date=today.isoformat(),
             closed_rows_removed=removed,
             backup=backup,
+            entries_halted=self.db.entries_halted(),  # a halt carries over into the new day
         )
         return True
 
@@ -615,6 +616,10 @@ def render_status(db: TradingDatabase, bots: Mapping[str, Mapping[str, Any]], no
         console.print(printable(note), markup=False, highlight=False, soft_wrap=True)
     console.print(pos_table)
     console.print(f"closed today: {len(closed)}   P&L today: {net_pnl_text(today)}")
+    halted = db.entries_halted()
+    if halted:
+        console.print(f"NEW ENTRIES HALTED: {halted}")
+        console.print(f"  lift with: {RESUME_ENTRIES}")
     return buffer.getvalue()
 
 

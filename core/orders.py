@@ -39,6 +39,7 @@ _WORKING_STATUSES = frozenset(
 _CANCELLED_STATUSES = frozenset({OrderStatus.Cancelled, OrderStatus.ApiCancelled})
 # IB error codes that mean "this order was refused" (ib_async reports them as Cancelled).
 REJECT_CODES = frozenset({103, 135, 200, 201, 203, 321, 383, 387, 434, 10147})
+CANCEL_TOO_LATE = 10148  # "order ... cannot be cancelled, state: Filled" (or Cancelled)
 
 
 def is_rejected(trade: Trade) -> bool:
@@ -50,6 +51,17 @@ def is_rejected(trade: Trade) -> bool:
         return True
     return trade.orderStatus.status in _CANCELLED_STATUSES and any(
         entry.errorCode in REJECT_CODES for entry in trade.log
+    )
+
+
+def cancel_came_too_late(trade: Trade) -> bool:
+    """True when ib_async's "Cancelled" only means IB refused our cancel with 10148 (the order
+    was already done there, perhaps filled, and we never heard): look the order up by orderRef
+    before believing it cancelled."""
+    return (
+        trade.orderStatus.status in _CANCELLED_STATUSES
+        and bool(trade.log)
+        and trade.log[-1].errorCode == CANCEL_TOO_LATE
     )
 
 

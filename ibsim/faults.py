@@ -33,7 +33,8 @@ class Faults:
             "drop_client", "drop_all", "connectivity_lost", "connectivity_restored",
             "farm_broken", "pacing_violation_next", "reject_next_order", "stop_ticks",
             "resume_ticks", "go_silent", "resume", "restart", "set_price", "notice",
-            "go_silent_after_next_order", "hold_cancels", "release_cancels",
+            "go_silent_after_next_order", "drop_acks_of_next_order", "hold_cancels",
+            "release_cancels",
         }
     )  # fmt: skip
 
@@ -146,6 +147,14 @@ class Faults:
         while the client never hears of it, as when a program dies right after sending."""
         self._gw.silent_after_order.add(client_id)
 
+    def drop_acks_of_next_order(self, client_id: int) -> None:
+        """The next new order of `client_id` is taken and worked, but no live message about it
+        (openOrder, orderStatus, execDetails, commissionReport, its errors) reaches that
+        client. The connection stays alive: every other message flows, and requests (open and
+        completed orders, executions) list the order as usual, as when IB's answers to one
+        order are lost."""
+        self._gw.mute_next_order.add(client_id)
+
     def resume(self, client_id: int | None = None) -> None:
         """End go_silent (requests sent meanwhile were dropped, as by a hung gateway)."""
         if client_id is None:
@@ -177,3 +186,41 @@ class Faults:
         if name not in self._gw.market.symbols:
             raise KeyError(f"unknown symbol {symbol!r}")
         return name
+
+
+# Where a server message names its order: message id -> field index of the order id.
+_ORDER_ID_FIELD = {3: 1, 5: 1, 4: 2, 11: 2}
+_EXEC_ID_FIELD = 14  # in execDetails (11)
+
+
+class MutedOrders:
+    """Orders whose live messages are not delivered to their owner (drop_acks_of_next_order).
+
+    The engine routes framed messages by client only, so the order a message is about is
+    read from its fields: the order id of openOrder (5), orderStatus (3), execDetails (11)
+    and error (4); a commissionReport (59) names only its execution, remembered from the
+    execDetails dropped before it.
+    """
+
+    def __init__(self) -> None:
+        self.orders: set[tuple[int, int]] = set()  # (client id, order id)
+        self._exec_ids: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.orders)
+
+    def drops(self, client_id: int, data: bytes) -> bool:
+        """True when `data`, on its way to `client_id`, is about a muted order."""
+        fields = data[4:].split(b"\0")
+        try:
+            message_id = int(fields[0])
+        except ValueError:
+            return False
+        if message_id == 59:
+            return fields[2].decode() in self._exec_ids
+        index = _ORDER_ID_FIELD.get(message_id)
+        if index is None or (client_id, int(fields[index])) not in self.orders:
+            return False
+        if message_id == 11:
+            self._exec_ids.add(fields[_EXEC_ID_FIELD].decode())
+        return True

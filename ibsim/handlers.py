@@ -237,6 +237,9 @@ def place_order(gw: SimulatedGateway, s: ClientSession, r: rq.Request) -> None:
         )  # fmt: skip
         s.push(msg.open_order(preview, what_if_margin=margin))
         return
+    if s.client_id in gw.mute_next_order:  # fault: every live answer about it is dropped
+        gw.mute_next_order.discard(s.client_id)
+        gw.muted_orders.orders.add((s.client_id, r.order_id))
     gw.engine.place(s.client_id, r, gw.now())
     if s.client_id in gw.silent_after_order:  # fault: hang before any answer goes out
         gw.silent_after_order.discard(s.client_id)

@@ -17,7 +17,7 @@ from ibsim import requests as rq
 from ibsim.account import Account
 from ibsim.config import ConfigError, GatewayConfig
 from ibsim.engine import EngineOptions, OrderEngine, TradingHours
-from ibsim.faults import Faults
+from ibsim.faults import Faults, MutedOrders
 from ibsim.marketdata import Hours, MarketData
 from ibsim.session import ClientSession
 from ibsim.state import AccountView
@@ -87,6 +87,8 @@ class SimulatedGateway:
         self.by_client: dict[int, ClientSession] = {}
         self.silent = False
         self.silent_after_order: set[int] = set()  # fault: client ids to hang after an order
+        self.mute_next_order: set[int] = set()  # fault: client ids whose next order goes unheard
+        self.muted_orders = MutedOrders()
         self.port = config.port
         self.control_port: int | None = None
         self.faults = Faults(self)
@@ -249,7 +251,8 @@ class SimulatedGateway:
 
     def to_order_owner(self, client_id: int, data: bytes) -> None:
         owner = self.by_client.get(client_id)
-        if owner is not None and owner.receiving:
+        muted = bool(self.muted_orders) and self.muted_orders.drops(client_id, data)
+        if owner is not None and owner.receiving and not muted:
             owner.push(data)
         master = self.config.master_client_id
         if master is not None and master != client_id:

@@ -14,6 +14,7 @@ from core.settings import PROJECT_ROOT
 GATEWAY_PROGRAMS = (
     "exit_manager.py",
     "day_trader.py",
+    "liquidate_all.py",
     "check_orders.py",
     "monitor_live.py",
     "test_connection.py",
@@ -31,6 +32,7 @@ OTHER_BAD_INPUT = (
     ("exit_manager.py", "--retry-seconds", "-3"),
     ("day_trader.py", "--retry-seconds", "nan"),
     ("check_orders.py", "--timeout", "-1"),
+    ("liquidate_all.py", "--flat-timeout", "0"),
     ("test_connection.py", "--timeout", "0"),
     ("test_connection.py", "--data-wait", "-1"),
     ("monitor_live.py", "--every", "0"),

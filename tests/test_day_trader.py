@@ -33,6 +33,7 @@ from core.settings import env_keys, load_settings
 from day_trader import (
     AGENT,
     DayTrader,
+    DayTraderOptions,
     HistoricalPacer,
     SymbolFeed,
     build_parser,
@@ -44,10 +45,14 @@ from day_trader import (
 )
 from entry_rules import (
     AFTER_ENTRY_CUTOFF,
+    DAILY_LOSS_LIMIT,
     DELAYED_DATA,
+    ENTRY_WORKING,
     MAX_OPEN_POSITIONS,
+    POSITION_ACTIVE,
     STALE_QUOTE,
     EntryDecision,
+    risk_problem,
 )
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
@@ -415,6 +420,190 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
         refused = [d for d in decisions if d["reason"] == MAX_OPEN_POSITIONS]
         assert refused, "no entry was refused for want of a slot (test has no teeth)"
         assert len(entry_intents(db)) >= 2
+
+
+class HeartbeatWatch:
+    """Sees every beat of the traders (one shared heartbeat row, a write every 10 s each) by
+    polling it from before they start; `quiet()` is True while no beat is due for 3 s."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+        import threading
+
+        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._seen: list[tuple[float, int]] = []  # (beat_at, pid) of each row version seen
+        self._started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.005):
+            try:
+                row = self._conn.execute(
+                    "SELECT beat_at, pid FROM heartbeats WHERE bot = 'day_trader'"
+                ).fetchone()
+            except Exception:  # the schema is not there before the first trader opens it
+                continue
+            if row and (not self._seen or self._seen[-1] != (float(row[0]), int(row[1]))):
+                self._seen.append((float(row[0]), int(row[1])))
+
+    def quiet(self, pids: set[int]) -> bool:
+        """Each of `pids` beat less than 6 s ago. A beat overwritten by the other process's
+        within one poll was not seen; it came just before a seen one, so a pid not seen in
+        the last 10.5 s (each beats at least that often) counts from the oldest beat seen."""
+        now = time.time()
+        if now - self._started < 10.5:
+            return False
+        recent = [(at, pid) for at, pid in list(self._seen) if now - at < 10.5]
+        if not recent:
+            return False
+        oldest = min(at for at, _ in recent)
+        last = {pid: max([oldest, *(at for at, p in recent if p == pid)]) for pid in pids}
+        return all(now - at < 6.0 for at in last.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+def would_enter(decision: dict[str, Any]) -> bool:
+    """A decision refused by the kill switch whose values meet an entry rule."""
+    rsi, gap, atr = decision["rsi"], decision["gap_pct"], decision["atr_pct"]
+    if rsi is None or rsi >= 60:
+        return False
+    return (gap is not None and gap >= 5) or (decision["above_vwap"] and (atr or 0) >= 0.3)
+
+
+def latest_bar_would_enter(logs: Path) -> bool:
+    """The trader's last two analysis passes each had a symbol the rules would enter."""
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for decision in events(logs, "entry_decision"):
+        passes.setdefault(decision["ts"][:20], []).append(decision)  # one pass: one 0.1 s
+    last_two = [passes[k] for k in sorted(passes)[-2:]]
+    return len(last_two) == 2 and all(any(would_enter(d) for d in p) for p in last_two)
+
+
+@contextmanager
+def database_write_lock(path: Path) -> Iterator[None]:
+    """Hold the database's write lock (what any writer holds during its transaction)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("max_positions", "disjoint", "symbol_guard"),
+    [
+        # Both watch every symbol: they decide the same symbols; one entry per symbol (the
+        # loser finds the winner's entry working, or already filled and active).
+        pytest.param(4, False, True, id="one_symbol"),
+        # They watch different symbols: only one slot, one entry in all.
+        pytest.param(1, True, False, id="one_slot"),
+    ],
+)
+def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transaction(
+    tmp_path: Path, max_positions: int, disjoint: bool, symbol_guard: bool
+) -> None:
+    """Two day trader processes decide their entries on the same bar, each from a book read
+    before the other wrote anything (the database's write lock is held meanwhile, as by a
+    long transaction), so only the guard inside the intent transaction can stop the second.
+    Exactly the allowed orders reach the gateway; the rest are refused by the database."""
+    kill_file = tmp_path / "KILL_SWITCH"
+    kill_file.write_text("held until both traders are deciding")  # entries start on our word
+    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+        db = sim_db(tmp_path)
+        symbols = list(gw.gateway.market.symbols)
+        lists = [symbols[:6], symbols[6:]] if disjoint else [symbols, symbols]
+        # Every bar's decision is read from the log: repeats are logged at DEBUG only.
+        env = {"MAX_OPEN_POSITIONS": str(max_positions), "LOG_LEVEL": "DEBUG"}
+        beats = HeartbeatWatch(tmp_path / "trading.db")
+        traders = {
+            logs: start_trader(
+                gw, tmp_path, client_id=cid, logs=logs, env=env, args=["--symbols", ",".join(s)]
+            )
+            for cid, logs, s in ((2, "logs_a", lists[0]), (3, "logs_b", lists[1]))
+        }
+        try:
+            opened = datetime(2026, 11, 25, 9, 30, 30, tzinfo=NEW_YORK).timestamp()
+            for logs in traders:
+                wait_until(
+                    lambda logs=logs: (
+                        gw.now() > opened
+                        and any(
+                            d["reason"] == "kill_switch"
+                            for d in events(tmp_path / logs, "entry_decision")
+                        )
+                    ),
+                    90,
+                    f"{logs}: deciding after the open (refused by the kill switch)",
+                    tmp_path / logs,
+                )
+            # Start when neither trader has a beat (a write) due soon and both see signals.
+            pids = {proc.pid for proc in traders.values()}
+            wait_until(
+                lambda: (
+                    beats.quiet(pids)
+                    and all(latest_bar_would_enter(tmp_path / logs) for logs in traders)
+                ),
+                60,
+                "a bar with signals for both traders and no heartbeat due",
+            )
+            with database_write_lock(tmp_path / "trading.db"):
+                kill_file.unlink()
+                placing = wait_until(
+                    lambda: (
+                        all(events(tmp_path / logs, "entry_placing") for logs in traders)
+                        and {logs: events(tmp_path / logs, "entry_placing") for logs in traders}
+                    ),
+                    3,
+                    "both traders writing an entry intent on the same bar",
+                )
+            kill_file.write_text("race over")  # decisions from now on are refused
+
+            def attempts() -> list[tuple[str, str]]:
+                return [
+                    (logs, e["symbol"])
+                    for logs in traders
+                    for e in events(tmp_path / logs, "entry_placing")
+                ]
+
+            def outcome(logs: str, symbol: str) -> str | None:
+                for e in events(tmp_path / logs, "entry_sent"):
+                    if e["symbol"] == symbol:
+                        return "sent"
+                for d in events(tmp_path / logs, "entry_decision"):
+                    if d["symbol"] == symbol and d.get("refused_by") == "database":
+                        return d["reason"]
+                return None
+
+            wait_until(
+                lambda: all(outcome(*a) for a in attempts()), 30, "every attempt sent or refused"
+            )
+        finally:
+            beats.close()
+            rcs = [stop_trader(proc) for proc in traders.values()]
+        assert rcs == [0, 0]
+        assert all(len(placing[logs]) >= 1 for logs in traders)
+        outcomes = [(logs, symbol, outcome(logs, symbol)) for logs, symbol in attempts()]
+        reasons = {result for _, _, result in outcomes if result != "sent"}
+        # The race reached the guard, and the guard that can refuse is the one that did.
+        expected = {ENTRY_WORKING, POSITION_ACTIVE} if symbol_guard else {MAX_OPEN_POSITIONS}
+        assert reasons & expected, outcomes
+        assert reasons <= expected | {MAX_OPEN_POSITIONS}, outcomes
+        sent = sorted(symbol for _, symbol, result in outcomes if result == "sent")
+        buys = sorted(o["symbol"] for o in sim_orders(gw) if o["action"] == "BUY")
+        assert buys == sent  # what reached the gateway is exactly what the guard let through
+        assert len(buys) == len(set(buys)), f"a symbol entered twice: {buys}"
+        assert len(buys) == min(max_positions, len({symbol for _, symbol in attempts()}))
+        assert len(entry_intents(db)) == len(buys)
 
 
 def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds_it(
@@ -796,6 +985,81 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
         assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
 
 
+@pytest.mark.parametrize(
+    "speed",
+    [
+        # 60 market s = 15 real s: the 10-s ack timeout comes first, then the look-up.
+        pytest.param(4, id="ack_timeout_first"),
+        # 60 market s = 2 real s: the entry timeout's cancel comes first and IB refuses it
+        # (10148, already filled), which ib_async reports as "Cancelled".
+        pytest.param(30, id="cancel_refused_first"),
+    ],
+)
+def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_not_resent(
+    tmp_path: Path, speed: float
+) -> None:
+    """IB takes the entry and fills it, but none of its answers (openOrder, orderStatus,
+    execDetails, commission, errors) reaches the trader, while the connection stays alive.
+    The trader looks the order up by orderRef (no reconnect, no restart), tracks what it
+    finds, records the fill from IB's executions, and never sends that entry again."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 29, 40), speed=speed) as gw:
+        db = sim_db(tmp_path)
+        gw.faults.drop_acks_of_next_order(2)
+        proc = start_trader(gw, tmp_path)
+        try:
+            [order] = wait_until(
+                lambda: [o for o in sim_orders(gw) if o["client_id"] == 2][:1],
+                60,
+                "an entry at IB",
+                logs,
+            )
+            ref, symbol = order["order_ref"], order["symbol"]
+            # Marketable: it may have filled on arrival, unheard; if it rests, this fills it.
+            gw.faults.set_price(symbol, round(db.get_order_intent(ref)["limit_price"] * 0.99, 2))
+            wait_until(
+                lambda: any(
+                    o["order_ref"] == ref and o["status"] == "Filled"
+                    for o in gw.account.completed_orders()
+                ),
+                10,
+                "the entry filled at the gateway",
+            )
+            assert db.get_order_intent(ref)["state"] == "PENDING_SUBMIT"  # it heard nothing
+
+            def recorded() -> bool:
+                fills = {e["exec_id"] for e in gw.account.executions() if e["order_ref"] == ref}
+                trades = {t["exec_id"] for t in db.get_trades_by_date(DAY.isoformat())}
+                return (
+                    bool(fills)
+                    and fills <= trades
+                    and db.get_order_intent(ref)["state"] == "FILLED"
+                    and db.is_position_active(symbol)
+                )
+
+            wait_until(recorded, 60, "the unheard entry found and its fill recorded", logs)
+            # Let it trade on through more bars: it must not send that entry again.
+            t0 = gw.now()
+            wait_until(lambda: gw.now() > t0 + 60, 30, "one more market minute")
+            assert proc.poll() is None
+        finally:
+            assert stop_trader(proc) == 0
+        # Found by the look-up on the live connection: one connection, no reconciliation.
+        assert [e["connects"] for e in events(logs, "connected")] == [1]
+        looked_up = [e for e in events(logs, "entry_looked_up") if e["order_ref"] == ref]
+        assert looked_up and looked_up[-1]["status"] == "done", looked_up
+        assert [i["order_ref"] for i in entry_intents(db) if i["symbol"] == symbol] == [ref]
+        assert [o["order_ref"] for o in sim_orders(gw) if o["symbol"] == symbol] == [ref]
+        fills = [e for e in gw.account.executions() if e["order_ref"] == ref]
+        trades = {t["exec_id"]: t for t in db.get_trades_by_date(DAY.isoformat())}
+        for fill in fills:
+            assert trades[fill["exec_id"]]["order_ref"] == ref
+            assert trades[fill["exec_id"]]["commission"] == pytest.approx(fill["commission"])
+        row = db.get_active_position(symbol)
+        assert row is not None and row["order_ref"] == ref
+        assert row["quantity"] == sum(float(f["shares"]) for f in fills)
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 
@@ -853,6 +1117,88 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in text
     for flag in ("--symbols", "--workers", "--no-llm", "--retry-seconds"):
         assert flag in text
+
+
+# -- the daily loss limit's input: DayTrader.book_from_database ------------------------------
+
+NET_LIQUIDATION = 100_000.0  # the 2 % daily loss limit is $2,000
+
+
+@pytest.fixture
+def trader(db: TradingDatabase, _isolated_settings: Any) -> Iterator[DayTrader]:
+    trader = DayTrader(_isolated_settings, DayTraderOptions(symbols=("AAA",)), db=db)
+    yield trader
+    trader.pool.shutdown()
+
+
+def closed_today(db: TradingDatabase, symbol: str, loss: float, agent: str = "day_trader") -> None:
+    """A position of `agent` closed today for a realised loss of `loss` dollars (100 shares)."""
+    db.add_active_position(symbol, 100, 50.0, 51.0, 49.0, agent=agent)
+    db.remove_active_position(symbol, 50.0 - loss / 100, "STOP_LOSS")
+
+
+def day_pnl_and_verdict(trader: DayTrader, prices: dict[str, float]) -> tuple[float, str | None]:
+    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    return book.day_pnl, risk_problem(book, trader.config)
+
+
+def test_daily_loss_limit_counts_todays_realised_losses_plus_open_positions_below_entry(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    closed_today(db, "LOST", 1_200.0)  # realised -1,200
+    db.add_active_position("OPEN", 200, 20.0, 20.4, 19.8, agent="day_trader")
+    # 200 shares 3.00 below entry: -600 open, -1,800 in all: under the limit.
+    assert day_pnl_and_verdict(trader, {"OPEN": 17.0}) == (pytest.approx(-1_800.0), None)
+    # 5.00 below: -1,000 open, -2,200 in all: beyond it, so no new entry today.
+    assert day_pnl_and_verdict(trader, {"OPEN": 15.0}) == (
+        pytest.approx(-2_200.0),
+        DAILY_LOSS_LIMIT,
+    )
+    # An open gain offsets the realised loss (the limit is on the day's P&L, not on losses).
+    assert day_pnl_and_verdict(trader, {"OPEN": 26.0}) == (pytest.approx(0.0), None)
+
+
+def test_unknown_price_makes_the_day_pnl_unknown_and_refuses_entries_not_a_zero(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    """No quote for a held symbol: its P&L is unknown, so the day's P&L is unknown (nan) and
+    entries are refused for the loss limit, which cannot be shown not to be hit. A price of
+    0 would invent a 100 % loss; leaving the position out (P&L 0) would hide a real one."""
+    db.add_active_position("NOQUOTE", 100, 50.0, 51.0, 49.0, agent="day_trader")
+    for prices in ({}, {"NOQUOTE": math.nan}):  # never quoted, or IB's price unset
+        pnl, verdict = day_pnl_and_verdict(trader, prices)
+        assert math.isnan(pnl), pnl  # not -5,000 (a price of 0), not 0 (left out)
+        assert verdict == DAILY_LOSS_LIMIT
+    # Realised -1,500 plus an unquoted position really 10.00 down (-1,000): leaving the
+    # position out would show -1,500 and allow entries past the limit.
+    closed_today(db, "LOST", 1_500.0)
+    assert day_pnl_and_verdict(trader, {"NOQUOTE": 40.0}) == (
+        pytest.approx(-2_500.0),
+        DAILY_LOSS_LIMIT,
+    )
+    assert day_pnl_and_verdict(trader, {})[1] == DAILY_LOSS_LIMIT
+    # With its quote back and near entry, the day's P&L is known again and under the limit.
+    assert day_pnl_and_verdict(trader, {"NOQUOTE": 49.9}) == (pytest.approx(-1_510.0), None)
+
+
+def test_adopted_positions_and_other_agents_rows_are_left_out_of_the_day_pnl(
+    trader: DayTrader, db: TradingDatabase
+) -> None:
+    """The limit is the day trader's own budget: positions the exit manager adopted (manual
+    trades, another program's) and other agents' closes do not count, even deep in loss or
+    without a quote; they still take position slots."""
+    closed_today(db, "MINE", 500.0)
+    closed_today(db, "OTHERS", 9_000.0, agent="swing_trader")
+    closed_today(db, "ADOPTCL", 9_000.0, agent="adopted")
+    db.add_active_position("ADOPTED", 1_000, 50.0, 51.0, 49.0, agent="adopted")
+    db.add_active_position("THEIRS", 1_000, 50.0, 51.0, 49.0, agent="swing_trader")
+    prices = {"ADOPTED": 30.0}  # -20,000 if it counted; THEIRS has no quote at all
+    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    assert book.day_pnl == pytest.approx(-500.0)
+    assert risk_problem(book, trader.config) is None
+    assert book.active_symbols == {"ADOPTED", "THEIRS"}
+    assert book.open_positions == 2
+    assert book.closed_today == {"MINE", "OTHERS", "ADOPTCL"}
 
 
 # -- pacing, bars, phases (pure parts of the I/O layer) ---------------------------------------

@@ -195,6 +195,28 @@ def test_held_cancel_of_a_stop_that_fills_meanwhile_is_refused_with_10148() -> N
         ]  # fmt: skip
 
 
+def test_acks_of_next_order_dropped_but_requests_still_list_it() -> None:
+    """drop_acks_of_next_order: IB works the order (it fills) yet the client hears nothing
+    about it, ticks go on, and open/completed orders and executions answer with it."""
+    with gateway() as gw, client(gw, 2) as ib:
+        ticker = streaming(ib, "AAA")
+        contract = stock("AAA")
+        ib.qualifyContracts(contract)
+        gw.faults.drop_acks_of_next_order(2)
+        unheard = ib.placeOrder(contract, MarketOrder("BUY", 10, orderRef="unheard"))
+        wait_for(ib, lambda: gw.account.positions().get("AAA") == 10, what="the fill at IB")
+        assert updates_within(ib, ticker, 0.3) > 0  # alive: everything else flows
+        assert unheard.orderStatus.status == "PendingSubmit" and unheard.fills == []
+        fills = ib.reqExecutions()
+        assert [(f.execution.orderRef, f.execution.shares) for f in fills] == [("unheard", 10)]
+        done = [t.order.orderRef for t in ib.reqCompletedOrders(apiOnly=True)]
+        assert done == ["unheard"]
+        resting = ib.placeOrder(contract, LimitOrder("BUY", 5, 1.0, orderRef="heard"))
+        wait_for(ib, lambda: resting.orderStatus.status == "Submitted", what="the next ack")
+        assert [t.order.orderRef for t in ib.reqAllOpenOrders()] == ["heard"]
+        assert unheard.orderStatus.status == "PendingSubmit"
+
+
 def test_stop_ticks_for_one_symbol_then_resume() -> None:
     with gateway() as gw, client(gw, 2) as ib:
         quiet, busy = streaming(ib, "AAA"), streaming(ib, "BBB")

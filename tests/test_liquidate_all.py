@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
+from ib_async import LimitOrder, MarketOrder
 from mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from sim_support import buy_now, client, run_tool, sim_db, start_gateway
+from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock, tool_env, wait_for
 
 import ib_tools
 import liquidate_all as liq
 from core.clock import SimulatedTimeSource, write_sim_clock_file
+from core.orders import IntentOrders
+from core.settings import PROJECT_ROOT
+from day_trader import _refusal_reason
+from entry_rules import KILL_SWITCH
+from observability import ReentryBlocked
 
 
 @pytest.fixture
@@ -22,6 +31,14 @@ def gateway(tmp_path):
 
 def _symbols(gw, n):
     return list(gw.gateway.market.symbols)[:n]
+
+
+def _events(tmp_path, name):
+    """The tool's JSON log records named `name`."""
+    found = []
+    for path in (tmp_path / "logs").glob("liquidate_all_run_*.json"):
+        found += [json.loads(line) for line in path.read_text().splitlines() if name in line]
+    return [record for record in found if record.get("event") == name]
 
 
 def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gateway, tmp_path):
@@ -57,7 +74,8 @@ def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gate
         intent = db.get_order_intent(sell["order_ref"])
         assert intent is not None and intent["state"] == "FILLED"
         assert intent["purpose"] == "MANUAL"
-    assert (tmp_path / "KILL_SWITCH").exists(), "entries halted after a liquidation"
+    assert db.entries_halted(), "entries halted after a liquidation"
+    assert "new entries stay halted until: python liquidate_all.py --resume" in result.stdout
 
 
 def test_dry_run_and_unconfirmed_run_send_nothing(gateway, tmp_path):
@@ -75,7 +93,7 @@ def test_dry_run_and_unconfirmed_run_send_nothing(gateway, tmp_path):
     assert declined.returncode == 1 and "not confirmed" in declined.stdout
     assert gateway.account.positions() == {symbol: 10}
     assert len(gateway.account.open_orders()) == 2
-    assert not (tmp_path / "KILL_SWITCH").exists()
+    assert db.entries_halted() is None
 
 
 def test_database_row_without_broker_position_is_not_sold(gateway, tmp_path):
@@ -116,7 +134,165 @@ def test_unreachable_gateway_is_one_clear_line(tmp_path):
     assert "connection refused" in result.stderr
 
 
-# -- paper / live ------------------------------------------------------------------------------
+def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway, tmp_path):
+    """The flake of test_end_to_end (NOT FLAT): an entry whose intent was written just before
+    the halt reaches IB after the first flatten snapshot and fills. The halt hands that intent
+    to the flatten loop, which waits for it and sells its shares in the next round."""
+    db = sim_db(tmp_path)
+    ib = client(gateway.port, 2)  # the day trader's client id
+    held, late = _symbols(gateway, 2)
+    try:
+        buy_now(ib, db, held, 100)
+        entries = IntentOrders(ib, db, "day_trader")  # keeps the late entry's intent in step
+        late_ref = db.create_order_intent(
+            late, "BUY", 40, "MKT", "day_trader", purpose="entry:standard", guard_entry=True
+        )
+        tool = subprocess.Popen(
+            [sys.executable, "liquidate_all.py", "--yes"],
+            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gateway.port),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # The tool's first round sells what IB held at its snapshot...
+            wait_for(
+                lambda: any(e["side"] == "SLD" for e in gateway.account.executions()),
+                30,
+                "the first round's sell",
+            )
+            # ...then the entry written before the halt reaches IB and fills.
+            order = MarketOrder("BUY", 40, tif="DAY")
+            order.orderRef = late_ref
+            trade = ib.placeOrder(stock(ib, late), order)
+            wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, "the late entry's fill")
+            out, err = tool.communicate(timeout=90)
+        finally:
+            if tool.poll() is None:
+                tool.kill()
+        entries.flush()
+    finally:
+        ib.disconnect()
+
+    assert tool.returncode == 0, out + err
+    assert "flat" in out
+    assert gateway.account.positions() == {}
+    sold = {e["symbol"]: 0.0 for e in gateway.account.executions()}
+    for e in gateway.account.executions():
+        sold[e["symbol"]] += e["shares"] if e["side"] == "SLD" else -e["shares"]
+    assert sold == {held: 0.0, late: 0.0}  # each sold exactly as held: never a short
+    tool_sells = [i for i in db.get_intents_by_date(db.clock.today_str()) if i["agent"] == liq.TOOL]
+    assert sorted((i["symbol"], i["quantity"], i["state"]) for i in tool_sells) == sorted(
+        [(held, 100, "FILLED"), (late, 40, "FILLED")]
+    )
+    assert db.get_order_intent(late_ref)["state"] == "FILLED"
+
+
+def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(gateway, tmp_path):
+    """Nothing is held when the halt commits, but one entry intent is already written: its
+    program sends the order a moment later. The tool must not call the account flat before
+    that entry has reached IB (or clearly never left): it waits, then sells the fill."""
+    db = sim_db(tmp_path)
+    ib = client(gateway.port, 2)
+    [symbol] = _symbols(gateway, 1)
+    try:
+        entries = IntentOrders(ib, db, "day_trader")
+        ref = db.create_order_intent(
+            symbol, "BUY", 25, "MKT", "day_trader", purpose="entry:standard", guard_entry=True
+        )
+        tool = subprocess.Popen(
+            [sys.executable, "liquidate_all.py", "--yes"],
+            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gateway.port),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # Sent once the tool has halted entries and found the account flat (if it stops
+            # there, the entry fills after it and the account is left holding it).
+            wait_for(
+                lambda: (
+                    tool.poll() is not None or _events(tmp_path, "waiting_for_entries_in_flight")
+                ),
+                30,
+                "the tool to find nothing held",
+            )
+            order = MarketOrder("BUY", 25, tif="DAY")
+            order.orderRef = ref
+            trade = ib.placeOrder(stock(ib, symbol), order)
+            wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, "the entry's fill")
+            out, err = tool.communicate(timeout=90)
+        finally:
+            if tool.poll() is None:
+                tool.kill()
+        entries.flush()
+    finally:
+        ib.disconnect()
+
+    assert tool.returncode == 0, out + err
+    assert gateway.account.positions() == {}
+    [waited] = _events(tmp_path, "waiting_for_entries_in_flight")
+    assert waited["order_refs"] == [ref]
+    sides = sorted((e["side"], e["shares"]) for e in gateway.account.executions())
+    assert sides == [("BOT", 25), ("SLD", 25)]
+
+
+def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_sent(
+    gateway, tmp_path
+):
+    """The day trader reads the book (no halt), then liquidate_all halts entries, then the
+    trader places its entry: the guard reads the flag in the intent's own transaction, so
+    the entry is refused with the kill_switch reason and nothing reaches IB."""
+    db = sim_db(tmp_path)
+    ib = client(gateway.port, 2)
+    [symbol] = _symbols(gateway, 1)
+    try:
+        assert db.entries_halted() is None  # the decision saw no halt
+        in_flight = liq.halt_new_entries(db, "MANUAL")
+        orders = IntentOrders(ib, db, "day_trader")
+        with pytest.raises(ReentryBlocked, match="entries halted") as refused:
+            orders.place(
+                stock(ib, symbol),
+                LimitOrder("BUY", 10, 1000.0, tif="DAY"),
+                purpose="entry:standard",
+                guard_entry=True,
+                max_open_positions=4,
+            )
+        ib.sleep(0.3)
+    finally:
+        ib.disconnect()
+    assert in_flight == []
+    assert _refusal_reason(refused.value) == KILL_SWITCH
+    assert "python liquidate_all.py --resume" in str(refused.value)
+    assert db.get_intents_by_date(db.clock.today_str()) == []
+    assert gateway.account.open_orders() == [] and gateway.account.completed_orders() == []
+
+
+def test_resume_lifts_the_halt_and_entries_can_be_written_again(gateway, tmp_path):
+    db = sim_db(tmp_path)
+    [symbol] = _symbols(gateway, 1)
+    liquidated = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes")
+    assert liquidated.returncode == 0, liquidated.stderr
+    assert "lift: python liquidate_all.py --resume" in liquidated.stdout
+    with pytest.raises(ReentryBlocked, match="entries halted"):
+        db.create_order_intent(symbol, "BUY", 1, "LMT", "day_trader", guard_entry=True)
+    (tmp_path / "KILL_SWITCH").write_text("operator")
+
+    resumed = run_tool(tmp_path, 1, "liquidate_all.py", "--resume")  # no gateway needed
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "entries resumed: database flag kill_switch cleared (was: MANUAL by liquidate_all" in (
+        resumed.stdout
+    )
+    assert "kill-switch file" in resumed.stdout and "still halts entries" in resumed.stdout
+    assert db.entries_halted() is None
+    assert db.create_order_intent(symbol, "BUY", 1, "LMT", "day_trader", guard_entry=True)
+    again = run_tool(tmp_path, 1, "liquidate_all.py", "--resume")
+    assert again.returncode == 0 and "entries were not halted" in again.stdout
+
+
+def test_resume_with_an_order_flag_is_one_line_error(tmp_path):
+    result = run_tool(tmp_path, 1, "liquidate_all.py", "--resume", "--yes")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "liquidate_all: error: --resume only lifts the entry halt; drop --yes"
+    ]
 
 
 def test_paper_mode_never_flattens_a_live_account(tmp_path):

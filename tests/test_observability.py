@@ -345,6 +345,60 @@ def test_heartbeat_and_flags_round_trip(db: TradingDatabase) -> None:
     assert db.get_flag("entries_halted") is None
 
 
+def _enter_until_halted(path: str, worker: int, result_queue: mp.Queue) -> None:
+    """Write guarded entry intents as fast as possible until the guard refuses for the halt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from observability import ReentryBlocked as Blocked
+    from observability import TradingDatabase as Db
+
+    db = Db(path)
+    written: list[str] = []
+    refusal = None
+    deadline = time.time() + 60
+    while refusal is None and time.time() < deadline:
+        try:
+            ref = db.create_order_intent(
+                f"W{worker}S{len(written)}", "BUY", 1, "LMT", f"w{worker}", guard_entry=True
+            )
+            written.append(ref)
+        except Blocked as exc:
+            refusal = str(exc)
+    result_queue.put({"written": written, "refusal": refusal})
+
+
+def test_halt_flag_lets_no_entry_be_written_after_it_even_by_racing_processes(
+    tmp_path: Path,
+) -> None:
+    """Two processes write entry intents flat out while a third halts entries: the intents
+    open at the halt are exactly those written, none is written after it (the guard reads
+    the flag in the intent's own transaction), and each writer is refused for the halt."""
+    path = str(tmp_path / "halt.db")
+    db = TradingDatabase(path)
+    db.integrity_check()  # create the schema once
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    workers = [ctx.Process(target=_enter_until_halted, args=(path, w, queue)) for w in (1, 2)]
+    for process in workers:
+        process.start()
+    deadline = time.monotonic() + 60
+    while {i["agent"] for i in db.get_open_intents()} != {"w1", "w2"}:
+        assert time.monotonic() < deadline, "the writers never wrote"
+        time.sleep(0.01)
+
+    in_flight = db.halt_entries("MANUAL by test")
+
+    results = [queue.get(timeout=90) for _ in workers]
+    for process in workers:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    written = {ref for r in results for ref in r["written"]}
+    assert {i["order_ref"] for i in in_flight} == written
+    assert {i["order_ref"] for i in db.get_open_intents()} == written
+    for r in results:
+        assert r["refusal"] is not None and "entries halted (MANUAL by test" in r["refusal"]
+    assert db.entries_halted() == "MANUAL by test"
+
+
 def _backup_writer(path: str, stop_at: float) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from observability import TradingDatabase as Db

@@ -413,6 +413,14 @@ def test_status_block_says_entries_are_off_on_delayed_data_and_how_to_turn_them_
     assert "clean shutdown" not in text
 
 
+def test_status_block_shows_an_entry_halt_and_how_to_lift_it(db):
+    assert "HALTED" not in sup.render_status(db, {}, time.time())
+    db.halt_entries("MANUAL by liquidate_all at 2026-11-25 10:00:00 New York")
+    text = sup.render_status(db, {}, time.time())
+    assert "NEW ENTRIES HALTED: MANUAL by liquidate_all at 2026-11-25 10:00:00 New York" in text
+    assert "lift with: python liquidate_all.py --resume" in text
+
+
 def test_judge_heartbeat_ignores_beats_from_an_earlier_process():
     policy = sup.WatchdogPolicy(stale_after_s=10, startup_grace_s=30)
     old = {"pid": 111, "beat_at": 1000.0, "state": "RECONCILED"}
