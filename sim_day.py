@@ -31,7 +31,7 @@ from core.logs import get_logger, setup_logging
 from core.settings import PROJECT_ROOT, get_settings, set_settings
 from observability import TradingDatabase, get_database
 from reports import DayReport, build_day_report, render_report, write_pnl_chart
-from supervisor import (
+from supervision import (
     Supervisor,
     SupervisorError,
     SupervisorLock,
@@ -306,7 +306,7 @@ def prepare_run_dir(options: SimOptions, trading_date: date) -> Path:
 
 
 def read_lock_pid(run_dir: Path) -> int | None:
-    from supervisor import _process_matches, read_lock
+    from supervision import _process_matches, read_lock
 
     payload = read_lock(lock_path_for(run_dir / "trading_history.db"))
     if payload and _process_matches(int(payload.get("pid", -1)), payload.get("create_time")):

@@ -16,7 +16,8 @@ import sim_day
 from core.clock import NEW_YORK, MarketClock
 from core.settings import PROJECT_ROOT, env_keys
 from observability import TradingDatabase
-from supervisor import SupervisorError, build_parser
+from supervision import SupervisorError
+from supervisor import build_parser
 
 DAY = date(2026, 11, 24)
 
@@ -191,3 +192,45 @@ def test_readme_shows_the_results_commands_of_the_default_run():
         run_dir / "trading_history.db", run_dir / "logs", "2026-11-24"
     ):
         assert f"    python{command.removeprefix(python)}\n" in readme, command
+
+
+def _supervisor_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    from core.settings import PROJECT_ROOT
+
+    return subprocess.run(
+        [sys.executable, "supervisor.py", "--sim", *argv],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--date", "2026-13-45"), "error: --date '2026-13-45' is not a date (YYYY-MM-DD)"),
+        (("--start", "25:99"), "error: --start '25:99' is not a time (HH:MM)"),
+    ],
+)
+def test_supervisor_sim_with_a_bad_date_or_start_is_one_line_not_a_traceback(argv, message):
+    # Bug pinned: run as __main__, supervisor.py was imported a second time by sim_day, so its
+    # `except SupervisorError` missed the second copy's class and printed a traceback.
+    result = _supervisor_cli(*argv)
+    assert (result.returncode, result.stderr) == (2, message + "\n")
+
+
+def test_supervisor_sim_refuses_a_project_folder_as_run_dir_and_deletes_nothing(tmp_path):
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".env").write_text("IB_PORT=4002\n")
+    before = tree(project)
+
+    result = _supervisor_cli("--run-dir", str(project))
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: --run-dir {project.resolve()} is not empty and was not made by a simulated "
+        "run: pass a new or empty folder (nothing was deleted)"
+    ]
+    assert tree(project) == before

@@ -17,7 +17,8 @@ import pytest
 from mode_rule import COMBOS, combo_id, rule_refusal, set_environment
 from sim_support import wait_for
 
-import supervisor as sup
+import supervision as sup
+import supervisor as supervisor_cli
 from core.clock import NEW_YORK, ManualTimeSource, MarketClock
 from core.settings import PROJECT_ROOT
 from observability import TradingDatabase
@@ -236,7 +237,7 @@ def test_sigterm_stops_children_cleanly(fake_bot, tmp_path):
             f"""
             import sys
             sys.path.insert(0, {str(PROJECT_ROOT)!r})
-            import supervisor as sup
+            import supervision as sup
             from observability import get_database
             db = get_database({str(db_path)!r})
             lock = sup.SupervisorLock(sup.lock_path_for(db.path))
@@ -464,17 +465,24 @@ def test_start_follows_the_one_paper_live_rule(flag, mode, port, tmp_path, monke
     args = ["--live"] if flag else []
     refusal = rule_refusal(flag, mode, port)
     if refusal is None:
-        assert sup.settings_from_args(sup.build_parser().parse_args(args)).is_live is flag
+        assert (
+            supervisor_cli.settings_from_args(
+                supervisor_cli.build_parser().parse_args(args)
+            ).is_live
+            is flag
+        )
         return
-    monkeypatch.setattr(sup, "run_supervisor", lambda *_: 99)  # past the checks: bots start
-    assert sup.main(args) == 2
+    monkeypatch.setattr(
+        supervisor_cli, "run_supervisor", lambda *_: 99
+    )  # past the checks: bots start
+    assert supervisor_cli.main(args) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {refusal}"]
 
 
 def test_simulated_day_is_always_paper(tmp_path, monkeypatch, capsys):
     set_environment(monkeypatch, tmp_path, "live", 4001)
     monkeypatch.setattr("sim_day.run", lambda *_: 99)  # past the checks: the day starts
-    assert sup.main(["--sim", "--live"]) == 2
+    assert supervisor_cli.main(["--sim", "--live"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: --sim always trades paper on the simulated gateway: drop --live"
     ]
@@ -488,7 +496,9 @@ def test_both_bots_are_started_in_the_supervisors_mode(flag, mode, port, tmp_pat
     import exit_manager
 
     set_environment(monkeypatch, tmp_path, mode, port)
-    args = sup.build_parser().parse_args(["--db", str(tmp_path / "t.db"), *(["--live"] * flag)])
+    args = supervisor_cli.build_parser().parse_args(
+        ["--db", str(tmp_path / "t.db"), *(["--live"] * flag)]
+    )
     started: list[sup.BotSpec] = []
 
     class Started:
@@ -499,9 +509,9 @@ def test_both_bots_are_started_in_the_supervisors_mode(flag, mode, port, tmp_pat
         def run(self):
             return 0
 
-    monkeypatch.setattr(sup, "Supervisor", Started)
-    monkeypatch.setattr(sup, "install_signal_handlers", lambda _: None)
-    assert sup.run_supervisor(args, sup.settings_from_args(args)) == 0
+    monkeypatch.setattr(supervisor_cli, "Supervisor", Started)
+    monkeypatch.setattr(supervisor_cli, "install_signal_handlers", lambda _: None)
+    assert supervisor_cli.run_supervisor(args, supervisor_cli.settings_from_args(args)) == 0
 
     programs = {"exit_manager.py": exit_manager, "day_trader.py": day_trader}
     assert sorted(Path(spec.argv[1]).name for spec in started) == sorted(programs)
