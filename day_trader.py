@@ -85,6 +85,7 @@ from observability import (
     CANCELLED,
     FILLED,
     KILL_SWITCH_FLAG,
+    DatabaseLocked,
     IntentTransitionError,
     ReentryBlocked,
     TradingDatabase,
@@ -92,6 +93,8 @@ from observability import (
 )
 
 AGENT = "day_trader"
+# A locked database (another program holding a long write) is retried this often, real seconds.
+DB_LOCKED_RETRY_REAL_S = 1.0
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 _REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 # reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
@@ -449,39 +452,59 @@ class DayTrader:
         return 0
 
     async def _main_loop(self) -> None:
-        next_health = next_beat = next_watchlist = 0.0
+        timers = {"beat": 0.0, "health": 0.0, "watchlist": 0.0}
+        locked_since: float | None = None
         loop = asyncio.get_running_loop()
         while not self.stop_event.is_set():
             real = loop.time()
-            now = self.clock.now()
-            session = self.clock.session(now.date())
-            phase = day_phase(now, session)
-            if real >= next_beat:
-                next_beat = real + self.options.heartbeat_every_real_s
-                state = phase if self.session.ready.is_set() else "reconnecting"
-                self.db.beat(AGENT, state, self._data_notice)
-            if self.session.ready.is_set():
-                if phase in {"aggregation", "analysis", "regular"}:
-                    if real >= next_watchlist:
-                        next_watchlist = real + self.clock.real_seconds(
-                            self.options.watchlist_refresh_s
-                        )
-                        await self._refresh_watchlist()
-                    await self._validate_tickers_if_due(now)
-                    self._flush_bars(now.timestamp())
-                    if phase == "regular":
-                        self._watch_quotes(now.timestamp())
-                    if phase in {"analysis", "regular"}:
-                        await self._analyze(now, session)
-                await self._watch_entries()
-            if real >= next_health:
-                next_health = real + self.options.health_every_real_s
-                self._log_health(phase)
+            try:
+                await self._loop_once(real, timers)
+            except DatabaseLocked as exc:
+                # Ridden out, never fatal mid-session: nothing is sent on an unwritten intent.
+                if locked_since is None:
+                    locked_since = real
+                    log.error(
+                        "database_locked",
+                        error=str(exc),
+                        action="entries paused until the database answers again",
+                    )
+                await asyncio.sleep(DB_LOCKED_RETRY_REAL_S)
+                continue
+            if locked_since is not None:
+                log.warning("database_unlocked", locked_for_s=round(real - locked_since, 1))
+                locked_since = None
             self.bar_event.clear()
             # Wake on a new bar, or at least a few times per market bar for housekeeping.
             pause = min(0.5, self.clock.real_seconds(BAR_SECONDS / 6))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.bar_event.wait(), timeout=pause)
+
+    async def _loop_once(self, real: float, timers: dict[str, float]) -> None:
+        """One pass: heartbeat, watchlist, bars, quotes, analysis, entries, health."""
+        now = self.clock.now()
+        session = self.clock.session(now.date())
+        phase = day_phase(now, session)
+        if real >= timers["beat"]:
+            state = phase if self.session.ready.is_set() else "reconnecting"
+            self.db.beat(AGENT, state, self._data_notice)
+            timers["beat"] = real + self.options.heartbeat_every_real_s
+        if self.session.ready.is_set():
+            if phase in {"aggregation", "analysis", "regular"}:
+                if real >= timers["watchlist"]:
+                    timers["watchlist"] = real + self.clock.real_seconds(
+                        self.options.watchlist_refresh_s
+                    )
+                    await self._refresh_watchlist()
+                await self._validate_tickers_if_due(now)
+                self._flush_bars(now.timestamp())
+                if phase == "regular":
+                    self._watch_quotes(now.timestamp())
+                if phase in {"analysis", "regular"}:
+                    await self._analyze(now, session)
+            await self._watch_entries()
+        if real >= timers["health"]:
+            timers["health"] = real + self.options.health_every_real_s
+            self._log_health(phase)
 
     async def _shutdown(self) -> None:
         """Cancel our working entry BUYs, wait for IB to confirm, then disconnect."""

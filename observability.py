@@ -199,6 +199,10 @@ class DatabaseError(RuntimeError):
     """The database cannot be used; the message names the file and what to do."""
 
 
+class DatabaseLocked(DatabaseError):
+    """Another process held the write lock past busy_timeout: temporary, worth riding out."""
+
+
 class ReentryBlocked(RuntimeError):
     """An entry was refused: entries are halted, or the symbol is active, closed today, or has
     an open entry order."""
@@ -574,7 +578,7 @@ class TradingDatabase:
                 "from the archive folder (or move it aside) and start again"
             )
         if "locked" in lowered or "busy" in lowered:
-            return DatabaseError(
+            return DatabaseLocked(
                 f"database {self.path} stayed locked for {self.busy_timeout_ms / 1000:g} s ({text}): "
                 "another program holds a long write; close it (e.g. a DB browser) and retry"
             )

@@ -1332,3 +1332,42 @@ def test_delayed_data_notice_says_entries_are_off_and_the_setting_that_turns_the
     )
     assert delayed_data_notice([1, 1, 0], allow_delayed=False) is None
     assert delayed_data_notice([], allow_delayed=False) is None
+
+
+def test_database_locked_mid_session_is_ridden_out_and_trading_resumes(tmp_path: Path) -> None:
+    """Bug pinned: a database locked past busy_timeout (another program's long write) mid-
+    session killed the day trader with exit code 2. It logs the lock once, sends nothing while
+    it lasts (no intent can be written), and goes on beating and deciding once it is free."""
+    logs = tmp_path / "logs"
+    with gateway(tmp_path, dtime(9, 31), speed=10) as gw:
+        db = sim_db(tmp_path)
+        proc = start_trader(gw, tmp_path, env={"KILL_SWITCH_FILE": str(tmp_path / "KILL")})
+        try:
+            wait_until(lambda: events(logs, "reconciled"), 30, "reconciled", logs)
+            wait_until(
+                lambda: db.get_heartbeats().get("day_trader", {}).get("state") == "regular",
+                30,
+                "a regular-hours heartbeat",
+                logs,
+            )
+            with database_write_lock(tmp_path / "trading.db"):
+                wait_until(lambda: events(logs, "database_locked"), 60, "the lock noticed", logs)
+                sent_while_locked = gw.gateway.engine.state_json()["next_order_id"]
+                time.sleep(2.0)  # decisions keep coming (10x: 20 market seconds) while held
+                assert gw.gateway.engine.state_json()["next_order_id"] == sent_while_locked
+                assert proc.poll() is None, console_lines(tmp_path)[-20:]
+            unlocked = wait_until(
+                lambda: events(logs, "database_unlocked"), 60, "the lock released", logs
+            )
+            beat_after = db.get_heartbeats()["day_trader"]["beat_at"]
+            wait_until(
+                lambda: db.get_heartbeats()["day_trader"]["beat_at"] > beat_after,
+                30,
+                "heartbeats again after the lock",
+                logs,
+            )
+            assert proc.poll() is None, console_lines(tmp_path)[-20:]
+            assert len(events(logs, "database_locked")) == 1  # once per episode, not per try
+            assert unlocked[0]["locked_for_s"] >= 10  # it really outlived busy_timeout
+        finally:
+            assert stop_trader(proc) == 0
