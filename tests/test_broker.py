@@ -192,7 +192,8 @@ def test_server_that_is_not_a_gateway_is_named_as_such_in_the_connect_failure(
     )
 
 
-def test_tool_against_a_server_that_is_not_a_gateway_says_so_in_one_line() -> None:
+def test_tool_against_a_server_that_is_not_a_gateway_says_so_in_one_line(tmp_path) -> None:
+    import os
     import subprocess
     import sys
 
@@ -201,8 +202,9 @@ def test_tool_against_a_server_that_is_not_a_gateway_says_so_in_one_line() -> No
     web = _NotAGateway(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
     try:
         result = subprocess.run(
-            [sys.executable, "check_orders.py", "--port", str(web.port), "--timeout", "2"],
+            [sys.executable, "test_connection.py", "--port", str(web.port), "--timeout", "2"],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "LOG_DIR": str(tmp_path / "logs")},
         )  # fmt: skip
     finally:
         web.close()
