@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -27,3 +28,17 @@ def db(tmp_path: Path, market_clock: MarketClock) -> TradingDatabase:
     database = TradingDatabase(tmp_path / "trading_history.db", clock=market_clock)
     yield database
     database.close()
+
+
+@pytest.fixture
+def restore_root_logging():
+    """Whatever a test does to the root logger (setup_logging), it is undone after it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -13,19 +13,6 @@ from core.logs import get_logger, setup_logging
 from core.settings import Secret
 
 
-@pytest.fixture
-def restore_root_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def test_run_file_has_json_lines_with_stable_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_root_logging: None
 ) -> None:

@@ -613,7 +613,7 @@ def test_cli_help(capsys):
 
 
 def test_key_echoed_in_a_server_error_never_reaches_the_log_file_or_console(
-    massive, clock, tmp_path, capsys
+    massive, clock, tmp_path, capsys, restore_root_logging
 ):
     from core import settings as settings_module
     from core.logs import setup_logging
@@ -631,23 +631,13 @@ def test_key_echoed_in_a_server_error_never_reaches_the_log_file_or_console(
         massive.script[route] = [(400, body.encode())]
 
     massive.on_request = echo_headers
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        run_file = setup_logging("scanner", log_dir=tmp_path / "logs")
-        scanner = sp.MassiveScanner(
-            key, clock=clock, base_url=massive.url, sleep_fn=lambda s: None, timeout_s=2.0
-        )
-        assert scanner.scan() is None
-        for handler in root.handlers:
-            handler.flush()
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+    run_file = setup_logging("scanner", log_dir=tmp_path / "logs")
+    scanner = sp.MassiveScanner(
+        key, clock=clock, base_url=massive.url, sleep_fn=lambda s: None, timeout_s=2.0
+    )
+    assert scanner.scan() is None
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
     assert massive.requests and key in massive.requests[0][3]  # the key did go to the server
     written, console = run_file.read_text(), capsys.readouterr().err
