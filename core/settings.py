@@ -6,6 +6,7 @@ Secrets are wrapped in `Secret` so they never reach a log line or a repr.
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import re
@@ -264,7 +265,23 @@ def read_dotenv(env_file: Path) -> dict[str, str]:
         if _is_unparsable(binding):
             raise _unparsable_line(env_file, binding)
     values = dotenv_values(stream=io.StringIO(text))
+    _refuse_misspelt_keys(env_file, values)
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _refuse_misspelt_keys(env_file: Path, values: Mapping[str, str | None]) -> None:
+    """A key that is not a setting but nearly is (MAX_POSITON_USD) would leave the default in
+    force as silently as an unparsable line. Keys unlike any setting belong to other programs."""
+    known = env_keys()
+    for key in values:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+        if close:
+            raise SettingsError(
+                f"{env_file}: {key} is not a setting, so it would be ignored and the default "
+                f"used; did you mean {close[0]}?"
+            )
 
 
 def _is_unparsable(binding: Binding) -> bool:

@@ -146,6 +146,27 @@ def test_well_formed_dotenv_stays_accepted(tmp_path: Path) -> None:
     assert s.database_path == Path("/srv/trader/db.sqlite")
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("MAX_POSITON_USD", "MAX_POSITION_USD"), ("IB_PRT", "IB_PORT"), ("ALLOCATON", "ALLOCATION")],
+)
+def test_misspelt_setting_in_dotenv_is_fatal_naming_the_setting_meant(
+    key: str, meant: str, tmp_path: Path
+) -> None:
+    """A near miss would be ignored and the default used, like an unparsable line."""
+    with pytest.raises(SettingsError) as caught:
+        load({}, tmp_path, dotenv=f"IB_PORT=4002\n{key}=1000\n")
+    assert str(caught.value) == (
+        f"{tmp_path / '.env'}: {key} is not a setting, so it would be ignored and the default "
+        f"used; did you mean {meant}?"
+    )
+
+
+def test_dotenv_keys_of_other_programs_are_left_alone(tmp_path: Path) -> None:
+    s = load({}, tmp_path, dotenv="OPENAI_API_KEY=x\nMY_APP_PORT=9\nIB_PORT=7497\n")
+    assert s.ib_port == 7497
+
+
 # -- the paper/live rule -----------------------------------------------------------------------
 
 PORT_KINDS = {4002: "paper", 7497: "paper", 4001: "live", 7496: "live", 5000: "other"}
