@@ -37,6 +37,7 @@ from supervisor import (
     bot_specs,
     install_signal_handlers,
     lock_path_for,
+    policy_from_args,
     stop_process_tree,
 )
 
@@ -63,6 +64,7 @@ class SimOptions:
     status_every_s: float = 30.0
     stale_after_s: float = 60.0
     end_after_close_minutes: float = END_AFTER_CLOSE_MINUTES
+    allow_shorting: bool = False  # a margin account: an accidental short shows, not a reject
 
 
 def last_trading_date(clock: MarketClock | None = None) -> date:
@@ -101,6 +103,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     ):
         if getattr(args, flag) is not None:
             changes[name] = getattr(args, flag)
+    if args.allow_shorting:
+        changes["allow_shorting"] = True
     return replace(options, **changes)
 
 
@@ -149,6 +153,7 @@ class SimGateway:
             str(self.clock_file),
             "--log-level",
             "WARNING",
+            *(["--allow-shorting"] if o.allow_shorting else []),
         ]
 
     def start(self) -> None:
@@ -374,13 +379,16 @@ def run(args: argparse.Namespace) -> int:
             day_trader_args=("--symbols", ",".join(universe), "--no-llm", "--retry-seconds", "3"),
             exit_manager_args=("--retry-seconds", "3"),
         )
-        policy = WatchdogPolicy(
-            poll_seconds=0.5,
-            stale_after_s=options.stale_after_s,
-            startup_grace_s=90.0,
-            backoff_initial_s=2.0,
-            backoff_max_s=30.0,
-            status_every_s=options.status_every_s,
+        policy = policy_from_args(
+            args,
+            WatchdogPolicy(
+                poll_seconds=0.5,
+                stale_after_s=options.stale_after_s,
+                startup_grace_s=90.0,
+                backoff_initial_s=2.0,
+                backoff_max_s=30.0,
+                status_every_s=options.status_every_s,
+            ),
         )
         supervisor = Supervisor(db, specs, policy, lock=lock, backup_dir=run_dir / "archive")
         install_signal_handlers(supervisor)

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -696,7 +696,7 @@ def install_signal_handlers(supervisor: Supervisor) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.OneLineParser(
         prog="supervisor.py",
-        description="Run and watch the exit manager and the day trader (or a simulated day)."
+        description="Run and watch the exit manager and the day trader (or a simulated day).",
     )
     parser.add_argument(
         "--allocation",
@@ -715,8 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stale-after",
         type=cli.seconds,
-        default=90.0,
-        help="real seconds without a heartbeat before a bot counts as hung (default 90)",
+        default=None,
+        help="real seconds without a heartbeat before a bot counts as hung (default 90; --sim 60)",
+    )
+    parser.add_argument(
+        "--crash-loop-max",
+        type=cli.ranged(int, 1, 1_000_000),
+        default=None,
+        help="failures of one bot within --crash-loop-window before it is given up (default 5)",
+    )
+    parser.add_argument(
+        "--crash-loop-window",
+        type=cli.seconds,
+        default=None,
+        help="real seconds in which --crash-loop-max failures mean a crash loop (default 600)",
     )
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
@@ -741,7 +753,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--run-dir", type=Path, help="folder for the run (default sim_runs/<date>_<seed>)"
     )
+    sim.add_argument(
+        "--allow-shorting",
+        action="store_true",
+        help="a margin account: the simulator accepts a sell below zero, so a short shows",
+    )
     return parser
+
+
+def policy_from_args(args: argparse.Namespace, policy: WatchdogPolicy) -> WatchdogPolicy:
+    """`policy` with the watchdog flags given on the command line on top."""
+    changes = {
+        name: getattr(args, flag)
+        for flag, name in (
+            ("stale_after", "stale_after_s"),
+            ("crash_loop_max", "crash_loop_max"),
+            ("crash_loop_window", "crash_loop_window_s"),
+            ("status_every", "status_every_s"),
+        )
+        if getattr(args, flag, None) is not None
+    }
+    return replace(policy, **changes)
 
 
 def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
@@ -759,10 +791,7 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
         stop_orphans(orphans)
         mode_env, mode_args = bot_mode(settings)
         env = {"DATABASE_PATH": str(db.path), **mode_env}
-        policy = WatchdogPolicy(
-            stale_after_s=args.stale_after,
-            status_every_s=args.status_every if args.status_every is not None else 300.0,
-        )
+        policy = policy_from_args(args, WatchdogPolicy())
         supervisor = Supervisor(
             db,
             bot_specs(allocation, env, day_trader_args=mode_args, exit_manager_args=mode_args),

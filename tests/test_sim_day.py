@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sim_day
-from supervisor import SupervisorError, build_parser
+from supervisor import SupervisorError, build_parser, policy_from_args
 
 DAY = date(2026, 11, 24)
 
@@ -127,3 +127,25 @@ def test_gateway_that_dies_at_start_is_reported_with_its_own_last_words(tmp_path
     assert "did not start" in message and "no output" not in message
     assert message.endswith("error: --symbols 0: expected at least 1 symbol")
     assert str(run_dir / "ibsim.out") in message
+
+
+def test_allow_shorting_makes_the_simulated_account_a_margin_account():
+    # A cash account rejects a sell below zero, which hides an accidental short.
+    plain = sim_day.SimGateway(sim_day.options_from_args(sim_args()), DAY, Path("run"))
+    margin = sim_day.SimGateway(
+        sim_day.options_from_args(sim_args("--allow-shorting")), DAY, Path("run")
+    )
+    assert "--allow-shorting" not in plain.argv()
+    assert "--allow-shorting" in margin.argv()
+
+
+def test_watchdog_flags_reach_the_simulated_days_policy():
+    base = sim_day.WatchdogPolicy(stale_after_s=60.0, crash_loop_max=5)
+    args = sim_args("--stale-after", "15", "--crash-loop-max", "1000", "--crash-loop-window", "900")
+    policy = policy_from_args(args, base)
+    assert (policy.stale_after_s, policy.crash_loop_max, policy.crash_loop_window_s) == (
+        15.0,
+        1000,
+        900.0,
+    )
+    assert policy_from_args(sim_args(), base) == base
