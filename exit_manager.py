@@ -553,16 +553,18 @@ class ExitManager:
         await self._place_protective_set(pos, min(quantity, fresh))
 
     async def _place_protective_set(self, pos: HeldPosition, quantity: int) -> list[Trade]:
-        """Send the target LMT + backstop STP (one OCA group) for `quantity`; returns both
-        trades. Raises ConnectionError / OSError when the first could not be sent."""
+        """Send the backstop STP, then the target LMT (one OCA group) for `quantity`; returns
+        both trades. The stop goes first so a set cut short (a crash, a dropped socket
+        between the two) still protects: a lone stop does, a lone target does not.
+        Raises ConnectionError / OSError when the first could not be sent."""
         contract = await self.contract(pos.symbol)
         oca = f"{AGENT}-{pos.symbol}-{uuid.uuid4().hex[:10]}"
         fault = self._bot_stop_fault(pos.symbol)
         stop_price = server_stop_price(pos, fault)
         target, backstop = protective_orders(pos, quantity, oca, self.config, stop_price)
         trades = [
-            self.orders.place(contract, target, purpose=PURPOSE_TARGET),
             self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP),
+            self.orders.place(contract, target, purpose=PURPOSE_TARGET),
         ]
         log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
                  target=pos.target_price, server_stop=stop_price, bot_stop=pos.stop_price,

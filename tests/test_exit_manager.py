@@ -462,6 +462,32 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
     run(scenario())
 
 
+def test_exit_manager_dying_between_the_two_orders_of_a_set_leaves_a_stop_not_a_lone_target(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """A kill between the target LMT and the STP of one set left a lone LMT and the position
+    with no stop at IB until the next exit manager reconciled: the STP goes first."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                # The set's first order reaches IB; nothing after it does (as from a process
+                # that died right after sending it).
+                await gw_call(gw.faults.go_silent_after_next_order, EM)
+                await buy(dt, db, "AMD", 40)
+                first = await until_gw(gw, lambda s: em_orders(s, "AMD"), 3, "first leg at IB")
+                await until(lambda: any(i["purpose"] == "PROTECT_TARGET" for i in
+                                        db.get_intents_by_date("2026-11-25")), 3, "second leg sent")  # fmt: skip
+                state = await gw_call(gw.account.state)
+                assert em_orders(state, "AMD") == first, "only the first leg reached IB"
+                assert [(o["order_type"], o["quantity"]) for o in first] == [("STP", 40)]
+                assert first[0]["state"] in {"PRE_SUBMITTED", "SUBMITTED"}
+                await gw_call(gw.faults.resume, EM)
+
+    run(scenario())
+
+
 def test_paper_run_on_a_live_account_is_refused_at_connect_and_a_live_run_protects_it(
     tmp_path: Path, sim_db: Any
 ) -> None:
