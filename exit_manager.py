@@ -29,6 +29,7 @@ from ib_async import CommissionReport, Contract, Fill, Order, Position, Stock, T
 from core import cli
 from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
+from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
 from core.orders import IntentOrders, is_rejected
 from core.settings import (
@@ -75,7 +76,6 @@ from exit_rules import (
 )
 from observability import DatabaseError, TradingDatabase
 
-HEARTBEAT_SECONDS = 2.0  # real seconds: the supervisor's watchdog runs on wall time
 AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
 DAY_TRADER = "day_trader"
@@ -294,6 +294,7 @@ class ExitManager:
         self.reconciled = False
         self._reconciling = True
         self.state = "RECONCILING"
+        self._beat()  # at once: the day trader sends no entry until this says RECONCILED
         try:
             plan = await self._reconcile()
         except ReconcileError as exc:
@@ -899,12 +900,15 @@ class ExitManager:
         self._pulse()
         if code == 1100:
             self.reconciled = False  # the 1101/1102 handler reconciles again
+            self._beat()  # no new fill would be protected now: entries wait
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
         self._seen_qty.clear()
         self.tickers.clear()  # ib_async dropped every subscription with the connection
         self._pulse()
+        if not self._stop.is_set():
+            self._beat()
 
     # -- quotes ---------------------------------------------------------------------------
     def _subscribe(self, symbol: str) -> None:
@@ -1088,7 +1092,7 @@ class ExitManager:
         while not self._stop.is_set():
             self._beat()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self._stop.wait(), EXIT_MANAGER_BEAT_S)
 
     # -- running -------------------------------------------------------------------------------
     def request_stop(self) -> None:

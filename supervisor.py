@@ -35,6 +35,7 @@ import psutil
 
 from core import cli
 from core.clock import MarketClock
+from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_READY_STATES
 from core.logs import get_logger, setup_logging
 from core.settings import (
     PROJECT_ROOT,
@@ -48,11 +49,7 @@ from observability import DatabaseError, TradingDatabase, get_database
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
 
-EXIT_MANAGER = "exit_manager"
 DAY_TRADER = "day_trader"
-# The exit manager's heartbeat state once it has reconciled with IB and protects positions
-# (its others: CONNECTING, RECONCILING, DEGRADED, STOPPED).
-EXIT_MANAGER_READY_STATES = frozenset({"RECONCILED"})
 RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP"
 DAILY_RESET_FLAG = "supervisor_daily_reset"
 

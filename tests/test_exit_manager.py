@@ -665,6 +665,39 @@ def test_connectivity_restored_resubscribes_and_reconciles(
     run(scenario())
 
 
+def test_exit_manager_that_loses_ib_or_reconciles_says_so_in_its_heartbeat_at_once(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The day trader reads this row before each entry; beating every 2 s left it RECONCILED
+    for up to 2 s after the exit manager could no longer protect a fill."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, retry_seconds=5.0) as manager:
+                state = lambda: db.get_heartbeats()[AGENT]["state"]  # noqa: E731
+                assert state() == "RECONCILED"
+                await gw_call(gw.faults.connectivity_lost, EM)  # 1100
+                await until(lambda: not manager.reconciled, 3, "1100 seen")
+                assert state() != "RECONCILED"
+                at_start: list[str] = []
+                reconcile = manager._reconcile
+
+                async def seen_at_start() -> Any:
+                    at_start.append(state())
+                    return await reconcile()
+
+                manager._reconcile = seen_at_start  # type: ignore[method-assign]
+                await gw_call(gw.faults.connectivity_restored, EM)  # 1102: reconcile again
+                await until(lambda: manager.reconciled and state() == "RECONCILED", 5, "back")
+                assert at_start == ["RECONCILING"]
+                await gw_call(gw.faults.drop_client, EM)
+                await until(lambda: not manager.reconciled, 3, "disconnect seen")
+                assert state() != "RECONCILED"
+
+    run(scenario())
+
+
 def test_client_id_in_use_at_startup_backs_off_and_connects_later(
     tmp_path: Path, sim_db: Any
 ) -> None:
