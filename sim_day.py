@@ -35,6 +35,7 @@ from supervisor import (
     SupervisorLock,
     WatchdogPolicy,
     bot_specs,
+    crash_loop_limit,
     install_signal_handlers,
     lock_path_for,
     policy_from_args,
@@ -385,17 +386,21 @@ def run(args: argparse.Namespace) -> int:
                 poll_seconds=0.5,
                 stale_after_s=options.stale_after_s,
                 startup_grace_s=90.0,
-                backoff_initial_s=2.0,
+                backoff_initial_s=1.0,
                 backoff_max_s=30.0,
                 status_every_s=options.status_every_s,
             ),
         )
         supervisor = Supervisor(db, specs, policy, lock=lock, backup_dir=run_dir / "archive")
         install_signal_handlers(supervisor)
+        print(f"crash loop: {crash_loop_limit(policy, options.speed)}", flush=True)
         session = clock.session(trading_date)
         assert session is not None
         end_at = session.close + timedelta(minutes=options.end_after_close_minutes)
         code = supervisor.run(until=lambda: clock.now() >= end_at)
+        if supervisor.fatal:
+            report_give_up(supervisor.fatal, gateway.state())
+            return code
         if supervisor.stop_requested and clock.now() < end_at:
             print("simulation stopped before the close: no day report", flush=True)
             return 130 if code == 0 else code
@@ -406,6 +411,19 @@ def run(args: argparse.Namespace) -> int:
         gateway.stop()
         if lock is not None:
             lock.release()
+
+
+def report_give_up(reason: str, state: dict[str, Any] | None) -> None:
+    """The supervisor gave up mid-day: no day report, but what it left at the simulator."""
+    print(f"the supervisor gave up at {get_clock().now():%H:%M:%S}: {reason}", flush=True)
+    if state is None:
+        print("positions left: unknown (simulator unreachable)", flush=True)
+        return
+    held = {p["symbol"]: p["quantity"] for p in state["positions"] if p["quantity"]}
+    stops = sorted({o["symbol"] for o in state["open_orders"]
+                    if o["action"] == "SELL" and o["order_type"] == "STP"})  # fmt: skip
+    print(f"positions left at the simulated IB: {held or 'none'}; "
+          f"server stops working for: {stops or 'none'}", flush=True)  # fmt: skip
 
 
 def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) -> SimOutcome:

@@ -7,8 +7,9 @@
 
 Order of start: the exit manager first (it owns every exit), the day trader only once the
 exit manager's heartbeat says it has reconciled with IB. A dead exit manager is restarted at
-once; a dead day trader with exponential backoff; a live bot whose heartbeat went stale is
-hung and is killed and restarted. A bot that keeps crashing is given up on and reported.
+once; a dead day trader with exponential backoff, which starts again after a healthy run; a
+live bot whose heartbeat went stale is hung and is killed and restarted. A bot that keeps
+crashing (`crash_loop_limit`) is given up on and reported.
 On Ctrl+C / SIGTERM the day trader stops first, then the exit manager; positions stay at IB
 under their server-side stops. One supervisor per database (a lock file with its pid).
 """
@@ -188,10 +189,13 @@ class WatchdogPolicy:
     poll_seconds: float = 1.0
     stale_after_s: float = 90.0
     startup_grace_s: float = 120.0
-    backoff_initial_s: float = 5.0
+    backoff_initial_s: float = 1.0  # the day trader's first restart: back within 5 s
     backoff_max_s: float = 300.0
     crash_loop_max: int = 5  # restarts within the window before giving up
     crash_loop_window_s: float = 600.0
+    # Ready (the exit manager RECONCILED, the day trader beating) this long is a healthy run:
+    # the next failure is not part of a loop and its restart backoff starts again.
+    healthy_after_s: float = 60.0
     stop_timeout_s: float = 20.0
     status_every_s: float = 300.0
 
@@ -235,6 +239,8 @@ class ManagedBot:
     consecutive_failures: int = 0
     last_exit: str | None = None
     restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    ready_since: float | None = None  # wall time this process was first seen ready, if it is
+    ready_seen_at: float = 0.0  # and last seen ready (a hung bot stops being healthy there)
 
     @property
     def pid(self) -> int | None:
@@ -387,8 +393,10 @@ class Supervisor:
     def _schedule_restart(self, bot: ManagedBot, now: float, why: str) -> None:
         """Count the failure, give up on a crash loop, else pick when to start again."""
         ran_for = now - bot.started_at
-        if ran_for > self.policy.crash_loop_window_s:
-            bot.consecutive_failures = 0  # it ran long enough: this is not a loop
+        healthy_for = bot.ready_seen_at - bot.ready_since if bot.ready_since is not None else 0.0
+        bot.ready_since = None
+        if healthy_for >= self.policy.healthy_after_s:
+            bot.consecutive_failures = 0  # after a healthy run: not a loop, no long backoff
         bot.consecutive_failures += 1
         bot.restart_times.append(now)
         window_start = now - self.policy.crash_loop_window_s
@@ -400,11 +408,16 @@ class Supervisor:
                 child=bot.spec.name,
                 failures_in_window=recent,
                 window_s=self.policy.crash_loop_window_s,
+                window_sim_s=round(self.policy.crash_loop_window_s * self.clock.speed, 1),
+                limit=crash_loop_limit(self.policy, self.clock.speed),
                 last_exit=bot.last_exit,
                 action="fix the cause (see the bot's log), then restart the supervisor",
             )
             if bot.spec.critical:
-                self.fatal = f"{bot.spec.name} failed {recent} times in {self.policy.crash_loop_window_s:g} s"
+                self.fatal = (
+                    f"{bot.spec.name} failed {recent} times: "
+                    f"{crash_loop_limit(self.policy, self.clock.speed)}"
+                )
             return
         if bot.spec.critical:
             delay = 0.0
@@ -451,6 +464,11 @@ class Supervisor:
                     continue
                 if verdict.state is not None:
                     bot.state = RUNNING
+                if not self.is_ready(bot, beats, now):
+                    bot.ready_since = None
+                else:
+                    bot.ready_since = bot.ready_since or now
+                    bot.ready_seen_at = now
         for index, name in enumerate(self.order):
             bot = self.bots[name]
             if bot.process is not None or bot.state == GAVE_UP or now < bot.next_start_at:
@@ -515,7 +533,13 @@ class Supervisor:
 
         Returns 0 on a requested stop, 3 when the exit manager crash-looped.
         """
-        log.info("supervisor_started", bots=self.order, pid=os.getpid(), database=str(self.db.path))
+        log.info(
+            "supervisor_started",
+            bots=self.order,
+            pid=os.getpid(),
+            database=str(self.db.path),
+            crash_loop=crash_loop_limit(self.policy, self.clock.speed),
+        )
         try:
             while not self.stop_requested:
                 self.daily_reset_if_new_day()
@@ -533,6 +557,18 @@ class Supervisor:
             self.maybe_status(force=True)
             log.info("supervisor_stopped")
         return 3 if self.fatal else 0
+
+
+def crash_loop_limit(policy: WatchdogPolicy, speed: float = 1.0) -> str:
+    """The crash-loop rule in words, in real time and (at `speed` x) in simulated time."""
+    window = policy.crash_loop_window_s
+    text = (
+        f"more than {policy.crash_loop_max} failures of one bot within {window:g} real s "
+        f"(a run ready for {policy.healthy_after_s:g} s restarts the backoff)"
+    )
+    if speed != 1.0:
+        text += f"; at {speed:g}x that window is {_fmt_uptime(window * speed)} simulated"
+    return text
 
 
 def stop_orphans(orphans: Sequence[Mapping[str, Any]], timeout: float = 20.0) -> None:
@@ -728,6 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="real seconds in which --crash-loop-max failures mean a crash loop (default 600)",
     )
     parser.add_argument(
+        "--healthy-after",
+        type=cli.seconds,
+        default=None,
+        help="real seconds ready after which a bot's restart backoff starts again (default 60)",
+    )
+    parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
     sim = parser.add_argument_group("simulation (--sim)")
@@ -766,6 +808,7 @@ def policy_from_args(args: argparse.Namespace, policy: WatchdogPolicy) -> Watchd
             ("stale_after", "stale_after_s"),
             ("crash_loop_max", "crash_loop_max"),
             ("crash_loop_window", "crash_loop_window_s"),
+            ("healthy_after", "healthy_after_s"),
             ("status_every", "status_every_s"),
         )
         if getattr(args, flag, None) is not None
