@@ -56,7 +56,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -78,9 +78,9 @@ READY_EVENTS = {EXIT_MANAGER: "reconciliation_report", DAY_TRADER: "reconciled"}
 WATCHED = (
     "entry_sent", "exit_triggered", "order_sent", "eod_flatten", "connected",
     "reconciliation_report", "reconciled", "bot_started", "bot_hung", "bot_failed",
-    "crash_loop_gave_up", "protection_placed", "exit_sent", "sell_rejected",
+    "crash_loop_gave_up", "protection_placed", "exit_sent", "sell_rejected", "entries_paused",
+    "entries_resumed",
 )  # fmt: skip
-NOT_READY = "exit_manager_not_ready"  # the day trader's reason for an entry it refused
 
 
 # -- pure checks ------------------------------------------------------------------------------
@@ -292,6 +292,7 @@ class Restart:
     failed_at: float  # the kill (or the supervisor's hung verdict)
     to_process: float | None  # seconds to the supervisor's bot_started
     to_ready: float | None  # seconds to the new process's first reconciliation
+    in_loop: bool = False  # the supervisor counted it as a repeat failure (backoff grows)
 
 
 def restart_times(
@@ -426,14 +427,13 @@ class LogTail:
                 self._line(path, line)
 
     def _line(self, path: Path, line: str) -> None:
-        refused = f'"{NOT_READY}"' in line
-        if not refused and not any(f'"{name}"' in line for name in WATCHED):
+        if not any(f'"{name}"' in line for name in WATCHED):
             return
         try:
             record = json.loads(line)
         except ValueError:
             return
-        if record.get("event") not in WATCHED and not refused:
+        if record.get("event") not in WATCHED:
             return
         record["_t"] = _ts(record["ts"])
         record["_seen"] = time.time()
@@ -592,6 +592,7 @@ class ChaosDay:
             "--speed", f"{c.speed:g}", "--date", c.trading_date.isoformat(), "--start", c.start,
             "--symbols", str(c.symbols), "--run-dir", str(self.run_dir), "--status-every", "3600",
             "--allow-shorting", "--stale-after", f"{STALE_AFTER_S:g}",
+            "--healthy-after", f"{HEALTHY_AFTER_S:g}",
         ]  # fmt: skip
         if not give_up:
             argv += ["--crash-loop-max", str(FAR_LIMIT)]
@@ -935,17 +936,9 @@ class ChaosDay:
             (f"longest unprotected (poller, {self.config.poll_s * 1000:.0f} ms)",
              f"{longest_polled.seconds:.2f} s {longest_polled.symbol}" if longest_polled else "none"),
         ]  # fmt: skip
-        for bot in (EXIT_MANAGER, DAY_TRADER):
-            mine = [r for r in restarts if r.bot == bot]
-            rows.append(
-                (
-                    f"{bot} restart: to new process",
-                    percentiles([r.to_process for r in mine if r.to_process is not None]),
-                )
-            )
-            rows.append((f"{bot} restart: to reconciled", percentiles([r.to_ready for r in mine if r.to_ready is not None])))  # fmt: skip
-        refused = sum(1 for e in events if e.get("reason") == NOT_READY)
-        rows.append(("entries refused: exit manager not ready", str(refused)))
+        rows += restart_rows(restarts)
+        rows.append(("entries paused for the exit manager", paused_text(events)))
+        rows.append(("unprotected > limit, by first cause", _by_cause(over)))
         rows.append(("supervisor exit code", str(code)))
         violations = []
         for name, found in (
@@ -982,7 +975,11 @@ class ChaosDay:
             ready = [
                 e["_t"] for e in events if e["event"] == READY_EVENTS[bot] and e["_bot"] == bot
             ]
-            found += restart_times(bot, failures, starts, ready)
+            failed = [e for e in events if e["event"] == "bot_failed" and e.get("child") == bot]
+            for restart in restart_times(bot, failures, starts, ready):
+                verdict = next((e for e in failed if e["_t"] >= restart.failed_at - 0.05), None)
+                in_loop = verdict is not None and int(verdict.get("failures", 1)) > 1
+                found.append(replace(restart, in_loop=in_loop))
         return found
 
 
@@ -1025,7 +1022,7 @@ def give_up_case(config: ChaosConfig) -> tuple[list[tuple[str, str]], list[str]]
     run_dir = config.out / "give_up"
     day = ChaosDay(config, DEFAULT_SEEDS[0], 0, run_dir)
     start = (datetime.strptime(config.start, "%H:%M") + timedelta(minutes=40)).strftime("%H:%M")
-    day.config = ChaosConfig(**{**config.__dict__, "start": start})
+    day.config = replace(config, start=start)
     day.start(give_up=True)
     assert day.process is not None
     deadline = time.time() + 240
@@ -1193,16 +1190,45 @@ def summarize(results: Sequence[DayResult], config: ChaosConfig) -> list[tuple[s
         ("unprotected intervals", f"{len(intervals)}, {sum(i.seconds > config.max_unprotected_s for i, _ in intervals)} over {config.max_unprotected_s:g} s"),
         ("longest unprotected", _interval_text(longest, config.speed)),
     ]  # fmt: skip
+    rows += restart_rows(restarts)
+    over = [x for x in intervals if x[0].seconds > config.max_unprotected_s]
+    rows.append(("unprotected > limit, by first cause", _by_cause(over)))
+    return rows
+
+
+def restart_rows(restarts: Sequence[Restart]) -> list[tuple[str, str]]:
+    """Restart figures per bot: to a new process and to reconciled, the latter split into
+    failures after a healthy run and repeats (in a loop, where the backoff grows)."""
+    rows = []
     for bot in (EXIT_MANAGER, DAY_TRADER):
         mine = [r for r in restarts if r.bot == bot]
-        rows.append(
-            (
-                f"{bot} restart: to new process",
-                percentiles([r.to_process for r in mine if r.to_process is not None]),
-            )
-        )
-        rows.append((f"{bot} restart: to reconciled", percentiles([r.to_ready for r in mine if r.to_ready is not None])))  # fmt: skip
+        to_process = [r.to_process for r in mine if r.to_process is not None]
+        rows.append((f"{bot} restart: to new process", percentiles(to_process)))
+        for label, group in (
+            ("after a healthy run", [r for r in mine if not r.in_loop]),
+            ("in a loop", [r for r in mine if r.in_loop]),
+        ):
+            ready = [r.to_ready for r in group if r.to_ready is not None]
+            rows.append((f"{bot} restart: to reconciled, {label}", percentiles(ready)))
     return rows
+
+
+def paused_text(events: Sequence[Mapping[str, Any]]) -> str:
+    """How often and how long the day trader held entries back for the exit manager."""
+    paused_at: float | None = None
+    spans = []
+    for e in sorted(events, key=lambda e: e["_t"]):
+        if e["event"] == "entries_paused":
+            paused_at = e["_t"] if paused_at is None else paused_at
+        elif e["event"] == "entries_resumed" and paused_at is not None:
+            spans.append(e["_t"] - paused_at)
+            paused_at = None
+    return f"{len(spans)} times, {sum(spans):.1f} s in all" if spans else "never"
+
+
+def _by_cause(items: Sequence[tuple[Interval, str]]) -> str:
+    causes = Counter(cause.split(";")[0].split(" ")[0] for _, cause in items)
+    return ", ".join(f"{c} {n}" for c, n in causes.most_common()) or "-"
 
 
 if __name__ == "__main__":
