@@ -43,7 +43,15 @@ from ib_async import CommissionReport, Contract, Fill, LimitOrder, OrderStatus, 
 
 from core import cli
 from core.broker import BrokerSession
-from core.clock import NEW_YORK, FileTimeSource, MarketClock, Session, get_clock, set_clock
+from core.clock import (
+    NEW_YORK,
+    FileTimeSource,
+    MarketClock,
+    Session,
+    get_clock,
+    preload_calendar,
+    set_clock,
+)
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger, setup_logging
 from core.money import (
@@ -1432,6 +1440,7 @@ async def _run(settings: Settings, options: DayTraderOptions) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    preload_calendar()  # built while it connects and reconciles, not after (back sooner)
     # `kill -USR1 <pid>` prints every thread's stack: the way to see a hang in production.
     with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file
         faulthandler.register(signal.SIGUSR1, all_threads=True)

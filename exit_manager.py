@@ -28,7 +28,7 @@ from ib_async import CommissionReport, Contract, Fill, Order, Position, Stock, T
 
 from core import cli
 from core.broker import BrokerSession
-from core.clock import MarketClock, get_clock, set_clock
+from core.clock import MarketClock, calendar_loaded, get_clock, preload_calendar, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
 from core.orders import IntentOrders, is_rejected
@@ -525,11 +525,16 @@ class ExitManager:
         if plan.cancel and not await self._cancel_confirmed(symbol, cancels):
             raise ReconcileError(f"{symbol}: cancels of our sells were not confirmed")
         for pos, qty in plan.protect:
-            after_flatten = self._phase() in (DayPhase.FLATTEN, DayPhase.SWEEP)
-            if after_flatten and self.cooldown_until.get(symbol, 0) <= self.clock.epoch():
+            if self._flatten_due() and self.cooldown_until.get(symbol, 0) <= self.clock.epoch():
                 await self._exit_locked(symbol, PURPOSE_EOD)  # after the flatten: no new sets
             else:
                 await self._protect_locked(pos, qty)
+
+    def _flatten_due(self) -> bool:
+        """True after the EOD flatten (sell, place no new set). Until the exchange calendar
+        has loaded, a second after start, False: a restarted exit manager protects at once
+        (a set is always safe) and the EOD check sells once it knows the phase."""
+        return calendar_loaded() and self._phase() in (DayPhase.FLATTEN, DayPhase.SWEEP)
 
     def _forget(self, symbol: str) -> None:
         self.held.pop(symbol, None)
@@ -948,6 +953,8 @@ class ExitManager:
         symbol = pos.symbol
         if symbol in self.busy or self.cooldown_until.get(symbol, 0) > now:
             return
+        if not calendar_loaded():
+            return  # a second after start: its server stop is in charge until it loads
         if self.rejects.is_blocked(symbol):
             return  # given up after repeated rejects: alerted once, no loop
         if self._seen_qty.get(symbol, 1) <= 0:
@@ -978,6 +985,8 @@ class ExitManager:
                 await asyncio.wait_for(self._stop.wait(), 0.25)
             if self._stop.is_set():
                 return
+            if not calendar_loaded():
+                continue  # its first load would stall this loop: positions are protected
             self._check_quotes()
             self._check_server_stops()
             await self._check_eod()
@@ -1204,6 +1213,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    preload_calendar()  # while it connects and reconciles
     try:
         settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)

@@ -462,6 +462,51 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
     run(scenario())
 
 
+def _log_events(folder: Path, name: str) -> list[dict[str, Any]]:
+    import json
+
+    found = []
+    for path in sorted(folder.glob("exit_manager_run_*.json")):
+        for line in path.read_text().splitlines():
+            if f'"{name}"' in line:
+                found.append(json.loads(line))
+    return [e for e in found if e["event"] == name]
+
+
+def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_for_the_calendar(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Killed 2 ms after exit_triggered (its set cancelled, the sell not yet sent), a position
+    has no stop until the next exit manager protects it; that one built the exchange
+    calendar (about 1 s) between connecting and placing the stop."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, speed=60.0) as gw:
+            db, _clock = sim_db(gw)
+            async with day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)  # held with no stop: what the kill left
+                await buy(dt, db, "NVDA", 20)
+                proc = subprocess.Popen(
+                    _exit_manager_args(gw, db), env=_subprocess_env(tmp_path, gw),
+                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                try:
+                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                                   and one_protective_set(s, "NVDA", 20), 30, "both protected")  # fmt: skip
+                    logged = lambda: _log_events(tmp_path / "logs", "protection_placed")  # noqa: E731
+                    await until(lambda: len(logged()) >= 2, 5, "both sets in the log")
+                    placed = logged()
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.to_thread(proc.wait, 15)
+        ts = lambda e: datetime.fromisoformat(e["ts"]).timestamp()  # noqa: E731
+        connected = ts(_log_events(tmp_path / "logs", "connected")[0])
+        took = max(ts(e) for e in placed[:2]) - connected
+        assert took < 0.5, f"stops placed {took:.2f} s after connecting"
+
+    run(scenario())
+
+
 def test_exit_manager_dying_between_the_two_orders_of_a_set_leaves_a_stop_not_a_lone_target(
     tmp_path: Path, sim_db: Any
 ) -> None:
