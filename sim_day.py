@@ -383,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
         policy = policy_from_args(
             args,
             WatchdogPolicy(
-                poll_seconds=0.5,
+                poll_seconds=0.25,
                 stale_after_s=options.stale_after_s,
                 startup_grace_s=90.0,
                 backoff_initial_s=1.0,

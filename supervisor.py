@@ -186,7 +186,7 @@ class BotSpec:
 class WatchdogPolicy:
     """Timings, all in real seconds (heartbeats are stamped with wall time)."""
 
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.25  # a dead exit manager is seen (and restarted) this soon
     stale_after_s: float = 90.0
     startup_grace_s: float = 120.0
     backoff_initial_s: float = 1.0  # the day trader's first restart: back within 5 s
@@ -458,7 +458,7 @@ class Supervisor:
                     age = "never" if verdict.age_s is None else f"{verdict.age_s:.0f} s ago"
                     log.error("bot_hung", child=name, pid=bot.pid, last_beat=age)
                     # A hung process gets little time: its positions wait meanwhile.
-                    self.stop_bot(bot, "heartbeat stale", timeout=5.0)
+                    self.stop_bot(bot, "heartbeat stale", timeout=1.0)
                     bot.process = None
                     self._schedule_restart(bot, now, f"hung (last heartbeat {age})")
                     continue
