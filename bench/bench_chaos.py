@@ -376,6 +376,7 @@ class LogTail:
         self.partial: dict[Path, str] = {}
         self.events: list[dict[str, Any]] = []
         self.triggers: list[Trigger] = []
+        self.pids: dict[str, int] = {}  # bot -> pid of its latest start (the supervisor's log)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self._last_glob = 0.0
@@ -439,6 +440,8 @@ class LogTail:
         record["_seen"] = time.time()
         record["_bot"] = path.name.split("_run_")[0]
         self.events.append(record)
+        if record["event"] == "bot_started":
+            self.pids[record["child"]] = int(record["pid"])
         with self.lock:
             fired = next((t for t in self.triggers if t.matches(record)), None)
             if fired is not None:
@@ -472,70 +475,119 @@ class Trigger:
 
 
 class Poller:
-    """Reads the gateway's state every `period_s`: samples, violations seen, the last state."""
+    """Reads the gateway's state every `period_s` in a process of its own (decoding the
+    state must not hold up the log tail that times the aimed kills): samples, the
+    problems seen, how long the database's positions differed from the gateway's, and the
+    last state. `stop()` ends it and loads what it found."""
 
-    def __init__(self, control_port: int, period_s: float, db: Any, day: str) -> None:
-        self.port = control_port
-        self.period_s = period_s
-        self.db = db
-        self.day = day
+    def __init__(self, control_port: int, period_s: float, info: Mapping[str, Any],
+                 folder: Path) -> None:  # fmt: skip
+        import multiprocessing
+
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self.process = context.Process(
+            target=_poll_loop,
+            args=(control_port, period_s, info["database"], info["clock_file"], str(folder),
+                  self._stop),
+            name="chaos-poller", daemon=True,
+        )  # fmt: skip
         self.samples: list[Sample] = []
         self.last_state: dict[str, Any] | None = None
         self.set_problems: list[tuple[float, str]] = []
         self.negative: list[tuple[float, str]] = []
-        self.db_drift: dict[str, float] = {}  # symbol -> since (wall) while db != gateway
         self.longest_drift = (0.0, "")
-        self.polls = self.failures = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="poller", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        self.process.start()
 
-    def _run(self) -> None:
-        from ibsim.ctl import call
+    def latest(self) -> Sample | None:
+        """The newest sample, read while the poller runs."""
+        with contextlib.suppress(OSError, ValueError):
+            t, positions, cover = json.loads((self.folder / "latest.json").read_text())
+            return Sample(t, positions, cover)
+        return None
 
-        next_at = time.monotonic()
-        next_db = 0.0
-        while not self.stop.is_set():
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.join(30)
+        with contextlib.suppress(OSError):
+            for line in (self.folder / "samples.jsonl").read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    t, positions, cover = json.loads(line)
+                    self.samples.append(Sample(t, positions, cover))
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads((self.folder / "found.json").read_text())
+            self.last_state = found["last_state"]
+            self.set_problems = [tuple(x) for x in found["set_problems"]]
+            self.negative = [tuple(x) for x in found["negative"]]
+            self.longest_drift = tuple(found["longest_drift"])
+
+
+def _poll_loop(port: int, period_s: float, database: str, clock_file: str, folder: str,
+               stop: Any) -> None:  # fmt: skip
+    """The poller process: one state request per period until `stop` is set."""
+    sys.path.insert(0, str(ROOT))
+    from core.clock import FileTimeSource, MarketClock
+    from ibsim.ctl import call
+    from observability import TradingDatabase
+
+    out = Path(folder)
+    db = TradingDatabase(database, clock=MarketClock(FileTimeSource(clock_file)))
+    found: dict[str, Any] = {"last_state": None, "set_problems": [], "negative": [],
+                             "longest_drift": (0.0, "")}  # fmt: skip
+    drift: dict[str, float] = {}  # symbol -> since (wall) while the database differs
+    next_at = time.monotonic()
+    next_db = 0.0
+    with (out / "samples.jsonl").open("a") as samples:
+        while not stop.is_set():
             t = time.time()
             try:
-                reply = call(self.port, "state", {}, timeout=2.0)
+                reply = call(port, "state", {}, timeout=2.0)
             except OSError:
                 reply = {"ok": False}
-                self.failures += 1
             if reply.get("ok"):
                 state = reply["result"]
-                self.polls += 1
-                self.last_state = state
-                self.samples.append(sample_of(state, t))
-                for problem in working_set_problems(state["open_orders"]):
-                    self.set_problems.append((t, problem))
-                for p in state["positions"]:
-                    if float(p["quantity"]) < 0:
-                        self.negative.append((t, f"{p['symbol']} {p['quantity']}"))
+                found["last_state"] = state
+                sample = sample_of(state, t)
+                line = json.dumps([t, sample.positions, sample.stop_cover])
+                samples.write(line + "\n")
+                samples.flush()
+                tmp = out / "latest.json.tmp"
+                tmp.write_text(line)
+                os.replace(tmp, out / "latest.json")
+                found["set_problems"] += [
+                    (t, p) for p in working_set_problems(state["open_orders"])
+                ]
+                found["negative"] += [(t, f"{p['symbol']} {p['quantity']}")
+                                      for p in state["positions"] if float(p["quantity"]) < 0]  # fmt: skip
                 if t >= next_db:
                     next_db = t + 1.0
-                    self._compare_db(state, t)
-            next_at += self.period_s
+                    _compare_db(db, state, t, drift, found)
+            next_at += period_s
             time.sleep(max(0.0, next_at - time.monotonic()))
-            if next_at < time.monotonic() - self.period_s:
+            if next_at < time.monotonic() - period_s:
                 next_at = time.monotonic()
+    (out / "found.json").write_text(json.dumps(found, default=str))
 
-    def _compare_db(self, state: Mapping[str, Any], t: float) -> None:
-        """How long the database's active positions stayed different from the gateway's."""
-        try:
-            rows = self.db.get_active_positions()
-        except Exception:  # a locked or busy database: look again next time
-            return
-        differ = {line.split(":")[0] for line in positions_disagree(rows, state["positions"])}
-        for symbol in list(self.db_drift):
-            if symbol not in differ:
-                since = self.db_drift.pop(symbol)
-                if t - since > self.longest_drift[0]:
-                    self.longest_drift = (t - since, symbol)
-        for symbol in differ:
-            self.db_drift.setdefault(symbol, t)
+
+def _compare_db(db: Any, state: Mapping[str, Any], t: float, drift: dict[str, float],
+                found: dict[str, Any]) -> None:  # fmt: skip
+    """Track how long the database's active positions stayed different from the gateway's."""
+    try:
+        rows = db.get_active_positions()
+    except Exception:  # a locked or busy database: look again next time
+        return
+    differ = {line.split(":")[0] for line in positions_disagree(rows, state["positions"])}
+    for symbol in list(drift):
+        if symbol not in differ:
+            since = drift.pop(symbol)
+            if t - since > found["longest_drift"][0]:
+                found["longest_drift"] = (t - since, symbol)
+    for symbol in differ:
+        drift.setdefault(symbol, t)
 
 
 @dataclass
@@ -627,7 +679,7 @@ class ChaosDay:
         self.tail = LogTail(self.run_dir / "logs")
         self.tail.start()
         self.poller = Poller(
-            self.info["control_port"], self.config.poll_s, self.db, self.info["trading_date"]
+            self.info["control_port"], self.config.poll_s, self.info, self.run_dir / "poll"
         )
         self.poller.start()
 
@@ -644,8 +696,17 @@ class ChaosDay:
         return self.wall_of(moment.timestamp())
 
     def bot_pid(self, bot: str) -> int | None:
+        """The running pid of `bot`: the supervisor's latest start (fast), else its children."""
         import psutil
 
+        cached = self.tail.pids.get(bot) if hasattr(self, "tail") else None
+        if cached is not None:
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(cached).status() not in (
+                    psutil.STATUS_ZOMBIE,
+                    psutil.STATUS_DEAD,
+                ):
+                    return cached
         try:
             children = psutil.Process(int(self.info["pid"])).children()
         except psutil.NoSuchProcess:
@@ -753,8 +814,8 @@ class ChaosDay:
             ok, _ = self.control("pacing_violation_next", client_id=CLIENT_IDS[DAY_TRADER])
             fault = Fault("162", start, DAY_TRADER)
         elif kind == "stop_ticks":
-            state = self.poller.last_state or {}
-            held = [p["symbol"] for p in state.get("positions", []) if p["quantity"]]
+            latest = self.poller.latest()
+            held = [s for s, q in (latest.positions if latest else {}).items() if q > 0]
             if not held:
                 _, health = self.control("health")
                 held = list((health or {}).get("symbols", [])) if isinstance(health, dict) else []
@@ -869,9 +930,8 @@ class ChaosDay:
 
     def finish_watching(self) -> None:
         self.tail.disarm()
-        self.poller.stop.set()
         self.tail.stop.set()
-        self.poller.thread.join(5)
+        self.poller.stop()
         self.tail.thread.join(5)
 
     # -- checks ---------------------------------------------------------------------------
@@ -1026,10 +1086,10 @@ def give_up_case(config: ChaosConfig) -> tuple[list[tuple[str, str]], list[str]]
     day.start(give_up=True)
     assert day.process is not None
     deadline = time.time() + 240
-    # First let it enter and protect (or the case proves nothing about held positions).
+    # First let it enter and protect every position (or the case proves nothing about them).
     while time.time() < deadline and day.process.poll() is None:
-        state = day.poller.last_state or {}
-        if any(p["quantity"] for p in state.get("positions", [])):
+        latest = day.poller.latest()
+        if latest and latest.positions and not unprotected_intervals([latest]):
             break
         time.sleep(0.1)
     killed_at = []
@@ -1043,10 +1103,7 @@ def give_up_case(config: ChaosConfig) -> tuple[list[tuple[str, str]], list[str]]
         time.sleep(0.02)
     code = day.process.wait(timeout=60) if day.process.poll() is None else day.process.poll()
     gave_up = next((e for e in day.tail.events if e["event"] == "crash_loop_gave_up"), None)
-    day.poller.stop.set()
-    day.tail.stop.set()
-    day.poller.thread.join(5)
-    day.tail.thread.join(5)
+    day.finish_watching()
     state = day.poller.last_state or {"positions": [], "open_orders": [], "executions": [],
                                       "completed_orders": []}  # fmt: skip
     held = {p["symbol"]: float(p["quantity"]) for p in state["positions"] if p["quantity"]}
