@@ -15,9 +15,10 @@ Decisions are pure (`entry_rules.evaluate_entry`); this module does the I/O arou
     or reconnect an order is looked up by orderRef, never re-sent (failure modes 1, 11, 13);
   - fills: execDetails is the truth, keyed by execId: a trade row and an active position with
     its target and stop (core.money); the exit manager (another process) protects it;
-  - safety: no order before startup reconciliation; kill switch (file or database flag) and
-    risk limits halt entries only (failure mode 15); SIGINT/SIGTERM cancel working entry BUYs,
-    wait for IB's confirmation, then exit.
+  - safety: no order before startup reconciliation; no entry while the exit manager is not
+    alive and reconciled (its heartbeat, core.heartbeats); kill switch (file or database flag)
+    and risk limits halt entries only (failure mode 15); SIGINT/SIGTERM cancel working entry
+    BUYs, wait for IB's confirmation, then exit.
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ from ib_async import CommissionReport, Contract, Fill, LimitOrder, OrderStatus, 
 
 from core import cli
 from core.broker import BrokerSession
-from core.clock import NEW_YORK, FileTimeSource, MarketClock, Session, get_clock, set_clock
+from core.clock import (
+    NEW_YORK,
+    FileTimeSource,
+    MarketClock,
+    Session,
+    get_clock,
+    preload_calendar,
+    set_clock,
+)
+from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger, setup_logging
 from core.money import (
     entry_shares,
@@ -66,6 +76,7 @@ from entry_rules import (
     DELAYED_DATA,
     DELAYED_DATA_TYPES,
     ENTRY_WORKING,
+    EXIT_MANAGER_NOT_READY,
     KILL_SWITCH,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
@@ -410,6 +421,7 @@ class DayTrader:
         self._req_errors: dict[int, tuple[int, str]] = {}
         self._feeds_generation = -1
         self._net_liq_start: float | None = None
+        self._exit_manager_problem: str | None = None  # why entries wait, as last read
         self._net_liq_day: str | None = None
         self._validated_day: str | None = None
         self._data_notice: str | None = None  # delayed quotes: shown in every heartbeat
@@ -930,9 +942,19 @@ class DayTrader:
         working = frozenset(e.symbol for e in self.working.values()) | pending
         net_liquidation = self._start_net_liquidation()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        book = await loop.run_in_executor(
             self.pool, self.book_from_database, prices, working, net_liquidation
         )
+        self._note_exit_manager(book.exit_manager_problem)
+        return book
+
+    def _note_exit_manager(self, problem: str | None) -> None:
+        """Log when entries start and stop waiting for the exit manager (once per change)."""
+        if problem and not self._exit_manager_problem:
+            log.warning("entries_paused", reason=EXIT_MANAGER_NOT_READY, detail=problem)
+        elif not problem and self._exit_manager_problem:
+            log.info("entries_resumed", waited_for=self._exit_manager_problem)
+        self._exit_manager_problem = problem
 
     def book_from_database(
         self, prices: dict[str, float], working: frozenset[str], net_liquidation: float
@@ -957,6 +979,9 @@ class DayTrader:
             day_pnl=realised + unrealised,
             net_liquidation=net_liquidation,
             kill_switch=self.kill_switch(),
+            exit_manager_problem=exit_manager_problem(
+                self.db.get_heartbeats().get(EXIT_MANAGER), time.time()
+            ),
         )
 
     def kill_switch(self) -> str | None:
@@ -1484,6 +1509,7 @@ async def _run(settings: Settings, options: DayTraderOptions) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    preload_calendar()  # built while it connects and reconciles, not after (back sooner)
     # `kill -USR1 <pid>` prints every thread's stack: the way to see a hang in production.
     with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file
         faulthandler.register(signal.SIGUSR1, all_threads=True)

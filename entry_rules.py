@@ -7,9 +7,10 @@ values it was taken on (`EntryDecision.values`) so a day can be analysed from th
 Rules (issue 6):
   standard    last > VWAP, RSI < 60, ATR% >= 0.3
   gap_and_go  pre-market gap >= 5% vs the previous close, RSI < 60 (VWAP not needed)
-Both also need: no kill switch, under max open positions, daily loss limit not hit, regular
-hours before close - 15 min, the symbol not active / closed today / with a working entry,
-live (not delayed) and fresh data, and the indicators they use past their warm-up.
+Both also need: no kill switch, an exit manager alive and reconciled, under max open positions,
+daily loss limit not hit, regular hours before close - 15 min, the symbol not active / closed
+today / with a working entry, live (not delayed) and fresh data, and the indicators they use
+past their warm-up.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ GAP_AND_GO = "gap_and_go"
 
 # Reasons, stable strings for log analysis.
 KILL_SWITCH = "kill_switch"
+EXIT_MANAGER_NOT_READY = "exit_manager_not_ready"  # nobody would protect the fill
 DAILY_LOSS_LIMIT = "daily_loss_limit"
 MAX_OPEN_POSITIONS = "max_open_positions"
 MARKET_CLOSED = "market_closed"
@@ -105,7 +107,8 @@ class BookState:
 
     `open_positions` counts active positions plus working entry orders (each takes a slot).
     `day_pnl` is today's realised plus unrealised P&L in dollars (nan = unknown);
-    `kill_switch` the reason entries are halted, or None.
+    `kill_switch` the reason entries are halted, or None; `exit_manager_problem` why the
+    exit manager would not protect a fill now (core.heartbeats), or None.
     """
 
     active_symbols: frozenset[str] = frozenset()
@@ -115,6 +118,7 @@ class BookState:
     day_pnl: float = 0.0
     net_liquidation: float = math.nan
     kill_switch: str | None = None
+    exit_manager_problem: str | None = None
 
 
 class EntryDecision(NamedTuple):
@@ -175,6 +179,8 @@ def risk_problem(book: BookState, config: EntryConfig) -> str | None:
     """
     if book.kill_switch:
         return KILL_SWITCH
+    if book.exit_manager_problem:
+        return EXIT_MANAGER_NOT_READY
     limit = daily_loss_limit_usd(book.net_liquidation, config.daily_loss_limit_pct)
     # Unknown P&L or net liquidation: we cannot show the limit is not hit, so no entry.
     if not math.isfinite(limit) or not math.isfinite(book.day_pnl) or book.day_pnl <= -limit:

@@ -28,7 +28,8 @@ from ib_async import CommissionReport, Contract, Fill, Order, Position, Stock, T
 
 from core import cli
 from core.broker import BrokerSession
-from core.clock import MarketClock, get_clock, set_clock
+from core.clock import MarketClock, calendar_loaded, get_clock, preload_calendar, set_clock
+from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
 from core.orders import IntentOrders, is_rejected
 from core.settings import (
@@ -75,7 +76,6 @@ from exit_rules import (
 )
 from observability import DatabaseError, TradingDatabase
 
-HEARTBEAT_SECONDS = 2.0  # real seconds: the supervisor's watchdog runs on wall time
 AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
 DAY_TRADER = "day_trader"
@@ -294,6 +294,7 @@ class ExitManager:
         self.reconciled = False
         self._reconciling = True
         self.state = "RECONCILING"
+        self._beat()  # at once: the day trader sends no entry until this says RECONCILED
         try:
             plan = await self._reconcile()
         except ReconcileError as exc:
@@ -524,11 +525,16 @@ class ExitManager:
         if plan.cancel and not await self._cancel_confirmed(symbol, cancels):
             raise ReconcileError(f"{symbol}: cancels of our sells were not confirmed")
         for pos, qty in plan.protect:
-            after_flatten = self._phase() in (DayPhase.FLATTEN, DayPhase.SWEEP)
-            if after_flatten and self.cooldown_until.get(symbol, 0) <= self.clock.epoch():
+            if self._flatten_due() and self.cooldown_until.get(symbol, 0) <= self.clock.epoch():
                 await self._exit_locked(symbol, PURPOSE_EOD)  # after the flatten: no new sets
             else:
                 await self._protect_locked(pos, qty)
+
+    def _flatten_due(self) -> bool:
+        """True after the EOD flatten (sell, place no new set). Until the exchange calendar
+        has loaded, a second after start, False: a restarted exit manager protects at once
+        (a set is always safe) and the EOD check sells once it knows the phase."""
+        return calendar_loaded() and self._phase() in (DayPhase.FLATTEN, DayPhase.SWEEP)
 
     def _forget(self, symbol: str) -> None:
         self.held.pop(symbol, None)
@@ -553,16 +559,18 @@ class ExitManager:
         await self._place_protective_set(pos, min(quantity, fresh))
 
     async def _place_protective_set(self, pos: HeldPosition, quantity: int) -> list[Trade]:
-        """Send the target LMT + backstop STP (one OCA group) for `quantity`; returns both
-        trades. Raises ConnectionError / OSError when the first could not be sent."""
+        """Send the backstop STP, then the target LMT (one OCA group) for `quantity`; returns
+        both trades. The stop goes first so a set cut short (a crash, a dropped socket
+        between the two) still protects: a lone stop does, a lone target does not.
+        Raises ConnectionError / OSError when the first could not be sent."""
         contract = await self.contract(pos.symbol)
         oca = f"{AGENT}-{pos.symbol}-{uuid.uuid4().hex[:10]}"
         fault = self._bot_stop_fault(pos.symbol)
         stop_price = server_stop_price(pos, fault)
         target, backstop = protective_orders(pos, quantity, oca, self.config, stop_price)
         trades = [
-            self.orders.place(contract, target, purpose=PURPOSE_TARGET),
             self.orders.place(contract, backstop, purpose=PURPOSE_BACKSTOP),
+            self.orders.place(contract, target, purpose=PURPOSE_TARGET),
         ]
         log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
                  target=pos.target_price, server_stop=stop_price, bot_stop=pos.stop_price,
@@ -897,12 +905,15 @@ class ExitManager:
         self._pulse()
         if code == 1100:
             self.reconciled = False  # the 1101/1102 handler reconciles again
+            self._beat()  # no new fill would be protected now: entries wait
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
         self._seen_qty.clear()
         self.tickers.clear()  # ib_async dropped every subscription with the connection
         self._pulse()
+        if not self._stop.is_set():
+            self._beat()
 
     # -- quotes ---------------------------------------------------------------------------
     def _subscribe(self, symbol: str) -> None:
@@ -942,6 +953,8 @@ class ExitManager:
         symbol = pos.symbol
         if symbol in self.busy or self.cooldown_until.get(symbol, 0) > now:
             return
+        if not calendar_loaded():
+            return  # a second after start: its server stop is in charge until it loads
         if self.rejects.is_blocked(symbol):
             return  # given up after repeated rejects: alerted once, no loop
         if self._seen_qty.get(symbol, 1) <= 0:
@@ -972,6 +985,8 @@ class ExitManager:
                 await asyncio.wait_for(self._stop.wait(), 0.25)
             if self._stop.is_set():
                 return
+            if not calendar_loaded():
+                continue  # its first load would stall this loop: positions are protected
             self._check_quotes()
             self._check_server_stops()
             await self._check_eod()
@@ -1086,7 +1101,7 @@ class ExitManager:
         while not self._stop.is_set():
             self._beat()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self._stop.wait(), EXIT_MANAGER_BEAT_S)
 
     # -- running -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -1195,6 +1210,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    preload_calendar()  # while it connects and reconciles
     try:
         settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)

@@ -37,8 +37,10 @@ from supervision import (
     SupervisorLock,
     WatchdogPolicy,
     bot_specs,
+    crash_loop_limit,
     install_signal_handlers,
     lock_path_for,
+    policy_from_args,
     stop_process_tree,
 )
 
@@ -65,6 +67,7 @@ class SimOptions:
     status_every_s: float = 30.0
     stale_after_s: float = 60.0
     end_after_close_minutes: float = END_AFTER_CLOSE_MINUTES
+    allow_shorting: bool = False  # a margin account: an accidental short shows, not a reject
 
 
 def last_trading_date(clock: MarketClock | None = None) -> date:
@@ -103,6 +106,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
     ):
         if getattr(args, flag) is not None:
             changes[name] = getattr(args, flag)
+    if args.allow_shorting:
+        changes["allow_shorting"] = True
     return replace(options, **changes)
 
 
@@ -151,6 +156,7 @@ class SimGateway:
             str(self.clock_file),
             "--log-level",
             "WARNING",
+            *(["--allow-shorting"] if o.allow_shorting else []),
         ]
 
     def start(self) -> None:
@@ -375,20 +381,27 @@ def run(args: argparse.Namespace) -> int:
             day_trader_args=("--symbols", ",".join(universe), "--no-llm", "--retry-seconds", "3"),
             exit_manager_args=("--retry-seconds", "3"),
         )
-        policy = WatchdogPolicy(
-            poll_seconds=0.5,
-            stale_after_s=options.stale_after_s,
-            startup_grace_s=90.0,
-            backoff_initial_s=2.0,
-            backoff_max_s=30.0,
-            status_every_s=options.status_every_s,
+        policy = policy_from_args(
+            args,
+            WatchdogPolicy(
+                poll_seconds=0.25,
+                stale_after_s=options.stale_after_s,
+                startup_grace_s=90.0,
+                backoff_initial_s=1.0,
+                backoff_max_s=30.0,
+                status_every_s=options.status_every_s,
+            ),
         )
         supervisor = Supervisor(db, specs, policy, lock=lock, backup_dir=run_dir / "archive")
         install_signal_handlers(supervisor)
+        print(f"crash loop: {crash_loop_limit(policy, options.speed)}", flush=True)
         session = clock.session(trading_date)
         assert session is not None
         end_at = session.close + timedelta(minutes=options.end_after_close_minutes)
         code = supervisor.run(until=lambda: clock.now() >= end_at)
+        if supervisor.fatal:
+            report_give_up(supervisor.fatal, gateway.state())
+            return code
         if supervisor.stop_requested and clock.now() < end_at:
             print("simulation stopped before the close: no day report", flush=True)
             return 130 if code == 0 else code
@@ -459,6 +472,19 @@ def render_results_commands(db_path: Path, log_dir: Path, day: str) -> str:
     for what, command in results_commands(db_path, log_dir, day):
         lines += [f"  # {what}", f"  {command}"]
     return "\n".join(lines) + "\n"
+
+
+def report_give_up(reason: str, state: dict[str, Any] | None) -> None:
+    """The supervisor gave up mid-day: no day report, but what it left at the simulator."""
+    print(f"the supervisor gave up at {get_clock().now():%H:%M:%S}: {reason}", flush=True)
+    if state is None:
+        print("positions left: unknown (simulator unreachable)", flush=True)
+        return
+    held = {p["symbol"]: p["quantity"] for p in state["positions"] if p["quantity"]}
+    stops = sorted({o["symbol"] for o in state["open_orders"]
+                    if o["action"] == "SELL" and o["order_type"] == "STP"})  # fmt: skip
+    print(f"positions left at the simulated IB: {held or 'none'}; "
+          f"server stops working for: {stops or 'none'}", flush=True)  # fmt: skip
 
 
 def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) -> SimOutcome:

@@ -9,6 +9,7 @@ module imports an entry point (run as a script, it would be a second copy of eve
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -19,7 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import psutil
 
 from core.clock import MarketClock
+from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_READY_STATES
 from core.logs import get_logger, printable
 from core.settings import (
     PROJECT_ROOT,
@@ -37,11 +39,7 @@ from reports import build_day_report, net_pnl_text
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
 
-EXIT_MANAGER = "exit_manager"
 DAY_TRADER = "day_trader"
-# The exit manager's heartbeat state once it has reconciled with IB and protects positions
-# (its others: CONNECTING, RECONCILING, DEGRADED, STOPPED).
-EXIT_MANAGER_READY_STATES = frozenset({"RECONCILED"})
 RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP"
 DAILY_RESET_FLAG = "supervisor_daily_reset"
 
@@ -177,13 +175,16 @@ class BotSpec:
 class WatchdogPolicy:
     """Timings, all in real seconds (heartbeats are stamped with wall time)."""
 
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.25  # a dead exit manager is seen (and restarted) this soon
     stale_after_s: float = 90.0
     startup_grace_s: float = 120.0
-    backoff_initial_s: float = 5.0
+    backoff_initial_s: float = 1.0  # the day trader's first restart: back within 5 s
     backoff_max_s: float = 300.0
     crash_loop_max: int = 5  # restarts within the window before giving up
     crash_loop_window_s: float = 600.0
+    # Ready (the exit manager RECONCILED, the day trader beating) this long is a healthy run:
+    # the next failure is not part of a loop and its restart backoff starts again.
+    healthy_after_s: float = 60.0
     stop_timeout_s: float = 20.0
     status_every_s: float = 300.0
 
@@ -227,6 +228,8 @@ class ManagedBot:
     consecutive_failures: int = 0
     last_exit: str | None = None
     restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    ready_since: float | None = None  # wall time this process was first seen ready, if it is
+    ready_seen_at: float = 0.0  # and last seen ready (a hung bot stops being healthy there)
 
     @property
     def pid(self) -> int | None:
@@ -379,8 +382,10 @@ class Supervisor:
     def _schedule_restart(self, bot: ManagedBot, now: float, why: str) -> None:
         """Count the failure, give up on a crash loop, else pick when to start again."""
         ran_for = now - bot.started_at
-        if ran_for > self.policy.crash_loop_window_s:
-            bot.consecutive_failures = 0  # it ran long enough: this is not a loop
+        healthy_for = bot.ready_seen_at - bot.ready_since if bot.ready_since is not None else 0.0
+        bot.ready_since = None
+        if healthy_for >= self.policy.healthy_after_s:
+            bot.consecutive_failures = 0  # after a healthy run: not a loop, no long backoff
         bot.consecutive_failures += 1
         bot.restart_times.append(now)
         window_start = now - self.policy.crash_loop_window_s
@@ -392,11 +397,16 @@ class Supervisor:
                 child=bot.spec.name,
                 failures_in_window=recent,
                 window_s=self.policy.crash_loop_window_s,
+                window_sim_s=round(self.policy.crash_loop_window_s * self.clock.speed, 1),
+                limit=crash_loop_limit(self.policy, self.clock.speed),
                 last_exit=bot.last_exit,
                 action="fix the cause (see the bot's log), then restart the supervisor",
             )
             if bot.spec.critical:
-                self.fatal = f"{bot.spec.name} failed {recent} times in {self.policy.crash_loop_window_s:g} s"
+                self.fatal = (
+                    f"{bot.spec.name} failed {recent} times: "
+                    f"{crash_loop_limit(self.policy, self.clock.speed)}"
+                )
             return
         if bot.spec.critical:
             delay = 0.0
@@ -437,12 +447,17 @@ class Supervisor:
                     age = "never" if verdict.age_s is None else f"{verdict.age_s:.0f} s ago"
                     log.error("bot_hung", child=name, pid=bot.pid, last_beat=age)
                     # A hung process gets little time: its positions wait meanwhile.
-                    self.stop_bot(bot, "heartbeat stale", timeout=5.0)
+                    self.stop_bot(bot, "heartbeat stale", timeout=1.0)
                     bot.process = None
                     self._schedule_restart(bot, now, f"hung (last heartbeat {age})")
                     continue
                 if verdict.state is not None:
                     bot.state = RUNNING
+                if not self.is_ready(bot, beats, now):
+                    bot.ready_since = None
+                else:
+                    bot.ready_since = bot.ready_since or now
+                    bot.ready_seen_at = now
         for index, name in enumerate(self.order):
             bot = self.bots[name]
             if bot.process is not None or bot.state == GAVE_UP or now < bot.next_start_at:
@@ -508,7 +523,13 @@ class Supervisor:
 
         Returns 0 on a requested stop, 3 when the exit manager crash-looped.
         """
-        log.info("supervisor_started", bots=self.order, pid=os.getpid(), database=str(self.db.path))
+        log.info(
+            "supervisor_started",
+            bots=self.order,
+            pid=os.getpid(),
+            database=str(self.db.path),
+            crash_loop=crash_loop_limit(self.policy, self.clock.speed),
+        )
         try:
             while not self.stop_requested:
                 self.daily_reset_if_new_day()
@@ -526,6 +547,34 @@ class Supervisor:
             self.maybe_status(force=True)
             log.info("supervisor_stopped")
         return 3 if self.fatal else 0
+
+
+def crash_loop_limit(policy: WatchdogPolicy, speed: float = 1.0) -> str:
+    """The crash-loop rule in words, in real time and (at `speed` x) in simulated time."""
+    window = policy.crash_loop_window_s
+    text = (
+        f"more than {policy.crash_loop_max} failures of one bot within {window:g} real s "
+        f"(a run ready for {policy.healthy_after_s:g} s restarts the backoff)"
+    )
+    if speed != 1.0:
+        text += f"; at {speed:g}x that window is {_fmt_uptime(window * speed)} simulated"
+    return text
+
+
+def policy_from_args(args: argparse.Namespace, policy: WatchdogPolicy) -> WatchdogPolicy:
+    """`policy` with the watchdog flags given on the command line on top."""
+    changes = {
+        name: getattr(args, flag)
+        for flag, name in (
+            ("stale_after", "stale_after_s"),
+            ("crash_loop_max", "crash_loop_max"),
+            ("crash_loop_window", "crash_loop_window_s"),
+            ("healthy_after", "healthy_after_s"),
+            ("status_every", "status_every_s"),
+        )
+        if getattr(args, flag, None) is not None
+    }
+    return replace(policy, **changes)
 
 
 def stop_orphans(orphans: Sequence[Mapping[str, Any]], timeout: float = 20.0) -> None:

@@ -36,6 +36,7 @@ from supervision import (
     bot_specs,
     install_signal_handlers,
     lock_path_for,
+    policy_from_args,
     status_from_files,
     stop_orphans,
 )
@@ -63,8 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stale-after",
         type=cli.seconds,
-        default=90.0,
-        help="real seconds without a heartbeat before a bot counts as hung (default 90)",
+        default=None,
+        help="real seconds without a heartbeat before a bot counts as hung (default 90; --sim 60)",
+    )
+    parser.add_argument(
+        "--crash-loop-max",
+        type=cli.ranged(int, 1, 1_000_000),
+        default=None,
+        help="failures of one bot within --crash-loop-window before it is given up (default 5)",
+    )
+    parser.add_argument(
+        "--crash-loop-window",
+        type=cli.seconds,
+        default=None,
+        help="real seconds in which --crash-loop-max failures mean a crash loop (default 600)",
+    )
+    parser.add_argument(
+        "--healthy-after",
+        type=cli.seconds,
+        default=None,
+        help="real seconds ready after which a bot's restart backoff starts again (default 60)",
     )
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
@@ -89,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--run-dir", type=Path, help="folder for the run (default sim_runs/<date>_<seed>)"
     )
+    sim.add_argument(
+        "--allow-shorting",
+        action="store_true",
+        help="a margin account: the simulator accepts a sell below zero, so a short shows",
+    )
     return parser
 
 
@@ -110,10 +134,7 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
         stop_orphans(orphans)
         mode_env, mode_args = bot_mode(settings)
         env = {"DATABASE_PATH": str(db.path), **mode_env}
-        policy = WatchdogPolicy(
-            stale_after_s=args.stale_after,
-            status_every_s=args.status_every if args.status_every is not None else 300.0,
-        )
+        policy = policy_from_args(args, WatchdogPolicy())
         supervisor = Supervisor(
             db,
             bot_specs(allocation, env, day_trader_args=mode_args, exit_manager_args=mode_args),

@@ -161,8 +161,28 @@ class FileTimeSource:
         return self._current().speed()
 
 
-@lru_cache(maxsize=1)
+_calendar_lock = threading.Lock()  # one build, however many threads ask at once
+
+
 def _calendar():  # type: ignore[no-untyped-def]
+    with _calendar_lock:
+        return _build_calendar()
+
+
+def preload_calendar() -> None:
+    """Build the exchange calendar in a background thread now: it takes about a second
+    (pandas, exchange_calendars), and an exit manager restarted with positions to protect
+    must not wait for it between connecting and placing their stops."""
+    threading.Thread(target=_calendar, name="calendar-preload", daemon=True).start()
+
+
+def calendar_loaded() -> bool:
+    """True once the exchange calendar is built: asking it anything is instant from then on."""
+    return _build_calendar.cache_info().currsize > 0
+
+
+@lru_cache(maxsize=1)
+def _build_calendar():  # type: ignore[no-untyped-def]
     import warnings
 
     import exchange_calendars as xcals

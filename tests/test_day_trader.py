@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from ib_async import MarketOrder
 
 import day_trader
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
+from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_FRESH_S
 from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
 from core.settings import env_keys, load_settings
@@ -48,6 +50,7 @@ from entry_rules import (
     DAILY_LOSS_LIMIT,
     DELAYED_DATA,
     ENTRY_WORKING,
+    EXIT_MANAGER_NOT_READY,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
     STALE_QUOTE,
@@ -178,6 +181,36 @@ def entry_intents(db: TradingDatabase) -> list[dict[str, Any]]:
 
 def sim_orders(gw: GatewayThread) -> list[dict[str, Any]]:
     return [*gw.account.open_orders(), *gw.account.completed_orders()]
+
+
+class ExitManagerStandIn:
+    """Beats the exit manager's heartbeat into the test's database twice a second, as a live
+    exit manager would (as `pid`, in `state`): the day trader enters only while one does."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = TradingDatabase(path, clock=MarketClock())  # heartbeats are wall time
+        self.pid = os.getpid()
+        self.state: str | None = "RECONCILED"  # None: beat no more (the last row stays)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.state is not None:
+                self.db.beat(EXIT_MANAGER, self.state, pid=self.pid)
+            self._stop.wait(0.5)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture(autouse=True)
+def exit_manager_stand_in(tmp_path: Path) -> Iterator[ExitManagerStandIn]:
+    stand_in = ExitManagerStandIn(tmp_path / "trading.db")
+    yield stand_in
+    stand_in.close()
 
 
 # -- a simulated morning and a simulated close ---------------------------------------------
@@ -742,6 +775,64 @@ def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: P
         assert first_entry > flagged + 24
 
 
+def test_entries_wait_while_the_exit_manager_is_not_alive_and_reconciled(
+    tmp_path: Path, exit_manager_stand_in: ExitManagerStandIn
+) -> None:
+    """Entries went on while the exit manager was dead (the supervisor only waits for it
+    before starting the day trader): fills nobody protected. Each entry now needs its
+    heartbeat RECONCILED, fresh, from a process that runs; a kill -9 leaves a fresh
+    RECONCILED row behind, so the dead process itself must stop them."""
+    logs = tmp_path / "logs"
+    stand_in = exit_manager_stand_in
+    stand_in.state = "RECONCILING"
+
+    def refused(after: int = 0) -> int:
+        decisions = events(logs, "entry_decision")[after:]
+        return sum(d["reason"] == EXIT_MANAGER_NOT_READY for d in decisions)
+
+    with gateway(tmp_path, dtime(9, 29, 30), speed=60) as gw:
+        db = sim_db(tmp_path)
+        # Every bar's refusal is counted from the log: repeats are logged at DEBUG only.
+        proc = start_trader(gw, tmp_path, env={"LOG_LEVEL": "DEBUG"})
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        try:
+            wait_until(lambda: refused() >= 24, 60, "entries refused while it reconciles", logs)
+            assert entry_intents(db) == []
+            stand_in.state = "RECONCILED"
+            wait_until(lambda: entry_intents(db), 60, "an entry once it reconciled", logs)
+
+            # kill -9 of the exit manager: its last beat stays, fresh and RECONCILED.
+            stand_in.pid = helper.pid
+            wait_until(lambda: db.get_heartbeats()[EXIT_MANAGER]["pid"] == helper.pid, 5,
+                       "beats from the helper process")  # fmt: skip
+            stand_in.state = None
+            helper.kill()
+            helper.wait(5)
+            killed_at = time.time()
+            paused = wait_until(
+                lambda: [e for e in events(logs, "entries_paused") if "not running" in e["detail"]],
+                10, "entries paused for the dead exit manager", logs,
+            )  # fmt: skip
+            waited = datetime.fromisoformat(paused[0]["ts"]).timestamp() - killed_at
+            assert waited < EXIT_MANAGER_FRESH_S / 2, f"paused {waited:.1f} s after the kill"
+            # Free every slot (flat, as the exit manager would close them): only the dead
+            # exit manager may hold entries back now.
+            for row in db.get_active_positions():
+                db.remove_active_position(row["symbol"], row["entry_price"], "MANUAL")
+            entered = len(entry_intents(db))
+            seen = len(events(logs, "entry_decision"))
+            wait_until(lambda: refused(seen) >= 24, 60, "entries refused while it is dead", logs)
+            assert len(entry_intents(db)) == entered
+
+            # A new exit manager reconciled: entries resume.
+            stand_in.pid, stand_in.state = os.getpid(), "RECONCILED"
+            wait_until(lambda: len(entry_intents(db)) > entered, 60, "entries resumed", logs)
+            assert events(logs, "entries_resumed")
+        finally:
+            helper.kill()
+            assert stop_trader(proc) == 0
+
+
 def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path) -> None:
     with gateway(tmp_path, dtime(9, 25), speed=1) as gw:
         proc = start_trader(gw, tmp_path, env={"TRADING_MODE": "live"}, args=["--live"])
@@ -1138,6 +1229,8 @@ def closed_today(db: TradingDatabase, symbol: str, loss: float, agent: str = "da
 
 
 def day_pnl_and_verdict(trader: DayTrader, prices: dict[str, float]) -> tuple[float, str | None]:
+    # A live, reconciled exit manager (this process), so only the book decides the verdict.
+    trader.db.beat(EXIT_MANAGER, "RECONCILED", "test stand-in")
     book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
     return book.day_pnl, risk_problem(book, trader.config)
 
@@ -1193,9 +1286,8 @@ def test_adopted_positions_and_other_agents_rows_are_left_out_of_the_day_pnl(
     db.add_active_position("ADOPTED", 1_000, 50.0, 51.0, 49.0, agent="adopted")
     db.add_active_position("THEIRS", 1_000, 50.0, 51.0, 49.0, agent="swing_trader")
     prices = {"ADOPTED": 30.0}  # -20,000 if it counted; THEIRS has no quote at all
+    assert day_pnl_and_verdict(trader, prices) == (pytest.approx(-500.0), None)
     book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
-    assert book.day_pnl == pytest.approx(-500.0)
-    assert risk_problem(book, trader.config) is None
     assert book.active_symbols == {"ADOPTED", "THEIRS"}
     assert book.open_positions == 2
     assert book.closed_today == {"MINE", "OTHERS", "ADOPTCL"}

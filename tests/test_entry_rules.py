@@ -16,6 +16,7 @@ from entry_rules import (
     DAILY_LOSS_LIMIT,
     DELAYED_DATA,
     ENTRY_WORKING,
+    EXIT_MANAGER_NOT_READY,
     GAP_AND_GO,
     KILL_SWITCH,
     MARKET_CLOSED,
@@ -128,6 +129,7 @@ def test_gap_percent_against_previous_close() -> None:
         (replace(BOOK, working_entries=frozenset({"ABC"})), ENTRY_WORKING),
         (replace(BOOK, open_positions=4), MAX_OPEN_POSITIONS),
         (replace(BOOK, kill_switch="file KILL_SWITCH"), KILL_SWITCH),
+        (replace(BOOK, exit_manager_problem="exit manager RECONCILING"), EXIT_MANAGER_NOT_READY),
         (replace(BOOK, day_pnl=-2_000.0), DAILY_LOSS_LIMIT),  # 2% of 100k
         (replace(BOOK, day_pnl=math.nan), DAILY_LOSS_LIMIT),  # unknown is not "fine"
         (replace(BOOK, net_liquidation=math.nan), DAILY_LOSS_LIMIT),

@@ -463,6 +463,77 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
     run(scenario())
 
 
+def _log_events(folder: Path, name: str) -> list[dict[str, Any]]:
+    import json
+
+    found = []
+    for path in sorted(folder.glob("exit_manager_run_*.json")):
+        for line in path.read_text().splitlines():
+            if f'"{name}"' in line:
+                found.append(json.loads(line))
+    return [e for e in found if e["event"] == name]
+
+
+def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_for_the_calendar(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Killed 2 ms after exit_triggered (its set cancelled, the sell not yet sent), a position
+    has no stop until the next exit manager protects it; that one built the exchange
+    calendar (about 1 s) between connecting and placing the stop."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, speed=60.0) as gw:
+            db, _clock = sim_db(gw)
+            async with day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)  # held with no stop: what the kill left
+                await buy(dt, db, "NVDA", 20)
+                proc = subprocess.Popen(
+                    _exit_manager_args(gw, db), env=_subprocess_env(tmp_path, gw),
+                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                try:
+                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                                   and one_protective_set(s, "NVDA", 20), 30, "both protected")  # fmt: skip
+                    logged = lambda: _log_events(tmp_path / "logs", "protection_placed")  # noqa: E731
+                    await until(lambda: len(logged()) >= 2, 5, "both sets in the log")
+                    placed = logged()
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.to_thread(proc.wait, 15)
+        ts = lambda e: datetime.fromisoformat(e["ts"]).timestamp()  # noqa: E731
+        connected = ts(_log_events(tmp_path / "logs", "connected")[0])
+        took = max(ts(e) for e in placed[:2]) - connected
+        assert took < 0.5, f"stops placed {took:.2f} s after connecting"
+
+    run(scenario())
+
+
+def test_exit_manager_dying_between_the_two_orders_of_a_set_leaves_a_stop_not_a_lone_target(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """A kill between the target LMT and the STP of one set left a lone LMT and the position
+    with no stop at IB until the next exit manager reconciled: the STP goes first."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                # The set's first order reaches IB; nothing after it does (as from a process
+                # that died right after sending it).
+                await gw_call(gw.faults.go_silent_after_next_order, EM)
+                await buy(dt, db, "AMD", 40)
+                first = await until_gw(gw, lambda s: em_orders(s, "AMD"), 3, "first leg at IB")
+                await until(lambda: any(i["purpose"] == "PROTECT_TARGET" for i in
+                                        db.get_intents_by_date("2026-11-25")), 3, "second leg sent")  # fmt: skip
+                state = await gw_call(gw.account.state)
+                assert em_orders(state, "AMD") == first, "only the first leg reached IB"
+                assert [(o["order_type"], o["quantity"]) for o in first] == [("STP", 40)]
+                assert first[0]["state"] in {"PRE_SUBMITTED", "SUBMITTED"}
+                await gw_call(gw.faults.resume, EM)
+
+    run(scenario())
+
+
 def test_paper_run_on_a_live_account_is_refused_at_connect_and_a_live_run_protects_it(
     tmp_path: Path, sim_db: Any
 ) -> None:
@@ -661,6 +732,39 @@ def test_connectivity_restored_resubscribes_and_reconciles(
                 await until(lambda: db.was_closed_today("MSFT"), 3, "bot stop after restore")
                 done = await gw_call(gw.account.completed_orders)
                 assert any(o["tif"] == "IOC" and o["status"] == "Filled" for o in done)
+
+    run(scenario())
+
+
+def test_exit_manager_that_loses_ib_or_reconciles_says_so_in_its_heartbeat_at_once(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The day trader reads this row before each entry; beating every 2 s left it RECONCILED
+    for up to 2 s after the exit manager could no longer protect a fill."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, retry_seconds=5.0) as manager:
+                state = lambda: db.get_heartbeats()[AGENT]["state"]  # noqa: E731
+                assert state() == "RECONCILED"
+                await gw_call(gw.faults.connectivity_lost, EM)  # 1100
+                await until(lambda: not manager.reconciled, 3, "1100 seen")
+                assert state() != "RECONCILED"
+                at_start: list[str] = []
+                reconcile = manager._reconcile
+
+                async def seen_at_start() -> Any:
+                    at_start.append(state())
+                    return await reconcile()
+
+                manager._reconcile = seen_at_start  # type: ignore[method-assign]
+                await gw_call(gw.faults.connectivity_restored, EM)  # 1102: reconcile again
+                await until(lambda: manager.reconciled and state() == "RECONCILED", 5, "back")
+                assert at_start == ["RECONCILING"]
+                await gw_call(gw.faults.drop_client, EM)
+                await until(lambda: not manager.reconciled, 3, "disconnect seen")
+                assert state() != "RECONCILED"
 
     run(scenario())
 

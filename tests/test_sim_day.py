@@ -16,7 +16,7 @@ import sim_day
 from core.clock import NEW_YORK, MarketClock
 from core.settings import PROJECT_ROOT, env_keys
 from observability import TradingDatabase
-from supervision import SupervisorError
+from supervision import SupervisorError, policy_from_args
 from supervisor import build_parser
 
 DAY = date(2026, 11, 24)
@@ -234,3 +234,25 @@ def test_supervisor_sim_refuses_a_project_folder_as_run_dir_and_deletes_nothing(
         "run: pass a new or empty folder (nothing was deleted)"
     ]
     assert tree(project) == before
+
+
+def test_allow_shorting_makes_the_simulated_account_a_margin_account():
+    # A cash account rejects a sell below zero, which hides an accidental short.
+    plain = sim_day.SimGateway(sim_day.options_from_args(sim_args()), DAY, Path("run"))
+    margin = sim_day.SimGateway(
+        sim_day.options_from_args(sim_args("--allow-shorting")), DAY, Path("run")
+    )
+    assert "--allow-shorting" not in plain.argv()
+    assert "--allow-shorting" in margin.argv()
+
+
+def test_watchdog_flags_reach_the_simulated_days_policy():
+    base = sim_day.WatchdogPolicy(stale_after_s=60.0, crash_loop_max=5)
+    args = sim_args("--stale-after", "15", "--crash-loop-max", "1000", "--crash-loop-window", "900")
+    policy = policy_from_args(args, base)
+    assert (policy.stale_after_s, policy.crash_loop_max, policy.crash_loop_window_s) == (
+        15.0,
+        1000,
+        900.0,
+    )
+    assert policy_from_args(sim_args(), base) == base

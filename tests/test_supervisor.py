@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -202,6 +203,47 @@ def test_crash_loop_is_capped_and_reported_not_spun_forever(fake_bot, wall_db):
         assert "GAVE_UP" in supervisor.printed[-1]
     finally:
         supervisor.stop_all("test over")
+
+
+def test_restart_backoff_starts_again_after_a_healthy_run_and_grows_only_in_a_loop(
+    fake_bot, wall_db
+):
+    """The backoff (2, 4, 8, 16, 30 s) never reset within a simulated day (a reset needed a
+    600 s run), so a day trader killed for the fifth time was away for 30 s."""
+    policy = replace(FAST, healthy_after_s=0.5, crash_loop_max=50)
+    supervisor = sup.Supervisor(
+        wall_db,
+        [
+            spec(fake_bot, wall_db, "exit_manager", critical=True),
+            spec(fake_bot, wall_db, "day_trader"),
+        ],
+        policy,
+        print_status=lambda _: None,
+    )
+    dt = supervisor.bots["day_trader"]
+    failures = []
+    try:
+        for healthy in (True, True, False, False, True):
+            drive(supervisor, lambda: dt.is_alive() and dt.ready_since is not None, 10, "ready")
+            if healthy:
+                since = dt.ready_since
+                drive(supervisor, lambda s=since: dt.ready_seen_at - s >= 0.6, 10, "healthy")
+            psutil.Process(dt.pid).kill()
+            wait_for(lambda: not dt.is_alive(), 5, "day trader dead")
+            supervisor.poll_once()
+            failures.append(dt.consecutive_failures)
+        # After a healthy run the first backoff again; in a loop it doubles.
+        assert failures == [1, 1, 2, 3, 1]
+        assert dt.next_start_at - time.time() <= policy.backoff_initial_s
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_crash_loop_limit_is_stated_in_real_and_simulated_time():
+    text = sup.crash_loop_limit(sup.WatchdogPolicy(), speed=110.0)
+    assert "more than 5 failures of one bot within 600 real s" in text
+    assert "at 110x that window is 18h20m simulated" in text
+    assert "simulated" not in sup.crash_loop_limit(sup.WatchdogPolicy())
 
 
 def test_exit_manager_crash_loop_stops_day_trader_and_run_returns_3(fake_bot, wall_db):

@@ -1,0 +1,52 @@
+"""When the exit manager protects positions, read from its heartbeat (one rule, two readers).
+
+The exit manager writes its heartbeat row (`TradingDatabase.beat`, wall time) every
+EXIT_MANAGER_BEAT_S and at once when it loses IB or starts reconciling. The supervisor starts
+the day trader only once that row says ready; the day trader sends a new entry only while it
+still does, since a fill nobody protects has no stop at IB (issue 12: entries went on while
+the exit manager was dead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psutil
+
+EXIT_MANAGER = "exit_manager"
+EXIT_MANAGER_BEAT_S = 2.0  # real seconds between the exit manager's heartbeats
+# Its heartbeat states once it has reconciled with IB and protects every position
+# (the others: CONNECTING, RECONCILING, DEGRADED, STOPPED).
+EXIT_MANAGER_READY_STATES = frozenset({"RECONCILED"})
+# Three beats missed: hung (SIGSTOP, a blocked loop) or locked out of the database.
+EXIT_MANAGER_FRESH_S = 3 * EXIT_MANAGER_BEAT_S
+
+
+def process_alive(pid: int) -> bool:
+    """True when `pid` runs (a killed process not yet reaped by its parent does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def exit_manager_problem(
+    beat: Mapping[str, Any] | None,
+    now: float,
+    alive: Callable[[int], bool] = process_alive,
+) -> str | None:
+    """Why the exit manager cannot be counted on to protect a fill now, or None when it can:
+    its last beat (None: it never beat) must say ready, be at most EXIT_MANAGER_FRESH_S old
+    at wall time `now`, and come from a process that still runs (a kill -9 leaves a fresh
+    ready row behind)."""
+    if beat is None:
+        return "no exit manager heartbeat"
+    if beat["state"] not in EXIT_MANAGER_READY_STATES:
+        return f"exit manager {beat['state']}"
+    age = now - float(beat["beat_at"])
+    if age > EXIT_MANAGER_FRESH_S:
+        return f"exit manager heartbeat {age:.1f} s old"
+    if not alive(int(beat["pid"])):
+        return f"exit manager process {beat['pid']} is not running"
+    return None
