@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from ib_async import LimitOrder, MarketOrder
@@ -134,6 +135,15 @@ def test_unreachable_gateway_is_one_clear_line(tmp_path):
     assert "connection refused" in result.stderr
 
 
+def _send_entry_and_wait_for_its_fill(ib: Any, symbol: str, quantity: int, order_ref: str) -> None:
+    """An entry written (with its intent) before the halt reaches IB now, as the day trader's
+    send would, and fills."""
+    order = MarketOrder("BUY", quantity, tif="DAY")
+    order.orderRef = order_ref
+    trade = ib.placeOrder(stock(ib, symbol), order)
+    wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, f"the {symbol} entry's fill")
+
+
 def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway, tmp_path):
     """The flake of test_end_to_end (NOT FLAT): an entry whose intent was written just before
     the halt reaches IB after the first flatten snapshot and fills. The halt hands that intent
@@ -160,10 +170,7 @@ def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway
                 "the first round's sell",
             )
             # ...then the entry written before the halt reaches IB and fills.
-            order = MarketOrder("BUY", 40, tif="DAY")
-            order.orderRef = late_ref
-            trade = ib.placeOrder(stock(ib, late), order)
-            wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, "the late entry's fill")
+            _send_entry_and_wait_for_its_fill(ib, late, 40, late_ref)
             out, err = tool.communicate(timeout=90)
         finally:
             if tool.poll() is None:
@@ -213,10 +220,7 @@ def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(
                 30,
                 "the tool to find nothing held",
             )
-            order = MarketOrder("BUY", 25, tif="DAY")
-            order.orderRef = ref
-            trade = ib.placeOrder(stock(ib, symbol), order)
-            wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, "the entry's fill")
+            _send_entry_and_wait_for_its_fill(ib, symbol, 25, ref)
             out, err = tool.communicate(timeout=90)
         finally:
             if tool.poll() is None:
