@@ -27,7 +27,7 @@ from pathlib import Path
 from core import cli
 from core.logs import get_logger, remember_secrets, setup_logging
 from core.settings import Settings, SettingsError, get_settings
-from observability import DatabaseError, get_database
+from observability import DatabaseError, TradingDatabase, get_database
 
 TOOL = "dashboard"
 DEFAULT_PORT = 8765
@@ -93,14 +93,14 @@ def dashboard_token(settings: Settings, host: str) -> tuple[str, bool]:
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    # Refused before anything else: no page on a public address without a token.
+    token, made = ("", False) if args.no_web else dashboard_token(settings, args.host)
     db = get_database(args.db or settings.database_path, if_missing="refuse")
     log_dir = args.log_dir or settings.log_dir
     setup_logging(TOOL, log_dir=log_dir, level=settings.log_level)
     want_alerts = args.alerts if args.alerts is not None else bool(settings.alert_urls)
     if args.no_web and not want_alerts:
         raise DashboardError("--no-web leaves nothing to do: add --alerts (and set ALERT_URLS)")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     watcher = None
     if want_alerts:
         from alerts import start_alert_watcher
@@ -108,18 +108,26 @@ def run(args: argparse.Namespace) -> int:
         watcher = start_alert_watcher(db, settings, log_dir)
     try:
         if args.no_web:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
             while not stop.wait(1.0):
                 pass
             return 0
-        return serve(args, settings, db, log_dir, stop)
+        return serve(args, settings, db, log_dir, token, made)
     finally:
         if watcher is not None:
             watcher.stop()
 
 
 def serve(
-    args: argparse.Namespace, settings: Settings, db, log_dir: Path, stop: threading.Event
-) -> int:  # type: ignore[no-untyped-def]
+    args: argparse.Namespace,
+    settings: Settings,
+    db: TradingDatabase,
+    log_dir: Path,
+    token: str,
+    made: bool,
+) -> int:
+    """Serve the page until SIGTERM / Ctrl+C (uvicorn's own handlers)."""
     import uvicorn
 
     from supervision import lock_path_for
@@ -127,7 +135,6 @@ def serve(
     from webui.app import create_app
     from webui.state import LogWatch, Sources
 
-    token, made = dashboard_token(settings, args.host)
     remember_secrets(token)
     lock_file = args.lock_file or lock_path_for(db.path)
     sources = Sources(db, settings, lock_file, LogWatch(log_dir))
@@ -139,15 +146,15 @@ def serve(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
-    threading.Thread(
-        target=lambda: (stop.wait(), setattr(server, "should_exit", True)), daemon=True
-    ).start()
     address = f"http://{args.host}:{args.port}/"
     log.info("dashboard_serving", address=address, mode=settings.trading_mode, token_made=made)
     # The one place the token is shown: the console of whoever started it.
     shown = f"{address}#token={token}" if made else f"{address} (token: DASHBOARD_TOKEN)"
     print(f"dashboard: {settings.trading_mode.upper()} {shown}", flush=True)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        server.started = False
     if not server.started:
         raise DashboardError(
             f"cannot listen on {args.host}:{args.port}: is the port in use? pick another with --port"
