@@ -203,6 +203,9 @@ def _positions(sources: Sources, wall: float) -> list[dict[str, Any]]:
     db = sources.db
     now = db.clock.epoch()
     marks = db.get_marks()
+    # Marks are as fresh as the exit manager's last beat: judge them as of that beat (at a
+    # simulated 200x, two real seconds between beats are 400 market seconds).
+    as_of = _beat_exchange_time(db) or now
     requests = db.pending_exit_requests()
     config = ExitConfig.from_settings(sources.settings)
     rows = []
@@ -231,9 +234,9 @@ def _positions(sources: Sources, wall: float) -> list[dict[str, Any]]:
                 "entry_time": pos["entry_time"],
                 "age_s": _age(now, opened),
                 "last": last,
-                "quote_age_s": _age(now, mark.quote_at) if mark is not None else None,
+                "quote_age_s": _age(as_of, mark.quote_at) if mark is not None else None,
                 "data": "delayed" if data_type in DELAYED_DATA_TYPES else "live" if mark else "-",
-                "data_fault": quote_fault(quote, now, config),
+                "data_fault": quote_fault(quote, as_of, config),
                 "target": target,
                 "stop": stop,
                 "to_target_pct": _pct(last, target),
@@ -244,6 +247,14 @@ def _positions(sources: Sources, wall: float) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _beat_exchange_time(db: TradingDatabase) -> float | None:
+    beat = db.get_heartbeats().get(EXIT_MANAGER)
+    try:
+        return datetime.fromisoformat(str(beat["beat_time"])).timestamp() if beat else None
+    except ValueError:
+        return None
 
 
 def _pct(last: float | None, level: float | None) -> float | None:
