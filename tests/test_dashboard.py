@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from sim_support import wait_for
 from starlette.testclient import TestClient
 
-from core.clock import NEW_YORK, ManualTimeSource, MarketClock
+from core.clock import NEW_YORK, FileTimeSource, ManualTimeSource, MarketClock
 from core.heartbeats import EXIT_MANAGER
 from core.logs import remember_secrets
 from core.settings import PROJECT_ROOT, Secret, get_settings
@@ -266,3 +267,113 @@ def test_dashboard_on_a_public_address_starts_with_a_token(db, tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+# -- in a real browser ------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def _browser():  # type: ignore[no-untyped-def]
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1400,1200"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def _shown_pnls(driver) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """symbol -> the unrealised P&L shown, read in one go (the rows are redrawn each update)."""
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#positions tbody tr')]"
+        ".map((r) => [r.dataset.symbol, r.querySelector('td.pnl').textContent]));"
+    )
+
+
+@pytest.mark.timeout(240)
+def test_browser_sees_a_position_and_its_pnl_move_and_halting_entries_stops_the_day_trader(
+    tmp_path,
+):
+    from selenium.webdriver.common.by import By
+
+    port = _free_port()
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "CLOCK", "DATABASE"))}
+    env.update(LOG_DIR=str(run_dir / "logs"), DASHBOARD_TOKEN=TOKEN, ALERT_URLS="")
+    output = (tmp_path / "supervisor.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "supervisor.py", "--sim", "--speed", "200", "--symbols", "6",
+         "--date", "2026-11-24", "--start", "09:28", "--run-dir", str(run_dir),
+         "--dashboard-port", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output.close()
+    driver = None
+    try:
+        info = wait_for(lambda: _json_file(run_dir / "sim.json"), 60, "the simulated day")
+        db = TradingDatabase(
+            info["database"], clock=MarketClock(FileTimeSource(info["clock_file"]))
+        )
+        wait_for(lambda: _status(port, "/health"), 60, "the dashboard answering")
+        driver = _browser()
+        driver.get(f"http://127.0.0.1:{port}/#token={TOKEN}")
+        wait_for(lambda: "PAPER TRADING" in driver.find_element(By.ID, "mode-banner").text, 30,
+                 "the paper banner")  # fmt: skip
+
+        # A position appears, and its unrealised P&L moves while it is held.
+        first: dict[str, str] = {}
+
+        def pnl_moved() -> bool:
+            shown = {s: p for s, p in _shown_pnls(driver).items() if p != "-"}
+            for symbol, pnl in shown.items():
+                first.setdefault(symbol, pnl)
+            return any(first[s] != p for s, p in shown.items())
+
+        wait_for(pnl_moved, 120, "a shown position's P&L to move")
+
+        # Halt entries from the page: confirmed, then refused by the day trader.
+        driver.find_element(By.ID, "halt-entries").click()
+        driver.find_element(By.ID, "who").send_keys("browser test")
+        driver.find_element(By.ID, "confirm-ok").click()
+        wait_for(lambda: "ENTRIES HALTED" in driver.find_element(By.ID, "entries-status").text,
+                 20, "the page to show the halt")  # fmt: skip
+        [action] = db.get_operator_actions()
+        assert (action["action"], action["who"]) == ("halt_entries", "browser test (127.0.0.1)")
+        wait_for(lambda: "kill_switch" in driver.find_element(By.ID, "refusals").text, 60,
+                 "the day trader refusing entries (kill_switch) on the page")  # fmt: skip
+        halted_at = action["at"]
+        later_entries = [i for i in db.get_intents_by_date("2026-11-24")
+                         if i["side"] == "BUY" and i["created_at"] > halted_at]  # fmt: skip
+        assert later_entries == []
+        shot = tmp_path / "dashboard.png"
+        driver.save_screenshot(str(shot))
+        print(f"dashboard screenshot: {shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _json_file(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _status(port: int, path: str) -> int | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
