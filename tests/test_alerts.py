@@ -345,3 +345,32 @@ def _sim_info(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / "sim.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def test_the_day_summary_is_raised_once_after_the_close_with_the_days_net_pnl(tmp_path):
+    from datetime import datetime
+
+    from core.clock import NEW_YORK, ManualTimeSource
+
+    source = ManualTimeSource(datetime(2026, 11, 24, 15, 59, tzinfo=NEW_YORK))
+    db = TradingDatabase(tmp_path / "t.db", clock=MarketClock(source), if_missing="create")
+    sender = AlertSender([], 1)
+    watcher = AlertWatcher(db, AlertConfig(urls=()), tmp_path / "logs", sender)
+
+    assert watcher.daily_summary_due() is None  # before the close
+    source.set(datetime(2026, 11, 24, 16, 0, 5, tzinfo=NEW_YORK))
+    summary = watcher.daily_summary_due()
+
+    assert summary is not None and summary.kind is AlertKind.DAILY_SUMMARY
+    assert summary.title == "day summary 2026-11-24" and "net" in summary.body
+    assert watcher.daily_summary_due() is None  # once per trading date
+
+
+def test_an_unknown_kind_in_alerts_off_is_refused_naming_the_kinds():
+    from dataclasses import replace
+
+    from core.settings import SettingsError, get_settings
+
+    settings = replace(get_settings(), alerts_off=("fills",))
+    with pytest.raises(SettingsError, match="'fills' is not an alert kind; use some of"):
+        AlertConfig.from_settings(settings)

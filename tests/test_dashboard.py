@@ -377,3 +377,24 @@ def _status(port: int, path: str) -> int | None:
         return conn.getresponse().status
     except OSError:
         return None
+
+
+@pytest.mark.parametrize(
+    ("moment", "phase", "minutes"),
+    [
+        (datetime(2026, 11, 27, 12, 0, tzinfo=NEW_YORK), "regular session", 60.0),
+        (datetime(2026, 11, 27, 12, 50, tzinfo=NEW_YORK), "end-of-day flatten", 10.0),
+        (datetime(2026, 11, 27, 13, 30, tzinfo=NEW_YORK), "after the close", None),
+        (datetime(2026, 11, 26, 12, 0, tzinfo=NEW_YORK), "closed (no session today)", None),
+    ],
+)
+def test_phase_and_minutes_to_the_close_follow_the_exchange_calendar_on_a_half_day(
+    tmp_path, moment, phase, minutes
+):
+    clock = MarketClock(ManualTimeSource(moment))  # the 27th closes at 13:00; the 26th is a holiday
+    db = TradingDatabase(tmp_path / "t.db", clock=clock, if_missing="create")
+
+    market = _app(db, tmp_path).get("/api/snapshot").json()["market"]
+
+    assert (market["phase"], market["minutes_to_close"]) == (phase, minutes)
+    assert market.get("half_day", False) is (moment.day == 27)
