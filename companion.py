@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -64,12 +65,24 @@ def dashboard_argv(
         args.dashboard_host,
         "--port",
         str(args.dashboard_port),
+        "--parent-pid",
+        str(os.getpid()),
     ]
     if args.no_dashboard:
         if not alerts:
             return None
         argv.append("--no-web")
     return argv
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when `host:port` can be bound now (the dashboard would get it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -150,5 +163,14 @@ def start_dashboard(
     """The dashboard child for supervisor.py's flags, started; None when none is wanted."""
     argv = dashboard_argv(args, db_path, lock_file, log_dir, alerts)
     if argv is None:
+        return None
+    if not args.no_dashboard and not port_free(args.dashboard_host, args.dashboard_port):
+        # Another program (or another run's dashboard) has it: say so rather than retry.
+        log.error(
+            "dashboard_port_in_use",
+            host=args.dashboard_host,
+            port=args.dashboard_port,
+            action="pass --dashboard-port with a free port, or --no-dashboard",
+        )
         return None
     return Companion("dashboard", argv, env, output).start()

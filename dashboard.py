@@ -22,6 +22,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from core import cli
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh", type=cli.seconds, default=1.0, help="real seconds between updates (default 1)"
     )
     parser.add_argument("--no-web", action="store_true", help="no page: run the alerts alone")
+    parser.add_argument(
+        "--parent-pid", type=int, help="stop when this process (the supervisor) is gone"
+    )
     alerts = parser.add_mutually_exclusive_group()
     alerts.add_argument(
         "--alerts",
@@ -91,6 +95,24 @@ def dashboard_token(settings: Settings, host: str) -> tuple[str, bool]:
     return secrets.token_urlsafe(24), True
 
 
+def watch_parent(pid: int | None) -> threading.Event:
+    """An event set once `pid` has ended (never, for None): a supervisor killed with -9 must
+    not leave its dashboard holding the port and acting on the database."""
+    from core.heartbeats import process_alive
+
+    gone = threading.Event()
+
+    def watch() -> None:
+        while process_alive(int(pid or 0)):
+            time.sleep(1.0)
+        log.warning("dashboard_parent_gone", parent_pid=pid)
+        gone.set()
+
+    if pid:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return gone
+
+
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     # Refused before anything else: no page on a public address without a token.
@@ -98,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     db = get_database(args.db or settings.database_path, if_missing="refuse")
     log_dir = args.log_dir or settings.log_dir
     setup_logging(TOOL, log_dir=log_dir, level=settings.log_level)
+    parent_gone = watch_parent(args.parent_pid)
     want_alerts = args.alerts if args.alerts is not None else bool(settings.alert_urls)
     if args.no_web and not want_alerts:
         raise DashboardError("--no-web leaves nothing to do: add --alerts (and set ALERT_URLS)")
@@ -108,12 +131,10 @@ def run(args: argparse.Namespace) -> int:
         watcher = start_alert_watcher(db, settings, log_dir)
     try:
         if args.no_web:
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            while not stop.wait(1.0):
-                pass
+            signal.signal(signal.SIGTERM, lambda *_: parent_gone.set())
+            parent_gone.wait()
             return 0
-        return serve(args, settings, db, log_dir, token, made)
+        return serve(args, settings, db, log_dir, token, made, parent_gone)
     finally:
         if watcher is not None:
             watcher.stop()
@@ -126,8 +147,9 @@ def serve(
     log_dir: Path,
     token: str,
     made: bool,
+    parent_gone: threading.Event,
 ) -> int:
-    """Serve the page until SIGTERM / Ctrl+C (uvicorn's own handlers)."""
+    """Serve the page until SIGTERM / Ctrl+C (uvicorn's own handlers) or the parent is gone."""
     import uvicorn
 
     from supervision import lock_path_for
@@ -146,6 +168,12 @@ def serve(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
+
+    def stop_when_orphaned() -> None:
+        parent_gone.wait()
+        server.should_exit = True
+
+    threading.Thread(target=stop_when_orphaned, name="orphan-stop", daemon=True).start()
     address = f"http://{args.host}:{args.port}/"
     log.info("dashboard_serving", address=address, mode=settings.trading_mode, token_made=made)
     # The one place the token is shown: the console of whoever started it.

@@ -410,10 +410,12 @@ def run(args: argparse.Namespace) -> int:
             alerts=bool(settings.alert_urls),
             output=run_dir / "logs" / "dashboard.out",
         )
+        address = f"http://{args.dashboard_host}:{args.dashboard_port}/"
         if dashboard is not None and not args.no_dashboard:
-            address = f"http://{args.dashboard_host}:{args.dashboard_port}/"
             shown = address if settings.dashboard_token else f"{address}#token={token}"
             print(f"dashboard: {shown}", flush=True)
+        elif not args.no_dashboard:
+            print(f"dashboard: not started, {address} is in use (--dashboard-port)", flush=True)
         print(f"crash loop: {crash_loop_limit(policy, options.speed)}", flush=True)
         session = clock.session(trading_date)
         assert session is not None

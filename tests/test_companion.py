@@ -60,3 +60,22 @@ def test_a_bad_dashboard_flag_is_one_line():
     assert done.returncode == 2
     assert "argument --dashboard-port: '70000' is outside [1, 65535]" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_dashboard_port_already_taken_is_reported_and_no_dashboard_started(tmp_path, caplog):
+    import logging
+    import socket
+
+    from companion import start_dashboard
+
+    caplog.set_level(logging.ERROR)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = _args("--dashboard-port", str(port))
+        child = start_dashboard(args, tmp_path / "t.db", tmp_path / "lock", tmp_path, {},
+                                alerts=False)  # fmt: skip
+
+    assert child is None
+    assert [getattr(r, "event", None) for r in caplog.records] == ["dashboard_port_in_use"]

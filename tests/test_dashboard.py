@@ -398,3 +398,17 @@ def test_phase_and_minutes_to_the_close_follow_the_exchange_calendar_on_a_half_d
 
     assert (market["phase"], market["minutes_to_close"]) == (phase, minutes)
     assert market.get("half_day", False) is (moment.day == 27)
+
+
+def test_dashboard_stops_when_the_supervisor_that_started_it_is_gone(db, tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    process = _dashboard(tmp_path, "--port", str(_free_port()), "--parent-pid", str(parent.pid))
+    try:
+        assert process.stdout is not None and "dashboard:" in process.stdout.readline()
+        parent.kill()  # a supervisor killed with -9
+        parent.wait(10)
+        assert process.wait(timeout=20) == 0
+    finally:
+        parent.kill()
+        if process.poll() is None:
+            process.kill()
