@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import secrets
 import signal
 import sys
@@ -160,10 +159,7 @@ def serve(
     remember_secrets(token)
     lock_file = args.lock_file or lock_path_for(db.path)
     sources = Sources(db, settings, lock_file, LogWatch(log_dir))
-    env = {
-        k: v for k, v in os.environ.items() if k.startswith(("IB_", "CLOCK_FILE", "TRADING_MODE"))
-    }
-    app = create_app(sources, Actions(db, settings, env), token, refresh_s=args.refresh)
+    app = create_app(sources, Actions(db, settings), token, refresh_s=args.refresh)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off"
     )

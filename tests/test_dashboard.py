@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -412,3 +413,32 @@ def test_dashboard_stops_when_the_supervisor_that_started_it_is_gone(db, tmp_pat
         parent.kill()
         if process.poll() is None:
             process.kill()
+
+
+def test_refusals_come_from_the_days_logs_without_reading_weeks_of_old_run_files(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = logs / "day_trader_run_20261101_090000.json"
+    old.write_text(
+        json.dumps(
+            {
+                "event": "entry_decision",
+                "bot": "day_trader",
+                "decision": "skip",
+                "symbol": "OLD",
+                "reason": "no_signal",
+            }
+        )
+        + "\n"
+    )
+    os.utime(old, (time.time() - 3 * 86400, time.time() - 3 * 86400))
+    today = logs / "day_trader_run_20261124_090000.json"
+    today.write_text("".join(json.dumps(
+        {"event": "entry_decision", "bot": "day_trader", "decision": d, "symbol": s,
+         "reason": r, "exchange_time": "2026-11-24T10:00:00-05:00"}) + "\n"
+        for d, s, r in (("skip", "AAA", "kill_switch"), ("enter", "BBB", "enter"))))  # fmt: skip
+    watch = LogWatch(logs)
+
+    watch.poll()
+
+    assert [(r["symbol"], r["reason"]) for r in watch.refusals] == [("AAA", "kill_switch")]

@@ -34,6 +34,8 @@ from view_logs import Follower, record_time
 
 BOTS = (EXIT_MANAGER, DAY_TRADER)
 REFUSALS_KEPT = 50
+FIRST_READ_BYTES = 4 * 1024 * 1024  # of each run file, when the dashboard starts
+OLD_LOG_S = 18 * 3600.0  # a run file untouched this long is an earlier day's
 # A new position has this many real seconds to get its protective set before /health says so.
 PROTECTION_GRACE_REAL_S = 15.0
 # 1100 lost, 1101/1102 restored (the gateway's link to IB's servers).
@@ -53,12 +55,13 @@ class LogWatch:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def poll(self) -> None:
-        """Read what the logs gained since the last call."""
+        """Read what the logs gained since the last call (first: the recent tail only)."""
         with self._lock:
-            if self._follower is None:
-                self._follower = Follower(self.log_dir)
             if not self.log_dir.is_dir():
                 return
+            if self._follower is None:
+                self._follower = Follower(self.log_dir)
+                self._follower.offsets.update(_recent_tails(self.log_dir))
             for record in self._follower.poll():
                 self.apply(record)
 
@@ -91,6 +94,21 @@ class LogWatch:
                 self.market_data[str(record["symbol"])] = 3
         elif event == "market_data_live" and record.get("symbol"):
             self.market_data[str(record["symbol"])] = int(record.get("data_type") or 1)
+
+
+def _recent_tails(log_dir: Path) -> dict[Path, int]:
+    """Where to start reading each run file: its last FIRST_READ_BYTES when it was written
+    today, its end when older (a log folder holds weeks of runs)."""
+    offsets = {}
+    cutoff = time.time() - OLD_LOG_S
+    for path in log_dir.glob("*_run_*.json"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        old = stat.st_mtime < cutoff
+        offsets[path] = stat.st_size if old else max(0, stat.st_size - FIRST_READ_BYTES)
+    return offsets
 
 
 @dataclass(frozen=True)
