@@ -1090,10 +1090,13 @@ class DayTrader:
         except Exception as exc:  # never let the second opinion stop trading
             log.warning("llm_unavailable", symbol=decision.symbol, error=repr(exc))
             return True
-        if not opinion.approve:
-            log.info(
-                "entry_vetoed", symbol=decision.symbol, source=opinion.source, reason=opinion.reason
-            )
+        # Approvals are logged too: the trade journal shows each entry's verdict.
+        log.info(
+            "entry_vetoed" if not opinion.approve else "entry_approved",
+            symbol=decision.symbol,
+            source=opinion.source,
+            reason=opinion.reason,
+        )
         return bool(opinion.approve)
 
     def size_entry(self, limit: float) -> tuple[int, dict[str, Any]]:

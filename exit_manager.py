@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +45,7 @@ from exit_rules import (
     AGENT,
     PURPOSE_BACKSTOP,
     PURPOSE_EOD,
+    PURPOSE_MANUAL,
     PURPOSE_TARGET,
     BrokerPosition,
     DayPhase,
@@ -74,9 +76,10 @@ from exit_rules import (
     target_touch_time,
     working_order,
 )
-from observability import DatabaseError, TradingDatabase
+from observability import DatabaseError, Mark, TradingDatabase
 
 AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
+EXIT_REQUEST_POLL_S = 0.5  # real seconds between looks for a person's flatten requests
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
 DAY_TRADER = "day_trader"
 log = get_logger(AGENT)
@@ -980,6 +983,7 @@ class ExitManager:
         per real second), and the protection audit."""
         loop = asyncio.get_running_loop()
         next_audit = loop.time() + AUDIT_SECONDS
+        next_requests = loop.time()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.25)
@@ -990,9 +994,26 @@ class ExitManager:
             self._check_quotes()
             self._check_server_stops()
             await self._check_eod()
+            if loop.time() >= next_requests:
+                next_requests = loop.time() + EXIT_REQUEST_POLL_S
+                self._take_exit_requests()
             if loop.time() >= next_audit:
                 next_audit = loop.time() + AUDIT_SECONDS
                 self._audit_protection()
+
+    def _take_exit_requests(self) -> None:
+        """Sell the positions a person asked to flatten (the dashboard's request flags)."""
+        if not (self.reconciled and self.can_trade()):
+            return  # the flags wait in the database until we can act on them
+        try:
+            requests = self.db.take_exit_requests()
+        except DatabaseError as exc:
+            log.error("exit_requests_unread", error=str(exc))
+            return
+        for symbol, who in requests.items():
+            log.warning("exit_requested", symbol=symbol, who=who, held=symbol in self.held)
+            if symbol in self.held:
+                self._spawn(self.exit_position(symbol, PURPOSE_MANUAL))
 
     def _check_quotes(self) -> None:
         if not self.reconciled or not self.clock.is_market_open():
@@ -1081,9 +1102,15 @@ class ExitManager:
             state = self.state
         if detail is None:
             detail = f"held={len(self.held)} faults={len(self.quote_faults)}"
+        # The last prices of held symbols ride on the beat: the dashboard's unrealised P&L.
+        marks = [
+            Mark(symbol, quote.last, quote.time, quote.data_type)
+            for symbol, quote in self.quotes.items()
+            if symbol in self.held and math.isfinite(quote.last)
+        ]
         try:
             with self.orders.exclusive():
-                self.db.beat(AGENT, state, detail)
+                self.db.beat(AGENT, state, detail, marks=marks)
         except DatabaseError as exc:
             log.error("heartbeat_failed", error=str(exc))
 

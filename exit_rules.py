@@ -38,6 +38,7 @@ PURPOSE_BACKSTOP = "PROTECT_STOP"
 PURPOSE_BOT_STOP = "BOT_STOP"
 PURPOSE_BOT_TARGET = "BOT_TARGET"
 PURPOSE_EOD = "EOD_FLATTEN"
+PURPOSE_MANUAL = "MANUAL"  # a person asked to sell now (the dashboard's flatten)
 PROTECTIVE_PURPOSES = frozenset({PURPOSE_TARGET, PURPOSE_BACKSTOP})
 EXIT_REASON_BY_PURPOSE: dict[str, str] = {
     PURPOSE_TARGET: "PROFIT_TARGET",
@@ -45,6 +46,7 @@ EXIT_REASON_BY_PURPOSE: dict[str, str] = {
     PURPOSE_BACKSTOP: "STOP_LOSS",
     PURPOSE_BOT_STOP: "STOP_LOSS",
     PURPOSE_EOD: "EOD",
+    PURPOSE_MANUAL: "MANUAL",
 }
 # IB market data types: 1 live, 2 frozen, 3 delayed, 4 delayed frozen.
 DELAYED_DATA_TYPES = frozenset({3, 4})

@@ -24,12 +24,12 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from core import cli
 from core.clock import NEW_YORK, MarketClock, get_clock
@@ -37,7 +37,7 @@ from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 # What opening a path without a database file does: "warn" creates it and warns once, naming
 # the path (an empty answer must not pass for "no positions"); "create" creates it quietly (a
@@ -65,6 +65,9 @@ INTENT_TRANSITIONS: dict[str, frozenset[str]] = {
 
 # Any value halts new entries (exits go on); liquidate_all sets it, its --resume lifts it.
 KILL_SWITCH_FLAG = "kill_switch"
+# A flag per symbol a person asked to sell now (the dashboard's "flatten"); the exit manager,
+# which owns every exit and the symbol's protective orders, takes it and sells (MANUAL).
+EXIT_REQUEST_PREFIX = "exit_request:"
 RESUME_ENTRIES = "python liquidate_all.py --resume"
 
 EXIT_REASONS = frozenset(
@@ -173,6 +176,31 @@ _MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE active_positions ADD COLUMN metadata TEXT;
     """,
+    4: """
+    CREATE TABLE operator_actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        delivery TEXT NOT NULL
+    );
+    CREATE TABLE marks (
+        symbol TEXT PRIMARY KEY,
+        last REAL NOT NULL,
+        quote_at REAL NOT NULL,
+        data_type INTEGER NOT NULL DEFAULT 1,
+        bot TEXT NOT NULL
+    );
+    """,
 }
 
 # The seed system (orelmeister/Shamir) named these columns differently: seed name -> ours.
@@ -210,6 +238,15 @@ class ReentryBlocked(RuntimeError):
 
 class IntentTransitionError(RuntimeError):
     """An order intent was asked to move to a state its current state cannot reach."""
+
+
+class Mark(NamedTuple):
+    """The last price the exit manager saw for a held symbol, and when (exchange time)."""
+
+    symbol: str
+    last: float
+    quote_at: float  # epoch seconds, exchange (simulated) time
+    data_type: int = 1  # IB's market data type: 1 live, 3 delayed
 
 
 @dataclass(frozen=True)
@@ -1168,8 +1205,20 @@ class TradingDatabase:
         )
 
     # -- heartbeats and flags ---------------------------------------------------------
-    def beat(self, bot: str, state: str, detail: str | None = None, pid: int | None = None) -> None:
-        """Record that `bot` is alive in `state` (real wall time: the supervisor's watchdog)."""
+    def beat(
+        self,
+        bot: str,
+        state: str,
+        detail: str | None = None,
+        pid: int | None = None,
+        *,
+        marks: Iterable[Mark] | None = None,
+    ) -> None:
+        """Record that `bot` is alive in `state` (real wall time: the supervisor's watchdog).
+
+        `marks`, when given, replace the bot's published last prices in the same transaction
+        (the dashboard's unrealised P&L): a symbol left out is no longer held.
+        """
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO heartbeats (bot, pid, beat_at, beat_time, state, detail)"
@@ -1178,6 +1227,18 @@ class TradingDatabase:
                 " state = excluded.state, detail = excluded.detail",
                 (bot, pid or os.getpid(), time.time(), self._now_iso(), state, detail),
             )
+            if marks is not None:
+                conn.execute("DELETE FROM marks WHERE bot = ?", (bot,))
+                conn.executemany(
+                    "INSERT OR REPLACE INTO marks (symbol, last, quote_at, data_type, bot)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(m.symbol, m.last, m.quote_at, m.data_type, bot) for m in marks],
+                )
+
+    def get_marks(self) -> dict[str, Mark]:
+        """symbol -> the last published price of each held symbol."""
+        rows = _rows(self._read("SELECT symbol, last, quote_at, data_type FROM marks"))
+        return {row["symbol"]: Mark(**row) for row in rows}
 
     def get_heartbeats(self) -> dict[str, dict[str, Any]]:
         return {row["bot"]: row for row in _rows(self._read("SELECT * FROM heartbeats"))}
@@ -1232,6 +1293,81 @@ class TradingDatabase:
             ).fetchone()
             conn.execute("DELETE FROM flags WHERE name = ?", (KILL_SWITCH_FLAG,))
             return None if row is None else str(row[0])
+
+    def request_exit(self, symbol: str, who: str) -> bool:
+        """Ask the exit manager to sell `symbol` now; False when it is not an open position."""
+        with self._write() as conn:
+            if not conn.execute(
+                "SELECT 1 FROM active_positions WHERE symbol = ?", (symbol,)
+            ).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (EXIT_REQUEST_PREFIX + symbol, who, self._now_iso()),
+            )
+            return True
+
+    def take_exit_requests(self) -> dict[str, str]:
+        """symbol -> who asked, for every exit request, each handed out once (then cleared)."""
+        pattern = EXIT_REQUEST_PREFIX.replace("_", "\\_") + "%"
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT name, value FROM flags WHERE name LIKE ? ESCAPE '\\'", (pattern,)
+            ).fetchall()
+            conn.executemany("DELETE FROM flags WHERE name = ?", [(r["name"],) for r in rows])
+        return {str(r["name"])[len(EXIT_REQUEST_PREFIX) :]: str(r["value"]) for r in rows}
+
+    def pending_exit_requests(self) -> dict[str, str]:
+        """symbol -> who asked, for the requests the exit manager has not taken yet."""
+        pattern = EXIT_REQUEST_PREFIX.replace("_", "\\_") + "%"
+        rows = self._read(
+            "SELECT name, value FROM flags WHERE name LIKE ? ESCAPE '\\'", (pattern,)
+        ).fetchall()
+        return {str(r["name"])[len(EXIT_REQUEST_PREFIX) :]: str(r["value"]) for r in rows}
+
+    # -- operator actions and alerts ------------------------------------------------------
+    def record_operator_action(
+        self, who: str, action: str, target: str | None = None, outcome: str | None = None
+    ) -> int:
+        """Record what a person did (from the dashboard), by whom and when; returns its id."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO operator_actions (at, who, action, target, outcome)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self._now_iso(), who, action, target, outcome),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def set_operator_action_outcome(self, action_id: int, outcome: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE operator_actions SET outcome = ? WHERE id = ?", (outcome, action_id)
+            )
+
+    def get_operator_actions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest operator actions, newest first."""
+        return _rows(
+            self._read("SELECT * FROM operator_actions ORDER BY id DESC LIMIT ?", (limit,))
+        )
+
+    def record_alert(self, kind: str, title: str, body: str, delivery: str) -> int:
+        """Record an alert raised (`delivery`: queued, sent, failed, rate_limited, off)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO alerts (at, kind, title, body, delivery) VALUES (?, ?, ?, ?, ?)",
+                (self._now_iso(), kind, title, body, delivery),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def set_alert_delivery(self, alert_id: int, delivery: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE alerts SET delivery = ? WHERE id = ?", (delivery, alert_id))
+
+    def get_alerts(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest alerts, newest first."""
+        return _rows(self._read("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,)))
 
     @staticmethod
     def _entries_halted_reason(conn: sqlite3.Connection) -> str | None:
@@ -1371,6 +1507,7 @@ if __name__ == "__main__":
 __all__ = [
     "CANCELLED",
     "EXIT_REASONS",
+    "EXIT_REQUEST_PREFIX",
     "FILLED",
     "INTENT_TRANSITIONS",
     "KILL_SWITCH_FLAG",
@@ -1382,6 +1519,7 @@ __all__ = [
     "IfMissing",
     "IntegrityReport",
     "IntentTransitionError",
+    "Mark",
     "ReentryBlocked",
     "TradingDatabase",
     "get_database",

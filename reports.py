@@ -36,6 +36,7 @@ class RoundTrip:
     commission: float
     exit_reason: str
     exit_order_ref: str | None
+    entry_order_ref: str | None = None  # the first matched buy's order (its rule, its decision)
 
     @property
     def gross_pnl(self) -> float:
@@ -86,10 +87,11 @@ def round_trips_from_fills(
     Sells beyond the bought shares (a position from an earlier day) are matched at nothing
     and left out of the round trips.
     """
-    lots: dict[str, deque[list[Any]]] = defaultdict(deque)  # symbol -> [qty, price, time, comm/sh]
-    pieces: dict[tuple[str, str], list[tuple[float, float, float, datetime, datetime, float]]] = (
-        defaultdict(list)
-    )
+    # symbol -> [qty, price, time, commission per share, order ref]
+    lots: dict[str, deque[list[Any]]] = defaultdict(deque)
+    pieces: dict[
+        tuple[str, str], list[tuple[float, float, float, datetime, datetime, float, str | None]]
+    ] = defaultdict(list)
     for fill in sorted(fills, key=lambda f: (f["trade_time"], f["id"])):
         symbol = fill["symbol"]
         qty = float(fill["quantity"])
@@ -97,7 +99,8 @@ def round_trips_from_fills(
         when = datetime.fromisoformat(fill["trade_time"])
         commission = float(fill.get("commission") or 0.0)
         if fill["side"] == "BUY":
-            lots[symbol].append([qty, price, when, commission / qty if qty else 0.0])
+            per_share = commission / qty if qty else 0.0
+            lots[symbol].append([qty, price, when, per_share, fill.get("order_ref")])
             continue
         key = (symbol, fill.get("order_ref") or f"exec:{fill.get('exec_id') or fill['id']}")
         sell_comm_per_share = commission / qty if qty else 0.0
@@ -105,7 +108,7 @@ def round_trips_from_fills(
             lot = lots[symbol][0]
             take = min(qty, lot[0])
             commission_part = take * (lot[3] + sell_comm_per_share)
-            pieces[key].append((take, lot[1], price, lot[2], when, commission_part))
+            pieces[key].append((take, lot[1], price, lot[2], when, commission_part, lot[4]))
             lot[0] -= take
             qty -= take
             if lot[0] <= 1e-9:
@@ -125,6 +128,7 @@ def round_trips_from_fills(
                 commission=sum(p[5] for p in parts),
                 exit_reason=reason,
                 exit_order_ref=None if ref.startswith("exec:") else ref,
+                entry_order_ref=min(parts, key=lambda p: p[3])[6],
             )
         )
     trips.sort(key=lambda t: (t.exit_time, t.symbol))

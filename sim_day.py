@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from companion import Companion, start_dashboard
 from core.clock import MarketClock, SystemTimeSource, get_clock, set_clock
 from core.logs import get_logger, setup_logging
 from core.settings import PROJECT_ROOT, get_settings, set_settings
@@ -347,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     )
     gateway.start()
     lock: SupervisorLock | None = None
+    dashboard: Companion | None = None
     try:
         clock = get_clock(gateway.clock_file)
         set_clock(clock)
@@ -394,6 +397,25 @@ def run(args: argparse.Namespace) -> int:
         )
         supervisor = Supervisor(db, specs, policy, lock=lock, backup_dir=run_dir / "archive")
         install_signal_handlers(supervisor)
+        # A token for this run's actions unless DASHBOARD_TOKEN is set: the address with it
+        # is printed here, the dashboard's own output goes to its file like the bots'.
+        token = settings.dashboard_token.reveal() if settings.dashboard_token else None
+        token = token or secrets.token_urlsafe(24)
+        dashboard = start_dashboard(
+            args,
+            db.path,
+            lock.path,
+            run_dir / "logs",
+            {**sim_env(run_dir, gateway, db.path), "DASHBOARD_TOKEN": token},
+            alerts=bool(settings.alert_urls),
+            output=run_dir / "logs" / "dashboard.out",
+        )
+        address = f"http://{args.dashboard_host}:{args.dashboard_port}/"
+        if dashboard is not None and not args.no_dashboard:
+            shown = address if settings.dashboard_token else f"{address}#token={token}"
+            print(f"dashboard: {shown}", flush=True)
+        elif not args.no_dashboard:
+            print(f"dashboard: not started, {address} is in use (--dashboard-port)", flush=True)
         print(f"crash loop: {crash_loop_limit(policy, options.speed)}", flush=True)
         session = clock.session(trading_date)
         assert session is not None
@@ -409,6 +431,8 @@ def run(args: argparse.Namespace) -> int:
         ok = outcome.flat and not outcome.unmatched_fills and code == 0
         return 0 if ok else 1
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         gateway.stop()
         if lock is not None:
             lock.release()

@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from companion import add_dashboard_args, start_dashboard
 from core import cli
 from core.logs import setup_logging
 from core.settings import (
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
+    add_dashboard_args(parser)
     sim = parser.add_argument_group("simulation (--sim)")
     sim.add_argument("--sim", action="store_true", help="run one simulated day and report")
     sim.add_argument("--seed", type=int, default=None, help="simulated market seed (default 7)")
@@ -143,7 +145,14 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
             backup_dir=settings.backup_dir,
         )
         install_signal_handlers(supervisor)
-        return supervisor.run()
+        dashboard = start_dashboard(
+            args, db.path, lock.path, settings.log_dir, env, alerts=bool(settings.alert_urls)
+        )
+        try:
+            return supervisor.run()
+        finally:
+            if dashboard is not None:
+                dashboard.stop()
     finally:
         lock.release()
 

@@ -90,6 +90,14 @@ class Settings:
     deepseek_api_key: Secret | None = None
     google_api_key: Secret | None = None
     massive_api_key: Secret | None = None
+    # The dashboard: a token is required to bind beyond loopback, and for its actions.
+    dashboard_token: Secret | None = None
+    # Alerts (apprise URLs hold bot tokens and passwords: a secret); kinds turned off by name.
+    alert_urls: Secret | None = None
+    alerts_off: tuple[str, ...] = ()
+    alert_repeat_seconds: float = 300.0  # one alert per kind and subject in this many real s
+    alert_timeout_seconds: float = 10.0  # a channel that takes longer is given up for that alert
+    alert_disconnect_seconds: float = 60.0  # a lost connection is alerted once it lasts this long
 
     @property
     def is_live(self) -> bool:
@@ -175,6 +183,11 @@ def _secret(key: str, raw: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+def _names(key: str, raw: str) -> tuple[str, ...]:
+    """A comma- or space-separated list of names, lower case (checked by their user)."""
+    return tuple(name.lower() for name in re.split(r"[,\s]+", raw.strip()) if name)
+
+
 # env key -> (Settings field, parser)
 _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "IB_HOST": ("ib_host", _host),
@@ -207,6 +220,12 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
     "GOOGLE_API_KEY": ("google_api_key", _secret),
     "MASSIVE_API_KEY": ("massive_api_key", _secret),
+    "DASHBOARD_TOKEN": ("dashboard_token", _secret),
+    "ALERT_URLS": ("alert_urls", _secret),
+    "ALERTS_OFF": ("alerts_off", _names),
+    "ALERT_REPEAT_SECONDS": ("alert_repeat_seconds", _number(0.0, 86_400.0)),
+    "ALERT_TIMEOUT_SECONDS": ("alert_timeout_seconds", _number(0.5, 120.0)),
+    "ALERT_DISCONNECT_SECONDS": ("alert_disconnect_seconds", _number(0.0, 3600.0)),
 }
 # Older names still accepted: Polygon.io was renamed Massive.
 _ALIASES = {"POLYGON_API_KEY": "MASSIVE_API_KEY", "GEMINI_API_KEY": "GOOGLE_API_KEY"}

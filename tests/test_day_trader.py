@@ -1472,3 +1472,31 @@ def test_database_locked_mid_session_is_ridden_out_and_trading_resumes(tmp_path:
             assert unlocked[0]["locked_for_s"] >= 10  # it really outlived busy_timeout
         finally:
             assert stop_trader(proc) == 0
+
+
+@pytest.mark.parametrize(("approve", "event"), [(True, "entry_approved"), (False, "entry_vetoed")])
+def test_the_llm_verdict_on_an_entry_is_logged_either_way_for_the_trade_journal(
+    approve: bool, event: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only vetoes were logged: the journal could not tell an approved entry from one the
+    LLM was never asked about."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from entry_rules import EntryDecision
+    from llm_review import Opinion
+
+    class Reviewer:
+        async def review(self, candidate: Any) -> Opinion:
+            return Opinion(approve, 0.8, "deepseek", "looks fine" if approve else "too hot", 0.1)
+
+    values = {"last": 10.0, "vwap": 9.9, "rsi": 55.0, "atr_pct": 0.6, "gap_pct": 1.0}
+    decision = EntryDecision("AAA", True, "standard", "enter", values)
+    trader = SimpleNamespace(reviewer=Reviewer(), options=day_trader.DayTraderOptions())
+    caplog.set_level(logging.INFO)
+
+    approved = asyncio.run(day_trader.DayTrader._llm_approves(trader, decision, None))
+
+    assert approved is approve
+    [record] = [r for r in caplog.records if getattr(r, "event", "").startswith("entry_")]
+    assert (record.event, record.symbol, record.source) == (event, "AAA", "deepseek")

@@ -1380,3 +1380,32 @@ def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> N
                 assert sum(t["quantity"] for t in trades) == 600 - held
 
     run(scenario())
+
+
+# -- the dashboard's view and requests -------------------------------------------------------------
+def test_flatten_request_is_sold_by_the_exit_manager_as_manual_and_its_last_price_is_published(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The dashboard cannot sell by itself (the protective set belongs to the exit manager):
+    its flatten request must be taken and sold, and the heartbeat must carry the last prices
+    the dashboard's unrealised P&L is computed from."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock), day_trader(gw) as dt:
+                await buy(dt, db, "MSFT", 40)
+                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 40), 3, "protection")
+                mark = await until(lambda: db.get_marks().get("MSFT"), 6, "MSFT's last price")
+                assert mark.last > 0 and abs(mark.quote_at - clock.epoch()) < 60
+
+                assert db.request_exit("MSFT", "tester (127.0.0.1)")
+                await until(lambda: db.was_closed_today("MSFT"), 8, "MSFT sold on request")
+
+                state = await gw_call(gw.account.state)
+                assert position(state, "MSFT") == 0 and not em_sells(state, "MSFT")
+                assert db.get_closed_today()[0]["exit_reason"] == "MANUAL"
+                assert db.pending_exit_requests() == {}
+                await until(lambda: "MSFT" not in db.get_marks(), 6, "MSFT's mark withdrawn")
+
+    run(scenario())

@@ -568,10 +568,11 @@ def test_damaged_schema_page_is_one_line_not_a_unicode_traceback(tmp_path: Path)
     good.close()
     raw = bytearray(path.read_bytes())
     size = int.from_bytes(raw[16:18], "big")
-    # The schema leaf page holding our CREATE TABLE statements: garbage over most of it.
-    [page] = [
+    # The first schema leaf page holding our CREATE TABLE statements (the schema may span
+    # more than one): garbage over most of it.
+    page = next(
         p for p in range(len(raw) // size) if b"CREATE TABLE" in raw[p * size : (p + 1) * size]
-    ]
+    )
     raw[page * size + 100 : (page + 1) * size] = b"\xff" * (size - 100)
     path.write_bytes(bytes(raw))
     before = _digest(path)
