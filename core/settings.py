@@ -90,6 +90,9 @@ class Settings:
     deepseek_api_key: Secret | None = None
     google_api_key: Secret | None = None
     massive_api_key: Secret | None = None
+    # None: the plan's limit (5/min on the free plan, none on paid plans); 0: no limit.
+    massive_requests_per_minute: int | None = None
+    scanner_max_data_age_seconds: float = 300.0  # beyond the plan's delay
 
     @property
     def is_live(self) -> bool:
@@ -207,6 +210,8 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
     "GOOGLE_API_KEY": ("google_api_key", _secret),
     "MASSIVE_API_KEY": ("massive_api_key", _secret),
+    "MASSIVE_REQUESTS_PER_MINUTE": ("massive_requests_per_minute", _integer(0, 100_000)),
+    "SCANNER_MAX_DATA_AGE_SECONDS": ("scanner_max_data_age_seconds", _number(1.0, 86_400.0)),
 }
 # Older names still accepted: Polygon.io was renamed Massive.
 _ALIASES = {"POLYGON_API_KEY": "MASSIVE_API_KEY", "GEMINI_API_KEY": "GOOGLE_API_KEY"}
