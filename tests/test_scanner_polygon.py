@@ -138,16 +138,17 @@ def make_scanner(
     **config: object,
 ) -> sp.MassiveScanner:
     fake_time = fake_time or FakeTime()
+    plan_limit = {} if requests_per_minute is None else {"requests_per_minute": requests_per_minute}
     return sp.MassiveScanner(
         "test-key",
         config=sp.ScanConfig(**{"avg_volume_days": 2, **config}),  # type: ignore[arg-type]
         clock=clock,
         base_url=massive.url,
         limiter=sp.RateLimiter(5, 60.0, time_fn=fake_time.time, sleep_fn=fake_time.sleep),
-        requests_per_minute=requests_per_minute,
         sleep_fn=fake_time.sleep,
         rng=random.Random(7),
         timeout_s=2.0,
+        **plan_limit,
     )
 
 
@@ -407,7 +408,8 @@ def test_secondary_data_rejected_degrades_to_prev_day_volume(massive, clock, cap
 
 
 def _max_in_window(times: list[float], window: float) -> int:
-    return max(sum(1 for u in times if t <= u < t + window) for t in times)
+    """Most requests in any closed `window`: a strict server counts both ends."""
+    return max(sum(1 for u in times if t <= u <= t + window) for t in times)
 
 
 def test_limiter_never_allows_more_than_5_in_any_60_seconds_seen_by_the_server():
@@ -487,6 +489,159 @@ def test_requests_per_minute_setting_overrides_the_plan(massive, clock):
 
     assert scanner.limiter.max_requests == 3
     assert _max_in_window(arrivals, 60.0) <= 3
+
+
+# ------------------------------------------------------------------ plans
+
+
+def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", "") == event]
+
+
+def test_free_plan_403_is_detected_once_and_gives_a_previous_day_list(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    massive.script["snapshot"] = [(403, _fixture("error_403.json"))]
+    # The previous session (11-23) is asked first; the days before it answer the default.
+    massive.script["grouped"] = [(200, _fixture("grouped_daily_previous_session.json"))]
+    scanner = make_scanner(massive, clock)
+
+    first = scanner.scan()
+    requests_after_first = len(massive.requests)
+    second = scanner.scan()
+
+    assert first is not None and second is not None
+    assert first.basis == "previous_day" and first.symbols == ["MOMO"]
+    assert "previous day 2026-11-23" in first.picks[0].reason
+    # MOMO on 11-23: +10% (11.0 against 10.0), near the high, 3x its 2-day average volume
+    assert first.picks[0].momentum == pytest.approx(
+        (0.5 * 1.0 + 0.3 * (1.1 / 1.15)) / 0.8, abs=1e-4
+    )
+    assert first.picks[0].volume_ratio == pytest.approx(3.0)
+    (plan,) = _events(caplog, "massive_plan")  # once, though two scans ran
+    assert plan.plan == "free" and "NOT_AUTHORIZED" in plan.evidence
+    assert massive.routes().count("snapshot") == 1  # never asked again
+    assert len(massive.requests) == requests_after_first  # the second scan needed nothing new
+    assert scanner_problems(caplog) == []  # a plan is not a failure
+    grouped = [path.rsplit("/", 1)[-1] for r, path, _, _ in massive.requests if r == "grouped"]
+    assert grouped == ["2026-11-23", "2026-11-20", "2026-11-19"]
+
+
+def test_delayed_plan_says_the_data_is_15_minutes_old_and_leaves_the_minute_bar_out(
+    massive, clock, caplog
+):
+    caplog.set_level(logging.INFO, logger="scanner")
+    massive.defaults["snapshot"] = _fixture("snapshot_delayed.json")
+    scanner = make_scanner(massive, clock)
+
+    watchlist = scanner.scan()
+
+    assert watchlist is not None and watchlist.basis == "delayed_15m"
+    assert watchlist.symbols == ["MOMO", "FALLB", "RUNR"]  # 15 minutes old is not stale here
+    momo = watchlist.picks[0]
+    assert momo.reason.startswith("data 15 min delayed; ")
+    assert "1m" not in momo.reason
+    assert momo.momentum == pytest.approx((0.5 * 1.0 + 0.3 * (1.1 / 1.15)) / 0.8, abs=1e-4)
+    (plan,) = _events(caplog, "massive_plan")
+    assert plan.plan == "delayed" and plan.requests_per_minute == "unlimited"
+
+
+def test_delayed_plan_is_recognised_from_the_age_of_its_data(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    delayed = json.loads(_fixture("snapshot_delayed.json"))
+    delayed["status"] = "OK"  # no word in the status: the data's age tells
+    massive.defaults["snapshot"] = json.dumps(delayed).encode()
+
+    watchlist = make_scanner(massive, clock).scan()
+
+    assert watchlist is not None and watchlist.basis == "delayed_15m"
+    (plan,) = _events(caplog, "massive_plan")
+    assert plan.plan == "delayed" and "15.0 min old" in plan.evidence
+
+
+def test_realtime_plan_scores_on_the_live_snapshot(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+
+    watchlist = make_scanner(massive, clock).scan()
+
+    assert watchlist is not None and watchlist.basis == "realtime"
+    assert "1m +0.92%" in watchlist.picks[0].reason
+    (plan,) = _events(caplog, "massive_plan")
+    assert plan.plan == "realtime" and plan.requests_per_minute == "unlimited"
+
+
+# ------------------------------------------------------------------ picks worth trading
+
+
+def test_stale_tickers_are_dropped_and_counted(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    snapshot = json.loads(_fixture("snapshot_all.json"))
+    runr = next(t for t in snapshot["tickers"] if t["ticker"] == "RUNR")
+    runr["updated"] -= 20 * 60 * 10**9  # its last update 20 minutes ago
+    runr["min"]["t"] -= 20 * 60 * 1000
+    massive.defaults["snapshot"] = json.dumps(snapshot).encode()
+
+    watchlist = make_scanner(massive, clock, max_data_age_s=300.0).scan()
+
+    assert watchlist is not None and watchlist.symbols == ["MOMO", "FALLB"]
+    (done,) = _events(caplog, "scan_done")
+    assert done.stale_dropped == 1
+
+
+def test_a_reverse_split_never_tops_the_list(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    # REVS 1-for-20 today: prevDay (unadjusted) closed at 0.50 on 6M shares; today 10.40 on
+    # 900k. Against the split-adjusted 10.00 it is up 4%, not 1,980%.
+    massive.defaults["snapshot"] = _fixture("snapshot_reverse_split.json")
+    massive.defaults["splits"] = _fixture("splits_reverse.json")
+
+    watchlist = make_scanner(massive, clock, common_stocks_only=False).scan()
+
+    assert watchlist is not None and watchlist.symbols == ["MOMO"]
+    (done,) = _events(caplog, "scan_done")
+    assert done.split_adjusted == ["REVS"]
+
+
+def test_split_factors_scale_prices_up_and_volumes_down_for_a_reverse_split():
+    splits = [
+        sp.Split("REVS", datetime(2026, 11, 24).date(), split_from=20, split_to=1),
+        sp.Split("FWD", datetime(2026, 11, 20).date(), split_from=1, split_to=2),
+    ]
+    factors = sp.split_factors(splits, after=datetime(2026, 11, 23).date())
+    bars = sp.adjust_bars({"REVS": sp.DailyBar(0.5, 0.6, 0.4, 0.5, 6e6)}, factors)
+
+    assert factors == {"REVS": 20.0}  # FWD was executed before: the data already shows it
+    assert bars["REVS"] == sp.DailyBar(10.0, 12.0, 8.0, 10.0, 3e5)
+
+
+def test_pre_market_gapper_is_scored_on_pre_market_volume(massive, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    pre_market = datetime(2026, 11, 24, 8, 30, tzinfo=NEW_YORK)
+    clock = MarketClock(SimulatedTimeSource.starting_at(pre_market, speed=1.0))
+    massive.defaults["snapshot"] = _fixture("snapshot_premarket.json")
+
+    watchlist = make_scanner(massive, clock, common_stocks_only=False).scan()
+
+    # GAPR: +15% on 300k pre-market shares (the day bar is all zeros, min.av holds them),
+    # 0.3x an average day (no grouped rows: the previous day's 1M) > 0.1x pre-market.
+    assert watchlist is not None and watchlist.symbols == ["GAPR"]
+    assert watchlist.basis == "realtime_premarket"
+    gapr = watchlist.picks[0]
+    assert gapr.reason.startswith("pre-market; ")
+    assert gapr.volume_ratio == pytest.approx(0.3)
+    assert "range pos" not in gapr.reason  # no session range before the open
+    assert gapr.momentum == pytest.approx(1.0)
+
+
+def test_scan_done_logs_the_average_volume_basis_the_picks_used(massive, clock, caplog):
+    caplog.set_level(logging.INFO, logger="scanner")
+    scanner = make_scanner(massive, clock)
+    scanner.scan()  # MOMO and RUNR on the 2-day average, FALLB on the previous day's volume
+    gainers = make_scanner(massive, clock, universe="gainers", avg_volume_days=0)
+    gainers.scan()
+
+    mixed, prev_day = _events(caplog, "scan_done")
+    assert mixed.avg_volume_basis == "mixed" and mixed.picks_on_prev_day_volume == 1
+    assert prev_day.avg_volume_basis == "prev_day"
 
 
 # ------------------------------------------------------------------ watchlist file
