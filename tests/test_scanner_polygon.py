@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -670,6 +671,18 @@ def test_write_then_read_round_trips(tmp_path, clock):
         "change_pct",
         "reason",
     }
+
+
+def test_watchlist_file_says_what_its_picks_were_scored_on(tmp_path, clock):
+    path = tmp_path / "day_trading_watchlist.json"
+    sp.write_watchlist(path, replace(_watchlist(["MOMO"], clock), basis="previous_day"))
+
+    assert json.loads(path.read_text())["basis"] == "previous_day"
+    assert sp.read_watchlist(path).basis == "previous_day"
+    older = json.loads(path.read_text())
+    del older["basis"]  # a file written before the field existed
+    path.write_text(json.dumps(older))
+    assert sp.read_watchlist(path).basis == "unknown"
 
 
 def test_concurrent_writes_never_show_a_reader_partial_json(tmp_path, clock):
