@@ -333,6 +333,27 @@ def test_recovery_is_logged_and_a_new_outage_reported_again(massive, clock, capl
     assert any(getattr(r, "event", "") == "massive_recovered" for r in caplog.records)
 
 
+def test_retry_after_reads_seconds_or_an_http_date():
+    now = datetime(2026, 11, 24, 16, 0, 0, tzinfo=NEW_YORK).timestamp()
+
+    assert sp.retry_after_seconds("12", now) == 12.0
+    assert sp.retry_after_seconds("Tue, 24 Nov 2026 21:00:30 GMT", now) == pytest.approx(30.0)
+    assert sp.retry_after_seconds("soon", now) is None
+    assert sp.retry_after_seconds(None, now) is None
+
+
+def test_429_asking_for_longer_than_the_cap_ends_the_scan_without_sleeping(massive, clock, caplog):
+    fake_time = FakeTime()
+    massive.script["snapshot"] = [(429, _fixture("error_429.json"), {"Retry-After": "3600"})]
+    scanner = make_scanner(massive, clock, fake_time, common_stocks_only=False, avg_volume_days=0)
+
+    assert scanner.scan() is None
+
+    assert fake_time.sleeps == [] and massive.routes() == ["snapshot"]
+    (problem,) = scanner_problems(caplog)
+    assert problem.condition == "rate_limited" and "3600 s by Retry-After" in problem.error
+
+
 def test_unknown_key_401_stops_the_scan_at_the_first_request_with_one_line(massive, clock, caplog):
     for route in ("snapshot", "tickers", "grouped", "splits"):
         massive.script[route] = [(401, _fixture("error_401.json"))] * 3
