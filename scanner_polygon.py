@@ -861,7 +861,7 @@ class Answer(NamedTuple):
     """One HTTP response as it came off the wire."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     body: bytes
 
 
@@ -881,7 +881,8 @@ class _MeteredPool:
         self._last.answer = None
         with self._limiter.slot():
             response = self._pool.request(method, url, **kwargs)
-        self._last.answer = Answer(response.status, dict(response.headers), response.data)
+        headers = {k.lower(): v for k, v in response.headers.items()}  # names are case-blind
+        self._last.answer = Answer(response.status, headers, response.data)
         return response
 
     def last_answer(self) -> Answer | None:
@@ -1117,7 +1118,7 @@ class MassiveScanner:
                 if status == 403:
                     raise MarketDataError("not_entitled", what, detail) from exc
                 if status == 429:
-                    header = answer.headers.get("Retry-After") if answer else None
+                    header = answer.headers.get("retry-after") if answer else None
                     wait = retry_after_seconds(header, self._wall_time())
                     basis = "Retry-After" if wait is not None else "rate window"
                     if wait is None:

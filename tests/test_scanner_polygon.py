@@ -277,7 +277,7 @@ def test_bad_config_is_refused_with_the_reason():
 
 def test_429_waits_for_its_retry_after_and_keeps_the_body(massive, clock, caplog):
     fake_time = FakeTime()
-    massive.script["snapshot"] = [(429, _fixture("error_429.json"), {"Retry-After": "7"})]
+    massive.script["snapshot"] = [(429, _fixture("error_429.json"), {"retry-after": "7"})]
     scanner = make_scanner(massive, clock, fake_time, common_stocks_only=False, avg_volume_days=0)
 
     watchlist = scanner.scan()
