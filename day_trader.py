@@ -427,6 +427,7 @@ class DayTrader:
         self._data_notice: str | None = None  # delayed quotes: shown in every heartbeat
         self._watchlist_store: Any = None
         self._watchlist_source = "none"
+        self._watchlist_basis = "none"  # what the scanner scored on (previous_day on free plans)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.session.connected_handlers.append(self._on_connected)
         self.session.resubscribe_handlers.append(self._resubscribe)
@@ -612,7 +613,7 @@ class DayTrader:
             return
         symbols = [s for s in symbols if s not in self.rejected_symbols][: self.options.max_symbols]
         if source != self._watchlist_source or set(symbols) != set(self.feeds):
-            log.info("watchlist", source=source, symbols=symbols)
+            log.info("watchlist", source=source, basis=self._watchlist_basis, symbols=symbols)
         self._watchlist_source = source
         for symbol in [s for s in self.feeds if s not in symbols]:
             self._drop_feed(symbol, "left the watchlist")
@@ -632,6 +633,7 @@ class DayTrader:
         watchlist = self._watchlist_store.load()
         if watchlist is None:
             return None, "none"
+        self._watchlist_basis = watchlist.basis
         return watchlist.symbols, watchlist.source
 
     async def _run_scanner(self) -> None:

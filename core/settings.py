@@ -98,6 +98,9 @@ class Settings:
     alert_repeat_seconds: float = 300.0  # one alert per kind and subject in this many real s
     alert_timeout_seconds: float = 10.0  # a channel that takes longer is given up for that alert
     alert_disconnect_seconds: float = 60.0  # a lost connection is alerted once it lasts this long
+    # None: the plan's limit (5/min on the free plan, none on paid plans); 0: no limit.
+    massive_requests_per_minute: int | None = None
+    scanner_max_data_age_seconds: float = 300.0  # beyond the plan's delay
 
     @property
     def is_live(self) -> bool:
@@ -226,6 +229,8 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ALERT_REPEAT_SECONDS": ("alert_repeat_seconds", _number(0.0, 86_400.0)),
     "ALERT_TIMEOUT_SECONDS": ("alert_timeout_seconds", _number(0.5, 120.0)),
     "ALERT_DISCONNECT_SECONDS": ("alert_disconnect_seconds", _number(0.0, 3600.0)),
+    "MASSIVE_REQUESTS_PER_MINUTE": ("massive_requests_per_minute", _integer(0, 100_000)),
+    "SCANNER_MAX_DATA_AGE_SECONDS": ("scanner_max_data_age_seconds", _number(1.0, 86_400.0)),
 }
 # Older names still accepted: Polygon.io was renamed Massive.
 _ALIASES = {"POLYGON_API_KEY": "MASSIVE_API_KEY", "GEMINI_API_KEY": "GOOGLE_API_KEY"}
