@@ -575,3 +575,28 @@ def test_status_cli_refuses_a_missing_database_in_one_line_and_creates_none(tmp_
         "trading_history.db (or set DATABASE_PATH), or start the bots once to create it\n"
     )
     assert not missing.exists() and not list(tmp_path.glob("nonexist.db*"))
+
+
+# The watchdog's own modules: the supervisor must stay small while trading (it must never die).
+HEAVY_MODULES = ("matplotlib", "pandas", "numpy", "ib_async", "langchain_core")
+
+
+def test_supervisor_and_its_status_block_load_no_plotting_data_or_broker_stack(tmp_path):
+    """The supervisor imported the reporting and plotting stack (pandas via the simulated
+    market, the broker library via the exit rules) and held 172 MiB: importing it, and
+    rendering a status block as it does while trading, must load none of them."""
+    probe = textwrap.dedent(
+        f"""
+        import sys, time
+        import supervisor, sim_day, supervision
+        from observability import get_database
+        db = get_database({str(tmp_path / "lean.db")!r}, if_missing="create")
+        supervision.render_status(db, {{}}, time.time())
+        print(",".join(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded by the supervisor: {done.stdout.strip()}"
