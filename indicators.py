@@ -29,7 +29,6 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from core.clock import NEW_YORK
 
@@ -136,18 +135,28 @@ class _SessionAnchor:
             self._open = regular_open_epoch(time)
         return self._open
 
+    def day_end(self) -> float:
+        """The end (next New York midnight) of the day of the last `anchor_for` time."""
+        return self._day_end
+
 
 def _anchors_for(times: np.ndarray, session_open_epoch: float | None) -> np.ndarray:
-    """VWAP anchor of every bar time (vectorised over New York calendar days)."""
+    """VWAP anchor of every bar time; `times` strictly increasing (checked by the caller).
+
+    One calendar look-up per New York day, its bars found by bisection: no pandas, whose
+    import alone cost the day trader a second on every (re)start.
+    """
     if session_open_epoch is not None:
         return np.full(times.shape, float(session_open_epoch))
-    if times.size == 0:
-        return np.empty(0)
-    local = pd.to_datetime(times, unit="s", utc=True).tz_convert(NEW_YORK)
-    day_keys = local.tz_localize(None).normalize().asi8
-    _, first_index, inverse = np.unique(day_keys, return_index=True, return_inverse=True)
-    day_opens = np.array([regular_open_epoch(float(times[i])) for i in first_index])
-    return day_opens[inverse]
+    anchors = np.empty(times.shape)
+    session = _SessionAnchor(None)
+    start = 0
+    while start < times.size:
+        anchor = session.anchor_for(float(times[start]))
+        stop = int(np.searchsorted(times, session.day_end(), side="left"))
+        anchors[start:stop] = anchor
+        start = stop
+    return anchors
 
 
 # ---------------------------------------------------------------------------------------------
