@@ -578,13 +578,22 @@ def test_status_cli_refuses_a_missing_database_in_one_line_and_creates_none(tmp_
 
 
 # The watchdog's own modules: the supervisor must stay small while trading (it must never die).
-HEAVY_MODULES = ("matplotlib", "pandas", "numpy", "ib_async", "langchain_core")
+HEAVY_MODULES = (
+    "matplotlib",
+    "pandas",
+    "numpy",
+    "ib_async",
+    "langchain_core",
+    "exchange_calendars",
+)
 
 
 def test_supervisor_and_its_status_block_load_no_plotting_data_or_broker_stack(tmp_path):
     """The supervisor imported the reporting and plotting stack (pandas via the simulated
     market, the broker library via the exit rules) and held 172 MiB: importing it, and
-    rendering a status block as it does while trading, must load none of them."""
+    rendering a status block and asking the calendar as it does while trading, must load none
+    of them."""
+    MarketClock().is_trading_day()  # the calendar's cache file, when this checkout has none
     probe = textwrap.dedent(
         f"""
         import sys, time
@@ -592,6 +601,7 @@ def test_supervisor_and_its_status_block_load_no_plotting_data_or_broker_stack(t
         from observability import get_database
         db = get_database({str(tmp_path / "lean.db")!r}, if_missing="create")
         supervision.render_status(db, {{}}, time.time())
+        db.clock.is_trading_day(); db.clock.session(); db.clock.previous_session()
         print(",".join(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
         """
     )
