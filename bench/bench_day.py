@@ -62,9 +62,12 @@ class MemorySampler:
         for proc in procs:
             try:
                 memory = proc.memory_full_info()
-                name = program_name(proc.cmdline())
+                cmdline = proc.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
+            if not cmdline:  # exiting: its memory is already gone
+                continue
+            name = program_name(cmdline)
             pss_now[name] = pss_now.get(name, 0) + memory.pss
             rss = max(self.peak_rss_by_program.get(name, 0), memory.rss)
             self.peak_rss_by_program[name] = rss
