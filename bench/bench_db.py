@@ -43,7 +43,7 @@ def _writer(
     sys.path.insert(0, str(ROOT))
     from observability import DatabaseLocked, TradingDatabase
 
-    db = TradingDatabase(path, busy_timeout_ms=10_000)
+    db = TradingDatabase(path, if_missing="create")
     db.is_position_active("warm-up")
     while time.time() < start_at:
         time.sleep(0.001)
@@ -94,14 +94,14 @@ def bench_reads(path: Path, reads: int, pace_s: float) -> dict[str, np.ndarray]:
     """Per-call read latencies (s) on hits and misses while a writer process runs."""
     from observability import TradingDatabase
 
-    db = TradingDatabase(path)
+    db = TradingDatabase(path, if_missing="create")
     for i in range(200):
         db.add_active_position(f"A{i}", 1, 10.0, 10.18, 9.91)
         db.add_active_position(f"C{i}", 1, 10.0, 10.18, 9.91)
         db.remove_active_position(f"C{i}", 10.1, "PROFIT_TARGET")
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    writes = max(1, int(reads * 2e-6 / pace_s) + 400)  # outlasts the reads
+    writes = int(reads * 4 * 40e-6 / max(pace_s, 1e-4)) + 1500  # outlasts the reads
     writer = ctx.Process(target=_writer, args=(str(path), 9, writes, pace_s, 0.0, out))
     writer.start()
     time.sleep(1.5)  # the writer is writing before the first read
