@@ -1502,14 +1502,30 @@ def options_from_args(args: argparse.Namespace, settings: Settings) -> DayTrader
 
 async def _run(settings: Settings, options: DayTraderOptions) -> int:
     reviewer = None
+    preparing: asyncio.Task[None] | None = None
     if options.use_llm and (settings.deepseek_api_key or settings.google_api_key):
         from llm_review import LLMReviewer
 
         reviewer = LLMReviewer.from_settings(settings, budget_s=options.llm_budget_real_s)
-        reviewer.prepare()  # the client imports take seconds: before the market, not mid-review
+        # The client imports take seconds: a thread does them while the bot connects and
+        # reconciles, so a restart is not held up by them (a review before then waits).
+        preparing = asyncio.create_task(_prepare_reviewer(reviewer))
     trader = DayTrader(settings, options, reviewer=reviewer)
     install_stop_handlers(asyncio.get_running_loop(), trader.stop_event.set)
-    return await trader.run()
+    try:
+        return await trader.run()
+    finally:
+        if preparing is not None and not preparing.done():
+            preparing.cancel()
+
+
+async def _prepare_reviewer(reviewer: Any) -> None:
+    """`reviewer.prepare()` in a worker thread; a missing client is logged (its reviews then
+    fall back to the heuristic), never raised into the bot."""
+    try:
+        await asyncio.to_thread(reviewer.prepare)
+    except ImportError as exc:
+        log.warning("llm_client_missing", error=str(exc), action="pip install -r requirements.txt")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,25 +29,22 @@ from ib_async import LimitOrder, MarketOrder, Order, StopOrder, Ticker, Trade
 from core.clock import Session
 from core.money import profit_target_price, round_to_tick, stop_loss_price
 
+# The intent purposes live in core.purposes (no broker import); the exit manager takes them
+# from here.
+from core.purposes import (  # noqa: F401
+    EXIT_REASON_BY_PURPOSE,
+    PROTECTIVE_PURPOSES,
+    PURPOSE_BACKSTOP,
+    PURPOSE_BOT_STOP,
+    PURPOSE_BOT_TARGET,
+    PURPOSE_EOD,
+    PURPOSE_MANUAL,
+    PURPOSE_TARGET,
+)
+
 AGENT = "exit_manager"
 ADOPTED_AGENT = "adopted"
 
-# Purposes stored with every order intent; the exit reason of a fill follows from them.
-PURPOSE_TARGET = "PROTECT_TARGET"
-PURPOSE_BACKSTOP = "PROTECT_STOP"
-PURPOSE_BOT_STOP = "BOT_STOP"
-PURPOSE_BOT_TARGET = "BOT_TARGET"
-PURPOSE_EOD = "EOD_FLATTEN"
-PURPOSE_MANUAL = "MANUAL"  # a person asked to sell now (the dashboard's flatten)
-PROTECTIVE_PURPOSES = frozenset({PURPOSE_TARGET, PURPOSE_BACKSTOP})
-EXIT_REASON_BY_PURPOSE: dict[str, str] = {
-    PURPOSE_TARGET: "PROFIT_TARGET",
-    PURPOSE_BOT_TARGET: "PROFIT_TARGET",
-    PURPOSE_BACKSTOP: "STOP_LOSS",
-    PURPOSE_BOT_STOP: "STOP_LOSS",
-    PURPOSE_EOD: "EOD",
-    PURPOSE_MANUAL: "MANUAL",
-}
 # IB market data types: 1 live, 2 frozen, 3 delayed, 4 delayed frozen.
 DELAYED_DATA_TYPES = frozenset({3, 4})
 

@@ -1,8 +1,9 @@
 """Intraday indicators on 30-second bars: session VWAP, Wilder RSI, Wilder ATR and ATR%.
 
 Three forms of the same arithmetic, which agree to 1e-12:
-- batch functions (`rsi`, `atr`, `atr_percent`, `session_vwap`) over a whole history, vectorised
-  over time (and over symbols when given a 2-D array, one row per symbol);
+- batch functions (`rsi`, `atr`, `atr_percent`, `session_vwap`) over a whole history (one row
+  per symbol when given a 2-D array); RSI and ATR are TA-Lib's own C loops, a row at a time
+  (numpy over whole arrays was 5-10x slower: a pass over memory per operation), VWAP numpy;
 - `StreamingIndicators`, one per symbol, O(1) per new bar;
 - `IndicatorBank`, the streaming state of N symbols as numpy arrays, all updated in one call.
 
@@ -22,24 +23,18 @@ keeps the finished bars of a keepUpToDate historical list. Everything here is pu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from core.clock import NEW_YORK
 
 DEFAULT_PERIOD = 14
 BAR_SECONDS = 30
 IB_REALTIME_BAR_SECONDS = 5
-# Block length of the vectorised Wilder smoother: a small matrix product per block of bars.
-_WILDER_BLOCK = 64
-# From this many rows (symbols) a 2-D history is smoothed step by step over time instead.
-_ROWS_FOR_STEPPING = 32
 _NAN = float("nan")
 
 
@@ -136,18 +131,28 @@ class _SessionAnchor:
             self._open = regular_open_epoch(time)
         return self._open
 
+    def day_end(self) -> float:
+        """The end (next New York midnight) of the day of the last `anchor_for` time."""
+        return self._day_end
+
 
 def _anchors_for(times: np.ndarray, session_open_epoch: float | None) -> np.ndarray:
-    """VWAP anchor of every bar time (vectorised over New York calendar days)."""
+    """VWAP anchor of every bar time; `times` strictly increasing (checked by the caller).
+
+    One calendar look-up per New York day, its bars found by bisection: no pandas, whose
+    import alone cost the day trader a second on every (re)start.
+    """
     if session_open_epoch is not None:
         return np.full(times.shape, float(session_open_epoch))
-    if times.size == 0:
-        return np.empty(0)
-    local = pd.to_datetime(times, unit="s", utc=True).tz_convert(NEW_YORK)
-    day_keys = local.tz_localize(None).normalize().asi8
-    _, first_index, inverse = np.unique(day_keys, return_index=True, return_inverse=True)
-    day_opens = np.array([regular_open_epoch(float(times[i])) for i in first_index])
-    return day_opens[inverse]
+    anchors = np.empty(times.shape)
+    session = _SessionAnchor(None)
+    start = 0
+    while start < times.size:
+        anchor = session.anchor_for(float(times[start]))
+        stop = int(np.searchsorted(times, session.day_end(), side="left"))
+        anchors[start:stop] = anchor
+        start = stop
+    return anchors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,48 +164,6 @@ def _check_period(period: int) -> None:
         raise ValueError(f"indicator period must be an integer >= 2, got {period!r}")
 
 
-@lru_cache(maxsize=16)
-def _wilder_kernel(period: int) -> tuple[np.ndarray, np.ndarray]:
-    """Matrix of one block's response to its inputs, and of its response to the carried value."""
-    decay = (period - 1) / period
-    lag = np.arange(_WILDER_BLOCK)[None, :] - np.arange(_WILDER_BLOCK)[:, None]
-    response = np.where(lag >= 0, np.power(decay, np.maximum(lag, 0)) / period, 0.0)
-    carry = np.power(decay, np.arange(1, _WILDER_BLOCK + 1))
-    return response, carry
-
-
-def _wilder_smooth(values: np.ndarray, seed: np.ndarray, period: int) -> np.ndarray:
-    """y_k = (y_{k-1} * (period - 1) + x_k) / period along the last axis, starting from `seed`."""
-    count = values.shape[-1]
-    lead = values.shape[:-1]
-    if count == 0:
-        return np.empty(values.shape)
-    if values.ndim == 2 and lead[0] >= _ROWS_FOR_STEPPING:
-        # Many symbols: step through time, vectorised over symbols (TA-Lib's own arithmetic).
-        steps = np.ascontiguousarray(values.T)
-        smoothed_t = np.empty(steps.shape)
-        average = np.array(seed, dtype=float)
-        for k in range(count):
-            average *= period - 1
-            average += steps[k]
-            average /= period
-            smoothed_t[k] = average
-        return smoothed_t.T
-    response, carry = _wilder_kernel(period)
-    blocks = -(-count // _WILDER_BLOCK)
-    padded = np.zeros((*lead, blocks * _WILDER_BLOCK))
-    padded[..., :count] = values
-    # Each block's smoothing as if it started from 0; the true start value is added below.
-    from_zero = (padded.reshape(-1, _WILDER_BLOCK) @ response).reshape(*lead, blocks, _WILDER_BLOCK)
-    starts = np.empty((*lead, blocks))
-    start = np.asarray(seed, dtype=float)
-    for block in range(blocks):
-        starts[..., block] = start
-        start = from_zero[..., block, -1] + carry[-1] * start
-    smoothed = from_zero + starts[..., None] * carry
-    return smoothed.reshape(*lead, blocks * _WILDER_BLOCK)[..., :count]
-
-
 def _as_series(name: str, values: np.ndarray | Sequence[float]) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     if array.ndim not in (1, 2):
@@ -210,29 +173,24 @@ def _as_series(name: str, values: np.ndarray | Sequence[float]) -> np.ndarray:
     return array
 
 
+def _each_row(compute: Callable[..., np.ndarray], *series: np.ndarray) -> np.ndarray:
+    """`compute` over a 1-D series, or over each row (symbol) of equally shaped 2-D ones."""
+    if series[0].ndim == 1:
+        return compute(*(np.ascontiguousarray(s) for s in series))
+    out = np.empty(series[0].shape)
+    for row in range(series[0].shape[0]):
+        out[row] = compute(*(np.ascontiguousarray(s[row]) for s in series))
+    return out
+
+
 def rsi(close: np.ndarray | Sequence[float], period: int = DEFAULT_PERIOD) -> np.ndarray:
-    """Returns Wilder RSI as talib.RSI (rows = symbols if 2-D); raises ValueError on bad input."""
+    """Returns Wilder RSI, talib.RSI itself (rows = symbols if 2-D); raises ValueError on bad
+    input."""
+    import talib  # here, not at import: the bots use the streaming forms only
+
     _check_period(period)
     close = _as_series("close", close)
-    out = np.full(close.shape, _NAN)
-    if close.shape[-1] <= period:
-        return out
-    change = np.diff(close, axis=-1)
-    gain = np.maximum(change, 0.0)
-    loss = np.maximum(-change, 0.0)
-    # Sequential sums, as TA-Lib adds them, for the seeds.
-    seed_gain = np.cumsum(gain[..., :period], axis=-1)[..., -1] / period
-    seed_loss = np.cumsum(loss[..., :period], axis=-1)[..., -1] / period
-    avg_gain = np.concatenate(
-        [seed_gain[..., None], _wilder_smooth(gain[..., period:], seed_gain, period)], axis=-1
-    )
-    avg_loss = np.concatenate(
-        [seed_loss[..., None], _wilder_smooth(loss[..., period:], seed_loss, period)], axis=-1
-    )
-    total = avg_gain + avg_loss
-    safe_total = np.where(total == 0.0, 1.0, total)
-    out[..., period:] = np.where(total == 0.0, 0.0, 100.0 * (avg_gain / safe_total))
-    return out
+    return _each_row(lambda c: talib.RSI(c, timeperiod=int(period)), close)
 
 
 def true_range(
@@ -259,16 +217,17 @@ def atr(
     close: np.ndarray | Sequence[float],
     period: int = DEFAULT_PERIOD,
 ) -> np.ndarray:
-    """Returns Wilder ATR as talib.ATR (rows = symbols if 2-D); raises ValueError on bad input."""
+    """Returns Wilder ATR, talib.ATR itself (rows = symbols if 2-D); raises ValueError on bad
+    input."""
+    import talib  # here, not at import: the bots use the streaming forms only
+
     _check_period(period)
-    ranges = true_range(high, low, close)
-    out = np.full(ranges.shape, _NAN)
-    if ranges.shape[-1] <= period:
-        return out
-    seed = np.cumsum(ranges[..., 1 : period + 1], axis=-1)[..., -1] / period
-    out[..., period] = seed
-    out[..., period + 1 :] = _wilder_smooth(ranges[..., period + 1 :], seed, period)
-    return out
+    high, low, close = (
+        _as_series(n, v) for n, v in (("high", high), ("low", low), ("close", close))
+    )
+    if not high.shape == low.shape == close.shape:
+        raise ValueError(f"high/low/close shapes differ: {high.shape}, {low.shape}, {close.shape}")
+    return _each_row(lambda h, lo, c: talib.ATR(h, lo, c, timeperiod=int(period)), high, low, close)
 
 
 def atr_percent(

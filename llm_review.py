@@ -36,14 +36,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
-from typing import Any, Literal, NamedTuple, Protocol
-
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import HumanMessage, SystemMessage
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from core.clock import get_clock
 from core.logs import get_logger
 from core.settings import Secret, Settings, get_settings
+
+if TYPE_CHECKING:  # langchain is imported by `prepare` (seconds): not on the bot's way to start
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import HumanMessage, SystemMessage
 
 log = get_logger("llm")
 
@@ -154,6 +155,8 @@ _RULE_TEXT = {
 
 def build_messages(candidate: Candidate) -> list[SystemMessage | HumanMessage]:
     """The chat messages sent to either provider for `candidate`."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
     facts = asdict(candidate)
     facts["rule"] = _RULE_TEXT.get(candidate.rule, candidate.rule)
     return [SystemMessage(SYSTEM_PROMPT), HumanMessage("Candidate: " + json.dumps(facts))]
@@ -309,10 +312,12 @@ class LLMReviewer:
 
     def prepare(self) -> None:
         """Import the configured providers' clients now (seconds on a cold start under
-        load), so that no review's budget is spent importing. Idempotent; the bot calls it
-        at startup, `review` calls it before its clock starts."""
+        load), so that no review's budget is spent importing. Idempotent and safe from a
+        thread (the bot runs it in one at startup); `review` runs it before its clock starts.
+        Raises ImportError when a configured provider's client is not installed."""
         if self._prepared:
             return
+        importlib.import_module("langchain_core.messages")
         for provider in self.providers:
             importlib.import_module(_CLIENT_MODULES[provider.name])
         self._prepared = True
@@ -322,8 +327,9 @@ class LLMReviewer:
 
         Returns within about `budget_s` real seconds. A veto is logged as `llm_veto`.
         """
-        with contextlib.suppress(ImportError):  # a missing client fails its call, below
-            self.prepare()
+        if not self._prepared:  # in a thread: the event loop keeps serving the bot meanwhile
+            with contextlib.suppress(ImportError):  # a missing client fails its call, below
+                await asyncio.to_thread(self.prepare)
         started = self._monotonic()
         try:
             opinion = await self._review(candidate, started)

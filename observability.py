@@ -39,6 +39,14 @@ from core.money import stop_loss_price as _stop_price
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
+# A write waiting for another process's write lock looks again this often (then, after
+# WRITE_LOCK_SLOW_AFTER_S of waiting, every WRITE_LOCK_SLOW_POLL_S). SQLite's own busy handler
+# sleeps 1, 2, 5 ... 50, then 100 ms between tries: behind a 2-ms write a waiter slept on for
+# up to 100 ms after the lock was free, and with two writers single writes stalled 631 ms.
+WRITE_LOCK_POLL_S = 0.0005
+WRITE_LOCK_SLOW_AFTER_S = 0.25
+WRITE_LOCK_SLOW_POLL_S = 0.005
+_pause = time.sleep  # the write-lock poll's sleep (a test sees each pause through it)
 # What opening a path without a database file does: "warn" creates it and warns once, naming
 # the path (an empty answer must not pass for "no positions"); "create" creates it quietly (a
 # run that makes a fresh database on purpose); "refuse" raises DatabaseError (tools that only read).
@@ -708,10 +716,7 @@ class TradingDatabase:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A BEGIN IMMEDIATE transaction: takes the write lock up front so it never upgrades."""
         conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from exc
+        self._begin_immediate(conn)
         try:
             yield conn
         except BaseException:
@@ -722,6 +727,33 @@ class TradingDatabase:
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise self._explain(exc) from exc
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to busy_timeout for the write lock, polled every
+        WRITE_LOCK_POLL_S instead of SQLite's coarse back-off (see WRITE_LOCK_POLL_S).
+        Raises DatabaseLocked when the lock stays taken past busy_timeout."""
+        # Only this statement waits in Python; reads and COMMIT keep SQLite's busy_timeout.
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            started: float | None = None
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                        raise self._explain(exc) from exc
+                    now = time.monotonic()
+                    started = now if started is None else started
+                    waited = now - started
+                    if waited >= self.busy_timeout_ms / 1000:
+                        raise self._explain(exc) from exc
+                    slow = waited >= WRITE_LOCK_SLOW_AFTER_S
+                    _pause(WRITE_LOCK_SLOW_POLL_S if slow else WRITE_LOCK_POLL_S)
+                except sqlite3.Error as exc:
+                    raise self._explain(exc) from exc
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:

@@ -16,7 +16,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exit_rules import EXIT_REASON_BY_PURPOSE
+from core.purposes import EXIT_REASON_BY_PURPOSE
 from observability import EXIT_REASONS, TradingDatabase
 
 if TYPE_CHECKING:

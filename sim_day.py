@@ -32,7 +32,7 @@ from core.clock import MarketClock, SystemTimeSource, get_clock, set_clock
 from core.logs import get_logger, setup_logging
 from core.settings import PROJECT_ROOT, get_settings, set_settings
 from observability import TradingDatabase, get_database
-from reports import DayReport, build_day_report, render_report, write_pnl_chart
+from reports import DayReport, build_day_report, render_report
 from supervision import (
     Supervisor,
     SupervisorError,
@@ -204,6 +204,20 @@ class SimGateway:
             return None
         return reply.get("result") if reply.get("ok") else None
 
+    def symbols(self) -> tuple[str, ...]:
+        """The simulated market's symbols, asked of the gateway itself: generating them here
+        would load the market stack (numpy, pandas) into the supervisor. Raises
+        SupervisorError when the gateway does not answer."""
+        from ibsim.ctl import call
+
+        try:
+            reply = call(self.control_port, "health", {}, timeout=GATEWAY_START_TIMEOUT_S)
+        except OSError as exc:
+            raise SupervisorError(f"the simulated gateway did not answer /health: {exc}") from None
+        if not reply.get("ok"):
+            raise SupervisorError(f"the simulated gateway refused /health: {reply}")
+        return tuple(reply["result"]["symbols"])
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             stop_process_tree(self.process, timeout=10.0)
@@ -214,7 +228,7 @@ class SimGateway:
 @dataclass(frozen=True)
 class SimOutcome:
     report: DayReport
-    chart: Path
+    chart: Path | None  # None: the chart could not be drawn (the reason was printed)
     flat: bool | None  # None: the simulator could not be asked
     unmatched_fills: list[str]  # how the database's fills differ from the simulator's
     open_orders: int
@@ -373,9 +387,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
         )
-        from ibsim.market import generate_tickers
-
-        universe = generate_tickers(options.symbols, options.seed)
+        universe = gateway.symbols()
         specs = bot_specs(
             options.allocation,
             sim_env(run_dir, gateway, db.path),
@@ -511,13 +523,35 @@ def report_give_up(reason: str, state: dict[str, Any] | None) -> None:
           f"server stops working for: {stops or 'none'}", flush=True)  # fmt: skip
 
 
+def write_chart_in_child(db_path: Path, day: str, path: Path) -> Path | None:
+    """Draw the day's P&L chart with `analyze_today.py` in a child process: matplotlib would
+    stay in the supervisor's memory for the rest of its life. Returns `path`, or None (after
+    printing why) when the child failed."""
+    argv = [sys.executable, str(PROJECT_ROOT / "analyze_today.py"), "--db", str(db_path),
+            "--date", day, "--chart", str(path)]  # fmt: skip
+    try:
+        done = subprocess.run(
+            argv, cwd=str(PROJECT_ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, timeout=120,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"P&L chart: not written ({exc})", flush=True)
+        return None
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        print(f"P&L chart: not written ({reason[0]})", flush=True)
+        return None
+    return path
+
+
 def finish(db: TradingDatabase, gateway: SimGateway, day: str, run_dir: Path) -> SimOutcome:
     """Report, chart, and the checks against the simulator's own account."""
     report = build_day_report(db, day)
-    chart = write_pnl_chart(report, run_dir / f"pnl_{day}.png")
+    chart = write_chart_in_child(db.path, day, run_dir / f"pnl_{day}.png")
     flat, unmatched, open_orders = check_against_simulator(db, gateway.state(), day)
     print(render_report(report), end="", flush=True)
-    print(f"P&L chart: {chart}")
+    if chart is not None:
+        print(f"P&L chart: {chart}")
     print(
         "flat at the close: "
         + {True: "yes", False: "NO", None: "unknown (simulator unreachable)"}[flat]

@@ -178,7 +178,7 @@ class WatchdogPolicy:
     poll_seconds: float = 0.25  # a dead exit manager is seen (and restarted) this soon
     stale_after_s: float = 90.0
     startup_grace_s: float = 120.0
-    backoff_initial_s: float = 1.0  # the day trader's first restart: back within 5 s
+    backoff_initial_s: float = 1.0  # a repeat failure's first wait (after a healthy run: none)
     backoff_max_s: float = 300.0
     crash_loop_max: int = 5  # restarts within the window before giving up
     crash_loop_window_s: float = 600.0
@@ -384,7 +384,8 @@ class Supervisor:
         ran_for = now - bot.started_at
         healthy_for = bot.ready_seen_at - bot.ready_since if bot.ready_since is not None else 0.0
         bot.ready_since = None
-        if healthy_for >= self.policy.healthy_after_s:
+        after_healthy_run = healthy_for >= self.policy.healthy_after_s
+        if after_healthy_run:
             bot.consecutive_failures = 0  # after a healthy run: not a loop, no long backoff
         bot.consecutive_failures += 1
         bot.restart_times.append(now)
@@ -408,7 +409,9 @@ class Supervisor:
                     f"{crash_loop_limit(self.policy, self.clock.speed)}"
                 )
             return
-        if bot.spec.critical:
+        if bot.spec.critical or after_healthy_run:
+            # A failure after a healthy run is not a loop: back at once (the day trader within
+            # 5 s of a crash); only repeats wait, and their wait doubles.
             delay = 0.0
         else:
             delay = min(

@@ -1,4 +1,4 @@
-"""Benchmark one simulated day: wall time and peak memory of every process.
+"""Benchmark one simulated day: wall time and memory (PSS) of every program.
 
     python bench/bench_day.py                  # 50 symbols, speed 300
     python bench/bench_day.py --symbols 50 --speed 1000 --start 09:00
@@ -6,15 +6,25 @@
 The default speed is the highest at which the bots still trade normally on 2 cores: at 600x
 and above the day completes (flat, database = simulator) but no entry gets filled in time.
 
-Runs `supervisor.py --sim` (simulated gateway, exit manager, day trader) and samples the RSS
-of the supervisor and all its descendants with psutil; prints the wall time, the peak of the
-summed RSS, each program's own peak, and the day's outcome (trades, flat, agreement).
+Runs `supervisor.py --sim` (simulated gateway, exit manager, day trader) and samples every
+process of the tree with psutil's `memory_full_info`: PSS (proportional set size) per
+program, because summed RSS counts the pages the programs share (the interpreter, the
+libraries) once per process. Prints per program the median and peak PSS and the peak RSS
+(the supervisor's own limit is in RSS), the peak of the three programs' PSS together
+(supervisor, exit manager, day trader; the simulated gateway and the chart child are shown
+apart), and as the anchor a bare interpreter's PSS measured in the same run, with ratios.
+
+The bars/s printed is the simulated market's offer, symbols x speed / bar length: it is
+bounded by the simulated clock's speed, not by how fast the bots could take bars.
+Memory is bounded by what each program imports and holds; PSS also by what else shares
+its pages at that moment (a bare interpreter running alongside lowers everyone's share).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,15 +35,22 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from indicators import BAR_SECONDS, IB_REALTIME_BAR_SECONDS  # noqa: E402
+
+TRADING_PROGRAMS = ("supervisor", "exit_manager", "day_trader")
+MiB = 2**20
 
 
 @dataclass
 class MemorySampler:
-    """Peak RSS of a process tree: summed over the tree, and per program."""
+    """PSS and RSS samples of a process tree, per program; the three programs' PSS summed."""
 
     root: psutil.Process
-    peak_total: int = 0
-    peak_by_program: dict[str, int] = field(default_factory=dict)
+    pss_by_program: dict[str, list[int]] = field(default_factory=dict)
+    peak_rss_by_program: dict[str, int] = field(default_factory=dict)
+    peak_trading_pss: int = 0
     samples: int = 0
 
     def sample(self) -> None:
@@ -41,16 +58,23 @@ class MemorySampler:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        total = 0
+        pss_now: dict[str, int] = {}
         for proc in procs:
             try:
-                rss = proc.memory_info().rss
-                name = program_name(proc.cmdline())
+                memory = proc.memory_full_info()
+                cmdline = proc.cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            total += rss
-            self.peak_by_program[name] = max(self.peak_by_program.get(name, 0), rss)
-        self.peak_total = max(self.peak_total, total)
+            if not cmdline:  # exiting: its memory is already gone
+                continue
+            name = program_name(cmdline)
+            pss_now[name] = pss_now.get(name, 0) + memory.pss
+            rss = max(self.peak_rss_by_program.get(name, 0), memory.rss)
+            self.peak_rss_by_program[name] = rss
+        for name, pss in pss_now.items():
+            self.pss_by_program.setdefault(name, []).append(pss)
+        trading = sum(pss_now.get(name, 0) for name in TRADING_PROGRAMS)
+        self.peak_trading_pss = max(self.peak_trading_pss, trading)
         self.samples += 1
 
 
@@ -62,6 +86,17 @@ def program_name(cmdline: list[str]) -> str:
         if part.endswith(".py"):
             return Path(part).stem
     return Path(cmdline[0]).name if cmdline else "?"
+
+
+def bare_interpreter_pss() -> int:
+    """The anchor: PSS of an interpreter that imported nothing, measured now."""
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                          stdin=subprocess.PIPE) as bare:  # fmt: skip
+        time.sleep(0.5)
+        pss = psutil.Process(bare.pid).memory_full_info().pss
+        assert bare.stdin is not None
+        bare.stdin.close()
+    return pss
 
 
 def run_day(args: argparse.Namespace, run_dir: Path) -> tuple[float, MemorySampler, str, int]:
@@ -84,21 +119,35 @@ def run_day(args: argparse.Namespace, run_dir: Path) -> tuple[float, MemorySampl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Wall time and peak RSS of one simulated day.")
+    parser = argparse.ArgumentParser(description="Wall time and memory (PSS) of one simulated day.")
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--speed", type=float, default=300.0, help="simulated s per real s")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--start", default="09:00")
-    parser.add_argument("--sample-every", type=float, default=0.2, help="RSS sample interval, s")
+    parser.add_argument("--sample-every", type=float, default=0.2, help="memory sample interval, s")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_day_") as tmp:
         wall, sampler, text, code = run_day(args, Path(tmp) / "run")
+    anchor = bare_interpreter_pss()
     trades = re.search(r"trades \(round trips\): (\d+)", text)
+    bars_per_s = args.symbols * args.speed / BAR_SECONDS
     print(f"simulated day: {args.symbols} symbols, speed {args.speed:g}x, from {args.start}")
     print(f"wall time:          {wall:.1f} s")
-    print(f"peak RSS (all):     {sampler.peak_total / 2**20:.0f} MiB ({sampler.samples} samples)")
-    for name, peak in sorted(sampler.peak_by_program.items()):
-        print(f"  peak {name + ':':<18}{peak / 2**20:.0f} MiB")
+    print(
+        f"bars/s offered:     {bars_per_s:,.0f} {BAR_SECONDS}-s bars "
+        f"({bars_per_s * BAR_SECONDS / IB_REALTIME_BAR_SECONDS:,.0f} 5-s bars): "
+        "symbols x speed / bar length, bounded by the clock speed"
+    )
+    print(f"anchor, a bare interpreter: {anchor / MiB:.1f} MiB PSS")
+    print(
+        f"{'program':<18}{'PSS p50':>9}{'PSS max':>9}{'x bare':>8}{'RSS max':>9}   ({sampler.samples} samples)"
+    )
+    for name, values in sorted(sampler.pss_by_program.items()):
+        peak = max(values)
+        print(f"{name:<18}{statistics.median(values) / MiB:>9.1f}{peak / MiB:>9.1f}"
+              f"{peak / anchor:>8.1f}{sampler.peak_rss_by_program[name] / MiB:>9.1f}")  # fmt: skip
+    print(f"three programs together, peak PSS: {sampler.peak_trading_pss / MiB:.0f} MiB "
+          f"({' + '.join(TRADING_PROGRAMS)}; goal <= 250 at 50 symbols)")  # fmt: skip
     print(f"round trips:        {trades.group(1) if trades else '?'}")
     print(f"flat at the close:  {'yes' if 'flat at the close: yes' in text else 'NO'}")
     agree = "database and simulator agree on every fill" in text

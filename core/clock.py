@@ -13,6 +13,7 @@ Clock file format (JSON, written atomically):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import threading
@@ -26,12 +27,16 @@ from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")
 CALENDAR_NAME = "XNYS"
+# The sessions, once taken from exchange_calendars, are kept here as plain JSON: that library
+# and pandas cost every process a second to import and tens of MiB to hold.
+CALENDAR_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 # How often (real seconds) a file-driven clock re-reads its file; cheap enough for hot paths.
 _CLOCK_FILE_RECHECK_S = 0.25
 
 
 class ClockError(RuntimeError):
-    """The simulated clock file is unreadable or malformed."""
+    """The simulated clock file is unreadable or malformed, or a date is outside the
+    exchange calendar."""
 
 
 class TimeSource(Protocol):
@@ -164,15 +169,16 @@ class FileTimeSource:
 _calendar_lock = threading.Lock()  # one build, however many threads ask at once
 
 
-def _calendar():  # type: ignore[no-untyped-def]
+def _calendar() -> _SessionTable:
     with _calendar_lock:
         return _build_calendar()
 
 
 def preload_calendar() -> None:
-    """Build the exchange calendar in a background thread now: it takes about a second
-    (pandas, exchange_calendars), and an exit manager restarted with positions to protect
-    must not wait for it between connecting and placing their stops."""
+    """Load the exchange calendar in a background thread now: the first process of a
+    calendar range builds it from exchange_calendars (about a second), and an exit manager
+    restarted with positions to protect must not wait for it between connecting and
+    placing their stops."""
     threading.Thread(target=_calendar, name="calendar-preload", daemon=True).start()
 
 
@@ -181,21 +187,117 @@ def calendar_loaded() -> bool:
     return _build_calendar.cache_info().currsize > 0
 
 
-@lru_cache(maxsize=1)
-def _build_calendar():  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class _SessionTable:
+    """The exchange's regular sessions from `first` to `last`: sorted date ordinals with
+    their open and close as unix times."""
+
+    first: date
+    last: date
+    days: tuple[int, ...]
+    opens: tuple[float, ...]
+    closes: tuple[float, ...]
+
+    def _check(self, day: date) -> None:
+        if not self.first <= day <= self.last:
+            raise ClockError(
+                f"{day} is outside the exchange calendar's range {self.first}..{self.last}"
+            )
+
+    def index_of(self, day: date) -> int | None:
+        """The position of `day`'s session, or None when the exchange is closed that day.
+        Raises ClockError outside the table's range."""
+        self._check(day)
+        at = bisect.bisect_left(self.days, day.toordinal())
+        return at if at < len(self.days) and self.days[at] == day.toordinal() else None
+
+    def next_after(self, day: date) -> int:
+        self._check(day)
+        at = bisect.bisect_right(self.days, day.toordinal())
+        if at >= len(self.days):
+            raise ClockError(f"no session after {day} within the calendar (to {self.last})")
+        return at
+
+    def previous_before(self, day: date) -> int:
+        self._check(day)
+        at = bisect.bisect_left(self.days, day.toordinal()) - 1
+        if at < 0:
+            raise ClockError(f"no session before {day} within the calendar (from {self.first})")
+        return at
+
+    def session_at(self, index: int) -> Session:
+        return Session(
+            trading_date=date.fromordinal(self.days[index]),
+            open=datetime.fromtimestamp(self.opens[index], NEW_YORK),
+            close=datetime.fromtimestamp(self.closes[index], NEW_YORK),
+        )
+
+
+def _table_from_library(first: date, last: date) -> _SessionTable:
+    """The sessions from exchange_calendars itself (imports pandas: about a second)."""
     import warnings
 
     import exchange_calendars as xcals
 
-    today = date.today()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas deprecation noise from inside the library
-        calendar = xcals.get_calendar(
-            CALENDAR_NAME,
-            start=f"{today.year - 3}-01-01",
-            end=f"{today.year + 2}-12-31",
+        calendar = xcals.get_calendar(CALENDAR_NAME, start=first.isoformat(), end=last.isoformat())
+    schedule = calendar.schedule
+    return _SessionTable(
+        first,
+        last,
+        tuple(stamp.date().toordinal() for stamp in schedule.index),
+        tuple(stamp.timestamp() for stamp in schedule["open"]),
+        tuple(stamp.timestamp() for stamp in schedule["close"]),
+    )
+
+
+def _calendar_cache_file(first: date, last: date) -> Path | None:
+    """The cache file of this range and library version; None when the library is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        library = version("exchange_calendars")
+    except PackageNotFoundError:
+        return None
+    return CALENDAR_CACHE_DIR / f"{CALENDAR_NAME}_{library}_{first}_{last}.json"
+
+
+def _read_cached_table(path: Path, first: date, last: date) -> _SessionTable | None:
+    try:
+        payload = json.loads(path.read_text())
+        table = _SessionTable(
+            first, last, tuple(payload["days"]), tuple(payload["opens"]), tuple(payload["closes"])
         )
-    return calendar
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, half-written by another process, or damaged: build it again
+    ok = len(table.days) == len(table.opens) == len(table.closes) > 0
+    return table if ok and list(table.days) == sorted(table.days) else None
+
+
+def _write_cached_table(path: Path, table: _SessionTable) -> None:
+    """Atomically, so a process reading at the same moment sees all of it or none."""
+    payload = {"days": table.days, "opens": table.opens, "closes": table.closes}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only install: every process builds its own, as before
+
+
+@lru_cache(maxsize=1)
+def _build_calendar() -> _SessionTable:
+    today = date.today()
+    first, last = date(today.year - 3, 1, 1), date(today.year + 2, 12, 31)
+    cache = _calendar_cache_file(first, last)
+    table = _read_cached_table(cache, first, last) if cache is not None else None
+    if table is None:
+        table = _table_from_library(first, last)
+        if cache is not None:
+            _write_cached_table(cache, table)
+    return table
 
 
 @dataclass(frozen=True)
@@ -245,31 +347,20 @@ class MarketClock:
 
     # -- calendar ---------------------------------------------------------
     def is_trading_day(self, day: date | None = None) -> bool:
-        import pandas as pd
-
-        return bool(_calendar().is_session(pd.Timestamp(day or self.today())))
+        """Raises ClockError for a day outside the calendar (three years back, two ahead)."""
+        return _calendar().index_of(day or self.today()) is not None
 
     def session(self, day: date | None = None) -> Session | None:
         """The regular session of `day` (default today), or None when the exchange is closed."""
         return _session(day or self.today())
 
     def next_session(self, after: date | None = None) -> Session:
-        import pandas as pd
-
-        day = after or self.today()
-        nxt = _calendar().date_to_session(pd.Timestamp(day) + pd.Timedelta(days=1), "next")
-        session = _session(nxt.date())
-        assert session is not None
-        return session
+        table = _calendar()
+        return table.session_at(table.next_after(after or self.today()))
 
     def previous_session(self, before: date | None = None) -> Session:
-        import pandas as pd
-
-        day = before or self.today()
-        prev = _calendar().date_to_session(pd.Timestamp(day) - pd.Timedelta(days=1), "previous")
-        session = _session(prev.date())
-        assert session is not None
-        return session
+        table = _calendar()
+        return table.session_at(table.previous_before(before or self.today()))
 
     def is_market_open(self, at: datetime | None = None) -> bool:
         """True during regular hours of a trading day (open inclusive, close exclusive)."""
@@ -295,17 +386,9 @@ class MarketClock:
 
 @lru_cache(maxsize=64)
 def _session(day: date) -> Session | None:
-    import pandas as pd
-
-    calendar = _calendar()
-    stamp = pd.Timestamp(day)
-    if not calendar.is_session(stamp):
-        return None
-    return Session(
-        trading_date=day,
-        open=calendar.session_open(stamp).tz_convert(NEW_YORK).to_pydatetime(),
-        close=calendar.session_close(stamp).tz_convert(NEW_YORK).to_pydatetime(),
-    )
+    table = _calendar()
+    index = table.index_of(day)
+    return None if index is None else table.session_at(index)
 
 
 _default_clock: MarketClock | None = None

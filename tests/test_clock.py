@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 
+import core.clock as clock_module
 from core.clock import (
     NEW_YORK,
     ClockError,
@@ -19,6 +22,7 @@ from core.clock import (
     read_sim_clock_file,
     write_sim_clock_file,
 )
+from core.settings import PROJECT_ROOT
 
 
 def at(*args: int) -> datetime:
@@ -101,3 +105,59 @@ def test_malformed_or_missing_clock_file_names_the_file(tmp_path: Path) -> None:
 def test_naive_simulated_start_is_refused() -> None:
     with pytest.raises(ClockError, match="timezone-aware"):
         SimulatedTimeSource.starting_at(datetime(2026, 11, 25, 9, 30))
+
+
+def test_calendar_sessions_equal_exchange_calendars_over_the_whole_range() -> None:
+    """The session table (read from its cache file) says what the library says, every day."""
+    import exchange_calendars as xcals
+    import pandas as pd
+
+    table = clock_module._calendar()
+    library = xcals.get_calendar("XNYS", start=str(table.first), end=str(table.last))
+    clock = MarketClock()
+
+    sessions = [clock.session(day.date()) for day in library.sessions]
+
+    assert len(sessions) == len(table.days)
+    for stamp, session in zip(library.sessions, sessions, strict=True):
+        assert session is not None
+        assert session.open == library.session_open(stamp).to_pydatetime()
+        assert session.close == library.session_close(stamp).to_pydatetime()
+    closed = [d.date() for d in pd.date_range(table.first, table.last) if d not in library.sessions]
+    assert not any(clock.is_trading_day(day) for day in closed)
+
+
+def test_a_process_with_the_cached_calendar_loads_neither_pandas_nor_exchange_calendars() -> None:
+    """Every process (the supervisor too) imported pandas and exchange_calendars for the
+    calendar: a second per start and tens of MiB each. Once cached, the table is plain JSON."""
+    MarketClock().is_trading_day()  # builds the cache file when this checkout has none
+    probe = (
+        "import sys\n"
+        "from core.clock import MarketClock\n"
+        "c = MarketClock()\n"
+        "c.is_trading_day(); c.session(); c.next_session(); c.previous_session()\n"
+        "print(','.join(m for m in ('pandas', 'exchange_calendars') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded for the calendar: {done.stdout.strip()}"
+
+
+def test_a_damaged_calendar_cache_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A half-written or damaged cache file must not become the calendar."""
+    monkeypatch.setattr(clock_module, "CALENDAR_CACHE_DIR", tmp_path)
+    clock_module._build_calendar.cache_clear()
+    try:
+        first = clock_module._calendar()
+        (cache,) = tmp_path.glob("XNYS_*.json")
+        cache.write_text('{"days": [3, 2, 1], "opens": [1')  # cut off mid-write
+        clock_module._build_calendar.cache_clear()
+        again = clock_module._calendar()
+    finally:
+        clock_module._build_calendar.cache_clear()
+    assert again == first
+    assert json.loads(cache.read_text())["days"] == list(first.days)  # written whole again

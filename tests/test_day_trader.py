@@ -7,6 +7,7 @@ observable state (database rows, gateway state), never fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,7 +33,7 @@ from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_FRESH_S
 from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
-from core.settings import env_keys, load_settings
+from core.settings import PROJECT_ROOT, Secret, env_keys, load_settings
 from day_trader import (
     AGENT,
     DayTrader,
@@ -1500,3 +1501,51 @@ def test_the_llm_verdict_on_an_entry_is_logged_either_way_for_the_trade_journal(
     assert approved is approve
     [record] = [r for r in caplog.records if getattr(r, "event", "").startswith("entry_")]
     assert (record.event, record.symbol, record.source) == (event, "AAA", "deepseek")
+
+
+def test_importing_the_day_trader_loads_neither_pandas_nor_langchain(tmp_path: Path) -> None:
+    """A restart paid for pandas (one use: the VWAP anchors of the batch form) and, with an
+    LLM key, for langchain before it even connected: seconds on every restart."""
+    probe = (
+        "import sys, day_trader, llm_review\n"
+        "from core.settings import Secret\n"
+        "llm_review.LLMReviewer(deepseek_api_key=Secret('k'), google_api_key=Secret('k'))\n"
+        "print(','.join(m for m in ('pandas', 'langchain_core') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded at import: {done.stdout.strip()}"
+
+
+def test_start_is_not_held_up_by_the_llm_clients_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_run` imported the LLM clients (seconds) before the bot could connect: the bot now
+    runs while a thread prepares the reviewer."""
+    import llm_review
+
+    release = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def slow_prepare(self: llm_review.LLMReviewer) -> None:
+        release.wait(3.0)  # the imports: they finish only once the bot has started running
+        seen.setdefault("prepared_before_run", True)
+
+    class StartedBot:
+        def __init__(self, settings: Any, options: Any, reviewer: Any = None) -> None:
+            self.stop_event = asyncio.Event()
+
+        async def run(self) -> int:
+            seen.setdefault("prepared_before_run", False)
+            release.set()
+            return 0
+
+    monkeypatch.setattr(llm_review.LLMReviewer, "prepare", slow_prepare)
+    monkeypatch.setattr(day_trader, "DayTrader", StartedBot)
+    settings = load_settings(database_path=tmp_path / "trading.db", deepseek_api_key=Secret("k"))
+    options = day_trader.DayTraderOptions(allocation=0.25)
+
+    assert asyncio.run(asyncio.wait_for(day_trader._run(settings, options), 20.0)) == 0
+    assert seen == {"prepared_before_run": False}

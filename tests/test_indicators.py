@@ -166,7 +166,7 @@ def test_batch_accepts_one_row_per_symbol() -> None:
         assert_same(atr(high, low, close)[i], talib.ATR(high[i], low[i], close[i]), TALIB_TOL)
 
 
-def test_batch_of_many_symbols_steps_through_time_and_still_matches_talib() -> None:
+def test_batch_of_many_symbols_matches_talib_row_by_row() -> None:
     rows = [
         random_bars(100 + seed, 150, flat_from=100 if seed % 3 == 0 else None) for seed in range(40)
     ]
@@ -266,6 +266,32 @@ def test_streaming_rejects_bar_not_after_previous() -> None:
     indicators.update(Bar(OPEN_2024_03_08, 1, 1, 1, 1, 1))
     with pytest.raises(ValueError):
         indicators.update(Bar(OPEN_2024_03_08, 1, 1, 1, 1, 1))
+
+
+def test_bank_and_batch_agree_with_talib_at_every_bar_of_every_symbol() -> None:
+    """Over the whole series, not the last bar: the bank's RSI and ATR after each bar are
+    TA-Lib's values at that index, for every symbol, warm-up NaNs included."""
+    rows = [random_bars(300 + seed, 400, flat_from=250 if seed == 2 else None) for seed in range(6)]
+    close = np.stack([r["close"] for r in rows])
+    high = np.stack([r["high"] for r in rows])
+    low = np.stack([r["low"] for r in rows])
+    volume = np.stack([r["volume"] for r in rows])
+    expected_rsi = np.stack([talib.RSI(close[i]) for i in range(len(rows))])
+    expected_atr = np.stack([talib.ATR(high[i], low[i], close[i]) for i in range(len(rows))])
+    bank = IndicatorBank([f"S{i}" for i in range(len(rows))])
+
+    streamed_rsi, streamed_atr = np.empty(close.shape), np.empty(close.shape)
+    for k in range(close.shape[1]):
+        snapshot = bank.update(
+            OPEN_2024_03_08 + 30.0 * k, high[:, k], low[:, k], close[:, k], volume[:, k]
+        )
+        streamed_rsi[:, k], streamed_atr[:, k] = snapshot.rsi, snapshot.atr
+
+    assert_same(streamed_rsi, expected_rsi, TALIB_TOL)
+    assert_same(streamed_atr, expected_atr, TALIB_TOL)
+    assert_same(rsi(close), expected_rsi, TALIB_TOL)
+    assert_same(atr(high, low, close), expected_atr, TALIB_TOL)
+    assert_same(atr_percent(high, low, close), expected_atr / close * 100.0, TALIB_TOL)
 
 
 def test_bank_equals_per_symbol_streaming_with_missing_bars_across_sessions() -> None:

@@ -29,6 +29,7 @@ from observability import (
     SCHEMA_VERSION,
     SUBMITTED,
     DatabaseError,
+    DatabaseLocked,
     IntentTransitionError,
     ReentryBlocked,
     TradingDatabase,
@@ -602,6 +603,62 @@ def test_database_locked_by_another_program_names_the_file(tmp_path: Path) -> No
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_write_waiting_for_the_lock_looks_again_at_fine_steps_and_proceeds_once_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own busy handler slept 1, 2, 5 ... 100 ms between tries: a write behind
+    another process's short write slept on long after the lock was free (two writers stalled
+    single writes for 631 ms). The wait now looks again every half millisecond, and the try
+    right after the other writer commits takes the lock."""
+    import observability
+
+    path = tmp_path / "trading_history.db"
+    db = TradingDatabase(path, busy_timeout_ms=3000)
+    db.is_position_active("X")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the other writer, mid-write
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 20:
+            holder.execute("COMMIT")  # the other writer is done
+        time.sleep(seconds)
+
+    # raising=False: without the fine-grained wait there is nothing to patch, and the write
+    # waits in SQLite's handler for the lock that is never released (DatabaseLocked).
+    monkeypatch.setattr(observability, "_pause", pause, raising=False)
+    try:
+        db.add_active_position("A", 1, 10.0, 10.18, 9.91)
+    finally:
+        holder.close()
+
+    assert db.is_position_active("A")
+    assert len(pauses) == 20  # the first try after the commit took the lock
+    assert max(pauses) <= 0.001
+    assert db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 3000  # reads still wait
+
+
+def test_a_lock_held_past_busy_timeout_fails_the_write_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trading_history.db"
+    TradingDatabase(path).is_position_active("X")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    db = TradingDatabase(path, busy_timeout_ms=300)
+    try:
+        began = time.monotonic()
+        with pytest.raises(DatabaseLocked):
+            db.record_trade("A", "BUY", 1, 10.0, agent="test", exec_id="e1")
+        waited = time.monotonic() - began
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert 0.3 <= waited < 5.0  # the whole busy_timeout, then an error (generous: a loaded CI)
+    db.record_trade("A", "BUY", 1, 10.0, agent="test", exec_id="e1")  # free again: it writes
 
 
 def test_unstamped_database_with_our_first_tables_is_upgraded_keeping_rows(tmp_path: Path) -> None:

@@ -239,6 +239,42 @@ def test_restart_backoff_starts_again_after_a_healthy_run_and_grows_only_in_a_lo
         supervisor.stop_all("test over")
 
 
+def test_day_trader_failing_after_a_healthy_run_is_restarted_in_the_same_pass(fake_bot, wall_db):
+    """A day trader killed after a healthy run waited the first backoff step (1 s) before a
+    new process, a fifth of the 5 s it has to be trading again; only repeats wait now."""
+    policy = replace(
+        FAST, healthy_after_s=0.3, backoff_initial_s=5.0, backoff_max_s=30.0, crash_loop_max=50
+    )
+    supervisor = sup.Supervisor(
+        wall_db,
+        [
+            spec(fake_bot, wall_db, "exit_manager", critical=True),
+            spec(fake_bot, wall_db, "day_trader"),
+        ],
+        policy,
+        print_status=lambda _: None,
+    )
+    dt = supervisor.bots["day_trader"]
+    try:
+        drive(supervisor, lambda: dt.is_alive() and dt.ready_since is not None, 10, "ready")
+        since = dt.ready_since
+        drive(supervisor, lambda: dt.ready_seen_at - since >= 0.4, 10, "healthy")
+        first_pid = dt.pid
+        psutil.Process(first_pid).kill()
+        wait_for(lambda: not dt.is_alive(), 5, "day trader dead")
+
+        supervisor.poll_once()
+
+        assert dt.is_alive() and dt.pid != first_pid and dt.restarts == 1
+        # A repeat (not healthy this time) waits the backoff.
+        psutil.Process(dt.pid).kill()
+        wait_for(lambda: not dt.is_alive(), 5, "day trader dead again")
+        supervisor.poll_once()
+        assert dt.process is None and dt.next_start_at - time.time() > 4.0
+    finally:
+        supervisor.stop_all("test over")
+
+
 def test_crash_loop_limit_is_stated_in_real_and_simulated_time():
     text = sup.crash_loop_limit(sup.WatchdogPolicy(), speed=110.0)
     assert "more than 5 failures of one bot within 600 real s" in text
@@ -575,3 +611,38 @@ def test_status_cli_refuses_a_missing_database_in_one_line_and_creates_none(tmp_
         "trading_history.db (or set DATABASE_PATH), or start the bots once to create it\n"
     )
     assert not missing.exists() and not list(tmp_path.glob("nonexist.db*"))
+
+
+# The watchdog's own modules: the supervisor must stay small while trading (it must never die).
+HEAVY_MODULES = (
+    "matplotlib",
+    "pandas",
+    "numpy",
+    "ib_async",
+    "langchain_core",
+    "exchange_calendars",
+)
+
+
+def test_supervisor_and_its_status_block_load_no_plotting_data_or_broker_stack(tmp_path):
+    """The supervisor imported the reporting and plotting stack (pandas via the simulated
+    market, the broker library via the exit rules) and held 172 MiB: importing it, and
+    rendering a status block and asking the calendar as it does while trading, must load none
+    of them."""
+    MarketClock().is_trading_day()  # the calendar's cache file, when this checkout has none
+    probe = textwrap.dedent(
+        f"""
+        import sys, time
+        import supervisor, sim_day, supervision
+        from observability import get_database
+        db = get_database({str(tmp_path / "lean.db")!r}, if_missing="create")
+        supervision.render_status(db, {{}}, time.time())
+        db.clock.is_trading_day(); db.clock.session(); db.clock.previous_session()
+        print(",".join(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"loaded by the supervisor: {done.stdout.strip()}"
