@@ -479,9 +479,10 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
 ) -> None:
     """Killed 2 ms after exit_triggered (its set cancelled, the sell not yet sent), a position
     has no stop until the next exit manager protects it; that one built the exchange
-    calendar (about 1 s) between connecting and placing the stop. Here the calendar takes
-    4 s to build, so a manager that waits for it places its stops 4 s or more after
-    connecting, however loaded the machine; one that does not, well under 2 s."""
+    calendar (about 1 s) between connecting and placing the stop. Here the calendar (with no
+    cached session table) takes 4 s to build, so a manager that waits for it places its
+    stops 4 s or more after connecting, however loaded the machine; one that does not, well
+    under 2 s."""
     slow = tmp_path / "slow_calendar"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
@@ -489,6 +490,8 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
         "_get = xcals.get_calendar\n"
         "def get_calendar(*a, **k):\n    time.sleep(4.0)\n    return _get(*a, **k)\n"
         "xcals.get_calendar = get_calendar\n"
+        # no cached session table either: this process builds the calendar itself
+        f"import core.clock\ncore.clock.CALENDAR_CACHE_DIR = __import__('pathlib').Path({str(slow / 'cache')!r})\n"
     )
 
     async def scenario() -> None:
