@@ -26,12 +26,19 @@ from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")
 CALENDAR_NAME = "XNYS"
+# The calendar covers 1990 to two years ahead: old enough for any recorded intraday data one
+# may replay, and building it costs the same (about 0.4 s) as a three-year one.
+CALENDAR_FIRST_DAY = date(1990, 1, 1)
 # How often (real seconds) a file-driven clock re-reads its file; cheap enough for hot paths.
 _CLOCK_FILE_RECHECK_S = 0.25
 
 
 class ClockError(RuntimeError):
     """The simulated clock file is unreadable or malformed."""
+
+
+class CalendarRangeError(ValueError):
+    """A date outside the exchange calendar the clock loads; the message gives the range."""
 
 
 class TimeSource(Protocol):
@@ -192,7 +199,7 @@ def _build_calendar():  # type: ignore[no-untyped-def]
         warnings.simplefilter("ignore")  # pandas deprecation noise from inside the library
         calendar = xcals.get_calendar(
             CALENDAR_NAME,
-            start=f"{today.year - 3}-01-01",
+            start=CALENDAR_FIRST_DAY.isoformat(),
             end=f"{today.year + 2}-12-31",
         )
     return calendar
@@ -245,9 +252,11 @@ class MarketClock:
 
     # -- calendar ---------------------------------------------------------
     def is_trading_day(self, day: date | None = None) -> bool:
+        """True on an XNYS session. Raises CalendarRangeError outside the loaded calendar."""
         import pandas as pd
 
-        return bool(_calendar().is_session(pd.Timestamp(day or self.today())))
+        day = _in_calendar(day or self.today())
+        return bool(_calendar().is_session(pd.Timestamp(day)))
 
     def session(self, day: date | None = None) -> Session | None:
         """The regular session of `day` (default today), or None when the exchange is closed."""
@@ -256,7 +265,7 @@ class MarketClock:
     def next_session(self, after: date | None = None) -> Session:
         import pandas as pd
 
-        day = after or self.today()
+        day = _in_calendar(after or self.today())
         nxt = _calendar().date_to_session(pd.Timestamp(day) + pd.Timedelta(days=1), "next")
         session = _session(nxt.date())
         assert session is not None
@@ -265,7 +274,7 @@ class MarketClock:
     def previous_session(self, before: date | None = None) -> Session:
         import pandas as pd
 
-        day = before or self.today()
+        day = _in_calendar(before or self.today())
         prev = _calendar().date_to_session(pd.Timestamp(day) - pd.Timedelta(days=1), "previous")
         session = _session(prev.date())
         assert session is not None
@@ -293,10 +302,22 @@ class MarketClock:
         return moment.timestamp() - self.epoch()
 
 
+def _in_calendar(day: date) -> date:
+    """`day` itself; CalendarRangeError when the loaded calendar does not cover it."""
+    calendar = _calendar()
+    first, last = calendar.first_session.date(), calendar.last_session.date()
+    if not first <= (day.date() if isinstance(day, datetime) else day) <= last:
+        raise CalendarRangeError(
+            f"{day} is outside the XNYS calendar ({first} to {last}); pick a date in that range"
+        )
+    return day
+
+
 @lru_cache(maxsize=64)
 def _session(day: date) -> Session | None:
     import pandas as pd
 
+    _in_calendar(day)
     calendar = _calendar()
     stamp = pd.Timestamp(day)
     if not calendar.is_session(stamp):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time
 
-from core.clock import NEW_YORK, MarketClock, SystemTimeSource
+from core.clock import NEW_YORK, CalendarRangeError, MarketClock, SystemTimeSource
 
 SERVER_VERSION = 176
 
@@ -63,11 +63,16 @@ class GatewayConfig:
         """The trading date to simulate. Raises ConfigError when it is not an XNYS session."""
         clock = MarketClock(SystemTimeSource())
         day = self.trading_date
-        if day is None:
-            today = clock.today()
-            return today if clock.is_trading_day(today) else clock.next_session(today).trading_date
-        if not clock.is_trading_day(day):
-            raise ConfigError(f"{day} is not an XNYS trading day; pick a session date")
+        try:
+            if day is None:
+                today = clock.today()
+                if clock.is_trading_day(today):
+                    return today
+                return clock.next_session(today).trading_date
+            if not clock.is_trading_day(day):
+                raise ConfigError(f"{day} is not an XNYS trading day; pick a session date")
+        except CalendarRangeError as exc:
+            raise ConfigError(str(exc)) from None
         return day
 
     def start_datetime(self) -> datetime:

@@ -18,7 +18,7 @@ from datetime import date, datetime, time
 
 import numpy as np
 
-from core.clock import NEW_YORK, MarketClock
+from core.clock import NEW_YORK, CalendarRangeError, MarketClock
 from ibsim.replay import replay_format, replay_paths
 
 BAR_SECONDS = frozenset({1, 5, 10, 15, 30, 60, 120, 180, 300, 900, 1800, 3600, 86400})
@@ -106,11 +106,8 @@ class MarketConfig:
         try:
             session = clock.session(day)
             next_session = None if session else clock.next_session(day).trading_date
-        except Exception as exc:  # exchange_calendars raises its own types out of range
-            raise ValueError(
-                f"trading_date {day} is outside the XNYS calendar core.clock loads "
-                "(3 years back to 2 years ahead); pick a date in that range"
-            ) from exc
+        except CalendarRangeError as exc:
+            raise ValueError(f"trading_date {exc}") from None
         if session is None:
             raise ValueError(
                 f"trading_date {day} is not an XNYS session (weekend or holiday); "
