@@ -566,6 +566,13 @@ class Market:
         opens, highs, lows = (np.array([value], dtype=np.float64) for value in stats)
         return self._quotes([row], col, (opens, highs, lows))[0]
 
+    def last_trade_before(self, symbol: str, epoch: float) -> float:
+        """The last trade price before `epoch` (the previous close before any trade today),
+        never later than the current market time: what a bar without trades carries."""
+        row = self._row_of(symbol)
+        col = min(self._col_at(epoch - 1), self._col)
+        return float(self._last[row, col]) / self._tpd
+
     def previous_close(self, symbol: str) -> float:
         """The previous session's close. Raises KeyError for an unknown symbol."""
         return self.symbols[self._names[self._row_of(symbol)]].prev_close
