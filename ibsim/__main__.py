@@ -47,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=_date, default=None, help="trading date (default: today/next)")
     p.add_argument("--start", type=_time, default=d.start, help="simulated start time, New York")
     p.add_argument("--speed", type=float, default=d.speed, help="simulated seconds per second")
-    p.add_argument("--steps-per-second", type=float, default=d.steps_per_second)
+    p.add_argument(
+        "--steps-per-second",
+        type=float,
+        default=d.steps_per_second,
+        help="engine steps per real second; a step moves the market to the simulated now, "
+        "crossing speed/steps simulated seconds (15 at --speed 300 and 20 steps): every one "
+        "of those seconds is matched and streamed for symbols with orders or a position",
+    )
     p.add_argument("--clock-file", default=None, help="publish the clock here (bots: CLOCK_FILE)")
     p.add_argument("--control-port", type=int, default=None, help="JSON/HTTP control port")
     p.add_argument(

@@ -484,6 +484,40 @@ class Market:
             return []
         return self._quotes(np.flatnonzero(changed))
 
+    def seconds_until(
+        self, symbols: list[str], sim_epoch: float
+    ) -> list[tuple[float, list[Quote]]]:
+        """Every whole simulated second between now and `sim_epoch` (both excluded), with the
+        quotes of `symbols` that changed at that second; the market itself does not move.
+
+        The engine matches working orders on these so that a move shorter than one step
+        (a 3-s dip through a stop at 300x) is seen as it happened. Empty when no second lies
+        between, or for no symbols.
+        """
+        old, new = self._col, self._col_at(sim_epoch)
+        if new - old < 2 or not symbols:
+            return []
+        rows = np.array([self._row_of(s) for s in symbols])
+        arrays = (self._bid, self._spread, self._cumvol, self._last, self._bid_lots,
+                  self._ask_lots)  # fmt: skip
+        first = self._first_regular_trade[rows]
+        opens, highs, lows = self._open[rows], self._high[rows], self._low[rows]
+        out = []
+        for col in range(old + 1, new):
+            if self._day.open_col <= col < self._day.close_col:
+                traded = first <= col
+                price = np.where(traded, self._last[rows, col], np.nan)
+                opens = np.where(np.isnan(opens) & traded, self._last[rows, first], opens)
+                highs, lows = np.fmax(highs, price), np.fmin(lows, price)
+            changed = np.zeros(rows.size, dtype=bool)
+            for array in arrays:
+                changed |= array[rows, col] != array[rows, col - 1]
+            if changed.any():
+                pick = np.flatnonzero(changed)
+                session = (opens[pick], highs[pick], lows[pick])
+                out.append((self._day.start + col - 1, self._quotes(rows[pick], col, session)))
+        return out
+
     def _update_session_stats(self, old: int, new: int) -> None:
         """Fold the regular-session trades of columns (old, new] into open/high/low."""
         lo = max(old + 1, self._day.open_col)

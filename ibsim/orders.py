@@ -103,6 +103,9 @@ class SimOrder:
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
     triggered: bool = False
+    # Working at the exchange since an earlier look without filling: a resting limit then
+    # fills at its own price. False again when modified (a replace arrives anew).
+    resting: bool = False
     commission_paid: float = 0.0
     completed_time: float | None = None
     log: list[OrderLogEntry] = field(default_factory=list)
@@ -196,9 +199,11 @@ def is_triggered(order: SimOrder, last: float) -> bool:
 def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: int) -> float | None:
     """The price this order fills at against `quote` now, or None when it cannot fill.
 
-    Market (and triggered stop) orders take the far side plus slippage; limits fill when the
-    book crosses them, at the book price (which is never worse than the limit), or at the
-    limit when the last trade went through it.
+    Market (and triggered stop) orders take the far side plus slippage. A limit that is
+    marketable when it arrives (first working look, or after a modify) takes the touch, which
+    is never worse than the limit. A resting limit fills at its limit price when the book
+    reaches it or the last trade goes through it: the price jumping past a resting limit
+    between two seconds gives the limit, never the better price beyond it.
     """
     market_like = order.order_type in {"MKT", "STP", "TRAIL"}
     if order.order_type in STOP_TYPES and not order.triggered:
@@ -211,10 +216,8 @@ def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: i
         limit = order.lmt_price
         if limit is None:
             return None
-        if quote.ask <= limit:
-            return quote.ask
-        if 0 < quote.last < limit:
-            return limit
+        if quote.ask <= limit or 0 < quote.last < limit:
+            return limit if order.resting else min(quote.ask, limit)
         return None
     if quote.bid <= 0:
         return None
@@ -223,10 +226,8 @@ def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: i
     limit = order.lmt_price
     if limit is None:
         return None
-    if quote.bid >= limit:
-        return quote.bid
-    if quote.last > limit:
-        return limit
+    if quote.bid >= limit or quote.last > limit:
+        return limit if order.resting else max(quote.bid, limit)
     return None
 
 

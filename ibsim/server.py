@@ -199,8 +199,18 @@ class SimulatedGateway:
             await asyncio.sleep(max(0.0, delay))
 
     def step(self) -> None:
-        """Advance the market to now, stream it, match orders, expire DAY orders, flush."""
+        """Advance the market to now, stream it, match orders, expire DAY orders, flush.
+
+        One step crosses speed / steps_per_second simulated seconds (15 at 300x). Every
+        second crossed is matched in order for the symbols with working orders or a position,
+        and streamed for them, so stops and limits see the whole 1-s path whatever the speed;
+        the other symbols stream their quote at the step's end.
+        """
         now = self.market_time()
+        for second, path in self.market.seconds_until(self._symbols_on_the_path(), now):
+            self.engine.path_quotes.update((quote.symbol, quote) for quote in path)
+            self.apply_quotes(path, second)
+        self.engine.path_quotes.clear()
         quotes = self.market.advance(now)
         self.apply_quotes(quotes, now)
         self.marketdata.on_time(self._last_step_time, now)
@@ -212,6 +222,12 @@ class SimulatedGateway:
             self._refresh_portfolio()
         self.steps += 1
         self.flush_all()
+
+    def _symbols_on_the_path(self) -> list[str]:
+        """Symbols whose every second matters: working orders, or shares held (exit stops)."""
+        held = {s for s, row in self.ledger.positions.items() if row.quantity}
+        working = {s for s, book in self.engine.working.items() if book}
+        return sorted(held | working)
 
     def apply_quotes(self, quotes: list, now: float) -> None:
         self.marketdata.on_quotes(quotes)
