@@ -27,19 +27,28 @@ HOST = "127.0.0.1"  # never expose a fake broker beyond this machine
 
 
 @lru_cache(maxsize=4)
-def _pristine_market(trading_date, symbols, symbol_names, seed, replay_path):  # type: ignore[no-untyped-def]
-    from ibsim.market import Market, MarketConfig
+def _pristine_market(market_config):  # type: ignore[no-untyped-def]
+    from ibsim.market import Market
 
-    return Market(MarketConfig(trading_date, symbols, symbol_names, seed, replay_path))
+    return Market(market_config)
 
 
 def build_market(config: GatewayConfig):  # type: ignore[no-untyped-def]
-    """A fresh Market for `config` (a copy of a cached one: building takes seconds)."""
+    """A fresh Market for `config` (a copy of a cached one: building takes seconds).
+    Raises ValueError (a one-line message) for a bad replay or market setting."""
+    from ibsim.market import MarketConfig
+
     names = tuple(n.upper() for n in config.symbol_names) if config.symbol_names else None
-    pristine = _pristine_market(
-        config.resolved_date(), config.symbols, names, config.seed, config.replay_path
+    market_config = MarketConfig(
+        trading_date=config.resolved_date(),
+        symbols=config.symbols,
+        symbol_names=names,
+        seed=config.seed,
+        replay_path=config.replay_path,
+        spread=config.spread,
+        bar_seconds=config.bar_seconds,
     )
-    return copy.deepcopy(pristine)
+    return copy.deepcopy(_pristine_market(market_config))
 
 
 class SimulatedGateway:
