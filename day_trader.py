@@ -55,6 +55,7 @@ from core.clock import (
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger, setup_logging
 from core.money import (
+    average_price,
     entry_shares,
     marketable_limit_price,
     profit_target_price,
@@ -1300,7 +1301,9 @@ class DayTrader:
         day = when.astimezone(NEW_YORK).date().isoformat()
         own = [t for t in self.db.get_trades_by_date(day) if t["order_ref"] == ref]
         quantity = sum(float(t["quantity"]) for t in own)
-        return quantity, sum(float(t["quantity"]) * float(t["price"]) for t in own) / quantity
+        average = average_price((t["quantity"], t["price"]) for t in own)
+        assert average is not None  # called after recording a fill of this entry
+        return quantity, average
 
     def _open_or_grow(
         self, symbol: str, ref: str, quantity: float, average: float, when: datetime

@@ -280,7 +280,7 @@ class OrderEngine:
     def _transmit(self, order: SimOrder, now: float) -> None:
         quote = self.market.quote(order.symbol)
         if order.order_type == "TRAIL":
-            update_trail(order, quote.last)
+            update_trail(order, quote.last, self.symbols[order.symbol].min_tick)
         order.move_to(self._resting_state(order, now), now, "transmitted")
         self.working.setdefault(order.symbol, []).append(order)
         self._send_order(order)
@@ -406,7 +406,7 @@ class OrderEngine:
                 self._cancel(order, now, "IOC not marketable")
             return
         if order.order_type == "TRAIL":
-            update_trail(order, quote.last)
+            update_trail(order, quote.last, self.symbols[order.symbol].min_tick)
         if order.order_type in STOP_TYPES and not order.triggered:
             if not is_triggered(order, quote.last):
                 if order.tif == "IOC" and first_look:

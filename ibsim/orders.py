@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.money import average_price, round_to_tick
+
 ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT", "TRAIL"})
 TIFS = frozenset({"DAY", "IOC", "GTC"})
 STOP_TYPES = frozenset({"STP", "STP LMT", "TRAIL"})
@@ -127,9 +129,11 @@ class SimOrder:
             self.completed_time = now
 
     def apply_fill(self, qty: float, price: float) -> None:
-        total = self.filled + qty
-        self.avg_fill_price = (self.avg_fill_price * self.filled + price * qty) / total
-        self.filled = total
+        # Decimal averaging: one fill at 229.82 reports avgFillPrice 229.82, not ...996.
+        average = average_price([(self.filled, self.avg_fill_price), (qty, price)])
+        assert average is not None  # qty > 0
+        self.avg_fill_price = average
+        self.filled += qty
         self.last_fill_price = price
 
 
@@ -164,8 +168,9 @@ class BookQuote(Protocol):
     ask_size: float
 
 
-def update_trail(order: SimOrder, last: float) -> None:
-    """Move a TRAIL order's stop with the last price (never against the position)."""
+def update_trail(order: SimOrder, last: float, tick: float = 0.01) -> None:
+    """Move a TRAIL order's stop with the last price (never against the position), on the
+    tick grid: a percent trail (or a float offset) would otherwise report 229.81999999999996."""
     if order.order_type != "TRAIL" or last <= 0:
         return
     if order.trailing_percent:
@@ -173,11 +178,11 @@ def update_trail(order: SimOrder, last: float) -> None:
     else:
         offset = order.aux_price or 0.0
     if order.is_buy:
-        candidate = last + offset
+        candidate = round_to_tick(last + offset, tick)
         if order.trail_stop_price is None or candidate < order.trail_stop_price:
             order.trail_stop_price = candidate
     else:
-        candidate = last - offset
+        candidate = round_to_tick(last - offset, tick)
         if order.trail_stop_price is None or candidate > order.trail_stop_price:
             order.trail_stop_price = candidate
 

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from ibsim import messages as msg
 from ibsim.market import Market
-from ibsim.orders import OrderState, SimOrder, fill_price
+from ibsim.orders import OrderState, SimOrder, fill_price, update_trail
 from tests.stepped_gateway import FAST_STEP, SLOW_STEP, at, order, sample_gateway
 
 CLIENT = 10
@@ -123,3 +124,20 @@ def test_fill_price_of_a_limit_is_the_limit_once_it_rests(
     action: str, limit: float, book: Book, resting: bool, price: float | None
 ) -> None:
     assert fill_price(limit_order(action, limit, resting), book, 0.01, 0) == price
+
+
+def test_the_average_fill_price_on_the_wire_is_the_tick_price() -> None:
+    placed = limit_order("BUY", 230.0, resting=False)
+    placed.apply_fill(37, 254.14)
+    assert repr(placed.avg_fill_price) == "254.14"  # in floats 254.14000000000001
+    placed.apply_fill(5, 254.14)
+    placed.apply_fill(58, 254.14)
+    fields = msg.order_status(placed)[4:].decode().split("\0")
+    assert fields[5] == "254.14"  # avgFillPrice on the wire
+
+
+def test_a_percent_trailing_stop_is_on_the_tick_grid() -> None:
+    trail = limit_order("SELL", 1.0, resting=False)
+    trail.order_type, trail.lmt_price, trail.trailing_percent = "TRAIL", None, 1.3
+    update_trail(trail, 229.83)
+    assert trail.trail_stop_price == 226.84  # 229.83 x 0.987 = 226.84221

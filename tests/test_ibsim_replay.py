@@ -163,3 +163,13 @@ def test_the_spread_override_applies_to_every_second() -> None:
     market = sample_market(spread=0.05)
     quotes = [market.quote_at("MSFT", t) for t in (at(8, 30), at(10, 0), at(10, 15, 31))]
     assert {round(q.ask - q.bid, 4) for q in quotes} == {0.05}
+
+
+def test_a_float32_previous_close_goes_out_on_the_tick_grid(tmp_path: Path) -> None:
+    frame = read_replay_frame(SAMPLE)[["symbol", "time", "open", "high", "low", "close", "volume"]]
+    path = tmp_path / "msft.parquet"
+    frame.assign(prev_close=np.float32(254.14)).to_parquet(path)
+    assert float(np.float32(254.14)) == 254.13999938964844  # what the column holds
+    market = Market(MarketConfig(SAMPLE_DATE, replay_path=str(path)))
+    assert repr(market.previous_close("MSFT")) == "254.14"
+    assert market.quote("MSFT").prev_close == 254.14  # the ticker's close (tick 9)
