@@ -110,6 +110,20 @@ def first_replay_day(path: str | Path) -> date:
     return _first_day(str(path), max(f.stat().st_mtime for f in files))
 
 
+def replay_symbols(path: str | Path, day: date) -> tuple[str, ...]:
+    """The symbols with bars on `day` (New York date), sorted. Raises ValueError as
+    read_replay_frame does, or when the data has no bar that day."""
+    frame = read_replay_frame(path)
+    stamps = pd.to_datetime(frame["time"], unit="s", utc=True).dt.tz_convert(NEW_YORK)
+    on_day = frame.loc[stamps.dt.date == day, "symbol"]
+    if on_day.empty:
+        raise ValueError(
+            f"replay {path} has no bars on {day}; pass --date with a date in the data "
+            f"(first bar {first_replay_day(path)})"
+        )
+    return tuple(sorted(set(on_day)))
+
+
 def _stamp(epoch: float) -> str:
     return f"{pd.Timestamp(float(epoch), unit='s', tz='UTC').tz_convert(NEW_YORK):%F %T}"
 
