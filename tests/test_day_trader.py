@@ -1347,7 +1347,7 @@ def test_stream_bars_that_arrive_before_the_seed_do_not_hide_the_history() -> No
     history bar look stale, so indicators stayed cold for 7 minutes."""
     clock = MarketClock()
     feed = SymbolFeed("ABC", contract=None, clock=clock)  # type: ignore[arg-type]
-    start = datetime(2026, 11, 25, 9, 0, tzinfo=NEW_YORK).timestamp()
+    start = datetime(2026, 11, 25, 10, 0, tzinfo=NEW_YORK).timestamp()  # regular hours
     bars = [Bar(start + 30 * i, 10, 10.1, 9.9, 10 + 0.01 * i, 100) for i in range(40)]
     feed.on_live_bar(bars[-1])  # the stream is faster than the history request
     feed.seed(bars[:-1])
