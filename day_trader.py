@@ -1042,9 +1042,7 @@ class DayTrader:
         now = self.clock.now()
         session = self.clock.session(now.date())
         book = await self.read_book(pending=frozenset(self._entering - {symbol}))
-        fresh = evaluate_entry(
-            feed.snapshot(), book, now, session, self.config
-        )
+        fresh = evaluate_entry(feed.snapshot(), book, now, session, self.config)
         if not fresh.enter:
             log.info("entry_dropped", symbol=symbol, reason=fresh.reason)
             return
