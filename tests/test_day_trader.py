@@ -221,13 +221,13 @@ def exit_manager_stand_in(tmp_path: Path) -> Iterator[ExitManagerStandIn]:
 def test_simulated_day_enters_gap_and_go_and_standard_sized_right_never_twice(
     tmp_path: Path,
 ) -> None:
-    """Seed 7 at 60x from 09:20: a gap-and-go at the open, standard entries after; sizes
-    follow NetLiquidation x 0.25 / 4; a symbol closed today (by the 'exit manager') and
-    symbols already held are never entered again."""
+    """Seed 7 at 60x from 09:44: a gap-and-go and standard entries; sizes follow
+    NetLiquidation x 0.25 / 4; a symbol closed today (by the 'exit manager') and symbols
+    already held are never entered again."""
     logs = tmp_path / "logs"
-    # From 09:20 so the trader is connected and seeded before the open whatever its start-up
-    # takes; the gapper's RSI is below 60 only in the first minute of the session.
-    with gateway(tmp_path, dtime(9, 20), speed=60) as gw:
+    # The gapper (LEY, +11% before the open) has RSI over regular-hours bars below 60 from
+    # 09:45 on; the trader seeds from today's history and takes it in its first passes.
+    with gateway(tmp_path, dtime(9, 44), speed=60) as gw:
         db = sim_db(tmp_path)
         # Closed earlier today: must never be entered, though its data looks fine.
         blocked = "AUL"
@@ -1096,7 +1096,8 @@ def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_no
     The trader looks the order up by orderRef (no reconnect, no restart), tracks what it
     finds, records the fill from IB's executions, and never sends that entry again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=speed) as gw:
+    # Indicators warm up on 15 regular-hours bars: the first entry can come at 09:37:30.
+    with gateway(tmp_path, dtime(9, 37), speed=speed) as gw:
         db = sim_db(tmp_path)
         gw.faults.drop_acks_of_next_order(2)
         proc = start_trader(gw, tmp_path)
