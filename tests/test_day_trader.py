@@ -69,6 +69,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
 SEED = 7
 SYMBOLS = 12  # seed 7: one pre-market gapper (LEY, +11%) among them
+# Indicators warm up on 15 regular-hours bars, so the first entry comes at 09:37:30: tests
+# that wait for an entry start 50 simulated seconds before it.
+ENTRY_START = dtime(9, 36, 40)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -331,7 +334,7 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
     records the position and never sends that entry again. An entry whose order never
     reached IB is marked CANCELLED, free to be decided again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         # IB takes the first entry, then hangs for the trader: it never hears of its order.
         gw.faults.go_silent_after_next_order(2)
@@ -392,7 +395,7 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
 def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None:
     """Two processes (client ids 2 and 3) on one database see the same signals at the same
     moments; the guard_entry transaction lets only one of them enter each symbol."""
-    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
         db = sim_db(tmp_path)
         env = {"MAX_OPEN_POSITIONS": "8"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
@@ -425,7 +428,7 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
     qualified in one analysis pass was entered, all against the same free slot. With
     max_open_positions=2, many symbols qualifying at the open and two traders on one
     database, the gateway never holds more than 2 positions plus working entries."""
-    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
         db = sim_db(tmp_path)
         env = {"MAX_OPEN_POSITIONS": "2"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
@@ -553,7 +556,7 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
     Exactly the allowed orders reach the gateway; the rest are refused by the database."""
     kill_file = tmp_path / "KILL_SWITCH"
     kill_file.write_text("held until both traders are deciding")  # entries start on our word
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         symbols = list(gw.gateway.market.symbols)
         lists = [symbols[:6], symbols[6:]] if disjoint else [symbols, symbols]
@@ -701,7 +704,7 @@ def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
     row is written at the first fill (its shares, its price), then grown at each later fill
     with the weighted average price and target/stop from it."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30, partial_fills=True) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30, partial_fills=True) as gw:
         db = sim_db(tmp_path)
         # Low-priced names with thin books: one entry takes several fills.
         args = ["--symbols", "LMHJ,HQQP"]
@@ -1023,7 +1026,7 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
     the position row comes from IB's executions (same exec ids), and the entry is never
     sent again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         gw.faults.go_silent_after_next_order(2)  # the order is live; its answers never come
         proc = start_trader(gw, tmp_path, args=["--retry-seconds", "2"])
@@ -1096,7 +1099,7 @@ def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_no
     The trader looks the order up by orderRef (no reconnect, no restart), tracks what it
     finds, records the fill from IB's executions, and never sends that entry again."""
     logs = tmp_path / "logs"
-    # Indicators warm up on 15 regular-hours bars: the first entry can come at 09:37:30.
+    # Closer to the first entry (09:37:30) than ENTRY_START: at 4x every simulated second counts.
     with gateway(tmp_path, dtime(9, 37), speed=speed) as gw:
         db = sim_db(tmp_path)
         gw.faults.drop_acks_of_next_order(2)
