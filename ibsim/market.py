@@ -534,8 +534,10 @@ class Market:
         quotes of `symbols` that changed at that second; the market itself does not move.
 
         The engine matches working orders on these so that a move shorter than one step
-        (a 3-s dip through a stop at 300x) is seen as it happened. Empty when no second lies
-        between, or for no symbols.
+        (a 3-s dip through a stop at 300x) is seen as it happened. A symbol returned here is
+        returned by the next advance() too, even if it ends where it started, so the last
+        quote streamed is the current one. Empty when no second lies between, or for no
+        symbols.
         """
         old, new = self._col, self._col_at(sim_epoch)
         if new - old < 2 or not symbols:
@@ -557,6 +559,7 @@ class Market:
                 changed |= array[rows, col] != array[rows, col - 1]
             if changed.any():
                 pick = np.flatnonzero(changed)
+                self._dirty.update(rows[pick].tolist())
                 session = (opens[pick], highs[pick], lows[pick])
                 out.append((self._day.start + col - 1, self._quotes(rows[pick], col, session)))
         return out

@@ -47,3 +47,26 @@ def test_a_realtime_bar_holds_only_prices_of_its_own_interval(closed_market) -> 
             previous_close = before[-1].close if before else closed_market.previous_close("MSFT")
             assert (o, h, lo, c, volume) == (previous_close,) * 4 + (0.0,)
     assert quiet == 5 * 12  # the five pre-market minutes of the sample without trades
+
+
+def test_a_quote_that_moved_inside_a_step_and_came_back_is_streamed_at_the_step_end() -> None:
+    # A 15-s step whose two ends quote alike in every field while the bid moves in between
+    # (the first in the day: quiet seconds before the sample's first trade).
+    reference = sample_gateway(at(9, 0)).gateway.market
+    reference.advance(at(20, 0))
+
+    def fields(t: float) -> tuple[float, ...]:
+        q = reference.quote_at("MSFT", t)
+        return (q.bid, q.ask, q.bid_size, q.ask_size, q.volume, q.last)
+
+    t0 = next(
+        t
+        for t in range(int(at(4, 0)), int(at(20, 0)), 2)
+        if fields(t) == fields(t + 15)
+        and any(fields(t + j)[0] != fields(t)[0] for j in range(1, 15))
+    )
+    market = sample_gateway(t0).gateway.market
+    market.advance(t0)
+    assert market.seconds_until(["MSFT"], t0 + 15)  # the path moved for a held symbol
+    # The clients last heard a quote from inside the step: the step's end is sent again.
+    assert [q.symbol for q in market.advance(t0 + 15)] == ["MSFT"]
