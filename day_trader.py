@@ -55,6 +55,7 @@ from core.clock import (
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger, setup_logging
 from core.money import (
+    average_price,
     entry_shares,
     marketable_limit_price,
     profit_target_price,
@@ -253,7 +254,22 @@ class HistoricalPacer:
 
 @dataclass
 class SymbolFeed:
-    """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see."""
+    """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see.
+
+    The one place that decides what feeds the rules; the stream (5-s bars into 30-s ones) and
+    the history seed (30-s bars) go through `on_bar` alike, so they give the same values:
+      - indicators (VWAP, RSI, ATR) take regular-hours bars with volume only. A bar without
+        trades (IB streams one flat at the previous close) or a pre-market bar would pin RSI
+        at 0 or 100 and make ATR the overnight gap at the open; history has no such bars.
+        They warm up on today's regular-hours bars (from the history seed after a restart):
+        RSI and ATR need 15 bars, so no rule fires in the first 7.5 minutes.
+      - the gap reference is the last pre-market trade (the close of the last pre-market
+        bar with volume), else the previous close (no pre-market trade: no gap).
+      - the price the rules read is the completed bar's close (`SymbolSnapshot.close`), the
+        price VWAP and RSI were computed on, not the ticker's last, which arrives with the
+        bar and is a later trade (seconds later at speed). The entry limit is priced from
+        the ask when the order is sent.
+    """
 
     symbol: str
     contract: Contract
@@ -266,8 +282,7 @@ class SymbolFeed:
     bar_source: str = "none"  # "realtime", "history" or "none"
     quote_time: float = math.nan
     last_bar_time: float = -math.inf
-    premarket_close: float = math.nan
-    first_regular_open: float = math.nan
+    premarket_close: float = math.nan  # the last pre-market trade: the gap reference
     new_bar: bool = False
     seeded: bool = False
     held_back: list[Bar] = field(default_factory=list)
@@ -292,50 +307,49 @@ class SymbolFeed:
         self.seeded = True
 
     def on_bar(self, bar: Bar) -> bool:
-        """Feed one completed 30-s bar; False when it is not newer than the last one."""
+        """Take one completed 30-s bar (see the class docstring for which bars count);
+        False when it is not newer than the last one."""
         if bar.time <= self.last_bar_time:
             return False
-        self.last_bar_time = bar.time
+        self.last_bar_time = bar.time  # the feed is alive, traded or not
+        if not bar.volume > 0:
+            return True
         session = self.clock.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())
-        if session is not None:
-            if bar.time < session.open.timestamp():
-                self.premarket_close = bar.close
-            elif math.isnan(self.first_regular_open):
-                self.first_regular_open = bar.open
-        self.indicators.update(bar)
-        self.new_bar = True
+        if session is None:
+            return True
+        if bar.time < session.open.timestamp():
+            self.premarket_close = bar.close
+        elif bar.time < session.close.timestamp():
+            self.indicators.update(bar)
+            self.new_bar = True
         return True
 
     def on_tick(self) -> None:
         # IB's tick times are wall time; a simulated day needs the market clock's.
         self.quote_time = self.clock.epoch()
 
-    def gap_pct(self, now: float, session: Session | None) -> float:
-        """Pre-market gap vs the previous close: the last pre-market trade, else the open,
-        else (before the open) the current price."""
-        t = self.ticker
-        prev_close = _num(getattr(t, "close", math.nan))
-        reference = self.premarket_close
-        if math.isnan(reference):
-            reference = self.first_regular_open
-        if math.isnan(reference) and session is not None and now < session.open.timestamp():
-            reference = _num(getattr(t, "last", math.nan))
+    def gap_pct(self) -> float:
+        """Pre-market gap: the last pre-market trade vs the previous close (0 without a
+        pre-market trade; nan until the previous close is known)."""
+        prev_close = _num(getattr(self.ticker, "close", math.nan))
+        reference = prev_close if math.isnan(self.premarket_close) else self.premarket_close
         return gap_percent(reference, prev_close)
 
-    def snapshot(self, now: float, session: Session | None) -> SymbolSnapshot:
+    def snapshot(self) -> SymbolSnapshot:
         t = self.ticker
         ind = self.indicators.last
         warm = self.indicators.warmup()
         return SymbolSnapshot(
             symbol=self.symbol,
             last=_num(getattr(t, "last", math.nan)),
+            close=ind.close if ind else math.nan,
             bid=_num(getattr(t, "bid", math.nan)),
             ask=_num(getattr(t, "ask", math.nan)),
             vwap=ind.vwap if ind else math.nan,
             rsi=ind.rsi if ind else math.nan,
             atr_pct=ind.atr_pct if ind else math.nan,
             prev_close=_num(getattr(t, "close", math.nan)),
-            gap_pct=self.gap_pct(now, session),
+            gap_pct=self.gap_pct(),
             market_data_type=int(getattr(t, "marketDataType", 0) or 0),
             quote_time=self.quote_time,
             bar_time=self.last_bar_time if self.last_bar_time > 0 else math.nan,
@@ -893,8 +907,7 @@ class DayTrader:
         loop = asyncio.get_running_loop()
         # Entries still being decided or placed take a slot too.
         book = await self.read_book(pending=frozenset(self._entering))
-        epoch = now.timestamp()
-        snaps = [f.snapshot(epoch, session) for f in due]
+        snaps = [f.snapshot() for f in due]
         chunks = [snaps[i :: self.options.workers] for i in range(self.options.workers)]
         results = await asyncio.gather(
             *(
@@ -1031,9 +1044,7 @@ class DayTrader:
         now = self.clock.now()
         session = self.clock.session(now.date())
         book = await self.read_book(pending=frozenset(self._entering - {symbol}))
-        fresh = evaluate_entry(
-            feed.snapshot(now.timestamp(), session), book, now, session, self.config
-        )
+        fresh = evaluate_entry(feed.snapshot(), book, now, session, self.config)
         if not fresh.enter:
             log.info("entry_dropped", symbol=symbol, reason=fresh.reason)
             return
@@ -1305,7 +1316,9 @@ class DayTrader:
         day = when.astimezone(NEW_YORK).date().isoformat()
         own = [t for t in self.db.get_trades_by_date(day) if t["order_ref"] == ref]
         quantity = sum(float(t["quantity"]) for t in own)
-        return quantity, sum(float(t["quantity"]) * float(t["price"]) for t in own) / quantity
+        average = average_price((t["quantity"], t["price"]) for t in own)
+        assert average is not None  # called after recording a fill of this entry
+        return quantity, average
 
     def _open_or_grow(
         self, symbol: str, ref: str, quantity: float, average: float, when: datetime
@@ -1377,10 +1390,9 @@ class DayTrader:
     # -- health -----------------------------------------------------------------------------
     def _log_health(self, phase: str) -> None:
         now = self.clock.epoch()
-        session = self.clock.session()
         fresh = 0
         for feed in self.feeds.values():
-            snap = feed.snapshot(now, session)
+            snap = feed.snapshot()
             if not quote_is_stale(snap.quote_time, now, self.config):
                 fresh += 1
         log.info(

@@ -5,7 +5,7 @@ code decides live, on the simulated gateway and in a replay. Every decision carr
 values it was taken on (`EntryDecision.values`) so a day can be analysed from the logs.
 
 Rules (issue 6):
-  standard    last > VWAP, RSI < 60, ATR% >= 0.3
+  standard    bar close > VWAP, RSI < 60, ATR% >= 0.3
   gap_and_go  pre-market gap >= 5% vs the previous close, RSI < 60 (VWAP not needed)
 Both also need: no kill switch, an exit manager alive and reconciled, under max open positions,
 daily loss limit not hit, regular hours before close - 15 min, the symbol not active / closed
@@ -79,13 +79,16 @@ class EntryConfig:
 class SymbolSnapshot:
     """What the trader knows about one symbol at one moment; nan = unknown.
 
-    `quote_time` is the market-clock epoch of the last tick the trader received (stamped on
-    arrival, since IB's tick times are wall time); `bar_time` the start of the latest
-    completed 30-s bar. `rsi_bars` / `atr_bars`: bars each indicator still needs.
+    `close` is the latest completed 30-s bar's close: the price the rules compare with VWAP,
+    the one the indicators were computed on. `last` (the ticker's last trade) only says a
+    quote is there. `quote_time` is the market-clock epoch of the last tick the trader
+    received (stamped on arrival, since IB's tick times are wall time); `bar_time` the start
+    of the latest completed 30-s bar. `rsi_bars` / `atr_bars`: bars each indicator still needs.
     """
 
     symbol: str
     last: float = math.nan
+    close: float = math.nan
     bid: float = math.nan
     ask: float = math.nan
     vwap: float = math.nan
@@ -249,7 +252,7 @@ def standard_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
     """Returns why the standard rule does not fire (warming_up / no_signal), or None if it does."""
     if snap.rsi_bars > 0 or snap.atr_bars > 0 or not snap.vwap_has_volume:
         return WARMING_UP
-    if snap.last > snap.vwap and snap.rsi < config.rsi_max and snap.atr_pct >= config.atr_pct_min:
+    if snap.close > snap.vwap and snap.rsi < config.rsi_max and snap.atr_pct >= config.atr_pct_min:
         return None
     return NO_SIGNAL
 
@@ -267,13 +270,14 @@ def rule_values(snap: SymbolSnapshot) -> dict[str, Any]:
     """The numbers a decision was taken on, for the decision log."""
     return {
         "last": snap.last,
+        "close": snap.close,
         "ask": snap.ask,
         "vwap": snap.vwap,
         "rsi": snap.rsi,
         "atr_pct": snap.atr_pct,
         "gap_pct": snap.gap_pct,
         "data_type": snap.market_data_type,
-        "above_vwap": bool(snap.last > snap.vwap),
+        "above_vwap": bool(snap.close > snap.vwap),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from ib_async import LimitOrder, MarketOrder, Order, StopOrder, Ticker, Trade
 
 from core.clock import Session
+from core.money import average_price as average_price  # the exit manager's import
 from core.money import profit_target_price, round_to_tick, stop_loss_price
 
 # The intent purposes live in core.purposes (no broker import); the exit manager takes them
@@ -537,15 +538,6 @@ class RejectTracker:
 
     def clear(self, symbol: str) -> None:
         self.counts.pop(symbol, None)
-
-
-def average_price(fills: Iterable[tuple[float, float]]) -> float | None:
-    """Volume-weighted price of (shares, price) fills; None without shares."""
-    shares = value = 0.0
-    for qty, price in fills:
-        shares += qty
-        value += qty * price
-    return value / shares if shares > 0 else None
 
 
 def protection_table(

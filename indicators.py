@@ -578,7 +578,9 @@ class BarAggregator:
     A window [k * bar_seconds, (k + 1) * bar_seconds) of epoch time is emitted when its last 5-s bar
     arrives, or, after a gap, when a bar of a later window arrives (windows never merge). 5-s bars
     not after the latest one seen (reconnect replays, duplicates) or inside an emitted window are
-    ignored.
+    ignored. A 5-s bar without volume (IB sends one flat at the previous close when nothing
+    traded) adds no price to a window with trades, so the window matches IB's 30-s history
+    bar; a window with no trades at all is emitted flat with volume 0.
     """
 
     def __init__(
@@ -612,9 +614,9 @@ class BarAggregator:
         if pending is not None and pending.time != window:
             completed.append(self._emit())
             pending = None
-        if pending is None:
+        if pending is None or (pending.volume <= 0 < bar.volume):  # the window's first trades
             pending = Bar(float(window), bar.open, bar.high, bar.low, bar.close, bar.volume)
-        else:
+        elif bar.volume > 0:  # a 5-s bar without trades (flat at the last close) adds no price
             pending = Bar(
                 pending.time,
                 pending.open,

@@ -70,6 +70,9 @@ class SimOptions:
     stale_after_s: float = 60.0
     end_after_close_minutes: float = END_AFTER_CLOSE_MINUTES
     allow_shorting: bool = False  # a margin account: an accidental short shows, not a reject
+    replay: Path | None = None  # recorded bars (file or directory) instead of a synthetic day
+    bar_seconds: int | None = None  # the replay's bar size; None: its typical spacing
+    spread: float | None = None  # a fixed spread in dollars; None: from price and liquidity
 
 
 def last_trading_date(clock: MarketClock | None = None) -> date:
@@ -110,7 +113,50 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
             changes[name] = getattr(args, flag)
     if args.allow_shorting:
         changes["allow_shorting"] = True
+    if args.spread is not None:
+        changes["spread"] = args.spread
+    if args.replay is not None:
+        if args.symbols is not None:
+            raise SupervisorError(
+                "--symbols sizes the synthetic market; a --replay trades the symbols of its "
+                "data: drop --symbols"
+            )
+        changes.update(replay=args.replay.resolve(), bar_seconds=args.bar_seconds)
+        if "trading_date" not in changes:
+            changes["trading_date"] = _replay_day(args.replay)
+        _replay_universe(args.replay, changes["trading_date"])  # a bad file: refused now
+    elif args.bar_seconds is not None:
+        raise SupervisorError("--bar-seconds is the bar size of a --replay: pass --replay too")
     return replace(options, **changes)
+
+
+def _replay_day(path: Path) -> date:
+    """The day a replay simulates without --date: its first bar's. Raises SupervisorError."""
+    from ibsim.replay import first_replay_day
+
+    try:
+        return first_replay_day(path)
+    except ValueError as exc:
+        raise SupervisorError(str(exc)) from None
+
+
+def _replay_universe(path: Path, trading_date: date) -> tuple[str, ...]:
+    """The symbols of a replay on the day: what the day trader watches. Raises SupervisorError."""
+    from ibsim.replay import replay_symbols
+
+    try:
+        return replay_symbols(path, trading_date)
+    except ValueError as exc:
+        raise SupervisorError(str(exc)) from None
+
+
+def universe_of(options: SimOptions, trading_date: date) -> tuple[str, ...]:
+    """The simulated market's symbols: the replay's on that day, else the synthetic ones."""
+    if options.replay is not None:
+        return _replay_universe(options.replay, trading_date)
+    from ibsim.market import generate_tickers
+
+    return generate_tickers(options.symbols, options.seed)
 
 
 def last_line(path: Path) -> str:
@@ -152,8 +198,9 @@ class SimGateway:
             self.trading_date.isoformat(),
             "--start",
             o.start,
-            "--symbols",
-            str(o.symbols),
+            *(["--symbols", str(o.symbols)] if o.replay is None else ["--replay", str(o.replay)]),
+            *(["--bar-seconds", str(o.bar_seconds)] if o.bar_seconds else []),
+            *(["--spread", f"{o.spread:g}"] if o.spread is not None else []),
             "--clock-file",
             str(self.clock_file),
             "--log-level",
@@ -355,9 +402,14 @@ def run(args: argparse.Namespace) -> int:
     set_settings(settings)
     setup_logging("supervisor", log_dir=run_dir / "logs", level=settings.log_level)
     gateway = SimGateway(options, trading_date, run_dir)
+    market = (  # the synthetic symbols come from the gateway once it runs (no numpy here)
+        f"replay of {options.replay} ({', '.join(universe_of(options, trading_date))})"
+        if options.replay is not None
+        else f"seed {options.seed}, {options.symbols} symbols"
+    )
     print(
-        f"simulated day {trading_date} seed {options.seed} from {options.start} at "
-        f"{options.speed:g}x, {options.symbols} symbols; run folder {run_dir}\n"
+        f"simulated day {trading_date} from {options.start} at {options.speed:g}x, "
+        f"{market}; run folder {run_dir}\n"
         "every time shown from here on is simulated New York time",
         flush=True,
     )

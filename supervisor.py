@@ -111,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", type=Path, help="folder for the run (default sim_runs/<date>_<seed>)"
     )
     sim.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        metavar="FILE|DIR",
+        help="simulate recorded bars (a CSV/Parquet file or a directory of them) instead of a "
+        "synthetic market; the symbols are the data's, the date its first day unless --date",
+    )
+    sim.add_argument(
+        "--bar-seconds",
+        type=cli.ranged(int, 1, 86_400),
+        default=None,
+        help="the --replay bar size in seconds (default: the data's typical spacing)",
+    )
+    sim.add_argument(
+        "--spread",
+        type=cli.ranged(float, 0.01, 100.0),
+        default=None,
+        help="a fixed bid-ask spread in dollars (default: from price and liquidity, about "
+        "0.01 on a liquid large cap)",
+    )
+    sim.add_argument(
         "--allow-shorting",
         action="store_true",
         help="a margin account: the simulator accepts a sell below zero, so a short shows",

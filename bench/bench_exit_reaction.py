@@ -95,7 +95,7 @@ async def _bench(trials: int, folder: Path) -> list[float]:
     from ib_async import IB, MarketOrder, Stock
 
     from core.broker import BrokerSession
-    from core.clock import get_clock
+    from core.clock import calendar_loaded, get_clock, preload_calendar
     from core.settings import load_settings, set_settings
     from exit_manager import ExitManager
     from exit_rules import AGENT, ExitConfig
@@ -127,8 +127,9 @@ async def _bench(trials: int, folder: Path) -> list[float]:
         day_trader_db = TradingDatabase(folder / "bench.db", clock=clock)
         session = BrokerSession(settings, 10, AGENT, retry_seconds=1)
         manager = ExitManager(session, db, exit_config, clock)
+        preload_calendar()  # as exit_manager.main does: exits wait for the calendar
         runner = asyncio.ensure_future(manager.run())
-        await _until(lambda: manager.reconciled, 15, "reconciliation")
+        await _until(lambda: manager.reconciled and calendar_loaded(), 15, "reconciliation")
         trader = IB()
         await trader.connectAsync("127.0.0.1", port, clientId=2, timeout=5)
         next_trial_at = time.monotonic()

@@ -30,6 +30,9 @@ CALENDAR_NAME = "XNYS"
 # The sessions, once taken from exchange_calendars, are kept here as plain JSON: that library
 # and pandas cost every process a second to import and tens of MiB to hold.
 CALENDAR_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
+# The calendar covers 1990 to two years ahead: old enough for any recorded intraday data one
+# may replay (building it once costs about the same as a three-year one).
+CALENDAR_FIRST_DAY = date(1990, 1, 1)
 # How often (real seconds) a file-driven clock re-reads its file; cheap enough for hot paths.
 _CLOCK_FILE_RECHECK_S = 0.25
 
@@ -37,6 +40,10 @@ _CLOCK_FILE_RECHECK_S = 0.25
 class ClockError(RuntimeError):
     """The simulated clock file is unreadable or malformed, or a date is outside the
     exchange calendar."""
+
+
+class CalendarRangeError(ClockError, ValueError):
+    """A date outside the exchange calendar the clock loads; the message gives the range."""
 
 
 class TimeSource(Protocol):
@@ -200,8 +207,10 @@ class _SessionTable:
 
     def _check(self, day: date) -> None:
         if not self.first <= day <= self.last:
-            raise ClockError(
-                f"{day} is outside the exchange calendar's range {self.first}..{self.last}"
+            first, last = date.fromordinal(self.days[0]), date.fromordinal(self.days[-1])
+            raise CalendarRangeError(
+                f"{day} is outside the {CALENDAR_NAME} calendar ({first} to {last}); "
+                "pick a date in that range"
             )
 
     def index_of(self, day: date) -> int | None:
@@ -290,7 +299,7 @@ def _write_cached_table(path: Path, table: _SessionTable) -> None:
 @lru_cache(maxsize=1)
 def _build_calendar() -> _SessionTable:
     today = date.today()
-    first, last = date(today.year - 3, 1, 1), date(today.year + 2, 12, 31)
+    first, last = CALENDAR_FIRST_DAY, date(today.year + 2, 12, 31)
     cache = _calendar_cache_file(first, last)
     table = _read_cached_table(cache, first, last) if cache is not None else None
     if table is None:
@@ -347,7 +356,7 @@ class MarketClock:
 
     # -- calendar ---------------------------------------------------------
     def is_trading_day(self, day: date | None = None) -> bool:
-        """Raises ClockError for a day outside the calendar (three years back, two ahead)."""
+        """Raises CalendarRangeError for a day outside the calendar (1990 to two years ahead)."""
         return _calendar().index_of(day or self.today()) is not None
 
     def session(self, day: date | None = None) -> Session | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Literal
 
@@ -17,6 +18,20 @@ def round_to_tick(price: float, tick: float = DEFAULT_TICK, how: Rounding = "nea
     step = Decimal(str(tick))
     units = (Decimal(str(price)) / step).quantize(Decimal(1), rounding=_MODES[how])
     return float(units * step)
+
+
+def average_price(fills: Iterable[tuple[float, float]]) -> float | None:
+    """Share-weighted price of (shares, price) fills; None without shares.
+
+    Decimal arithmetic, so one fill (or fills at one price) gives its tick price back exactly:
+    100 x 229.82 / 100 in floats is 229.81999999999996. Fills at several prices keep their
+    true average (10.015 for 10.01 and 10.02), which IB's avgFillPrice reports as well.
+    """
+    shares = value = Decimal(0)
+    for qty, price in fills:
+        shares += Decimal(str(float(qty)))
+        value += Decimal(str(float(qty))) * Decimal(str(float(price)))
+    return float(value / shares) if shares > 0 else None
 
 
 def profit_target_price(entry_price: float, target_pct: float, tick: float = DEFAULT_TICK) -> float:

@@ -43,11 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--symbol-names", default="", help="comma-separated tickers (overrides --symbols)"
     )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--replay", default=None, help="CSV/Parquet replay file or directory")
-    p.add_argument("--date", type=_date, default=None, help="trading date (default: today/next)")
+    p.add_argument(
+        "--replay",
+        default=None,
+        help="recorded bars: a CSV/Parquet file or a directory of them "
+        "(columns symbol,time,open,high,low,close,volume[,prev_close]); the symbols are the data's",
+    )
+    p.add_argument(
+        "--bar-seconds",
+        type=int,
+        default=None,
+        help="the replay's bar size in seconds (default: the data's typical spacing)",
+    )
+    p.add_argument(
+        "--spread",
+        type=float,
+        default=None,
+        help="a fixed bid-ask spread in dollars for every symbol (default: from price and "
+        "liquidity, about 0.01 on a liquid large cap; see ibsim.market.spread_ticks)",
+    )
+    p.add_argument(
+        "--date",
+        type=_date,
+        default=None,
+        help="trading date (default: the replay's day, else today or the next session)",
+    )
     p.add_argument("--start", type=_time, default=d.start, help="simulated start time, New York")
     p.add_argument("--speed", type=float, default=d.speed, help="simulated seconds per second")
-    p.add_argument("--steps-per-second", type=float, default=d.steps_per_second)
+    p.add_argument(
+        "--steps-per-second",
+        type=float,
+        default=d.steps_per_second,
+        help="engine steps per real second; a step moves the market to the simulated now, "
+        "crossing speed/steps simulated seconds (15 at --speed 300 and 20 steps): every one "
+        "of those seconds is matched and streamed for symbols with orders or a position",
+    )
     p.add_argument("--clock-file", default=None, help="publish the clock here (bots: CLOCK_FILE)")
     p.add_argument("--control-port", type=int, default=None, help="JSON/HTTP control port")
     p.add_argument(
@@ -91,6 +121,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]
             symbol_names=names,
             seed=opts.seed,
             replay_path=opts.replay,
+            bar_seconds=opts.bar_seconds,
+            spread=opts.spread,
             trading_date=opts.date,
             start=opts.start,
             speed=opts.speed,
@@ -115,10 +147,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[GatewayConfig, str]
     return config, opts.log_level
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, market) -> None:  # type: ignore[no-untyped-def]
     from ibsim.server import SimulatedGateway
 
-    gateway = SimulatedGateway(config)
+    gateway = SimulatedGateway(config, market)
     await gateway.start()
     print(
         f"ibsim: listening on 127.0.0.1:{gateway.port} account {config.account} "
@@ -137,8 +169,14 @@ async def _serve(config: GatewayConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     config, level = config_from_args(argv)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ibsim.server import build_market
+
+    try:  # before serving: a bad replay is one line, not a traceback from the event loop
+        market = build_market(config)
+    except ValueError as exc:
+        _fail(str(exc))
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, market))
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{config.port}: {exc}")
     except ConfigError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time
 
-from core.clock import NEW_YORK, MarketClock, SystemTimeSource
+from core.clock import NEW_YORK, CalendarRangeError, MarketClock, SystemTimeSource
 
 SERVER_VERSION = 176
 
@@ -21,8 +21,10 @@ class GatewayConfig:
     symbols: int = 50
     symbol_names: tuple[str, ...] | None = None
     seed: int = 7
-    replay_path: str | None = None
-    trading_date: date | None = None  # None: today in New York, or the next session
+    replay_path: str | None = None  # a file or directory of recorded bars
+    bar_seconds: int | None = None  # the replay's bar size; None: its typical spacing
+    spread: float | None = None  # a fixed spread in dollars; None: price and liquidity
+    trading_date: date | None = None  # None: the replay's day, else today or the next session
     start: time = time(9, 25)
     speed: float = 1.0
     steps_per_second: float = 20.0
@@ -58,17 +60,38 @@ class GatewayConfig:
             raise ConfigError(f"delayed_data_lag_s {self.delayed_data_lag_s} must be >= 0")
         if self.initial_cash < 0 or self.commission_per_share < 0 or self.commission_min < 0:
             raise ConfigError("cash and commissions must be >= 0")
+        if self.spread is not None and not self.spread >= 0.01:
+            raise ConfigError(f"spread {self.spread} must be at least one tick, e.g. 0.01")
+        if self.bar_seconds is not None and not 1 <= self.bar_seconds <= 86400:
+            raise ConfigError(f"bar_seconds {self.bar_seconds} must be 1..86400, e.g. 60")
 
     def resolved_date(self) -> date:
         """The trading date to simulate. Raises ConfigError when it is not an XNYS session."""
         clock = MarketClock(SystemTimeSource())
         day = self.trading_date
-        if day is None:
-            today = clock.today()
-            return today if clock.is_trading_day(today) else clock.next_session(today).trading_date
-        if not clock.is_trading_day(day):
-            raise ConfigError(f"{day} is not an XNYS trading day; pick a session date")
+        if day is None and self.replay_path is not None:
+            day = _replay_day(self.replay_path)
+        try:
+            if day is None:
+                today = clock.today()
+                if clock.is_trading_day(today):
+                    return today
+                return clock.next_session(today).trading_date
+            if not clock.is_trading_day(day):
+                raise ConfigError(f"{day} is not an XNYS trading day; pick a session date")
+        except CalendarRangeError as exc:
+            raise ConfigError(str(exc)) from None
         return day
 
     def start_datetime(self) -> datetime:
         return datetime.combine(self.resolved_date(), self.start, NEW_YORK)
+
+
+def _replay_day(path: str) -> date:
+    """The New York date of the replay's first bar; ConfigError for unreadable data."""
+    from ibsim.replay import first_replay_day  # pandas: only when replaying
+
+    try:
+        return first_replay_day(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

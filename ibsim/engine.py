@@ -101,6 +101,9 @@ class OrderEngine:
         # the orders waiting in PENDING_CANCEL until release_cancels.
         self.hold_cancels_of: set[int | None] = set()
         self.held_cancels: list[SimOrder] = []
+        # The quote being matched per symbol while a step walks the seconds it crosses (the
+        # market itself is still at the step's start); set and cleared by the server's step.
+        self.path_quotes: dict[str, object] = {}
 
     # -- ids ------------------------------------------------------------------------
     def next_valid_id(self) -> int:
@@ -277,7 +280,7 @@ class OrderEngine:
     def _transmit(self, order: SimOrder, now: float) -> None:
         quote = self.market.quote(order.symbol)
         if order.order_type == "TRAIL":
-            update_trail(order, quote.last)
+            update_trail(order, quote.last, self.symbols[order.symbol].min_tick)
         order.move_to(self._resting_state(order, now), now, "transmitted")
         self.working.setdefault(order.symbol, []).append(order)
         self._send_order(order)
@@ -311,6 +314,7 @@ class OrderEngine:
             if req.transmit:
                 self._transmit(order, now)
             return
+        order.resting = False  # a replaced order arrives anew: marketable, it takes the touch
         order.log.append(_entry(now, order.state, "modified"))
         self._send_order(order)
         self.match_order(order, self.market.quote(order.symbol), now)
@@ -402,7 +406,7 @@ class OrderEngine:
                 self._cancel(order, now, "IOC not marketable")
             return
         if order.order_type == "TRAIL":
-            update_trail(order, quote.last)
+            update_trail(order, quote.last, self.symbols[order.symbol].min_tick)
         if order.order_type in STOP_TYPES and not order.triggered:
             if not is_triggered(order, quote.last):
                 if order.tif == "IOC" and first_look:
@@ -419,6 +423,7 @@ class OrderEngine:
             if self.options.partial_fills:
                 qty = min(qty, available_size(order, quote))
             self._fill(order, qty, price, now)
+        order.resting = True  # looked at while working: from now on it rests in the book
         if order.tif == "IOC" and not order.state.is_done:
             self._cancel(order, now, "IOC remainder")
 
@@ -524,7 +529,7 @@ class OrderEngine:
                 self.router.to_order_owner(sibling.client_id, msg.open_order(sibling))
                 self.router.to_order_owner(sibling.client_id, msg.order_status(sibling))
         if order.state is OrderState.FILLED:
-            quote = self.market.quote(order.symbol)
+            quote = self.path_quotes.get(order.symbol) or self.market.quote(order.symbol)
             for child in self._children(order):
                 if child.state is not OrderState.HELD:
                     self.match_order(child, quote, now)

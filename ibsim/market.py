@@ -7,6 +7,14 @@ column c holds the state during second c-1 after 04:00.
 
 Prices are kept as integer ticks (min_tick units) so rounding is exact and bid < ask is checked
 in integers; they become dollars only when a Quote or Bar is built.
+
+The spread is a function of price and liquidity (`spread_ticks`): the relative spread falls
+with the daily dollar volume, 114 bps / ($M a day) ** 0.65, and is at least one tick. That
+gives 1 cent on a liquid large cap (MSFT at $250 trading $6B a day: 0.4 bps), 2 cents on a
+$5 stock trading $5M, 6 cents on a $100 stock trading $100M. Synthetic days add a tick in
+30% of seconds and in the first two minutes; outside regular hours every spread is
+2 x base + 1 ticks. A replay's liquidity is its regular-hours dollar volume per minute times
+390. `MarketConfig.spread` (`--spread`) replaces all of it with one fixed spread in dollars.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from datetime import date, datetime, time
 
 import numpy as np
 
-from core.clock import NEW_YORK, MarketClock
+from core.clock import NEW_YORK, CalendarRangeError, MarketClock
 from ibsim.replay import replay_format, replay_paths
 
 BAR_SECONDS = frozenset({1, 5, 10, 15, 30, 60, 120, 180, 300, 900, 1800, 3600, 86400})
@@ -68,6 +76,14 @@ class Bar:
     count: int  # seconds with trades in the bar (the simulator prints at most once a second)
 
 
+def spread_ticks(price: float, daily_dollar_volume: float, tick: float = MIN_TICK) -> int:
+    """The typical regular-hours spread in ticks of a stock at `price` trading
+    `daily_dollar_volume` a day (see the module docstring); at least 1."""
+    millions = max(daily_dollar_volume, 1.0) / 1e6
+    bps = 114.0 / max(millions, 1e-3) ** 0.65
+    return max(1, round(price * bps / 1e4 / tick))
+
+
 @dataclass(frozen=True)
 class MarketConfig:
     """What day to simulate and for which symbols; validated on construction (ValueError)."""
@@ -77,8 +93,16 @@ class MarketConfig:
     symbol_names: tuple[str, ...] | None = None
     seed: int = 7
     replay_path: str | None = None
+    spread: float | None = None  # dollars, every symbol and second; None: spread_ticks
+    bar_seconds: int | None = None  # the replay's bar size; None: its typical spacing
 
     def __post_init__(self) -> None:
+        if self.spread is not None and not (
+            math.isfinite(self.spread) and self.spread >= MIN_TICK - 1e-9
+        ):
+            raise ValueError(
+                f"spread {self.spread} must be at least one tick ({MIN_TICK}); e.g. 0.01"
+            )
         day = self.trading_date
         if isinstance(day, datetime) or not isinstance(day, date):
             raise ValueError(
@@ -100,17 +124,16 @@ class MarketConfig:
                 f"symbols must be >= 1, got {self.symbols}; set e.g. MarketConfig(symbols=50) "
                 "or pass symbol_names"
             )
+        if self.bar_seconds is not None and not 1 <= self.bar_seconds <= 86400:
+            raise ValueError(f"bar_seconds {self.bar_seconds} must be 1..86400, e.g. 60")
         if self.replay_path is not None:
             replay_format(self.replay_path)
         clock = MarketClock()
         try:
             session = clock.session(day)
             next_session = None if session else clock.next_session(day).trading_date
-        except Exception as exc:  # exchange_calendars raises its own types out of range
-            raise ValueError(
-                f"trading_date {day} is outside the XNYS calendar core.clock loads "
-                "(3 years back to 2 years ahead); pick a date in that range"
-            ) from exc
+        except CalendarRangeError as exc:
+            raise ValueError(f"trading_date {exc}") from None
         if session is None:
             raise ValueError(
                 f"trading_date {day} is not an XNYS session (weekend or holiday); "
@@ -401,11 +424,15 @@ class Market:
         # One random byte per second: bit 0 picks the trade side, the rest widens the spread.
         noise = rng.integers(0, 256, n, dtype=np.uint8)
         at_ask = (noise & 1).astype(bool)
-        spread = (noise < 77).astype(np.int64)  # +1 tick 30% of the time
-        spread += int(np.clip(round(prev_close * 4e-4 * self._tpd), 1, 8))
-        for outside in (slice(0, open_s), slice(close_s, n)):  # wide outside regular hours
-            spread[outside] = 2 * spread[outside] + 1
-        spread[open_s : open_s + 120] += 1  # the opening minutes are wider
+        fixed = self._fixed_spread()
+        if fixed is not None:
+            spread = np.full(n, fixed, dtype=np.int64)
+        else:
+            spread = (noise < 77).astype(np.int64)  # +1 tick 30% of the time
+            spread += spread_ticks(prev_close, adv_lots * _SHARES_PER_LOT * prev_close)
+            for outside in (slice(0, open_s), slice(close_s, n)):  # wide outside regular hours
+                spread[outside] = 2 * spread[outside] + 1
+            spread[open_s : open_s + 120] += 1  # the opening minutes are wider
 
         lam = profiles.volume * adv_lots
         if gapper:
@@ -427,12 +454,15 @@ class Market:
 
     def _build_replay(self, config: MarketConfig) -> tuple[tuple[str, ...], list[float]]:
         assert config.replay_path is not None
+        day = self._day
         paths = replay_paths(
             config.replay_path,
-            self._day.start,
-            self._day.seconds,
+            day.start,
+            day.seconds,
             self._tpd,
             tuple(config.symbol_names) if config.symbol_names else None,
+            config.bar_seconds,
+            (day.start + day.open_col - 1, day.start + day.close_col - 1),
         )
         n = self._day.seconds
         self._allocate(len(paths))
@@ -443,17 +473,27 @@ class Market:
                 )
             )
             volume = path.volume[1:]
-            traded = volume > 0
             prev_ticks = round(path.prev_close * self._tpd)
-            # Quotes sit around the recorded trade path: each print hits the bid or lifts the ask.
-            last = _forward_fill(path.trade_ticks[1:], traded, prev_ticks)
+            # Quotes sit around the recorded path (rows without volume too, which print no
+            # trade): each print hits the bid or lifts the ask.
+            last = _forward_fill(path.trade_ticks[1:], path.priced[1:], prev_ticks)
             noise = rng.integers(0, 256, n, dtype=np.uint8)
-            spread = (noise < 77).astype(np.int64)
-            spread += int(np.clip(round(path.prev_close * 4e-4 * self._tpd), 1, 8))
+            fixed = self._fixed_spread()
+            if fixed is not None:
+                spread = np.full(n, fixed, dtype=np.int64)
+            else:
+                base = spread_ticks(path.prev_close, path.daily_dollar_volume)
+                spread = np.full(n, 2 * base + 1, dtype=np.int64)  # wide outside regular hours
+                spread[self._day.open_col - 1 : self._day.close_col - 1] = base
             bid = np.maximum(last - spread * (noise & 1), 1)
             sizes = rng.integers(1, 6, (2, n), dtype=np.int16)
             self._fill_row(row, path.prev_close, bid, spread, last, volume, sizes[0], sizes[1])
         return tuple(p.symbol for p in paths), [p.prev_close for p in paths]
+
+    def _fixed_spread(self) -> int | None:
+        """The spread override in ticks, or None when the spread follows spread_ticks."""
+        spread = self.config.spread
+        return None if spread is None else max(1, round(spread * self._tpd))
 
     # -- time -------------------------------------------------------------------------------
     @property
@@ -486,6 +526,43 @@ class Market:
         if not changed.any():
             return []
         return self._quotes(np.flatnonzero(changed))
+
+    def seconds_until(
+        self, symbols: list[str], sim_epoch: float
+    ) -> list[tuple[float, list[Quote]]]:
+        """Every whole simulated second between now and `sim_epoch` (both excluded), with the
+        quotes of `symbols` that changed at that second; the market itself does not move.
+
+        The engine matches working orders on these so that a move shorter than one step
+        (a 3-s dip through a stop at 300x) is seen as it happened. A symbol returned here is
+        returned by the next advance() too, even if it ends where it started, so the last
+        quote streamed is the current one. Empty when no second lies between, or for no
+        symbols.
+        """
+        old, new = self._col, self._col_at(sim_epoch)
+        if new - old < 2 or not symbols:
+            return []
+        rows = np.array([self._row_of(s) for s in symbols])
+        arrays = (self._bid, self._spread, self._cumvol, self._last, self._bid_lots,
+                  self._ask_lots)  # fmt: skip
+        first = self._first_regular_trade[rows]
+        opens, highs, lows = self._open[rows], self._high[rows], self._low[rows]
+        out = []
+        for col in range(old + 1, new):
+            if self._day.open_col <= col < self._day.close_col:
+                traded = first <= col
+                price = np.where(traded, self._last[rows, col], np.nan)
+                opens = np.where(np.isnan(opens) & traded, self._last[rows, first], opens)
+                highs, lows = np.fmax(highs, price), np.fmin(lows, price)
+            changed = np.zeros(rows.size, dtype=bool)
+            for array in arrays:
+                changed |= array[rows, col] != array[rows, col - 1]
+            if changed.any():
+                pick = np.flatnonzero(changed)
+                self._dirty.update(rows[pick].tolist())
+                session = (opens[pick], highs[pick], lows[pick])
+                out.append((self._day.start + col - 1, self._quotes(rows[pick], col, session)))
+        return out
 
     def _update_session_stats(self, old: int, new: int) -> None:
         """Fold the regular-session trades of columns (old, new] into open/high/low."""
@@ -568,6 +645,13 @@ class Market:
             stats = (np.nan, np.nan, np.nan)
         opens, highs, lows = (np.array([value], dtype=np.float64) for value in stats)
         return self._quotes([row], col, (opens, highs, lows))[0]
+
+    def last_trade_before(self, symbol: str, epoch: float) -> float:
+        """The last trade price before `epoch` (the previous close before any trade today),
+        never later than the current market time: what a bar without trades carries."""
+        row = self._row_of(symbol)
+        col = min(self._col_at(epoch - 1), self._col)
+        return float(self._last[row, col]) / self._tpd
 
     def previous_close(self, symbol: str) -> float:
         """The previous session's close. Raises KeyError for an unknown symbol."""

@@ -339,9 +339,10 @@ class MarketData:
         if bars:
             b = bars[-1]
             row = (start, b.open, b.high, b.low, b.close, b.volume, b.wap, b.count)
-        else:  # IB still sends a bar with no trades: flat at the last price
-            last = self.market.quote(sub.symbol).last
-            row = (start, last, last, last, last, 0, last, 0)
+        else:  # IB still sends a bar with no trades: flat at the previous close, no volume
+            # Only prices from before the bar's end: the current last may be seconds later.
+            close = self.market.last_trade_before(sub.symbol, start)
+            row = (start, close, close, close, close, 0, close, 0)
         sub.session.push(msg.realtime_bar(sub.req_id, row))
 
     def _send_bar_update(self, sub: BarSub, now: float) -> None:

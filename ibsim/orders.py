@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.money import average_price, round_to_tick
+
 ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT", "TRAIL"})
 TIFS = frozenset({"DAY", "IOC", "GTC"})
 STOP_TYPES = frozenset({"STP", "STP LMT", "TRAIL"})
@@ -103,6 +105,9 @@ class SimOrder:
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
     triggered: bool = False
+    # Working at the exchange since an earlier look without filling: a resting limit then
+    # fills at its own price. False again when modified (a replace arrives anew).
+    resting: bool = False
     commission_paid: float = 0.0
     completed_time: float | None = None
     log: list[OrderLogEntry] = field(default_factory=list)
@@ -124,9 +129,11 @@ class SimOrder:
             self.completed_time = now
 
     def apply_fill(self, qty: float, price: float) -> None:
-        total = self.filled + qty
-        self.avg_fill_price = (self.avg_fill_price * self.filled + price * qty) / total
-        self.filled = total
+        # Decimal averaging: one fill at 229.82 reports avgFillPrice 229.82, not ...996.
+        average = average_price([(self.filled, self.avg_fill_price), (qty, price)])
+        assert average is not None  # qty > 0
+        self.avg_fill_price = average
+        self.filled += qty
         self.last_fill_price = price
 
 
@@ -161,8 +168,9 @@ class BookQuote(Protocol):
     ask_size: float
 
 
-def update_trail(order: SimOrder, last: float) -> None:
-    """Move a TRAIL order's stop with the last price (never against the position)."""
+def update_trail(order: SimOrder, last: float, tick: float = 0.01) -> None:
+    """Move a TRAIL order's stop with the last price (never against the position), on the
+    tick grid: a percent trail (or a float offset) would otherwise report 229.81999999999996."""
     if order.order_type != "TRAIL" or last <= 0:
         return
     if order.trailing_percent:
@@ -170,11 +178,11 @@ def update_trail(order: SimOrder, last: float) -> None:
     else:
         offset = order.aux_price or 0.0
     if order.is_buy:
-        candidate = last + offset
+        candidate = round_to_tick(last + offset, tick)
         if order.trail_stop_price is None or candidate < order.trail_stop_price:
             order.trail_stop_price = candidate
     else:
-        candidate = last - offset
+        candidate = round_to_tick(last - offset, tick)
         if order.trail_stop_price is None or candidate > order.trail_stop_price:
             order.trail_stop_price = candidate
 
@@ -196,9 +204,11 @@ def is_triggered(order: SimOrder, last: float) -> bool:
 def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: int) -> float | None:
     """The price this order fills at against `quote` now, or None when it cannot fill.
 
-    Market (and triggered stop) orders take the far side plus slippage; limits fill when the
-    book crosses them, at the book price (which is never worse than the limit), or at the
-    limit when the last trade went through it.
+    Market (and triggered stop) orders take the far side plus slippage. A limit that is
+    marketable when it arrives (first working look, or after a modify) takes the touch, which
+    is never worse than the limit. A resting limit fills at its limit price when the book
+    reaches it or the last trade goes through it: the price jumping past a resting limit
+    between two seconds gives the limit, never the better price beyond it.
     """
     market_like = order.order_type in {"MKT", "STP", "TRAIL"}
     if order.order_type in STOP_TYPES and not order.triggered:
@@ -211,10 +221,8 @@ def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: i
         limit = order.lmt_price
         if limit is None:
             return None
-        if quote.ask <= limit:
-            return quote.ask
-        if 0 < quote.last < limit:
-            return limit
+        if quote.ask <= limit or 0 < quote.last < limit:
+            return limit if order.resting else min(quote.ask, limit)
         return None
     if quote.bid <= 0:
         return None
@@ -223,10 +231,8 @@ def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: i
     limit = order.lmt_price
     if limit is None:
         return None
-    if quote.bid >= limit:
-        return quote.bid
-    if quote.last > limit:
-        return limit
+    if quote.bid >= limit or quote.last > limit:
+        return limit if order.resting else max(quote.bid, limit)
     return None
 
 

@@ -3,11 +3,19 @@
 Within each bar the path runs open -> low -> high -> close when the bar closed up (or
 open -> high -> low -> close when it closed down), linearly, so aggregating the replayed seconds
 back to the file's bar size gives the file's OHLCV again (when a bar has >= 4 shares of volume).
+
+Input: one file, or a directory of them (every .csv/.parquet/.pq inside); the symbols are the
+data's. Each symbol's timestamps must strictly increase within a file and never repeat across
+files: a duplicate or out-of-order row is an error naming the file and the row. The bar size
+is the data's typical spacing (the most common step between a symbol's rows) unless given.
+A row with no volume but a price range keeps its prices on the quote path without trades.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +34,36 @@ class ReplayPath:
 
     symbol: str
     prev_close: float
-    trade_ticks: np.ndarray  # int64, trade price in ticks where volume > 0 (undefined elsewhere)
+    daily_dollar_volume: float  # regular-hours dollars per minute x 390: its liquidity
+    trade_ticks: np.ndarray  # int64, path price in ticks where `priced` (undefined elsewhere)
     volume: np.ndarray  # int64 shares traded in each grid second
+    priced: np.ndarray  # bool, seconds covered by a row (with or without volume)
+
+
+def replay_files(path: str | Path) -> list[Path]:
+    """The file itself, or a directory's replay files in name order. Raises ValueError for a
+    missing path, an unknown format, or a directory with no replay file."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES)
+        if not files:
+            raise ValueError(
+                f"replay directory {path} has no .csv or .parquet file; "
+                "put the recorded bars there or pass one file"
+            )
+        return files
+    if not path.exists():
+        raise ValueError(f"replay path {path} does not exist; check the --replay path")
+    replay_format(path)
+    return [path]
 
 
 def replay_format(path: str | Path) -> str:
-    """'csv' or 'parquet' from the file name; ValueError for anything else."""
+    """'csv' or 'parquet' from the file name ('' for a directory or a path without a suffix,
+    which replay_files checks); ValueError for any other suffix."""
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir() or not suffix:
+        return ""
     if suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(
             f"replay file {path}: unknown format {suffix or '(no suffix)'!r}; "
@@ -42,14 +73,64 @@ def replay_format(path: str | Path) -> str:
 
 
 def read_replay_frame(path: str | Path) -> pd.DataFrame:
-    """The file's rows with validated columns and `time` as unix seconds (float), sorted.
+    """The rows of a replay file or directory, validated, `time` as unix seconds (float),
+    sorted by symbol and time.
 
-    Raises ValueError naming the file and the fix for a missing file, unknown format, missing or
-    unknown columns, and unparseable times or prices.
+    Raises ValueError naming the file (and row) and the fix for a missing path, an unknown
+    format, missing or unknown columns, unparseable times or prices, and a symbol's duplicate
+    or out-of-order timestamps.
     """
+    frames = [_read_one_file(f) for f in replay_files(path)]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame = frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+    repeated = frame.duplicated(["symbol", "time"], keep="first")
+    if repeated.any():
+        second = frame[repeated].iloc[0]
+        first = frame[(frame["symbol"] == second["symbol"]) & (frame["time"] == second["time"])]
+        first = first.iloc[0]
+        raise ValueError(
+            f"replay {second['file']} row {second['row']}: {second['symbol']} at "
+            f"{_stamp(second['time'])} repeats {first['file']} row {first['row']}; "
+            "drop the duplicate row"
+        )
+    return frame
+
+
+@lru_cache(maxsize=8)
+def _first_day(path: str, modified: float) -> date:
+    del modified  # part of the cache key only: an edited file is read again
+    first = float(read_replay_frame(path)["time"].min())
+    return pd.Timestamp(first, unit="s", tz="UTC").tz_convert(NEW_YORK).date()
+
+
+def first_replay_day(path: str | Path) -> date:
+    """The New York date of the data's first bar: the day a replay simulates by default.
+    Raises ValueError as read_replay_frame does."""
+    files = replay_files(path)
+    return _first_day(str(path), max(f.stat().st_mtime for f in files))
+
+
+def replay_symbols(path: str | Path, day: date) -> tuple[str, ...]:
+    """The symbols with bars on `day` (New York date), sorted. Raises ValueError as
+    read_replay_frame does, or when the data has no bar that day."""
+    frame = read_replay_frame(path)
+    stamps = pd.to_datetime(frame["time"], unit="s", utc=True).dt.tz_convert(NEW_YORK)
+    on_day = frame.loc[stamps.dt.date == day, "symbol"]
+    if on_day.empty:
+        raise ValueError(
+            f"replay {path} has no bars on {day}; pass --date with a date in the data "
+            f"(first bar {first_replay_day(path)})"
+        )
+    return tuple(sorted(set(on_day)))
+
+
+def _stamp(epoch: float) -> str:
+    return f"{pd.Timestamp(float(epoch), unit='s', tz='UTC').tz_convert(NEW_YORK):%F %T}"
+
+
+def _read_one_file(path: Path) -> pd.DataFrame:
+    """One file's rows, validated, with `file` and `row` (its line in a CSV, 1 = header)."""
     fmt = replay_format(path)
-    if not Path(path).is_file():
-        raise ValueError(f"replay file {path} does not exist; fix MarketConfig.replay_path")
     try:
         frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except Exception as exc:  # parser errors vary by engine; one clear message is what matters
@@ -79,14 +160,26 @@ def read_replay_frame(path: str | Path) -> pd.DataFrame:
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     prices = frame[["open", "high", "low", "close", "volume"]]
-    if prices.isna().to_numpy().any() or (frame[["open", "high", "low", "close"]] <= 0).any(
-        axis=None
-    ):
+    bad = prices.isna().any(axis=1) | (frame[["open", "high", "low", "close"]] <= 0).any(axis=1)
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + (2 if fmt == "csv" else 1)
         raise ValueError(
-            f"replay file {path}: open/high/low/close must be positive numbers and volume a "
-            "number on every row; fix or drop the bad rows"
+            f"replay file {path} row {line}: open/high/low/close must be positive numbers and "
+            "volume a number on every row; fix or drop the bad rows"
         )
-    return frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+    frame["file"] = str(path)
+    frame["row"] = np.arange(len(frame)) + (2 if fmt == "csv" else 1)  # a CSV's line 1: header
+    steps = frame.groupby("symbol", sort=False)["time"].diff()
+    backwards = steps <= 0
+    if backwards.any():
+        bad = frame[backwards].iloc[0]
+        kind = "repeats the time of" if steps[backwards].iloc[0] == 0 else "is earlier than"
+        raise ValueError(
+            f"replay file {path} row {bad['row']}: {bad['symbol']} at {_stamp(bad['time'])} "
+            f"{kind} the row before it; a symbol's rows must be in time order without "
+            "duplicates: sort the file and drop the repeated row"
+        )
+    return frame
 
 
 def _to_epoch_seconds(column: pd.Series, path: str | Path) -> pd.Series:
@@ -119,12 +212,16 @@ def _to_epoch_seconds(column: pd.Series, path: str | Path) -> pd.Series:
 
 
 def infer_bar_seconds(frame: pd.DataFrame) -> int:
-    """The file's bar size: the smallest positive step between a symbol's bars (60 if unknown)."""
+    """The data's bar size: the most common step between a symbol's rows, in whole seconds
+    (the smaller on a tie; 60 with no two rows). Missing bars and a stray row do not change
+    it, as they would the smallest step."""
     steps = frame.groupby("symbol", sort=False)["time"].diff().to_numpy()
-    steps = steps[np.isfinite(steps) & (steps > 0)]
+    steps = np.rint(steps[np.isfinite(steps) & (steps > 0)]).astype(np.int64)
+    steps = steps[steps > 0]
     if steps.size == 0:
         return 60
-    return max(1, round(float(steps.min())))
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)])
 
 
 def replay_paths(
@@ -133,20 +230,23 @@ def replay_paths(
     grid_seconds: int,
     ticks_per_dollar: int,
     symbols: tuple[str, ...] | None = None,
+    bar_seconds: int | None = None,
+    regular: tuple[float, float] | None = None,
 ) -> list[ReplayPath]:
-    """Per-symbol trade paths on the grid [day_start, day_start + grid_seconds).
+    """Per-symbol trade paths on the grid [day_start, day_start + grid_seconds); `regular`,
+    the session's (open, close) epochs, bounds the volume the liquidity is measured on.
 
-    Raises ValueError when the file has no bars on that grid or lacks a requested symbol.
+    Raises ValueError when the data has no bars on that grid or lacks a requested symbol.
     """
     frame = read_replay_frame(path)
-    bar_seconds = infer_bar_seconds(frame)
+    bar_seconds = bar_seconds or infer_bar_seconds(frame)
     offsets = np.floor(frame["time"].to_numpy() - day_start).astype(np.int64)
     on_day = (offsets >= 0) & (offsets < grid_seconds)
     if not on_day.any():
         first = pd.Timestamp(float(frame["time"].min()), unit="s", tz="UTC").tz_convert(NEW_YORK)
         raise ValueError(
-            f"replay file {path} has no bars between 04:00 and 20:00 New York on the trading "
-            f"date; set MarketConfig.trading_date to a date in the file (first bar {first:%F})"
+            f"replay {path} has no bars between 04:00 and 20:00 New York on the trading "
+            f"date; pass --date with a date in the data (first bar {first:%F})"
         )
     frame = frame.loc[on_day].assign(offset=offsets[on_day])
     available = list(dict.fromkeys(frame["symbol"]))
@@ -154,8 +254,8 @@ def replay_paths(
     absent = [s for s in wanted if s not in available]
     if absent:
         raise ValueError(
-            f"replay file {path} has no bars for {', '.join(absent)} on the trading date; "
-            "drop them from MarketConfig.symbol_names"
+            f"replay {path} has no bars for {', '.join(absent)} on the trading date; "
+            "drop them from the symbol names (the data has " + ", ".join(sorted(available)) + ")"
         )
     result = []
     for symbol in wanted:
@@ -164,18 +264,40 @@ def replay_paths(
             prev_close = float(rows["prev_close"].dropna().iloc[0])
         else:
             prev_close = float(rows["open"].iloc[0])
-        trade_ticks, volume = _interpolate_bars(rows, bar_seconds, grid_seconds, ticks_per_dollar)
-        result.append(ReplayPath(symbol, prev_close, trade_ticks, volume))
+        # On the tick grid: a float32 column gives 254.13999938964844 for 254.14.
+        prev_close = round(prev_close * ticks_per_dollar) / ticks_per_dollar
+        ticks, volume, priced = _interpolate_bars(rows, bar_seconds, grid_seconds, ticks_per_dollar)
+        liquidity = _daily_dollar_volume(rows, bar_seconds, regular)
+        result.append(ReplayPath(symbol, prev_close, liquidity, ticks, volume, priced))
     return result
+
+
+def _daily_dollar_volume(
+    rows: pd.DataFrame, bar_seconds: int, regular: tuple[float, float] | None
+) -> float:
+    """Regular-hours dollar volume per minute of the rows, times 390 (all rows if none)."""
+    times = rows["time"].to_numpy()
+    inside = (
+        np.ones(len(rows), bool)
+        if regular is None
+        else ((times >= regular[0]) & (times < regular[1]))
+    )
+    if not inside.any():
+        inside[:] = True
+    dollars = float((rows["close"].to_numpy() * rows["volume"].to_numpy())[inside].sum())
+    minutes = max(inside.sum() * bar_seconds / 60.0, 1.0)
+    return dollars / minutes * 390.0
 
 
 def _interpolate_bars(
     rows: pd.DataFrame, bar_seconds: int, grid_seconds: int, ticks_per_dollar: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised open->extreme->extreme->close path and evenly spread volume for one symbol."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised open->extreme->extreme->close path, evenly spread volume and the seconds
+    the rows cover, for one symbol."""
     n = grid_seconds + 1
     trade_ticks = np.zeros(n, dtype=np.int64)
     volume = np.zeros(n, dtype=np.int64)
+    priced = np.zeros(n, dtype=bool)
     length = bar_seconds
     knots_x = np.array([0, round((length - 1) / 3), round(2 * (length - 1) / 3), length - 1])
     o, h, lo, c = (
@@ -203,4 +325,5 @@ def _interpolate_bars(
     inside = cols <= grid_seconds
     trade_ticks[cols[inside]] = np.rint(path[inside]).astype(np.int64)
     volume[cols[inside]] = per_second[inside]
-    return trade_ticks, volume
+    priced[cols[inside]] = True
+    return trade_ticks, volume, priced

@@ -27,19 +27,28 @@ HOST = "127.0.0.1"  # never expose a fake broker beyond this machine
 
 
 @lru_cache(maxsize=4)
-def _pristine_market(trading_date, symbols, symbol_names, seed, replay_path):  # type: ignore[no-untyped-def]
-    from ibsim.market import Market, MarketConfig
+def _pristine_market(market_config):  # type: ignore[no-untyped-def]
+    from ibsim.market import Market
 
-    return Market(MarketConfig(trading_date, symbols, symbol_names, seed, replay_path))
+    return Market(market_config)
 
 
 def build_market(config: GatewayConfig):  # type: ignore[no-untyped-def]
-    """A fresh Market for `config` (a copy of a cached one: building takes seconds)."""
+    """A fresh Market for `config` (a copy of a cached one: building takes seconds).
+    Raises ValueError (a one-line message) for a bad replay or market setting."""
+    from ibsim.market import MarketConfig
+
     names = tuple(n.upper() for n in config.symbol_names) if config.symbol_names else None
-    pristine = _pristine_market(
-        config.resolved_date(), config.symbols, names, config.seed, config.replay_path
+    market_config = MarketConfig(
+        trading_date=config.resolved_date(),
+        symbols=config.symbols,
+        symbol_names=names,
+        seed=config.seed,
+        replay_path=config.replay_path,
+        spread=config.spread,
+        bar_seconds=config.bar_seconds,
     )
-    return copy.deepcopy(pristine)
+    return copy.deepcopy(_pristine_market(market_config))
 
 
 class SimulatedGateway:
@@ -199,8 +208,18 @@ class SimulatedGateway:
             await asyncio.sleep(max(0.0, delay))
 
     def step(self) -> None:
-        """Advance the market to now, stream it, match orders, expire DAY orders, flush."""
+        """Advance the market to now, stream it, match orders, expire DAY orders, flush.
+
+        One step crosses speed / steps_per_second simulated seconds (15 at 300x). Every
+        second crossed is matched in order for the symbols with working orders or a position,
+        and streamed for them, so stops and limits see the whole 1-s path whatever the speed;
+        the other symbols stream their quote at the step's end.
+        """
         now = self.market_time()
+        for second, path in self.market.seconds_until(self._symbols_on_the_path(), now):
+            self.engine.path_quotes.update((quote.symbol, quote) for quote in path)
+            self.apply_quotes(path, second)
+        self.engine.path_quotes.clear()
         quotes = self.market.advance(now)
         self.apply_quotes(quotes, now)
         self.marketdata.on_time(self._last_step_time, now)
@@ -212,6 +231,12 @@ class SimulatedGateway:
             self._refresh_portfolio()
         self.steps += 1
         self.flush_all()
+
+    def _symbols_on_the_path(self) -> list[str]:
+        """Symbols whose every second matters: working orders, or shares held (exit stops)."""
+        held = {s for s, row in self.ledger.positions.items() if row.quantity}
+        working = {s for s, book in self.engine.working.items() if book}
+        return sorted(held | working)
 
     def apply_quotes(self, quotes: list, now: float) -> None:
         self.marketdata.on_quotes(quotes)

@@ -14,6 +14,7 @@ import pytest
 import core.clock as clock_module
 from core.clock import (
     NEW_YORK,
+    CalendarRangeError,
     ClockError,
     FileTimeSource,
     ManualTimeSource,
@@ -161,3 +162,18 @@ def test_a_damaged_calendar_cache_is_built_again(
         clock_module._build_calendar.cache_clear()
     assert again == first
     assert json.loads(cache.read_text())["days"] == list(first.days)  # written whole again
+
+
+def test_a_session_more_than_three_years_back_is_in_the_calendar() -> None:
+    clock = MarketClock(ManualTimeSource(at(2026, 11, 25, 10, 0)))
+    session = clock.session(date(2022, 5, 19))
+    assert session is not None and session.open == at(2022, 5, 19, 9, 30)
+    assert clock.is_trading_day(date(2001, 9, 10)) and not clock.is_trading_day(date(2001, 9, 11))
+    assert clock.previous_session(date(2022, 5, 19)).trading_date == date(2022, 5, 18)
+
+
+def test_a_date_outside_the_calendar_is_one_line_naming_the_range() -> None:
+    clock = MarketClock(ManualTimeSource(at(2026, 11, 25, 10, 0)))
+    with pytest.raises(CalendarRangeError, match="outside the XNYS calendar") as error:
+        clock.session(date(1980, 5, 19))
+    assert "1990-01-02" in str(error.value) and "\n" not in str(error.value)

@@ -70,6 +70,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
 SEED = 7
 SYMBOLS = 12  # seed 7: one pre-market gapper (LEY, +11%) among them
+# Indicators warm up on 15 regular-hours bars, so the first entry comes at 09:37:30: tests
+# that wait for an entry start 50 simulated seconds before it.
+ENTRY_START = dtime(9, 36, 40)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -222,13 +225,13 @@ def exit_manager_stand_in(tmp_path: Path) -> Iterator[ExitManagerStandIn]:
 def test_simulated_day_enters_gap_and_go_and_standard_sized_right_never_twice(
     tmp_path: Path,
 ) -> None:
-    """Seed 7 at 60x from 09:20: a gap-and-go at the open, standard entries after; sizes
-    follow NetLiquidation x 0.25 / 4; a symbol closed today (by the 'exit manager') and
-    symbols already held are never entered again."""
+    """Seed 7 at 60x from 09:44: a gap-and-go and standard entries; sizes follow
+    NetLiquidation x 0.25 / 4; a symbol closed today (by the 'exit manager') and symbols
+    already held are never entered again."""
     logs = tmp_path / "logs"
-    # From 09:20 so the trader is connected and seeded before the open whatever its start-up
-    # takes; the gapper's RSI is below 60 only in the first minute of the session.
-    with gateway(tmp_path, dtime(9, 20), speed=60) as gw:
+    # The gapper (LEY, +11% before the open) has RSI over regular-hours bars below 60 from
+    # 09:45 on; the trader seeds from today's history and takes it in its first passes.
+    with gateway(tmp_path, dtime(9, 44), speed=60) as gw:
         db = sim_db(tmp_path)
         # Closed earlier today: must never be entered, though its data looks fine.
         blocked = "AUL"
@@ -332,7 +335,7 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
     records the position and never sends that entry again. An entry whose order never
     reached IB is marked CANCELLED, free to be decided again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         # IB takes the first entry, then hangs for the trader: it never hears of its order.
         gw.faults.go_silent_after_next_order(2)
@@ -393,7 +396,7 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
 def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None:
     """Two processes (client ids 2 and 3) on one database see the same signals at the same
     moments; the guard_entry transaction lets only one of them enter each symbol."""
-    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
         db = sim_db(tmp_path)
         env = {"MAX_OPEN_POSITIONS": "8"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
@@ -426,7 +429,7 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
     qualified in one analysis pass was entered, all against the same free slot. With
     max_open_positions=2, many symbols qualifying at the open and two traders on one
     database, the gateway never holds more than 2 positions plus working entries."""
-    with gateway(tmp_path, dtime(9, 29, 40), speed=40) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
         db = sim_db(tmp_path)
         env = {"MAX_OPEN_POSITIONS": "2"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
@@ -554,7 +557,7 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
     Exactly the allowed orders reach the gateway; the rest are refused by the database."""
     kill_file = tmp_path / "KILL_SWITCH"
     kill_file.write_text("held until both traders are deciding")  # entries start on our word
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         symbols = list(gw.gateway.market.symbols)
         lists = [symbols[:6], symbols[6:]] if disjoint else [symbols, symbols]
@@ -702,7 +705,7 @@ def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
     row is written at the first fill (its shares, its price), then grown at each later fill
     with the weighted average price and target/stop from it."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30, partial_fills=True) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30, partial_fills=True) as gw:
         db = sim_db(tmp_path)
         # Low-priced names with thin books: one entry takes several fills.
         args = ["--symbols", "LMHJ,HQQP"]
@@ -1024,7 +1027,7 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
     the position row comes from IB's executions (same exec ids), and the entry is never
     sent again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30) as gw:
+    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
         db = sim_db(tmp_path)
         gw.faults.go_silent_after_next_order(2)  # the order is live; its answers never come
         proc = start_trader(gw, tmp_path, args=["--retry-seconds", "2"])
@@ -1097,7 +1100,8 @@ def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_no
     The trader looks the order up by orderRef (no reconnect, no restart), tracks what it
     finds, records the fill from IB's executions, and never sends that entry again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=speed) as gw:
+    # Closer to the first entry (09:37:30) than ENTRY_START: at 4x every simulated second counts.
+    with gateway(tmp_path, dtime(9, 37), speed=speed) as gw:
         db = sim_db(tmp_path)
         gw.faults.drop_acks_of_next_order(2)
         proc = start_trader(gw, tmp_path)
@@ -1348,7 +1352,7 @@ def test_stream_bars_that_arrive_before_the_seed_do_not_hide_the_history() -> No
     history bar look stale, so indicators stayed cold for 7 minutes."""
     clock = MarketClock()
     feed = SymbolFeed("ABC", contract=None, clock=clock)  # type: ignore[arg-type]
-    start = datetime(2026, 11, 25, 9, 0, tzinfo=NEW_YORK).timestamp()
+    start = datetime(2026, 11, 25, 10, 0, tzinfo=NEW_YORK).timestamp()  # regular hours
     bars = [Bar(start + 30 * i, 10, 10.1, 9.9, 10 + 0.01 * i, 100) for i in range(40)]
     feed.on_live_bar(bars[-1])  # the stream is faster than the history request
     feed.seed(bars[:-1])

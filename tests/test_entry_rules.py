@@ -56,6 +56,7 @@ def snap(now: datetime, **changes: object) -> SymbolSnapshot:
     base = SymbolSnapshot(
         symbol="ABC",
         last=20.10,
+        close=20.10,
         bid=20.09,
         ask=20.11,
         vwap=20.00,
@@ -90,8 +91,8 @@ def test_standard_entry_fires_when_above_vwap_rsi_below_60_and_atr_enough() -> N
 @pytest.mark.parametrize(
     "change",
     [
-        {"last": 19.99},  # below VWAP
-        {"last": 20.00},  # at VWAP is not above
+        {"close": 19.99},  # the bar closed below VWAP
+        {"close": 20.00},  # at VWAP is not above
         {"rsi": 60.0},  # RSI must be strictly below 60
         {"atr_pct": 0.29},  # not enough range to pay for the spread
     ],
@@ -99,6 +100,16 @@ def test_standard_entry_fires_when_above_vwap_rsi_below_60_and_atr_enough() -> N
 def test_standard_entry_refused_when_one_condition_fails(change: dict[str, float]) -> None:
     decision = decide(snap(NOON, **change), NOON)
     assert not decision.enter and decision.reason == NO_SIGNAL
+
+
+def test_the_standard_rule_reads_the_bar_close_not_the_trade_after_the_bar() -> None:
+    # The ticker's last arrives with the bar but is a later trade (seconds later at speed).
+    closed_below = snap(NOON, close=19.99, last=20.30)
+    assert decide(closed_below, NOON).reason == NO_SIGNAL
+    assert decide(closed_below, NOON).values["above_vwap"] is False
+    closed_above = snap(NOON, close=20.05, last=19.90)
+    assert decide(closed_above, NOON).enter
+    assert decide(closed_above, NOON).values["close"] == 20.05
 
 
 def test_atr_exactly_at_threshold_is_enough() -> None:

@@ -380,6 +380,29 @@ def test_aggregator_emits_aligned_window_when_its_last_5s_bar_arrives() -> None:
     assert aggregator.pending is None
 
 
+def flat(t: float, previous_close: float) -> Bar:
+    """IB's 5-s bar for seconds without trades: flat at the previous close, no volume."""
+    return Bar(t, previous_close, previous_close, previous_close, previous_close, 0.0)
+
+
+def test_aggregator_takes_no_price_from_5s_bars_without_trades() -> None:
+    # The 30-s history bar of this window holds only its trades (10.0 .. 12.6); the flat
+    # bars at the previous close 9.0 must not become its open and low.
+    aggregator = BarAggregator()
+    base = 1_700_000_010.0
+    bars = [flat(base, 9.0), five_second_bar(base + 5, 10.0), flat(base + 10, 10.1)]
+    bars += [five_second_bar(base + 15, 12.0), flat(base + 20, 12.1), flat(base + 25, 12.1)]
+    emitted = [b for bar in bars for b in aggregator.add(bar)]
+    assert emitted == [Bar(base, 10.0, 12.5, 9.5, 12.1, 2.0)]
+
+
+def test_aggregator_window_without_trades_is_flat_with_no_volume() -> None:
+    aggregator = BarAggregator()
+    base = 1_700_000_010.0
+    emitted = [b for i in range(6) for b in aggregator.add(flat(base + 5 * i, 9.0))]
+    assert emitted == [Bar(base, 9.0, 9.0, 9.0, 9.0, 0.0)]
+
+
 def test_aggregator_starting_mid_window_aligns_to_the_clock() -> None:
     aggregator = BarAggregator()
     base = 1_700_000_010.0

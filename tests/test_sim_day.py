@@ -256,3 +256,53 @@ def test_watchdog_flags_reach_the_simulated_days_policy():
         900.0,
     )
     assert policy_from_args(sim_args(), base) == base
+
+
+REPLAY_DIR = PROJECT_ROOT / "tests" / "data" / "replay"
+
+
+def test_sim_replay_takes_its_symbols_and_day_from_the_data():
+    options = sim_day.options_from_args(sim_args("--replay", str(REPLAY_DIR), "--spread", "0.02"))
+    assert options.replay == REPLAY_DIR and options.trading_date == date(2022, 5, 19)
+    assert sim_day.universe_of(options, options.trading_date) == ("AAPL", "MSFT")
+    argv = sim_day.SimGateway(options, options.trading_date, Path("run")).argv()
+    assert argv[argv.index("--replay") + 1] == str(REPLAY_DIR)
+    assert argv[argv.index("--spread") + 1] == "0.02" and "--symbols" not in argv
+    assert argv[argv.index("--date") + 1] == "2022-05-19"
+
+
+def test_sim_replay_of_one_file_with_an_explicit_bar_size():
+    path = REPLAY_DIR / "MSFT_2022-05-19.csv"
+    options = sim_day.options_from_args(sim_args("--replay", str(path), "--bar-seconds", "60"))
+    assert sim_day.universe_of(options, options.trading_date) == ("MSFT",)
+    argv = sim_day.SimGateway(options, options.trading_date, Path("run")).argv()
+    assert argv[argv.index("--bar-seconds") + 1] == "60"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--replay", str(REPLAY_DIR), "--symbols", "5"), "drop --symbols"),
+        (("--replay", str(REPLAY_DIR), "--date", "2022-05-20"), "no bars on 2022-05-20"),
+        (("--replay", "nowhere.csv"), "replay path nowhere.csv does not exist"),
+        (
+            (
+                "--bar-seconds",
+                "60",
+            ),
+            "pass --replay too",
+        ),
+    ],
+)
+def test_sim_replay_bad_input_is_refused_before_anything_runs(argv, message):
+    with pytest.raises(SupervisorError, match=message) as error:
+        sim_day.options_from_args(sim_args(*argv))
+    assert "\n" not in str(error.value)
+
+
+def test_supervisor_sim_with_a_bad_replay_is_one_line_not_a_traceback():
+    result = _supervisor_cli("--replay", "nowhere.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr == "error: replay path nowhere.csv does not exist; check the --replay path\n"
+    )
