@@ -5,9 +5,11 @@
 
 The rules live in `exit_rules.py` (pure); this module wires them to IB (core.broker,
 core.orders) and the database (observability). One exit owner per symbol: every SELL goes
-through `ExitManager._exit_locked` or `_protect_locked` under the symbol's lock, after our
-working sells are cancelled *and confirmed*, for the broker's fresh quantity, never when it
-is <= 0 (failure mode 2). The day trader's kill switch is never read here (failure mode 15).
+through `ExitManager._exit_locked` or `_protect_locked` under the symbol's lock. An exit
+first moves the working protective STP through the market (one message; it already sells
+exactly the held quantity, in its OCA group); otherwise our working sells are cancelled
+*and confirmed* and it sells the broker's fresh quantity, never when it is <= 0 (failure
+mode 2). The day trader's kill switch is never read here (failure mode 15).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from core.broker import BrokerSession
 from core.clock import MarketClock, calendar_loaded, get_clock, preload_calendar, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
-from core.orders import IntentOrders, is_rejected
+from core.orders import IntentOrders, LookupStatus, is_rejected, modification_refused
 from core.settings import (
     Settings,
     SettingsError,
@@ -71,13 +73,16 @@ from exit_rules import (
     quote_fault,
     server_stop_price,
     stamped_quote,
+    stop_to_trigger,
     target_touch_time,
+    through_market_stop_price,
     working_order,
 )
 from observability import DatabaseError, TradingDatabase
 
 AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
+_ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in flight
 DAY_TRADER = "day_trader"
 log = get_logger(AGENT)
 
@@ -362,6 +367,9 @@ class ExitManager:
                 continue
             try:
                 async with self._lock(symbol):
+                    if not await self._settle_refusals(symbol):
+                        raise ReconcileError("IB did not say whether an order whose "
+                                             "modification it refused still works")  # fmt: skip
                     ours = [working_order(t) for t in self._our_sells(symbol)]
                     await self._sync_locked(
                         symbol, positions.get(symbol), ours, young=False, flat_reason="MANUAL"
@@ -397,6 +405,8 @@ class ExitManager:
             row = await self._grace_for_day_trader(symbol)
         last_prices = {s: q.last for s, q in self.quotes.items()}
         if quantity == 0 and row is not None and not young:
+            # An exit's purpose is written behind its send: on disk before the row closes.
+            await asyncio.to_thread(self.orders.flush)
             if not self._close_from_fills(symbol, row) and not self._reconciling:
                 await self._pull_executions()  # our fill may be behind the position update
                 self._close_from_fills(symbol, row)
@@ -699,6 +709,12 @@ class ExitManager:
             log.warning("exit_not_allowed", symbol=symbol, purpose=purpose,
                         blocked=self.rejects.is_blocked(symbol), connected=self.ib.isConnected())  # fmt: skip
             return
+        if not await self._settle_refusals(symbol):
+            log.critical("exit_aborted", symbol=symbol,
+                         reason="IB did not say whether a refused modification's order works")  # fmt: skip
+            return
+        if await self._exit_through_stop(symbol, purpose):
+            return
         if not await self._cancel_confirmed(symbol, self._our_sells(symbol)):
             log.critical(
                 "exit_aborted", symbol=symbol, reason="working sells not confirmed cancelled"
@@ -750,6 +766,67 @@ class ExitManager:
                      action="protective set re-placed; server stop in charge")  # fmt: skip
         self.cooldown_until[symbol] = self.clock.epoch() + 60.0
         self._schedule(symbol)
+
+    async def _exit_through_stop(self, symbol: str, purpose: str) -> bool:
+        """Exit by moving our working protective STP through the market: one message, no
+        cancel round trip, nothing new before the send (`stop_to_trigger` says when that is
+        safe). Killed after the send, the order at IB still sells. Returns True when the exit
+        is done here (sold, or nothing can be sent); False when the caller must cancel and
+        sell anew: no such stop, the position changed, IB refused the modification (settled:
+        the stop is known to work at its old price, or to be gone), or it did not fill."""
+        sells = {t.order.orderId: t for t in self._our_sells(symbol)}
+        pos = self.held.get(symbol)
+        stop = stop_to_trigger(self._streamed_quantity(symbol),
+                               [working_order(t) for t in sells.values()])  # fmt: skip
+        trade = sells.get(stop.order_id) if stop else None
+        if pos is None or trade is None or trade.orderStatus.status not in _ACKED:
+            return False
+        quote = self.quotes.get(symbol)
+        usable = quote_fault(quote, self.clock.epoch(), self.config) is None
+        price = through_market_stop_price(quote, pos, quote_usable=usable,
+                                          slippage_pct=self.config.exit_slippage_pct)  # fmt: skip
+        try:
+            self.orders.trigger_stop(trade, price, purpose=purpose)
+        except (ConnectionError, OSError) as exc:
+            log.error("exit_not_sent", symbol=symbol, error=repr(exc))
+            return True  # the stop keeps its price and protects; reconnecting reconciles
+        log.info("exit_sent", symbol=symbol, purpose=purpose, quantity=stop.quantity, stop=price,
+                 order_ref=trade.order.orderRef, via="protective_stop")  # fmt: skip
+        await self._wait_until(
+            lambda: trade.isDone() or modification_refused(trade),
+            self._market_timeout(self.config.exit_fill_timeout_s),
+        )
+        if trade.orderStatus.status == "Filled":
+            return True
+        if modification_refused(trade):
+            log.error("exit_modification_refused", symbol=symbol, order_ref=trade.order.orderRef,
+                      reason=trade.log[-1].message)  # fmt: skip
+            if not await self._settle_refusals(symbol):
+                log.critical("exit_aborted", symbol=symbol,
+                             reason="IB did not say whether the refused stop still works")  # fmt: skip
+                return True
+        elif not trade.isDone():
+            log.warning("exit_not_filled_in_time", symbol=symbol, attempt=0,
+                        filled=trade.orderStatus.filled)  # fmt: skip
+        return False
+
+    def _streamed_quantity(self, symbol: str) -> int | None:
+        """The position IB's stream last reported for `symbol` (no request), None if none."""
+        for p in self.ib.positions():
+            if self._ours(p) and p.contract.symbol == symbol:
+                return round(p.position)
+        return None
+
+    async def _settle_refusals(self, symbol: str) -> bool:
+        """Ask IB about our orders of `symbol` whose modification it refused (ib_async shows
+        them Cancelled though they may work): False while IB has not answered, and then
+        nothing may be placed beside them."""
+        for trade in self.orders.refused_modifications(symbol):
+            async with self._query_lock:
+                found = await self.orders.settle_refused(trade)
+            if found.status is LookupStatus.UNKNOWN:
+                return False
+        return True
 
     # -- fills and order events ------------------------------------------------------------
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
@@ -863,9 +940,12 @@ class ExitManager:
         ref = trade.order.orderRef
         symbol = trade.contract.symbol
         intent = self.db.get_order_intent(ref) if ref else None
-        if intent is None or intent["agent"] != AGENT or ref in self._counted_rejects:
+        # One count per refusal: a refused modification leaves the order working, and IB
+        # may refuse its next modification too.
+        refusal = f"{ref}#{max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)}"
+        if intent is None or intent["agent"] != AGENT or refusal in self._counted_rejects:
             return not self.rejects.is_blocked(symbol)
-        self._counted_rejects.add(ref)
+        self._counted_rejects.add(refusal)
         reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
         reached = self.rejects.record(symbol)
         log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=self.rejects.counts[symbol],
@@ -1072,7 +1152,10 @@ class ExitManager:
         log.critical("eod_not_flat", phase=phase.value, positions=left or "unknown")
         return False
 
-    def _beat(self, detail: str | None = None) -> None:
+    def _beat(self, detail: str | None = None, *, behind: bool = False) -> None:
+        """Write our heartbeat: now (a state change the day trader must see at once), or with
+        `behind` on the intent writer's thread, so another process holding the database
+        never stalls the event loop, and with it an exit, for a routine beat."""
         if self.reconciled:
             state = "DEGRADED" if self._degraded() else "RECONCILED"
         elif self.state == "RECONCILED":
@@ -1081,11 +1164,18 @@ class ExitManager:
             state = self.state
         if detail is None:
             detail = f"held={len(self.held)} faults={len(self.quote_faults)}"
-        try:
-            with self.orders.exclusive():
+
+        def write() -> None:
+            try:
                 self.db.beat(AGENT, state, detail)
-        except DatabaseError as exc:
-            log.error("heartbeat_failed", error=str(exc))
+            except DatabaseError as exc:
+                log.error("heartbeat_failed", error=str(exc))
+
+        if behind and self.orders.writer is not None:
+            self.orders.writer.submit(write)
+            return
+        with self.orders.exclusive():
+            write()
 
     def _degraded(self) -> bool:
         blocked = any(self.rejects.is_blocked(s) for s in self.rejects.counts)
@@ -1099,7 +1189,7 @@ class ExitManager:
 
     async def _heartbeat(self) -> None:
         while not self._stop.is_set():
-            self._beat()
+            self._beat(behind=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), EXIT_MANAGER_BEAT_S)
 
