@@ -247,8 +247,9 @@ class ExitManager:
 
     async def _request_positions(self) -> dict[str, BrokerPosition] | None:
         try:
-            async with self._query_lock:
-                rows = await asyncio.wait_for(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
+            # No query lock: broker_positions keeps one positions request in flight, and
+            # ib_async keys it apart from the order queries, so both can run at once.
+            rows = await asyncio.wait_for(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("positions_unavailable", error=repr(exc))
             return None
@@ -311,6 +312,10 @@ class ExitManager:
             self._reconciling = False
         self.reconciled = True
         self.state = "RECONCILED"
+        if not calendar_loaded():
+            # Built once protected, not at start: its import (pandas) held the GIL against
+            # connecting and reconciling. Server stops protect; bot exits wait for it.
+            preload_calendar()
         self.last_report = plan.report()
         log.info("reconciliation_report", **self.last_report)
         self._beat()
@@ -318,18 +323,24 @@ class ExitManager:
             self._schedule(symbol)
 
     async def _reconcile(self) -> ReconcilePlan:
-        positions = await self.broker_positions()
+        async def order_snapshot() -> tuple[list[Trade], list[Trade], list[Fill]] | None:
+            async with self._query_lock:
+                return await self.orders.snapshot()
+
+        # Every request at once (a restart's time to protection is their slowest answer).
+        positions, snapshot = await asyncio.gather(self.broker_positions(), order_snapshot())
         if positions is None:
             raise ReconcileError("IB did not answer the positions request")
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
         if snapshot is None:
             raise ReconcileError("IB did not answer the open orders / executions requests")
         open_trades, _completed, fills = snapshot
         self._last_fills = fills
+        longs = [s for s, p in positions.items() if p.quantity > 0 and s not in self.contracts]
+        contracts = asyncio.gather(*(self.contract(s) for s in longs), return_exceptions=True)
         for fill in fills:  # fills missed while we were down (failure mode 11)
             self._record_fill(fill)
-        await self.orders.recover()
+        await self.orders.recover(snapshot)  # the same answer: no second round of requests
+        await contracts  # a failure shows again (raised) where the symbol needs it
         working = [working_order(t) for t in open_trades if not t.isDone()]
         rows = {r["symbol"]: r for r in self.db.get_active_positions()}
         entries_in_flight = {
@@ -1300,7 +1311,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    preload_calendar()  # while it connects and reconciles
     try:
         settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)

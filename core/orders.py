@@ -427,16 +427,21 @@ class IntentOrders:
             return OrderLookup(LookupStatus.UNKNOWN)
         return match_order_ref(order_ref, *found)
 
-    async def recover(self) -> dict[str, LookupStatus]:
+    async def recover(
+        self, snapshot: tuple[list[Trade], list[Trade], list[Fill]] | None = None
+    ) -> dict[str, LookupStatus]:
         """Bring every open intent of this program in line with IB, sending nothing.
 
         Intents IB never saw (NOT_FOUND) are marked CANCELLED with a note so they may be
         decided again; UNKNOWN ones are left alone. Returns orderRef -> lookup status.
-        One snapshot of IB serves every intent (three requests, not three per intent).
+        One snapshot of IB serves every intent (three requests, not three per intent):
+        `snapshot` when the caller has just taken one (it must postdate every intent read
+        here, so take it before calling), else a fresh one.
         """
         results: dict[str, LookupStatus] = {}
         intents = self.db.get_open_intents(agent=self.agent)
-        snapshot = await self.snapshot() if intents else None
+        if intents and snapshot is None:
+            snapshot = await self.snapshot()
         for intent in intents:
             ref = intent["order_ref"]
             found = (

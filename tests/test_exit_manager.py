@@ -683,7 +683,11 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
                 real_snapshot = manager.orders.snapshot
 
                 async def snapshot_after_a_fill() -> Any:
-                    if "MSFT" not in manager._seen_qty:  # the first call: the positions are in
+                    if "MSFT" not in manager._seen_qty:  # the first call
+                        # Positions and orders are asked at once: the fill lands after the
+                        # positions answer.
+                        assert manager._positions_task is not None
+                        await asyncio.shield(manager._positions_task)
                         await buy(dt, None, "MSFT", 50)
                         await until(lambda: manager._seen_qty.get("MSFT") == 50, 3, "event")
                     return await real_snapshot()
