@@ -186,6 +186,17 @@ def timeline_samples(state: Mapping[str, Any]) -> list[Sample]:
     return samples
 
 
+def random_faults_due(due: float, aimed: int, aimed_share: float, flattening: bool) -> float:
+    """How many random faults should have been injected by now, when `due` faults in all
+    should have been and `aimed` aimed kills have landed. Aimed kills wait for moments that
+    may be rare (an exit, a fill), so random faults make up whatever they lag behind their
+    share by more than half of it, and from the flatten on all of it: a day spends its whole
+    budget however few worst moments it has."""
+    if flattening:
+        return due - aimed
+    return due - aimed_share * due + max(0.0, aimed_share * due / 2 - aimed)
+
+
 def orders_of(state: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*state["open_orders"], *state["completed_orders"]]
 
@@ -914,7 +925,7 @@ class ChaosDay:
             aimed = sum(f.moment != "random" for f in self.faults)
             if open_at <= now < close_at and len(self.faults) < self.fault_budget - 1:
                 due = self.fault_budget * min(1.0, (now - open_at) / window)
-                random_due = due * (1 - aimed_share) if now < flatten_at else due - aimed
+                random_due = random_faults_due(due, aimed, aimed_share, now >= flatten_at)
                 if now >= next_random and len(self.faults) - aimed < random_due:
                     fault = self.random_fault()
                     next_random = now + (self.rng.uniform(0.1, 0.6) if fault else 0.5)
