@@ -163,9 +163,11 @@ def timeline_samples(state: Mapping[str, Any]) -> list[Sample]:
         | {float(o["received_time"]) for o in orders if o.get("received_time") is not None}
         | {float(o["completed_time"]) for o in orders if o.get("completed_time") is not None}
     )
-    fills_of: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    # Order ids are per client (the day trader's 116 is not the exit manager's 116): a fill
+    # belongs to the order of its client and id.
+    fills_of: dict[tuple[Any, int], list[tuple[float, float]]] = defaultdict(list)
     for e in executions:
-        fills_of[int(e["order_id"])].append((float(e["time"]), float(e["shares"])))
+        fills_of[_order_key(e)].append((float(e["time"]), float(e["shares"])))
     stops = [o for o in orders if o["action"] == "SELL" and o["order_type"] == "STP"]
     samples = []
     position: dict[str, float] = defaultdict(float)
@@ -180,7 +182,7 @@ def timeline_samples(state: Mapping[str, Any]) -> list[Sample]:
             received, done = o.get("received_time"), o.get("completed_time")
             if received is None or float(received) > t or (done is not None and float(done) <= t):
                 continue
-            filled = sum(q for when, q in fills_of[int(o["order_id"])] if when <= t)
+            filled = sum(q for when, q in fills_of[_order_key(o)] if when <= t)
             cover[o["symbol"]] += float(o["quantity"]) - filled
         samples.append(Sample(t, {s: q for s, q in position.items() if q}, dict(cover)))
     return samples
@@ -195,6 +197,10 @@ def random_faults_due(due: float, aimed: int, aimed_share: float, flattening: bo
     if flattening:
         return due - aimed
     return due - aimed_share * due + max(0.0, aimed_share * due / 2 - aimed)
+
+
+def _order_key(order_or_execution: Mapping[str, Any]) -> tuple[Any, int]:
+    return order_or_execution.get("client_id"), int(order_or_execution["order_id"])
 
 
 def orders_of(state: Mapping[str, Any]) -> list[Mapping[str, Any]]:
