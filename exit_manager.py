@@ -153,6 +153,8 @@ class ExitManager:
         self._last_fills: list[Fill] = []  # the latest reqExecutions answer
         self.shorts: dict[str, int] = {}  # symbol -> negative broker quantity (alerted)
         self._query_lock = asyncio.Lock()
+        # Set from a 1100 or a disconnect until the next reconciliation: no answer can come.
+        self._link_lost = asyncio.Event()
         self._eod_phase_done: tuple[str, DayPhase] | None = None
         self.eod_verified: dict[DayPhase, bool] = {}
         self._stop = asyncio.Event()
@@ -189,12 +191,14 @@ class ExitManager:
                 fut.set_result(None)
 
     async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait (real seconds) until `predicate()` holds; False on timeout or disconnect."""
+        """Wait (real seconds) until `predicate()` holds; False on timeout, a disconnect or
+        a 1100 (no answer can come: waiting on would hold the symbol's lock against the
+        reconciliation of the restore)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
             remaining = deadline - loop.time()
-            if remaining <= 0 or not self.ib.isConnected():
+            if remaining <= 0 or not self.ib.isConnected() or self._link_lost.is_set():
                 return predicate()
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
@@ -249,7 +253,7 @@ class ExitManager:
         try:
             # No query lock: broker_positions keeps one positions request in flight, and
             # ib_async keys it apart from the order queries, so both can run at once.
-            rows = await asyncio.wait_for(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
+            rows = await self._ask_ib(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("positions_unavailable", error=repr(exc))
             return None
@@ -271,6 +275,31 @@ class ExitManager:
         account = self.session.account
         return p.contract.secType == "STK" and (not account or p.account == account)
 
+    async def _ask_ib(self, request: Awaitable[Any], timeout: float) -> Any:
+        """`request`'s answer. Raises TimeoutError after `timeout` real seconds, or at once
+        when IB's link is lost (1100, disconnect): its answer can no longer come, and a
+        request left waiting would hold up the reconciliation after the restore."""
+        task = asyncio.ensure_future(request)
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            await asyncio.wait({task, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise TimeoutError("IB's link was lost" if self._link_lost.is_set() else "no answer")
+
+    async def _snapshot(self) -> tuple[list[Trade], list[Trade], list[Fill]] | None:
+        """IB's open orders, completed orders and executions (one at a time); None when IB
+        did not answer or its link was lost meanwhile."""
+        async with self._query_lock:
+            try:
+                return await self._ask_ib(self.orders.snapshot(), BROKER_TIMEOUT_S + 1.0)
+            except TimeoutError as exc:
+                log.warning("order_snapshot_failed", error=repr(exc))
+                return None
+
     async def contract(self, symbol: str) -> Contract:
         """The SMART-routed stock contract and its minTick (from contract details)."""
         if symbol in self.contracts:
@@ -279,9 +308,7 @@ class ExitManager:
         if self.con_ids.get(symbol):
             query = Contract(conId=self.con_ids[symbol], exchange="SMART")
         try:
-            details = await asyncio.wait_for(
-                self.ib.reqContractDetailsAsync(query), BROKER_TIMEOUT_S
-            )
+            details = await self._ask_ib(self.ib.reqContractDetailsAsync(query), BROKER_TIMEOUT_S)
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise ReconcileError(f"{symbol}: contract details unavailable ({exc!r})") from exc
         if not details:
@@ -299,6 +326,7 @@ class ExitManager:
         the protective orders agree. Raises ReconcileError (no orders until it succeeds)."""
         self.reconciled = False
         self._reconciling = True
+        self._link_lost.clear()  # connected, or IB's link restored: answers come again
         self.state = "RECONCILING"
         self._beat()  # at once: the day trader sends no entry until this says RECONCILED
         try:
@@ -323,12 +351,8 @@ class ExitManager:
             self._schedule(symbol)
 
     async def _reconcile(self) -> ReconcilePlan:
-        async def order_snapshot() -> tuple[list[Trade], list[Trade], list[Fill]] | None:
-            async with self._query_lock:
-                return await self.orders.snapshot()
-
         # Every request at once (a restart's time to protection is their slowest answer).
-        positions, snapshot = await asyncio.gather(self.broker_positions(), order_snapshot())
+        positions, snapshot = await asyncio.gather(self.broker_positions(), self._snapshot())
         if positions is None:
             raise ReconcileError("IB did not answer the positions request")
         if snapshot is None:
@@ -458,8 +482,7 @@ class ExitManager:
         return plan
 
     async def _pull_executions(self) -> None:
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
+        snapshot = await self._snapshot()
         if snapshot is not None:
             self._last_fills = snapshot[2]
         for fill in snapshot[2] if snapshot else []:
@@ -694,8 +717,7 @@ class ExitManager:
         if await self._wait_until(lambda: all(t.isDone() for t in pending), BROKER_TIMEOUT_S):
             return True
         # No confirmation: ask IB by orderRef rather than assume (failure mode 1).
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
+        snapshot = await self._snapshot()
         if snapshot is None:
             log.error("cancel_unconfirmed", symbol=symbol, refs=[t.order.orderRef for t in pending])
             return False
@@ -834,7 +856,10 @@ class ExitManager:
         nothing may be placed beside them."""
         for trade in self.orders.refused_modifications(symbol):
             async with self._query_lock:
-                found = await self.orders.settle_refused(trade)
+                try:
+                    found = await self._ask_ib(self.orders.settle_refused(trade), BROKER_TIMEOUT_S)
+                except TimeoutError:
+                    return False
             if found.status is LookupStatus.UNKNOWN:
                 return False
         return True
@@ -996,10 +1021,12 @@ class ExitManager:
         self._pulse()
         if code == 1100:
             self.reconciled = False  # the 1101/1102 handler reconciles again
+            self._link_lost.set()
             self._beat()  # no new fill would be protected now: entries wait
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
+        self._link_lost.set()
         self._seen_qty.clear()
         self.tickers.clear()  # ib_async dropped every subscription with the connection
         self._pulse()

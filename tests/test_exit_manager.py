@@ -1551,3 +1551,33 @@ def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
                 assert intent["state"] == "SUBMITTED", intent  # never recorded as cancelled
 
     run(scenario())
+
+
+def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_protection(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Our set's cancels went out, then IB's link went (1100) and their confirmation with
+    it. The exit manager waited the full 5 s for it with the symbol locked, so the restore's
+    reconciliation waited too and the position had no stop for seconds after the link came
+    back. The wait ends at the 1100; the restore protects at once."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await protected(gw, manager, "AAPL", 100)
+                await gw_call(gw.faults.hold_cancels, EM)
+                await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
+                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await gw_call(gw.faults.connectivity_lost, EM)
+                await until(lambda: not manager.reconciled, 3, "1100 seen")
+                await gw_call(gw.faults.release_cancels)  # cancelled: the news is lost
+                await asyncio.sleep(0.3)
+                await gw_call(gw.faults.connectivity_restored, EM, False)
+                restored = time.monotonic()
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 60), 4, "new set")
+                assert time.monotonic() - restored < 1.5
+                assert position(await gw_call(gw.account.state), "AAPL") == 60
+
+    run(scenario())
