@@ -916,7 +916,8 @@ class ChaosDay:
     def run(self) -> DayResult:
         """The day with its faults: random ones paced so the budget is spent by the flatten,
         aimed ones (each kind armed, 1.5 s apart at least) for about a third of it, and one
-        kill at the EOD flatten."""
+        kill at the EOD flatten on top, so a day injects its whole budget even when the
+        flatten has nothing to kill."""
         started = time.time()
         self.start()
         assert self.process is not None
@@ -929,7 +930,7 @@ class ChaosDay:
         while self.process.poll() is None:
             now = time.time()
             aimed = sum(f.moment != "random" for f in self.faults)
-            if open_at <= now < close_at and len(self.faults) < self.fault_budget - 1:
+            if open_at <= now < close_at and len(self.faults) < self.fault_budget:
                 due = self.fault_budget * min(1.0, (now - open_at) / window)
                 random_due = random_faults_due(due, aimed, aimed_share, now >= flatten_at)
                 if now >= next_random and len(self.faults) - aimed < random_due:
