@@ -155,6 +155,7 @@ class ExitManager:
         self._query_lock = asyncio.Lock()
         # Set from a 1100 or a disconnect until the next reconciliation: no answer can come.
         self._link_lost = asyncio.Event()
+        self._beats_made = self._beat_written = 0  # a queued beat never overwrites a later one
         self._eod_phase_done: tuple[str, DayPhase] | None = None
         self.eod_verified: dict[DayPhase, bool] = {}
         self._stop = asyncio.Event()
@@ -1202,8 +1203,13 @@ class ExitManager:
             state = self.state
         if detail is None:
             detail = f"held={len(self.held)} faults={len(self.quote_faults)}"
+        self._beats_made += 1
+        made = self._beats_made
 
-        def write() -> None:
+        def write() -> None:  # under the writer's lock, in either thread
+            if made < self._beat_written:
+                return  # a later beat (a state change written at once) is already in
+            self._beat_written = made
             try:
                 self.db.beat(AGENT, state, detail)
             except DatabaseError as exc:

@@ -1581,3 +1581,31 @@ def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_pr
                 assert position(await gw_call(gw.account.state), "AAPL") == 60
 
     run(scenario())
+
+
+def test_a_routine_heartbeat_written_late_never_overwrites_a_later_state_change(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Routine beats are written on the intent writer's thread; one computed before the
+    reconciliation but written after its RECONCILED beat said CONNECTING again, and the day
+    trader would have held its entries for nothing."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager:
+                assert manager.orders.writer is not None
+                queued: list[Callable[[], object]] = []
+                submit = manager.orders.writer.submit
+                manager.orders.writer.submit = queued.append  # type: ignore[method-assign]
+                manager.reconciled, manager.state = False, "CONNECTING"
+                manager._beat(behind=True)  # computed now, written below
+                manager.orders.writer.submit = submit  # type: ignore[method-assign]
+                manager.reconciled, manager.state = True, "RECONCILED"
+                manager._beat()  # the state change, at once
+                for write in queued:
+                    with manager.orders.exclusive():
+                        write()
+                assert db.get_heartbeats()[AGENT]["state"] == "RECONCILED"
+
+    run(scenario())
