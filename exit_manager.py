@@ -5,9 +5,11 @@
 
 The rules live in `exit_rules.py` (pure); this module wires them to IB (core.broker,
 core.orders) and the database (observability). One exit owner per symbol: every SELL goes
-through `ExitManager._exit_locked` or `_protect_locked` under the symbol's lock, after our
-working sells are cancelled *and confirmed*, for the broker's fresh quantity, never when it
-is <= 0 (failure mode 2). The day trader's kill switch is never read here (failure mode 15).
+through `ExitManager._exit_locked` or `_protect_locked` under the symbol's lock. An exit
+first moves the working protective STP through the market (one message; it already sells
+exactly the held quantity, in its OCA group); otherwise our working sells are cancelled
+*and confirmed* and it sells the broker's fresh quantity, never when it is <= 0 (failure
+mode 2). The day trader's kill switch is never read here (failure mode 15).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from core.broker import BrokerSession
 from core.clock import MarketClock, calendar_loaded, get_clock, preload_calendar, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
-from core.orders import IntentOrders, is_rejected
+from core.orders import IntentOrders, LookupStatus, is_rejected, modification_refused
 from core.settings import (
     Settings,
     SettingsError,
@@ -73,7 +75,9 @@ from exit_rules import (
     quote_fault,
     server_stop_price,
     stamped_quote,
+    stop_to_trigger,
     target_touch_time,
+    through_market_stop_price,
     working_order,
 )
 from observability import DatabaseError, Mark, TradingDatabase
@@ -81,6 +85,7 @@ from observability import DatabaseError, Mark, TradingDatabase
 AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no requests)
 EXIT_REQUEST_POLL_S = 0.5  # real seconds between looks for a person's flatten requests
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
+_ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in flight
 DAY_TRADER = "day_trader"
 log = get_logger(AGENT)
 
@@ -151,6 +156,9 @@ class ExitManager:
         self._last_fills: list[Fill] = []  # the latest reqExecutions answer
         self.shorts: dict[str, int] = {}  # symbol -> negative broker quantity (alerted)
         self._query_lock = asyncio.Lock()
+        # Set from a 1100 or a disconnect until the next reconciliation: no answer can come.
+        self._link_lost = asyncio.Event()
+        self._beats_made = self._beat_written = 0  # a queued beat never overwrites a later one
         self._eod_phase_done: tuple[str, DayPhase] | None = None
         self.eod_verified: dict[DayPhase, bool] = {}
         self._stop = asyncio.Event()
@@ -187,12 +195,14 @@ class ExitManager:
                 fut.set_result(None)
 
     async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait (real seconds) until `predicate()` holds; False on timeout or disconnect."""
+        """Wait (real seconds) until `predicate()` holds; False on timeout, a disconnect or
+        a 1100 (no answer can come: waiting on would hold the symbol's lock against the
+        reconciliation of the restore)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
             remaining = deadline - loop.time()
-            if remaining <= 0 or not self.ib.isConnected():
+            if remaining <= 0 or not self.ib.isConnected() or self._link_lost.is_set():
                 return predicate()
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
@@ -245,8 +255,9 @@ class ExitManager:
 
     async def _request_positions(self) -> dict[str, BrokerPosition] | None:
         try:
-            async with self._query_lock:
-                rows = await asyncio.wait_for(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
+            # No query lock: broker_positions keeps one positions request in flight, and
+            # ib_async keys it apart from the order queries, so both can run at once.
+            rows = await self._ask_ib(self.ib.reqPositionsAsync(), BROKER_TIMEOUT_S)
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.warning("positions_unavailable", error=repr(exc))
             return None
@@ -268,6 +279,31 @@ class ExitManager:
         account = self.session.account
         return p.contract.secType == "STK" and (not account or p.account == account)
 
+    async def _ask_ib(self, request: Awaitable[Any], timeout: float) -> Any:
+        """`request`'s answer. Raises TimeoutError after `timeout` real seconds, or at once
+        when IB's link is lost (1100, disconnect): its answer can no longer come, and a
+        request left waiting would hold up the reconciliation after the restore."""
+        task = asyncio.ensure_future(request)
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            await asyncio.wait({task, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise TimeoutError("IB's link was lost" if self._link_lost.is_set() else "no answer")
+
+    async def _snapshot(self) -> tuple[list[Trade], list[Trade], list[Fill]] | None:
+        """IB's open orders, completed orders and executions (one at a time); None when IB
+        did not answer or its link was lost meanwhile."""
+        async with self._query_lock:
+            try:
+                return await self._ask_ib(self.orders.snapshot(), BROKER_TIMEOUT_S + 1.0)
+            except TimeoutError as exc:
+                log.warning("order_snapshot_failed", error=repr(exc))
+                return None
+
     async def contract(self, symbol: str) -> Contract:
         """The SMART-routed stock contract and its minTick (from contract details)."""
         if symbol in self.contracts:
@@ -276,9 +312,7 @@ class ExitManager:
         if self.con_ids.get(symbol):
             query = Contract(conId=self.con_ids[symbol], exchange="SMART")
         try:
-            details = await asyncio.wait_for(
-                self.ib.reqContractDetailsAsync(query), BROKER_TIMEOUT_S
-            )
+            details = await self._ask_ib(self.ib.reqContractDetailsAsync(query), BROKER_TIMEOUT_S)
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise ReconcileError(f"{symbol}: contract details unavailable ({exc!r})") from exc
         if not details:
@@ -296,6 +330,7 @@ class ExitManager:
         the protective orders agree. Raises ReconcileError (no orders until it succeeds)."""
         self.reconciled = False
         self._reconciling = True
+        self._link_lost.clear()  # connected, or IB's link restored: answers come again
         self.state = "RECONCILING"
         self._beat()  # at once: the day trader sends no entry until this says RECONCILED
         try:
@@ -309,6 +344,10 @@ class ExitManager:
             self._reconciling = False
         self.reconciled = True
         self.state = "RECONCILED"
+        if not calendar_loaded():
+            # Built once protected, not at start: its import (pandas) held the GIL against
+            # connecting and reconciling. Server stops protect; bot exits wait for it.
+            preload_calendar()
         self.last_report = plan.report()
         log.info("reconciliation_report", **self.last_report)
         self._beat()
@@ -316,18 +355,20 @@ class ExitManager:
             self._schedule(symbol)
 
     async def _reconcile(self) -> ReconcilePlan:
-        positions = await self.broker_positions()
+        # Every request at once (a restart's time to protection is their slowest answer).
+        positions, snapshot = await asyncio.gather(self.broker_positions(), self._snapshot())
         if positions is None:
             raise ReconcileError("IB did not answer the positions request")
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
         if snapshot is None:
             raise ReconcileError("IB did not answer the open orders / executions requests")
         open_trades, _completed, fills = snapshot
         self._last_fills = fills
+        longs = [s for s, p in positions.items() if p.quantity > 0 and s not in self.contracts]
+        contracts = asyncio.gather(*(self.contract(s) for s in longs), return_exceptions=True)
         for fill in fills:  # fills missed while we were down (failure mode 11)
             self._record_fill(fill)
-        await self.orders.recover()
+        await self.orders.recover(snapshot)  # the same answer: no second round of requests
+        await contracts  # a failure shows again (raised) where the symbol needs it
         working = [working_order(t) for t in open_trades if not t.isDone()]
         rows = {r["symbol"]: r for r in self.db.get_active_positions()}
         entries_in_flight = {
@@ -365,6 +406,9 @@ class ExitManager:
                 continue
             try:
                 async with self._lock(symbol):
+                    if not await self._settle_refusals(symbol):
+                        raise ReconcileError("IB did not say whether an order whose "
+                                             "modification it refused still works")  # fmt: skip
                     ours = [working_order(t) for t in self._our_sells(symbol)]
                     await self._sync_locked(
                         symbol, positions.get(symbol), ours, young=False, flat_reason="MANUAL"
@@ -400,6 +444,8 @@ class ExitManager:
             row = await self._grace_for_day_trader(symbol)
         last_prices = {s: q.last for s, q in self.quotes.items()}
         if quantity == 0 and row is not None and not young:
+            # An exit's purpose is written behind its send: on disk before the row closes.
+            await asyncio.to_thread(self.orders.flush)
             if not self._close_from_fills(symbol, row) and not self._reconciling:
                 await self._pull_executions()  # our fill may be behind the position update
                 self._close_from_fills(symbol, row)
@@ -440,8 +486,7 @@ class ExitManager:
         return plan
 
     async def _pull_executions(self) -> None:
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
+        snapshot = await self._snapshot()
         if snapshot is not None:
             self._last_fills = snapshot[2]
         for fill in snapshot[2] if snapshot else []:
@@ -676,8 +721,7 @@ class ExitManager:
         if await self._wait_until(lambda: all(t.isDone() for t in pending), BROKER_TIMEOUT_S):
             return True
         # No confirmation: ask IB by orderRef rather than assume (failure mode 1).
-        async with self._query_lock:
-            snapshot = await self.orders.snapshot()
+        snapshot = await self._snapshot()
         if snapshot is None:
             log.error("cancel_unconfirmed", symbol=symbol, refs=[t.order.orderRef for t in pending])
             return False
@@ -701,6 +745,12 @@ class ExitManager:
         if self.rejects.is_blocked(symbol) or not self.can_trade():
             log.warning("exit_not_allowed", symbol=symbol, purpose=purpose,
                         blocked=self.rejects.is_blocked(symbol), connected=self.ib.isConnected())  # fmt: skip
+            return
+        if not await self._settle_refusals(symbol):
+            log.critical("exit_aborted", symbol=symbol,
+                         reason="IB did not say whether a refused modification's order works")  # fmt: skip
+            return
+        if await self._exit_through_stop(symbol, purpose):
             return
         if not await self._cancel_confirmed(symbol, self._our_sells(symbol)):
             log.critical(
@@ -753,6 +803,70 @@ class ExitManager:
                      action="protective set re-placed; server stop in charge")  # fmt: skip
         self.cooldown_until[symbol] = self.clock.epoch() + 60.0
         self._schedule(symbol)
+
+    async def _exit_through_stop(self, symbol: str, purpose: str) -> bool:
+        """Exit by moving our working protective STP through the market: one message, no
+        cancel round trip, nothing new before the send (`stop_to_trigger` says when that is
+        safe). Killed after the send, the order at IB still sells. Returns True when the exit
+        is done here (sold, or nothing can be sent); False when the caller must cancel and
+        sell anew: no such stop, the position changed, IB refused the modification (settled:
+        the stop is known to work at its old price, or to be gone), or it did not fill."""
+        sells = {t.order.orderId: t for t in self._our_sells(symbol)}
+        pos = self.held.get(symbol)
+        stop = stop_to_trigger(self._streamed_quantity(symbol),
+                               [working_order(t) for t in sells.values()])  # fmt: skip
+        trade = sells.get(stop.order_id) if stop else None
+        if pos is None or trade is None or trade.orderStatus.status not in _ACKED:
+            return False
+        quote = self.quotes.get(symbol)
+        usable = quote_fault(quote, self.clock.epoch(), self.config) is None
+        price = through_market_stop_price(quote, pos, quote_usable=usable,
+                                          slippage_pct=self.config.exit_slippage_pct)  # fmt: skip
+        try:
+            self.orders.trigger_stop(trade, price, purpose=purpose)
+        except (ConnectionError, OSError) as exc:
+            log.error("exit_not_sent", symbol=symbol, error=repr(exc))
+            return True  # the stop keeps its price and protects; reconnecting reconciles
+        log.info("exit_sent", symbol=symbol, purpose=purpose, quantity=stop.quantity, stop=price,
+                 order_ref=trade.order.orderRef, via="protective_stop")  # fmt: skip
+        await self._wait_until(
+            lambda: trade.isDone() or modification_refused(trade),
+            self._market_timeout(self.config.exit_fill_timeout_s),
+        )
+        if trade.orderStatus.status == "Filled":
+            return True
+        if modification_refused(trade):
+            log.error("exit_modification_refused", symbol=symbol, order_ref=trade.order.orderRef,
+                      reason=trade.log[-1].message)  # fmt: skip
+            if not await self._settle_refusals(symbol):
+                log.critical("exit_aborted", symbol=symbol,
+                             reason="IB did not say whether the refused stop still works")  # fmt: skip
+                return True
+        elif not trade.isDone():
+            log.warning("exit_not_filled_in_time", symbol=symbol, attempt=0,
+                        filled=trade.orderStatus.filled)  # fmt: skip
+        return False
+
+    def _streamed_quantity(self, symbol: str) -> int | None:
+        """The position IB's stream last reported for `symbol` (no request), None if none."""
+        for p in self.ib.positions():
+            if self._ours(p) and p.contract.symbol == symbol:
+                return round(p.position)
+        return None
+
+    async def _settle_refusals(self, symbol: str) -> bool:
+        """Ask IB about our orders of `symbol` whose modification it refused (ib_async shows
+        them Cancelled though they may work): False while IB has not answered, and then
+        nothing may be placed beside them."""
+        for trade in self.orders.refused_modifications(symbol):
+            async with self._query_lock:
+                try:
+                    found = await self._ask_ib(self.orders.settle_refused(trade), BROKER_TIMEOUT_S)
+                except TimeoutError:
+                    return False
+            if found.status is LookupStatus.UNKNOWN:
+                return False
+        return True
 
     # -- fills and order events ------------------------------------------------------------
     def _on_exec(self, trade: Trade, fill: Fill) -> None:
@@ -866,9 +980,12 @@ class ExitManager:
         ref = trade.order.orderRef
         symbol = trade.contract.symbol
         intent = self.db.get_order_intent(ref) if ref else None
-        if intent is None or intent["agent"] != AGENT or ref in self._counted_rejects:
+        # One count per refusal: a refused modification leaves the order working, and IB
+        # may refuse its next modification too.
+        refusal = f"{ref}#{max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)}"
+        if intent is None or intent["agent"] != AGENT or refusal in self._counted_rejects:
             return not self.rejects.is_blocked(symbol)
-        self._counted_rejects.add(ref)
+        self._counted_rejects.add(refusal)
         reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
         reached = self.rejects.record(symbol)
         log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=self.rejects.counts[symbol],
@@ -908,10 +1025,12 @@ class ExitManager:
         self._pulse()
         if code == 1100:
             self.reconciled = False  # the 1101/1102 handler reconciles again
+            self._link_lost.set()
             self._beat()  # no new fill would be protected now: entries wait
 
     def _on_disconnected(self) -> None:
         self.reconciled = False
+        self._link_lost.set()
         self._seen_qty.clear()
         self.tickers.clear()  # ib_async dropped every subscription with the connection
         self._pulse()
@@ -1093,7 +1212,10 @@ class ExitManager:
         log.critical("eod_not_flat", phase=phase.value, positions=left or "unknown")
         return False
 
-    def _beat(self, detail: str | None = None) -> None:
+    def _beat(self, detail: str | None = None, *, behind: bool = False) -> None:
+        """Write our heartbeat: now (a state change the day trader must see at once), or with
+        `behind` on the intent writer's thread, so another process holding the database
+        never stalls the event loop, and with it an exit, for a routine beat."""
         if self.reconciled:
             state = "DEGRADED" if self._degraded() else "RECONCILED"
         elif self.state == "RECONCILED":
@@ -1108,11 +1230,23 @@ class ExitManager:
             for symbol, quote in self.quotes.items()
             if symbol in self.held and math.isfinite(quote.last)
         ]
-        try:
-            with self.orders.exclusive():
+        self._beats_made += 1
+        made = self._beats_made
+
+        def write() -> None:  # under the writer's lock, in either thread
+            if made < self._beat_written:
+                return  # a later beat (a state change written at once) is already in
+            self._beat_written = made
+            try:
                 self.db.beat(AGENT, state, detail, marks=marks)
-        except DatabaseError as exc:
-            log.error("heartbeat_failed", error=str(exc))
+            except DatabaseError as exc:
+                log.error("heartbeat_failed", error=str(exc))
+
+        if behind and self.orders.writer is not None:
+            self.orders.writer.submit(write)
+            return
+        with self.orders.exclusive():
+            write()
 
     def _degraded(self) -> bool:
         blocked = any(self.rejects.is_blocked(s) for s in self.rejects.counts)
@@ -1126,7 +1260,7 @@ class ExitManager:
 
     async def _heartbeat(self) -> None:
         while not self._stop.is_set():
-            self._beat()
+            self._beat(behind=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), EXIT_MANAGER_BEAT_S)
 
@@ -1237,7 +1371,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    preload_calendar()  # while it connects and reconciles
     try:
         settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)

@@ -237,6 +237,44 @@ def exit_limit_price(
     return max(tick, round_to_tick(price, tick, "down"))
 
 
+def stop_to_trigger(quantity: int | None, sells: Iterable[WorkingOrder]) -> WorkingOrder | None:
+    """The protective STP an exit may move through the market instead of cancelling the set
+    and selling anew, or None (then the caller cancels, asks IB, sells).
+
+    Only when `sells` (our working sells of the symbol) are one OCA group, so the target
+    cannot sell as well, and its STP is for exactly `quantity`, the position IB last
+    reported: then the exit sells what is held and nothing more. A target that filled in
+    part has already cancelled the STP at IB (ocaType 1); a position that changed fails
+    the quantity check.
+    """
+    sells = list(sells)
+    stops = [o for o in sells if o.order_type == "STP"]
+    if quantity is None or quantity <= 0 or len(stops) != 1:
+        return None
+    stop = stops[0]
+    if not stop.oca_group or any(o.oca_group != stop.oca_group for o in sells):
+        return None
+    return stop if abs(stop.quantity - quantity) < 1e-9 else None
+
+
+def through_market_stop_price(
+    quote: StampedQuote | None, position: HeldPosition, *, quote_usable: bool, slippage_pct: float
+) -> float:
+    """A sell stop price above the market, so IB triggers the modified STP at once and it
+    sells as a market order (IB advises modifying prices and sizes, never order types).
+
+    Above the quote's highest price by `slippage_pct`; without a usable quote (stale, EOD
+    on old data) above the target too, which the market is below while the target LMT has
+    not filled. Rounded up to the tick, and at least one tick above the reference.
+    """
+    prices = [p for p in (quote.bid, quote.ask, quote.last) if _finite(p)] if quote else []
+    if not quote_usable or not prices:
+        prices.append(position.target_price)
+    reference = max(prices)
+    price = max(reference * (1 + slippage_pct / 100), reference + position.tick)
+    return round_to_tick(price, position.tick, "up")
+
+
 def matches_protective_set(
     position: HeldPosition, quantity: int, sells: list[WorkingOrder]
 ) -> bool:

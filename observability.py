@@ -1156,11 +1156,13 @@ class TradingDatabase:
         avg_fill_price: float | None = None,
         note: str | None = None,
         stop_price: float | None = None,
+        purpose: str | None = None,
     ) -> dict[str, Any]:
         """Move an intent to `state` (checked against INTENT_TRANSITIONS) and log the move.
 
         Repeating the current state only updates the details (`stop_price`: a working stop
-        modified in place). Returns the updated row;
+        modified in place; `purpose`: that stop moved through the market to exit, so its
+        fill is booked for the exit's reason). Returns the updated row;
         raises KeyError for an unknown orderRef and IntentTransitionError for an illegal move.
         """
         if state not in INTENT_STATES:
@@ -1182,7 +1184,7 @@ class TradingDatabase:
                 " perm_id = coalesce(?, perm_id),"
                 " filled_quantity = coalesce(?, filled_quantity),"
                 " avg_fill_price = coalesce(?, avg_fill_price),"
-                " stop_price = coalesce(?, stop_price),"
+                " stop_price = coalesce(?, stop_price), purpose = coalesce(?, purpose),"
                 " note = coalesce(?, note), updated_at = ? WHERE order_ref = ?",
                 (
                     state,
@@ -1191,6 +1193,7 @@ class TradingDatabase:
                     filled_quantity,
                     avg_fill_price,
                     stop_price,
+                    purpose,
                     note,
                     now,
                     order_ref,

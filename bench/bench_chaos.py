@@ -163,9 +163,11 @@ def timeline_samples(state: Mapping[str, Any]) -> list[Sample]:
         | {float(o["received_time"]) for o in orders if o.get("received_time") is not None}
         | {float(o["completed_time"]) for o in orders if o.get("completed_time") is not None}
     )
-    fills_of: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    # Order ids are per client (the day trader's 116 is not the exit manager's 116): a fill
+    # belongs to the order of its client and id.
+    fills_of: dict[tuple[Any, int], list[tuple[float, float]]] = defaultdict(list)
     for e in executions:
-        fills_of[int(e["order_id"])].append((float(e["time"]), float(e["shares"])))
+        fills_of[_order_key(e)].append((float(e["time"]), float(e["shares"])))
     stops = [o for o in orders if o["action"] == "SELL" and o["order_type"] == "STP"]
     samples = []
     position: dict[str, float] = defaultdict(float)
@@ -180,10 +182,25 @@ def timeline_samples(state: Mapping[str, Any]) -> list[Sample]:
             received, done = o.get("received_time"), o.get("completed_time")
             if received is None or float(received) > t or (done is not None and float(done) <= t):
                 continue
-            filled = sum(q for when, q in fills_of[int(o["order_id"])] if when <= t)
+            filled = sum(q for when, q in fills_of[_order_key(o)] if when <= t)
             cover[o["symbol"]] += float(o["quantity"]) - filled
         samples.append(Sample(t, {s: q for s, q in position.items() if q}, dict(cover)))
     return samples
+
+
+def random_faults_due(due: float, aimed: int, aimed_share: float, flattening: bool) -> float:
+    """How many random faults should have been injected by now, when `due` faults in all
+    should have been and `aimed` aimed kills have landed. Aimed kills wait for moments that
+    may be rare (an exit, a fill), so random faults make up whatever they lag behind their
+    share by more than half of it, and from the flatten on all of it: a day spends its whole
+    budget however few worst moments it has."""
+    if flattening:
+        return due - aimed
+    return due - aimed_share * due + max(0.0, aimed_share * due / 2 - aimed)
+
+
+def _order_key(order_or_execution: Mapping[str, Any]) -> tuple[Any, int]:
+    return order_or_execution.get("client_id"), int(order_or_execution["order_id"])
 
 
 def orders_of(state: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -899,7 +916,8 @@ class ChaosDay:
     def run(self) -> DayResult:
         """The day with its faults: random ones paced so the budget is spent by the flatten,
         aimed ones (each kind armed, 1.5 s apart at least) for about a third of it, and one
-        kill at the EOD flatten."""
+        kill at the EOD flatten on top, so a day injects its whole budget even when the
+        flatten has nothing to kill."""
         started = time.time()
         self.start()
         assert self.process is not None
@@ -912,9 +930,9 @@ class ChaosDay:
         while self.process.poll() is None:
             now = time.time()
             aimed = sum(f.moment != "random" for f in self.faults)
-            if open_at <= now < close_at and len(self.faults) < self.fault_budget - 1:
+            if open_at <= now < close_at and len(self.faults) < self.fault_budget:
                 due = self.fault_budget * min(1.0, (now - open_at) / window)
-                random_due = due * (1 - aimed_share) if now < flatten_at else due - aimed
+                random_due = random_faults_due(due, aimed, aimed_share, now >= flatten_at)
                 if now >= next_random and len(self.faults) - aimed < random_due:
                     fault = self.random_fault()
                     next_random = now + (self.rng.uniform(0.1, 0.6) if fault else 0.5)

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psutil
-
 EXIT_MANAGER = "exit_manager"
 EXIT_MANAGER_BEAT_S = 2.0  # real seconds between the exit manager's heartbeats
 # Its heartbeat states once it has reconciled with IB and protects every position
@@ -25,6 +23,9 @@ EXIT_MANAGER_FRESH_S = 3 * EXIT_MANAGER_BEAT_S
 
 def process_alive(pid: int) -> bool:
     """True when `pid` runs (a killed process not yet reaped by its parent does not)."""
+    import psutil  # here: the exit manager imports this module for its beat only, and a
+    # restart's time to protection pays for every import
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ib_async import IB, Contract, Fill, Order, OrderStatus, Trade
+from ib_async import IB, Contract, Fill, Order, OrderStatus, Trade, TradeLogEntry
 
 from core.logs import get_logger
 from observability import (
@@ -49,9 +49,14 @@ def is_rejected(trade: Trade) -> bool:
     """
     if trade.orderStatus.status == OrderStatus.Inactive:
         return True
-    return trade.orderStatus.status in _CANCELLED_STATUSES and any(
-        entry.errorCode in REJECT_CODES for entry in trade.log
-    )
+    if trade.orderStatus.status not in _CANCELLED_STATUSES:
+        return False
+    errors = [i for i, entry in enumerate(trade.log) if entry.errorCode]
+    if not errors or trade.log[errors[-1]].errorCode not in REJECT_CODES:
+        return False
+    # Working again after that error (IB had refused a modification, not the order): a later
+    # cancel is a cancel.
+    return not any(e.status in _WORKING_STATUSES for e in trade.log[errors[-1] + 1 :])
 
 
 def cancel_came_too_late(trade: Trade) -> bool:
@@ -63,6 +68,21 @@ def cancel_came_too_late(trade: Trade) -> bool:
         and bool(trade.log)
         and trade.log[-1].errorCode == CANCEL_TOO_LATE
     )
+
+
+def modification_refused(trade: Trade) -> bool:
+    """True when IB answered our latest modification of `trade` with an error and nothing
+    since: the order may well be working at IB with its old fields although ib_async shows
+    it Cancelled (an order error) or ValidationError (a warning). Only IB's open orders can
+    tell (`IntentOrders.settle_refused`); until then the order counts as working."""
+    if trade.orderStatus.status not in _CANCELLED_STATUSES | {OrderStatus.ValidationError}:
+        return False
+    for entry in reversed(trade.log):
+        if entry.message == "Modify":
+            return True  # only errors came after our modification
+        if not entry.errorCode or entry.errorCode == 202:
+            return False  # an answer that is not a refusal (an ack, a fill, a cancel)
+    return False
 
 
 def intent_state_for(ib_status: str, filled: float, remaining: float) -> str | None:
@@ -253,12 +273,77 @@ class IntentOrders:
         self._log.info("order_modified", symbol=trade.contract.symbol, order_ref=ref,
                        order_id=order.orderId, stop=stop_price, was=old, reason=reason)  # fmt: skip
 
+    def trigger_stop(self, trade: Trade, stop_price: float, *, purpose: str) -> None:
+        """Exit through our working protective stop `trade`: move its stop price through the
+        market (`stop_price`, from exit_rules.through_market_stop_price) in place, so IB sells
+        it at once for the quantity it already covers. One message: no cancel round trip, no
+        new order, and its OCA group still keeps the target from selling too.
+
+        The order keeps its orderRef and intent row, both on disk since the set was placed;
+        so unlike modify_stop, the new stop price, the exit's `purpose` (its fill is booked
+        for the exit's reason) and a line in the intent log are written behind the send: a
+        stalled database never delays an exit. A restart finds the order at IB by orderRef.
+        Raises KeyError when the order is not ours, ConnectionError / OSError when it could
+        not be sent (then it keeps its old price)."""
+        order = trade.order
+        ref, old = order.orderRef, order.auxPrice
+        if not ref or not ref.startswith(f"{self.agent}-"):
+            raise KeyError(f"no order intent of {self.agent} with orderRef {ref!r}")
+        order.auxPrice = stop_price
+        try:
+            self.ib.placeOrder(trade.contract, order)  # a known orderId: IB modifies it
+        except (ConnectionError, OSError):
+            order.auxPrice = old
+            raise
+        note = f"stop {old:g} -> {stop_price:g} through the market: exit {purpose}"
+        # Queued like IB's updates (the writer thread holds the lock): in order with them.
+        self._write(lambda: self._write_stop(ref, stop_price, note, purpose=purpose))
+        self._log.info("order_modified", symbol=trade.contract.symbol, order_ref=ref,
+                       order_id=order.orderId, stop=stop_price, was=old, reason=purpose)  # fmt: skip
+
+    def refused_modifications(self, symbol: str) -> list[Trade]:
+        """Our orders of `symbol` whose latest modification IB refused, not yet settled."""
+        return [
+            t
+            for t in self.ib.trades()
+            if t.contract.symbol == symbol
+            and (t.order.orderRef or "").startswith(f"{self.agent}-")
+            and modification_refused(t)
+        ]
+
+    async def settle_refused(self, trade: Trade) -> OrderLookup:
+        """After IB refused a modification of `trade`: ask IB where the order really is.
+
+        OPEN: it works with its old fields (IB's answer restored ib_async's trade: status,
+        prices); DONE: it filled or ended meanwhile (its intent follows); UNKNOWN: IB did not
+        answer, so it must still be taken as working (never place a second set beside it).
+        """
+        found = await self.lookup(trade.order.orderRef)
+        if found.status is LookupStatus.UNKNOWN:
+            return found
+        if found.status is LookupStatus.DONE:
+            # Nothing more will come for it: mark the refusal answered, so it is settled.
+            note = "done at IB after a refused modification"
+            trade.log.append(TradeLogEntry(trade.log[-1].time, trade.orderStatus.status, note))
+            with self.exclusive():
+                self._apply_lookup(trade.order.orderRef, found)
+        self._log.info("modification_refusal_settled", order_ref=trade.order.orderRef,
+                       status=found.status.value, at_ib=trade.orderStatus.status)  # fmt: skip
+        return found
+
     def _record_stop(self, ref: str, stop_price: float, note: str) -> None:
         with self.exclusive():  # one writer: the queued state updates cannot interleave
-            intent = self.db.get_order_intent(ref)
-            if intent is None or intent["agent"] != self.agent:
-                raise KeyError(f"no order intent of {self.agent} with orderRef {ref!r}")
-            self.db.update_order_intent(ref, intent["state"], stop_price=stop_price, note=note)
+            self._write_stop(ref, stop_price, note)
+
+    def _write_stop(
+        self, ref: str, stop_price: float, note: str, *, purpose: str | None = None
+    ) -> None:
+        intent = self.db.get_order_intent(ref)
+        if intent is None or intent["agent"] != self.agent:
+            raise KeyError(f"no order intent of {self.agent} with orderRef {ref!r}")
+        self.db.update_order_intent(
+            ref, intent["state"], stop_price=stop_price, note=note, purpose=purpose
+        )
 
     def _write(self, write: Callable[[], object]) -> None:
         if self.writer is not None:
@@ -281,8 +366,8 @@ class IntentOrders:
         Repeats (IB sends orderStatus and openOrder for one change) write nothing.
         """
         ref = trade.order.orderRef
-        if not ref:
-            return
+        if not ref or modification_refused(trade):
+            return  # not a state IB reported for the order: it may still be working
         status = trade.orderStatus
         state = intent_state_for(status.status, status.filled, status.remaining)
         if state == CANCELLED and status.filled <= 0 and is_rejected(trade):
@@ -342,16 +427,21 @@ class IntentOrders:
             return OrderLookup(LookupStatus.UNKNOWN)
         return match_order_ref(order_ref, *found)
 
-    async def recover(self) -> dict[str, LookupStatus]:
+    async def recover(
+        self, snapshot: tuple[list[Trade], list[Trade], list[Fill]] | None = None
+    ) -> dict[str, LookupStatus]:
         """Bring every open intent of this program in line with IB, sending nothing.
 
         Intents IB never saw (NOT_FOUND) are marked CANCELLED with a note so they may be
         decided again; UNKNOWN ones are left alone. Returns orderRef -> lookup status.
-        One snapshot of IB serves every intent (three requests, not three per intent).
+        One snapshot of IB serves every intent (three requests, not three per intent):
+        `snapshot` when the caller has just taken one (it must postdate every intent read
+        here, so take it before calling), else a fresh one.
         """
         results: dict[str, LookupStatus] = {}
         intents = self.db.get_open_intents(agent=self.agent)
-        snapshot = await self.snapshot() if intents else None
+        if intents and snapshot is None:
+            snapshot = await self.snapshot()
         for intent in intents:
             ref = intent["order_ref"]
             found = (
@@ -364,17 +454,22 @@ class IntentOrders:
                 continue
             if found.status is LookupStatus.NOT_FOUND:
                 self.db.update_order_intent(ref, CANCELLED, note="not at IB after restart")
-            elif found.trade is not None:
-                self.sync_intent(found.trade)
-            elif found.fills:  # only executions survive (e.g. yesterday's completed list)
-                self.db.update_order_intent(
-                    ref,
-                    FILLED,
-                    filled_quantity=found.filled_quantity,
-                    avg_fill_price=found.avg_fill_price,
-                )
+            else:
+                self._apply_lookup(ref, found)
             self._log.info("intent_recovered", order_ref=ref, status=found.status.value)
         return results
+
+    def _apply_lookup(self, ref: str, found: OrderLookup) -> None:
+        """Move intent `ref` to what IB's answer `found` (OPEN or DONE) says."""
+        if found.trade is not None:
+            self.sync_intent(found.trade)
+        elif found.fills:  # only executions survive (e.g. yesterday's completed list)
+            self.db.update_order_intent(
+                ref,
+                FILLED,
+                filled_quantity=found.filled_quantity,
+                avg_fill_price=found.avg_fill_price,
+            )
 
 
 def _status_copy(trade: Trade) -> Trade:

@@ -97,6 +97,8 @@ class OrderEngine:
         floor = _ORDER_ID_FLOOR.get(options.account_id, 0)
         self._next_order_id = max(first_order_id, floor)
         self.reject_next: list[tuple[int | None, str]] = []  # fault hook: (client_id, reason)
+        # Fault hook: the next modification (of that client) is refused; the order keeps working.
+        self.refuse_next_modification: list[tuple[int | None, str]] = []
         # Fault hook (hold_cancels): client ids whose cancels wait (None: every client), and
         # the orders waiting in PENDING_CANCEL until release_cancels.
         self.hold_cancels_of: set[int | None] = set()
@@ -293,6 +295,10 @@ class OrderEngine:
         return OrderState.SUBMITTED
 
     def _modify(self, order: SimOrder, req: OrderRequest, now: float) -> None:
+        for i, (client_id, reason) in enumerate(self.refuse_next_modification):
+            if client_id is None or client_id == order.client_id:
+                del self.refuse_next_modification[i]
+                raise RequestError(req.order_id, 201, f"Order rejected - reason:{reason}")
         if order.state is OrderState.FILLED:
             raise RequestError(req.order_id, 104, "Cannot modify a filled order")
         if order.state.is_done:

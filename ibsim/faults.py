@@ -34,7 +34,7 @@ class Faults:
             "farm_broken", "pacing_violation_next", "reject_next_order", "stop_ticks",
             "resume_ticks", "go_silent", "resume", "restart", "set_price", "notice",
             "go_silent_after_next_order", "drop_acks_of_next_order", "hold_cancels",
-            "release_cancels",
+            "release_cancels", "refuse_next_modification",
         }
     )  # fmt: skip
 
@@ -110,6 +110,13 @@ class Faults:
     ) -> None:
         """The next new order (of that client) is rejected with error 201 and `reason`."""
         self._gw.engine.reject_next.append((client_id, reason))
+
+    def refuse_next_modification(
+        self, reason: str = "simulated refusal", client_id: int | None = None
+    ) -> None:
+        """The next modification (of that client) is refused with error 201 and `reason`, as
+        IB refuses one it cannot accept: the order keeps working with its old fields."""
+        self._gw.engine.refuse_next_modification.append((client_id, reason))
 
     def hold_cancels(self, client_id: int | None = None) -> None:
         """From now on, cancels (of that client) are only acknowledged: the order reports

@@ -13,6 +13,7 @@ from bench.bench_chaos import (
     order_refs_sent_twice,
     position_violations,
     protective_set_overlaps,
+    random_faults_due,
     restart_times,
     timeline_samples,
     unprotected_intervals,
@@ -22,18 +23,20 @@ from bench.bench_chaos import (
 
 def order(order_id: int, ref: str, action: str, order_type: str, quantity: float,
           received: float, completed: float | None = None, *, state: str = "SUBMITTED",
-          symbol: str = "AMD", oca: str = "", filled: float = 0.0) -> dict[str, Any]:  # fmt: skip
+          symbol: str = "AMD", oca: str = "", filled: float = 0.0,
+          client: int = 10) -> dict[str, Any]:  # fmt: skip
     return {
         "order_id": order_id, "order_ref": ref, "action": action, "order_type": order_type,
         "quantity": quantity, "received_time": received, "completed_time": completed,
         "state": state if completed is None else "FILLED", "symbol": symbol,
-        "oca_group": oca, "filled": filled,
+        "oca_group": oca, "filled": filled, "client_id": client,
     }  # fmt: skip
 
 
-def fill(order_id: int, ref: str, side: str, shares: float, at: float, symbol: str = "AMD"):  # type: ignore[no-untyped-def]
+def fill(order_id: int, ref: str, side: str, shares: float, at: float, symbol: str = "AMD",  # type: ignore[no-untyped-def]
+         client: int = 10):  # fmt: skip
     return {"exec_id": f"e{order_id}-{at}", "order_id": order_id, "order_ref": ref, "side": side,
-            "shares": shares, "time": at, "symbol": symbol}  # fmt: skip
+            "shares": shares, "time": at, "symbol": symbol, "client_id": client}  # fmt: skip
 
 
 def state_of(orders: list[dict[str, Any]], executions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,3 +148,31 @@ def test_restart_times_run_from_the_failure_and_a_kill_during_the_outage_is_one_
         (10.0, pytest.approx(0.5), pytest.approx(1.6)),
         (50.0, pytest.approx(0.3), pytest.approx(1.0)),
     ]
+
+
+def test_random_faults_make_up_for_aimed_kills_that_never_land_so_the_budget_is_spent():
+    """A day with no worst moments (no exits, few fills) fell short of its fault budget: the
+    default run of 200 planned 182."""
+    budget, share = 66, 0.35
+    by_the_flatten = random_faults_due(budget, 0, share, flattening=False)
+    assert by_the_flatten >= budget * (1 - share / 2)  # half the aimed share made up at once
+    assert random_faults_due(budget, 0, share, flattening=True) == budget
+    # Aimed kills on pace: random faults keep to their own share.
+    on_pace = random_faults_due(budget, round(budget * share), share, flattening=False)
+    assert on_pace == pytest.approx(budget * (1 - share))
+
+
+def test_a_fill_of_another_clients_order_with_the_same_id_leaves_our_stop_covering():
+    """Order ids are per client: the day trader's buy 116 of another symbol filling counted
+    against the exit manager's STP 116, and a protected position read as naked for 27
+    simulated minutes (13.5 s of a chaos run)."""
+    orders = [
+        order(1, "dt-1", "BUY", "LMT", 100, 1.0, 1.0, client=2),
+        order(116, "em-stop", "SELL", "STP", 100, 2.0, None, client=10),
+        order(116, "dt-2", "BUY", "LMT", 99, 5.0, 5.0, symbol="MSFT", client=2),
+        order(117, "em-stop-2", "SELL", "STP", 99, 5.5, None, symbol="MSFT", client=10),
+    ]
+    executions = [fill(1, "dt-1", "BOT", 100, 1.0, client=2),
+                  fill(116, "dt-2", "BOT", 99, 5.0, symbol="MSFT", client=2)]  # fmt: skip
+    found = unprotected_intervals(timeline_samples(state_of(orders, executions)))
+    assert [(i.symbol, i.start, i.end) for i in found] == [("AMD", 1.0, 2.0), ("MSFT", 5.0, 5.5)]

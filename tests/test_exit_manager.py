@@ -12,8 +12,10 @@ import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -306,8 +308,9 @@ def test_exit_fill_records_ib_commission_for_its_execution(tmp_path: Path, sim_d
 def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on(
     tmp_path: Path, sim_db: Any
 ) -> None:
-    """The seed's bot stop sells the live quantity with a marketable IOC; the day trader's
-    kill switch (file and flag) must not stop it (failure mode 15)."""
+    """The bot stop sells the live quantity by moving the protective STP through the market
+    (no new order: the set's two are all there is); the day trader's kill switch (file and
+    flag) must not stop it (failure mode 15)."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
@@ -328,7 +331,9 @@ def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on
                 assert position(state, "MSFT") == 0 and not em_sells(state, "MSFT")
                 exits = [o for o in state["completed_orders"] if o["symbol"] == "MSFT"
                          and o["action"] == "SELL" and o["status"] == "Filled"]  # fmt: skip
-                assert [(o["order_type"], o["tif"]) for o in exits] == [("LMT", "IOC")]
+                assert [(o["order_type"], o["tif"]) for o in exits] == [("STP", "GTC")]
+                assert exits[0]["aux_price"] > gap_to  # moved through the market
+                assert len(em_orders(state, "MSFT")) == 2  # the set; nothing new was sent
                 assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
                 assert sells_executed(gw, "MSFT") == 50
 
@@ -693,7 +698,11 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
                 real_snapshot = manager.orders.snapshot
 
                 async def snapshot_after_a_fill() -> Any:
-                    if "MSFT" not in manager._seen_qty:  # the first call: the positions are in
+                    if "MSFT" not in manager._seen_qty:  # the first call
+                        # Positions and orders are asked at once: the fill lands after the
+                        # positions answer.
+                        assert manager._positions_task is not None
+                        await asyncio.shield(manager._positions_task)
                         await buy(dt, None, "MSFT", 50)
                         await until(lambda: manager._seen_qty.get("MSFT") == 50, 3, "event")
                     return await real_snapshot()
@@ -742,11 +751,12 @@ def test_connectivity_restored_resubscribes_and_reconciles(
                 # Ticks flow again (after 1101 only because we resubscribed): the bot stop works.
                 await protected(gw, manager, "MSFT", 70)
                 row = db.get_active_position("MSFT")
-                await gw_call(gw.faults.set_price, "MSFT",
-                              round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
+                gap_to = round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2)
+                await gw_call(gw.faults.set_price, "MSFT", gap_to)
                 await until(lambda: db.was_closed_today("MSFT"), 3, "bot stop after restore")
-                done = await gw_call(gw.account.completed_orders)
-                assert any(o["tif"] == "IOC" and o["status"] == "Filled" for o in done)
+                done = await gw_call(gw.account.completed_orders)  # the STP moved to exit
+                assert any(o["order_type"] == "STP" and o["status"] == "Filled"
+                           and o["aux_price"] > gap_to for o in done)  # fmt: skip
 
     run(scenario())
 
@@ -833,7 +843,9 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 50)
                 await protected(gw, manager, "AMD", 50)
-                for _ in range(3):
+                # IB refuses moving the stop (one reject), then the two exit sells after it.
+                await gw_call(gw.faults.refuse_next_modification, "simulated risk reject", EM)
+                for _ in range(2):
                     await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD",
@@ -849,9 +861,9 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
                 assert one_protective_set(state, "AMD", 50) and len(em_sells(state, "AMD")) == 2
                 assert position(state, "AMD") == 50
                 intents = _amd_sell_intents(db)
-                # The first set (cancelled), three rejected exits, the re-placed set: no more.
-                assert len(intents) == 7, [(i["order_type"], i["state"]) for i in intents]
-                assert sum(i["state"] == "REJECTED" for i in intents) == 3
+                # The first set (cancelled), two rejected exits, the re-placed set: no more.
+                assert len(intents) == 6, [(i["order_type"], i["state"]) for i in intents]
+                assert sum(i["state"] == "REJECTED" for i in intents) == 2
                 assert "AMD" not in manager.unprotected
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
@@ -873,7 +885,8 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 50)
                 await protected(gw, manager, "AMD", 50)
-                for _ in range(6):
+                await gw_call(gw.faults.refuse_next_modification, "simulated risk reject", EM)
+                for _ in range(5):
                     await gw_call(gw.faults.reject_next_order, "simulated risk reject", EM)
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD",
@@ -882,11 +895,12 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
                 await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
                 assert not em_sells(state, "AMD") and position(state, "AMD") == 50
-                # Three exits and the two legs of the one re-placed set: the sixth is unused.
+                # The refused stop move, two exits and the two legs of the one re-placed set:
+                # the fifth order reject is unused.
                 assert len(gw.gateway.engine.reject_next) == 1
                 intents = _amd_sell_intents(db)
-                assert sum(i["state"] == "REJECTED" for i in intents) == 5
-                assert len(intents) == 7
+                assert sum(i["state"] == "REJECTED" for i in intents) == 4
+                assert len(intents) == 6
                 assert db.get_flag(blocked_flag("AMD"))  # left for a human
 
             # A restart (a new process) finds it blocked and naked: one set, once, no exits.
@@ -897,7 +911,7 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
                 await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
                 assert one_protective_set(state, "AMD", 50) and len(em_sells(state, "AMD")) == 2
-                assert len(_amd_sell_intents(db)) == 9
+                assert len(_amd_sell_intents(db)) == 8
 
     run(scenario())
 
@@ -981,9 +995,10 @@ def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_
 def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
     tmp_path: Path, sim_db: Any, then: str
 ) -> None:
-    """A cancel is a request: until IB confirms it the order can still fill. The bot stop must
-    not sell while the set's cancels are pending; when the held stop fills instead, nothing
-    more is sold. (Margin account: a second sell would open a short instead of a reject.)"""
+    """A cancel is a request: until IB confirms it the order can still fill. When the bot
+    stop cannot move the server STP (IB refuses the modification here) it cancels the set
+    and must not sell while those cancels are pending; when the held stop fills instead,
+    nothing more is sold. (Margin account: a second sell would open a short, not a reject.)"""
 
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
@@ -993,6 +1008,7 @@ def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
                 await protected(gw, manager, "NVDA", 40)
                 pos = manager.held["NVDA"]
                 await gw_call(gw.faults.hold_cancels, EM)
+                await gw_call(gw.faults.refuse_next_modification, "simulated refusal", EM)
                 between = round((pos.stop_price + pos.backstop_price) / 2, 2)
                 await gw_call(gw.faults.set_price, "NVDA", between)  # through the bot stop only
                 await until_gw(gw, lambda s: _cancels_held(s, "NVDA"), 3, "the set's cancels held")
@@ -1410,5 +1426,230 @@ def test_flatten_request_is_sold_by_the_exit_manager_as_manual_and_its_last_pric
                 assert db.get_closed_today()[0]["exit_reason"] == "MANUAL"
                 assert db.pending_exit_requests() == {}
                 await until(lambda: "MSFT" not in db.get_marks(), 6, "MSFT's mark withdrawn")
+
+    run(scenario())
+
+
+# -- the exit path: the protective stop moved through the market ------------------------------------
+def test_bot_stop_exit_reaches_the_gateway_while_another_process_holds_the_database(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The exit writes nothing before its send: with another writer holding the database
+    (BEGIN EXCLUSIVE, as the day trader's busiest write or a backup might), the sell still
+    reaches IB at once. It used to write a new intent row first and wait out the lock."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await protected(gw, manager, "AAPL", 100)
+                pos = manager.held["AAPL"]
+                held, seen = threading.Event(), {}
+
+                def hold_the_database() -> None:  # another process's long write
+                    conn = sqlite3.connect(db.path, timeout=10)
+                    conn.execute("BEGIN EXCLUSIVE")
+                    held.set()
+                    deadline = time.monotonic() + 2.0
+                    while time.monotonic() < deadline:
+                        if position(gw.account.state(), "AAPL") == 0:
+                            break
+                        time.sleep(0.005)
+                    seen["flat_while_held"] = position(gw.account.state(), "AAPL") == 0
+                    conn.rollback()
+                    conn.close()
+
+                holder = asyncio.ensure_future(asyncio.to_thread(hold_the_database))
+                assert await asyncio.to_thread(held.wait, 5)
+                between = round((pos.stop_price + pos.backstop_price) / 2, 2)
+                await gw_call(gw.faults.set_price, "AAPL", between)  # through the bot stop
+                await holder
+                assert seen["flat_while_held"], "the exit waited for the database"
+                await until(lambda: db.was_closed_today("AAPL"), 10, "closed once it is free")
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+                assert sells_executed(gw, "AAPL") == 100
+
+    run(scenario())
+
+
+def test_exit_under_partial_fills_sells_exactly_the_position_through_the_one_stop(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """The triggered STP fills in parts; it stays the one working sell for what is left, so
+    the exit never sends a second order and never sells beyond the position (margin
+    account: an extra sell would open a short, not be rejected)."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, partial_fills=True, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            config = replace(CONFIG, exit_fill_timeout_s=20.0)
+            async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "MSFT", 600, timeout=20)
+                the_set = await protected(gw, manager, "MSFT", 600, timeout=5)
+                [stop] = [o for o in the_set if o["order_type"] == "STP"]
+                placed = len(em_orders(await gw_call(gw.account.state), "MSFT"))
+                pos = manager.held["MSFT"]
+                between = round((pos.stop_price + pos.backstop_price) / 2, 2)
+                await gw_call(gw.faults.set_price, "MSFT", between)
+                await until(lambda: db.was_closed_today("MSFT"), 20, "closed")
+                state = await gw_call(gw.account.state)
+                assert position(state, "MSFT") == 0 and sells_executed(gw, "MSFT") == 600
+                sells = [e for e in gw.account.executions() if e["side"] == "SLD"]
+                assert len(sells) > 1, "the exit should have filled in parts"
+                assert len(em_orders(state, "MSFT")) == placed  # nothing new was sent
+                assert {e["order_id"] for e in sells} == {stop["order_id"]}
+                assert db.get_closed_today()[0]["exit_reason"] == "STOP_LOSS"
+
+    run(scenario())
+
+
+def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_sells(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """kill -9 the moment the gateway receives the exit's first message: the order at IB
+    must still sell (here in parts, long after the process died). The exit used to cancel
+    the set first, so a kill right after left the position with no stop at all."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, partial_fills=True) as gw:
+            db, _clock = sim_db(gw)
+            proc = subprocess.Popen(
+                _exit_manager_args(gw, db), env=_subprocess_env(tmp_path, gw), cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            engine = gw.gateway.engine
+            armed, killed = threading.Event(), threading.Event()
+
+            def kill_on_first(original: Callable[..., Any]) -> Callable[..., Any]:
+                def wrapped(client_id: int, *args: Any) -> Any:
+                    if client_id == EM and armed.is_set() and not killed.is_set():
+                        os.kill(proc.pid, signal.SIGKILL)  # before IB even handles it
+                        killed.set()
+                    return original(client_id, *args)
+
+                return wrapped
+
+            engine.place = kill_on_first(engine.place)  # type: ignore[method-assign]
+            engine.cancel = kill_on_first(engine.cancel)  # type: ignore[method-assign]
+            try:
+                await until(
+                    lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
+                    30, "subprocess reconciled",
+                )  # fmt: skip
+                async with day_trader(gw) as dt:
+                    await buy(dt, db, "MSFT", 600, timeout=20)
+                    row = db.get_active_position("MSFT")
+                    await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 600)
+                                   and server_stop(s, "MSFT")["aux_price"] < row["stop_loss_price"],
+                                   10, "protected, STP at the backstop")  # fmt: skip
+                    armed.set()
+                    between = round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2)
+                    await gw_call(gw.faults.set_price, "MSFT", between)  # through the bot stop
+                    await until(killed.is_set, 5, "the exit's first message")
+                    await asyncio.to_thread(proc.wait, 10)
+                    await until_gw(gw, lambda s: position(s, "MSFT") == 0, 20,
+                                   "the order at IB selling everything")  # fmt: skip
+                    assert sells_executed(gw, "MSFT") == 600
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+
+    run(scenario())
+
+
+def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """IB refuses a modification of the server STP (error 201) and the order keeps working;
+    ib_async marks it Cancelled all the same. Believing that placed a second set beside the
+    first (two stops for one position). The exit manager asks IB, finds it working, and
+    moves it on a later try: one STP, the same order, throughout."""
+    config = replace(CONFIG, stale_tick_seconds=1.5)
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "NVDA", 25)
+                [stop] = [o for o in await protected(gw, manager, "NVDA", 25)
+                          if o["order_type"] == "STP"]  # fmt: skip
+                row = db.get_active_position("NVDA")
+                await gw_call(gw.faults.refuse_next_modification, "simulated refusal", EM)
+                await gw_call(gw.faults.stop_ticks, "NVDA")  # stale: the STP must move up
+                most_stops, deadline = 0, time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    state = await gw_call(gw.account.state)
+                    stops = [o for o in em_sells(state, "NVDA") if o["order_type"] == "STP"]
+                    most_stops = max(most_stops, len(stops))
+                    if stop_at(state, "NVDA", row["stop_loss_price"]):
+                        break
+                    await asyncio.sleep(0.01)
+                assert most_stops == 1
+                moved = stop_at(state, "NVDA", row["stop_loss_price"])
+                assert moved and moved["order_id"] == stop["order_id"], state["open_orders"]
+                assert one_protective_set(state, "NVDA", 25)
+                await until(lambda: not manager._dirty and not manager.busy, 3, "settled")
+                intent = db.get_order_intent(stop["order_ref"])
+                assert intent["state"] == "SUBMITTED", intent  # never recorded as cancelled
+
+    run(scenario())
+
+
+def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_protection(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Our set's cancels went out, then IB's link went (1100) and their confirmation with
+    it. The exit manager waited the full 5 s for it with the symbol locked, so the restore's
+    reconciliation waited too and the position had no stop for seconds after the link came
+    back. The wait ends at the 1100; the restore protects at once."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path, no_shorting=False) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
+                await buy(dt, db, "AAPL", 100)
+                await protected(gw, manager, "AAPL", 100)
+                await gw_call(gw.faults.hold_cancels, EM)
+                await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
+                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await gw_call(gw.faults.connectivity_lost, EM)
+                await until(lambda: not manager.reconciled, 3, "1100 seen")
+                await gw_call(gw.faults.release_cancels)  # cancelled: the news is lost
+                await asyncio.sleep(0.3)
+                await gw_call(gw.faults.connectivity_restored, EM, False)
+                restored = time.monotonic()
+                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 60), 4, "new set")
+                assert time.monotonic() - restored < 1.5
+                assert position(await gw_call(gw.account.state), "AAPL") == 60
+
+    run(scenario())
+
+
+def test_a_routine_heartbeat_written_late_never_overwrites_a_later_state_change(
+    tmp_path: Path, sim_db: Any
+) -> None:
+    """Routine beats are written on the intent writer's thread; one computed before the
+    reconciliation but written after its RECONCILED beat said CONNECTING again, and the day
+    trader would have held its entries for nothing."""
+
+    async def scenario() -> None:
+        with gateway(tmp_path) as gw:
+            db, clock = sim_db(gw)
+            async with exit_manager(gw, db, clock) as manager:
+                assert manager.orders.writer is not None
+                queued: list[Callable[[], object]] = []
+                submit = manager.orders.writer.submit
+                manager.orders.writer.submit = queued.append  # type: ignore[method-assign]
+                manager.reconciled, manager.state = False, "CONNECTING"
+                manager._beat(behind=True)  # computed now, written below
+                manager.orders.writer.submit = submit  # type: ignore[method-assign]
+                manager.reconciled, manager.state = True, "RECONCILED"
+                manager._beat()  # the state change, at once
+                for write in queued:
+                    with manager.orders.exclusive():
+                        write()
+                assert db.get_heartbeats()[AGENT]["state"] == "RECONCILED"
 
     run(scenario())

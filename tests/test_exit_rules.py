@@ -28,7 +28,9 @@ from exit_rules import (
     protective_orders,
     quote_fault,
     server_stop_price,
+    stop_to_trigger,
     target_touch_time,
+    through_market_stop_price,
 )
 
 CONFIG = ExitConfig()
@@ -384,3 +386,32 @@ def test_covered_quantity_counts_an_oca_group_once() -> None:
     assert covered_quantity([sell(50, "g1"), sell(50, "g1")]) == 50
     assert covered_quantity([sell(50, "g1"), sell(30, "g1"), sell(10, "")]) == 60
     assert covered_quantity([sell(50, "g1"), sell(20, "g2"), sell(5, "", "BUY")]) == 70
+
+
+# -- the exit through the protective stop -------------------------------------------------------
+def test_an_exit_moves_the_stop_only_when_it_is_one_oca_set_for_exactly_the_position() -> None:
+    stop, target = _sell("AAPL", "STP", 100, 97.0), _sell("AAPL", "LMT", 100, 104.0)
+    assert stop_to_trigger(100, [target, stop]) == stop
+    assert stop_to_trigger(60, [target, stop]) is None  # the position changed: ask IB
+    assert stop_to_trigger(100, [stop]) == stop  # the target already went (OCA)
+    assert stop_to_trigger(None, [target, stop]) is None  # no position streamed yet
+    assert stop_to_trigger(100, [target]) is None  # no stop: cancel and sell
+    other = _sell("AAPL", "LMT", 100, 104.0, oca="g2")
+    assert stop_to_trigger(100, [other, stop]) is None  # a sell outside its group
+    loose = _sell("AAPL", "STP", 100, 97.0, oca="")
+    assert stop_to_trigger(100, [loose]) is None
+    two = _sell("AAPL", "STP", 100, 96.0, oca="g1")._replace(order_id=999)
+    assert stop_to_trigger(100, [stop, two]) is None
+
+
+def test_the_stop_is_moved_above_the_market_or_above_the_target_without_a_usable_quote() -> None:
+    pos = held_position("AAPL", 100, 100.0, CONFIG, tick=0.01)
+    quote = StampedQuote("AAPL", last=98.9, bid=98.88, ask=98.92, time=0.0)
+    price = through_market_stop_price(quote, pos, quote_usable=True, slippage_pct=0.2)
+    assert price == pytest.approx(99.12)  # 98.92 * 1.002, up to the tick
+    assert price > quote.ask
+    stale = through_market_stop_price(quote, pos, quote_usable=False, slippage_pct=0.2)
+    assert stale > pos.target_price  # the market is below it while the target is unfilled
+    assert through_market_stop_price(None, pos, quote_usable=False, slippage_pct=0.0) == (
+        pytest.approx(pos.target_price + 0.01)
+    )

@@ -139,6 +139,31 @@ def test_reject_next_order_with_reason() -> None:
         wait_for(ib, lambda: accepted.orderStatus.status == "Filled")
 
 
+def test_refused_modification_keeps_the_order_working_and_open_orders_say_so() -> None:
+    """IB refuses a modification with an order error (201) and the order keeps its old fields;
+    ib_async marks it Cancelled locally all the same. Asking IB for our open orders restores
+    it (status and fields), which is how the exit manager learns the truth."""
+    with gateway() as gw, client(gw, 2) as ib:
+        errors = collect_errors(ib)
+        contract = stock("AAA")
+        ib.qualifyContracts(contract)
+        ib.placeOrder(contract, MarketOrder("BUY", 10))
+        wait_for(ib, lambda: any(p.position == 10 for p in ib.positions()), what="bought")
+        stop_price = round(gw.quote("AAA").last * 0.5, 2)
+        stop = ib.placeOrder(contract, StopOrder("SELL", 10, stop_price))
+        wait_for(ib, lambda: stop.orderStatus.status == "PreSubmitted", what="stop working")
+        gw.faults.refuse_next_modification("price too far", client_id=2)
+        stop.order.auxPrice = round(stop_price * 3, 2)
+        ib.placeOrder(contract, stop.order)
+        wait_for(ib, lambda: stop.orderStatus.status == "Cancelled", what="local Cancelled")
+        assert any(c == 201 and "price too far" in t for _, c, t in errors)
+        [book] = [o for o in gw.account.open_orders() if o["order_id"] == stop.order.orderId]
+        assert book["aux_price"] == stop_price and book["status"] == "PreSubmitted"
+        ib.reqOpenOrders()
+        assert stop.orderStatus.status == "PreSubmitted" and not stop.isDone()
+        assert stop.order.auxPrice == stop_price
+
+
 def test_held_cancel_stays_pending_cancel_until_released_then_cancels_with_202() -> None:
     """The simulator confirmed every cancel at once, so nothing could show a client that
     sells before its cancels are confirmed."""

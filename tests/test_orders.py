@@ -14,7 +14,13 @@ from ib_async import IB, LimitOrder, OrderStatus, Stock, Trade
 from ib_async.order import Order, TradeLogEntry
 
 from core.clock import get_clock
-from core.orders import IntentOrders, LookupStatus, intent_state_for, is_rejected
+from core.orders import (
+    IntentOrders,
+    LookupStatus,
+    intent_state_for,
+    is_rejected,
+    modification_refused,
+)
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import CANCELLED, FILLED, REJECTED, SUBMITTED, TradingDatabase
@@ -36,6 +42,30 @@ def test_a_reject_reads_as_rejected_though_ib_async_says_cancelled() -> None:
         TradeLogEntry(time=None, status="Cancelled", message="rejected", errorCode=201)
     )  # type: ignore[arg-type]
     assert is_rejected(trade)
+
+
+def _entry(status: str, message: str = "", code: int = 0) -> TradeLogEntry:
+    return TradeLogEntry(time=None, status=status, message=message, errorCode=code)  # type: ignore[arg-type]
+
+
+def test_a_refused_modification_is_no_reject_and_no_cancel_until_ib_says_so() -> None:
+    """ib_async marks an order Cancelled when IB refuses its modification, though it still
+    works at IB: that must not read as done, and once IB shows it working again a later
+    cancel is a cancel, not a reject (the old 201 stayed in its log)."""
+    trade = Trade(order=Order(), orderStatus=OrderStatus(status="Cancelled"))
+    trade.log += [_entry("PreSubmitted"), _entry("PreSubmitted", "Modify"),
+                  _entry("Cancelled", "Order rejected", 201)]  # fmt: skip
+    assert modification_refused(trade)
+    trade.orderStatus.status = "PreSubmitted"  # IB's open orders restored it
+    trade.log.append(_entry("PreSubmitted"))
+    assert not modification_refused(trade)
+    trade.orderStatus.status = "Cancelled"  # then our cancel
+    trade.log.append(_entry("Cancelled"))
+    assert not modification_refused(trade) and not is_rejected(trade)
+    acked = Trade(order=Order(), orderStatus=OrderStatus(status="Cancelled"))
+    acked.log += [_entry("Submitted", "Modify"), _entry("Submitted", "Modified"),
+                  _entry("Cancelled", "Order cancelled", 202)]  # fmt: skip
+    assert not modification_refused(acked)  # accepted, then cancelled
 
 
 async def _until(predicate: Any, timeout: float, what: str) -> None:
