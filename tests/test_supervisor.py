@@ -96,9 +96,11 @@ FAST = sup.WatchdogPolicy(
 )
 
 
-def make(db: TradingDatabase, specs: list[sup.BotSpec], **kw) -> sup.Supervisor:
+def make(
+    db: TradingDatabase, specs: list[sup.BotSpec], policy: sup.WatchdogPolicy = FAST, **kw
+) -> sup.Supervisor:
     printed: list[str] = []
-    supervisor = sup.Supervisor(db, specs, FAST, print_status=printed.append, **kw)
+    supervisor = sup.Supervisor(db, specs, policy, print_status=printed.append, **kw)
     supervisor.printed = printed  # type: ignore[attr-defined]
     return supervisor
 
@@ -211,14 +213,13 @@ def test_restart_backoff_starts_again_after_a_healthy_run_and_grows_only_in_a_lo
     """The backoff (2, 4, 8, 16, 30 s) never reset within a simulated day (a reset needed a
     600 s run), so a day trader killed for the fifth time was away for 30 s."""
     policy = replace(FAST, healthy_after_s=0.5, crash_loop_max=50)
-    supervisor = sup.Supervisor(
+    supervisor = make(
         wall_db,
         [
             spec(fake_bot, wall_db, "exit_manager", critical=True),
             spec(fake_bot, wall_db, "day_trader"),
         ],
         policy,
-        print_status=lambda _: None,
     )
     dt = supervisor.bots["day_trader"]
     failures = []
@@ -245,14 +246,13 @@ def test_day_trader_failing_after_a_healthy_run_is_restarted_in_the_same_pass(fa
     policy = replace(
         FAST, healthy_after_s=0.3, backoff_initial_s=5.0, backoff_max_s=30.0, crash_loop_max=50
     )
-    supervisor = sup.Supervisor(
+    supervisor = make(
         wall_db,
         [
             spec(fake_bot, wall_db, "exit_manager", critical=True),
             spec(fake_bot, wall_db, "day_trader"),
         ],
         policy,
-        print_status=lambda _: None,
     )
     dt = supervisor.bots["day_trader"]
     try:
