@@ -811,7 +811,9 @@ class TradingDatabase:
     ) -> bool:
         """Record a new open position; False if the symbol is already active (nothing changed).
 
-        Missing target/stop prices are computed from the percentages (settings by default).
+        Target and stop are the caller's: the prices, or percentages from the entry price
+        (rounded onto `tick`). One not given stays unset (NULL), and the exit manager then
+        protects at its configured percentage: the store reads no settings.
         The seed system's keywords work too: `agent_name` (agent, default day_trader),
         `profit_target` / `stop_loss` (the prices) and `metadata` (kept as JSON).
         Raises TypeError for a price that is not a number (e.g. the seed's positional order).
@@ -832,16 +834,16 @@ class TradingDatabase:
                 )
         if quantity <= 0 or entry_price <= 0:
             raise ValueError(f"{symbol}: quantity and entry price must be > 0 for a long position")
-        if profit_target_price is None or stop_loss_price is None:
-            from core.settings import get_settings
-
-            settings = get_settings()
-            target_pct = profit_target_pct or settings.profit_target_pct
-            stop_pct = stop_loss_pct or settings.stop_loss_pct
-            if profit_target_price is None:
-                profit_target_price = _target_price(entry_price, target_pct, tick)
-            if stop_loss_price is None:
-                stop_loss_price = _stop_price(entry_price, stop_pct, tick)
+        for price, pct, what in (
+            (profit_target_price, profit_target_pct, "profit target"),
+            (stop_loss_price, stop_loss_pct, "stop loss"),
+        ):
+            if price is not None and pct is not None:
+                raise ValueError(f"{symbol}: give the {what} as a price or a percentage, not both")
+        if profit_target_price is None and profit_target_pct is not None:
+            profit_target_price = _target_price(entry_price, profit_target_pct, tick)
+        if stop_loss_price is None and stop_loss_pct is not None:
+            stop_loss_price = _stop_price(entry_price, stop_loss_pct, tick)
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO active_positions (symbol, quantity, entry_price, entry_time,"

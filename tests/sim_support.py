@@ -15,7 +15,7 @@ from typing import Any
 from ib_async import IB, LimitOrder, MarketOrder, Order, Stock
 
 from core.clock import FileTimeSource, MarketClock
-from core.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT, get_settings
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
@@ -124,7 +124,9 @@ def buy_now(
             order_ref=trade.order.orderRef,
             exec_id=fill.execution.execId,
         )
-    target, stop = profit_target_price(price, 1.8), stop_loss_price(price, 0.9)
+    settings = get_settings()  # the bots' percentages, as the day trader writes its rows
+    target = profit_target_price(price, settings.profit_target_pct)
+    stop = stop_loss_price(price, settings.stop_loss_pct)
     db.add_active_position(
         symbol, quantity, price, target, stop, agent=agent, order_ref=trade.order.orderRef
     )

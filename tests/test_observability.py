@@ -183,11 +183,31 @@ def test_remove_moves_position_to_closed_today_with_pnl(db: TradingDatabase) -> 
     assert db.remove_active_position("AAPL", 1.0, "MANUAL") is None
 
 
-def test_add_position_computes_target_and_stop_from_settings(db: TradingDatabase) -> None:
-    db.add_active_position("MSFT", 10, 100.0)
+def test_add_position_computes_target_and_stop_from_the_callers_percentages(
+    db: TradingDatabase,
+) -> None:
+    db.add_active_position("MSFT", 10, 100.0, profit_target_pct=2.5, stop_loss_pct=1.25)
     row = db.get_active_position("MSFT")
-    assert row["profit_target_price"] == pytest.approx(101.8)
-    assert row["stop_loss_price"] == pytest.approx(99.1)
+    assert row["profit_target_price"] == pytest.approx(102.5)
+    assert row["stop_loss_price"] == pytest.approx(98.75)
+    with pytest.raises(ValueError, match="price or a percentage"):
+        db.add_active_position("AMD", 1, 10.0, 10.2, profit_target_pct=2.0)
+    assert not db.is_position_active("AMD")
+
+
+def test_add_position_without_prices_leaves_them_unset_and_reads_no_settings(
+    db: TradingDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.settings
+
+    def no_settings() -> None:
+        raise AssertionError("the store read the settings")
+
+    monkeypatch.setattr(core.settings, "get_settings", no_settings)
+    assert db.add_active_position("MSFT", 10, 100.0)
+    row = db.get_active_position("MSFT")
+    # Unset: the exit manager protects at its own configured percentage.
+    assert row["profit_target_price"] is None and row["stop_loss_price"] is None
 
 
 def test_unknown_exit_reason_is_refused_and_position_kept(db: TradingDatabase) -> None:
