@@ -36,6 +36,7 @@ from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
+from trading.model import EXIT_REASONS
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
@@ -78,9 +79,6 @@ KILL_SWITCH_FLAG = "kill_switch"
 EXIT_REQUEST_PREFIX = "exit_request:"
 RESUME_ENTRIES = "python liquidate_all.py --resume"
 
-EXIT_REASONS = frozenset(
-    {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
-)
 
 # Migration N brings a database from user_version N-1 to N. A database made by the seed
 # system is at user_version 0 with tables of its own shape; _migrate rebuilds those first.
