@@ -26,14 +26,25 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ib_async import IB, LimitOrder, MarketOrder, Order, Position, Stock, Trade
+from ib_async import (
+    IB,
+    CommissionReport,
+    Fill,
+    LimitOrder,
+    MarketOrder,
+    Order,
+    Position,
+    Stock,
+    Trade,
+)
 
 from core import cli
 from core.clock import MarketClock, get_clock
 from core.logs import get_logger
-from core.money import pnl_dollars, round_to_tick
+from core.money import round_to_tick
 from core.orders import IntentOrders, LookupStatus, match_order_ref
 from core.settings import get_settings
+from ib.convert import fill_record
 from ib_tools import (
     ToolError,
     account_of,
@@ -220,28 +231,13 @@ def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> Non
     trade = result.trade
     assert trade is not None
     step = result.step
-    position = db.get_active_position(step.symbol)
     shares = 0.0
     notional = 0.0
     for fill in trade.fills:
         execution = fill.execution
         shares += execution.shares
         notional += execution.shares * execution.price
-        pnl = None
-        if position is not None and step.action == "SELL":
-            pnl = pnl_dollars(position["entry_price"], execution.price, execution.shares)
-        db.record_trade(
-            step.symbol,
-            execution.side,
-            execution.shares,
-            execution.price,
-            TOOL,
-            order_ref=trade.order.orderRef,
-            pnl=pnl,
-            commission=fill.commissionReport.commission or None,
-            exec_id=execution.execId,
-            trade_time=execution.time or None,  # IB's time; Fill.time is our wall clock
-        )
+        db.record_fill(fill_record(fill), TOOL)
     result.filled = shares
     result.avg_price = notional / shares if shares else None
     if step.action == "SELL" and shares >= step.quantity and result.avg_price is not None:
@@ -254,6 +250,17 @@ def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> Non
             reason=reason,
             in_database=closed is not None,
         )
+
+
+def record_commissions(ib: IB, db: TradingDatabase) -> None:
+    """Attach IB's commission reports for our fills as they come, before or after the fill's
+    row (the database matches them by execId)."""
+
+    def on_report(trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        if (fill.execution.orderRef or "").startswith(f"{TOOL}-"):
+            db.record_commission(report.execId, report.commission)
+
+    ib.commissionReportEvent += on_report
 
 
 def halt_new_entries(db: TradingDatabase, reason: str) -> list[str]:
@@ -433,6 +440,7 @@ def liquidate(args: argparse.Namespace) -> int:
             print("not confirmed: nothing sent")
             return 1
         log.info("liquidation_started", account=account, reason=reason, positions=len(steps))
+        record_commissions(ib, db)
         in_flight: list[str] = []
         if not args.keep_entries:
             in_flight = halt_new_entries(db, reason)

@@ -36,7 +36,7 @@ from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
-from trading.model import EXIT_REASONS
+from trading.model import EXIT_REASONS, FillRecord
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
@@ -422,6 +422,9 @@ class TradingDatabase:
         self._local = threading.local()
         self._checked = False
         self._check_lock = threading.Lock()
+        # IB's commission reports that came before their fill's row (execId -> commission),
+        # read and written only inside a write transaction: record_fill attaches them.
+        self._early_commissions: dict[str, float] = {}
 
     # -- connection ---------------------------------------------------------
     @property
@@ -966,6 +969,25 @@ class TradingDatabase:
         return [_with_seed_names("closed_positions_today", row) for row in rows]
 
     # -- trades ---------------------------------------------------------------
+    def record_fill(self, fill: FillRecord, agent: str) -> bool:
+        """Record one execution and, when known, IB's commission for it; True when it is new.
+
+        The one way a fill reaches the trades table. Keyed by execId: applying a fill twice
+        writes one row, and a commission known only the second time is attached then. A
+        commission reported before its fill (record_commission returned False) is attached
+        when the fill comes. A SELL's P&L is against the active position's entry price at
+        that moment (none without a position). Raises ValueError for an unknown side, no
+        execId, or a quantity or price that is not positive.
+        """
+        if not fill.exec_id:
+            raise ValueError(f"{fill.symbol}: a fill needs IB's execId (its key)")
+        if not (fill.shares > 0 and fill.price > 0):
+            raise ValueError(f"{fill.symbol}: fill quantity and price must be > 0")
+        return self._insert_trade(
+            fill.symbol, fill.side, fill.shares, fill.price, agent, fill.order_ref or None, None,
+            fill.commission, fill.exec_id, fill.time, pnl_from_position=True,
+        )  # fmt: skip
+
     def record_trade(
         self,
         symbol: str,
@@ -979,15 +1001,43 @@ class TradingDatabase:
         exec_id: str | None = None,
         trade_time: datetime | None = None,
     ) -> bool:
-        """Record one fill; False when `exec_id` was already recorded (applying twice is harmless).
+        """Record one trade row as given (the seed's call; a fill goes through record_fill);
+        False when `exec_id` was already recorded (applying twice is harmless).
 
         `trade_time` (default: now) is stored in New York time; its date is the trading date.
         """
+        return self._insert_trade(
+            symbol, side, quantity, price, agent, order_ref, pnl, commission, exec_id,
+            trade_time, pnl_from_position=False,
+        )  # fmt: skip
+
+    def _insert_trade(
+        self,
+        symbol: str,
+        side: str,
+        quantity: float,
+        price: float,
+        agent: str,
+        order_ref: str | None,
+        pnl: float | None,
+        commission: float | None,
+        exec_id: str | None,
+        trade_time: datetime | None,
+        *,
+        pnl_from_position: bool,
+    ) -> bool:
         normal_side = _order_side(side)
         if normal_side is None:
             raise ValueError(f"trade side {side!r} unknown; use BUY or SELL")
         when = (trade_time or self.clock.now()).astimezone(NEW_YORK)
         with self._write() as conn:
+            if exec_id and commission is None:
+                commission = self._early_commissions.get(exec_id)
+            if pnl_from_position and normal_side == "SELL":
+                row = conn.execute(
+                    "SELECT entry_price FROM active_positions WHERE symbol = ?", (symbol,)
+                ).fetchone()
+                pnl = pnl_dollars(row["entry_price"], price, quantity) if row else None
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO trades (symbol, side, quantity, price, trade_time,"
                 " trade_date, order_ref, agent, pnl, commission, exec_id)"
@@ -1002,19 +1052,31 @@ class TradingDatabase:
                     order_ref,
                     agent,
                     pnl,
-                    commission,
+                    None if commission is None else float(commission),
                     exec_id,
                 ),
             )
-            return cursor.rowcount == 1
+            new = cursor.rowcount == 1
+            if exec_id and commission is not None:
+                if not new:  # recorded before its commission was known
+                    conn.execute(
+                        "UPDATE trades SET commission = ? WHERE exec_id = ?",
+                        (float(commission), exec_id),
+                    )
+                self._early_commissions.pop(exec_id, None)
+            return new
 
     def record_commission(self, exec_id: str, commission: float) -> bool:
-        """Attach IB's commission report to its fill; False when the fill is not recorded yet."""
+        """Attach IB's commission report to its fill; False when the fill is not recorded yet
+        (then the fill takes it when record_fill or record_trade writes it)."""
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE trades SET commission = ? WHERE exec_id = ?", (float(commission), exec_id)
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return True
+            self._early_commissions[exec_id] = float(commission)
+            return False
 
     def has_execution(self, exec_id: str) -> bool:
         return (

@@ -71,6 +71,8 @@ def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gate
     sells = [t for t in trades.values() if t["side"] == "SELL"]
     assert {t["agent"] for t in sells} == {"liquidate_all"}
     assert sum(t["quantity"] for t in sells) == 180  # exactly what was held, not a share more
+    for sell in sells:  # IB's commission report is on each of its fills' rows
+        assert sell["commission"] == pytest.approx(executions[sell["exec_id"]]["commission"])
     for sell in sells:
         intent = db.get_order_intent(sell["order_ref"])
         assert intent is not None and intent["state"] == "FILLED"

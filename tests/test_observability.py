@@ -35,6 +35,7 @@ from observability import (
     TradingDatabase,
     get_database,
 )
+from trading.model import FillRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS_PER_PROCESS = 10_000
@@ -325,6 +326,50 @@ def test_commission_attaches_to_its_fill(db: TradingDatabase) -> None:
     db.record_trade("AAPL", "SELL", 10, 100.0, agent="exit_manager", exec_id="e9")
     assert db.record_commission("e9", 1.25)
     assert db.get_trades_by_date("2026-11-25")[0]["commission"] == 1.25
+
+
+def _fill(exec_id: str, symbol: str = "AAPL", side: str = "BUY", shares: float = 10,
+          price: float = 100.0, commission: float | None = None) -> FillRecord:  # fmt: skip
+    when = datetime(2026, 11, 25, 10, 0, tzinfo=NEW_YORK)
+    return FillRecord(symbol, side, shares, price, when, exec_id, f"ref-{exec_id}", commission)
+
+
+def test_fill_is_recorded_once_and_takes_a_commission_known_only_the_second_time(
+    db: TradingDatabase,
+) -> None:
+    assert db.record_fill(_fill("e1"), "day_trader")
+    assert not db.record_fill(_fill("e1", commission=1.0), "day_trader")
+    [row] = db.get_trades_by_date("2026-11-25")
+    assert (row["side"], row["quantity"], row["commission"]) == ("BUY", 10, 1.0)
+    assert (row["order_ref"], row["trade_time"]) == ("ref-e1", "2026-11-25T10:00:00-05:00")
+
+
+def test_commission_reported_before_its_fill_is_attached_when_the_fill_comes(
+    db: TradingDatabase,
+) -> None:
+    assert not db.record_commission("e7", 0.35)  # IB's report overtook its execution
+    assert db.record_fill(_fill("e7", "AMD", "SELL", 5, 20.0), "exit_manager")
+    assert db.get_trades_by_date("2026-11-25")[0]["commission"] == 0.35
+    assert db.record_commission("e7", 0.4)  # a later report corrects it in place
+    assert db.get_trades_by_date("2026-11-25")[0]["commission"] == 0.4
+
+
+def test_sell_fill_pnl_is_against_the_open_positions_entry_price(db: TradingDatabase) -> None:
+    db.add_active_position("AAPL", 10, 100.0, 101.8, 99.1)
+    db.record_fill(_fill("s1", "AAPL", "SELL", 4, 101.8), "exit_manager")
+    db.record_fill(_fill("s2", "MSFT", "SELL", 1, 50.0), "liquidate_all")  # no position
+    db.record_fill(_fill("b1", "AAPL", "BUY", 1, 100.0), "day_trader")
+    pnl = {row["exec_id"]: row["pnl"] for row in db.get_trades_by_date("2026-11-25")}
+    assert pnl["s1"] == pytest.approx(7.2)
+    assert pnl["s2"] is None and pnl["b1"] is None
+
+
+def test_fill_without_exec_id_or_with_a_nonpositive_price_is_refused(db: TradingDatabase) -> None:
+    with pytest.raises(ValueError, match="execId"):
+        db.record_fill(_fill(""), "day_trader")
+    with pytest.raises(ValueError, match="> 0"):
+        db.record_fill(_fill("e1", price=0.0), "day_trader")
+    assert db.get_trades_by_date("2026-11-25") == []
 
 
 def test_intent_states_follow_the_transition_table(db: TradingDatabase) -> None:
