@@ -15,8 +15,9 @@ from datetime import date
 from pathlib import Path
 
 from core import cli
-from core.settings import PROJECT_ROOT, Settings, get_settings
-from ib_tools import ToolError, add_db_arg, open_database, run_tool
+from core.cli import ProgramError as ToolError
+from core.settings import PROJECT_ROOT, Settings
+from ib_tools import add_db_arg, open_database
 from journal import JournalError, dates_between, journal_for_dates, write_journal
 from observability import TradingDatabase
 from reports import build_day_report, render_report, write_pnl_chart
@@ -70,8 +71,7 @@ def export_journal(args: argparse.Namespace, db: TradingDatabase, settings: Sett
     return 0
 
 
-def analyze(args: argparse.Namespace) -> int:
-    settings = get_settings()
+def analyze(args: argparse.Namespace, settings: Settings) -> int:
     db = open_database(args, settings, read_only=True)
     if args.export is not None:
         return export_journal(args, db, settings)
@@ -91,8 +91,7 @@ def analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_tool(TOOL, lambda: analyze(args))
+    return cli.run_program(TOOL, build_parser(), analyze, argv, logs=False)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ib_async import Trade
-
 from core import cli
 from core.orders import intent_state_for
-from ib_tools import add_connection_args, add_db_arg, run_tool, tool_session
+from core.settings import Settings
+from ib.tools import OrderAtIB, every_clients_orders
+from ib_tools import add_connection_args, add_db_arg, tool_session
 from observability import OPEN_INTENT_STATES
 
 TOOL = "check_orders"
@@ -44,27 +44,25 @@ class OrderRow:
     flag: str  # "" when IB and the database agree
 
 
-def _row(where: str, trade: Trade, intent: dict[str, Any] | None) -> OrderRow:
-    order, status = trade.order, trade.orderStatus
-    ref = order.orderRef or ""
+def _row(where: str, order: OrderAtIB, intent: dict[str, Any] | None) -> OrderRow:
+    ref = order.order_ref
     flag = ""
     if not ref:
         flag = "NO_REF"
     elif intent is None:
         flag = "NO_INTENT"
     else:
-        ib_state = intent_state_for(status.status, status.filled, status.remaining)
+        ib_state = intent_state_for(order.status, order.filled, order.remaining)
         if ib_state is not None and ib_state != intent["state"]:
             flag = f"STATE: IB {ib_state}, db {intent['state']}"
     return OrderRow(
         where=where,
-        symbol=trade.contract.symbol,
+        symbol=order.symbol,
         action=order.action,
-        quantity=float(order.totalQuantity),
-        order_type=order.orderType,
-        ib_status=status.status,
-        # IB's completed-order messages carry no client id (ib_async reports 0).
-        client_id=order.clientId if where == "open" or order.clientId else None,
+        quantity=order.quantity,
+        order_type=order.order_type,
+        ib_status=order.status,
+        client_id=order.client_id,
         order_ref=ref,
         intent_state=intent["state"] if intent else None,
         flag=flag,
@@ -72,21 +70,21 @@ def _row(where: str, trade: Trade, intent: dict[str, Any] | None) -> OrderRow:
 
 
 def compare(
-    open_trades: Iterable[Trade],
-    completed: Iterable[Trade],
+    open_orders: Iterable[OrderAtIB],
+    completed: Iterable[OrderAtIB],
     intents_today: Iterable[dict[str, Any]],
     get_intent: Callable[[str], dict[str, Any] | None],
 ) -> list[OrderRow]:
     """Pure: one row per IB order, plus open intents IB does not show."""
     rows: list[OrderRow] = []
     seen: set[str] = set()
-    for where, trades in (("open", open_trades), ("completed", completed)):
-        for trade in trades:
-            ref = trade.order.orderRef or ""
+    for where, orders in (("open", open_orders), ("completed", completed)):
+        for order in orders:
+            ref = order.order_ref
             if ref and ref in seen:
                 continue  # a done order can come back in both lists
             seen.add(ref)
-            rows.append(_row(where, trade, get_intent(ref) if ref else None))
+            rows.append(_row(where, order, get_intent(ref) if ref else None))
     for intent in intents_today:
         if intent["state"] in OPEN_INTENT_STATES and intent["order_ref"] not in seen:
             rows.append(
@@ -142,13 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check(args: argparse.Namespace) -> int:
-    with tool_session(args, TOOL, read_only_db=True) as session:
-        db, ib = session.db, session.ib
-        open_trades = ib.reqAllOpenOrders()
-        completed = [] if args.open_only else ib.reqCompletedOrders(apiOnly=False)
+def check(args: argparse.Namespace, settings: Settings) -> int:
+    with tool_session(args, TOOL, read_only_db=True, settings=settings) as session:
+        db = session.db
+        open_orders, completed = every_clients_orders(session.ib, completed=not args.open_only)
     rows = compare(
-        open_trades, completed, db.get_intents_by_date(db.clock.today_str()), db.get_order_intent
+        open_orders, completed, db.get_intents_by_date(db.clock.today_str()), db.get_order_intent
     )
     print(render(rows), end="")
     flagged = [r for r in rows if r.flag]
@@ -160,8 +157,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_tool(TOOL, lambda: check(args))
+    return cli.run_program(TOOL, build_parser(), check, argv)
 
 
 if __name__ == "__main__":

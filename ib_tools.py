@@ -2,34 +2,41 @@
 
 Each tool has its own client id (IB refuses a duplicate with 326; the bots use 10 and 2).
 Orders placed by one client id are invisible to the others except through reqAllOpenOrders,
-so tools that only look never place anything.
+so tools that only look never place anything. Starting and ending a tool is core.cli's
+run_program; the work at IB is ib.tools' (and ib.liquidation's).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from ib_async import IB
+from typing import Any
 
 from core import cli
-from core.broker import connect_failure
-from core.clock import ClockError
-from core.logs import setup_logging
-from core.settings import (
-    Settings,
-    SettingsError,
-    check_trading_mode,
-    get_settings,
-    set_settings,
-    with_overrides,
-)
-from observability import DatabaseError, TradingDatabase, get_database
+from core.cli import ProgramError as ToolError
+from core.cli import quiet_logging, run_program, settings_for
+from core.settings import Settings, check_trading_mode
+from ib.account import account_of
+from ib.tools import connect
+from observability import TradingDatabase, get_database
+
+__all__ = [
+    "TOOLS_THAT_SEND_ORDERS",
+    "TOOL_CLIENT_IDS",
+    "ToolError",
+    "ToolSession",
+    "add_connection_args",
+    "add_db_arg",
+    "live_flag_of",
+    "open_database",
+    "quiet_logging",
+    "run_program",
+    "settings_for",
+    "tool_session",
+]
 
 TOOL_CLIENT_IDS = {
     "test_connection": 91,
@@ -39,10 +46,6 @@ TOOL_CLIENT_IDS = {
 }
 # Tools that can send an order: they take --live and connect only to an account that fits it.
 TOOLS_THAT_SEND_ORDERS = frozenset({"liquidate_all"})
-
-
-class ToolError(RuntimeError):
-    """A tool cannot do its job; the message is one line saying what to do."""
 
 
 def add_connection_args(parser: argparse.ArgumentParser, tool: str) -> None:
@@ -64,22 +67,6 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, help="database file (default DATABASE_PATH)")
 
 
-def settings_for(args: argparse.Namespace) -> Settings:
-    """Settings with --host/--port applied (validated like the environment would be), checked
-    against the paper/live rule. Raises SettingsError."""
-    settings = get_settings()
-    changes = {}
-    if getattr(args, "host", None):
-        changes["ib_host"] = args.host
-    if getattr(args, "port", None):
-        changes["ib_port"] = args.port
-    if changes:
-        settings = with_overrides(settings, **changes)
-        set_settings(settings)
-    check_trading_mode(settings, live_flag_of(args))
-    return settings
-
-
 def open_database(
     args: argparse.Namespace, settings: Settings, *, read_only: bool = False
 ) -> TradingDatabase:
@@ -90,82 +77,42 @@ def open_database(
     )
 
 
-def quiet_logging(tool: str, settings: Settings) -> None:
-    """JSON run file for the record, nothing on the console (the tool prints its own lines)."""
-    setup_logging(tool, log_dir=settings.log_dir, level=settings.log_level, console=False)
-    logging.getLogger("ib_async").setLevel(logging.CRITICAL)
-
-
-def connect(settings: Settings, client_id: int, timeout: float = 10.0) -> IB:
-    """A connected IB. Raises ToolError naming host, port and client id when it fails."""
-    ib = IB()
-    ib.RequestTimeout = max(timeout, 5.0)
-    try:
-        ib.connect(settings.ib_host, settings.ib_port, clientId=client_id, timeout=timeout)
-    except TimeoutError as exc:
-        failure = connect_failure(settings.ib_host, settings.ib_port, timeout, exc)
-        raise ToolError(f"{failure} (or is client id {client_id} in use?)") from None
-    except OSError as exc:
-        raise ToolError(connect_failure(settings.ib_host, settings.ib_port, timeout, exc)) from None
-    return ib
-
-
 @dataclass(frozen=True)
 class ToolSession:
-    """What a tool works with: its settings, the database (None if it needs none), a connected IB."""
+    """What a tool works with: its settings, the database (None if it needs none), a connected
+    IB connection (the tool hands it to ib.tools), and the account it works on."""
 
     settings: Settings
     db: TradingDatabase | None
-    ib: IB
+    ib: Any
+    account: str
 
 
 @contextmanager
 def tool_session(
-    args: argparse.Namespace, tool: str, *, database: bool = True, read_only_db: bool = False
+    args: argparse.Namespace,
+    tool: str,
+    *,
+    database: bool = True,
+    read_only_db: bool = False,
+    settings: Settings | None = None,
 ) -> Iterator[ToolSession]:
-    """Settings, then logging, then the database, then the connection; disconnects on exit.
+    """The paper/live check, then the database, then the connection; disconnects on exit.
 
-    A tool that sends orders (it has --live) gets the connection only when the gateway's
-    account fits paper/live, before it can send anything.
-    With `read_only_db` (the tool only reads) a missing database is refused, not created.
-    Raises SettingsError, DatabaseError or ToolError (see run_tool) before anything later opens.
+    `settings` are run_program's (default: loaded here from the flags). A tool that sends
+    orders (it has --live) gets the connection only when the gateway's account fits
+    paper/live, before it can send anything. With `read_only_db` (the tool only reads) a
+    missing database is refused, not created. Raises SettingsError, DatabaseError or
+    ToolError before anything later opens.
     """
-    settings = settings_for(args)
-    quiet_logging(tool, settings)
+    settings = settings or settings_for(args)
+    check_trading_mode(settings, live_flag_of(args))
     db = open_database(args, settings, read_only=read_only_db) if database else None
-    ib = connect(settings, args.client_id, args.timeout)
+    ib = connect(settings.ib_host, settings.ib_port, args.client_id, args.timeout)
     try:
+        account = account_of(ib, settings.ib_account)
         if live_flag_of(args) is not None:
-            check_trading_mode(settings, live_flag_of(args), account_of(ib, settings))
-        yield ToolSession(settings, db, ib)
+            check_trading_mode(settings, live_flag_of(args), account)
+        yield ToolSession(settings, db, ib, account)
     finally:
         ib.disconnect()
-
-
-def account_of(ib: IB, settings: Settings) -> str:
-    accounts = ib.managedAccounts()
-    if settings.ib_account:
-        if settings.ib_account not in accounts:
-            raise ToolError(
-                f"IB_ACCOUNT={settings.ib_account} is not managed by this gateway "
-                f"({', '.join(accounts) or 'none'})"
-            )
-        return settings.ib_account
-    if not accounts:
-        raise ToolError("the gateway reports no managed account")
-    return accounts[0]
-
-
-def run_tool(tool: str, body: Callable[[], int]) -> int:
-    """Run a tool's body; expected failures become one line on stderr and exit code 1."""
-    try:
-        return body()
-    except KeyboardInterrupt:
-        print(f"{tool}: interrupted", file=sys.stderr)
-        return 130
-    except (ToolError, SettingsError, DatabaseError, ClockError) as exc:
-        print(f"{tool}: error: {exc}", file=sys.stderr)
-        return 1
-    except ConnectionError as exc:
-        print(f"{tool}: error: lost the connection to IB ({exc})", file=sys.stderr)
-        return 1

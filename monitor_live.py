@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ib_async import IB, Position, Ticker
-
 from core import cli
 from core.money import pnl_dollars, pnl_percent
-from ib_tools import account_of, add_connection_args, add_db_arg, run_tool, tool_session
+from core.settings import Settings
+from ib.tools import PriceFeed, positions_of
+from ib_tools import ToolSession, add_connection_args, add_db_arg, tool_session
+from trading.model import BrokerPosition
 
 TOOL = "monitor_live"
 
@@ -61,17 +61,8 @@ class PositionView:
         return None if self.last is None else pnl_percent(self.entry_price, self.last)
 
 
-def _price(ticker: Ticker | None) -> float | None:
-    if ticker is None:
-        return None
-    for value in (ticker.last, ticker.midpoint(), ticker.close):
-        if value is not None and not math.isnan(value) and value > 0:
-            return float(value)
-    return None
-
-
 def build_views(
-    positions: Iterable[Position],
+    positions: Iterable[BrokerPosition],
     db_rows: Iterable[Mapping[str, Any]],
     prices: Mapping[str, float | None],
 ) -> list[PositionView]:
@@ -80,21 +71,21 @@ def build_views(
     views = []
     held = set()
     for pos in positions:
-        if pos.position == 0:
+        if pos.quantity == 0:
             continue
-        symbol = pos.contract.symbol
+        symbol = pos.symbol
         held.add(symbol)
         row = rows.get(symbol)
         note = ""
         if row is None:
             note = "not in database"
-        elif int(row["quantity"]) != int(pos.position):
+        elif int(row["quantity"]) != int(pos.quantity):
             note = f"database qty {row['quantity']}"
         views.append(
             PositionView(
                 symbol=symbol,
-                quantity=float(pos.position),
-                entry_price=float(row["entry_price"]) if row else float(pos.avgCost),
+                quantity=float(pos.quantity),
+                entry_price=float(row["entry_price"]) if row else float(pos.avg_cost),
                 last=prices.get(symbol),
                 profit_target_price=row["profit_target_price"] if row else None,
                 stop_loss_price=row["stop_loss_price"] if row else None,
@@ -154,40 +145,12 @@ def render(views: list[PositionView], now_text: str) -> str:
     return buffer.getvalue()
 
 
-class PriceFeed:
-    """reqMktData streams for the held symbols, opened and closed as positions change."""
-
-    def __init__(self, ib: IB) -> None:
-        self.ib = ib
-        self.tickers: dict[str, Ticker] = {}
-
-    def follow(self, positions: Iterable[Position], extra_symbols: Iterable[str]) -> None:
-        wanted = {p.contract.symbol: p.contract for p in positions if p.position != 0}
-        for symbol in extra_symbols:
-            if symbol not in wanted and symbol not in self.tickers:
-                from ib_async import Stock
-
-                qualified = self.ib.qualifyContracts(Stock(symbol, "SMART", "USD"))
-                if qualified and qualified[0] is not None:
-                    wanted[symbol] = qualified[0]
-            elif symbol in self.tickers:
-                wanted.setdefault(symbol, self.tickers[symbol].contract)
-        for symbol in list(self.tickers):
-            if symbol not in wanted:
-                self.ib.cancelMktData(self.tickers.pop(symbol).contract)
-        for symbol, contract in wanted.items():
-            if symbol not in self.tickers:
-                contract.exchange = contract.exchange or "SMART"
-                self.tickers[symbol] = self.ib.reqMktData(contract, "", False, False)
-
-    def prices(self) -> dict[str, float | None]:
-        return {symbol: _price(ticker) for symbol, ticker in self.tickers.items()}
-
-
-def frame(ib: IB, feed: PriceFeed, db, account: str) -> list[PositionView]:  # type: ignore[no-untyped-def]
-    positions = [p for p in ib.positions() if p.account == account]
-    db_rows = db.get_active_positions()
-    feed.follow(positions, [row["symbol"] for row in db_rows])
+def frame(session: ToolSession, feed: PriceFeed) -> list[PositionView]:
+    """IB's positions (as the position stream keeps them) beside the database's rows, priced."""
+    assert session.db is not None
+    positions = positions_of(session.ib, session.account, fresh=False)
+    db_rows = session.db.get_active_positions()
+    feed.follow([p.symbol for p in positions] + [row["symbol"] for row in db_rows])
     return build_views(positions, db_rows, feed.prices())
 
 
@@ -201,18 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def monitor(args: argparse.Namespace) -> int:
-    with tool_session(args, TOOL, read_only_db=True) as session:
-        settings, db, ib = session.settings, session.db, session.ib
+def monitor(args: argparse.Namespace, settings: Settings) -> int:
+    with tool_session(args, TOOL, read_only_db=True, settings=settings) as session:
+        db, ib = session.db, session.ib
+        assert db is not None
         feed = PriceFeed(ib)
-        account = account_of(ib, settings)
-        ib.reqPositions()
+        positions_of(ib, session.account)  # subscribes: the stream keeps them current
         if args.once:
             deadline = time.monotonic() + args.price_wait
-            views = frame(ib, feed, db, account)
+            views = frame(session, feed)
             while time.monotonic() < deadline and any(v.last is None for v in views):
                 ib.sleep(0.2)
-                views = frame(ib, feed, db, account)
+                views = frame(session, feed)
             print(render(views, f"{db.clock.now():%H:%M:%S}"), end="")
             return 0
         from rich.live import Live
@@ -220,14 +183,13 @@ def monitor(args: argparse.Namespace) -> int:
 
         with Live(refresh_per_second=4, screen=False) as live:
             while True:
-                views = frame(ib, feed, db, account)
+                views = frame(session, feed)
                 live.update(Text(render(views, f"{db.clock.now():%H:%M:%S}")))
                 ib.sleep(args.every)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_tool(TOOL, lambda: monitor(args))
+    return cli.run_program(TOOL, build_parser(), monitor, argv)
 
 
 if __name__ == "__main__":

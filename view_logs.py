@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from core import cli
+from core.cli import ProgramError as ToolError
 from core.clock import NEW_YORK
 from core.logs import printable
-from core.settings import get_settings
-from ib_tools import ToolError, run_tool
+from core.settings import Settings
 
 TOOL = "view_logs"
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -247,10 +247,10 @@ def filter_from_args(args: argparse.Namespace, day: date | None = None) -> LogFi
     )
 
 
-def view(args: argparse.Namespace) -> int:
+def view(args: argparse.Namespace, settings: Settings) -> int:
     if not (args.poll > 0 and args.poll != float("inf")):
         raise ToolError(f"--poll {args.poll} is invalid: expected seconds > 0, e.g. --poll 0.5")
-    log_dir = args.dir or get_settings().log_dir
+    log_dir = args.dir or settings.log_dir
     if not log_dir.is_dir():
         raise ToolError(f"log folder {log_dir} does not exist; pass --dir or set LOG_DIR")
     files = log_files(log_dir)
@@ -278,8 +278,8 @@ def view(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_tool(TOOL, lambda: view(args))
+    # No run file of its own: it reads the log folder.
+    return cli.run_program(TOOL, build_parser(), view, argv, logs=False)
 
 
 if __name__ == "__main__":

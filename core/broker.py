@@ -21,6 +21,7 @@ from ib_async import IB
 
 from core.logs import get_logger
 from core.settings import Settings, SettingsError, check_trading_mode
+from ib.account import account_of
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -226,15 +227,8 @@ class BrokerSession:
                     retry_in_s=self.retry_seconds,
                 )
             return False
-        accounts = self.ib.managedAccounts()
-        self.account = s.ib_account or (accounts[0] if accounts else "")
-        if s.ib_account and s.ib_account not in accounts:
-            self.ib.disconnect()
-            raise SettingsError(
-                f"setting IB_ACCOUNT={s.ib_account!r} is invalid: the gateway manages "
-                f"{', '.join(accounts) or 'no account'}"
-            )
         try:
+            self.account = account_of(self.ib, s.ib_account)
             # The program checked --live against TRADING_MODE at start; here the account, on
             # every (re)connect, before the connected handlers may send an order.
             check_trading_mode(s, s.is_live, self.account)

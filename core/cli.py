@@ -1,4 +1,5 @@
-"""The command-line vocabulary every program shares: same flag names, ranges and messages.
+"""The command-line vocabulary every program shares: same flag names, ranges and messages,
+and the one way a tool starts and ends (run_program).
 
 A bad value is refused while parsing, in one line naming the flag, the value and the range
 (`exit_manager.py: error: argument --port: '99999' is outside [1, 65535] (see --help)`), so no
@@ -8,9 +9,15 @@ program ever runs on a port, client id or interval it cannot use.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from core.clock import ClockError
+from core.logs import setup_logging
+from core.settings import Settings, SettingsError, get_settings, set_settings, with_overrides
 
 MAX_CLIENT_ID = 999_999
 MAX_SECONDS = 3600.0
@@ -78,3 +85,72 @@ def add_seconds_arg(parser: argparse.ArgumentParser, flag: str, default: float, 
         default=default,
         help=f"{what}, seconds in (0, 3600] (default {default:g})",
     )
+
+
+# -- starting and ending a program ------------------------------------------------------------
+class ProgramError(RuntimeError):
+    """A program cannot do its job; the message is one line saying what to do."""
+
+
+class BadInput(ProgramError):
+    """Flags that parse but do not go together; reported like a bad flag (exit code 2)."""
+
+
+# What a program reports in one line instead of a traceback (a database error is a ProgramError).
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (ProgramError, SettingsError, ClockError)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings with --host/--port applied (validated as the environment would be) when
+    the program has those flags. Raises SettingsError."""
+    settings = get_settings()
+    changes = {}
+    if getattr(args, "host", None):
+        changes["ib_host"] = args.host
+    if getattr(args, "port", None):
+        changes["ib_port"] = args.port
+    if changes:
+        settings = with_overrides(settings, **changes)
+        set_settings(settings)
+    return settings
+
+
+def quiet_logging(name: str, settings: Settings) -> None:
+    """JSON run file for the record, nothing on the console (the program prints its own lines)."""
+    setup_logging(name, log_dir=settings.log_dir, level=settings.log_level, console=False)
+    logging.getLogger("ib_async").setLevel(logging.CRITICAL)
+
+
+def run_program(
+    name: str,
+    parser: argparse.ArgumentParser,
+    body: Callable[[argparse.Namespace, Settings], int],
+    argv: Sequence[str] | None = None,
+    *,
+    logs: bool = True,
+) -> int:
+    """Parse the flags, load the settings, set up the run's log file (unless not `logs`), run
+    `body(args, settings)` and return its exit code.
+
+    A bad flag is one line and exit code 2 (the parser, a OneLineParser), so is BadInput; an
+    expected failure (EXPECTED_ERRORS, a lost connection) is `name: error: ...` in one line
+    on stderr and exit code 1; Ctrl+C is exit code 130.
+    """
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_for(args)
+        if logs:
+            quiet_logging(name, settings)
+        return body(args, settings)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except BadInput as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except EXPECTED_ERRORS as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:
+        print(f"{name}: error: lost the connection to IB ({exc})", file=sys.stderr)
+        return 1

@@ -84,3 +84,50 @@ def test_host_is_stripped_and_refuses_spaces_and_control_characters() -> None:
     for raw in ("", "  ", "gate way", "host\nname"):
         with pytest.raises(argparse.ArgumentTypeError):
             cli.host(raw)
+
+
+def _program() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog="demo")
+    cli.add_gateway_args(parser, 95, "client id")
+    parser.add_argument("--fail", choices=("bad-input", "program", "database", "connection"))
+    return parser
+
+
+def _body(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+    from observability import DatabaseError
+
+    failures = {
+        "bad-input": cli.BadInput("--resume only lifts the halt; drop --yes"),
+        "program": cli.ProgramError("no last price; retry during market hours"),
+        "database": DatabaseError("database x.db does not exist: pass --db"),
+        "connection": ConnectionError("socket closed"),
+    }
+    if args.fail:
+        raise failures[args.fail]
+    print(f"{settings.ib_host}:{settings.ib_port}")
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("fail", "code", "line"),
+    [
+        ("bad-input", 2, "demo: error: --resume only lifts the halt; drop --yes"),
+        ("program", 1, "demo: error: no last price; retry during market hours"),
+        ("database", 1, "demo: error: database x.db does not exist: pass --db"),
+        ("connection", 1, "demo: error: lost the connection to IB (socket closed)"),
+    ],
+)
+def test_run_program_ends_each_kind_of_failure_in_one_line_and_its_exit_code(
+    fail: str, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.run_program("demo", _program(), _body, ["--fail", fail], logs=False) == code
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_run_program_applies_host_and_port_to_the_settings_and_opens_the_run_log(
+    _isolated_settings, capsys: pytest.CaptureFixture[str], restore_root_logging: None
+) -> None:  # type: ignore[no-untyped-def]
+    argv = ["--host", "gw.local", "--port", "4102"]
+    assert cli.run_program("demo", _program(), _body, argv) == 0
+    assert capsys.readouterr().out == "gw.local:4102\n"
+    assert list(_isolated_settings.log_dir.glob("demo_run_*.json"))

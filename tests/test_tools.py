@@ -76,21 +76,15 @@ def test_check_orders_lists_orders_with_intents_and_flags_disagreements(day):
 
 
 def test_check_orders_flags_state_disagreement():
-    from types import SimpleNamespace
-
     import check_orders
+    from ib.tools import OrderAtIB
 
-    trade = SimpleNamespace(
-        order=SimpleNamespace(orderRef="r1", action="SELL", totalQuantity=5, orderType="STP",
-                              clientId=10),
-        orderStatus=SimpleNamespace(status="Filled", filled=5, remaining=0),
-        contract=SimpleNamespace(symbol="AAPL"),
-    )  # fmt: skip
+    order = OrderAtIB("AAPL", "SELL", 5, "STP", "Filled", 5, 0, 10, "r1")
     intents = {"r1": {"state": "SUBMITTED"}}
-    [row] = check_orders.compare([], [trade], [], intents.get)
+    [row] = check_orders.compare([], [order], [], intents.get)
     assert row.flag == "STATE: IB FILLED, db SUBMITTED"
     intents["r1"]["state"] = "FILLED"
-    assert check_orders.compare([], [trade], [], intents.get)[0].flag == ""
+    assert check_orders.compare([], [order], [], intents.get)[0].flag == ""
 
 
 def test_monitor_live_once_shows_prices_distances_and_pnl(day):
@@ -115,11 +109,10 @@ def test_monitor_live_once_shows_prices_distances_and_pnl(day):
 
 
 def test_monitor_live_build_views_marks_database_disagreements():
-    from types import SimpleNamespace
-
     import monitor_live
+    from trading.model import BrokerPosition
 
-    pos = SimpleNamespace(contract=SimpleNamespace(symbol="AAA"), position=10, avgCost=9.0)
+    pos = BrokerPosition("AAA", 10, 9.0)
     rows = [
         {"symbol": "AAA", "quantity": 7, "entry_price": 10.0, "profit_target_price": 10.18,
          "stop_loss_price": 9.91},
