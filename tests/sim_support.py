@@ -1,18 +1,31 @@
-"""Helpers for tests that run on the simulated gateway: start it, wait on conditions, run tools."""
+"""The one harness for tests on the simulated gateway: start it, connect clients, wait on
+conditions, open the test's database on the simulated clock, buy like the bots, run tools.
+
+    with gateway(tmp_path, start=dtime(9, 35), speed=60, no_shorting=True) as gw:
+        with client(gw, 2) as ib:
+            trade = buy(ib, "AAA", 100)                       # a plain market buy
+            buy(ib, "BBB", 10, db=sim_db(gw))                 # the bots' way: intent, row, OCA
+            wait_for(lambda: gw.account.positions(), 5, "positions", ib=ib)
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from datetime import time as dtime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ib_async import IB, LimitOrder, MarketOrder, Order, Stock
+import pytest
+from ib_async import IB, LimitOrder, MarketOrder, Order, Stock, Trade
 
 from core.clock import FileTimeSource, MarketClock
 from core.settings import PROJECT_ROOT, get_settings
@@ -21,47 +34,223 @@ from ibsim.thread import GatewayThread
 from observability import TradingDatabase
 
 SIM_DATE = date(2026, 11, 24)  # a Tuesday, a full session
+CLOCK_FILE = "sim_clock.json"  # in the test's tmp_path: the gateway's simulated clock
+DB_FILE = "trading_history.db"
+# The ibsim tests' small market: four names (BYND for the shorting cases), a minute a second.
+IBSIM_SYMBOLS = ("AAA", "BBB", "CCC", "BYND")
+BAD_LOG_MARKERS = ("Error handling fields", "Error for ", "No order found")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Deadline-based wait: polls `condition` until truthy (returned) or fails naming `what`."""
+# -- the gateway ------------------------------------------------------------------------------
+def gateway_config(
+    tmp_path: Path | None = None,
+    *,
+    symbols: int | Sequence[str] = 8,
+    seed: int = 7,
+    start: dtime = dtime(10, 0),
+    speed: float = 1.0,
+    trading_date: date = SIM_DATE,
+    **overrides: Any,
+) -> GatewayConfig:
+    """A gateway on a free loopback port. `symbols` is a count (generated names) or the names;
+    with `tmp_path` its clock is published in tmp_path/CLOCK_FILE (unless `clock_file` is
+    given) so programs and sim_db share the simulated time. Other GatewayConfig fields go in
+    `overrides`."""
+    count = {"symbols": symbols} if isinstance(symbols, int) else {"symbol_names": tuple(symbols)}
+    options: dict[str, Any] = {
+        "port": 0,
+        **count,
+        "seed": seed,
+        "start": start,
+        "speed": speed,
+        "trading_date": trading_date,
+    }
+    if tmp_path is not None:
+        options["clock_file"] = str(tmp_path / CLOCK_FILE)
+    options.update(overrides)
+    return GatewayConfig(**options)
+
+
+@contextlib.contextmanager
+def gateway(tmp_path: Path | None = None, **options: Any) -> Iterator[GatewayThread]:
+    """A running simulated gateway (see gateway_config), stopped on exit."""
+    with GatewayThread(gateway_config(tmp_path, **options)) as gw:
+        yield gw
+
+
+def start_gateway(tmp_path: Path, **options: Any) -> GatewayThread:
+    """A running gateway the caller stops (for fixtures shared by several tests)."""
+    return GatewayThread(gateway_config(tmp_path, **options)).start()
+
+
+ibsim_gateway = partial(gateway, symbols=IBSIM_SYMBOLS, speed=60.0)
+
+
+# -- clients --------------------------------------------------------------------------------
+def client(
+    where: GatewayThread | int, client_id: int, *, timeout: float = 10.0, **connect: Any
+) -> IB:
+    """An ib_async client connected to the gateway (or port) `where`; `with client(...) as
+    ib:` disconnects it on exit. Sync request errors raise (raiseSyncErrors) unless told."""
+    port = where if isinstance(where, int) else where.port
+    connect.setdefault("raiseSyncErrors", True)
+    ib = IB()
+    ib.connect("127.0.0.1", port, clientId=client_id, timeout=timeout, **connect)
+    return ib
+
+
+def us_stock(symbol: str) -> Stock:
+    """The contract the bots trade `symbol` as, not yet qualified."""
+    return Stock(symbol, "SMART", "USD")
+
+
+def stock(ib: IB, symbol: str) -> Stock:
+    """`symbol` qualified at the gateway (conId set)."""
+    [contract] = ib.qualifyContracts(us_stock(symbol))
+    return contract
+
+
+def collect_errors(ib: IB) -> list[tuple[int, int, str]]:
+    """A list that fills with (reqId, code, message) from ib.errorEvent."""
+    errors: list[tuple[int, int, str]] = []
+    ib.errorEvent += lambda req_id, code, text, contract: errors.append((req_id, code, text))
+    return errors
+
+
+# -- waiting --------------------------------------------------------------------------------
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 5.0,
+    what: str = "",
+    *,
+    ib: IB | None = None,
+    disconnect_expected: bool = False,
+) -> Any:
+    """Poll `condition` until truthy (returned); fail naming `what` after `timeout` real s.
+
+    With `ib` its event loop runs between polls (the condition is about what that client
+    receives); ib_async raises ConnectionError out of ib.sleep() when a socket closes, which
+    fails the wait unless `disconnect_expected`. Without, another thread or process makes
+    the condition true.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = condition()
         if value:
             return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
+        if ib is None:
+            time.sleep(0.02)
+            continue
+        try:
+            ib.sleep(0.01)
+        except ConnectionError:
+            if not disconnect_expected:
+                raise
 
 
-def start_gateway(
-    tmp_path: Path,
+async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """wait_for for async tests: the running event loop works between polls."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+# -- the database ---------------------------------------------------------------------------
+def sim_db(where: Path | GatewayThread, name: str = DB_FILE) -> TradingDatabase:
+    """The test's view of the database, on the gateway's simulated clock: `where` is the
+    tmp_path the gateway publishes its clock in, or the gateway (its clock_file's folder)."""
+    if isinstance(where, GatewayThread):
+        if not where.config.clock_file:
+            raise ValueError("sim_db needs a gateway with a clock_file (pass tmp_path)")
+        clock_file = Path(where.config.clock_file)
+    else:
+        clock_file = where / CLOCK_FILE
+    clock = MarketClock(FileTimeSource(clock_file))
+    return TradingDatabase(clock_file.parent / name, clock=clock)
+
+
+# -- buying -----------------------------------------------------------------------------------
+def buy(
+    ib: IB,
+    symbol: str,
+    quantity: int,
     *,
-    start: dtime = dtime(10, 0),
-    speed: float = 1.0,
-    symbols: int = 8,
-    seed: int = 7,
-    **kw,
-) -> GatewayThread:
-    config = GatewayConfig(
-        port=0, symbols=symbols, seed=seed, speed=speed, start=start, trading_date=SIM_DATE,
-        clock_file=str(tmp_path / "sim_clock.json"), **kw,
-    )  # fmt: skip
-    return GatewayThread(config).start()
+    db: TradingDatabase | None = None,
+    agent: str = "day_trader",
+    order_ref: str = "",
+    protect: bool = True,
+    timeout: float = 20.0,
+) -> Trade:
+    """A market buy of `quantity` shares, waited on until filled; returns its Trade.
+
+    Without `db` a plain order (`order_ref` as given). With `db` the bots' way: the entry
+    intent, the fills recorded, the position row with the settings' target and stop, and
+    (`protect`) the OCA target + stop pair placed through the intent protocol.
+    """
+    contract = stock(ib, symbol)
+    if db is None:
+        trade = ib.placeOrder(contract, MarketOrder("BUY", quantity, orderRef=order_ref))
+        wait_for(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} buy filled",
+                 ib=ib)  # fmt: skip
+        return trade
+    from core.money import profit_target_price, stop_loss_price
+    from core.orders import IntentOrders
+    from ib.convert import fill_record
+
+    orders = IntentOrders(ib, db, agent)
+    trade = orders.place(contract, MarketOrder("BUY", quantity), purpose="ENTRY", guard_entry=True)
+    wait_for(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} entry fill", ib=ib)
+    for fill in trade.fills:
+        db.record_fill(fill_record(fill), agent)
+    price = trade.orderStatus.avgFillPrice
+    settings = get_settings()  # the bots' percentages, as the day trader writes its rows
+    target = profit_target_price(price, settings.profit_target_pct)
+    stop = stop_loss_price(price, settings.stop_loss_pct)
+    ref = trade.order.orderRef
+    db.add_active_position(symbol, quantity, price, target, stop, agent=agent, order_ref=ref)
+    if protect:
+        oca = f"oca-{symbol}-{time.time_ns()}"
+        legs: list[Order] = [
+            LimitOrder("SELL", quantity, target, ocaGroup=oca, ocaType=1, tif="DAY"),
+            Order(action="SELL", totalQuantity=quantity, orderType="STP", auxPrice=stop,
+                  ocaGroup=oca, ocaType=1, tif="DAY"),
+        ]  # fmt: skip
+        for leg, purpose in zip(legs, ("PROFIT_TARGET", "STOP_LOSS"), strict=True):
+            orders.place(contract, leg, purpose=purpose)
+        ib.sleep(0.3)
+    return trade
 
 
-def sim_db(tmp_path: Path) -> TradingDatabase:
-    """The test's view of the database, on the simulated clock."""
-    clock = MarketClock(FileTimeSource(tmp_path / "sim_clock.json"))
-    return TradingDatabase(tmp_path / "trading_history.db", clock=clock)
+def buy_now(
+    ib: IB,
+    db: TradingDatabase,
+    symbol: str,
+    quantity: int,
+    agent: str = "day_trader",
+    protect: bool = True,
+) -> float:
+    """buy() the bots' way, returning the average fill price (the older call)."""
+    trade = buy(ib, symbol, quantity, db=db, agent=agent, protect=protect)
+    return trade.orderStatus.avgFillPrice
 
 
+# -- programs -------------------------------------------------------------------------------
 def tool_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """The environment a program runs in against the gateway on `port`, all files in tmp_path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IB_", "DATABASE", "TRADING"))}
     env.update(
         IB_PORT=str(port),
-        CLOCK_FILE=str(tmp_path / "sim_clock.json"),
-        DATABASE_PATH=str(tmp_path / "trading_history.db"),
+        CLOCK_FILE=str(tmp_path / CLOCK_FILE),
+        DATABASE_PATH=str(tmp_path / DB_FILE),
         LOG_DIR=str(tmp_path / "logs"),
         BACKUP_DIR=str(tmp_path / "archive"),
         KILL_SWITCH_FILE=str(tmp_path / "KILL_SWITCH"),
@@ -86,58 +275,31 @@ def run_tool(
     )  # fmt: skip
 
 
-def client(port: int, client_id: int) -> IB:
-    ib = IB()
-    ib.connect("127.0.0.1", port, clientId=client_id, timeout=10)
-    return ib
+# -- checks every gateway test can take -----------------------------------------------------
+class _BadLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(marker in text for marker in BAD_LOG_MARKERS) or (
+            record.name.startswith("ib_async") and record.exc_info
+        ):
+            self.lines.append(f"{record.name}: {text}")
 
 
-def stock(ib: IB, symbol: str) -> Stock:
-    [contract] = ib.qualifyContracts(Stock(symbol, "SMART", "USD"))
-    return contract
-
-
-def buy_now(
-    ib: IB,
-    db: TradingDatabase,
-    symbol: str,
-    quantity: int,
-    agent: str = "day_trader",
-    protect: bool = True,
-) -> float:
-    """Enter like the bots do: intent, market buy, position row, then an OCA stop + target."""
-    from core.money import profit_target_price, stop_loss_price
-    from core.orders import IntentOrders
-
-    orders = IntentOrders(ib, db, agent)
-    contract = stock(ib, symbol)
-    trade = orders.place(contract, MarketOrder("BUY", quantity), purpose="ENTRY", guard_entry=True)
-    wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, f"{symbol} entry fill")
-    price = trade.orderStatus.avgFillPrice
-    for fill in trade.fills:
-        db.record_trade(
-            symbol,
-            "BUY",
-            fill.execution.shares,
-            fill.execution.price,
-            agent,
-            order_ref=trade.order.orderRef,
-            exec_id=fill.execution.execId,
-        )
-    settings = get_settings()  # the bots' percentages, as the day trader writes its rows
-    target = profit_target_price(price, settings.profit_target_pct)
-    stop = stop_loss_price(price, settings.stop_loss_pct)
-    db.add_active_position(
-        symbol, quantity, price, target, stop, agent=agent, order_ref=trade.order.orderRef
-    )
-    if protect:
-        oca = f"oca-{symbol}-{time.time_ns()}"
-        legs: list[Order] = [
-            LimitOrder("SELL", quantity, target, ocaGroup=oca, ocaType=1, tif="DAY"),
-            Order(action="SELL", totalQuantity=quantity, orderType="STP", auxPrice=stop,
-                  ocaGroup=oca, ocaType=1, tif="DAY"),
-        ]  # fmt: skip
-        for leg, purpose in zip(legs, ("PROFIT_TARGET", "STOP_LOSS"), strict=True):
-            orders.place(contract, leg, purpose=purpose)
-        ib.sleep(0.3)
-    return price
+@pytest.fixture(autouse=True)
+def no_decode_errors_or_leaks() -> Iterator[None]:
+    """Fails a test whose ib_async client logged a decode error, or that leaked a gateway:
+    every test of a module that imports it (`# noqa: F401`)."""
+    handler = _BadLines()
+    logger = logging.getLogger("ib_async")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.lines, f"ib_async logged decode problems: {handler.lines[:3]}"
+    leaked = [t.name for t in threading.enumerate() if t.name == "ibsim-gateway"]
+    assert not leaked, f"gateway threads left running: {leaked}"

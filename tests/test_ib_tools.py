@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from sim_support import start_gateway, wait_for
+from sim_support import gateway, wait_for
 
 from core.settings import Settings, SettingsError
 from ib_tools import TOOL_CLIENT_IDS, ToolSession, add_connection_args, add_db_arg, tool_session
@@ -19,8 +19,7 @@ def test_tool_session_disconnects_when_the_body_raises_and_opens_no_database_whe
 ) -> None:
     """A tool that fails mid-way must not leave its client id held at the gateway (IB then
     refuses the next run with 326), and test_connection must not create a database file."""
-    gw = start_gateway(tmp_path)
-    try:
+    with gateway(tmp_path) as gw:
         parser = argparse.ArgumentParser()
         add_connection_args(parser, "test_connection")
         add_db_arg(parser)
@@ -41,8 +40,6 @@ def test_tool_session_disconnects_when_the_body_raises_and_opens_no_database_whe
         assert not _isolated_settings.database_path.exists()
         assert not session.ib.isConnected()
         wait_for(lambda: client_id not in gw.gateway.by_client, 5, "the gateway to free the id")
-    finally:
-        gw.stop()
 
 
 def test_tool_that_sends_orders_is_refused_a_live_account_at_connect_a_looking_tool_is_not(
@@ -50,8 +47,7 @@ def test_tool_that_sends_orders_is_refused_a_live_account_at_connect_a_looking_t
 ) -> None:
     """liquidate_all (it can sell) gets no session on a U... account in paper mode; the id is
     freed. test_connection only looks: it may inspect any account."""
-    gw = start_gateway(tmp_path, account="U7654321")
-    try:
+    with gateway(tmp_path, account="U7654321") as gw:
         selling = argparse.ArgumentParser()
         add_connection_args(selling, "liquidate_all")
         args = selling.parse_args(["--port", str(gw.port)])
@@ -68,8 +64,6 @@ def test_tool_that_sends_orders_is_refused_a_live_account_at_connect_a_looking_t
         args = looking.parse_args(["--port", str(gw.port)])
         with tool_session(args, "test_connection", database=False) as session:
             assert session.ib.managedAccounts() == ["U7654321"]
-    finally:
-        gw.stop()
 
 
 def test_tool_session_for_a_tool_that_only_reads_refuses_a_missing_database_before_connecting(

@@ -17,21 +17,21 @@ from ib_async import IB, LimitOrder, MarketOrder, StopOrder
 
 from ibsim import ctl
 from ibsim.wire import MAGIC, FrameReader, encode, frame
-from tests.test_ibsim_support import (  # noqa: F401
+from tests.sim_support import (  # noqa: F401
     client,
     collect_errors,
-    gateway,
+    ibsim_gateway,
     no_decode_errors_or_leaks,
-    stock,
+    us_stock,
     wait_for,
 )
 
 
 def streaming(ib: IB, symbol: str):  # type: ignore[no-untyped-def]
-    contract = stock(symbol)
+    contract = us_stock(symbol)
     ib.qualifyContracts(contract)
     ticker = ib.reqMktData(contract)
-    wait_for(ib, lambda: ticker.last > 0, what=f"{symbol} ticks")
+    wait_for(lambda: ticker.last > 0, what=f"{symbol} ticks", ib=ib)
     return ticker
 
 
@@ -49,12 +49,15 @@ def updates_within(ib: IB, ticker, seconds: float) -> int:  # type: ignore[no-un
 
 
 def test_drop_one_client_others_keep_working() -> None:
-    with gateway() as gw, client(gw, 2) as trader, client(gw, 10) as exits:
+    with ibsim_gateway() as gw, client(gw, 2) as trader, client(gw, 10) as exits:
         dropped: list[bool] = []
         exits.disconnectedEvent += lambda: dropped.append(True)
         gw.faults.drop_client(10)
         wait_for(
-            exits, lambda: dropped, what="disconnectedEvent on client 10", disconnect_expected=True
+            lambda: dropped,
+            what="disconnectedEvent on client 10",
+            disconnect_expected=True,
+            ib=exits,
         )
         assert not exits.isConnected()
         assert trader.isConnected() and trader.reqCurrentTime() is not None
@@ -62,61 +65,61 @@ def test_drop_one_client_others_keep_working() -> None:
 
 
 def test_drop_all_disconnects_everyone() -> None:
-    with gateway() as gw, client(gw, 2) as a, client(gw, 10) as b:
+    with ibsim_gateway() as gw, client(gw, 2) as a, client(gw, 10) as b:
         assert gw.faults.drop_all() == 2
         wait_for(
-            a,
             lambda: not a.isConnected() and not b.isConnected(),
             what="both dropped",
             disconnect_expected=True,
+            ib=a,
         )
 
 
 def test_1100_stops_the_stream_fills_recovered_by_req_executions_after_1102() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
         ticker = streaming(ib, "AAA")
         contract = ticker.contract
         last = gw.quote("AAA").last
         trade = ib.placeOrder(contract, LimitOrder("BUY", 10, round(last - 5, 2), orderRef="dip"))
-        wait_for(ib, lambda: trade.orderStatus.status == "Submitted")
+        wait_for(lambda: trade.orderStatus.status == "Submitted", ib=ib)
         gw.faults.connectivity_lost(2)
-        wait_for(ib, lambda: any(c == 1100 for _, c, _ in errors), what="1100")
+        wait_for(lambda: any(c == 1100 for _, c, _ in errors), what="1100", ib=ib)
         gw.faults.set_price("AAA", round(last - 6, 2))  # fills during the outage
         assert updates_within(ib, ticker, 0.3) == 0
         assert trade.orderStatus.status == "Submitted"  # the fill was lost to the stream
         gw.faults.connectivity_restored(2, data_lost=False)
-        wait_for(ib, lambda: any(c == 1102 for _, c, _ in errors), what="1102")
-        wait_for(ib, lambda: updates_within(ib, ticker, 0.1) > 0, what="ticks resume after 1102")
+        wait_for(lambda: any(c == 1102 for _, c, _ in errors), what="1102", ib=ib)
+        wait_for(lambda: updates_within(ib, ticker, 0.1) > 0, what="ticks resume after 1102", ib=ib)
         fills = ib.reqExecutions()
         assert [f.execution.orderRef for f in fills] == ["dip"]
 
 
 def test_1101_data_lost_ends_subscriptions_until_resubscribed() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
         ticker = streaming(ib, "BBB")
         gw.faults.connectivity_lost(2)
         gw.faults.connectivity_restored(2, data_lost=True)
-        wait_for(ib, lambda: any(c == 1101 for _, c, _ in errors), what="1101")
+        wait_for(lambda: any(c == 1101 for _, c, _ in errors), what="1101", ib=ib)
         assert updates_within(ib, ticker, 0.3) == 0
         ib.cancelMktData(ticker.contract)
         again = ib.reqMktData(ticker.contract)
-        wait_for(ib, lambda: updates_within(ib, again, 0.1) > 0, what="resubscribed ticks")
+        wait_for(lambda: updates_within(ib, again, 0.1) > 0, what="resubscribed ticks", ib=ib)
 
 
 def test_2110_notice_arrives_as_warning() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
         gw.faults.farm_broken()
-        wait_for(ib, lambda: any(c == 2110 for _, c, _ in errors))
+        wait_for(lambda: any(c == 2110 for _, c, _ in errors), ib=ib)
         assert ib.isConnected()
 
 
 def test_pacing_violation_on_next_history_request_only() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         gw.faults.pacing_violation_next(2)
         refused = ib.reqHistoricalData(contract, "", "600 S", "1 min", "TRADES", True, timeout=5)
@@ -127,35 +130,35 @@ def test_pacing_violation_on_next_history_request_only() -> None:
 
 
 def test_reject_next_order_with_reason() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         gw.faults.reject_next_order("margin check failed", client_id=2)
         rejected = ib.placeOrder(contract, MarketOrder("BUY", 10))
-        wait_for(ib, lambda: rejected.orderStatus.status == "Cancelled")
+        wait_for(lambda: rejected.orderStatus.status == "Cancelled", ib=ib)
         assert any(c == 201 and "margin check failed" in t for _, c, t in errors)
         accepted = ib.placeOrder(contract, MarketOrder("BUY", 10))
-        wait_for(ib, lambda: accepted.orderStatus.status == "Filled")
+        wait_for(lambda: accepted.orderStatus.status == "Filled", ib=ib)
 
 
 def test_refused_modification_keeps_the_order_working_and_open_orders_say_so() -> None:
     """IB refuses a modification with an order error (201) and the order keeps its old fields;
     ib_async marks it Cancelled locally all the same. Asking IB for our open orders restores
     it (status and fields), which is how the exit manager learns the truth."""
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         ib.placeOrder(contract, MarketOrder("BUY", 10))
-        wait_for(ib, lambda: any(p.position == 10 for p in ib.positions()), what="bought")
+        wait_for(lambda: any(p.position == 10 for p in ib.positions()), what="bought", ib=ib)
         stop_price = round(gw.quote("AAA").last * 0.5, 2)
         stop = ib.placeOrder(contract, StopOrder("SELL", 10, stop_price))
-        wait_for(ib, lambda: stop.orderStatus.status == "PreSubmitted", what="stop working")
+        wait_for(lambda: stop.orderStatus.status == "PreSubmitted", what="stop working", ib=ib)
         gw.faults.refuse_next_modification("price too far", client_id=2)
         stop.order.auxPrice = round(stop_price * 3, 2)
         ib.placeOrder(contract, stop.order)
-        wait_for(ib, lambda: stop.orderStatus.status == "Cancelled", what="local Cancelled")
+        wait_for(lambda: stop.orderStatus.status == "Cancelled", what="local Cancelled", ib=ib)
         assert any(c == 201 and "price too far" in t for _, c, t in errors)
         [book] = [o for o in gw.account.open_orders() if o["order_id"] == stop.order.orderId]
         assert book["aux_price"] == stop_price and book["status"] == "PreSubmitted"
@@ -167,20 +170,20 @@ def test_refused_modification_keeps_the_order_working_and_open_orders_say_so() -
 def test_held_cancel_stays_pending_cancel_until_released_then_cancels_with_202() -> None:
     """The simulator confirmed every cancel at once, so nothing could show a client that
     sells before its cancels are confirmed."""
-    with gateway(control_port=0) as gw, client(gw, 2) as ib, client(gw, 3) as other:
+    with ibsim_gateway(control_port=0) as gw, client(gw, 2) as ib, client(gw, 3) as other:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         far_below = round(gw.quote("AAA").last * 0.5, 2)
         held = ib.placeOrder(contract, LimitOrder("BUY", 10, far_below))
         free = other.placeOrder(contract, LimitOrder("BUY", 10, far_below))
-        wait_for(ib, lambda: held.orderStatus.status == "Submitted", what="order working")
-        wait_for(other, lambda: free.orderStatus.status == "Submitted", what="order working")
+        wait_for(lambda: held.orderStatus.status == "Submitted", what="order working", ib=ib)
+        wait_for(lambda: free.orderStatus.status == "Submitted", what="order working", ib=other)
         assert ctl.call(gw.control_port, "hold_cancels", {"client_id": 2})["ok"]
 
         ib.cancelOrder(held.order)
         other.cancelOrder(free.order)
-        wait_for(other, lambda: free.orderStatus.status == "Cancelled", what="other client's")
+        wait_for(lambda: free.orderStatus.status == "Cancelled", what="other client's", ib=other)
         [book] = [o for o in gw.account.open_orders() if o["order_id"] == held.order.orderId]
         assert book["status"] == "PendingCancel" and book["client_id"] == 2
         ib.sleep(0.3)  # room for a wrong confirmation to arrive
@@ -189,31 +192,33 @@ def test_held_cancel_stays_pending_cancel_until_released_then_cancels_with_202()
 
         released = ctl.call(gw.control_port, "release_cancels", {})["result"]
         assert released["cancelled"] == 1
-        wait_for(ib, lambda: held.orderStatus.status == "Cancelled", what="cancel confirmed")
-        wait_for(ib, lambda: (held.order.orderId, 202) in [e[:2] for e in errors], what="202")
+        wait_for(lambda: held.orderStatus.status == "Cancelled", what="cancel confirmed", ib=ib)
+        wait_for(lambda: (held.order.orderId, 202) in [e[:2] for e in errors], what="202", ib=ib)
         assert not gw.account.open_orders()
 
 
 def test_held_cancel_of_a_stop_that_fills_meanwhile_is_refused_with_10148() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("BBB")
+        contract = us_stock("BBB")
         ib.qualifyContracts(contract)
         entry = ib.placeOrder(contract, MarketOrder("BUY", 10))
-        wait_for(ib, lambda: entry.orderStatus.status == "Filled", what="entry")
+        wait_for(lambda: entry.orderStatus.status == "Filled", what="entry", ib=ib)
         stop_at = round(entry.orderStatus.avgFillPrice * 0.95, 2)
         stop = ib.placeOrder(contract, StopOrder("SELL", 10, stop_at))
-        wait_for(ib, lambda: stop.orderStatus.status == "PreSubmitted", what="stop working")
+        wait_for(lambda: stop.orderStatus.status == "PreSubmitted", what="stop working", ib=ib)
         gw.faults.hold_cancels()
 
         ib.cancelOrder(stop.order)
-        wait_for(ib, lambda: gw.account.open_orders()[0]["status"] == "PendingCancel")
+        wait_for(lambda: gw.account.open_orders()[0]["status"] == "PendingCancel", ib=ib)
         gw.faults.set_price("BBB", round(stop_at - 0.05, 2))  # the stop fires while it waits
-        wait_for(ib, lambda: stop.orderStatus.status == "Filled", what="held stop filled")
+        wait_for(lambda: stop.orderStatus.status == "Filled", what="held stop filled", ib=ib)
         assert gw.account.positions() == {}
 
         assert gw.faults.release_cancels()["cancelled"] == 0
-        wait_for(ib, lambda: (stop.order.orderId, 10148) in [e[:2] for e in errors], what="10148")
+        wait_for(
+            lambda: (stop.order.orderId, 10148) in [e[:2] for e in errors], what="10148", ib=ib
+        )
         assert stop.orderStatus.status == "Filled"
         assert [(e["side"], e["shares"]) for e in gw.account.executions()] == [
             ("BOT", 10), ("SLD", 10)
@@ -223,13 +228,13 @@ def test_held_cancel_of_a_stop_that_fills_meanwhile_is_refused_with_10148() -> N
 def test_acks_of_next_order_dropped_but_requests_still_list_it() -> None:
     """drop_acks_of_next_order: IB works the order (it fills) yet the client hears nothing
     about it, ticks go on, and open/completed orders and executions answer with it."""
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         ticker = streaming(ib, "AAA")
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         gw.faults.drop_acks_of_next_order(2)
         unheard = ib.placeOrder(contract, MarketOrder("BUY", 10, orderRef="unheard"))
-        wait_for(ib, lambda: gw.account.positions().get("AAA") == 10, what="the fill at IB")
+        wait_for(lambda: gw.account.positions().get("AAA") == 10, what="the fill at IB", ib=ib)
         assert updates_within(ib, ticker, 0.3) > 0  # alive: everything else flows
         assert unheard.orderStatus.status == "PendingSubmit" and unheard.fills == []
         fills = ib.reqExecutions()
@@ -237,24 +242,24 @@ def test_acks_of_next_order_dropped_but_requests_still_list_it() -> None:
         done = [t.order.orderRef for t in ib.reqCompletedOrders(apiOnly=True)]
         assert done == ["unheard"]
         resting = ib.placeOrder(contract, LimitOrder("BUY", 5, 1.0, orderRef="heard"))
-        wait_for(ib, lambda: resting.orderStatus.status == "Submitted", what="the next ack")
+        wait_for(lambda: resting.orderStatus.status == "Submitted", what="the next ack", ib=ib)
         assert [t.order.orderRef for t in ib.reqAllOpenOrders()] == ["heard"]
         assert unheard.orderStatus.status == "PendingSubmit"
 
 
 def test_stop_ticks_for_one_symbol_then_resume() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         quiet, busy = streaming(ib, "AAA"), streaming(ib, "BBB")
         gw.faults.stop_ticks("AAA")
         ib.sleep(0.2)  # let ticks already on the wire arrive
         assert updates_within(ib, quiet, 0.4) == 0
         assert updates_within(ib, busy, 0.4) > 0
         gw.faults.resume_ticks("AAA")
-        wait_for(ib, lambda: updates_within(ib, quiet, 0.1) > 0, what="AAA ticks resume")
+        wait_for(lambda: updates_within(ib, quiet, 0.1) > 0, what="AAA ticks resume", ib=ib)
 
 
 def test_go_silent_keeps_socket_open_but_answers_nothing() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         ticker = streaming(ib, "CCC")
         gw.faults.go_silent()
         ib.sleep(0.2)  # let ticks already on the wire arrive
@@ -267,24 +272,24 @@ def test_go_silent_keeps_socket_open_but_answers_nothing() -> None:
 
 
 def test_restart_refuses_connections_then_restores_account_and_ids() -> None:
-    with gateway() as gw:
+    with ibsim_gateway() as gw:
         with client(gw, 2) as ib:
-            contract = stock("AAA")
+            contract = us_stock("AAA")
             ib.qualifyContracts(contract)
             filled = ib.placeOrder(contract, MarketOrder("BUY", 10, orderRef="before-restart"))
-            wait_for(ib, lambda: filled.orderStatus.status == "Filled")
+            wait_for(lambda: filled.orderStatus.status == "Filled", ib=ib)
             far = round(gw.quote("AAA").bid * 0.5, 2)
             resting = ib.placeOrder(
                 contract, LimitOrder("BUY", 5, far, tif="GTC", orderRef="gtc-1")
             )
-            wait_for(ib, lambda: resting.orderStatus.status == "Submitted")
+            wait_for(lambda: resting.orderStatus.status == "Submitted", ib=ib)
             last_id = resting.order.orderId
             gw.faults.restart(down_seconds=1.0)
             wait_for(
-                ib,
                 lambda: not ib.isConnected(),
                 what="dropped by restart",
                 disconnect_expected=True,
+                ib=ib,
             )
         with pytest.raises(ConnectionRefusedError):
             IB().connect("127.0.0.1", gw.port, clientId=2, timeout=2)
@@ -308,15 +313,15 @@ def test_restart_refuses_connections_then_restores_account_and_ids() -> None:
 
 
 def test_reconnect_restores_open_orders_executions_and_increasing_ids() -> None:
-    with gateway() as gw:
+    with ibsim_gateway() as gw:
         with client(gw, 2) as ib:
-            contract = stock("BBB")
+            contract = us_stock("BBB")
             ib.qualifyContracts(contract)
             entry = ib.placeOrder(contract, MarketOrder("BUY", 20, orderRef="entry-BBB"))
-            wait_for(ib, lambda: entry.orderStatus.status == "Filled")
+            wait_for(lambda: entry.orderStatus.status == "Filled", ib=ib)
             far = round(gw.quote("BBB").ask * 2, 2)
             target = ib.placeOrder(contract, LimitOrder("SELL", 20, far, orderRef="target-BBB"))
-            wait_for(ib, lambda: target.orderStatus.status == "Submitted")
+            wait_for(lambda: target.orderStatus.status == "Submitted", ib=ib)
             used = target.order.orderId
         with client(gw, 2) as ib:
             (trade,) = ib.openTrades()
@@ -327,7 +332,7 @@ def test_reconnect_restores_open_orders_executions_and_increasing_ids() -> None:
             )
             new_order = ib.placeOrder(contract, LimitOrder("SELL", 1, far))
             assert new_order.order.orderId > used
-            wait_for(ib, lambda: new_order.orderStatus.status == "Submitted")
+            wait_for(lambda: new_order.orderStatus.status == "Submitted", ib=ib)
             assert {o["order_ref"] for o in gw.account.open_orders()} == {"target-BBB", ""}
 
 
@@ -381,7 +386,7 @@ def closed_by_server(sock: socket.socket) -> bool:
     ],
 )
 def test_bad_bytes_drop_that_client_only(payload: bytes) -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         sock, _ = raw_connect(gw.port)
         sock.sendall(payload)
         assert closed_by_server(sock)
@@ -390,7 +395,7 @@ def test_bad_bytes_drop_that_client_only(payload: bytes) -> None:
 
 
 def test_unknown_message_id_gets_505_and_disconnect() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         sock, reader = raw_connect(gw.port, client_id=77)
         sock.sendall(encode(7777, 1))
         messages = read_until(sock, reader, lambda msgs: any(m[0] == "<closed>" for m in msgs))
@@ -400,7 +405,7 @@ def test_unknown_message_id_gets_505_and_disconnect() -> None:
 
 
 def test_absurd_field_values_are_rejected_but_client_stays() -> None:
-    with gateway() as gw:
+    with ibsim_gateway() as gw:
         sock, reader = raw_connect(gw.port, client_id=78)
         sock.sendall(
             encode(
@@ -434,11 +439,11 @@ def test_absurd_field_values_are_rejected_but_client_stays() -> None:
 
 
 def test_truncated_frame_then_close_does_not_hurt_the_gateway() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         sock, _ = raw_connect(gw.port, client_id=79)
         sock.sendall(struct.pack(">I", 100) + b"3\x00")
         sock.close()
-        wait_for(ib, lambda: gw.account.state()["clients"] == [2], what="half-frame client gone")
+        wait_for(lambda: gw.account.state()["clients"] == [2], what="half-frame client gone", ib=ib)
         assert ib.reqCurrentTime() is not None
 
 
@@ -446,12 +451,12 @@ def test_truncated_frame_then_close_does_not_hurt_the_gateway() -> None:
 
 
 def test_control_http_and_ctl_commands() -> None:
-    with gateway(control_port=0) as gw, client(gw, 2) as ib:
+    with ibsim_gateway(control_port=0) as gw, client(gw, 2) as ib:
         port = gw.control_port
         assert port
         ticker = streaming(ib, "AAA")
         assert ctl.call(port, "set_price", {"symbol": "AAA", "price": 33.33})["ok"]
-        wait_for(ib, lambda: ticker.last == 33.33, what="price set over HTTP")
+        wait_for(lambda: ticker.last == 33.33, what="price set over HTTP", ib=ib)
         assert ctl.call(port, "state", {})["result"]["clients"] == [2]
         assert ctl.call(port, "explode", {})["ok"] is False
         assert ctl.call(port, "drop_client", {"client_id": 55})["ok"] is False
@@ -462,7 +467,9 @@ def test_control_http_and_ctl_commands() -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["ok"] is True
-        wait_for(ib, lambda: not ib.isConnected(), what="dropped via ctl", disconnect_expected=True)
+        wait_for(
+            lambda: not ib.isConnected(), what="dropped via ctl", disconnect_expected=True, ib=ib
+        )
 
 
 def test_standalone_process_serves_and_shuts_down_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,19 +12,21 @@ import pytest
 from ib_async import IB
 
 from core.clock import NEW_YORK
-from tests.test_ibsim_support import (  # noqa: F401
-    TRADING_DATE,
+from tests.sim_support import (  # noqa: F401
+    IBSIM_SYMBOLS,
+    SIM_DATE,
     client,
     collect_errors,
-    gateway,
+    gateway_config,
+    ibsim_gateway,
     no_decode_errors_or_leaks,
-    stock,
+    us_stock,
     wait_for,
 )
 
 
 def test_connect_syncs_fast_with_no_timeouts() -> None:
-    with gateway() as gw:
+    with ibsim_gateway() as gw:
         ib = IB()
         started = time.monotonic()
         ib.connect("127.0.0.1", gw.port, clientId=2, timeout=3, raiseSyncErrors=True)
@@ -39,7 +41,7 @@ def test_connect_syncs_fast_with_no_timeouts() -> None:
 
 
 def test_duplicate_client_id_gets_326_and_is_disconnected() -> None:
-    with gateway() as gw, client(gw, 10) as first:
+    with ibsim_gateway() as gw, client(gw, 10) as first:
         second = IB()
         errors = collect_errors(second)
         with pytest.raises((TimeoutError, ConnectionError)):
@@ -51,63 +53,63 @@ def test_duplicate_client_id_gets_326_and_is_disconnected() -> None:
 
 
 def test_current_time_is_simulated_time() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         answer = ib.reqCurrentTime()
         expected = datetime.fromtimestamp(gw.now(), NEW_YORK)
-        assert answer.date() == TRADING_DATE
+        assert answer.date() == SIM_DATE
         assert abs(answer - expected) < timedelta(seconds=120)
 
 
 def test_qualify_known_symbol_and_unknown_gets_200() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        known, unknown = ib.qualifyContracts(stock("AAA"), stock("ZZZZ"))
+        known, unknown = ib.qualifyContracts(us_stock("AAA"), us_stock("ZZZZ"))
         assert known is not None and known.conId > 0
         assert (known.secType, known.currency, known.exchange) == ("STK", "USD", "SMART")
         assert known.primaryExchange in {"NASDAQ", "NYSE"}
         assert unknown is None
         assert any(code == 200 for _, code, _ in errors)
-        (details,) = ib.reqContractDetails(stock("BBB"))
+        (details,) = ib.reqContractDetails(us_stock("BBB"))
         assert details.minTick == 0.01 and details.longName
 
 
 def test_live_streaming_ticks_follow_the_market() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
-        contract = stock("AAA")
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         ticker = ib.reqMktData(contract)
-        wait_for(ib, lambda: ticker.bid > 0 and ticker.ask > 0 and ticker.last > 0, what="quote")
+        wait_for(lambda: ticker.bid > 0 and ticker.ask > 0 and ticker.last > 0, what="quote", ib=ib)
         assert ticker.bid < ticker.ask and ticker.volume > 0 and ticker.close > 0
         updates: list[float] = []
         ib.pendingTickersEvent += lambda tickers: updates.append(time.monotonic())
-        wait_for(ib, lambda: len(updates) >= 5, what="streaming updates")
+        wait_for(lambda: len(updates) >= 5, what="streaming updates", ib=ib)
         gw.faults.set_price("AAA", 42.0)
-        wait_for(ib, lambda: ticker.last == 42.0, what="pushed price")
+        wait_for(lambda: ticker.last == 42.0, what="pushed price", ib=ib)
         assert ticker.marketDataType == 1
 
 
 def test_snapshot_ends_with_tick_snapshot_end() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
-        contract = stock("BBB")
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
+        contract = us_stock("BBB")
         ib.qualifyContracts(contract)
         (ticker,) = ib.reqTickers(contract)
         assert ticker.bid > 0 and ticker.ask > 0
 
 
 def test_delayed_data_without_subscription_uses_delayed_tick_ids() -> None:
-    with gateway(market_data_subscribed=False) as gw, client(gw, 2) as ib:
+    with ibsim_gateway(market_data_subscribed=False) as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         live = ib.reqMktData(contract)
-        wait_for(ib, lambda: any(code == 354 for _, code, _ in errors), what="354")
+        wait_for(lambda: any(code == 354 for _, code, _ in errors), what="354", ib=ib)
         assert live.bid != live.bid or live.bid <= 0  # nan/-1: no live data
         ib.cancelMktData(contract)
         ib.reqMarketDataType(3)
-        other = stock("CCC")
+        other = us_stock("CCC")
         ib.qualifyContracts(other)
         delayed = ib.reqMktData(other)
-        wait_for(ib, lambda: delayed.bid > 0 and delayed.last > 0, what="delayed quote")
+        wait_for(lambda: delayed.bid > 0 and delayed.last > 0, what="delayed quote", ib=ib)
         assert any(code == 10167 for _, code, _ in errors)
         assert delayed.marketDataType == 3
         tick_types = {t.tickType for t in delayed.ticks}
@@ -118,15 +120,15 @@ def test_delayed_data_without_subscription_uses_delayed_tick_ids() -> None:
 def test_delayed_quotes_show_the_market_as_it_was_the_lag_ago() -> None:
     lag = 60.0  # simulated seconds (IB's is 15 minutes, the default)
     with (
-        gateway(market_data_subscribed=False, delayed_data_lag_s=lag, speed=20.0) as gw,
+        ibsim_gateway(market_data_subscribed=False, delayed_data_lag_s=lag, speed=20.0) as gw,
         client(gw, 2) as ib,
     ):
         market = gw.gateway.market
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         ib.reqMarketDataType(3)
         ticker = ib.reqMktData(contract)
-        wait_for(ib, lambda: ticker.last > 0 and ticker.high >= ticker.low > 0, what="quote")
+        wait_for(lambda: ticker.last > 0 and ticker.high >= ticker.low > 0, what="quote", ib=ib)
         target = round(ticker.last * 1.5, 2)
         set_at = market.time
         gw.faults.set_price("AAA", target)
@@ -137,14 +139,14 @@ def test_delayed_quotes_show_the_market_as_it_was_the_lag_ago() -> None:
                 seen_at.append(market.time)
             return bool(seen_at)
 
-        wait_for(ib, new_price_shown, timeout=15, what="the new price, a lag later")
+        wait_for(new_price_shown, timeout=15, what="the new price, a lag later", ib=ib)
         assert seen_at[0] >= set_at + lag - 1, "a delayed feed showed a price before its time"
         assert ticker.marketDataType == 3
 
 
 def test_historical_bars_and_keep_up_to_date_updates() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
-        contract = stock("AAA")
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         bars = ib.reqHistoricalData(contract, "", "1800 S", "1 min", "TRADES", useRTH=True)
         assert 20 <= len(bars) <= 31
@@ -156,19 +158,19 @@ def test_historical_bars_and_keep_up_to_date_updates() -> None:
         first_count = len(live)
         updates: list[bool] = []
         live.updateEvent += lambda bars, has_new_bar: updates.append(has_new_bar)
-        wait_for(ib, lambda: any(updates), timeout=5, what="a new bar via historicalDataUpdate")
+        wait_for(lambda: any(updates), timeout=5, what="a new bar via historicalDataUpdate", ib=ib)
         assert len(live) > first_count
         ib.cancelHistoricalData(live)
         daily = ib.reqHistoricalData(contract, "", "1 D", "1 day", "TRADES", useRTH=True)
-        assert len(daily) == 1 and daily[0].date == TRADING_DATE
+        assert len(daily) == 1 and daily[0].date == SIM_DATE
 
 
 def test_real_time_bars_arrive_every_5_simulated_seconds() -> None:
-    with gateway() as gw, client(gw, 2) as ib:
-        contract = stock("AAA")
+    with ibsim_gateway() as gw, client(gw, 2) as ib:
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         bars = ib.reqRealTimeBars(contract, 5, "TRADES", False)
-        wait_for(ib, lambda: len(bars) >= 4, what="4 real-time bars")
+        wait_for(lambda: len(bars) >= 4, what="4 real-time bars", ib=ib)
         times = [b.time.timestamp() for b in bars]
         assert all(b - a == 5 for a, b in itertools.pairwise(times))
         assert all(t % 5 == 0 for t in times)
@@ -176,20 +178,20 @@ def test_real_time_bars_arrive_every_5_simulated_seconds() -> None:
 
 
 def test_unsubscribed_history_162_and_real_time_bars_420() -> None:
-    with gateway(market_data_subscribed=False) as gw, client(gw, 2) as ib:
+    with ibsim_gateway(market_data_subscribed=False) as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         bars = ib.reqHistoricalData(contract, "", "1800 S", "1 min", "TRADES", True, timeout=5)
         assert len(bars) == 0
         ib.reqRealTimeBars(contract, 5, "TRADES", False)
-        wait_for(ib, lambda: {162, 420} <= {code for _, code, _ in errors}, what="162 and 420")
+        wait_for(lambda: {162, 420} <= {code for _, code, _ in errors}, what="162 and 420", ib=ib)
 
 
 def test_pacing_flag_rejects_identical_small_bar_request() -> None:
-    with gateway(pacing=True) as gw, client(gw, 2) as ib:
+    with ibsim_gateway(pacing=True) as gw, client(gw, 2) as ib:
         errors = collect_errors(ib)
-        contract = stock("AAA")
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         first = ib.reqHistoricalData(contract, "", "600 S", "5 secs", "TRADES", True, timeout=5)
         again = ib.reqHistoricalData(contract, "", "600 S", "5 secs", "TRADES", True, timeout=5)
@@ -201,32 +203,31 @@ def test_pacing_flag_rejects_identical_small_bar_request() -> None:
 
 def test_in_process_async_gateway_with_async_client() -> None:
     from ibsim.server import SimulatedGateway
-    from tests.test_ibsim_support import config
 
     async def scenario() -> tuple[int, float]:
-        gw = SimulatedGateway(config())
+        gw = SimulatedGateway(gateway_config(symbols=IBSIM_SYMBOLS, speed=60.0))
         await gw.start()
         try:
             ib = IB()
             await ib.connectAsync("127.0.0.1", gw.port, clientId=5, timeout=5)
             when = await ib.reqCurrentTimeAsync()
-            details = await ib.reqContractDetailsAsync(stock("AAA"))
+            details = await ib.reqContractDetailsAsync(us_stock("AAA"))
             ib.disconnect()
             return len(details), when.timestamp()
         finally:
             await gw.stop()
 
     count, when = asyncio.run(scenario())
-    assert count == 1 and datetime.fromtimestamp(when, NEW_YORK).date() == TRADING_DATE
+    assert count == 1 and datetime.fromtimestamp(when, NEW_YORK).date() == SIM_DATE
 
 
 def test_after_20_00_prices_freeze_and_the_gateway_keeps_serving() -> None:
-    with gateway(start=dtime(19, 59, 55), speed=30) as gw, client(gw, 2) as ib:
-        contract = stock("AAA")
+    with ibsim_gateway(start=dtime(19, 59, 55), speed=30) as gw, client(gw, 2) as ib:
+        contract = us_stock("AAA")
         ib.qualifyContracts(contract)
         ticker = ib.reqMktData(contract)
-        wait_for(ib, lambda: ticker.last > 0)
-        wait_for(ib, lambda: gw.now() > gw.gateway.hours.post_close + 1, what="20:00 passed")
+        wait_for(lambda: ticker.last > 0, ib=ib)
+        wait_for(lambda: gw.now() > gw.gateway.hours.post_close + 1, what="20:00 passed", ib=ib)
         frozen = gw.quote("AAA")
         ib.sleep(0.3)
         assert gw.quote("AAA") == frozen

@@ -15,7 +15,7 @@ from ibsim import messages as msg
 from ibsim import requests as rq
 from ibsim.orders import Execution, OrderState, SimOrder
 from ibsim.wire import MAGIC, FrameReader, ProtocolError, encode
-from tests.test_ibsim_support import no_decode_errors_or_leaks  # noqa: F401
+from tests.sim_support import no_decode_errors_or_leaks  # noqa: F401
 
 
 class _Recorder:

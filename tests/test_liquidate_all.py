@@ -6,12 +6,11 @@ import json
 import subprocess
 import sys
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from ib_async import LimitOrder, MarketOrder
+from ib_async import LimitOrder
 from mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock, tool_env, wait_for
+from sim_support import buy, client, gateway, run_tool, sim_db, stock, tool_env, wait_for
 
 import ib_tools
 import liquidate_all as liq
@@ -24,10 +23,9 @@ from observability import ReentryBlocked
 
 
 @pytest.fixture
-def gateway(tmp_path):
-    gw = start_gateway(tmp_path)
-    yield gw
-    gw.stop()
+def gw(tmp_path):
+    with gateway(tmp_path) as running:
+        yield running
 
 
 def _symbols(gw, n):
@@ -42,30 +40,30 @@ def _events(tmp_path, name):
     return [record for record in found if record.get("event") == name]
 
 
-def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gateway, tmp_path):
+def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gw, tmp_path):
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)  # the day trader's client id: its orders are not ours to see
-    first, second, third = _symbols(gateway, 3)
+    ib = client(gw.port, 2)  # the day trader's client id: its orders are not ours to see
+    first, second, third = _symbols(gw, 3)
     try:
-        buy_now(ib, db, first, 100)
-        buy_now(ib, db, second, 50)
-        buy_now(ib, db, third, 30, protect=False)
+        buy(ib, first, 100, db=db)
+        buy(ib, second, 50, db=db)
+        buy(ib, third, 30, db=db, protect=False)
     finally:
         ib.disconnect()
-    assert len(gateway.account.open_orders()) == 4  # two OCA pairs at IB
+    assert len(gw.account.open_orders()) == 4  # two OCA pairs at IB
 
-    result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes")
+    result = run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "flat" in result.stdout
-    assert gateway.account.positions() == {}
-    assert gateway.account.open_orders() == []
+    assert gw.account.positions() == {}
+    assert gw.account.open_orders() == []
     closed = {row["symbol"]: row for row in db.get_closed_today()}
     assert set(closed) == {first, second, third}
     assert {row["exit_reason"] for row in closed.values()} == {"MANUAL"}
     assert db.get_active_positions() == []
     # Every execution at IB is in the database, once, with its orderRef.
-    executions = {e["exec_id"]: e for e in gateway.account.executions()}
+    executions = {e["exec_id"]: e for e in gw.account.executions()}
     trades = {t["exec_id"]: t for t in db.get_trades_by_date(db.clock.today_str())}
     assert set(executions) == set(trades)
     sells = [t for t in trades.values() if t["side"] == "SELL"]
@@ -81,33 +79,33 @@ def test_liquidate_flattens_every_broker_position_and_records_manual_closes(gate
     assert "new entries stay halted until: python liquidate_all.py --resume" in result.stdout
 
 
-def test_dry_run_and_unconfirmed_run_send_nothing(gateway, tmp_path):
+def test_dry_run_and_unconfirmed_run_send_nothing(gw, tmp_path):
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)
-    [symbol] = _symbols(gateway, 1)
+    ib = client(gw.port, 2)
+    [symbol] = _symbols(gw, 1)
     try:
-        buy_now(ib, db, symbol, 10)
+        buy(ib, symbol, 10, db=db)
     finally:
         ib.disconnect()
-    dry = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--dry-run")
+    dry = run_tool(tmp_path, gw.port, "liquidate_all.py", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"SELL 10 {symbol}" in dry.stdout and "nothing sent" in dry.stdout
-    declined = run_tool(tmp_path, gateway.port, "liquidate_all.py", stdin="no\n")
+    declined = run_tool(tmp_path, gw.port, "liquidate_all.py", stdin="no\n")
     assert declined.returncode == 1 and "not confirmed" in declined.stdout
-    assert gateway.account.positions() == {symbol: 10}
-    assert len(gateway.account.open_orders()) == 2
+    assert gw.account.positions() == {symbol: 10}
+    assert len(gw.account.open_orders()) == 2
     assert db.entries_halted() is None
 
 
-def test_database_row_without_broker_position_is_not_sold(gateway, tmp_path):
+def test_database_row_without_broker_position_is_not_sold(gw, tmp_path):
     """The BYND loop: selling what IB does not hold opens a short. Broker positions only."""
     db = sim_db(tmp_path)
-    [symbol] = _symbols(gateway, 1)
+    [symbol] = _symbols(gw, 1)
     db.add_active_position(symbol, 100, 10.0, 10.18, 9.91)
-    result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes", "--emergency")
+    result = run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes", "--emergency")
     assert result.returncode == 0, result.stderr
-    assert gateway.account.executions() == []
-    assert gateway.account.positions() == {}
+    assert gw.account.executions() == []
+    assert gw.account.positions() == {}
     assert "exit manager reconciles" in result.stdout
 
 
@@ -137,42 +135,33 @@ def test_unreachable_gateway_is_one_clear_line(tmp_path):
     assert "connection refused" in result.stderr
 
 
-def _send_entry_and_wait_for_its_fill(ib: Any, symbol: str, quantity: int, order_ref: str) -> None:
-    """An entry written (with its intent) before the halt reaches IB now, as the day trader's
-    send would, and fills."""
-    order = MarketOrder("BUY", quantity, tif="DAY")
-    order.orderRef = order_ref
-    trade = ib.placeOrder(stock(ib, symbol), order)
-    wait_for(lambda: (ib.sleep(0.05), trade.isDone())[1], 20, f"the {symbol} entry's fill")
-
-
-def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway, tmp_path):
+def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gw, tmp_path):
     """The flake of test_end_to_end (NOT FLAT): an entry whose intent was written just before
     the halt reaches IB after the first flatten snapshot and fills. The halt hands that intent
     to the flatten loop, which waits for it and sells its shares in the next round."""
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)  # the day trader's client id
-    held, late = _symbols(gateway, 2)
+    ib = client(gw.port, 2)  # the day trader's client id
+    held, late = _symbols(gw, 2)
     try:
-        buy_now(ib, db, held, 100)
+        buy(ib, held, 100, db=db)
         entries = IntentOrders(ib, db, "day_trader")  # keeps the late entry's intent in step
         late_ref = db.create_order_intent(
             late, "BUY", 40, "MKT", "day_trader", purpose="entry:standard", guard_entry=True
         )
         tool = subprocess.Popen(
             [sys.executable, "liquidate_all.py", "--yes"],
-            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gateway.port),
+            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gw.port),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
             # The tool's first round sells what IB held at its snapshot...
             wait_for(
-                lambda: any(e["side"] == "SLD" for e in gateway.account.executions()),
+                lambda: any(e["side"] == "SLD" for e in gw.account.executions()),
                 30,
                 "the first round's sell",
             )
             # ...then the entry written before the halt reaches IB and fills.
-            _send_entry_and_wait_for_its_fill(ib, late, 40, late_ref)
+            buy(ib, late, 40, order_ref=late_ref)
             out, err = tool.communicate(timeout=90)
         finally:
             if tool.poll() is None:
@@ -183,9 +172,9 @@ def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway
 
     assert tool.returncode == 0, out + err
     assert "flat" in out
-    assert gateway.account.positions() == {}
-    sold = {e["symbol"]: 0.0 for e in gateway.account.executions()}
-    for e in gateway.account.executions():
+    assert gw.account.positions() == {}
+    sold = {e["symbol"]: 0.0 for e in gw.account.executions()}
+    for e in gw.account.executions():
         sold[e["symbol"]] += e["shares"] if e["side"] == "SLD" else -e["shares"]
     assert sold == {held: 0.0, late: 0.0}  # each sold exactly as held: never a short
     tool_sells = [i for i in db.get_intents_by_date(db.clock.today_str()) if i["agent"] == liq.TOOL]
@@ -195,13 +184,13 @@ def test_position_that_appears_mid_liquidation_is_sold_in_the_next_round(gateway
     assert db.get_order_intent(late_ref)["state"] == "FILLED"
 
 
-def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(gateway, tmp_path):
+def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(gw, tmp_path):
     """Nothing is held when the halt commits, but one entry intent is already written: its
     program sends the order a moment later. The tool must not call the account flat before
     that entry has reached IB (or clearly never left): it waits, then sells the fill."""
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)
-    [symbol] = _symbols(gateway, 1)
+    ib = client(gw.port, 2)
+    [symbol] = _symbols(gw, 1)
     try:
         entries = IntentOrders(ib, db, "day_trader")
         ref = db.create_order_intent(
@@ -209,7 +198,7 @@ def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(
         )
         tool = subprocess.Popen(
             [sys.executable, "liquidate_all.py", "--yes"],
-            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gateway.port),
+            cwd=PROJECT_ROOT, env=tool_env(tmp_path, gw.port),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -222,7 +211,7 @@ def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(
                 30,
                 "the tool to find nothing held",
             )
-            _send_entry_and_wait_for_its_fill(ib, symbol, 25, ref)
+            buy(ib, symbol, 25, order_ref=ref)
             out, err = tool.communicate(timeout=90)
         finally:
             if tool.poll() is None:
@@ -232,22 +221,20 @@ def test_entry_written_before_the_halt_and_sent_after_it_is_waited_for_and_sold(
         ib.disconnect()
 
     assert tool.returncode == 0, out + err
-    assert gateway.account.positions() == {}
+    assert gw.account.positions() == {}
     [waited] = _events(tmp_path, "waiting_for_entries_in_flight")
     assert waited["order_refs"] == [ref]
-    sides = sorted((e["side"], e["shares"]) for e in gateway.account.executions())
+    sides = sorted((e["side"], e["shares"]) for e in gw.account.executions())
     assert sides == [("BOT", 25), ("SLD", 25)]
 
 
-def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_sent(
-    gateway, tmp_path
-):
+def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_sent(gw, tmp_path):
     """The day trader reads the book (no halt), then liquidate_all halts entries, then the
     trader places its entry: the guard reads the flag in the intent's own transaction, so
     the entry is refused with the kill_switch reason and nothing reaches IB."""
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)
-    [symbol] = _symbols(gateway, 1)
+    ib = client(gw.port, 2)
+    [symbol] = _symbols(gw, 1)
     try:
         assert db.entries_halted() is None  # the decision saw no halt
         in_flight = liq.halt_new_entries(db, "MANUAL")
@@ -267,13 +254,13 @@ def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_se
     assert _refusal_reason(refused.value) == KILL_SWITCH
     assert "python liquidate_all.py --resume" in str(refused.value)
     assert db.get_intents_by_date(db.clock.today_str()) == []
-    assert gateway.account.open_orders() == [] and gateway.account.completed_orders() == []
+    assert gw.account.open_orders() == [] and gw.account.completed_orders() == []
 
 
-def test_resume_lifts_the_halt_and_entries_can_be_written_again(gateway, tmp_path):
+def test_resume_lifts_the_halt_and_entries_can_be_written_again(gw, tmp_path):
     db = sim_db(tmp_path)
-    [symbol] = _symbols(gateway, 1)
-    liquidated = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes")
+    [symbol] = _symbols(gw, 1)
+    liquidated = run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes")
     assert liquidated.returncode == 0, liquidated.stderr
     assert "lift: python liquidate_all.py --resume" in liquidated.stdout
     with pytest.raises(ReentryBlocked, match="entries halted"):
@@ -304,18 +291,17 @@ def test_resume_with_an_order_flag_is_one_line_error(tmp_path):
 def test_paper_mode_never_flattens_a_live_account(tmp_path):
     """Bug pinned: liquidate_all never checked the account, and in paper mode it sold every
     position of a non-paper (U...) account."""
-    gateway = start_gateway(tmp_path, account="U7654321")
-    try:
+    with gateway(tmp_path, account="U7654321") as gw:
         db = sim_db(tmp_path)
-        ib = client(gateway.port, 2)
-        [symbol] = _symbols(gateway, 1)
+        ib = client(gw.port, 2)
+        [symbol] = _symbols(gw, 1)
         try:
-            buy_now(ib, db, symbol, 40, protect=False)
+            buy(ib, symbol, 40, db=db, protect=False)
         finally:
             ib.disconnect()
-        orders_before = gateway.account.completed_orders()
+        orders_before = gw.account.completed_orders()
 
-        result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--yes")
+        result = run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes")
 
         assert result.returncode == 1
         assert result.stderr.splitlines() == [
@@ -323,27 +309,25 @@ def test_paper_mode_never_flattens_a_live_account(tmp_path):
             "paper trading: connect to a gateway logged in to a paper account (DU...), or set "
             "TRADING_MODE=live and add --live to trade real money"
         ]
-        assert gateway.account.positions() == {symbol: 40}
-        assert gateway.account.open_orders() == []
-        assert gateway.account.completed_orders() == orders_before  # no order reached IB
+        assert gw.account.positions() == {symbol: 40}
+        assert gw.account.open_orders() == []
+        assert gw.account.completed_orders() == orders_before  # no order reached IB
         assert not (tmp_path / "KILL_SWITCH").exists()
-        live = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--live", "--dry-run",
+        live = run_tool(tmp_path, gw.port, "liquidate_all.py", "--live", "--dry-run",
                         env={"TRADING_MODE": "live"})  # fmt: skip
         assert live.returncode == 0, live.stderr
         assert "account U7654321: 1 position(s)" in live.stdout
-    finally:
-        gateway.stop()
 
 
-def test_live_flag_never_flattens_a_paper_account(gateway, tmp_path):
+def test_live_flag_never_flattens_a_paper_account(gw, tmp_path):
     db = sim_db(tmp_path)
-    ib = client(gateway.port, 2)
-    [symbol] = _symbols(gateway, 1)
+    ib = client(gw.port, 2)
+    [symbol] = _symbols(gw, 1)
     try:
-        buy_now(ib, db, symbol, 10, protect=False)
+        buy(ib, symbol, 10, db=db, protect=False)
     finally:
         ib.disconnect()
-    result = run_tool(tmp_path, gateway.port, "liquidate_all.py", "--live", "--yes",
+    result = run_tool(tmp_path, gw.port, "liquidate_all.py", "--live", "--yes",
                       env={"TRADING_MODE": "live"})  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().startswith(
@@ -351,7 +335,7 @@ def test_live_flag_never_flattens_a_paper_account(gateway, tmp_path):
         "money (--live and TRADING_MODE=live)"
     )
     assert result.stderr.strip().count("\n") == 0
-    assert gateway.account.positions() == {symbol: 10}
+    assert gw.account.positions() == {symbol: 10}
 
 
 @pytest.mark.parametrize(("flag", "mode", "port"), COMBOS, ids=map(combo_id, COMBOS))

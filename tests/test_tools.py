@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from ib_async import LimitOrder
 from matplotlib.dates import date2num, num2date
-from sim_support import buy_now, client, run_tool, sim_db, start_gateway, stock, tool_env
+from sim_support import buy, client, gateway, run_tool, sim_db, start_gateway, stock, tool_env
 
 import reports
 import view_logs
@@ -29,8 +29,8 @@ def day(tmp_path_factory):
     db = sim_db(tmp)
     ib = client(gw.port, 2)
     first, second, third = list(gw.gateway.market.symbols)[:3]
-    buy_now(ib, db, first, 100)
-    buy_now(ib, db, second, 40)
+    buy(ib, first, 100, db=db)
+    buy(ib, second, 40, db=db)
     # A manual order: no orderRef, placed outside the intent protocol.
     manual = LimitOrder("BUY", 1, 1.00, tif="DAY")
     ib.placeOrder(stock(ib, third), manual)
@@ -246,16 +246,12 @@ def test_exit_reason_from_intent_purpose():
 
 
 def test_analyze_today_on_a_liquidated_morning_writes_report_and_chart(tmp_path):
-    gw = start_gateway(tmp_path)
-    try:
-        db = sim_db(tmp_path)
-        ib = client(gw.port, 2)
+    with gateway(tmp_path) as gw, client(gw, 2) as ib:
+        db = sim_db(gw)
         symbol = next(iter(gw.gateway.market.symbols))
-        buy_now(ib, db, symbol, 20)
+        buy(ib, symbol, 20, db=db)
         ib.disconnect()
         assert run_tool(tmp_path, gw.port, "liquidate_all.py", "--yes").returncode == 0
-    finally:
-        gw.stop()
     chart = tmp_path / "chart.png"
     result = run_tool(tmp_path, 1, "analyze_today.py", "--chart", str(chart))
     assert result.returncode == 0, result.stderr
