@@ -6,28 +6,17 @@ import asyncio
 import time
 from dataclasses import replace
 from datetime import date
-from datetime import time as dtime
-from typing import Any
 
 import pytest
 from ib_async import IB
 
 from core.broker import BrokerSession, ErrorKind, classify_error
 from core.settings import Settings, SettingsError, get_settings
-from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
+from tests.sim_support import gateway, until
 
-CONFIG = GatewayConfig(
-    port=0, symbol_names=("AAPL",), trading_date=date(2026, 11, 25), start=dtime(10, 0)
-)
-
-
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+# One symbol on a Wednesday: what the connection tests need of a market.
+MARKET = {"symbols": ("AAPL",), "trading_date": date(2026, 11, 25)}
 
 
 def test_error_codes_are_classified() -> None:
@@ -51,7 +40,7 @@ def test_326_fails_fast_instead_of_waiting_out_the_connect_timeout() -> None:
         assert await session.connect(attempts=1)
         await session.close()
 
-    with GatewayThread(CONFIG) as gw:
+    with gateway(**MARKET) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
@@ -76,10 +65,10 @@ def test_failing_handler_blocks_ready_and_reconnect_runs_one_loop() -> None:
 
         # A drop after that: the session comes back by itself and runs the handler again.
         await asyncio.to_thread(gw.faults.drop_client, 11)
-        await _until(lambda: len(calls) == 4 and session.ready.is_set(), 5, "reconnected")
+        await until(lambda: len(calls) == 4 and session.ready.is_set(), 5, "reconnected")
         await session.close()
 
-    with GatewayThread(CONFIG) as gw:
+    with gateway(**MARKET) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
@@ -99,18 +88,18 @@ def test_dead_feed_then_farm_ok_resubscribes_and_competing_session_is_unhealthy(
         assert session.health.healthy
 
         gw.faults.notice(2103, "Market data farm connection is broken:usfarm", client_id=31)
-        await _until(lambda: session.health.feeds_suspect, 5, "feeds marked suspect")
+        await until(lambda: session.health.feeds_suspect, 5, "feeds marked suspect")
         assert not session.health.healthy and resubscribed == []
         gw.faults.notice(2104, "Market data farm connection is OK:usfarm", client_id=31)
-        await _until(lambda: resubscribed, 5, "resubscribe after the farm came back")
+        await until(lambda: resubscribed, 5, "resubscribe after the farm came back")
         assert session.health.healthy
 
         gw.faults.notice(10197, "No market data during competing live session", client_id=31)
-        await _until(lambda: session.health.competing_session, 5, "competing session seen")
+        await until(lambda: session.health.competing_session, 5, "competing session seen")
         assert not session.health.healthy
         await session.close()
 
-    with GatewayThread(CONFIG) as gw:
+    with gateway(**MARKET) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
@@ -137,7 +126,7 @@ def test_account_that_does_not_fit_the_mode_is_refused_at_connect_before_any_han
         ("U7654321", paper, r"U7654321 is a live \(non-paper\) account"),
         ("DU1234567", live, "DU1234567 is a paper account"),
     ):
-        with GatewayThread(replace(CONFIG, account=account)) as gw:
+        with gateway(**MARKET, account=account) as gw:
             asyncio.run(asyncio.wait_for(scenario(gw, settings, refusal), 60))
 
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import date
-from datetime import time as dtime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from ib_async import IB, LimitOrder, OrderStatus, Stock, Trade
 from ib_async.order import Order, TradeLogEntry
 
-from core.clock import get_clock
 from core.orders import (
     IntentOrders,
     LookupStatus,
@@ -21,9 +17,9 @@ from core.orders import (
     is_rejected,
     modification_refused,
 )
-from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import CANCELLED, FILLED, REJECTED, SUBMITTED, TradingDatabase
+from tests.sim_support import gateway, sim_db, until
 
 
 def test_intent_state_for_ib_statuses() -> None:
@@ -68,25 +64,12 @@ def test_a_refused_modification_is_no_reject_and_no_cancel_until_ib_says_so() ->
     assert not modification_refused(acked)  # accepted, then cancelled
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("write_behind", [False, True])
 def test_intent_states_follow_ib_and_a_reject_is_recorded_as_rejected(
     tmp_path: Path, write_behind: bool
 ) -> None:
-    config = GatewayConfig(
-        port=0, symbol_names=("AAPL",), trading_date=date(2026, 11, 25), start=dtime(10, 0),
-        clock_file=str(tmp_path / "clock.json"),
-    )  # fmt: skip
-
     async def scenario(gw: GatewayThread) -> None:
-        db = TradingDatabase(tmp_path / "t.db", clock=get_clock(tmp_path / "clock.json"))
+        db = sim_db(gw)
         ib = IB()
         await ib.connectAsync("127.0.0.1", gw.port, clientId=7, timeout=5)
         try:
@@ -95,17 +78,17 @@ def test_intent_states_follow_ib_and_a_reject_is_recorded_as_rejected(
             working = orders.place(contract, LimitOrder("BUY", 10, 1.0), purpose="test")
             ref = working.order.orderRef
             assert db.get_order_intent(ref) is not None  # written before the send
-            await _until(lambda: working.orderStatus.status == "Submitted", 5, "submitted")
+            await until(lambda: working.orderStatus.status == "Submitted", 5, "submitted")
             assert orders.flush()
             assert db.get_order_intent(ref)["state"] == SUBMITTED
             ib.cancelOrder(working.order)
-            await _until(working.isDone, 5, "cancelled")
+            await until(working.isDone, 5, "cancelled")
             assert orders.flush()
             assert db.get_order_intent(ref)["state"] == CANCELLED
 
             await asyncio.to_thread(gw.faults.reject_next_order, "test reject", 7)
             refused = orders.place(contract, LimitOrder("BUY", 10, 1.0), purpose="test")
-            await _until(refused.isDone, 5, "rejected")
+            await until(refused.isDone, 5, "rejected")
             assert orders.flush()
             row = db.get_order_intent(refused.order.orderRef)
             assert row["state"] == REJECTED and "test reject" in (row["note"] or "")
@@ -119,7 +102,7 @@ def test_intent_states_follow_ib_and_a_reject_is_recorded_as_rejected(
         finally:
             ib.disconnect()
 
-    with GatewayThread(config) as gw:
+    with gateway(tmp_path, symbols=("AAPL",), trading_date=date(2026, 11, 25)) as gw:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
