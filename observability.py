@@ -1479,17 +1479,15 @@ class TradingDatabase:
         except sqlite3.Error as exc:
             raise self._explain(exc) from exc
 
-    def backup(self, dest_dir: str | Path | None = None, keep_days: int | None = None) -> Path:
+    def backup(self, dest_dir: str | Path, keep_days: int) -> Path:
         """Copy the live database with SQLite's online backup API; returns the backup file.
 
-        The file is `<dest>/<stem>_YYYY-MM-DD.db` (trading date); older backups beyond
-        `keep_days` days are deleted. Safe while other processes write.
+        The file is `<dest_dir>/<stem>_YYYY-MM-DD.db` (trading date); older backups beyond
+        `keep_days` days are deleted. Safe while other processes write. The caller names the
+        folder and the days (BACKUP_DIR, BACKUP_KEEP_DAYS): the store reads no settings.
         """
-        from core.settings import get_settings
-
-        settings = get_settings()
-        dest = Path(dest_dir) if dest_dir is not None else settings.backup_dir
-        keep = keep_days if keep_days is not None else settings.backup_keep_days
+        dest = Path(dest_dir)
+        keep = keep_days
         try:
             dest.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -1589,7 +1587,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.backup:  # a backup of nothing would hide a wrong path
-            print(f"backup written: {get_database(args.db, if_missing='refuse').backup()}")
+            from core.settings import get_settings
+
+            settings = get_settings()
+            database = get_database(args.db, if_missing="refuse")
+            written = database.backup(settings.backup_dir, settings.backup_keep_days)
+            print(f"backup written: {written}")
             return 0
         return _self_check(args.db)
     except (DatabaseError, SettingsError) as exc:

@@ -32,6 +32,7 @@ from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_READY_STATES
 from core.logs import get_logger, printable
 from core.settings import (
     PROJECT_ROOT,
+    get_settings,
 )
 from observability import RESUME_ENTRIES, DatabaseError, TradingDatabase
 from reports import build_day_report, net_pnl_text
@@ -306,6 +307,7 @@ class Supervisor:
         lock: SupervisorLock | None = None,
         clock: MarketClock | None = None,
         backup_dir: Path | None = None,
+        backup_keep_days: int | None = None,
         print_status: Callable[[str], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -315,7 +317,14 @@ class Supervisor:
         self.policy = policy or WatchdogPolicy()
         self.lock = lock
         self.clock = clock or db.clock
-        self.backup_dir = backup_dir
+        # Where the start-of-day backup goes and how long backups stay (default: the settings').
+        if backup_dir is None or backup_keep_days is None:
+            settings = get_settings()
+            backup_dir = backup_dir or settings.backup_dir
+            if backup_keep_days is None:
+                backup_keep_days = settings.backup_keep_days
+        self.backup_dir: Path = backup_dir
+        self.backup_keep_days: int = backup_keep_days
         self.print_status = print_status or _print_to_console
         self.wall = wall
         self.stop_requested = False
@@ -499,7 +508,7 @@ class Supervisor:
             return False
         removed = self.db.clear_closed_today()
         try:
-            backup = str(self.db.backup(self.backup_dir))
+            backup = str(self.db.backup(self.backup_dir, self.backup_keep_days))
         except DatabaseError as exc:
             backup = None
             log.error("backup_failed", error=str(exc))

@@ -164,6 +164,7 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
             policy,
             lock=lock,
             backup_dir=settings.backup_dir,
+            backup_keep_days=settings.backup_keep_days,
         )
         install_signal_handlers(supervisor)
         dashboard = start_dashboard(

@@ -500,6 +500,21 @@ def test_backup_while_another_process_writes_passes_integrity_check(
     assert backups[0].name == "live_2026-11-25.db"
 
 
+def test_backup_goes_where_its_caller_says_and_reads_no_settings(
+    db: TradingDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.settings
+
+    def no_settings() -> None:
+        raise AssertionError("the store read the settings")
+
+    monkeypatch.setattr(core.settings, "get_settings", no_settings)
+    written = db.backup(tmp_path / "elsewhere", keep_days=3)
+    assert written == tmp_path / "elsewhere" / "trading_history_2026-11-25.db"
+    with pytest.raises(TypeError):
+        db.backup()  # type: ignore[call-arg]  # the folder and the days are the caller's
+
+
 def test_backup_prunes_files_older_than_keep_days(
     db: TradingDatabase, tmp_path: Path, manual_time: ManualTimeSource
 ) -> None:
