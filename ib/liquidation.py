@@ -29,7 +29,7 @@ from core.clock import MarketClock
 from core.logs import get_logger
 from core.money import round_to_tick
 from core.orders import IntentOrders, LookupStatus, match_order_ref
-from ib.convert import fill_record
+from ib.fills import fill_of
 from observability import OPEN_INTENT_STATES, TradingDatabase
 
 AGENT = "liquidate_all"  # the agent of its orders and fills: the tool's name
@@ -182,7 +182,7 @@ def execute(
         if result.trade is None:
             continue
         orders.sync_intent(result.trade)
-        record_fills(db, result, reason)
+        record_fills(ib, db, result, reason)
         if not result.trade.isDone():
             result.error = (
                 f"not filled within {fill_wait_s:g} s and its cancel not confirmed "
@@ -201,7 +201,7 @@ def _wait_done(ib: IB, results: list[FlattenResult], wait_s: float) -> None:
         ib.sleep(0.1)
 
 
-def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> None:
+def record_fills(ib: IB, db: TradingDatabase, result: FlattenResult, reason: str) -> None:
     """Trades from the fills (keyed by execId: harmless twice); the close when fully sold."""
     trade = result.trade
     assert trade is not None
@@ -212,7 +212,7 @@ def record_fills(db: TradingDatabase, result: FlattenResult, reason: str) -> Non
         execution = fill.execution
         shares += execution.shares
         notional += execution.shares * execution.price
-        db.record_fill(fill_record(fill), AGENT)
+        db.record_fill(fill_of(ib, fill), AGENT)
     result.filled = shares
     result.avg_price = notional / shares if shares else None
     if step.action == "SELL" and shares >= step.quantity and result.avg_price is not None:
