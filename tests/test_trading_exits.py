@@ -19,10 +19,12 @@ from trading.exits import (
     quote_fault,
     server_stop_price,
     stop_to_trigger,
+    target_and_stop,
     target_touch_time,
     through_market_stop_price,
 )
 from trading.model import PURPOSE_BOT_STOP, PURPOSE_BOT_TARGET, ProtectIntent, Quote, WorkingOrder
+from trading.phases import DayPhase
 
 CONFIG = ExitConfig()
 
@@ -181,4 +183,96 @@ def test_the_stop_is_moved_above_the_market_or_above_the_target_without_a_usable
     assert stale > pos.target_price  # the market is below it while the target is unfilled
     assert through_market_stop_price(None, pos, quote_usable=False, slippage_pct=0.0) == (
         pytest.approx(pos.target_price + 0.01)
+    )
+
+
+# -- the per-symbol state --------------------------------------------------------------------------
+def _held_book() -> ExitBook:
+    book = ExitBook(CONFIG)
+    book["AAPL"].position = held_position("AAPL", 100, 100.0, CONFIG)
+    return book
+
+
+def test_one_state_per_symbol_remembers_the_target_touch_until_the_price_drops() -> None:
+    book = _held_book()
+    book.on_quote(quote_at(101.8, at=1000), 1000)
+    book.on_quote(quote_at(101.9, at=1001), 1001)
+    assert book["AAPL"].target_touched_at == 1000  # the touch began at the first tick
+    action = book.exit_due("AAPL", 1000 + CONFIG.target_fill_grace_s, market_open=True)
+    assert action is not None and action.purpose == PURPOSE_BOT_TARGET
+    book.on_quote(quote_at(101.0, at=1004), 1004)
+    assert book["AAPL"].target_touched_at is None
+
+
+def test_no_bot_exit_while_busy_in_cooldown_given_up_or_once_the_stream_says_flat() -> None:
+    book = _held_book()
+    book.on_quote(quote_at(99.0, at=1000), 1000)  # through the bot stop
+    assert book.exit_due("AAPL", 1000, market_open=True) is not None
+    state = book["AAPL"]
+    state.busy = True
+    assert book.exit_due("AAPL", 1000, market_open=True) is None
+    state.busy, state.cooldown_until = False, 1060.0
+    assert book.exit_due("AAPL", 1000, market_open=True) is None
+    state.cooldown_until, state.seen_quantity = 0.0, 0.0
+    assert book.exit_due("AAPL", 1000, market_open=True) is None
+    state.seen_quantity = 100.0
+    book.block("AAPL")
+    assert book.exit_due("AAPL", 1000, market_open=True) is None
+    assert book.exit_due("MSFT", 1000, market_open=True) is None  # not held
+
+
+def test_a_closed_position_forgets_its_quote_and_rejects_but_a_forgotten_one_keeps_rejects():
+    book = _held_book()
+    book.on_quote(quote_at(100.0, at=1000), 1000)
+    book.record_reject("AAPL")
+    book["AAPL"].forget_position()
+    assert "AAPL" not in book.held() and "AAPL" not in book.quotes()
+    assert book["AAPL"].rejects == 1  # today's rejects outlive a reconciliation
+    book.record_reject("AAPL")
+    book["AAPL"].give_up_pending = book["AAPL"].unprotected = True
+    book.closed("AAPL")
+    state = book["AAPL"]
+    assert (state.rejects, state.give_up_pending, state.unprotected) == (0, False, False)
+
+
+def test_quote_faults_are_reported_once_when_they_begin_and_once_when_they_end() -> None:
+    book = _held_book()
+    assert book.quote_fault_changes(1000, subscribed=set()) == [("AAPL", "not_subscribed", None)]
+    assert book.quote_fault_changes(1000, subscribed=set()) == []
+    book.on_quote(quote_at(100.0, at=1000), 1000)
+    assert book.quote_fault_changes(1000, {"AAPL"}) == [("AAPL", None, None)]
+    late = 1000 + CONFIG.stale_tick_seconds + 1
+    assert book.quote_fault_changes(late, {"AAPL"}) == [("AAPL", "stale", late - 1000)]
+    assert book.degraded()
+
+
+def test_the_server_stop_moves_to_the_stop_loss_price_only_while_the_bot_is_blind() -> None:
+    book = _held_book()
+    pos = book["AAPL"].position
+    assert pos is not None
+    book.on_quote(quote_at(100.0, at=1000), 1000)
+    assert book.server_stop_due("AAPL", [pos.backstop_price], 1000) is None
+    stale = 1000 + CONFIG.stale_tick_seconds + 1
+    assert book.server_stop_due("AAPL", [pos.backstop_price], stale) == pos.stop_price
+    book["AAPL"].moving_stop = True  # a move is on its way: not a second one
+    assert book.server_stop_due("AAPL", [pos.backstop_price], stale) is None
+
+
+def test_the_audit_names_a_gap_found_twice_in_a_row_and_eod_runs_once_per_phase() -> None:
+    book = _held_book()
+    assert book.audit({"AAPL"}) == []
+    assert book.audit({"AAPL", "MSFT"}) == ["AAPL"]
+    assert book.audit(set()) == []
+    assert book.audit({"MSFT"}) == []
+    assert book.eod_due(DayPhase.FLATTEN, "2026-11-25")
+    assert not book.eod_due(DayPhase.FLATTEN, "2026-11-25")
+    assert book.eod_due(DayPhase.SWEEP, "2026-11-25")
+    assert not book.eod_due(DayPhase.REGULAR, "2026-11-26")
+
+
+def test_target_and_stop_take_the_recorded_prices_else_the_percentages() -> None:
+    assert target_and_stop(100.0, 1.8, 0.9) == (101.8, 99.1)
+    assert target_and_stop(100.0, 1.8, 0.9, recorded_target=102.004, recorded_stop=98.996) == (
+        102.0,
+        99.0,  # a recorded stop rounds up to the tick: never further from the entry
     )
