@@ -5,9 +5,14 @@ from __future__ import annotations
 from tests.exit_records import US, db_row, our_sell
 from trading.exits import ExitConfig, held_position
 from trading.model import BrokerPosition
-from trading.reconcile import format_table, plan_reconciliation, protection_table
+from trading.reconcile import ReconcilePlan, format_table, plan_reconciliation, protection_table
 
 CONFIG = ExitConfig()
+
+
+def _cancelled(plan: ReconcilePlan) -> list[tuple[int, str]]:
+    """(order id, reason) of each sell the plan cancels."""
+    return [(c.order_id, c.reason) for c in plan.cancel]
 
 
 def test_broker_position_unknown_to_database_is_adopted_and_protected():
@@ -29,7 +34,7 @@ def test_database_row_not_at_broker_is_closed_as_reconcile_and_orphan_sells_canc
         last_prices={"MSFT": 91.0},
     )
     assert [(c.symbol, c.exit_price, c.reason) for c in plan.close] == [("MSFT", 91.0, "RECONCILE")]
-    assert plan.cancel == (orphan,)
+    assert _cancelled(plan) == [(orphan.order_id, "position_flat")]
     assert not plan.protect
 
 
@@ -94,7 +99,7 @@ def test_duplicate_sets_are_cancelled_and_replaced_by_one():
         config=CONFIG,
         our_client_id=US,
     )
-    assert set(plan.cancel) == set(orders)
+    assert sorted(_cancelled(plan)) == sorted((o.order_id, "replaced") for o in orders)
     assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 100)]
 
 
@@ -110,7 +115,7 @@ def test_partial_fill_resizes_row_and_protective_set_to_broker_quantity():
     )
     assert plan.resize == (("AAPL", 60),)
     assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 60)]
-    assert plan.cancel == tuple(orders)
+    assert _cancelled(plan) == [(o.order_id, "replaced") for o in orders]
 
 
 def test_other_clients_sells_reduce_what_we_protect_so_we_never_oversell():
@@ -123,7 +128,7 @@ def test_other_clients_sells_reduce_what_we_protect_so_we_never_oversell():
         our_client_id=US,
     )
     assert [(p.symbol, q) for p, q in plan.protect] == [("AAPL", 60)]
-    assert foreign not in plan.cancel
+    assert not plan.cancel  # another client's sell is never ours to cancel
     assert plan.alerts
 
 
@@ -132,7 +137,8 @@ def test_short_position_is_alerted_and_our_sells_cancelled():
     plan = plan_reconciliation(
         [BrokerPosition("AAPL", -10, 100.0)], [], [ours], config=CONFIG, our_client_id=US
     )
-    assert plan.cancel == (ours,) and not plan.protect and "SHORT" in plan.alerts[0]
+    assert _cancelled(plan) == [(ours.order_id, "position_short")]
+    assert not plan.protect and "SHORT" in plan.alerts[0]
 
 
 def test_busy_and_blocked_symbols_get_no_new_orders():
@@ -156,3 +162,17 @@ def test_protection_table_marks_a_correct_set_protected_and_prints() -> None:
     text = format_table(rows)
     assert "AAPL" in text and "True" in text and "False" in text
     assert "(no open positions)" in format_table([])
+
+
+def test_our_sells_are_cancelled_with_covered_by_others_when_another_client_sells_it_all():
+    foreign = our_sell("AAPL", "LMT", 100, 105.0, "x", client=2)
+    ours = our_sell("AAPL", "STP", 100, 98.6, "g1")
+    plan = plan_reconciliation(
+        [BrokerPosition("AAPL", 100, 100.0)],
+        [db_row("AAPL")],
+        [foreign, ours],
+        config=CONFIG,
+        our_client_id=US,
+    )
+    assert _cancelled(plan) == [(ours.order_id, "covered_by_others")] and not plan.protect
+    assert plan.report()["cancelled_orders"] == [ours.order_ref]

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from trading.exits import ExitConfig, HeldPosition, held_position, matches_protective_set
-from trading.model import BrokerPosition, WorkingOrder
+from trading.model import BrokerPosition, CancelIntent, WorkingOrder
+
+# Why reconciliation cancels one of our sells (CancelIntent.reason).
+CANCEL_SHORT = "position_short"  # the broker shows a short: a sell would deepen it
+CANCEL_FLAT = "position_flat"  # nothing held: the sell would open a short
+CANCEL_COVERED = "covered_by_others"  # other clients' sells already cover the position
+CANCEL_REPLACED = "replaced"  # not exactly one correct set: replaced by one
+
+
+def _cancels(orders: Iterable[WorkingOrder], reason: str) -> list[CancelIntent]:
+    return [CancelIntent(o.symbol, o.order_id, o.order_ref, reason) for o in orders]
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,7 @@ class ReconcilePlan:
     adopt: tuple[HeldPosition, ...] = ()  # add to the database (agent "adopted")
     close: tuple[Closure, ...] = ()  # database rows the broker does not hold
     resize: tuple[tuple[str, int], ...] = ()  # database quantity <- broker quantity
-    cancel: tuple[WorkingOrder, ...] = ()  # our sells to cancel (extras, stale, orphans)
+    cancel: tuple[CancelIntent, ...] = ()  # our sells to cancel, each with its reason
     protect: tuple[tuple[HeldPosition, int], ...] = ()  # (position, quantity) to protect
     keep: tuple[str, ...] = ()  # already exactly one correct protective set
     deferred: tuple[str, ...] = ()  # unknown positions still in the day trader's grace
@@ -84,7 +94,7 @@ def plan_reconciliation(
     adopt: list[HeldPosition] = []
     close: list[Closure] = []
     resize: list[tuple[str, int]] = []
-    cancel: list[WorkingOrder] = []
+    cancel: list[CancelIntent] = []
     protect: list[tuple[HeldPosition, int]] = []
     keep: list[str] = []
     deferred: list[str] = []
@@ -101,10 +111,10 @@ def plan_reconciliation(
 
         if quantity < 0:
             alerts.append(f"{symbol}: broker shows a SHORT position of {quantity}; not covering")
-            cancel.extend(ours)  # a working sell would only deepen the short
+            cancel.extend(_cancels(ours, CANCEL_SHORT))  # a sell would deepen the short
             continue
         if quantity == 0:
-            cancel.extend(ours)  # orphan sells would open a short
+            cancel.extend(_cancels(ours, CANCEL_FLAT))  # orphan sells would open a short
             if row is not None and symbol not in young:
                 price = last_prices.get(symbol) or float(row["entry_price"])
                 close.append(Closure(symbol, price, "RECONCILE"))
@@ -136,12 +146,12 @@ def plan_reconciliation(
             keep.append(symbol)
             continue
         if protect_qty <= 0:
-            cancel.extend(ours)
+            cancel.extend(_cancels(ours, CANCEL_COVERED))
             continue
         if matches_protective_set(held_pos, protect_qty, ours):
             keep.append(symbol)
             continue
-        cancel.extend(ours)
+        cancel.extend(_cancels(ours, CANCEL_REPLACED))
         protect.append((held_pos, protect_qty))
 
     return ReconcilePlan(
