@@ -11,7 +11,7 @@ from ib_async import CommissionReport, Fill, Trade
 from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
 from core.money import average_price
 from core.orders import is_rejected
-from ib import convert
+from ib.fills import fill_of
 from observability import DatabaseError
 from trading.model import exit_reason_for
 
@@ -28,7 +28,6 @@ class ExitFills:
 
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
-        self._pending_commissions: dict[str, float] = {}  # execId -> report before its row
         self._counted_rejects: set[str] = set()
 
     # -- fills ---------------------------------------------------------------------------
@@ -43,24 +42,14 @@ class ExitFills:
         if not self.is_our_sell(fill):
             return False
         parts = self.parts
-        done = convert.fill_record(fill, received_at=parts.clock.now())
-        row = parts.db.get_active_position(done.symbol)
-        pnl = (done.price - row["entry_price"]) * done.shares if row else None
-        commission = self.known_commission(fill)
+        done = fill_of(parts.ib, fill, received_at=parts.clock.now())
         with parts.orders.exclusive():  # one writer of ours at a time
-            new = parts.db.record_trade(
-                done.symbol, "SELL", done.shares, done.price, AGENT, order_ref=done.order_ref,
-                pnl=pnl, commission=commission, exec_id=done.exec_id, trade_time=done.time,
-            )  # fmt: skip
-            if not new and commission is not None:  # recorded before its report came
-                parts.db.record_commission(done.exec_id, commission)
-        if commission is not None:
-            self._pending_commissions.pop(done.exec_id, None)
+            new = parts.db.record_fill(done, AGENT)
         if new:
             intent = parts.db.get_order_intent(done.order_ref)
             log.info("exit_fill", symbol=done.symbol, shares=done.shares, price=done.price,
                      purpose=intent["purpose"] if intent else None, order_ref=done.order_ref,
-                     exec_id=done.exec_id, commission=commission)  # fmt: skip
+                     exec_id=done.exec_id, commission=done.commission)  # fmt: skip
         return True
 
     def is_our_sell(self, fill: Fill) -> bool:
@@ -68,22 +57,11 @@ class ExitFills:
         intent = self.parts.db.get_order_intent(ex.orderRef) if ex.orderRef else None
         return intent is not None and intent["agent"] == AGENT and ex.side in {"SLD", "SELL"}
 
-    def known_commission(self, fill: Fill) -> float | None:
-        """IB's commission for the fill's execution if its report has arrived (ib_async fills
-        in the Fill it keeps; a reqExecutions answer carries its reports), else None."""
-        exec_id = fill.execution.execId
-        kept = self.parts.ib.wrapper.fills.get(exec_id)
-        for report in (fill.commissionReport, kept.commissionReport if kept else None):
-            if report is not None and report.execId == exec_id:
-                return float(report.commission)
-        return self._pending_commissions.get(exec_id)
-
     def on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
         """IB's commission report for one of our executions: attach it to the fill's row.
 
         The row is normally written by execDetails just before; if it is not there yet, the
-        fill is recorded now with the report, and the report is kept for the reconciliation
-        that records the fill otherwise (after a reconnect)."""
+        store keeps the report for the fill's row, and the fill is recorded now."""
         if not self.is_our_sell(fill):
             return
         parts = self.parts
@@ -91,7 +69,6 @@ class ExitFills:
             with parts.orders.exclusive():
                 attached = parts.db.record_commission(report.execId, report.commission)
             if not attached:
-                self._pending_commissions[report.execId] = float(report.commission)
                 self.record(fill)
         except DatabaseError as exc:
             log.error("commission_not_recorded", exec_id=report.execId, error=str(exc))

@@ -14,7 +14,7 @@ from bots.exit_parts import ExitParts, ReconcileError, log
 from core.clock import calendar_loaded, preload_calendar
 from core.money import average_price
 from ib import convert
-from trading.exits import covered_quantity
+from trading.exits import HeldPosition, covered_quantity
 from trading.model import DAY_TRADER, PURPOSE_EOD, BrokerPosition, WorkingOrder
 from trading.reconcile import ReconcilePlan, merge_plans, plan_reconciliation
 
@@ -244,6 +244,7 @@ class Reconciler:
         held = {p.symbol: p for p in plan.held}
         if symbol in held:
             parts.book[symbol].position = held[symbol]
+            self._record_exit_prices(held[symbol])
             parts.quotes.subscribe(symbol)
         elif symbol not in plan.deferred:
             parts.quotes.forget(symbol)
@@ -256,6 +257,23 @@ class Reconciler:
                 await parts.selling.exit_locked(symbol, PURPOSE_EOD)  # after the flatten: no sets
             else:
                 await parts.protection.protect_locked(pos, qty)
+
+    def _record_exit_prices(self, pos: HeldPosition) -> None:
+        """A row added without target or stop (the store reads no settings) shows the prices
+        this manager protects it at, so the table a user queries agrees with the orders."""
+        row = self.parts.db.get_active_position(pos.symbol)
+        if row is None:
+            return
+        missing = {
+            column: price
+            for column, price in (
+                ("profit_target_price", pos.target_price),
+                ("stop_loss_price", pos.stop_price),
+            )
+            if row.get(column) is None
+        }
+        if missing:
+            self.parts.db.update_active_position(pos.symbol, **missing)
 
     def flatten_due(self) -> bool:
         """True after the EOD flatten (sell, place no new set). Until the exchange calendar
