@@ -19,8 +19,8 @@ from core.clock import SimulatedTimeSource, write_sim_clock_file
 from core.orders import IntentOrders
 from core.settings import PROJECT_ROOT
 from day_trader import _refusal_reason
-from entry_rules import KILL_SWITCH
 from observability import ReentryBlocked
+from trading.entries import KILL_SWITCH
 
 
 @pytest.fixture
