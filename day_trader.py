@@ -83,14 +83,9 @@ from observability import (
 )
 from trading.entries import (
     BAR_SECONDS,
-    CLOSED_TODAY,
     DELAYED_DATA,
     DELAYED_DATA_TYPES,
-    ENTRY_WORKING,
     EXIT_MANAGER_NOT_READY,
-    KILL_SWITCH,
-    MAX_OPEN_POSITIONS,
-    POSITION_ACTIVE,
     STALE_QUOTE,
     WARMING_UP,
     BookState,
@@ -1066,7 +1061,7 @@ class DayTrader:
                 max_open_positions=self.settings.max_open_positions,
             )
         except ReentryBlocked as exc:  # entries halted, or another process took the slot first
-            skip = fresh._replace(enter=False, rule=None, reason=_refusal_reason(exc))
+            skip = fresh._replace(enter=False, rule=None, reason=exc.reason)
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
         self.working[order.orderRef] = WorkingEntry(
@@ -1407,21 +1402,6 @@ class DayTrader:
             working_entries=len(self.working),
             kill_switch=self.kill_switch(),
         )
-
-
-def _refusal_reason(exc: ReentryBlocked) -> str:
-    """The trading.entries reason for a refusal by the database's entry guard."""
-    text = str(exc)
-    for words, reason in (
-        ("entries halted", KILL_SWITCH),
-        ("max open positions", MAX_OPEN_POSITIONS),
-        ("closed today", CLOSED_TODAY),
-        ("already working", ENTRY_WORKING),
-        ("is active", POSITION_ACTIVE),
-    ):
-        if words in text:
-            return reason
-    return "entry_refused"
 
 
 def _evaluate_all(
