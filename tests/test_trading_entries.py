@@ -31,11 +31,10 @@ from trading.entries import (
     BookState,
     EntryConfig,
     EntryDecision,
-    SymbolSnapshot,
     allot_free_slots,
     evaluate_entry,
-    gap_percent,
 )
+from trading.feed import SymbolSnapshot, gap_percent
 
 DAY = date(2026, 11, 25)  # a full Wednesday session
 HALF_DAY = date(2026, 11, 27)  # the Friday after Thanksgiving closes at 13:00

@@ -462,13 +462,13 @@ class EntryCore:
         """The latest quote of `symbol`, arrived at market time `now_epoch`."""
         self.add_symbol(symbol).on_quote(quote, now_epoch)
 
-    def take_due(self) -> list[SymbolSnapshot]:
-        """Returns the snapshots of the symbols with a new bar since the last call (a symbol
-        is decided once per bar)."""
+    def take_due(self) -> list[SymbolFeed]:
+        """Returns the feeds of the symbols with a new bar since the last call (a symbol is
+        decided once per bar); their snapshots are what `evaluate_all` decides on."""
         due = [f for f in self.feeds.values() if f.new_bar]
         for feed in due:
             feed.new_bar = False
-        return [f.snapshot() for f in due]
+        return due
 
     def allot(self, decisions: Sequence[EntryDecision], book: BookState) -> list[EntryDecision]:
         """Returns `decisions` within the free slots (allot_free_slots); each enter of a
@@ -492,7 +492,8 @@ class EntryCore:
         """Returns the decisions for every symbol with a new bar, against `book` (symbols
         being entered count as working), within the free slots."""
         book = self.with_entering(book)
-        return self.allot(evaluate_all(self.take_due(), book, now, session, self.config), book)
+        snaps = [f.snapshot() for f in self.take_due()]
+        return self.allot(evaluate_all(snaps, book, now, session, self.config), book)
 
     def recheck(
         self, symbol: str, now: datetime, session: Session | None, book: BookState

@@ -70,9 +70,6 @@ class SymbolQuote(NamedTuple):
     data_type: int = 0
 
 
-NO_QUOTE = SymbolQuote()
-
-
 @dataclass
 class SymbolFeed:
     """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see.
@@ -95,7 +92,7 @@ class SymbolFeed:
     symbol: str
     calendar: SessionCalendar
     indicators: StreamingIndicators = field(default_factory=StreamingIndicators)
-    quote: SymbolQuote = NO_QUOTE
+    quote: SymbolQuote = field(default_factory=SymbolQuote)
     quote_time: float = math.nan  # market epoch the last quote arrived
     last_bar_time: float = -math.inf
     premarket_close: float = math.nan  # the last pre-market trade: the gap reference
