@@ -19,7 +19,7 @@ from core.clock import MarketClock
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger
 from core.settings import Settings
-from ib.market_data import _num
+from ib.convert import ib_price
 from observability import KILL_SWITCH_FLAG, TradingDatabase
 from trading.entries import (
     EXIT_MANAGER_NOT_READY,
@@ -29,8 +29,9 @@ from trading.entries import (
     HeldPosition,
     book_from_records,
 )
+from trading.model import DAY_TRADER
 
-AGENT = "day_trader"
+AGENT = DAY_TRADER
 log = get_logger(AGENT)
 
 
@@ -60,7 +61,7 @@ class DayBook:
     async def read_book(self, working: frozenset[str]) -> BookState:
         """The book; `working`: symbols whose entry is working, being decided or placed
         (each counts as a working entry)."""
-        prices = {p.contract.symbol: _num(p.marketPrice) for p in self.ib.portfolio()}
+        prices = {p.contract.symbol: ib_price(p.marketPrice) for p in self.ib.portfolio()}
         # Our stream is fresher than updatePortfolio (3 min).
         prices.update(self.stream_prices())
         net_liquidation = self._start_net_liquidation()

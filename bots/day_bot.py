@@ -27,14 +27,16 @@ from bots.day_watchlist import DayWatchlist
 from bots.entry_fills import EntryFills
 from bots.entry_orders import EntryOptions, EntryOrders
 from core.broker import BrokerSession
-from core.clock import NEW_YORK, MarketClock, Session, get_clock
+from core.clock import MarketClock, Session, get_clock
 from core.logs import get_logger
 from core.settings import Settings
 from ib.market_data import LIVE_ELSE_DELAYED
 from observability import DatabaseLocked, TradingDatabase, get_database
+from trading import phases
 from trading.entries import BAR_SECONDS, EntryConfig, EntryCore, evaluate_all
+from trading.model import DAY_TRADER
 
-AGENT = "day_trader"
+AGENT = DAY_TRADER
 # A locked database (another program holding a long write) is retried this often, real seconds.
 DB_LOCKED_RETRY_REAL_S = 1.0
 
@@ -68,27 +70,6 @@ class DayTraderOptions:
             ack_timeout_real_s=self.ack_timeout_real_s,
             llm_budget_real_s=self.llm_budget_real_s,
         )
-
-
-PREMARKET_AGGREGATION = (7, 0)
-PREMARKET_ANALYSIS = (7, 30)
-
-
-def day_phase(now: datetime, session: Session | None) -> str:
-    """Returns the phase of the trading day at `now`: closed, idle, aggregation, analysis,
-    regular, or after_close (entries are further limited by the rules' cutoff)."""
-    if session is None:
-        return "closed"
-    local = now.astimezone(NEW_YORK)
-    if now >= session.close:
-        return "after_close"
-    if now >= session.open:
-        return "regular"
-    if (local.hour, local.minute) >= PREMARKET_ANALYSIS:
-        return "analysis"
-    if (local.hour, local.minute) >= PREMARKET_AGGREGATION:
-        return "aggregation"
-    return "idle"
 
 
 class DayTrader:
@@ -220,7 +201,7 @@ class DayTrader:
         """One pass: heartbeat, watchlist, bars, quotes, analysis, entries, health."""
         now = self.clock.now()
         session = self.clock.session(now.date())
-        phase = day_phase(now, session)
+        phase = phases.day_phase(now, session).value
         if real >= timers["beat"]:
             state = phase if self.session.ready.is_set() else "reconnecting"
             self.db.beat(AGENT, state, self.feeds.data_notice)

@@ -25,14 +25,13 @@ from ib.market_data import (
     HistoricalPacer,
     MarketDataLine,
     bar_from_ib,
+    entry_quote,
     new_history_bars,
-    quote_from_ticker,
     request_today_bars,
 )
 from trading.entries import (
     BAR_SECONDS,
     DELAYED_DATA,
-    DELAYED_DATA_TYPES,
     STALE_QUOTE,
     WARMING_UP,
     EntryConfig,
@@ -41,9 +40,9 @@ from trading.entries import (
     quote_is_stale,
 )
 from trading.feed import SymbolFeed
+from trading.model import DAY_TRADER, DELAYED_DATA_TYPES
 
-AGENT = "day_trader"
-log = get_logger(AGENT)
+log = get_logger(DAY_TRADER)
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
@@ -238,7 +237,7 @@ class DayFeeds:
             watched = self.watched.get(getattr(ticker.contract, "symbol", ""))
             if watched is not None and watched.line.ticker is ticker:
                 # IB's tick times are wall time; a simulated day needs the market clock's.
-                watched.feed.on_quote(quote_from_ticker(ticker), self.clock.epoch())
+                watched.feed.on_quote(entry_quote(watched.symbol, ticker, self.clock.epoch()))
                 self._note_data_type(watched)
 
     # -- what the analysis needs logged --------------------------------------------------

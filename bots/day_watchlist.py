@@ -14,8 +14,9 @@ from bots.day_feeds import DayFeeds, Spawn
 from core.clock import MarketClock
 from core.logs import get_logger
 from core.settings import Settings
+from trading.model import DAY_TRADER
 
-AGENT = "day_trader"
+AGENT = DAY_TRADER
 log = get_logger(AGENT)
 
 TICKER_VALIDATION = (8, 15)

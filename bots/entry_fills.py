@@ -20,8 +20,9 @@ from core.logs import get_logger
 from core.money import average_price, profit_target_price, stop_loss_price
 from core.settings import Settings
 from observability import FILLED, IntentTransitionError, TradingDatabase
+from trading.model import DAY_TRADER
 
-AGENT = "day_trader"
+AGENT = DAY_TRADER
 log = get_logger(AGENT)
 
 

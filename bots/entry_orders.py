@@ -29,8 +29,9 @@ from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import Settings
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
 from trading.entries import EntryCore, EntryDecision, size_entry
+from trading.model import DAY_TRADER
 
-AGENT = "day_trader"
+AGENT = DAY_TRADER
 log = get_logger(AGENT)
 
 

@@ -1,8 +1,8 @@
 """Market data from IB for the entry side: quotes, 30-s bars and IB's history pacing.
 
 The adapter between ib_async's objects (Ticker, RealTimeBarList, BarDataList) and the pure
-core's records (trading.feed.SymbolQuote, trading.indicators.Bar):
-  - quotes: reqMktData tickers read into SymbolQuote (IB's unset numbers become nan);
+core's records (trading.model.Quote, trading.indicators.Bar):
+  - quotes: reqMktData tickers read into Quote records (unset prices become nan);
   - bars: IB's 5-s real-time bars aggregated into clock-aligned 30-s bars, or a
     keepUpToDate 30-s history list when real-time bars are refused; today's history from
     04:00 seeds the indicators;
@@ -23,8 +23,9 @@ from typing import Any
 
 from ib_async import IB, Contract
 
-from trading.feed import SymbolQuote
+from ib.convert import ib_price
 from trading.indicators import IB_REALTIME_BAR_SECONDS, Bar, BarAggregator
+from trading.model import Quote
 
 # IB refuses real-time bars for these (no subscription / permissions): use history instead.
 REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
@@ -33,24 +34,18 @@ LIVE_ELSE_DELAYED = 3
 HISTORY_BAR_SIZE = "30 secs"
 
 
-def _num(value: Any) -> float:
-    """A finite positive-or-zero float from an IB field, nan when unset (IB uses nan / -1)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) and number >= 0 else math.nan
-
-
-def quote_from_ticker(ticker: Any) -> SymbolQuote:
-    """The core's quote record of an ib_async Ticker (tick 9, the close, is the previous
-    close); unset fields are nan, an unknown market data type 0."""
-    return SymbolQuote(
-        last=_num(getattr(ticker, "last", math.nan)),
-        bid=_num(getattr(ticker, "bid", math.nan)),
-        ask=_num(getattr(ticker, "ask", math.nan)),
-        prev_close=_num(getattr(ticker, "close", math.nan)),
+def entry_quote(symbol: str, ticker: Any, received_at: float) -> Quote:
+    """The entry side's quote of an ib_async Ticker, stamped `received_at` (market epoch of
+    its arrival: IB's tick times are wall time); tick 9, the close, is the previous close.
+    Unset prices are nan, an unknown market data type 0."""
+    return Quote(
+        symbol=symbol,
+        last=ib_price(getattr(ticker, "last", math.nan)),
+        bid=ib_price(getattr(ticker, "bid", math.nan)),
+        ask=ib_price(getattr(ticker, "ask", math.nan)),
+        time=received_at,
         data_type=int(getattr(ticker, "marketDataType", 0) or 0),
+        prev_close=ib_price(getattr(ticker, "close", math.nan)),
     )
 
 

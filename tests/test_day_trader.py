@@ -30,7 +30,6 @@ import pytest
 from ib_async import MarketOrder
 
 import day_trader
-from bots.day_bot import day_phase
 from bots.day_feeds import WatchedSymbol, delayed_data_notice
 from bots.entry_orders import llm_approves
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
@@ -67,6 +66,7 @@ from trading.entries import (
 )
 from trading.feed import SymbolFeed
 from trading.indicators import Bar
+from trading.phases import day_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
@@ -1379,12 +1379,12 @@ def test_day_phases_follow_the_calendar() -> None:
     def at(h: int, m: int) -> datetime:
         return datetime(2026, 11, 25, h, m, tzinfo=NEW_YORK)
 
-    assert day_phase(at(6, 59), session) == "idle"
-    assert day_phase(at(7, 0), session) == "aggregation"
-    assert day_phase(at(7, 30), session) == "analysis"
-    assert day_phase(at(9, 30), session) == "regular"
-    assert day_phase(at(16, 0), session) == "after_close"
-    assert day_phase(at(12, 0), None) == "closed"
+    assert day_phase(at(6, 59), session).value == "idle"
+    assert day_phase(at(7, 0), session).value == "aggregation"
+    assert day_phase(at(7, 30), session).value == "analysis"
+    assert day_phase(at(9, 30), session).value == "regular"
+    assert day_phase(at(16, 0), session).value == "after_close"
+    assert day_phase(at(12, 0), None).value == "closed"
 
 
 def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_again(

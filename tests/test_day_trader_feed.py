@@ -13,7 +13,7 @@ from core.clock import MarketClock
 from ib.market_data import bar_from_ib
 from ibsim.marketdata import BarSub
 from tests.stepped_gateway import FAST_STEP, SAMPLE, SLOW_STEP, Recorder, at, sample_gateway
-from trading.feed import SymbolFeed, SymbolQuote, gap_percent
+from trading.feed import NO_QUOTE, SymbolFeed, gap_percent
 from trading.indicators import Bar, BarAggregator
 
 PREV_CLOSE = 254.08  # the sample's prev_close column
@@ -21,7 +21,7 @@ PREV_CLOSE = 254.08  # the sample's prev_close column
 
 def new_feed() -> SymbolFeed:
     feed = SymbolFeed("MSFT", MarketClock())
-    feed.on_quote(SymbolQuote(prev_close=PREV_CLOSE), at(9, 0))  # IB's tick 9
+    feed.on_quote(NO_QUOTE._replace(symbol="MSFT", prev_close=PREV_CLOSE))  # IB's tick 9
     return feed
 
 
@@ -96,7 +96,7 @@ def test_without_a_pre_market_trade_the_gap_reference_is_the_previous_close() ->
 
 def test_the_snapshot_carries_the_bar_close_the_rules_read() -> None:
     feed = seeded_feed(at(10, 0))
-    feed.on_quote(feed.quote._replace(last=999.0), at(10, 0))  # a later trade: not what
-    # the rules compare with VWAP
+    feed.on_quote(feed.quote._replace(last=999.0))  # a later trade: not what the rules
+    # compare with VWAP
     snap = feed.snapshot()
     assert snap.close == feed.indicators.last.close != snap.last

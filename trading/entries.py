@@ -23,12 +23,12 @@ from typing import Any, NamedTuple
 
 from core.clock import Session
 from core.money import entry_shares
-from trading.feed import SessionCalendar, SymbolFeed, SymbolQuote, SymbolSnapshot
+from trading.feed import SessionCalendar, SymbolFeed, SymbolSnapshot
 from trading.indicators import Bar
+from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES, Quote
+from trading.phases import day_phase
 
 BAR_SECONDS = 30
-LIVE_DATA_TYPES = frozenset({1})  # IB marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed frozen
-DELAYED_DATA_TYPES = frozenset({3, 4})
 
 STANDARD = "standard"
 GAP_AND_GO = "gap_and_go"
@@ -139,11 +139,10 @@ def entry_window_problem(
 
     Half days work through the calendar: a 13:00 close stops entries at 12:45.
     """
-    if session is None or not session.open <= now < session.close:
+    phase = day_phase(now, session, entry_cutoff_minutes=cutoff_minutes)
+    if not phase.regular_hours:
         return MARKET_CLOSED
-    if now >= entry_cutoff(session, cutoff_minutes):
-        return AFTER_ENTRY_CUTOFF
-    return None
+    return None if phase.entries_allowed else AFTER_ENTRY_CUTOFF
 
 
 # -- risk and book -----------------------------------------------------------------------------
@@ -433,7 +432,7 @@ class EntryCore:
         core = EntryCore(config, calendar)
         for symbol, bar in bars:                 # completed 30-s bars, in time order
             core.on_bar(symbol, bar)
-            core.on_quote(symbol, quote, now)    # the latest quote, at market time `now`
+            core.on_quote(quote)                 # the latest quote (time: when it came)
             for decision in core.decide(now, session, book):
                 if decision.enter: ...           # size, send; later core.entry_finished(symbol)
     """
@@ -458,9 +457,9 @@ class EntryCore:
         """One completed 30-s bar of `symbol`; False when not newer than its last one."""
         return self.add_symbol(symbol).on_bar(bar)
 
-    def on_quote(self, symbol: str, quote: SymbolQuote, now_epoch: float) -> None:
-        """The latest quote of `symbol`, arrived at market time `now_epoch`."""
-        self.add_symbol(symbol).on_quote(quote, now_epoch)
+    def on_quote(self, quote: Quote) -> None:
+        """The latest quote of `quote.symbol`; `quote.time` is the market time it arrived."""
+        self.add_symbol(quote.symbol).on_quote(quote)
 
     def take_due(self) -> list[SymbolFeed]:
         """Returns the feeds of the symbols with a new bar since the last call (a symbol is
