@@ -46,7 +46,7 @@ from day_trader import (
     options_from_args,
     settings_from_args,
 )
-from ib.market_data import HistoricalPacer, MarketDataLine
+from ib.market_data import MarketDataLine
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import DatabaseLocked, TradingDatabase
@@ -1320,44 +1320,7 @@ def test_adopted_positions_and_other_agents_rows_are_left_out_of_the_day_pnl(
     assert book.closed_today == {"MINE", "OTHERS", "ADOPTCL"}
 
 
-# -- pacing, bars, phases (pure parts of the I/O layer) ---------------------------------------
-
-
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_pacer_keeps_ib_history_limits() -> None:
-    clock = FakeMonotonic()
-    pacer = HistoricalPacer(monotonic=clock)
-    key = ("ABC", "TRADES", "", "600 S", "30 secs", False)
-    pacer.record(key, "ABC")
-    assert pacer.wait_seconds(key, "ABC") == pytest.approx(15.0)  # identical within 15 s
-    for i in range(4):
-        pacer.record(("ABC", i), "ABC")
-    # Five for one contract within 2 s: the sixth waits; another contract does not.
-    assert pacer.wait_seconds(("ABC", "x"), "ABC") == pytest.approx(2.0)
-    assert pacer.wait_seconds(("XYZ", "x"), "XYZ") == 0.0
-    clock.now += 3
-    for i in range(55):
-        pacer.record((f"S{i}",), f"S{i}")
-    assert pacer.wait_seconds(("NEW",), "NEW") == pytest.approx(597.0)  # 60 in 10 minutes
-
-
-def test_pacer_backs_off_on_162_and_recovers() -> None:
-    clock = FakeMonotonic()
-    pacer = HistoricalPacer(monotonic=clock)
-    assert pacer.on_pacing_violation() == 15.0
-    assert pacer.wait_seconds(("A",), "A") == pytest.approx(15.0)
-    assert pacer.on_pacing_violation() == 30.0
-    clock.now += 30
-    pacer.on_success()
-    assert pacer.wait_seconds(("A",), "A") == 0.0
-    assert pacer.on_pacing_violation() == 15.0
+# -- bars, phases (pure parts of the I/O layer) -------------------------------------------------
 
 
 def test_stream_bars_that_arrive_before_the_seed_do_not_hide_the_history() -> None:
@@ -1568,3 +1531,20 @@ def test_start_is_not_held_up_by_the_llm_clients_import(
 
     assert asyncio.run(asyncio.wait_for(day_trader._run(settings, options), 20.0)) == 0
     assert seen == {"prepared_before_run": False}
+
+
+def test_no_class_of_the_day_trader_is_over_400_lines() -> None:
+    """The bot was one 948-line class (loop, data feed, wallet, risk check and fill book at
+    once); its parts stay small enough to read."""
+    import ast
+
+    files = [ROOT / "day_trader.py", *sorted((ROOT / "bots").glob("day_*.py"))]
+    files += sorted((ROOT / "bots").glob("entry_*.py"))
+    sizes = {
+        f"{path.name}:{node.name}": node.end_lineno - node.lineno + 1  # type: ignore[operator]
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert "day_bot.py:DayTrader" in sizes
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

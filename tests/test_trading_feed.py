@@ -1,5 +1,6 @@
-"""The day trader's feed (SymbolFeed) on the recorded sample: which bars reach the indicators,
-where the gap comes from, and that the stream and the history seed agree, at any speed."""
+"""The per-symbol feed (trading.feed.SymbolFeed) on the recorded sample: which bars reach
+the indicators, where the gap comes from, and that the stream and the history seed agree,
+at any speed."""
 
 from __future__ import annotations
 
