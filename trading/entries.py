@@ -536,7 +536,9 @@ class EntryCore:
         """The last look before sending `symbol`'s entry, on its newest data, against `book`
         with the other symbols being entered counted as working."""
         book = self.with_entering(book, but=symbol)
-        return evaluate_entry(self.add_symbol(symbol).snapshot(), book, now, session, self.config)
+        # A symbol dropped meanwhile has no data: refused for it, and no feed made for it.
+        feed = self.feeds.get(symbol) or SymbolFeed(symbol, self.calendar)
+        return evaluate_entry(feed.snapshot(), book, now, session, self.config)
 
     def plan(self, decision: EntryDecision, funds: AccountFunds, committed_usd: float) -> EntryPlan:
         """The order an enter decision becomes (plan_entry with this core's config)."""
