@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from core.clock import Session
@@ -130,11 +130,6 @@ def _rounded(value: Any) -> Any:
 
 
 # -- time --------------------------------------------------------------------------------------
-
-
-def entry_cutoff(session: Session, cutoff_minutes: float) -> datetime:
-    """Returns the moment new entries stop: the session's close minus `cutoff_minutes`."""
-    return session.close - timedelta(minutes=cutoff_minutes)
 
 
 def entry_window_problem(
