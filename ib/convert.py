@@ -25,6 +25,7 @@ from ib_async.util import UNSET_DOUBLE, UNSET_INTEGER
 
 from trading.model import (
     BrokerPosition,
+    EnterIntent,
     ExitIntent,
     FillRecord,
     ProtectIntent,
@@ -36,11 +37,13 @@ __all__ = [
     "UNSET_DOUBLE",
     "UNSET_INTEGER",
     "broker_position",
+    "entry_order",
     "exit_order",
     "fill_record",
     "fill_side",
     "ib_integer",
     "ib_number",
+    "ib_price",
     "protective_orders",
     "quote",
     "working_order",
@@ -53,6 +56,13 @@ def ib_number(value: float | None) -> float | None:
     if value is None or math.isnan(value) or value >= UNSET_DOUBLE / 2:
         return None
     return float(value)
+
+
+def ib_price(value: float | None) -> float:
+    """A price field of IB's as a float, nan when IB left it unset or sent -1 (its "no
+    price": a ticker without a bid, a portfolio line without a mark)."""
+    number = ib_number(value)
+    return math.nan if number is None or number < 0 else number
 
 
 def ib_integer(value: int | None) -> int | None:
@@ -147,6 +157,13 @@ def protective_orders(intent: ProtectIntent) -> tuple[Order, Order]:
         order.tif = intent.tif
         order.outsideRth = False
     return target, backstop
+
+
+def entry_order(intent: EnterIntent, account: str) -> Order:
+    """The entry BUY of `intent` for `account`: a marketable limit, regular hours only."""
+    order = LimitOrder("BUY", intent.quantity, intent.limit_price, tif=intent.tif, account=account)
+    order.outsideRth = False
+    return order
 
 
 def exit_order(intent: ExitIntent) -> Order:
