@@ -1,7 +1,7 @@
 """The day trader's fills: execDetails is the truth, keyed by execId.
 
 Each new execution of our entry BUYs becomes a trade row and an active position with its
-target and stop (core.money); the exit manager (another process) protects it. Commissions
+target and stop (trading.exits.target_and_stop); the exit manager (another process) protects it. Commissions
 are attached to their fill whichever arrives first.
 """
 
@@ -17,9 +17,11 @@ from bots.day_feeds import Spawn
 from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock
 from core.logs import get_logger
-from core.money import average_price, profit_target_price, stop_loss_price
+from core.money import average_price
 from core.settings import Settings
+from ib.fills import fill_of
 from observability import FILLED, IntentTransitionError, TradingDatabase
+from trading.exits import target_and_stop
 from trading.model import DAY_TRADER
 
 AGENT = DAY_TRADER
@@ -43,7 +45,6 @@ class EntryFills:
         self.db = db
         self.clock = clock
         self.spawn = spawn
-        self._unrecorded_commissions: dict[str, float] = {}  # execId -> commission
         self._positions_lock = asyncio.Lock()
         self.ib.execDetailsEvent += self._on_exec_details
         self.ib.commissionReportEvent += self._on_commission_report
@@ -66,21 +67,10 @@ class EntryFills:
         intent = self.db.get_order_intent(ref)
         if intent is None or intent["agent"] != AGENT or intent["side"] != "BUY":
             return False
-        # execution.time is the exchange's; Fill.time is only when the message arrived here.
-        when = execution.time if isinstance(execution.time, datetime) else self.clock.now()
-        new = self.db.record_trade(
-            intent["symbol"],
-            "BUY",
-            float(execution.shares),
-            float(execution.price),
-            AGENT,
-            order_ref=ref,
-            exec_id=execution.execId,
-            trade_time=when,
-        )
-        commission = self._commission_of(fill)
-        if commission is not None:  # applying it twice is harmless
-            self.db.record_commission(execution.execId, commission)
+        # The exchange's execution time; Fill.time is only when the message arrived here.
+        done = fill_of(self.ib, fill, received_at=self.clock.now())
+        when = done.time
+        new = self.db.record_fill(done, AGENT)
         if not new:
             return False
         symbol = intent["symbol"]
@@ -109,27 +99,8 @@ class EntryFills:
 
     def _on_commission_report(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
         ref = fill.execution.orderRef
-        if not ref or not ref.startswith(f"{AGENT}-"):
-            return
-        if not self.db.record_commission(report.execId, report.commission):
-            # Its fill is not written yet: apply_fill attaches it when it is.
-            self._unrecorded_commissions[report.execId] = float(report.commission)
-
-    def _commission_of(self, fill: Fill) -> float | None:
-        """IB's commission for this execution if its report has arrived, else None.
-
-        reqExecutions hands back a fresh Fill for an execution seen live; the report is
-        on the one ib_async keeps.
-        """
-        exec_id = fill.execution.execId
-        pending = self._unrecorded_commissions.pop(exec_id, None)
-        if pending is not None:
-            return pending
-        for known in (fill, self.ib.wrapper.fills.get(exec_id)):
-            report = getattr(known, "commissionReport", None)
-            if report is not None and report.execId == exec_id:
-                return float(report.commission)
-        return None
+        if ref and ref.startswith(f"{AGENT}-"):  # before its fill: the store keeps it for it
+            self.db.record_commission(report.execId, report.commission)
 
     def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
         """Shares filled for one entry and their average price, from the recorded fills."""
@@ -145,8 +116,9 @@ class EntryFills:
     ) -> None:
         """Write the active position (first fill) or update it (later fills), with target and
         stop from the average price."""
-        target = profit_target_price(average, self.settings.profit_target_pct)
-        stop = stop_loss_price(average, self.settings.stop_loss_pct)
+        target, stop = target_and_stop(
+            average, self.settings.profit_target_pct, self.settings.stop_loss_pct
+        )
         if not self.db.add_active_position(
             symbol,
             int(quantity),
