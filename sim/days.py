@@ -183,9 +183,7 @@ def days_from_data(
                     analysis=analysis_bars(fill),
                 )
             )
-        days.append(
-            TradingDay(day, session, tuple(per_symbol), min(bar_seconds, ANALYSIS_SECONDS))
-        )
+        days.append(TradingDay(day, session, tuple(per_symbol), min(bar_seconds, ANALYSIS_SECONDS)))
     return days
 
 
