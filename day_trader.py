@@ -81,6 +81,7 @@ from observability import (
     TradingDatabase,
     get_database,
 )
+from trading import phases
 from trading.entries import (
     BAR_SECONDS,
     DELAYED_DATA,
@@ -154,26 +155,13 @@ class DayTraderOptions:
     retry_real_s: float = 30.0  # reconnect interval (short in accelerated simulations)
 
 
-PREMARKET_AGGREGATION = (7, 0)
-PREMARKET_ANALYSIS = (7, 30)
 TICKER_VALIDATION = (8, 15)
 
 
 def day_phase(now: datetime, session: Session | None) -> str:
     """Returns the phase of the trading day at `now`: closed, idle, aggregation, analysis,
     regular, or after_close (entries are further limited by the rules' cutoff)."""
-    if session is None:
-        return "closed"
-    local = now.astimezone(NEW_YORK)
-    if now >= session.close:
-        return "after_close"
-    if now >= session.open:
-        return "regular"
-    if (local.hour, local.minute) >= PREMARKET_ANALYSIS:
-        return "analysis"
-    if (local.hour, local.minute) >= PREMARKET_AGGREGATION:
-        return "aggregation"
-    return "idle"
+    return phases.day_phase(now, session).value
 
 
 # ---------------------------------------------------------------------------------------------

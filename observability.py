@@ -43,6 +43,7 @@ from trading.entries import (
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
 )
+from trading.model import EXIT_REASONS
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
@@ -85,9 +86,6 @@ KILL_SWITCH_FLAG = "kill_switch"
 EXIT_REQUEST_PREFIX = "exit_request:"
 RESUME_ENTRIES = "python liquidate_all.py --resume"
 
-EXIT_REASONS = frozenset(
-    {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
-)
 
 # Migration N brings a database from user_version N-1 to N. A database made by the seed
 # system is at user_version 0 with tables of its own shape; _migrate rebuilds those first.

@@ -25,10 +25,10 @@ from core.clock import Session
 from core.money import entry_shares
 from trading.feed import SessionCalendar, SymbolFeed, SymbolQuote, SymbolSnapshot
 from trading.indicators import Bar
+from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES
+from trading.phases import day_phase
 
 BAR_SECONDS = 30
-LIVE_DATA_TYPES = frozenset({1})  # IB marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed frozen
-DELAYED_DATA_TYPES = frozenset({3, 4})
 
 STANDARD = "standard"
 GAP_AND_GO = "gap_and_go"
@@ -139,11 +139,10 @@ def entry_window_problem(
 
     Half days work through the calendar: a 13:00 close stops entries at 12:45.
     """
-    if session is None or not session.open <= now < session.close:
+    phase = day_phase(now, session, entry_cutoff_minutes=cutoff_minutes)
+    if not phase.regular_hours:
         return MARKET_CLOSED
-    if now >= entry_cutoff(session, cutoff_minutes):
-        return AFTER_ENTRY_CUTOFF
-    return None
+    return None if phase.entries_allowed else AFTER_ENTRY_CUTOFF
 
 
 # -- risk and book -----------------------------------------------------------------------------
