@@ -44,10 +44,9 @@ from core.clock import NEW_YORK, MarketClock, Session
 from core.money import marketable_limit_price
 from core.settings import Settings
 from exit_rules import ExitConfig, exit_decision, held_position, target_touch_time
-from exit_rules import StampedQuote as ExitQuote
 from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
 from journal import JournalRow, journal_rows
-from reports import DayReport, exit_reason_for, max_drawdown, round_trips_from_fills
+from reports import DayReport, max_drawdown, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
 from trading.entries import (
     AccountFunds,
@@ -62,18 +61,17 @@ from trading.entries import (
 from trading.entries import HeldPosition as BookPosition
 from trading.feed import SymbolQuote
 from trading.indicators import Bar
+from trading.model import (
+    DAY_TRADER,
+    PURPOSE_BACKSTOP,
+    PURPOSE_EOD,
+    PURPOSE_TARGET,
+    exit_reason_for,
+)
+from trading.model import Quote as ExitQuote
+from trading.phases import day_phase
 
-try:  # the vocabulary's home once trading.model is in; core.purposes until then
-    from trading.model import (
-        PURPOSE_BACKSTOP,
-        PURPOSE_BOT_STOP,
-        PURPOSE_EOD,
-        PURPOSE_TARGET,
-    )
-except ImportError:  # pragma: no cover - before the shared model is merged
-    from core.purposes import PURPOSE_BACKSTOP, PURPOSE_EOD, PURPOSE_TARGET
-
-AGENT = "day_trader"
+AGENT = DAY_TRADER  # the strategy's positions in the book
 ENTRY_PURPOSE_PREFIX = "entry:"
 _SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
@@ -303,7 +301,7 @@ class _DayRun:
         self.session: Session = day.session
         self.open_epoch = day.session.open.timestamp()
         self.close_epoch = day.session.close.timestamp()
-        self.flatten_at = self.close_epoch - config.eod_flatten_minutes * 60
+        self.flattening = False  # in the end-of-day flatten (trading.phases), per step
         self.kill_at = (
             datetime.combine(day.trading_date, config.kill_switch_at, NEW_YORK).timestamp()
             if config.kill_switch_at is not None
@@ -355,6 +353,11 @@ class _DayRun:
         step = self.open_epoch
         while step < self.close_epoch:
             end = step + ANALYSIS_SECONDS
+            self.flattening = day_phase(
+                datetime.fromtimestamp(step, NEW_YORK),
+                self.session,
+                eod_flatten_minutes=self.config.eod_flatten_minutes,
+            ).flattening
             self._trade_until(end)
             now = end
             while i < len(rows) and rows[i][0] < end:
@@ -371,10 +374,7 @@ class _DayRun:
                 self.last_price[symbol] = bar.close
                 i += 1
                 bars += 1
-            if self.open_epoch < now <= self.flatten_at:
-                self._decide(now)
-            else:
-                self.core.take_due()  # outside the entry window: nothing to decide
+            self._decide(now)
             step = end
         self._close_out()
         return self._result(), bars
@@ -570,7 +570,7 @@ class _DayRun:
     def _watch(
         self, holding: _Holding, t: float, last: float, quote: _SellQuote, capacity: list[float]
     ) -> None:
-        if holding.exit is None and t >= self.flatten_at:
+        if holding.exit is None and self.flattening:
             self._start_exit(holding, PURPOSE_EOD)
         if holding.exit is None:
             for order in (holding.target, holding.backstop):
