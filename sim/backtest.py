@@ -302,6 +302,7 @@ class _DayRun:
         self.open_epoch = day.session.open.timestamp()
         self.close_epoch = day.session.close.timestamp()
         self.flattening = False  # in the end-of-day flatten (trading.phases), per step
+        self.flatten_from: float | None = None
         self.kill_at = (
             datetime.combine(day.trading_date, config.kill_switch_at, NEW_YORK).timestamp()
             if config.kill_switch_at is not None
@@ -334,20 +335,20 @@ class _DayRun:
         self.fill_rows = {sym: rows.tolist() for sym, rows in fill.items()}
         self.fill_times = {sym: rows[:, 0] for sym, rows in fill.items()}
         self.fill_pos = dict.fromkeys(self.symbols, 0)
-        # All analysis bars in time order: (time, symbol index, row).
+        # All analysis bars in the order they become known: (time, ..., known at).
         counts = [len(a) for a in analysis]
         stacked = (
-            np.concatenate([a for a in analysis if len(a)]) if any(counts) else np.empty((0, 6))
+            np.concatenate([a for a in analysis if len(a)]) if any(counts) else np.empty((0, 7))
         )
         owner = np.repeat(np.arange(len(analysis)), counts)
-        order = np.argsort(stacked[:, 0], kind="stable") if len(stacked) else np.empty(0, int)
+        order = np.lexsort((stacked[:, 0], stacked[:, 6]))
         rows = stacked[order].tolist()
         owners = owner[order].tolist()
         bars = 0
         i = 0
         # Pre-market bars: the gap reference (no entry before the open).
-        while i < len(rows) and rows[i][0] < self.open_epoch:
-            self.core.on_bar(self.symbols[owners[i]], Bar(*rows[i]))
+        while i < len(rows) and rows[i][6] <= self.open_epoch:
+            self.core.on_bar(self.symbols[owners[i]], Bar(*rows[i][:6]))
             i += 1
             bars += 1
         step = self.open_epoch
@@ -358,11 +359,13 @@ class _DayRun:
                 self.session,
                 eod_flatten_minutes=self.config.eod_flatten_minutes,
             ).flattening
+            if self.flattening and self.flatten_from is None:
+                self.flatten_from = step
             self._trade_until(end)
             now = end
-            while i < len(rows) and rows[i][0] < end:
+            while i < len(rows) and rows[i][6] <= end:
                 symbol = self.symbols[owners[i]]
-                bar = Bar(*rows[i])
+                bar = Bar(*rows[i][:6])
                 self.core.on_bar(symbol, bar)
                 spread = self.spread[symbol]
                 self.core.on_quote(
@@ -655,8 +658,9 @@ class _DayRun:
         )
 
     def _close_out(self) -> None:
-        """The day ends flat: what the fill bars could not sell by the close (no trades
-        left in the data) is sold at the last price's bid at the close, reason EOD."""
+        """The day ends flat: what the fill bars could not sell (no trades left in the
+        data) is sold at the last price's bid when the flatten began, reason EOD."""
+        when = self.flatten_from if self.flatten_from is not None else self.close_epoch - 1
         for holding in list(self.holdings.values()):
             if holding.exit is None:
                 self._start_exit(holding, PURPOSE_EOD)
@@ -664,7 +668,7 @@ class _DayRun:
             last = self.last_price.get(holding.symbol, holding.entry_price)
             quote = _SellQuote(last, self.spread[holding.symbol])
             price = fill_price(holding.exit, quote, MIN_TICK, self.config.slippage_ticks)
-            self._sell(holding, holding.exit, price or quote.bid, self.close_epoch - 1, [math.inf])
+            self._sell(holding, holding.exit, price or quote.bid, when, [math.inf])
         self.entries.clear()  # DAY orders expire at the close
 
     def _result(self) -> DayResult:
