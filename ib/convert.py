@@ -41,6 +41,7 @@ __all__ = [
     "fill_side",
     "ib_integer",
     "ib_number",
+    "ib_price",
     "protective_orders",
     "quote",
     "working_order",
@@ -53,6 +54,13 @@ def ib_number(value: float | None) -> float | None:
     if value is None or math.isnan(value) or value >= UNSET_DOUBLE / 2:
         return None
     return float(value)
+
+
+def ib_price(value: float | None) -> float:
+    """A price field of IB's as a float, nan when IB left it unset or sent -1 (its "no
+    price": a ticker without a bid, a portfolio line without a mark)."""
+    number = ib_number(value)
+    return math.nan if number is None or number < 0 else number
 
 
 def ib_integer(value: int | None) -> int | None:

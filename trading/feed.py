@@ -11,10 +11,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from core.clock import NEW_YORK, Session
 from trading.indicators import Bar, StreamingIndicators
+from trading.model import Quote
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,8 @@ class SessionCalendar(Protocol):
     def session(self, day: date) -> Session | None: ...
 
 
-class SymbolQuote(NamedTuple):
-    """The latest quote of one symbol; nan = unknown. `data_type` is IB's marketDataType
-    (1 live, 2 frozen, 3 delayed, 4 delayed frozen; 0 = not known yet)."""
-
-    last: float = math.nan
-    bid: float = math.nan
-    ask: float = math.nan
-    prev_close: float = math.nan
-    data_type: int = 0
-
-
-NO_QUOTE = SymbolQuote()
+# Before the first quote: nothing known, data type 0 (not known yet).
+NO_QUOTE = Quote("", math.nan, math.nan, math.nan, math.nan, 0)
 
 
 @dataclass
@@ -95,8 +86,7 @@ class SymbolFeed:
     symbol: str
     calendar: SessionCalendar
     indicators: StreamingIndicators = field(default_factory=StreamingIndicators)
-    quote: SymbolQuote = NO_QUOTE
-    quote_time: float = math.nan  # market epoch the last quote arrived
+    quote: Quote = NO_QUOTE  # the latest; its time is when it arrived (market clock)
     last_bar_time: float = -math.inf
     premarket_close: float = math.nan  # the last pre-market trade: the gap reference
     new_bar: bool = False  # a regular-hours bar came since the last decision
@@ -139,11 +129,15 @@ class SymbolFeed:
             self.new_bar = True
         return True
 
-    def on_quote(self, quote: SymbolQuote, now_epoch: float) -> None:
-        """A quote arrived at market time `now_epoch` (broker tick times are wall time; a
-        simulated day needs the market clock's)."""
+    def on_quote(self, quote: Quote) -> None:
+        """The latest quote; `quote.time` is the market time it arrived (broker tick times
+        are wall time; a simulated day needs the market clock's)."""
         self.quote = quote
-        self.quote_time = now_epoch
+
+    @property
+    def quote_time(self) -> float:
+        """Market epoch the last quote arrived (nan: none yet)."""
+        return self.quote.time
 
     def gap_pct(self) -> float:
         """Pre-market gap: the last pre-market trade vs the previous close (0 without a
