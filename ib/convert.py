@@ -111,17 +111,23 @@ def fill_side(side: str) -> str:
     return {"BOT": "BUY", "SLD": "SELL"}.get(side, side)
 
 
-def fill_record(fill: Fill, report: CommissionReport | None = None) -> FillRecord:
+def fill_record(
+    fill: Fill, report: CommissionReport | None = None, *, received_at: datetime | None = None
+) -> FillRecord:
     """One execution as a FillRecord; the commission from `report` (else the fill's own)
-    when it is the report of this execution, else None (it has not arrived yet)."""
+    when it is the report of this execution, else None (it has not arrived yet). Its time is
+    the execution's when IB sent one with a timezone, else `received_at` (else the fill's)."""
     ex = fill.execution
     report = report or fill.commissionReport
     commission = None
     if report is not None and report.execId == ex.execId:
         commission = ib_number(report.commission)
-    when = ex.time if isinstance(ex.time, datetime) else fill.time
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    if isinstance(ex.time, datetime) and ex.time.tzinfo:
+        when = ex.time
+    else:
+        when = received_at or fill.time
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
     return FillRecord(
         symbol=fill.contract.symbol,
         side=fill_side(ex.side),
