@@ -43,7 +43,6 @@ import numpy as np
 from core.clock import NEW_YORK, MarketClock, Session
 from core.money import marketable_limit_price
 from core.settings import Settings
-from exit_rules import ExitConfig, exit_decision, held_position, target_touch_time
 from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
 from journal import JournalRow, journal_rows
 from reports import DayReport, max_drawdown, round_trips_from_fills
@@ -59,17 +58,16 @@ from trading.entries import (
     size_entry,
 )
 from trading.entries import HeldPosition as BookPosition
-from trading.feed import SymbolQuote
+from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
     PURPOSE_BACKSTOP,
     PURPOSE_EOD,
     PURPOSE_TARGET,
+    Quote,
     exit_reason_for,
 )
-from trading.model import Quote as ExitQuote
-from trading.phases import day_phase
 
 AGENT = DAY_TRADER  # the strategy's positions in the book
 ENTRY_PURPOSE_PREFIX = "entry:"
@@ -241,17 +239,16 @@ class _Entry:
 
 @dataclass
 class _Holding:
-    """A position and its exit orders: the exit manager's state for one held symbol."""
+    """A position at the simulated broker and its working sells (the exit side's own state
+    of the symbol, position prices and target touch, is its trading.exits.HeldSymbol)."""
 
     symbol: str
     quantity: float = 0.0
     cost: float = 0.0
-    position: Any = None  # exit_rules.HeldPosition at the average entry price
     target: SimOrder | None = None
     backstop: SimOrder | None = None
     exit: SimOrder | None = None
     exit_purpose: str = ""
-    touched_at: float | None = None
 
     @property
     def entry_price(self) -> float:
@@ -301,7 +298,7 @@ class _DayRun:
         self.session: Session = day.session
         self.open_epoch = day.session.open.timestamp()
         self.close_epoch = day.session.close.timestamp()
-        self.flattening = False  # in the end-of-day flatten (trading.phases), per step
+        self.flattening = False  # in the exit side's end-of-day flatten, per step
         self.flatten_from: float | None = None
         self.kill_at = (
             datetime.combine(day.trading_date, config.kill_switch_at, NEW_YORK).timestamp()
@@ -318,6 +315,7 @@ class _DayRun:
         self.cash = equity
         self.entries: dict[str, _Entry] = {}
         self.holdings: dict[str, _Holding] = {}
+        self.exits = ExitBook(self.exit_config)
         self.closed: list[ClosedPosition] = []
         self.last_price: dict[str, float] = {}
         self.fills: list[dict[str, Any]] = []
@@ -354,10 +352,8 @@ class _DayRun:
         step = self.open_epoch
         while step < self.close_epoch:
             end = step + ANALYSIS_SECONDS
-            self.flattening = day_phase(
-                datetime.fromtimestamp(step, NEW_YORK),
-                self.session,
-                eod_flatten_minutes=self.config.eod_flatten_minutes,
+            self.flattening = exit_phase(
+                datetime.fromtimestamp(step, NEW_YORK), self.session, self.exit_config
             ).flattening
             if self.flattening and self.flatten_from is None:
                 self.flatten_from = step
@@ -368,11 +364,10 @@ class _DayRun:
                 bar = Bar(*rows[i][:6])
                 self.core.on_bar(symbol, bar)
                 spread = self.spread[symbol]
+                # The quote at the bar's end: last and bid at its close, the ask a spread above.
                 self.core.on_quote(
-                    symbol,
-                    SymbolQuote(bar.close, bar.close, round(bar.close + spread, 6),
-                                self.prev_close[symbol], 1),
-                    now,
+                    Quote(symbol, bar.close, bar.close, round(bar.close + spread, 6), now, 1,
+                          self.prev_close[symbol])
                 )  # fmt: skip
                 self.last_price[symbol] = bar.close
                 i += 1
@@ -505,8 +500,8 @@ class _DayRun:
         if entry is not None and entry.order.lmt_price is not None:
             levels.append(round(entry.order.lmt_price - MIN_TICK, 6))  # first price through
         holding = self.holdings.get(symbol)
-        if holding is not None and holding.position is not None and holding.exit is None:
-            pos = holding.position
+        pos = self.exits[symbol].position
+        if holding is not None and pos is not None and holding.exit is None:
             levels += [pos.target_price, round(pos.target_price + MIN_TICK, 6)]
             levels += [pos.stop_price, pos.backstop_price]
         return levels
@@ -517,12 +512,14 @@ class _DayRun:
         """A touched target still at or above it `target_fill_grace_s` later, inside the
         piece (t0, p0) -> (t1, p1): visit that moment (the bot sells if the LMT has not)."""
         holding = self.holdings.get(symbol)
-        if holding is None or holding.touched_at is None or holding.exit is not None:
+        state = self.exits[symbol]
+        if holding is None or state.target_touched_at is None or holding.exit is not None:
             return
-        due = holding.touched_at + self.exit_config.target_fill_grace_s
+        assert state.position is not None
+        due = state.target_touched_at + self.exit_config.target_fill_grace_s
         if t0 < due < t1:
             price = p0 + (p1 - p0) * (due - t0) / (t1 - t0)
-            if price >= holding.position.target_price:
+            if price >= state.position.target_price:
                 self._at(symbol, due, round(price, 6), capacity)
 
     def _at(self, symbol: str, t: float, last: float, capacity: list[float]) -> None:
@@ -558,15 +555,20 @@ class _DayRun:
             del self.entries[symbol]
 
     def _protect(self, holding: _Holding) -> None:
-        """The exit manager's protective set for what is held now: target LMT and server
-        STP for the whole position at the exit rules' prices (a grown position re-prices)."""
-        pos = held_position(holding.symbol, holding.quantity, holding.entry_price,
-                            self.exit_config, tick=MIN_TICK)  # fmt: skip
-        holding.position = pos
-        holding.target = _order(holding.symbol, "SELL", holding.quantity, "LMT",
-                                self._ref(holding.symbol), limit=pos.target_price, tif="GTC")  # fmt: skip
-        holding.backstop = _order(holding.symbol, "SELL", holding.quantity, "STP",
-                                  self._ref(holding.symbol), stop=pos.backstop_price, tif="GTC")  # fmt: skip
+        """The exit side's protective set for what is held now (trading.exits'
+        protect_intent: target LMT and server STP for the whole position), placed at the
+        simulated broker; a grown position gets it anew at its average price."""
+        symbol = holding.symbol
+        pos = held_position(symbol, holding.quantity, holding.entry_price, self.exit_config,
+                            tick=MIN_TICK, db_row={"entry_price": holding.entry_price,
+                                                   "agent": AGENT})  # fmt: skip
+        self.exits[symbol].position = pos
+        oca = self._ref(symbol)
+        intent = protect_intent(pos, round(holding.quantity), oca, self.exit_config, None)
+        holding.target = _order(symbol, "SELL", intent.quantity, "LMT", f"{oca}-target",
+                                limit=intent.target_price, tif=intent.tif)  # fmt: skip
+        holding.backstop = _order(symbol, "SELL", intent.quantity, "STP", f"{oca}-stop",
+                                  stop=intent.stop_price, tif=intent.tif)  # fmt: skip
         self.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
         self.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
 
@@ -590,10 +592,8 @@ class _DayRun:
                     holding.backstop = order if order is holding.backstop else None
                     if holding.quantity <= 1e-9:
                         return
-            stamped = ExitQuote(holding.symbol, last, quote.bid, quote.ask, t, 1)
-            holding.touched_at = target_touch_time(holding.position, stamped, holding.touched_at, t)
-            action = exit_decision(holding.position, stamped, t, self.exit_config,
-                                   market_open=True, target_touched_at=holding.touched_at)  # fmt: skip
+            self.exits.on_quote(Quote(holding.symbol, last, quote.bid, quote.ask, t, 1), t)
+            action = self.exits.exit_due(holding.symbol, t, market_open=True)
             if action is None:
                 return
             self._start_exit(holding, action.purpose)
@@ -611,6 +611,7 @@ class _DayRun:
         holding.exit = _order(holding.symbol, "SELL", holding.quantity, "MKT",
                               self._ref(holding.symbol))  # fmt: skip
         holding.exit_purpose = purpose
+        self.exits[holding.symbol].busy = True  # an exit works on it: no second one
         self.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
 
     def _sell(
@@ -629,6 +630,8 @@ class _DayRun:
 
     def _closed(self, holding: _Holding) -> None:
         del self.holdings[holding.symbol]
+        self.exits.closed(holding.symbol)
+        self.exits[holding.symbol].busy = False
         symbol_fills = [f for f in self.fills if f["symbol"] == holding.symbol]
         pnl = sum((f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
                   - f["commission"] for f in symbol_fills)  # fmt: skip
