@@ -91,6 +91,9 @@ class BacktestConfig:
     stop_loss_pct: float = _setting("stop_loss_pct")
     eod_flatten_minutes: float = _setting("eod_flatten_minutes")
     entry_timeout_s: float = 60.0  # the day trader's default
+    # Market seconds from a decision to its order at the market: live, well under a second;
+    # the socket simulator at 100x about 10-15 (its bots' real latency times the speed).
+    order_delay_s: float = 0.0
     limit_ticks: int = 2  # entry limit = ask + this many ticks
     slippage_ticks: int = 0  # market-like fills: this many ticks beyond the far side
     participation: float = 0.25  # a fill takes at most this share of its bar's volume
@@ -105,8 +108,10 @@ class BacktestConfig:
             raise ValueError(f"allocation {self.allocation} must be in (0, 1]")
         if not 0 < self.participation <= 1:
             raise ValueError(f"participation {self.participation} must be in (0, 1]")
-        if self.max_open_positions < 1 or self.entry_timeout_s <= 0:
-            raise ValueError("max_open_positions must be >= 1 and entry_timeout_s > 0")
+        if self.max_open_positions < 1 or self.entry_timeout_s <= 0 or self.order_delay_s < 0:
+            raise ValueError(
+                "max_open_positions must be >= 1, entry_timeout_s > 0 and order_delay_s >= 0"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BacktestConfig:
@@ -231,7 +236,7 @@ def _order(symbol: str, action: str, qty: float, order_type: str, ref: str, *, l
 
 @dataclass
 class _Entry:
-    order: SimOrder
+    order: SimOrder | None  # None until it reaches the market (order_delay_s)
     placed_at: float
     deadline: float
     rule: str
@@ -306,6 +311,8 @@ class _DayRun:
             else math.inf
         )
         self.core = EntryCore(self.entry_config, _DayCalendar(day.session))
+        for symbol in day.symbols:  # the watchlist's order: ties for a slot go by it, as live
+            self.core.add_symbol(symbol.symbol)
         self.symbols = [s.symbol for s in day.symbols]
         self.spread = {s.symbol: s.spread_ticks * MIN_TICK for s in day.symbols}
         self.prev_close = {s.symbol: s.prev_close for s in day.symbols}
@@ -430,9 +437,38 @@ class _DayRun:
                     self.core.entry_finished(decision.symbol)
 
     def _enter(self, decision: EntryDecision, now: float) -> None:
+        """The day trader sends an entry for `decision`: at once, priced from the ask the
+        decision saw, or `order_delay_s` later, priced from the ask then."""
+        symbol = decision.symbol
+        rule = decision.rule or ""
+        at = now + self.config.order_delay_s
+        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule)
+        self.entries[symbol] = entry
+        # Its fill bars from now on (a symbol neither entering nor held skips them).
+        self.fill_pos[symbol] = int(np.searchsorted(self.fill_times[symbol], now, side="left"))
+        self.decisions.append(
+            {
+                "event": "entry_decision",
+                "decision": "enter",
+                "symbol": symbol,
+                "rule": rule,
+                "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
+                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
+            }
+        )
+        if self.config.order_delay_s == 0:
+            self._send(symbol, entry, decision.values["ask"])
+
+    def _send(self, symbol: str, entry: _Entry, ask: float) -> bool:
+        """Price and size the entry's limit BUY (DAY) from `ask`; False when not even one
+        share fits (the entry is dropped)."""
         config = self.config
-        limit = marketable_limit_price(decision.values["ask"], config.limit_ticks)
-        committed = sum(e.order.remaining * (e.order.lmt_price or 0) for e in self.entries.values())
+        limit = marketable_limit_price(ask, config.limit_ticks)
+        committed = sum(
+            e.order.remaining * (e.order.lmt_price or 0)
+            for e in self.entries.values()
+            if e.order is not None
+        )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
         funds = AccountFunds(equity, self.cash, self.cash)
         shares, _ = size_entry(
@@ -444,31 +480,17 @@ class _DayRun:
             max_position_usd=config.max_position_usd,
         )
         if shares < 1:
-            return
-        ref = self._ref(decision.symbol)
-        rule = decision.rule or ""
-        order = _order(decision.symbol, "BUY", shares, "LMT", ref, limit=limit)
-        # Its fill bars from now on (a symbol neither entering nor held skips them).
-        self.fill_pos[decision.symbol] = int(
-            np.searchsorted(self.fill_times[decision.symbol], now, side="left")
-        )
-        self.entries[decision.symbol] = _Entry(order, now, now + config.entry_timeout_s, rule)
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + rule
-        self.decisions.append(
-            {
-                "event": "entry_decision",
-                "decision": "enter",
-                "symbol": decision.symbol,
-                "rule": rule,
-                "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
-                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
-            }
-        )
+            del self.entries[symbol]
+            return False
+        ref = self._ref(symbol)
+        entry.order = _order(symbol, "BUY", shares, "LMT", ref, limit=limit)
+        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + entry.rule
         self.sent += 1
+        return True
 
     def _cancel_entry(self, symbol: str) -> None:
         entry = self.entries.pop(symbol)
-        if entry.order.remaining > 1e-9:
+        if entry.order is not None and entry.order.remaining > 1e-9:
             self.cancelled += 1
 
     def _ref(self, symbol: str) -> str:
@@ -491,16 +513,16 @@ class _DayRun:
                 between = [lv for lv in self._levels(symbol) if min(p0, p1) < lv < max(p0, p1)]
                 for level in sorted(between, reverse=p1 < p0):
                     at = t0 + (t1 - t0) * (level - p0) / (p1 - p0)
-                    self._grace(symbol, t0, p0, at, level, capacity)
+                    self._timed(symbol, t0, p0, at, level, capacity)
                     self._at(symbol, at, level, capacity)
                     t0, p0 = at, level
-            self._grace(symbol, t0, p0, t1, p1, capacity)
+            self._timed(symbol, t0, p0, t1, p1, capacity)
             self._at(symbol, t1, p1, capacity)
 
     def _levels(self, symbol: str) -> list[float]:
         levels = []
         entry = self.entries.get(symbol)
-        if entry is not None and entry.order.lmt_price is not None:
+        if entry is not None and entry.order is not None and entry.order.lmt_price is not None:
             levels.append(round(entry.order.lmt_price - MIN_TICK, 6))  # first price through
         holding = self.holdings.get(symbol)
         pos = self.exits[symbol].position
@@ -509,11 +531,16 @@ class _DayRun:
             levels += [pos.stop_price, pos.backstop_price]
         return levels
 
-    def _grace(
+    def _timed(
         self, symbol: str, t0: float, p0: float, t1: float, p1: float, capacity: list[float]
     ) -> None:
-        """A touched target still at or above it `target_fill_grace_s` later, inside the
-        piece (t0, p0) -> (t1, p1): visit that moment (the bot sells if the LMT has not)."""
+        """Moments inside the piece (t0, p0) -> (t1, p1) that something waits for: a delayed
+        entry reaching the market, and a touched target still at or above it
+        `target_fill_grace_s` later (the bot sells if the LMT has not)."""
+        entry = self.entries.get(symbol)
+        if entry is not None and entry.order is None and t0 < entry.placed_at < t1:
+            at = entry.placed_at
+            self._at(symbol, at, round(p0 + (p1 - p0) * (at - t0) / (t1 - t0), 2), capacity)
         holding = self.holdings.get(symbol)
         state = self.exits[symbol]
         if holding is None or state.target_touched_at is None or holding.exit is not None:
@@ -531,10 +558,11 @@ class _DayRun:
         spread = self.spread[symbol]
         entry = self.entries.get(symbol)
         if entry is not None and t >= entry.placed_at:
+            buy_quote = _BuyQuote(last, spread)
             if t >= entry.deadline:
                 self._cancel_entry(symbol)
-            else:
-                self._match_entry(symbol, entry, t, _BuyQuote(last, spread), capacity)
+            elif entry.order is not None or self._send(symbol, entry, buy_quote.ask):
+                self._match_entry(symbol, entry, t, buy_quote, capacity)
         holding = self.holdings.get(symbol)
         if holding is not None and holding.quantity > 1e-9:
             self._watch(holding, t, last, _SellQuote(last, spread), capacity)
@@ -543,6 +571,7 @@ class _DayRun:
         self, symbol: str, entry: _Entry, t: float, quote: _BuyQuote, capacity: list[float]
     ) -> None:
         order = entry.order
+        assert order is not None
         price = fill_price(order, quote, MIN_TICK, self.config.slippage_ticks)
         order.resting = True
         if price is None or capacity[0] < 1:
