@@ -158,6 +158,8 @@ class DayResult:
     equity_end: float
     entries_sent: int
     entries_cancelled: int  # timed out (unfilled, or the unfilled rest of a partial fill)
+    # Every enter decision (event, symbol, rule, exchange_time, indicator values), filled or not.
+    entry_decisions: tuple[dict[str, Any], ...] = ()
 
     @property
     def net_pnl(self) -> float:
@@ -725,6 +727,7 @@ class _DayRun:
             equity_end=self.equity_start + net,
             entries_sent=self.sent,
             entries_cancelled=self.cancelled,
+            entry_decisions=tuple(self.decisions),
         )
 
 
