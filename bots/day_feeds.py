@@ -30,7 +30,6 @@ from ib.market_data import (
     request_today_bars,
 )
 from trading.entries import (
-    BAR_SECONDS,
     DELAYED_DATA,
     STALE_QUOTE,
     WARMING_UP,
@@ -40,6 +39,7 @@ from trading.entries import (
     quote_is_stale,
 )
 from trading.feed import SymbolFeed
+from trading.indicators import BAR_SECONDS
 from trading.model import DAY_TRADER, DELAYED_DATA_TYPES
 
 log = get_logger(DAY_TRADER)
