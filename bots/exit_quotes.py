@@ -15,6 +15,8 @@ from ib import convert
 
 
 class QuoteWatch:
+    """Streams held symbols' quotes into the exit book and acts on its exit decisions."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
         self.tickers: dict[str, Ticker] = {}
