@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from core.clock import NEW_YORK, MarketClock, Session
-from core.money import marketable_limit_price
 from core.settings import Settings
 from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
 from journal import JournalRow, journal_rows
@@ -55,7 +54,6 @@ from trading.entries import (
     EntryCore,
     EntryDecision,
     book_from_records,
-    size_entry,
 )
 from trading.entries import HeldPosition as BookPosition
 from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
@@ -136,6 +134,9 @@ class BacktestConfig:
             entry_cutoff_minutes=self.eod_flatten_minutes,
             max_open_positions=self.max_open_positions,
             daily_loss_limit_pct=self.daily_loss_limit_pct,
+            allocation=self.allocation,
+            max_position_usd=self.max_position_usd,
+            limit_ticks=self.limit_ticks,
         )
 
     def exit_config(self) -> ExitConfig:
@@ -242,6 +243,7 @@ class _Entry:
     placed_at: float
     deadline: float
     rule: str
+    decision: EntryDecision
 
 
 @dataclass
@@ -444,7 +446,7 @@ class _DayRun:
         symbol = decision.symbol
         rule = decision.rule or ""
         at = now + self.config.order_delay_s
-        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule)
+        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule, decision)
         self.entries[symbol] = entry
         # Its fill bars from now on (a symbol neither entering nor held skips them).
         self.fill_pos[symbol] = int(np.searchsorted(self.fill_times[symbol], now, side="left"))
@@ -459,34 +461,27 @@ class _DayRun:
             }
         )
         if self.config.order_delay_s == 0:
-            self._send(symbol, entry, decision.values["ask"])
+            self._send(decision, entry, decision.values["ask"])
 
-    def _send(self, symbol: str, entry: _Entry, ask: float) -> bool:
-        """Price and size the entry's limit BUY (DAY) from `ask`; False when not even one
+    def _send(self, decision: EntryDecision, entry: _Entry, ask: float) -> bool:
+        """The entry core's plan for `decision` on the ask at sending (a marketable DAY limit
+        BUY sized by allocation), placed at the simulated broker; False when not even one
         share fits (the entry is dropped)."""
-        config = self.config
-        limit = marketable_limit_price(ask, config.limit_ticks)
         committed = sum(
             e.order.remaining * (e.order.lmt_price or 0)
             for e in self.entries.values()
             if e.order is not None
         )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
-        funds = AccountFunds(equity, self.cash, self.cash)
-        shares, _ = size_entry(
-            limit,
-            funds,
-            committed_usd=committed,
-            allocation=config.allocation,
-            max_open_positions=config.max_open_positions,
-            max_position_usd=config.max_position_usd,
-        )
-        if shares < 1:
-            del self.entries[symbol]
+        fresh = decision._replace(values={**decision.values, "ask": ask})
+        intent = self.core.plan(fresh, AccountFunds(equity, self.cash, self.cash), committed).intent
+        if intent is None:
+            del self.entries[decision.symbol]
             return False
-        ref = self._ref(symbol)
-        entry.order = _order(symbol, "BUY", shares, "LMT", ref, limit=limit)
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + entry.rule
+        ref = self._ref(intent.symbol)
+        entry.order = _order(intent.symbol, "BUY", intent.quantity, "LMT", ref,
+                             limit=intent.limit_price, tif=intent.tif)  # fmt: skip
+        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
         self.sent += 1
         return True
 
@@ -563,7 +558,7 @@ class _DayRun:
             buy_quote = _BuyQuote(last, spread)
             if t >= entry.deadline:
                 self._cancel_entry(symbol)
-            elif entry.order is not None or self._send(symbol, entry, buy_quote.ask):
+            elif entry.order is not None or self._send(entry.decision, entry, buy_quote.ask):
                 self._match_entry(symbol, entry, t, buy_quote, capacity)
         holding = self.holdings.get(symbol)
         if holding is not None and holding.quantity > 1e-9:
