@@ -21,12 +21,12 @@ What the live system does, step by step on the day's 30-s analysis bars:
     at the calendar's close - `eod_flatten_minutes` (13:00 - 15 min on half days).
 Orders are matched along each fill bar's path (open -> low -> high -> close for an up bar,
 linear between, as ibsim.replay replays bars; every price level an order waits for is
-visited where the path crosses it) by ibsim.orders' rules: a limit fills only when traded
-through (at its price once resting), market-like orders take the far side plus
-`slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
+visited where the path crosses it) by trading.fills' rules, the simulated gateway's: a limit
+fills only when traded through (at its price once resting), market-like orders take the far
+side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
 print as the bid (ask = print + spread), a sell as the ask (bid = print - spread). A fill
 takes at most `participation` of its bar's volume; the rest waits (partial fills).
-Commissions are ibsim.orders.commission_for per order.
+Commissions are trading.fills.commission_for per order.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 
 from core.clock import NEW_YORK, MarketClock, Session
 from core.settings import Settings
-from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
+from ibsim.orders import SimOrder
 from journal import JournalRow, journal_rows
 from reports import DayReport, max_drawdown, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
@@ -57,6 +57,7 @@ from trading.entries import (
 )
 from trading.entries import HeldPosition as BookPosition
 from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
+from trading.fills import commission_for, fill_price, is_triggered
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
@@ -228,7 +229,7 @@ class BacktestResult:
 # -- one symbol's orders and position -------------------------------------------------------------
 def _order(symbol: str, action: str, qty: float, order_type: str, ref: str, *, limit: float | None
            = None, stop: float | None = None, tif: str = "DAY") -> SimOrder:  # fmt: skip
-    """A SimOrder (ibsim's own record, so ibsim.orders' rules read it as the gateway does)."""
+    """A SimOrder (the gateway's own record: trading.fills reads it as the gateway does)."""
     return SimOrder(
         order_id=0, client_id=0, perm_id=0, account="BACKTEST", symbol=symbol, con_id=0,
         exchange="SMART", action=action, total_qty=float(qty), order_type=order_type,
@@ -265,7 +266,7 @@ class _Holding:
 
 
 class _BuyQuote:
-    """The print as the bid: what a buy can get (ibsim.orders.BookQuote)."""
+    """The print as the bid: what a buy can get (trading.fills.BookQuote)."""
 
     __slots__ = ("ask", "ask_size", "bid", "bid_size", "last")
 
