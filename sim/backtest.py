@@ -343,7 +343,6 @@ class _DayRun:
         analysis = [s.analysis for s in day.symbols]
         fill = {s.symbol: s.fill for s in day.symbols}
         self.fill_bars = fill
-        self.fill_rows: dict[str, list[list[float]]] = {}  # as lists, once a symbol trades
         self.fill_times = {sym: rows[:, 0] for sym, rows in fill.items()}
         self.fill_pos = dict.fromkeys(self.symbols, 0)
         # All analysis bars in the order they become known: (time, ..., known at).
@@ -394,16 +393,13 @@ class _DayRun:
         """Match every working order and watch every position along the fill bars before
         `end`, then cancel entries whose time is up."""
         for symbol in sorted({*self.entries, *self.holdings}):  # sorted: reproducible refs
-            rows = self.fill_rows.get(symbol)
-            if rows is None:
-                rows = self.fill_rows[symbol] = self.fill_bars[symbol].tolist()
             pos = self.fill_pos[symbol]
-            while pos < len(rows) and rows[pos][0] < end:
-                if rows[pos][5] > 0:
-                    self._walk(symbol, rows[pos])
-                self.last_price[symbol] = rows[pos][4]
-                pos += 1
-            self.fill_pos[symbol] = pos
+            stop = int(np.searchsorted(self.fill_times[symbol], end, side="left"))
+            for row in self.fill_bars[symbol][pos:stop].tolist():
+                if row[5] > 0:
+                    self._walk(symbol, row)
+                self.last_price[symbol] = row[4]
+            self.fill_pos[symbol] = max(pos, stop)
         for symbol, entry in list(self.entries.items()):
             if entry.deadline <= end:
                 self._cancel_entry(symbol)
