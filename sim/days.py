@@ -45,7 +45,18 @@ class SymbolDay:
     prev_close: float
     spread_ticks: int  # the typical regular-hours spread (ibsim.market.spread_ticks)
     fill: np.ndarray
-    analysis: np.ndarray
+    analysis: np.ndarray  # (time, o, h, l, c, v[, known at]); known at = its end if not given
+
+    def __post_init__(self) -> None:
+        analysis = np.asarray(self.analysis, dtype=np.float64).reshape(-1, self.analysis.shape[-1])
+        if analysis.shape[1] == 6:
+            analysis = np.column_stack([analysis, analysis[:, 0] + ANALYSIS_SECONDS])
+        if analysis.shape[1] != 7 or np.asarray(self.fill).reshape(len(self.fill), -1).shape[1] < 6:
+            raise ValueError(
+                f"{self.symbol}: bars are rows of time, open, high, low, close, volume "
+                "(analysis bars may add the time each is known)"
+            )
+        object.__setattr__(self, "analysis", analysis)
 
 
 @dataclass(frozen=True)
