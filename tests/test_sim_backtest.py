@@ -248,3 +248,19 @@ def test_the_summary_figures_are_the_journals() -> None:
     assert result.max_drawdown == 75.0  # +100, +50, +25: then +100 and +50
     returns = np.array([50 / 100_000, 0 / 100_050])
     assert result.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * 252**0.5)
+
+
+def test_an_order_delay_sends_the_entry_later_priced_from_the_ask_then() -> None:
+    rows = _warmup(DAY)
+    decided = _at(DAY, *DECIDED)
+    # An up bar: open 106.00, 10 s later its low 105.50 (the path's knots: 0, 10, 19, 29 s).
+    rows.append(_bar(decided, 106.00, 106.20, 105.50, 106.10))
+    at_once = _run(_day(DAY, _symbol("GAPR", rows))).days[0]
+    later = _run(_day(DAY, _symbol("GAPR", rows)), order_delay_s=10.0).days[0]
+    first_buy = next(f for f in at_once.fills if f["side"] == "BUY")
+    delayed_buy = next(f for f in later.fills if f["side"] == "BUY")
+    assert (first_buy["price"], first_buy["trade_time"]) == (106.01, "2026-03-16T09:37:30-04:00")
+    assert (delayed_buy["price"], delayed_buy["trade_time"]) == (
+        105.51,
+        "2026-03-16T09:37:40-04:00",
+    )
