@@ -43,9 +43,11 @@ import numpy as np
 from core.clock import NEW_YORK, MarketClock, Session
 from core.settings import Settings
 from ibsim.orders import SimOrder
-from journal import JournalRow, journal_rows
-from reports import DayReport, max_drawdown, round_trips_from_fills
+from journal import journal_rows
+from reports import DayReport, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
+from sim.ledger import Ledger
+from sim.results import BacktestResult, DayResult
 from trading.entries import (
     AccountFunds,
     BookState,
@@ -57,7 +59,7 @@ from trading.entries import (
 )
 from trading.entries import HeldPosition as BookPosition
 from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
-from trading.fills import commission_for, fill_price, is_triggered
+from trading.fills import fill_price, is_triggered
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
@@ -146,84 +148,6 @@ class BacktestConfig:
             stop_loss_pct=self.stop_loss_pct,
             eod_flatten_minutes=self.eod_flatten_minutes,
         )
-
-
-@dataclass(frozen=True)
-class DayResult:
-    """One backtested day: its report (reports.DayReport), journal rows and equity."""
-
-    trading_date: str
-    report: DayReport
-    journal: tuple[JournalRow, ...]
-    fills: tuple[dict[str, Any], ...]
-    equity_start: float
-    equity_end: float
-    entries_sent: int
-    entries_cancelled: int  # timed out (unfilled, or the unfilled rest of a partial fill)
-    # Every enter decision (event, symbol, rule, exchange_time, indicator values), filled or not.
-    entry_decisions: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def net_pnl(self) -> float:
-        return self.equity_end - self.equity_start
-
-
-@dataclass(frozen=True)
-class BacktestResult:
-    """Every day's result and the multi-day figures."""
-
-    config: BacktestConfig
-    days: tuple[DayResult, ...]
-    bars: int  # analysis bars run through the strategy
-    seconds: float  # wall time the days took to run (loading or building them excluded)
-
-    @property
-    def journal(self) -> list[JournalRow]:
-        return [row for day in self.days for row in day.journal]
-
-    @property
-    def net_pnl(self) -> float:
-        return sum(day.net_pnl for day in self.days)
-
-    @property
-    def trades(self) -> int:
-        return len(self.journal)
-
-    @property
-    def win_rate(self) -> float | None:
-        rows = self.journal
-        return sum(r.net_pnl > 0 for r in rows) / len(rows) * 100 if rows else None
-
-    @property
-    def profit_factor(self) -> float | None:
-        """Gross winnings over gross losses (net of commissions); None without a loss."""
-        wins = sum(r.net_pnl for r in self.journal if r.net_pnl > 0)
-        losses = -sum(r.net_pnl for r in self.journal if r.net_pnl < 0)
-        return wins / losses if losses > 0 else None
-
-    @property
-    def expectancy(self) -> float | None:
-        """Mean net P&L per round trip."""
-        rows = self.journal
-        return sum(r.net_pnl for r in rows) / len(rows) if rows else None
-
-    @property
-    def max_drawdown(self) -> float:
-        """Largest fall of the equity, round trip by round trip (reports.max_drawdown)."""
-        return max_drawdown(r.net_pnl for r in self.journal)
-
-    @property
-    def sharpe(self) -> float | None:
-        """Annualised Sharpe of the daily returns on the day's starting equity (252 days);
-        None with fewer than two days or no variation."""
-        returns = np.array([d.net_pnl / d.equity_start for d in self.days])
-        if returns.size < 2 or not returns.std(ddof=1) > 0:
-            return None
-        return float(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
-
-    @property
-    def bars_per_second(self) -> float:
-        return self.bars / self.seconds if self.seconds > 0 else math.inf
 
 
 # -- one symbol's orders and position -------------------------------------------------------------
@@ -324,18 +248,15 @@ class _DayRun:
         length = day.fill_seconds
         self.knots = (0, round((length - 1) / 3), round(2 * (length - 1) / 3), length - 1)
         self.equity_start = equity
-        self.cash = equity
+        self.ledger = Ledger(day.trading_date, equity, config.commission_per_share,
+                             config.commission_min)  # fmt: skip
         self.entries: dict[str, _Entry] = {}
         self.holdings: dict[str, _Holding] = {}
         self.exits = ExitBook(self.exit_config)
         self.closed: list[ClosedPosition] = []
         self.last_price: dict[str, float] = {}
-        self.fills: list[dict[str, Any]] = []
-        self.reasons_by_ref: dict[str, str] = {}
-        self.purposes_by_ref: dict[str, str] = {}
         self.decisions: list[dict[str, Any]] = []
         self.sent = self.cancelled = 0
-        self._refs = 0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> tuple[DayResult, int]:
@@ -471,14 +392,16 @@ class _DayRun:
         )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
         fresh = decision._replace(values={**decision.values, "ask": ask})
-        intent = self.core.plan(fresh, AccountFunds(equity, self.cash, self.cash), committed).intent
+        intent = self.core.plan(
+            fresh, AccountFunds(equity, self.ledger.cash, self.ledger.cash), committed
+        ).intent
         if intent is None:
             del self.entries[decision.symbol]
             return False
-        ref = self._ref(intent.symbol)
+        ref = self.ledger.ref(intent.symbol)
         entry.order = _order(intent.symbol, "BUY", intent.quantity, "LMT", ref,
                              limit=intent.limit_price, tif=intent.tif)  # fmt: skip
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
+        self.ledger.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
         self.sent += 1
         return True
 
@@ -486,10 +409,6 @@ class _DayRun:
         entry = self.entries.pop(symbol)
         if entry.order is not None and entry.order.remaining > 1e-9:
             self.cancelled += 1
-
-    def _ref(self, symbol: str) -> str:
-        self._refs += 1
-        return f"bt-{self.day.trading_date:%Y%m%d}-{symbol}-{self._refs}"
 
     # -- the path of one fill bar ----------------------------------------------------------------
     def _walk(self, symbol: str, row: list[float]) -> None:
@@ -572,7 +491,7 @@ class _DayRun:
             return
         qty = min(order.remaining, capacity[0])
         capacity[0] -= qty
-        self._fill(order, qty, price, t)
+        self.ledger.fill(order, qty, price, t)
         holding = self.holdings.setdefault(symbol, _Holding(symbol))
         holding.quantity += qty
         holding.cost += qty * price
@@ -589,14 +508,14 @@ class _DayRun:
                             tick=MIN_TICK, db_row={"entry_price": holding.entry_price,
                                                    "agent": AGENT})  # fmt: skip
         self.exits[symbol].position = pos
-        oca = self._ref(symbol)
+        oca = self.ledger.ref(symbol)
         intent = protect_intent(pos, round(holding.quantity), oca, self.exit_config, None)
         holding.target = _order(symbol, "SELL", intent.quantity, "LMT", f"{oca}-target",
                                 limit=intent.target_price, tif=intent.tif)  # fmt: skip
         holding.backstop = _order(symbol, "SELL", intent.quantity, "STP", f"{oca}-stop",
                                   stop=intent.stop_price, tif=intent.tif)  # fmt: skip
-        self.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
-        self.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
+        self.ledger.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
+        self.ledger.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
 
     def _watch(
         self, holding: _Holding, t: float, last: float, quote: _SellQuote, capacity: list[float]
@@ -635,10 +554,10 @@ class _DayRun:
         if holding.symbol in self.entries:  # what is still to buy is not bought any more
             self._cancel_entry(holding.symbol)
         holding.exit = _order(holding.symbol, "SELL", holding.quantity, "MKT",
-                              self._ref(holding.symbol))  # fmt: skip
+                              self.ledger.ref(holding.symbol))  # fmt: skip
         holding.exit_purpose = purpose
         self.exits[holding.symbol].busy = True  # an exit works on it: no second one
-        self.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
+        self.ledger.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
 
     def _sell(
         self, holding: _Holding, order: SimOrder, price: float, t: float, capacity: list[float]
@@ -648,7 +567,7 @@ class _DayRun:
             return
         capacity[0] -= qty
         entry_price = holding.entry_price
-        self._fill(order, qty, price, t)
+        self.ledger.fill(order, qty, price, t)
         holding.cost -= qty * entry_price
         holding.quantity -= qty
         if holding.quantity <= 1e-9:
@@ -658,33 +577,9 @@ class _DayRun:
         del self.holdings[holding.symbol]
         self.exits.closed(holding.symbol)
         self.exits[holding.symbol].busy = False
-        symbol_fills = [f for f in self.fills if f["symbol"] == holding.symbol]
-        pnl = sum((f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
-                  - f["commission"] for f in symbol_fills)  # fmt: skip
+        pnl = self.ledger.symbol_net(holding.symbol)
         pnl -= sum(c.pnl or 0.0 for c in self.closed if c.symbol == holding.symbol)
         self.closed.append(ClosedPosition(holding.symbol, pnl, AGENT))
-
-    def _fill(self, order: SimOrder, qty: float, price: float, t: float) -> None:
-        order.apply_fill(qty, price)
-        total = commission_for(order.filled, order.filled * order.avg_fill_price,
-                               self.config.commission_per_share, self.config.commission_min)  # fmt: skip
-        commission = round(total - order.commission_paid, 4)
-        order.commission_paid = total
-        value = qty * price
-        self.cash += (-value if order.is_buy else value) - commission
-        self.fills.append(
-            {
-                "id": len(self.fills) + 1,
-                "symbol": order.symbol,
-                "side": order.action,
-                "quantity": qty,
-                "price": price,
-                "trade_time": datetime.fromtimestamp(round(t), NEW_YORK).isoformat(),
-                "commission": commission,
-                "order_ref": order.order_ref,
-                "exec_id": f"{order.order_ref}.{len(self.fills) + 1}",
-            }
-        )
 
     def _close_out(self) -> None:
         """The day ends flat: what the fill bars could not sell (no trades left in the
@@ -701,22 +596,18 @@ class _DayRun:
         self.entries.clear()  # DAY orders expire at the close
 
     def _result(self) -> DayResult:
-        net = sum(
-            (f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
-            - f["commission"]
-            for f in self.fills
-        )
-        trips, still_open = round_trips_from_fills(self.fills, self.reasons_by_ref)
+        ledger = self.ledger
+        trips, still_open = round_trips_from_fills(ledger.fills, ledger.reasons_by_ref)
         date_text = self.day.trading_date.isoformat()
-        report = DayReport(date_text, trips, still_open, len(self.fills))
-        rows = journal_rows(date_text, trips, self.purposes_by_ref, self.decisions)
+        report = DayReport(date_text, trips, still_open, len(ledger.fills))
+        rows = journal_rows(date_text, trips, ledger.purposes_by_ref, self.decisions)
         return DayResult(
             trading_date=date_text,
             report=report,
             journal=tuple(rows),
-            fills=tuple(self.fills),
+            fills=tuple(ledger.fills),
             equity_start=self.equity_start,
-            equity_end=self.equity_start + net,
+            equity_end=self.equity_start + ledger.net(),
             entries_sent=self.sent,
             entries_cancelled=self.cancelled,
             entry_decisions=tuple(self.decisions),
