@@ -281,12 +281,27 @@ def _bar_rows(bars: list) -> np.ndarray:  # type: ignore[type-arg]
     return np.array([(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars], float)
 
 
+def synthetic_sessions_between(first: date, last: date) -> list[Session]:
+    """The exchange sessions from `first` to `last` inclusive (none if `last` is earlier)."""
+    clock = MarketClock()
+    session = clock.session(first) or clock.next_session(first)
+    sessions = []
+    while session.trading_date <= last:
+        sessions.append(session)
+        session = clock.next_session(session.trading_date)
+    return sessions
+
+
 def synthetic_days(
-    seed: int, days: int, symbols: int, first: date | None = None
+    seed: int, days: int, symbols: int, first: date | None = None, last: date | None = None
 ) -> Iterator[TradingDay]:
-    """`days` seeded synthetic sessions from `first` (default: today's session or the next)."""
+    """`days` seeded synthetic sessions from `first` (default: today's session or the next),
+    or every session from `first` to `last` when `last` is given. Built one at a time."""
     first = first or MarketClock().today()
-    for session in synthetic_sessions(first, days):
+    sessions = (
+        synthetic_sessions(first, days) if last is None else synthetic_sessions_between(first, last)
+    )
+    for session in sessions:
         yield synthetic_day(session, seed, symbols)
 
 

@@ -264,3 +264,12 @@ def test_an_order_delay_sends_the_entry_later_priced_from_the_ask_then() -> None
         105.51,
         "2026-03-16T09:37:40-04:00",
     )
+
+
+def test_synthetic_days_between_two_dates_are_their_sessions() -> None:
+    from sim.days import synthetic_sessions_between
+
+    sessions = synthetic_sessions_between(date(2026, 11, 25), date(2026, 11, 30))
+    # Thanksgiving (26th) and the weekend are no sessions; the 27th is the half day.
+    assert [s.trading_date.day for s in sessions] == [25, 27, 30]
+    assert sessions[1].close.hour == 13
