@@ -1,5 +1,5 @@
-"""The fast backtest: the day trader's entry core and the exit rules over recorded bars,
-in one process, with the simulated gateway's fill and commission rules.
+"""The fast backtest: the day trader's entry core and the exit manager's rules over recorded
+bars, in one process, with the simulated gateway's fill and commission rules.
 
     result = run_backtest(days_from_data("bars/"), BacktestConfig(capital=50_000))
     result.days[0].report          # reports.DayReport, the report a simulated day prints
@@ -8,25 +8,29 @@ in one process, with the simulated gateway's fill and commission rules.
 What the live system does, step by step on the day's 30-s analysis bars:
   - the entry side is `trading.entries.EntryCore` fed every bar from 04:00 (warm-up and the
     gap reference come from the day's own history, as the day trader seeds them), with the
-    quote at the bar's end; it decides at the bar's end, within the free slots, against the
-    book (held symbols, symbols closed today: re-entry blocked, working entries, the day's
-    P&L: daily loss limit, the kill switch);
-  - an enter becomes a DAY limit BUY at the ask + `limit_ticks`, sized by `size_entry` on
-    `allocation` of the equity; it is first looked at on the next bar's open (a decision
-    at bar t fills at t+1 or later), cancelled unfilled after `entry_timeout_s` (the symbol
-    may be tried again; a partly filled entry keeps what it bought);
-  - a fill gets the exit manager's protective set: the target LMT and the server STP (the
-    backstop) in one OCA group; the bot stop (last <= stop) and the touched target
-    (`target_fill_grace_s` without a fill) exit through the market, as does the EOD flatten
-    at the calendar's close - `eod_flatten_minutes` (13:00 - 15 min on half days).
+    quote at the bar's end; it decides at the bar's end (once the bar is known), within the
+    free slots, against the book (held symbols; symbols closed today: re-entry blocked;
+    working entries; the day's P&L: daily loss limit; the kill switch);
+  - an enter becomes the core's plan (an EnterIntent: a marketable DAY limit BUY, ask +
+    `limit_ticks`, sized on `allocation` of the equity); it reaches the market
+    `order_delay_s` after the decision (0: at once) and is first looked at on the next bar's
+    open at the earliest (a decision at bar t fills at t+1 or later); unfilled after
+    `entry_timeout_s` it is cancelled (the symbol may be tried again; a partly filled entry
+    keeps what it bought);
+  - a fill gets the exit side's protective set (`trading.exits.protect_intent`: the target
+    LMT and the server STP in one OCA group); `trading.exits.ExitBook` keeps the symbol's
+    state and calls the bot stop (last <= stop) and the touched target
+    (`target_fill_grace_s` without a fill); those exits and the EOD flatten (the exit
+    side's day phase: the calendar's close - `eod_flatten_minutes`, 12:45 on half days) sell
+    through the market at the moment they are called for.
 Orders are matched along each fill bar's path (open -> low -> high -> close for an up bar,
 linear between, as ibsim.replay replays bars; every price level an order waits for is
 visited where the path crosses it) by trading.fills' rules, the simulated gateway's: a limit
 fills only when traded through (at its price once resting), market-like orders take the far
-side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
-print as the bid (ask = print + spread), a sell as the ask (bid = print - spread). A fill
-takes at most `participation` of its bar's volume; the rest waits (partial fills).
-Commissions are trading.fills.commission_for per order.
+side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy
+sees the print as the bid (ask = print + spread), a sell as the ask (bid = print - spread).
+A fill takes at most `participation` of its bar's volume; the rest waits (partial fills).
+Commissions: trading.fills.commission_for per order (sim.ledger).
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ import numpy as np
 
 from core.clock import NEW_YORK, MarketClock, Session
 from core.settings import Settings
+from ibsim.config import GatewayConfig
 from ibsim.orders import SimOrder
-from journal import journal_rows
+from journal import ENTRY_PURPOSE_PREFIX, journal_rows
 from reports import DayReport, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
 from sim.ledger import Ledger
@@ -71,35 +76,35 @@ from trading.model import (
 )
 
 AGENT = DAY_TRADER  # the strategy's positions in the book
-ENTRY_PURPOSE_PREFIX = "entry:"
-_SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
-def _setting(name: str) -> Any:
-    return field(default=_SETTINGS_DEFAULTS[name])
+def _default(home: type, name: str) -> Any:
+    """A field whose default is `home`'s (core.settings for the user's numbers, the entry
+    core for its limit, the simulated gateway for cash and commissions): one home each."""
+    return field(default={f.name: f.default for f in dataclasses.fields(home)}[name])
 
 
 @dataclass(frozen=True)
 class BacktestConfig:
     """What a backtest trades with; the risk and exit numbers default to core.settings'."""
 
-    capital: float = 100_000.0  # starting equity (the simulated gateway's initial cash)
-    allocation: float = _setting("allocation")
-    max_open_positions: int = _setting("max_open_positions")
-    max_position_usd: float | None = _setting("max_position_usd")
-    daily_loss_limit_pct: float = _setting("daily_loss_limit_pct")
-    profit_target_pct: float = _setting("profit_target_pct")
-    stop_loss_pct: float = _setting("stop_loss_pct")
-    eod_flatten_minutes: float = _setting("eod_flatten_minutes")
-    entry_timeout_s: float = 60.0  # the day trader's default
+    capital: float = _default(GatewayConfig, "initial_cash")  # starting equity
+    allocation: float = _default(Settings, "allocation")
+    max_open_positions: int = _default(Settings, "max_open_positions")
+    max_position_usd: float | None = _default(Settings, "max_position_usd")
+    daily_loss_limit_pct: float = _default(Settings, "daily_loss_limit_pct")
+    profit_target_pct: float = _default(Settings, "profit_target_pct")
+    stop_loss_pct: float = _default(Settings, "stop_loss_pct")
+    eod_flatten_minutes: float = _default(Settings, "eod_flatten_minutes")
+    entry_timeout_s: float = 60.0  # day_trader.py --entry-timeout's default
     # Market seconds from a decision to its order at the market: live, well under a second;
     # the socket simulator at 100x about 10-15 (its bots' real latency times the speed).
     order_delay_s: float = 0.0
-    limit_ticks: int = 2  # entry limit = ask + this many ticks
-    slippage_ticks: int = 0  # market-like fills: this many ticks beyond the far side
+    limit_ticks: int = _default(EntryConfig, "limit_ticks")  # entry limit = ask + these
+    slippage_ticks: int = _default(GatewayConfig, "slippage_ticks")  # beyond the far side
     participation: float = 0.25  # a fill takes at most this share of its bar's volume
-    commission_per_share: float = 0.005
-    commission_min: float = 1.0
+    commission_per_share: float = _default(GatewayConfig, "commission_per_share")
+    commission_min: float = _default(GatewayConfig, "commission_min")
     kill_switch_at: time | None = None  # entries halted from this New York time each day
 
     def __post_init__(self) -> None:
