@@ -19,18 +19,20 @@ import threading
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from core.clock import NEW_YORK
 from core.logs import get_logger
-from ibsim.replay import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from indicators import Bar
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas (and ibsim.replay, which imports it) load at the first write, in the flush thread: the
+# day trader starts without them.
 
 log = get_logger("bars")
 
-COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 FLUSH_EVERY_S = 60.0  # real seconds between writes: a crash loses at most this much of a day
 
 
@@ -46,6 +48,11 @@ def trading_date(epoch: float) -> date:
 
 def bars_frame(symbol: str, bars: Sequence[Bar], prev_close: float | None) -> pd.DataFrame:
     """One symbol's bars as a replay-format frame, in the given order."""
+    import numpy as np
+    import pandas as pd
+
+    from ibsim.replay import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
     values = np.asarray(bars, dtype=np.float64).reshape(-1, len(Bar._fields))
     stamps = pd.to_datetime(values[:, 0], unit="s", utc=True).tz_convert(NEW_YORK)
     known = prev_close is not None and math.isfinite(prev_close) and prev_close > 0
@@ -60,7 +67,7 @@ def bars_frame(symbol: str, bars: Sequence[Bar], prev_close: float | None) -> pd
             "volume": values[:, 5],
             "prev_close": np.full(len(values), prev_close if known else np.nan),
         },
-        columns=list(COLUMNS),
+        columns=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS],
     )
 
 
@@ -78,6 +85,9 @@ def write_bars_file(path: Path, frame: pd.DataFrame) -> None:
 
 def read_bars_file(path: Path) -> list[Bar]:
     """The bars of one recorded file, oldest first (times as epoch seconds)."""
+    import numpy as np
+    import pandas as pd
+
     frame = pd.read_parquet(path)
     times = (frame["time"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
     columns = [frame[c].to_numpy(dtype=np.float64) for c in ("open", "high", "low", "close")]
@@ -174,6 +184,8 @@ class BarRecorder:
         self, path: Path, day: _Day, bars: list[Bar], prev_close: float | None
     ) -> tuple[list[Bar], float | None]:
         if path.exists():
+            import pandas as pd
+
             earlier = pd.read_parquet(path, columns=["prev_close"])["prev_close"].dropna()
             merged = {b.time: b for b in read_bars_file(path)}
             merged.update({b.time: b for b in bars})
