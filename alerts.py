@@ -28,8 +28,8 @@ from typing import Any
 from core import cli
 from core.logs import get_logger, scrub, setup_logging
 from core.settings import Settings, SettingsError, get_settings
-from entry_rules import DAILY_LOSS_LIMIT
 from observability import DatabaseError, TradingDatabase
+from trading.entries import DAILY_LOSS_LIMIT
 from view_logs import Follower
 
 log = get_logger("alerts")

@@ -3,7 +3,7 @@
     python day_trader.py --allocation 0.25 [--client-id 2] [--host H] [--port P] [--db FILE]
                          [--live] [--symbols A,B,C] [--workers 6] [--no-llm]
 
-Decisions are pure (`entry_rules.evaluate_entry`); this module does the I/O around them:
+Decisions are pure (`trading.entries.evaluate_entry`); this module does the I/O around them:
   - market data: quotes (reqMktData) stamped with the market clock on arrival, 30-s bars from
     IB's 5-s real-time bars (or keepUpToDate history when those are refused), indicators seeded
     from today's 30-s history so there is no 7-minute warm-up; a pacer keeps history requests
@@ -71,28 +71,6 @@ from core.settings import (
 )
 from core.shutdown import install_stop_handlers
 from core.tickers import is_ticker
-from entry_rules import (
-    BAR_SECONDS,
-    CLOSED_TODAY,
-    DELAYED_DATA,
-    DELAYED_DATA_TYPES,
-    ENTRY_WORKING,
-    EXIT_MANAGER_NOT_READY,
-    KILL_SWITCH,
-    MAX_OPEN_POSITIONS,
-    POSITION_ACTIVE,
-    STALE_QUOTE,
-    WARMING_UP,
-    BookState,
-    EntryConfig,
-    EntryDecision,
-    SymbolSnapshot,
-    allot_free_slots,
-    evaluate_entry,
-    gap_percent,
-    quote_is_stale,
-)
-from indicators import Bar, BarAggregator, StreamingIndicators
 from observability import (
     CANCELLED,
     FILLED,
@@ -104,6 +82,24 @@ from observability import (
     get_database,
 )
 from store.bars import BarRecorder
+from trading import phases
+from trading.entries import (
+    BAR_SECONDS,
+    DELAYED_DATA,
+    DELAYED_DATA_TYPES,
+    EXIT_MANAGER_NOT_READY,
+    STALE_QUOTE,
+    WARMING_UP,
+    BookState,
+    EntryConfig,
+    EntryDecision,
+    SymbolSnapshot,
+    allot_free_slots,
+    evaluate_entry,
+    quote_is_stale,
+)
+from trading.feed import gap_percent
+from trading.indicators import Bar, BarAggregator, StreamingIndicators
 
 AGENT = "day_trader"
 # A locked database (another program holding a long write) is retried this often, real seconds.
@@ -160,26 +156,13 @@ class DayTraderOptions:
     retry_real_s: float = 30.0  # reconnect interval (short in accelerated simulations)
 
 
-PREMARKET_AGGREGATION = (7, 0)
-PREMARKET_ANALYSIS = (7, 30)
 TICKER_VALIDATION = (8, 15)
 
 
 def day_phase(now: datetime, session: Session | None) -> str:
     """Returns the phase of the trading day at `now`: closed, idle, aggregation, analysis,
     regular, or after_close (entries are further limited by the rules' cutoff)."""
-    if session is None:
-        return "closed"
-    local = now.astimezone(NEW_YORK)
-    if now >= session.close:
-        return "after_close"
-    if now >= session.open:
-        return "regular"
-    if (local.hour, local.minute) >= PREMARKET_ANALYSIS:
-        return "analysis"
-    if (local.hour, local.minute) >= PREMARKET_AGGREGATION:
-        return "aggregation"
-    return "idle"
+    return phases.day_phase(now, session).value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1073,7 +1056,7 @@ class DayTrader:
                 max_open_positions=self.settings.max_open_positions,
             )
         except ReentryBlocked as exc:  # entries halted, or another process took the slot first
-            skip = fresh._replace(enter=False, rule=None, reason=_refusal_reason(exc))
+            skip = fresh._replace(enter=False, rule=None, reason=exc.reason)
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
         self.working[order.orderRef] = WorkingEntry(
@@ -1414,21 +1397,6 @@ class DayTrader:
             working_entries=len(self.working),
             kill_switch=self.kill_switch(),
         )
-
-
-def _refusal_reason(exc: ReentryBlocked) -> str:
-    """The entry_rules reason for a refusal by the database's entry guard."""
-    text = str(exc)
-    for words, reason in (
-        ("entries halted", KILL_SWITCH),
-        ("max open positions", MAX_OPEN_POSITIONS),
-        ("closed today", CLOSED_TODAY),
-        ("already working", ENTRY_WORKING),
-        ("is active", POSITION_ACTIVE),
-    ):
-        if words in text:
-            return reason
-    return "entry_refused"
 
 
 def _evaluate_all(

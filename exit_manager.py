@@ -45,6 +45,7 @@ from core.settings import (
 from core.shutdown import install_stop_handlers
 from exit_rules import (
     AGENT,
+    DAY_TRADER,
     PURPOSE_BACKSTOP,
     PURPOSE_EOD,
     PURPOSE_MANUAL,
@@ -54,9 +55,9 @@ from exit_rules import (
     ExitAction,
     ExitConfig,
     HeldPosition,
+    Quote,
     ReconcilePlan,
     RejectTracker,
-    StampedQuote,
     WorkingOrder,
     average_price,
     bot_stop_fault,
@@ -86,7 +87,6 @@ AUDIT_SECONDS = 2.0  # real seconds between protection audits (cached state, no 
 EXIT_REQUEST_POLL_S = 0.5  # real seconds between looks for a person's flatten requests
 BROKER_TIMEOUT_S = 5.0  # real seconds for one IB round trip (cancel confirm, positions)
 _ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in flight
-DAY_TRADER = "day_trader"
 log = get_logger(AGENT)
 
 
@@ -125,7 +125,7 @@ class ExitManager:
         self.ticks: dict[str, float] = {}
         self.con_ids: dict[str, int] = {}
         self.tickers: dict[str, Ticker] = {}
-        self.quotes: dict[str, StampedQuote] = {}
+        self.quotes: dict[str, Quote] = {}
         self.quote_faults: dict[str, str] = {}
         self.target_touched: dict[str, float] = {}
         self.busy: set[str] = set()
@@ -1071,7 +1071,7 @@ class ExitManager:
                 self.target_touched[symbol] = touched
             self._consider_exit(pos, quote, now)
 
-    def _consider_exit(self, pos: HeldPosition, quote: StampedQuote, now: float) -> None:
+    def _consider_exit(self, pos: HeldPosition, quote: Quote, now: float) -> None:
         symbol = pos.symbol
         if symbol in self.busy or self.cooldown_until.get(symbol, 0) > now:
             return

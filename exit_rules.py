@@ -21,18 +21,20 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
-from ib_async import LimitOrder, MarketOrder, Order, StopOrder, Ticker, Trade
+from ib_async import Order, Ticker, Trade
 
 from core.clock import Session
 from core.money import average_price as average_price  # the exit manager's import
 from core.money import profit_target_price, round_to_tick, stop_loss_price
-
-# The intent purposes live in core.purposes (no broker import); the exit manager takes them
-# from here.
-from core.purposes import (  # noqa: F401
+from ib import convert
+from trading import phases
+from trading.model import (  # noqa: F401
+    ADOPTED,
+    DAY_TRADER,
+    DELAYED_DATA_TYPES,
+    EXIT_MANAGER,
     EXIT_REASON_BY_PURPOSE,
     PROTECTIVE_PURPOSES,
     PURPOSE_BACKSTOP,
@@ -41,18 +43,17 @@ from core.purposes import (  # noqa: F401
     PURPOSE_EOD,
     PURPOSE_MANUAL,
     PURPOSE_TARGET,
+    BrokerPosition,
+    ExitIntent,
+    ProtectIntent,
+    Quote,
+    WorkingOrder,
+    exit_reason_for,
 )
+from trading.phases import DayPhase
 
-AGENT = "exit_manager"
-ADOPTED_AGENT = "adopted"
-
-# IB market data types: 1 live, 2 frozen, 3 delayed, 4 delayed frozen.
-DELAYED_DATA_TYPES = frozenset({3, 4})
-
-
-def exit_reason_for(purpose: str | None) -> str:
-    """The closed-position exit reason of a sell placed for `purpose` (MANUAL if unknown)."""
-    return EXIT_REASON_BY_PURPOSE.get(purpose or "", "MANUAL")
+AGENT = EXIT_MANAGER
+ADOPTED_AGENT = ADOPTED
 
 
 @dataclass(frozen=True)
@@ -97,40 +98,6 @@ class ExitConfig:
         return cls(**values)
 
 
-# -- plain data -------------------------------------------------------------------------
-class BrokerPosition(NamedTuple):
-    symbol: str
-    quantity: float
-    avg_cost: float
-
-
-class WorkingOrder(NamedTuple):
-    """An order working at IB (any client), as far as exits care."""
-
-    symbol: str
-    order_id: int
-    client_id: int
-    perm_id: int
-    action: str
-    order_type: str
-    quantity: float  # remaining
-    limit_price: float | None
-    stop_price: float | None
-    oca_group: str
-    order_ref: str
-
-
-class StampedQuote(NamedTuple):
-    """A price with the exchange time it is from and IB's market data type."""
-
-    symbol: str
-    last: float
-    bid: float
-    ask: float
-    time: float  # epoch seconds (exchange / simulated time)
-    data_type: int = 1
-
-
 @dataclass(frozen=True)
 class HeldPosition:
     """A long position as the exit manager protects it."""
@@ -142,7 +109,7 @@ class HeldPosition:
     stop_price: float  # the bot-monitored stop
     backstop_price: float  # the server-side STP
     tick: float = 0.01
-    agent: str = "day_trader"
+    agent: str = DAY_TRADER
 
 
 def _finite(value: float | None) -> bool:
@@ -189,38 +156,24 @@ def protective_orders(
     position: HeldPosition, quantity: int, oca_group: str, config: ExitConfig, stop_price: float
 ) -> tuple[Order, Order]:
     """Take-profit LMT and server STP (at `stop_price`, from `server_stop_price`) for
-    `quantity` shares in one OCA group (ocaType 1).
-
-    ocaType 1 cancels the rest of the group when one order fills (in part, too), and IB
-    blocks the group against overfill, so the pair can never sell more than `quantity`.
-    """
-    target = LimitOrder("SELL", quantity, position.target_price)
-    backstop = StopOrder("SELL", quantity, stop_price)
-    for order in (target, backstop):
-        order.ocaGroup = oca_group
-        order.ocaType = 1
-        order.tif = config.protective_tif
-        order.outsideRth = False
-    return target, backstop
+    `quantity` shares in one OCA group (ocaType 1)."""
+    intent = ProtectIntent(position.symbol, quantity, position.target_price, stop_price,
+                           oca_group, "protect", config.protective_tif)  # fmt: skip
+    return convert.protective_orders(intent)
 
 
 def exit_order(quantity: int, limit_price: float) -> Order:
     """A marketable sell limit, immediate-or-cancel: never rests, never sells twice."""
-    order = LimitOrder("SELL", quantity, limit_price)
-    order.tif = "IOC"
-    order.outsideRth = False
-    return order
+    return convert.exit_order(ExitIntent("", quantity, "", "", limit_price))
 
 
 def market_exit_order(quantity: int) -> Order:
     """The fallback without a usable quote (EOD on stale data): a DAY market sell."""
-    order = MarketOrder("SELL", quantity)
-    order.tif = "DAY"
-    return order
+    return convert.exit_order(ExitIntent("", quantity, "", ""))
 
 
 def exit_limit_price(
-    quote: StampedQuote | None, attempt: int, config: ExitConfig, tick: float
+    quote: Quote | None, attempt: int, config: ExitConfig, tick: float
 ) -> float | None:
     """Sell limit for exit `attempt` (1, 2, ...): the bid (else last) less attempt × slippage.
 
@@ -258,7 +211,7 @@ def stop_to_trigger(quantity: int | None, sells: Iterable[WorkingOrder]) -> Work
 
 
 def through_market_stop_price(
-    quote: StampedQuote | None, position: HeldPosition, *, quote_usable: bool, slippage_pct: float
+    quote: Quote | None, position: HeldPosition, *, quote_usable: bool, slippage_pct: float
 ) -> float:
     """A sell stop price above the market, so IB triggers the modified STP at once and it
     sells as a market order (IB advises modifying prices and sizes, never order types).
@@ -459,7 +412,7 @@ def plan_reconciliation(
 
 
 # -- quotes and exits ---------------------------------------------------------------------------
-def quote_fault(quote: StampedQuote | None, now: float, config: ExitConfig) -> str | None:
+def quote_fault(quote: Quote | None, now: float, config: ExitConfig) -> str | None:
     """Why the bot must not act on `quote` ("no_quote", "no_price", "stale", "delayed"), or None."""
     if quote is None:
         return "no_quote"
@@ -472,7 +425,7 @@ def quote_fault(quote: StampedQuote | None, now: float, config: ExitConfig) -> s
     return None
 
 
-def bot_stop_fault(quote: StampedQuote | None, now: float, config: ExitConfig) -> str | None:
+def bot_stop_fault(quote: Quote | None, now: float, config: ExitConfig) -> str | None:
     """Why the bot's own stop cannot see the symbol's price now, or None while it watches
     live, fresh quotes. Delayed quotes count even where the user allowed them for the bot:
     they are minutes old, while IB triggers server stops on its own live data."""
@@ -498,7 +451,7 @@ class ExitAction:
 
 
 def target_touch_time(
-    position: HeldPosition, quote: StampedQuote, touched_at: float | None, now: float
+    position: HeldPosition, quote: Quote, touched_at: float | None, now: float
 ) -> float | None:
     """When the price first reached the target in the current touch (None when below it)."""
     if not _finite(quote.last) or quote.last < position.target_price:
@@ -508,7 +461,7 @@ def target_touch_time(
 
 def exit_decision(
     position: HeldPosition,
-    quote: StampedQuote | None,
+    quote: Quote | None,
     now: float,
     config: ExitConfig,
     *,
@@ -539,23 +492,10 @@ def exit_decision(
 
 
 # -- end of day ------------------------------------------------------------------------------------
-class DayPhase(Enum):
-    CLOSED = "closed"  # no session, or outside regular hours: no trading
-    REGULAR = "regular"
-    FLATTEN = "flatten"  # close - 15 min: flatten everything
-    SWEEP = "sweep"  # close - 5 min: flatten whatever is left, verify flat
-
-
 def day_phase(now: datetime, session: Session | None, config: ExitConfig) -> DayPhase:
     """Where `now` is in the trading day (the calendar's close, so 13:00 on half days)."""
-    if session is None or not session.open <= now < session.close:
-        return DayPhase.CLOSED
-    minutes_left = (session.close - now).total_seconds() / 60
-    if minutes_left <= config.eod_sweep_minutes:
-        return DayPhase.SWEEP
-    if minutes_left <= config.eod_flatten_minutes:
-        return DayPhase.FLATTEN
-    return DayPhase.REGULAR
+    return phases.day_phase(now, session, eod_flatten_minutes=config.eod_flatten_minutes,
+                            eod_sweep_minutes=config.eod_sweep_minutes)  # fmt: skip
 
 
 # -- rejects and fills ------------------------------------------------------------------------------
@@ -608,42 +548,12 @@ def protection_table(
     return table
 
 
-# -- conversions from ib_async objects (pure) -------------------------------------------
 def working_order(trade: Trade) -> WorkingOrder:
-    """IB's Trade as the plain WorkingOrder the rules read (remaining quantity)."""
-    order, status = trade.order, trade.orderStatus
-    remaining = status.remaining if status.remaining > 0 else order.totalQuantity - status.filled
-    return WorkingOrder(
-        symbol=trade.contract.symbol,
-        order_id=order.orderId,
-        client_id=order.clientId,
-        perm_id=order.permId or status.permId,
-        action=order.action,
-        order_type=order.orderType,
-        quantity=float(remaining),
-        limit_price=_price(order.lmtPrice),
-        stop_price=_price(order.auxPrice),
-        oca_group=order.ocaGroup or "",
-        order_ref=order.orderRef or "",
-    )
+    return convert.working_order(trade)
 
 
-def _price(value: float | None) -> float | None:
-    return None if value is None or value != value or value >= 1e300 else float(value)
-
-
-def stamped_quote(ticker: Ticker, received_at: float) -> StampedQuote:
-    """The ticker's prices stamped with the exchange time of the last trade (tick 45) when
-    IB sent one, else with the (market) time we received it."""
-    stamp = ticker.lastTimestamp.timestamp() if ticker.lastTimestamp else received_at
-    return StampedQuote(
-        symbol=ticker.contract.symbol if ticker.contract else "",
-        last=ticker.last,
-        bid=ticker.bid,
-        ask=ticker.ask,
-        time=min(stamp, received_at),
-        data_type=ticker.marketDataType,
-    )
+def stamped_quote(ticker: Ticker, received_at: float) -> Quote:
+    return convert.quote(ticker, received_at)
 
 
 def merge_plans(plans: list[ReconcilePlan]) -> ReconcilePlan:

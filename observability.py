@@ -36,6 +36,14 @@ from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
+from trading.entries import (
+    CLOSED_TODAY,
+    ENTRY_WORKING,
+    KILL_SWITCH,
+    MAX_OPEN_POSITIONS,
+    POSITION_ACTIVE,
+)
+from trading.model import EXIT_REASONS
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
@@ -78,9 +86,6 @@ KILL_SWITCH_FLAG = "kill_switch"
 EXIT_REQUEST_PREFIX = "exit_request:"
 RESUME_ENTRIES = "python liquidate_all.py --resume"
 
-EXIT_REASONS = frozenset(
-    {"PROFIT_TARGET", "STOP_LOSS", "EOD", "MANUAL", "EMERGENCY", "RECONCILE", "RECONCILE_BROKER"}
-)
 
 # Migration N brings a database from user_version N-1 to N. A database made by the seed
 # system is at user_version 0 with tables of its own shape; _migrate rebuilds those first.
@@ -241,7 +246,11 @@ class DatabaseLocked(DatabaseError):
 
 class ReentryBlocked(RuntimeError):
     """An entry was refused: entries are halted, or the symbol is active, closed today, or has
-    an open entry order."""
+    an open entry order. `reason` is the entry rules' code for it (trading.entries)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class IntentTransitionError(RuntimeError):
@@ -1082,12 +1091,13 @@ class TradingDatabase:
             if guard_entry:
                 # The halt is read in this transaction: once halt_entries() has committed,
                 # no entry intent can be written (and so no entry order sent).
-                reason = self._entries_halted_reason(conn)
-                reason = reason or self._entry_block_reason(conn, symbol, today)
-                if reason is None and max_open_positions is not None:
-                    reason = self._slots_full_reason(conn, max_open_positions)
-                if reason:
-                    raise ReentryBlocked(f"{symbol}: entry refused, {reason}")
+                refusal = self._entries_halted_reason(conn)
+                refusal = refusal or self._entry_block_reason(conn, symbol, today)
+                if refusal is None and max_open_positions is not None:
+                    refusal = self._slots_full_reason(conn, max_open_positions)
+                if refusal:
+                    code, why = refusal
+                    raise ReentryBlocked(f"{symbol}: entry refused, {why}", code)
             conn.execute(
                 "INSERT INTO order_intents (order_ref, symbol, side, quantity, order_type,"
                 " limit_price, stop_price, purpose, agent, parent_ref, oca_group, state,"
@@ -1118,31 +1128,39 @@ class TradingDatabase:
         return order_ref
 
     @staticmethod
-    def _entry_block_reason(conn: sqlite3.Connection, symbol: str, today: str) -> str | None:
+    def _entry_block_reason(
+        conn: sqlite3.Connection, symbol: str, today: str
+    ) -> tuple[str, str] | None:
+        """(reason code, text) when this symbol may not be entered, else None."""
         if conn.execute("SELECT 1 FROM active_positions WHERE symbol = ?", (symbol,)).fetchone():
-            return "position is active"
+            return POSITION_ACTIVE, "position is active"
         if conn.execute(
             "SELECT 1 FROM closed_positions_today WHERE symbol = ? AND close_date = ?",
             (symbol, today),
         ).fetchone():
-            return "position was closed today"
+            return CLOSED_TODAY, "position was closed today"
         if conn.execute(
             "SELECT 1 FROM order_intents WHERE symbol = ? AND side = 'BUY'"
             " AND state IN ('PENDING_SUBMIT', 'SUBMITTED')",
             (symbol,),
         ).fetchone():
-            return "an entry order is already working"
+            return ENTRY_WORKING, "an entry order is already working"
         return None
 
     @staticmethod
-    def _slots_full_reason(conn: sqlite3.Connection, max_open_positions: int) -> str | None:
+    def _slots_full_reason(
+        conn: sqlite3.Connection, max_open_positions: int
+    ) -> tuple[str, str] | None:
         used = conn.execute(
             "SELECT count(*) FROM (SELECT symbol FROM active_positions UNION"
             " SELECT symbol FROM order_intents WHERE side = 'BUY'"
             " AND state IN ('PENDING_SUBMIT', 'SUBMITTED'))"
         ).fetchone()[0]
         if used >= max_open_positions:
-            return f"max open positions reached ({used} of {max_open_positions} in use)"
+            return (
+                MAX_OPEN_POSITIONS,
+                f"max open positions reached ({used} of {max_open_positions} in use)",
+            )
         return None
 
     def update_order_intent(
@@ -1405,9 +1423,11 @@ class TradingDatabase:
         return _rows(self._read("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,)))
 
     @staticmethod
-    def _entries_halted_reason(conn: sqlite3.Connection) -> str | None:
+    def _entries_halted_reason(conn: sqlite3.Connection) -> tuple[str, str] | None:
         row = conn.execute("SELECT value FROM flags WHERE name = ?", (KILL_SWITCH_FLAG,)).fetchone()
-        return None if row is None else f"entries halted ({row[0]}; lift: {RESUME_ENTRIES})"
+        if row is None:
+            return None
+        return KILL_SWITCH, f"entries halted ({row[0]}; lift: {RESUME_ENTRIES})"
 
     # -- maintenance ---------------------------------------------------------------------
     def integrity_check(self) -> IntegrityReport:

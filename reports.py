@@ -16,8 +16,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.purposes import EXIT_REASON_BY_PURPOSE
-from observability import EXIT_REASONS, TradingDatabase
+from observability import TradingDatabase
+from trading.model import exit_reason_for
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,16 +65,6 @@ class RoundTrip:
     @property
     def hold_seconds(self) -> float:
         return (self.exit_time - self.entry_time).total_seconds()
-
-
-def exit_reason_for(purpose: str | None) -> str:
-    """The exit reason of a sell placed for `purpose`: the exit manager's map (exit_rules),
-    else the purpose itself when it is a reason (liquidate_all's MANUAL / EMERGENCY)."""
-    if not purpose:
-        return "UNKNOWN"
-    if purpose in EXIT_REASON_BY_PURPOSE:
-        return EXIT_REASON_BY_PURPOSE[purpose]
-    return purpose.upper() if purpose.upper() in EXIT_REASONS else "UNKNOWN"
 
 
 def round_trips_from_fills(

@@ -35,11 +35,11 @@ from core.settings import (
 )
 from observability import RESUME_ENTRIES, DatabaseError, TradingDatabase
 from reports import build_day_report, net_pnl_text
+from trading.model import DAY_TRADER
 
 log = get_logger("supervisor")
 # Log lines name the supervised program in `child`: `bot` is the writing program's own key.
 
-DAY_TRADER = "day_trader"
 RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP"
 DAILY_RESET_FLAG = "supervisor_daily_reset"
 

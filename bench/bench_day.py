@@ -37,7 +37,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indicators import BAR_SECONDS, IB_REALTIME_BAR_SECONDS  # noqa: E402
+from trading.indicators import BAR_SECONDS, IB_REALTIME_BAR_SECONDS  # noqa: E402
 
 TRADING_PROGRAMS = ("supervisor", "exit_manager", "day_trader")
 MiB = 2**20

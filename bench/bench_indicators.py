@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import talib  # noqa: E402
 
 from core.clock import NEW_YORK  # noqa: E402
-from indicators import (  # noqa: E402
+from trading.indicators import (  # noqa: E402
     Bar,
     IndicatorBank,
     StreamingIndicators,

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-EXIT_MANAGER = "exit_manager"
+from trading.model import EXIT_MANAGER
+
+__all__ = ["EXIT_MANAGER", "exit_manager_problem", "process_alive"]
 EXIT_MANAGER_BEAT_S = 2.0  # real seconds between the exit manager's heartbeats
 # Its heartbeat states once it has reconciled with IB and protects every position
 # (the others: CONNECTING, RECONCILING, DEGRADED, STOPPED).

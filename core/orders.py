@@ -23,6 +23,7 @@ from enum import Enum
 from ib_async import IB, Contract, Fill, Order, OrderStatus, Trade, TradeLogEntry
 
 from core.logs import get_logger
+from ib.convert import ib_number
 from observability import (
     CANCELLED,
     FILLED,
@@ -222,8 +223,8 @@ class IntentOrders:
                 float(order.totalQuantity),
                 order.orderType,
                 self.agent,
-                limit_price=_price_or_none(order.lmtPrice),
-                stop_price=_price_or_none(order.auxPrice),
+                limit_price=ib_number(order.lmtPrice),
+                stop_price=ib_number(order.auxPrice),
                 purpose=purpose,
                 parent_ref=parent_ref,
                 oca_group=order.ocaGroup or None,
@@ -248,8 +249,8 @@ class IntentOrders:
             action=order.action,
             quantity=float(order.totalQuantity),
             order_type=order.orderType,
-            limit=_price_or_none(order.lmtPrice),
-            stop=_price_or_none(order.auxPrice),
+            limit=ib_number(order.lmtPrice),
+            stop=ib_number(order.auxPrice),
             purpose=purpose,
         )
         return trade
@@ -503,10 +504,3 @@ def match_order_ref(
     if own_fills:
         return OrderLookup(LookupStatus.DONE, None, own_fills)
     return OrderLookup(LookupStatus.NOT_FOUND)
-
-
-def _price_or_none(price: float | None) -> float | None:
-    # ib_async marks an unset price with UNSET_DOUBLE (sys.float_info.max).
-    if price is None or price >= 1e300 or price != price:
-        return None
-    return float(price)

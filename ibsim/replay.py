@@ -5,7 +5,8 @@ open -> high -> low -> close when it closed down), linearly, so aggregating the 
 back to the file's bar size gives the file's OHLCV again (when a bar has >= 4 shares of volume).
 
 Input: one file, or a directory of them (every .csv/.parquet/.pq inside); the symbols are the
-data's. Each symbol's timestamps must strictly increase within a file and never repeat across
+data's. A per-symbol export (`date,open,high,low,close,volume`, no symbol column) takes its
+symbol from the file name before the first `_` (`AAPL_1min.csv` -> AAPL). Each symbol's timestamps must strictly increase within a file and never repeat across
 files: a duplicate or out-of-order row is an error naming the file and the row. The bar size
 is the data's typical spacing (the most common step between a symbol's rows) unless given.
 A row with no volume but a price range keeps its prices on the quote path without trades.
@@ -25,6 +26,7 @@ from core.clock import NEW_YORK
 
 REQUIRED_COLUMNS = ("symbol", "time", "open", "high", "low", "close", "volume")
 OPTIONAL_COLUMNS = ("prev_close",)
+EXPORT_COLUMNS = ("date", "open", "high", "low", "close", "volume")  # one symbol per file
 SUPPORTED_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -138,6 +140,10 @@ def _read_one_file(path: Path) -> pd.DataFrame:
             f"replay file {path} is unreadable as {fmt} ({exc}); re-export it"
         ) from exc
     frame.columns = [str(c).strip().lower() for c in frame.columns]
+    if "symbol" not in frame.columns and "time" not in frame.columns and "date" in frame.columns:
+        # The common per-symbol export: the file name says the symbol, `date` the bar's time.
+        frame = frame.rename(columns={"date": "time"})
+        frame.insert(0, "symbol", symbol_from_file_name(path))
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     unknown = [c for c in frame.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown:
@@ -151,7 +157,8 @@ def _read_one_file(path: Path) -> pd.DataFrame:
         )
         raise ValueError(
             f"replay file {path}: {problem}; the columns must be "
-            f"{','.join(REQUIRED_COLUMNS)} (optional prev_close)"
+            f"{','.join(REQUIRED_COLUMNS)} (optional prev_close), or "
+            f"{','.join(EXPORT_COLUMNS)} in a file named after its symbol"
         )
     frame = frame.copy()
     frame["symbol"] = frame["symbol"].astype(str).str.strip().str.upper()
@@ -180,6 +187,11 @@ def _read_one_file(path: Path) -> pd.DataFrame:
             "duplicates: sort the file and drop the repeated row"
         )
     return frame
+
+
+def symbol_from_file_name(path: str | Path) -> str:
+    """The symbol of a per-symbol export: the file name up to the first `_` or `.`."""
+    return Path(path).name.split(".")[0].split("_")[0].strip().upper()
 
 
 def _to_epoch_seconds(column: pd.Series, path: str | Path) -> pd.Series:
@@ -267,12 +279,12 @@ def replay_paths(
         # On the tick grid: a float32 column gives 254.13999938964844 for 254.14.
         prev_close = round(prev_close * ticks_per_dollar) / ticks_per_dollar
         ticks, volume, priced = _interpolate_bars(rows, bar_seconds, grid_seconds, ticks_per_dollar)
-        liquidity = _daily_dollar_volume(rows, bar_seconds, regular)
+        liquidity = daily_dollar_volume(rows, bar_seconds, regular)
         result.append(ReplayPath(symbol, prev_close, liquidity, ticks, volume, priced))
     return result
 
 
-def _daily_dollar_volume(
+def daily_dollar_volume(
     rows: pd.DataFrame, bar_seconds: int, regular: tuple[float, float] | None
 ) -> float:
     """Regular-hours dollar volume per minute of the rows, times 390 (all rows if none)."""
@@ -327,3 +339,70 @@ def _interpolate_bars(
     volume[cols[inside]] = per_second[inside]
     priced[cols[inside]] = True
     return trade_ticks, volume, priced
+
+
+# Regular-hours holes longer than this are missing data, not a quiet stock: the indicators
+# would bridge them as if no time had passed.
+MAX_GAP_SECONDS = 30 * 60
+
+
+def check_sessions(frame: pd.DataFrame, max_gap_seconds: float = MAX_GAP_SECONDS) -> None:
+    """Check a read_replay_frame() frame for what a day of trading needs, per symbol and New
+    York day: bars consistent (low <= open, close <= high; volume >= 0), the day an exchange
+    session, some regular-hours bars, some regular-hours volume, and no regular-hours hole
+    longer than `max_gap_seconds`. Raises ValueError naming the file, the row and the fix.
+    """
+    from core.clock import MarketClock  # the calendar: only when a replay is checked
+
+    def fail(index: int, problem: str, fix: str) -> None:
+        row = frame.loc[index]
+        raise ValueError(
+            f"replay file {row['file']} row {row['row']}: {row['symbol']} at "
+            f"{_stamp(row['time'])} {problem}; {fix}"
+        )
+
+    low, high = frame["low"].to_numpy(), frame["high"].to_numpy()
+    inconsistent = (
+        (frame[["open", "close"]].min(axis=1).to_numpy() < low - 1e-9)
+        | (frame[["open", "close"]].max(axis=1).to_numpy() > high + 1e-9)
+        | (frame["volume"].to_numpy() < 0)
+    )
+    if inconsistent.any():
+        fail(
+            int(frame.index[np.flatnonzero(inconsistent)[0]]),
+            "is not a bar (open and close must lie within low..high, volume >= 0)",
+            "fix or drop the row",
+        )
+    stamps = pd.to_datetime(frame["time"], unit="s", utc=True).dt.tz_convert(NEW_YORK)
+    days = stamps.dt.date
+    clock = MarketClock()
+    for (_, day), rows in frame.groupby([frame["symbol"], days], sort=False):
+        session = clock.session(day)
+        if session is None:
+            fail(rows.index[0], f"is on {day}, not an XNYS session", "drop that day's rows")
+        assert session is not None
+        times = rows["time"].to_numpy()
+        inside = (times >= session.open.timestamp()) & (times < session.close.timestamp())
+        if not inside.any():
+            fail(
+                rows.index[0],
+                f"starts a day without regular-hours bars ({session.open:%H:%M}-"
+                f"{session.close:%H:%M} New York)",
+                "check the time zone (naive times are New York) or drop the day",
+            )
+        regular = rows[inside]
+        if not regular["volume"].sum() > 0:
+            fail(
+                regular.index[0],
+                "starts a day with zero volume in every regular-hours bar",
+                "re-export the bars with their traded volume",
+            )
+        steps = np.diff(regular["time"].to_numpy())
+        holes = np.flatnonzero(steps > max_gap_seconds)
+        if holes.size:
+            fail(
+                regular.index[holes[0] + 1],
+                f"follows a gap of {steps[holes[0]] / 60:.0f} minutes in regular hours "
+                f"(at most {max_gap_seconds / 60:.0f})",
+                "fill the missing bars or drop the symbol's day",
+            )

@@ -32,9 +32,9 @@ from core.clock import NEW_YORK, MarketClock, Session, get_clock
 from core.logs import get_logger
 from core.settings import Settings, get_settings
 from core.tickers import is_ticker
-from indicators import Bar
 from scanner_polygon import MarketDataError, MassiveScanner
 from store.bars import bar_file, bars_frame, trading_date, write_bars_file
+from trading.indicators import Bar
 
 log = get_logger("fetch")
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from core.clock import NEW_YORK
 from core.logs import get_logger
-from indicators import Bar
+from trading.indicators import Bar
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -48,7 +48,12 @@ from day_trader import (
     options_from_args,
     settings_from_args,
 )
-from entry_rules import (
+from ibsim.config import GatewayConfig
+from ibsim.thread import GatewayThread
+from observability import DatabaseLocked, TradingDatabase
+from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
+from tests.sim_support import client, stock
+from trading.entries import (
     AFTER_ENTRY_CUTOFF,
     DAILY_LOSS_LIMIT,
     DELAYED_DATA,
@@ -60,12 +65,7 @@ from entry_rules import (
     EntryDecision,
     risk_problem,
 )
-from ibsim.config import GatewayConfig
-from ibsim.thread import GatewayThread
-from indicators import Bar
-from observability import DatabaseLocked, TradingDatabase
-from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from tests.sim_support import client, stock
+from trading.indicators import Bar
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
@@ -1500,8 +1500,8 @@ def test_the_llm_verdict_on_an_entry_is_logged_either_way_for_the_trade_journal(
     import asyncio
     from types import SimpleNamespace
 
-    from entry_rules import EntryDecision
     from llm_review import Opinion
+    from trading.entries import EntryDecision
 
     class Reviewer:
         async def review(self, candidate: Any) -> Opinion:

@@ -11,10 +11,10 @@ import pytest
 
 from core.clock import MarketClock
 from day_trader import SymbolFeed, _bar_from_ib
-from entry_rules import gap_percent
 from ibsim.marketdata import BarSub
-from indicators import Bar, BarAggregator
 from tests.stepped_gateway import FAST_STEP, SAMPLE, SLOW_STEP, Recorder, at, sample_gateway
+from trading.entries import gap_percent
+from trading.indicators import Bar, BarAggregator
 
 PREV_CLOSE = 254.08  # the sample's prev_close column
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-
 import pytest
 
-from core.clock import NEW_YORK, ManualTimeSource, MarketClock
 from exit_rules import (
     PURPOSE_BOT_STOP,
     PURPOSE_BOT_TARGET,
     BrokerPosition,
-    DayPhase,
     ExitConfig,
+    Quote,
     RejectTracker,
-    StampedQuote,
     WorkingOrder,
     average_price,
     bot_stop_fault,
     covered_quantity,
-    day_phase,
     exit_decision,
     exit_limit_price,
-    exit_reason_for,
     held_position,
     plan_reconciliation,
     protective_orders,
@@ -67,9 +61,7 @@ def _sell(symbol: str, kind: str, qty: float, price: float, oca: str = "g1", cli
 
 
 def _quote(last: float, at: float = 1000.0, bid: float | None = None, data_type: int = 1):
-    return StampedQuote(
-        "AAPL", last, bid if bid is not None else last - 0.01, last + 0.01, at, data_type
-    )
+    return Quote("AAPL", last, bid if bid is not None else last - 0.01, last + 0.01, at, data_type)
 
 
 # -- prices -------------------------------------------------------------------------------
@@ -323,29 +315,6 @@ def test_target_touched_sells_only_after_the_grace_when_the_limit_did_not_fill()
     assert target_touch_time(pos, _quote(101.0), touched, 1005) is None
 
 
-# -- end of day -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("trading_day", "clock_time", "phase"),
-    [
-        (date(2026, 11, 27), "12:44:59", DayPhase.REGULAR),  # half day: 13:00 close
-        (date(2026, 11, 27), "12:45:00", DayPhase.FLATTEN),
-        (date(2026, 11, 27), "12:55:00", DayPhase.SWEEP),
-        (date(2026, 11, 27), "13:00:00", DayPhase.CLOSED),
-        (date(2026, 11, 25), "15:44:00", DayPhase.REGULAR),
-        (date(2026, 11, 25), "15:45:00", DayPhase.FLATTEN),
-        (date(2026, 11, 25), "09:29:00", DayPhase.CLOSED),
-        (date(2026, 11, 26), "11:00:00", DayPhase.CLOSED),  # Thanksgiving
-    ],
-)
-def test_day_phase_follows_the_exchange_calendar(trading_day, clock_time, phase):
-    hour, minute, second = map(int, clock_time.split(":"))
-    now = datetime(
-        trading_day.year, trading_day.month, trading_day.day, hour, minute, second, tzinfo=NEW_YORK
-    )
-    clock = MarketClock(ManualTimeSource(now))
-    assert day_phase(now, clock.session(trading_day), CONFIG) is phase
-
-
 # -- rejects and fills ------------------------------------------------------------------------------
 def test_reject_tracker_gives_up_once_at_the_limit():
     tracker = RejectTracker(limit=3)
@@ -353,11 +322,7 @@ def test_reject_tracker_gives_up_once_at_the_limit():
     assert tracker.is_blocked("AAPL") and not tracker.is_blocked("MSFT")
 
 
-def test_exit_reason_and_average_price():
-    assert exit_reason_for("PROTECT_TARGET") == "PROFIT_TARGET"
-    assert exit_reason_for("PROTECT_STOP") == "STOP_LOSS"
-    assert exit_reason_for("EOD_FLATTEN") == "EOD"
-    assert exit_reason_for(None) == "MANUAL"
+def test_average_price():
     assert average_price([(60, 10.0), (40, 11.0)]) == pytest.approx(10.4)
     assert average_price([]) is None
 
@@ -406,7 +371,7 @@ def test_an_exit_moves_the_stop_only_when_it_is_one_oca_set_for_exactly_the_posi
 
 def test_the_stop_is_moved_above_the_market_or_above_the_target_without_a_usable_quote() -> None:
     pos = held_position("AAPL", 100, 100.0, CONFIG, tick=0.01)
-    quote = StampedQuote("AAPL", last=98.9, bid=98.88, ask=98.92, time=0.0)
+    quote = Quote("AAPL", last=98.9, bid=98.88, ask=98.92, time=0.0)
     price = through_market_stop_price(quote, pos, quote_usable=True, slippage_pct=0.2)
     assert price == pytest.approx(99.12)  # 98.92 * 1.002, up to the tick
     assert price > quote.ask

@@ -18,9 +18,8 @@ import liquidate_all as liq
 from core.clock import SimulatedTimeSource, write_sim_clock_file
 from core.orders import IntentOrders
 from core.settings import PROJECT_ROOT
-from day_trader import _refusal_reason
-from entry_rules import KILL_SWITCH
 from observability import ReentryBlocked
+from trading.entries import KILL_SWITCH
 
 
 @pytest.fixture
@@ -262,7 +261,7 @@ def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_se
     finally:
         ib.disconnect()
     assert in_flight == []
-    assert _refusal_reason(refused.value) == KILL_SWITCH
+    assert refused.value.reason == KILL_SWITCH
     assert "python liquidate_all.py --resume" in str(refused.value)
     assert db.get_intents_by_date(db.clock.today_str()) == []
     assert gateway.account.open_orders() == [] and gateway.account.completed_orders() == []

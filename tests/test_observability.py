@@ -35,6 +35,12 @@ from observability import (
     TradingDatabase,
     get_database,
 )
+from trading.entries import (
+    CLOSED_TODAY,
+    ENTRY_WORKING,
+    MAX_OPEN_POSITIONS,
+    POSITION_ACTIVE,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS_PER_PROCESS = 10_000
@@ -268,9 +274,14 @@ def test_entry_guard_blocks_active_closed_and_working_symbols(db: TradingDatabas
     db.remove_active_position("CLS", 10.0, "STOP_LOSS")
     db.create_order_intent("WRK", "BUY", 5, "LMT", "day_trader", guard_entry=True)
 
-    for symbol, reason in [("ACT", "active"), ("CLS", "closed today"), ("WRK", "already working")]:
-        with pytest.raises(ReentryBlocked, match=reason):
+    for symbol, reason, code in [
+        ("ACT", "active", POSITION_ACTIVE),
+        ("CLS", "closed today", CLOSED_TODAY),
+        ("WRK", "already working", ENTRY_WORKING),
+    ]:
+        with pytest.raises(ReentryBlocked, match=reason) as refused:
             db.create_order_intent(symbol, "BUY", 1, "LMT", "day_trader", guard_entry=True)
+        assert refused.value.reason == code  # the code travels, not the text
     assert len(db.get_open_intents()) == 1
 
 
@@ -283,10 +294,11 @@ def test_entry_guard_never_fills_one_free_slot_twice(db: TradingDatabase) -> Non
     db.create_order_intent(
         "NEW2", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
     )
-    with pytest.raises(ReentryBlocked, match="max open positions reached"):
+    with pytest.raises(ReentryBlocked, match="max open positions reached") as refused:
         db.create_order_intent(
             "NEW3", "BUY", 1, "LMT", "day_trader", guard_entry=True, max_open_positions=4
         )
+    assert refused.value.reason == MAX_OPEN_POSITIONS
     # A filled entry (now an active row) and its intent count once, not twice.
     db.update_order_intent(db.get_open_intents(symbol="NEW1")[0]["order_ref"], FILLED)
     db.add_active_position("NEW1", 1, 10.0)

@@ -15,10 +15,10 @@ import pytest
 from core.clock import NEW_YORK
 from ibsim.market import Market, MarketConfig
 from ibsim.replay import read_replay_frame
-from indicators import Bar
 from store.bars import BarRecorder, bar_file, read_bars_file
 from tests.test_day_trader import DAY as TRADER_DAY
 from tests.test_day_trader import SYMBOLS, events, gateway, start_trader, stop_trader, wait_until
+from trading.indicators import Bar
 
 DAY = date(2026, 11, 24)
 OPEN = datetime(2026, 11, 24, 9, 30, tzinfo=NEW_YORK).timestamp()

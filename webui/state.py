@@ -20,16 +20,15 @@ from core.clock import NEW_YORK
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem, process_alive
 from core.settings import Settings
 from exit_rules import (
-    DELAYED_DATA_TYPES,
     DayPhase,
     ExitConfig,
-    StampedQuote,
     day_phase,
     quote_fault,
 )
 from observability import TradingDatabase
 from reports import build_day_report
 from supervision import DAY_TRADER, GAVE_UP, WatchdogPolicy, _process_matches, read_lock
+from trading.model import DELAYED_DATA_TYPES, Quote
 from view_logs import Follower, record_time
 
 BOTS = (EXIT_MANAGER, DAY_TRADER)
@@ -239,7 +238,7 @@ def _positions(sources: Sources, wall: float) -> list[dict[str, Any]]:
             opened = None
         target, stop = pos.get("profit_target_price"), pos.get("stop_loss_price")
         quote = (
-            StampedQuote(symbol, mark.last, math.nan, math.nan, mark.quote_at, mark.data_type)
+            Quote(symbol, mark.last, math.nan, math.nan, mark.quote_at, mark.data_type)
             if mark is not None
             else None
         )

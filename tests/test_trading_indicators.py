@@ -9,7 +9,7 @@ import pytest
 import talib
 
 from core.clock import NEW_YORK
-from indicators import (
+from trading.indicators import (
     Bar,
     BarAggregator,
     IndicatorBank,

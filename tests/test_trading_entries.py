@@ -10,7 +10,7 @@ import pytest
 
 from core.clock import NEW_YORK, MarketClock
 from core.money import entry_shares, marketable_limit_price
-from entry_rules import (
+from trading.entries import (
     AFTER_ENTRY_CUTOFF,
     CLOSED_TODAY,
     DAILY_LOSS_LIMIT,

@@ -16,16 +16,19 @@ past their warm-up.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from core.clock import Session
+from core.money import entry_shares
+from trading.feed import SessionCalendar, SymbolFeed, SymbolQuote, SymbolSnapshot
+from trading.indicators import Bar
+from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES
+from trading.phases import day_phase
 
 BAR_SECONDS = 30
-LIVE_DATA_TYPES = frozenset({1})  # IB marketDataType: 1 live, 2 frozen, 3 delayed, 4 delayed frozen
-DELAYED_DATA_TYPES = frozenset({3, 4})
 
 STANDARD = "standard"
 GAP_AND_GO = "gap_and_go"
@@ -73,35 +76,6 @@ class EntryConfig:
         }
         values.update(overrides)
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class SymbolSnapshot:
-    """What the trader knows about one symbol at one moment; nan = unknown.
-
-    `close` is the latest completed 30-s bar's close: the price the rules compare with VWAP,
-    the one the indicators were computed on. `last` (the ticker's last trade) only says a
-    quote is there. `quote_time` is the market-clock epoch of the last tick the trader
-    received (stamped on arrival, since IB's tick times are wall time); `bar_time` the start
-    of the latest completed 30-s bar. `rsi_bars` / `atr_bars`: bars each indicator still needs.
-    """
-
-    symbol: str
-    last: float = math.nan
-    close: float = math.nan
-    bid: float = math.nan
-    ask: float = math.nan
-    vwap: float = math.nan
-    rsi: float = math.nan
-    atr_pct: float = math.nan
-    prev_close: float = math.nan
-    gap_pct: float = math.nan
-    market_data_type: int = 0  # 0 = not known yet
-    quote_time: float = math.nan
-    bar_time: float = math.nan
-    rsi_bars: int = 14
-    atr_bars: int = 14
-    vwap_has_volume: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,11 +139,10 @@ def entry_window_problem(
 
     Half days work through the calendar: a 13:00 close stops entries at 12:45.
     """
-    if session is None or not session.open <= now < session.close:
+    phase = day_phase(now, session, entry_cutoff_minutes=cutoff_minutes)
+    if not phase.regular_hours:
         return MARKET_CLOSED
-    if now >= entry_cutoff(session, cutoff_minutes):
-        return AFTER_ENTRY_CUTOFF
-    return None
+    return None if phase.entries_allowed else AFTER_ENTRY_CUTOFF
 
 
 # -- risk and book -----------------------------------------------------------------------------
@@ -236,13 +209,6 @@ def data_problem(snap: SymbolSnapshot, now_epoch: float, config: EntryConfig) ->
     if not now_epoch - bar_end <= BAR_SECONDS + config.stale_seconds:
         return STALE_BARS
     return None
-
-
-def gap_percent(price: float, prev_close: float) -> float:
-    """Returns the percent change of `price` from the previous close (nan when unknown)."""
-    if not (prev_close > 0 and price > 0):
-        return math.nan
-    return (price - prev_close) / prev_close * 100.0
 
 
 # -- signals -----------------------------------------------------------------------------------
@@ -334,3 +300,224 @@ def allot_free_slots(
         else EntryDecision(d.symbol, False, None, MAX_OPEN_POSITIONS, d.values)
         for i, d in enumerate(decisions)
     ]
+
+
+def evaluate_all(
+    snaps: Sequence[SymbolSnapshot],
+    book: BookState,
+    now: datetime,
+    session: Session | None,
+    config: EntryConfig,
+) -> list[EntryDecision]:
+    """Returns `evaluate_entry` of each snapshot against the same book, in order."""
+    return [evaluate_entry(s, book, now, session, config) for s in snaps]
+
+
+# -- the book from plain records ---------------------------------------------------------------
+
+
+class HeldPosition(NamedTuple):
+    """An active position as the book keeps it (who opened it, how many, at what price)."""
+
+    symbol: str
+    quantity: float
+    entry_price: float
+    agent: str | None = None
+
+
+class ClosedPosition(NamedTuple):
+    """A position closed today and its realised P&L in dollars (None = unknown, counts 0)."""
+
+    symbol: str
+    pnl: float | None = None
+    agent: str | None = None
+
+
+def book_from_records(
+    active: Sequence[HeldPosition],
+    closed_today: Sequence[ClosedPosition],
+    working_entries: Iterable[str],
+    prices: Mapping[str, float],
+    *,
+    agent: str,
+    net_liquidation: float,
+    kill_switch: str | None = None,
+    exit_manager_problem: str | None = None,
+) -> BookState:
+    """Returns the BookState of these records: `working_entries` are the symbols with an
+    entry order working (or being decided: each takes a slot); the day P&L counts only
+    `agent`'s positions (adopted or other programs' rows are not this strategy's), realised
+    plus unrealised at `prices`. A held symbol without a price makes the P&L unknown (nan).
+    """
+    entries = frozenset(working_entries)
+    active_symbols = frozenset(p.symbol for p in active)
+    realised = sum(float(c.pnl or 0.0) for c in closed_today if c.agent == agent)
+    unrealised = 0.0
+    for p in active:
+        if p.agent == agent:
+            price = prices.get(p.symbol, math.nan)
+            unrealised += (price - float(p.entry_price)) * int(p.quantity)
+    return BookState(
+        active_symbols=active_symbols,
+        closed_today=frozenset(c.symbol for c in closed_today),
+        working_entries=entries,
+        open_positions=len(active_symbols | entries),
+        day_pnl=realised + unrealised,
+        net_liquidation=net_liquidation,
+        kill_switch=kill_switch,
+        exit_manager_problem=exit_manager_problem,
+    )
+
+
+# -- sizing -------------------------------------------------------------------------------------
+
+
+class AccountFunds(NamedTuple):
+    """The account values sizing reads, None while unknown (unknown is not zero)."""
+
+    net_liquidation: float | None
+    available_funds: float | None = None
+    buying_power: float | None = None
+
+
+def size_entry(
+    limit: float,
+    funds: AccountFunds,
+    *,
+    committed_usd: float,
+    allocation: float,
+    max_open_positions: int,
+    max_position_usd: float | None,
+) -> tuple[int, dict[str, Any]]:
+    """Returns the shares for one entry at `limit` and the numbers behind them (for the log).
+
+    Capital = net liquidation x `allocation` split over `max_open_positions`
+    (core.money.entry_shares), never above `max_position_usd` nor what the account can still
+    pay: the lower of available funds and buying power less `committed_usd` (the entries
+    already working). Unknown account values give 0 shares with the `why`.
+    """
+    known = [v for v in (funds.available_funds, funds.buying_power) if v is not None]
+    buying_power = min(known) - committed_usd if known else None
+    sizing: dict[str, Any] = {
+        "net_liquidation": funds.net_liquidation,
+        "buying_power": buying_power,
+        "allocation": allocation,
+        "max_open_positions": max_open_positions,
+        "max_position_usd": max_position_usd,
+    }
+    if funds.net_liquidation is None or buying_power is None:
+        return 0, {**sizing, "why": "account values unknown"}
+    shares = entry_shares(
+        limit,
+        funds.net_liquidation,
+        allocation,
+        max_open_positions,
+        buying_power=buying_power,
+        max_position_usd=max_position_usd,
+    )
+    return shares, sizing
+
+
+# -- the core ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EntryCore:
+    """The entry strategy over a watchlist: one SymbolFeed per symbol, the rules, and the
+    memory of entries being decided or placed (`entering`: each takes a slot until the
+    driver calls `entry_finished`). No I/O and no clock: every call gets its `now`.
+
+    Driven bar by bar from a plain loop::
+
+        core = EntryCore(config, calendar)
+        for symbol, bar in bars:                 # completed 30-s bars, in time order
+            core.on_bar(symbol, bar)
+            core.on_quote(symbol, quote, now)    # the latest quote, at market time `now`
+            for decision in core.decide(now, session, book):
+                if decision.enter: ...           # size, send; later core.entry_finished(symbol)
+    """
+
+    config: EntryConfig
+    calendar: SessionCalendar
+    feeds: dict[str, SymbolFeed] = field(default_factory=dict)
+    entering: set[str] = field(default_factory=set)
+
+    def add_symbol(self, symbol: str) -> SymbolFeed:
+        """Returns the symbol's feed, a new one when it had none."""
+        feed = self.feeds.get(symbol)
+        if feed is None:
+            feed = self.feeds[symbol] = SymbolFeed(symbol, self.calendar)
+        return feed
+
+    def drop_symbol(self, symbol: str) -> SymbolFeed | None:
+        """Forgets the symbol's data (left the watchlist); returns its feed, if it had one."""
+        return self.feeds.pop(symbol, None)
+
+    def on_bar(self, symbol: str, bar: Bar) -> bool:
+        """One completed 30-s bar of `symbol`; False when not newer than its last one."""
+        return self.add_symbol(symbol).on_bar(bar)
+
+    def on_quote(self, symbol: str, quote: SymbolQuote, now_epoch: float) -> None:
+        """The latest quote of `symbol`, arrived at market time `now_epoch`."""
+        self.add_symbol(symbol).on_quote(quote, now_epoch)
+
+    def take_due(self) -> list[SymbolSnapshot]:
+        """Returns the snapshots of the symbols with a new bar since the last call (a symbol
+        is decided once per bar)."""
+        due = [f for f in self.feeds.values() if f.new_bar]
+        for feed in due:
+            feed.new_bar = False
+        return [f.snapshot() for f in due]
+
+    def allot(self, decisions: Sequence[EntryDecision], book: BookState) -> list[EntryDecision]:
+        """Returns `decisions` within the free slots (allot_free_slots); each enter of a
+        symbol not already entering joins `entering`. The caller enters exactly those enters."""
+        allotted = allot_free_slots(decisions, book, self.config)
+        return [
+            d._replace(enter=False, rule=None, reason=ENTRY_WORKING)
+            if d.enter and d.symbol in self.entering
+            else self._start(d)
+            for d in allotted
+        ]
+
+    def _start(self, decision: EntryDecision) -> EntryDecision:
+        if decision.enter:
+            self.entering.add(decision.symbol)
+        return decision
+
+    def decide(
+        self, now: datetime, session: Session | None, book: BookState
+    ) -> list[EntryDecision]:
+        """Returns the decisions for every symbol with a new bar, against `book` (symbols
+        being entered count as working), within the free slots."""
+        book = self.with_entering(book)
+        return self.allot(evaluate_all(self.take_due(), book, now, session, self.config), book)
+
+    def recheck(
+        self, symbol: str, now: datetime, session: Session | None, book: BookState
+    ) -> EntryDecision:
+        """The last look before sending `symbol`'s entry, on its newest data, against `book`
+        with the other symbols being entered counted as working."""
+        book = self.with_entering(book, but=symbol)
+        return evaluate_entry(self.add_symbol(symbol).snapshot(), book, now, session, self.config)
+
+    def entry_finished(self, symbol: str) -> None:
+        """The entry of `symbol` was sent (now a working order in the book) or dropped."""
+        self.entering.discard(symbol)
+
+    def with_entering(self, book: BookState, but: str | None = None) -> BookState:
+        """Returns `book` with the symbols being entered (except `but`) as working entries."""
+        pending = frozenset(self.entering - {but}) - book.working_entries
+        if not pending:
+            return book
+        working = book.working_entries | pending
+        return BookState(
+            active_symbols=book.active_symbols,
+            closed_today=book.closed_today,
+            working_entries=working,
+            open_positions=len(book.active_symbols | working),
+            day_pnl=book.day_pnl,
+            net_liquidation=book.net_liquidation,
+            kill_switch=book.kill_switch,
+            exit_manager_problem=book.exit_manager_problem,
+        )

@@ -1,0 +1,725 @@
+"""The fast backtest: the day trader's entry core and the exit rules over recorded bars,
+in one process, with the simulated gateway's fill and commission rules.
+
+    result = run_backtest(days_from_data("bars/"), BacktestConfig(capital=50_000))
+    result.days[0].report          # reports.DayReport, the report a simulated day prints
+    result.journal                 # journal.JournalRow per round trip
+
+What the live system does, step by step on the day's 30-s analysis bars:
+  - the entry side is `trading.entries.EntryCore` fed every bar from 04:00 (warm-up and the
+    gap reference come from the day's own history, as the day trader seeds them), with the
+    quote at the bar's end; it decides at the bar's end, within the free slots, against the
+    book (held symbols, symbols closed today: re-entry blocked, working entries, the day's
+    P&L: daily loss limit, the kill switch);
+  - an enter becomes a DAY limit BUY at the ask + `limit_ticks`, sized by `size_entry` on
+    `allocation` of the equity; it is first looked at on the next bar's open (a decision
+    at bar t fills at t+1 or later), cancelled unfilled after `entry_timeout_s` (the symbol
+    may be tried again; a partly filled entry keeps what it bought);
+  - a fill gets the exit manager's protective set: the target LMT and the server STP (the
+    backstop) in one OCA group; the bot stop (last <= stop) and the touched target
+    (`target_fill_grace_s` without a fill) exit through the market, as does the EOD flatten
+    at the calendar's close - `eod_flatten_minutes` (13:00 - 15 min on half days).
+Orders are matched along each fill bar's path (open -> low -> high -> close for an up bar,
+linear between, as ibsim.replay replays bars; every price level an order waits for is
+visited where the path crosses it) by ibsim.orders' rules: a limit fills only when traded
+through (at its price once resting), market-like orders take the far side plus
+`slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
+print as the bid (ask = print + spread), a sell as the ask (bid = print - spread). A fill
+takes at most `participation` of its bar's volume; the rest waits (partial fills).
+Commissions are ibsim.orders.commission_for per order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import Any
+
+import numpy as np
+
+from core.clock import NEW_YORK, MarketClock, Session
+from core.money import marketable_limit_price
+from core.settings import Settings
+from exit_rules import ExitConfig, exit_decision, held_position, target_touch_time
+from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
+from journal import JournalRow, journal_rows
+from reports import DayReport, max_drawdown, round_trips_from_fills
+from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
+from trading.entries import (
+    AccountFunds,
+    BookState,
+    ClosedPosition,
+    EntryConfig,
+    EntryCore,
+    EntryDecision,
+    book_from_records,
+    size_entry,
+)
+from trading.entries import HeldPosition as BookPosition
+from trading.feed import SymbolQuote
+from trading.indicators import Bar
+from trading.model import (
+    DAY_TRADER,
+    PURPOSE_BACKSTOP,
+    PURPOSE_EOD,
+    PURPOSE_TARGET,
+    exit_reason_for,
+)
+from trading.model import Quote as ExitQuote
+from trading.phases import day_phase
+
+AGENT = DAY_TRADER  # the strategy's positions in the book
+ENTRY_PURPOSE_PREFIX = "entry:"
+_SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+def _setting(name: str) -> Any:
+    return field(default=_SETTINGS_DEFAULTS[name])
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """What a backtest trades with; the risk and exit numbers default to core.settings'."""
+
+    capital: float = 100_000.0  # starting equity (the simulated gateway's initial cash)
+    allocation: float = _setting("allocation")
+    max_open_positions: int = _setting("max_open_positions")
+    max_position_usd: float | None = _setting("max_position_usd")
+    daily_loss_limit_pct: float = _setting("daily_loss_limit_pct")
+    profit_target_pct: float = _setting("profit_target_pct")
+    stop_loss_pct: float = _setting("stop_loss_pct")
+    eod_flatten_minutes: float = _setting("eod_flatten_minutes")
+    entry_timeout_s: float = 60.0  # the day trader's default
+    limit_ticks: int = 2  # entry limit = ask + this many ticks
+    slippage_ticks: int = 0  # market-like fills: this many ticks beyond the far side
+    participation: float = 0.25  # a fill takes at most this share of its bar's volume
+    commission_per_share: float = 0.005
+    commission_min: float = 1.0
+    kill_switch_at: time | None = None  # entries halted from this New York time each day
+
+    def __post_init__(self) -> None:
+        if not self.capital > 0:
+            raise ValueError(f"capital {self.capital} must be > 0")
+        if not 0 < self.allocation <= 1:
+            raise ValueError(f"allocation {self.allocation} must be in (0, 1]")
+        if not 0 < self.participation <= 1:
+            raise ValueError(f"participation {self.participation} must be in (0, 1]")
+        if self.max_open_positions < 1 or self.entry_timeout_s <= 0:
+            raise ValueError("max_open_positions must be >= 1 and entry_timeout_s > 0")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> BacktestConfig:
+        """The user's settings (core.settings), then `overrides`."""
+        values: dict[str, Any] = {
+            name: getattr(settings, name)
+            for name in (
+                "allocation",
+                "max_open_positions",
+                "max_position_usd",
+                "daily_loss_limit_pct",
+                "profit_target_pct",
+                "stop_loss_pct",
+                "eod_flatten_minutes",
+            )
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def entry_config(self) -> EntryConfig:
+        return EntryConfig(
+            entry_cutoff_minutes=self.eod_flatten_minutes,
+            max_open_positions=self.max_open_positions,
+            daily_loss_limit_pct=self.daily_loss_limit_pct,
+        )
+
+    def exit_config(self) -> ExitConfig:
+        return ExitConfig(
+            profit_target_pct=self.profit_target_pct,
+            stop_loss_pct=self.stop_loss_pct,
+            eod_flatten_minutes=self.eod_flatten_minutes,
+        )
+
+
+@dataclass(frozen=True)
+class DayResult:
+    """One backtested day: its report (reports.DayReport), journal rows and equity."""
+
+    trading_date: str
+    report: DayReport
+    journal: tuple[JournalRow, ...]
+    fills: tuple[dict[str, Any], ...]
+    equity_start: float
+    equity_end: float
+    entries_sent: int
+    entries_cancelled: int  # timed out (unfilled, or the unfilled rest of a partial fill)
+
+    @property
+    def net_pnl(self) -> float:
+        return self.equity_end - self.equity_start
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Every day's result and the multi-day figures."""
+
+    config: BacktestConfig
+    days: tuple[DayResult, ...]
+    bars: int  # analysis bars run through the strategy
+    seconds: float  # wall time the days took to run (loading or building them excluded)
+
+    @property
+    def journal(self) -> list[JournalRow]:
+        return [row for day in self.days for row in day.journal]
+
+    @property
+    def net_pnl(self) -> float:
+        return sum(day.net_pnl for day in self.days)
+
+    @property
+    def trades(self) -> int:
+        return len(self.journal)
+
+    @property
+    def win_rate(self) -> float | None:
+        rows = self.journal
+        return sum(r.net_pnl > 0 for r in rows) / len(rows) * 100 if rows else None
+
+    @property
+    def profit_factor(self) -> float | None:
+        """Gross winnings over gross losses (net of commissions); None without a loss."""
+        wins = sum(r.net_pnl for r in self.journal if r.net_pnl > 0)
+        losses = -sum(r.net_pnl for r in self.journal if r.net_pnl < 0)
+        return wins / losses if losses > 0 else None
+
+    @property
+    def expectancy(self) -> float | None:
+        """Mean net P&L per round trip."""
+        rows = self.journal
+        return sum(r.net_pnl for r in rows) / len(rows) if rows else None
+
+    @property
+    def max_drawdown(self) -> float:
+        """Largest fall of the equity, round trip by round trip (reports.max_drawdown)."""
+        return max_drawdown(r.net_pnl for r in self.journal)
+
+    @property
+    def sharpe(self) -> float | None:
+        """Annualised Sharpe of the daily returns on the day's starting equity (252 days);
+        None with fewer than two days or no variation."""
+        returns = np.array([d.net_pnl / d.equity_start for d in self.days])
+        if returns.size < 2 or not returns.std(ddof=1) > 0:
+            return None
+        return float(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
+
+    @property
+    def bars_per_second(self) -> float:
+        return self.bars / self.seconds if self.seconds > 0 else math.inf
+
+
+# -- one symbol's orders and position -------------------------------------------------------------
+def _order(symbol: str, action: str, qty: float, order_type: str, ref: str, *, limit: float | None
+           = None, stop: float | None = None, tif: str = "DAY") -> SimOrder:  # fmt: skip
+    """A SimOrder (ibsim's own record, so ibsim.orders' rules read it as the gateway does)."""
+    return SimOrder(
+        order_id=0, client_id=0, perm_id=0, account="BACKTEST", symbol=symbol, con_id=0,
+        exchange="SMART", action=action, total_qty=float(qty), order_type=order_type,
+        lmt_price=limit, aux_price=stop, tif=tif, oca_group="", oca_type=0, order_ref=ref,
+        transmit=True, parent_id=0, outside_rth=False,
+    )  # fmt: skip
+
+
+@dataclass
+class _Entry:
+    order: SimOrder
+    placed_at: float
+    deadline: float
+    rule: str
+
+
+@dataclass
+class _Holding:
+    """A position and its exit orders: the exit manager's state for one held symbol."""
+
+    symbol: str
+    quantity: float = 0.0
+    cost: float = 0.0
+    position: Any = None  # exit_rules.HeldPosition at the average entry price
+    target: SimOrder | None = None
+    backstop: SimOrder | None = None
+    exit: SimOrder | None = None
+    exit_purpose: str = ""
+    touched_at: float | None = None
+
+    @property
+    def entry_price(self) -> float:
+        return self.cost / self.quantity if self.quantity else 0.0
+
+
+class _BuyQuote:
+    """The print as the bid: what a buy can get (ibsim.orders.BookQuote)."""
+
+    __slots__ = ("ask", "ask_size", "bid", "bid_size", "last")
+
+    def __init__(self, last: float, spread: float) -> None:
+        self.last, self.bid, self.ask = last, last, round(last + spread, 6)
+        self.bid_size = self.ask_size = 0.0
+
+
+class _SellQuote:
+    """The print as the ask: what a sell can get."""
+
+    __slots__ = ("ask", "ask_size", "bid", "bid_size", "last")
+
+    def __init__(self, last: float, spread: float) -> None:
+        self.last, self.ask, self.bid = last, last, round(max(MIN_TICK, last - spread), 6)
+        self.bid_size = self.ask_size = 0.0
+
+
+class _DayCalendar:
+    """The day's session without a calendar look-up per bar (trading.feed.SessionCalendar)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._clock = MarketClock()
+
+    def session(self, day: date) -> Session | None:
+        return self._session if day == self._session.trading_date else self._clock.session(day)
+
+
+# -- one day -----------------------------------------------------------------------------------------
+class _DayRun:
+    """One trading day through the strategy; `run()` returns its DayResult."""
+
+    def __init__(self, day: TradingDay, config: BacktestConfig, equity: float) -> None:
+        self.day = day
+        self.config = config
+        self.entry_config = config.entry_config()
+        self.exit_config = config.exit_config()
+        self.session: Session = day.session
+        self.open_epoch = day.session.open.timestamp()
+        self.close_epoch = day.session.close.timestamp()
+        self.flattening = False  # in the end-of-day flatten (trading.phases), per step
+        self.kill_at = (
+            datetime.combine(day.trading_date, config.kill_switch_at, NEW_YORK).timestamp()
+            if config.kill_switch_at is not None
+            else math.inf
+        )
+        self.core = EntryCore(self.entry_config, _DayCalendar(day.session))
+        self.symbols = [s.symbol for s in day.symbols]
+        self.spread = {s.symbol: s.spread_ticks * MIN_TICK for s in day.symbols}
+        self.prev_close = {s.symbol: s.prev_close for s in day.symbols}
+        length = day.fill_seconds
+        self.knots = (0, round((length - 1) / 3), round(2 * (length - 1) / 3), length - 1)
+        self.equity_start = equity
+        self.cash = equity
+        self.entries: dict[str, _Entry] = {}
+        self.holdings: dict[str, _Holding] = {}
+        self.closed: list[ClosedPosition] = []
+        self.last_price: dict[str, float] = {}
+        self.fills: list[dict[str, Any]] = []
+        self.reasons_by_ref: dict[str, str] = {}
+        self.purposes_by_ref: dict[str, str] = {}
+        self.decisions: list[dict[str, Any]] = []
+        self.sent = self.cancelled = 0
+        self._refs = 0
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> tuple[DayResult, int]:
+        day = self.day
+        analysis = [s.analysis for s in day.symbols]
+        fill = {s.symbol: s.fill for s in day.symbols}
+        self.fill_rows = {sym: rows.tolist() for sym, rows in fill.items()}
+        self.fill_times = {sym: rows[:, 0] for sym, rows in fill.items()}
+        self.fill_pos = dict.fromkeys(self.symbols, 0)
+        # All analysis bars in time order: (time, symbol index, row).
+        counts = [len(a) for a in analysis]
+        stacked = (
+            np.concatenate([a for a in analysis if len(a)]) if any(counts) else np.empty((0, 6))
+        )
+        owner = np.repeat(np.arange(len(analysis)), counts)
+        order = np.argsort(stacked[:, 0], kind="stable") if len(stacked) else np.empty(0, int)
+        rows = stacked[order].tolist()
+        owners = owner[order].tolist()
+        bars = 0
+        i = 0
+        # Pre-market bars: the gap reference (no entry before the open).
+        while i < len(rows) and rows[i][0] < self.open_epoch:
+            self.core.on_bar(self.symbols[owners[i]], Bar(*rows[i]))
+            i += 1
+            bars += 1
+        step = self.open_epoch
+        while step < self.close_epoch:
+            end = step + ANALYSIS_SECONDS
+            self.flattening = day_phase(
+                datetime.fromtimestamp(step, NEW_YORK),
+                self.session,
+                eod_flatten_minutes=self.config.eod_flatten_minutes,
+            ).flattening
+            self._trade_until(end)
+            now = end
+            while i < len(rows) and rows[i][0] < end:
+                symbol = self.symbols[owners[i]]
+                bar = Bar(*rows[i])
+                self.core.on_bar(symbol, bar)
+                spread = self.spread[symbol]
+                self.core.on_quote(
+                    symbol,
+                    SymbolQuote(bar.close, bar.close, round(bar.close + spread, 6),
+                                self.prev_close[symbol], 1),
+                    now,
+                )  # fmt: skip
+                self.last_price[symbol] = bar.close
+                i += 1
+                bars += 1
+            self._decide(now)
+            step = end
+        self._close_out()
+        return self._result(), bars
+
+    def _trade_until(self, end: float) -> None:
+        """Match every working order and watch every position along the fill bars before
+        `end`, then cancel entries whose time is up."""
+        for symbol in sorted({*self.entries, *self.holdings}):  # sorted: reproducible refs
+            rows = self.fill_rows[symbol]
+            pos = self.fill_pos[symbol]
+            while pos < len(rows) and rows[pos][0] < end:
+                if rows[pos][5] > 0:
+                    self._walk(symbol, rows[pos])
+                self.last_price[symbol] = rows[pos][4]
+                pos += 1
+            self.fill_pos[symbol] = pos
+        for symbol, entry in list(self.entries.items()):
+            if entry.deadline <= end:
+                self._cancel_entry(symbol)
+
+    # -- entries -----------------------------------------------------------------------------
+    def _book(self) -> BookState:
+        active = [
+            BookPosition(h.symbol, h.quantity, h.entry_price, AGENT)
+            for h in self.holdings.values()
+            if h.quantity > 0
+        ]
+        return book_from_records(
+            active,
+            self.closed,
+            self.entries,
+            self.last_price,
+            agent=AGENT,
+            net_liquidation=self.equity_start,
+            kill_switch=None,
+        )
+
+    def _decide(self, now: float) -> None:
+        if not any(f.new_bar for f in self.core.feeds.values()):
+            return
+        book = self._book()
+        if now >= self.kill_at:
+            book = dataclasses.replace(
+                book, kill_switch=f"kill switch at {self.config.kill_switch_at}"
+            )
+        moment = datetime.fromtimestamp(now, NEW_YORK)
+        for decision in self.core.decide(moment, self.session, book):
+            if decision.enter:
+                try:
+                    self._enter(decision, now)
+                finally:
+                    self.core.entry_finished(decision.symbol)
+
+    def _enter(self, decision: EntryDecision, now: float) -> None:
+        config = self.config
+        limit = marketable_limit_price(decision.values["ask"], config.limit_ticks)
+        committed = sum(e.order.remaining * (e.order.lmt_price or 0) for e in self.entries.values())
+        equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
+        funds = AccountFunds(equity, self.cash, self.cash)
+        shares, _ = size_entry(
+            limit,
+            funds,
+            committed_usd=committed,
+            allocation=config.allocation,
+            max_open_positions=config.max_open_positions,
+            max_position_usd=config.max_position_usd,
+        )
+        if shares < 1:
+            return
+        ref = self._ref(decision.symbol)
+        rule = decision.rule or ""
+        order = _order(decision.symbol, "BUY", shares, "LMT", ref, limit=limit)
+        # Its fill bars from now on (a symbol neither entering nor held skips them).
+        self.fill_pos[decision.symbol] = int(
+            np.searchsorted(self.fill_times[decision.symbol], now, side="left")
+        )
+        self.entries[decision.symbol] = _Entry(order, now, now + config.entry_timeout_s, rule)
+        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + rule
+        self.decisions.append(
+            {
+                "event": "entry_decision",
+                "decision": "enter",
+                "symbol": decision.symbol,
+                "rule": rule,
+                "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
+                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
+            }
+        )
+        self.sent += 1
+
+    def _cancel_entry(self, symbol: str) -> None:
+        entry = self.entries.pop(symbol)
+        if entry.order.remaining > 1e-9:
+            self.cancelled += 1
+
+    def _ref(self, symbol: str) -> str:
+        self._refs += 1
+        return f"bt-{self.day.trading_date:%Y%m%d}-{symbol}-{self._refs}"
+
+    # -- the path of one fill bar ----------------------------------------------------------------
+    def _walk(self, symbol: str, row: list[float]) -> None:
+        """Visit the bar's path: its four knots and every level an order or the exit rules
+        wait for where the path crosses it."""
+        start, opened, high, low, close, volume = row
+        up = close >= opened
+        prices = (opened, low, high, close) if up else (opened, high, low, close)
+        times = [start + k for k in self.knots]
+        capacity = [max(1.0, math.floor(volume * self.config.participation))]
+        self._at(symbol, times[0], prices[0], capacity)
+        for k in range(3):
+            t0, p0, t1, p1 = times[k], prices[k], times[k + 1], prices[k + 1]
+            if p1 != p0:
+                between = [lv for lv in self._levels(symbol) if min(p0, p1) < lv < max(p0, p1)]
+                for level in sorted(between, reverse=p1 < p0):
+                    at = t0 + (t1 - t0) * (level - p0) / (p1 - p0)
+                    self._grace(symbol, t0, p0, at, level, capacity)
+                    self._at(symbol, at, level, capacity)
+                    t0, p0 = at, level
+            self._grace(symbol, t0, p0, t1, p1, capacity)
+            self._at(symbol, t1, p1, capacity)
+
+    def _levels(self, symbol: str) -> list[float]:
+        levels = []
+        entry = self.entries.get(symbol)
+        if entry is not None and entry.order.lmt_price is not None:
+            levels.append(round(entry.order.lmt_price - MIN_TICK, 6))  # first price through
+        holding = self.holdings.get(symbol)
+        if holding is not None and holding.position is not None and holding.exit is None:
+            pos = holding.position
+            levels += [pos.target_price, round(pos.target_price + MIN_TICK, 6)]
+            levels += [pos.stop_price, pos.backstop_price]
+        return levels
+
+    def _grace(
+        self, symbol: str, t0: float, p0: float, t1: float, p1: float, capacity: list[float]
+    ) -> None:
+        """A touched target still at or above it `target_fill_grace_s` later, inside the
+        piece (t0, p0) -> (t1, p1): visit that moment (the bot sells if the LMT has not)."""
+        holding = self.holdings.get(symbol)
+        if holding is None or holding.touched_at is None or holding.exit is not None:
+            return
+        due = holding.touched_at + self.exit_config.target_fill_grace_s
+        if t0 < due < t1:
+            price = p0 + (p1 - p0) * (due - t0) / (t1 - t0)
+            if price >= holding.position.target_price:
+                self._at(symbol, due, round(price, 6), capacity)
+
+    def _at(self, symbol: str, t: float, last: float, capacity: list[float]) -> None:
+        """Everything that happens at one point of the path, in the gateway's order:
+        working orders match, then the exit manager looks at the quote."""
+        spread = self.spread[symbol]
+        entry = self.entries.get(symbol)
+        if entry is not None and t >= entry.placed_at:
+            if t >= entry.deadline:
+                self._cancel_entry(symbol)
+            else:
+                self._match_entry(symbol, entry, t, _BuyQuote(last, spread), capacity)
+        holding = self.holdings.get(symbol)
+        if holding is not None and holding.quantity > 1e-9:
+            self._watch(holding, t, last, _SellQuote(last, spread), capacity)
+
+    def _match_entry(
+        self, symbol: str, entry: _Entry, t: float, quote: _BuyQuote, capacity: list[float]
+    ) -> None:
+        order = entry.order
+        price = fill_price(order, quote, MIN_TICK, self.config.slippage_ticks)
+        order.resting = True
+        if price is None or capacity[0] < 1:
+            return
+        qty = min(order.remaining, capacity[0])
+        capacity[0] -= qty
+        self._fill(order, qty, price, t)
+        holding = self.holdings.setdefault(symbol, _Holding(symbol))
+        holding.quantity += qty
+        holding.cost += qty * price
+        self._protect(holding)
+        if order.remaining <= 1e-9:
+            del self.entries[symbol]
+
+    def _protect(self, holding: _Holding) -> None:
+        """The exit manager's protective set for what is held now: target LMT and server
+        STP for the whole position at the exit rules' prices (a grown position re-prices)."""
+        pos = held_position(holding.symbol, holding.quantity, holding.entry_price,
+                            self.exit_config, tick=MIN_TICK)  # fmt: skip
+        holding.position = pos
+        holding.target = _order(holding.symbol, "SELL", holding.quantity, "LMT",
+                                self._ref(holding.symbol), limit=pos.target_price, tif="GTC")  # fmt: skip
+        holding.backstop = _order(holding.symbol, "SELL", holding.quantity, "STP",
+                                  self._ref(holding.symbol), stop=pos.backstop_price, tif="GTC")  # fmt: skip
+        self.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
+        self.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
+
+    def _watch(
+        self, holding: _Holding, t: float, last: float, quote: _SellQuote, capacity: list[float]
+    ) -> None:
+        if holding.exit is None and self.flattening:
+            self._start_exit(holding, PURPOSE_EOD)
+        if holding.exit is None:
+            for order in (holding.target, holding.backstop):
+                if order is None:
+                    continue
+                if order.order_type == "STP" and not order.triggered:
+                    order.triggered = is_triggered(order, last)
+                price = fill_price(order, quote, MIN_TICK, self.config.slippage_ticks)
+                order.resting = True
+                if price is not None and capacity[0] >= 1:
+                    self._sell(holding, order, price, t, capacity)
+                    # OCA (ocaType 1): a fill of one cancels the other.
+                    holding.target = order if order is holding.target else None
+                    holding.backstop = order if order is holding.backstop else None
+                    if holding.quantity <= 1e-9:
+                        return
+            stamped = ExitQuote(holding.symbol, last, quote.bid, quote.ask, t, 1)
+            holding.touched_at = target_touch_time(holding.position, stamped, holding.touched_at, t)
+            action = exit_decision(holding.position, stamped, t, self.exit_config,
+                                   market_open=True, target_touched_at=holding.touched_at)  # fmt: skip
+            if action is None:
+                return
+            self._start_exit(holding, action.purpose)
+        assert holding.exit is not None
+        price = fill_price(holding.exit, quote, MIN_TICK, self.config.slippage_ticks)
+        if price is not None and capacity[0] >= 1:
+            self._sell(holding, holding.exit, price, t, capacity)
+
+    def _start_exit(self, holding: _Holding, purpose: str) -> None:
+        """Exit through the market (the exit manager moves its STP through it): the rest of
+        the protective set is cancelled."""
+        holding.target = holding.backstop = None
+        if holding.symbol in self.entries:  # what is still to buy is not bought any more
+            self._cancel_entry(holding.symbol)
+        holding.exit = _order(holding.symbol, "SELL", holding.quantity, "MKT",
+                              self._ref(holding.symbol))  # fmt: skip
+        holding.exit_purpose = purpose
+        self.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
+
+    def _sell(
+        self, holding: _Holding, order: SimOrder, price: float, t: float, capacity: list[float]
+    ) -> None:
+        qty = min(order.remaining, holding.quantity, capacity[0])
+        if qty <= 1e-9:
+            return
+        capacity[0] -= qty
+        entry_price = holding.entry_price
+        self._fill(order, qty, price, t)
+        holding.cost -= qty * entry_price
+        holding.quantity -= qty
+        if holding.quantity <= 1e-9:
+            self._closed(holding)
+
+    def _closed(self, holding: _Holding) -> None:
+        del self.holdings[holding.symbol]
+        symbol_fills = [f for f in self.fills if f["symbol"] == holding.symbol]
+        pnl = sum((f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
+                  - f["commission"] for f in symbol_fills)  # fmt: skip
+        pnl -= sum(c.pnl or 0.0 for c in self.closed if c.symbol == holding.symbol)
+        self.closed.append(ClosedPosition(holding.symbol, pnl, AGENT))
+
+    def _fill(self, order: SimOrder, qty: float, price: float, t: float) -> None:
+        order.apply_fill(qty, price)
+        total = commission_for(order.filled, order.filled * order.avg_fill_price,
+                               self.config.commission_per_share, self.config.commission_min)  # fmt: skip
+        commission = round(total - order.commission_paid, 4)
+        order.commission_paid = total
+        value = qty * price
+        self.cash += (-value if order.is_buy else value) - commission
+        self.fills.append(
+            {
+                "id": len(self.fills) + 1,
+                "symbol": order.symbol,
+                "side": order.action,
+                "quantity": qty,
+                "price": price,
+                "trade_time": datetime.fromtimestamp(round(t), NEW_YORK).isoformat(),
+                "commission": commission,
+                "order_ref": order.order_ref,
+                "exec_id": f"{order.order_ref}.{len(self.fills) + 1}",
+            }
+        )
+
+    def _close_out(self) -> None:
+        """The day ends flat: what the fill bars could not sell by the close (no trades
+        left in the data) is sold at the last price's bid at the close, reason EOD."""
+        for holding in list(self.holdings.values()):
+            if holding.exit is None:
+                self._start_exit(holding, PURPOSE_EOD)
+            assert holding.exit is not None
+            last = self.last_price.get(holding.symbol, holding.entry_price)
+            quote = _SellQuote(last, self.spread[holding.symbol])
+            price = fill_price(holding.exit, quote, MIN_TICK, self.config.slippage_ticks)
+            self._sell(holding, holding.exit, price or quote.bid, self.close_epoch - 1, [math.inf])
+        self.entries.clear()  # DAY orders expire at the close
+
+    def _result(self) -> DayResult:
+        net = sum(
+            (f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
+            - f["commission"]
+            for f in self.fills
+        )
+        trips, still_open = round_trips_from_fills(self.fills, self.reasons_by_ref)
+        date_text = self.day.trading_date.isoformat()
+        report = DayReport(date_text, trips, still_open, len(self.fills))
+        rows = journal_rows(date_text, trips, self.purposes_by_ref, self.decisions)
+        return DayResult(
+            trading_date=date_text,
+            report=report,
+            journal=tuple(rows),
+            fills=tuple(self.fills),
+            equity_start=self.equity_start,
+            equity_end=self.equity_start + net,
+            entries_sent=self.sent,
+            entries_cancelled=self.cancelled,
+        )
+
+
+def run_backtest(
+    days: Iterable[TradingDay],
+    config: BacktestConfig | None = None,
+    *,
+    on_day: Callable[[DayResult], None] | None = None,
+) -> BacktestResult:
+    """Run the strategy over `days` (sim.days: days_from_data / synthetic_days), in order,
+    the equity carried from day to day. `on_day` is called after each day (progress,
+    streaming output). Returns the BacktestResult; raises ValueError on a bad config."""
+    import time as wall
+
+    config = config or BacktestConfig()
+    spent = 0.0  # the strategy's time only: building a synthetic day is not the backtest's
+    equity = config.capital
+    results = []
+    bars = 0
+    for day in days:
+        started = wall.perf_counter()
+        result, day_bars = _DayRun(day, config, equity).run()
+        spent += wall.perf_counter() - started
+        equity = result.equity_end
+        bars += day_bars
+        results.append(result)
+        if on_day is not None:
+            on_day(result)
+    return BacktestResult(config, tuple(results), bars, spent)
+
+
+__all__ = [
+    "BacktestConfig",
+    "BacktestResult",
+    "DayResult",
+    "run_backtest",
+]

@@ -1,0 +1,177 @@
+"""One symbol's market data as the entry rules see it: bars -> indicators -> snapshot.
+
+Pure: fed completed 30-s bars and quotes (plain records) with the market time they arrived,
+never reading a clock or a broker object, so the live day trader, the simulator and a replay
+build the same snapshot from the same bars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import NamedTuple, Protocol
+
+from core.clock import NEW_YORK, Session
+from trading.indicators import Bar, StreamingIndicators
+
+
+@dataclass(frozen=True)
+class SymbolSnapshot:
+    """What the trader knows about one symbol at one moment; nan = unknown.
+
+    `close` is the latest completed 30-s bar's close: the price the rules compare with VWAP,
+    the one the indicators were computed on. `last` (the ticker's last trade) only says a
+    quote is there. `quote_time` is the market-clock epoch of the last tick the trader
+    received (stamped on arrival, since IB's tick times are wall time); `bar_time` the start
+    of the latest completed 30-s bar. `rsi_bars` / `atr_bars`: bars each indicator still needs.
+    """
+
+    symbol: str
+    last: float = math.nan
+    close: float = math.nan
+    bid: float = math.nan
+    ask: float = math.nan
+    vwap: float = math.nan
+    rsi: float = math.nan
+    atr_pct: float = math.nan
+    prev_close: float = math.nan
+    gap_pct: float = math.nan
+    market_data_type: int = 0  # 0 = not known yet
+    quote_time: float = math.nan
+    bar_time: float = math.nan
+    rsi_bars: int = 14
+    atr_bars: int = 14
+    vwap_has_volume: bool = False
+
+
+def gap_percent(price: float, prev_close: float) -> float:
+    """Returns the percent change of `price` from the previous close (nan when unknown)."""
+    if not (prev_close > 0 and price > 0):
+        return math.nan
+    return (price - prev_close) / prev_close * 100.0
+
+
+class SessionCalendar(Protocol):
+    """Where a day's regular session comes from (core.clock.MarketClock is one)."""
+
+    def session(self, day: date) -> Session | None: ...
+
+
+class SymbolQuote(NamedTuple):
+    """The latest quote of one symbol; nan = unknown. `data_type` is IB's marketDataType
+    (1 live, 2 frozen, 3 delayed, 4 delayed frozen; 0 = not known yet)."""
+
+    last: float = math.nan
+    bid: float = math.nan
+    ask: float = math.nan
+    prev_close: float = math.nan
+    data_type: int = 0
+
+
+NO_QUOTE = SymbolQuote()
+
+
+@dataclass
+class SymbolFeed:
+    """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see.
+
+    The one place that decides what feeds the rules; the stream (5-s bars into 30-s ones) and
+    the history seed (30-s bars) go through `on_bar` alike, so they give the same values:
+      - indicators (VWAP, RSI, ATR) take regular-hours bars with volume only. A bar without
+        trades (IB streams one flat at the previous close) or a pre-market bar would pin RSI
+        at 0 or 100 and make ATR the overnight gap at the open; history has no such bars.
+        They warm up on today's regular-hours bars (from the history seed after a restart):
+        RSI and ATR need 15 bars, so no rule fires in the first 7.5 minutes.
+      - the gap reference is the last pre-market trade (the close of the last pre-market
+        bar with volume), else the previous close (no pre-market trade: no gap).
+      - the price the rules read is the completed bar's close (`SymbolSnapshot.close`), the
+        price VWAP and RSI were computed on, not the quote's last, which arrives with the
+        bar and is a later trade (seconds later at speed). The entry limit is priced from
+        the ask when the order is sent.
+    """
+
+    symbol: str
+    calendar: SessionCalendar
+    indicators: StreamingIndicators = field(default_factory=StreamingIndicators)
+    quote: SymbolQuote = NO_QUOTE
+    quote_time: float = math.nan  # market epoch the last quote arrived
+    last_bar_time: float = -math.inf
+    premarket_close: float = math.nan  # the last pre-market trade: the gap reference
+    new_bar: bool = False  # a regular-hours bar came since the last decision
+    seeded: bool = False
+    held_back: list[Bar] = field(default_factory=list)
+
+    def on_live_bar(self, bar: Bar) -> None:
+        """A bar from the stream; held back until the history seed is in, which is older."""
+        if self.seeded:
+            self.on_bar(bar)
+        else:
+            self.held_back.append(bar)
+
+    def seed(self, bars: Sequence[Bar]) -> None:
+        """Today's history first, then the stream bars that arrived meanwhile."""
+        for bar in [*bars, *self.held_back]:
+            self.on_bar(bar)
+        self.held_back.clear()
+        self.seeded = True
+
+    def unseed(self) -> None:
+        """Market data was lost: stream bars wait again for a fresh history seed."""
+        self.seeded = False
+
+    def on_bar(self, bar: Bar) -> bool:
+        """Take one completed 30-s bar (see the class docstring for which bars count);
+        False when it is not newer than the last one."""
+        if bar.time <= self.last_bar_time:
+            return False
+        self.last_bar_time = bar.time  # the feed is alive, traded or not
+        if not bar.volume > 0:
+            return True
+        session = self.calendar.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())
+        if session is None:
+            return True
+        if bar.time < session.open.timestamp():
+            self.premarket_close = bar.close
+        elif bar.time < session.close.timestamp():
+            self.indicators.update(bar)
+            self.new_bar = True
+        return True
+
+    def on_quote(self, quote: SymbolQuote, now_epoch: float) -> None:
+        """A quote arrived at market time `now_epoch` (broker tick times are wall time; a
+        simulated day needs the market clock's)."""
+        self.quote = quote
+        self.quote_time = now_epoch
+
+    def gap_pct(self) -> float:
+        """Pre-market gap: the last pre-market trade vs the previous close (0 without a
+        pre-market trade; nan until the previous close is known)."""
+        prev_close = self.quote.prev_close
+        reference = prev_close if math.isnan(self.premarket_close) else self.premarket_close
+        return gap_percent(reference, prev_close)
+
+    def snapshot(self) -> SymbolSnapshot:
+        """What the rules see of this symbol now."""
+        quote = self.quote
+        ind = self.indicators.last
+        warm = self.indicators.warmup()
+        return SymbolSnapshot(
+            symbol=self.symbol,
+            last=quote.last,
+            close=ind.close if ind else math.nan,
+            bid=quote.bid,
+            ask=quote.ask,
+            vwap=ind.vwap if ind else math.nan,
+            rsi=ind.rsi if ind else math.nan,
+            atr_pct=ind.atr_pct if ind else math.nan,
+            prev_close=quote.prev_close,
+            gap_pct=self.gap_pct(),
+            market_data_type=quote.data_type,
+            quote_time=self.quote_time,
+            bar_time=self.last_bar_time if self.last_bar_time > 0 else math.nan,
+            rsi_bars=int(warm.rsi_bars),
+            atr_bars=int(warm.atr_bars),
+            vwap_has_volume=bool(warm.vwap_has_volume),
+        )
