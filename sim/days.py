@@ -5,7 +5,10 @@ Each day is, per symbol, two arrays of bars as (time, open, high, low, close, vo
     pieces along the replay path, open -> low -> high -> close for an up bar, as the simulated
     gateway replays it), on which orders are matched;
   - `analysis` bars, the clock-aligned 30-s bars the day trader analyses (trades only: a
-    bucket without volume gives no bar, as IB's history gives none).
+    bucket without volume gives no bar, as IB's history gives none), with a 7th column: the
+    moment the bar is known. That is its end, except for the pieces of a coarser bar, which
+    are known only when the whole bar is: the first half of a minute bar is shaped by the
+    minute's high, low and close, so deciding on it at its own end would look ahead.
 Prices are put on the tick grid as the simulated gateway does (an export's 139.70000001 is
 139.70). A synthetic day is ibsim's seeded market for that date: the same day `sim_day.py`
 trades over sockets, in bars the simulated gateway itself builds.
@@ -60,10 +63,11 @@ def on_tick_grid(values: np.ndarray) -> np.ndarray:
 
 def analysis_bars(fill: np.ndarray, seconds: int = ANALYSIS_SECONDS) -> np.ndarray:
     """Clock-aligned `seconds` bars from finer bars (rows time, o, h, l, c, v); bars without
-    volume do not count and a bucket with none gives no bar."""
+    volume do not count and a bucket with none gives no bar. A 7th column says when each is
+    known: its end."""
     traded = fill[fill[:, 5] > 0]
     if traded.size == 0:
-        return np.empty((0, 6))
+        return np.empty((0, 7))
     bucket = np.floor(traded[:, 0] / seconds).astype(np.int64)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.r_[starts[1:], len(traded)] - 1
@@ -75,8 +79,20 @@ def analysis_bars(fill: np.ndarray, seconds: int = ANALYSIS_SECONDS) -> np.ndarr
             np.minimum.reduceat(traded[:, 3], starts),
             traded[ends, 4],
             np.add.reduceat(traded[:, 5], starts),
+            bucket[starts] * float(seconds) + seconds,
         ]
     )
+
+
+def known_at_source_end(analysis: np.ndarray, source: np.ndarray, bar_seconds: int) -> np.ndarray:
+    """`analysis` with each bar known at the end of the `source` bar (rows time, ...) it was
+    cut from, `bar_seconds` long."""
+    if not len(analysis) or not len(source):
+        return analysis
+    which = np.searchsorted(source[:, 0], analysis[:, 0], side="right") - 1
+    out = analysis.copy()
+    out[:, 6] = np.maximum(source[np.maximum(which, 0), 0] + bar_seconds, analysis[:, 6])
+    return out
 
 
 def split_bars(bars: np.ndarray, bar_seconds: int, piece: int = ANALYSIS_SECONDS) -> np.ndarray:
@@ -180,7 +196,7 @@ def days_from_data(
                     prev_close=prev_close,
                     spread_ticks=_spread(prev_close, bars, session),
                     fill=fill,
-                    analysis=analysis_bars(fill),
+                    analysis=known_at_source_end(analysis_bars(fill), bars, bar_seconds),
                 )
             )
         days.append(TradingDay(day, session, tuple(per_symbol), min(bar_seconds, ANALYSIS_SECONDS)))
@@ -238,7 +254,9 @@ def synthetic_day(
                     prev_close=prev_close,
                     spread_ticks=_spread(prev_close, fill, session),
                     fill=fill,
-                    analysis=_bar_rows(market.bars(symbol, start, end, ANALYSIS_SECONDS)),
+                    analysis=analysis_bars(
+                        _bar_rows(market.bars(symbol, start, end, ANALYSIS_SECONDS))
+                    ),
                 )
             )
     return TradingDay(day, session, tuple(out), 5)
