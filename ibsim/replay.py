@@ -43,11 +43,16 @@ class ReplayPath:
 
 
 def replay_files(path: str | Path) -> list[Path]:
-    """The file itself, or a directory's replay files in name order. Raises ValueError for a
-    missing path, an unknown format, or a directory with no replay file."""
+    """The file itself, or a directory's replay files in path order, its subfolders' too (the
+    recorded bars' layout: one folder per day). Raises ValueError for a missing path, an
+    unknown format, or a directory with no replay file."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES)
+        files = sorted(
+            f
+            for f in path.rglob("*")
+            if f.suffix.lower() in SUPPORTED_SUFFIXES and f.is_file() and not f.name.startswith(".")
+        )
         if not files:
             raise ValueError(
                 f"replay directory {path} has no .csv or .parquet file; "
