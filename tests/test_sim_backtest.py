@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from core.clock import NEW_YORK, MarketClock
-from sim.backtest import BacktestConfig, run_backtest
+from journal import JournalRow
+from reports import DayReport
+from sim.backtest import BacktestConfig, BacktestResult, DayResult, run_backtest
 from sim.days import SymbolDay, TradingDay, analysis_bars
 
 DAY = date(2026, 3, 16)
@@ -218,3 +220,31 @@ def test_a_synthetic_day_runs_flat_by_the_close() -> None:
     result = run_backtest(synthetic_days(7, 1, 3, DAY))
     assert len(result.days) == 1 and result.bars > 0
     assert result.days[0].report.still_open == {}
+
+
+def _trip(net: float) -> JournalRow:
+    return JournalRow(
+        trading_date="2026-03-16", symbol="X", entry_time="2026-03-16T10:00:00-04:00",
+        entry_price=10.0, entry_rule="standard", entry_vwap=None, entry_rsi=None,
+        entry_atr_pct=None, llm_verdict=None, exit_time="2026-03-16T10:05:00-04:00",
+        exit_price=10.0, exit_reason="STOP_LOSS", quantity=1, gross_pnl=net + 2,
+        commissions=2.0, net_pnl=net, hold_seconds=300.0, entry_order_ref=None,
+        exit_order_ref=None,
+    )  # fmt: skip
+
+
+def _day_result(nets: list[float], equity: float) -> DayResult:
+    return DayResult("2026-03-16", DayReport("2026-03-16", [], {}, 0),
+                     tuple(_trip(n) for n in nets), (), equity, equity + sum(nets), 0, 0)  # fmt: skip
+
+
+def test_the_summary_figures_are_the_journals() -> None:
+    days = (_day_result([100.0, -50.0], 100_000.0), _day_result([-25.0, 75.0, -50.0], 100_050.0))
+    result = BacktestResult(BacktestConfig(), days, bars=0, seconds=1.0)
+    assert result.net_pnl == 50.0 and result.trades == 5
+    assert result.win_rate == 40.0
+    assert result.profit_factor == pytest.approx(175 / 125)
+    assert result.expectancy == pytest.approx(10.0)
+    assert result.max_drawdown == 75.0  # +100, +50, +25: then +100 and +50
+    returns = np.array([50 / 100_000, 0 / 100_050])
+    assert result.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * 252**0.5)
