@@ -81,6 +81,7 @@ from observability import (
     TradingDatabase,
     get_database,
 )
+from store.bars import BarRecorder
 from trading import phases
 from trading.entries import (
     BAR_SECONDS,
@@ -95,9 +96,9 @@ from trading.entries import (
     SymbolSnapshot,
     allot_free_slots,
     evaluate_entry,
-    gap_percent,
     quote_is_stale,
 )
+from trading.feed import gap_percent
 from trading.indicators import Bar, BarAggregator, StreamingIndicators
 
 AGENT = "day_trader"
@@ -274,6 +275,7 @@ class SymbolFeed:
     data_type: int = 0  # IB marketDataType of the quotes last seen (0 = none yet)
     stale: bool = False  # no tick for the stale limit during regular hours (logged once)
     last_decision: tuple[bool, str | None, str] | None = None  # (enter, rule, reason) logged
+    recorder: BarRecorder | None = None  # keeps every bar taken, for replay and the backtest
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -295,6 +297,8 @@ class SymbolFeed:
         if bar.time <= self.last_bar_time:
             return False
         self.last_bar_time = bar.time  # the feed is alive, traded or not
+        if self.recorder is not None:
+            self.recorder.add(self.symbol, bar, _num(getattr(self.ticker, "close", math.nan)))
         if not bar.volume > 0:
             return True
         session = self.clock.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())
@@ -406,6 +410,7 @@ class DayTrader:
         self.orders = IntentOrders(self.ib, self.db, AGENT)
         self.reviewer = reviewer
         self.pacer = HistoricalPacer()
+        self.bar_recorder = BarRecorder(settings.recorded_bars_dir)
         self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="analysis")
         self.feeds: dict[str, SymbolFeed] = {}
         self.working: dict[str, WorkingEntry] = {}  # orderRef -> entry
@@ -446,6 +451,7 @@ class DayTrader:
             llm=self.reviewer is not None,
             symbols=list(self.options.symbols or ()),
         )
+        self.bar_recorder.start()
         connect = asyncio.ensure_future(self.session.connect())
         stopping = asyncio.ensure_future(self.stop_event.wait())
         await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -536,6 +542,7 @@ class DayTrader:
                 action="check the order at IB; the next start looks it up by orderRef",
             )
         await self.session.close()
+        await asyncio.to_thread(self.bar_recorder.close)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.db.beat(AGENT, "stopped")
         log.info("stopped")
@@ -672,7 +679,7 @@ class DayTrader:
     # -- market data ------------------------------------------------------------------------
     async def _add_feeds(self, symbols: Sequence[str]) -> None:
         for contract in await self._qualify(symbols):
-            feed = SymbolFeed(contract.symbol, contract, self.clock)
+            feed = SymbolFeed(contract.symbol, contract, self.clock, recorder=self.bar_recorder)
             self.feeds[contract.symbol] = feed
             self._subscribe(feed)
         self._feeds_generation = self.session.health.connects

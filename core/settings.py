@@ -86,6 +86,7 @@ class Settings:
     log_level: str = "INFO"
     kill_switch_file: Path = PROJECT_ROOT / "KILL_SWITCH"
     watchlist_path: Path = PROJECT_ROOT / "day_trading_watchlist.json"
+    bars_dir: Path | None = None  # the day trader's recorded bars; None: bars/ beside the database
     clock_file: Path | None = None  # simulated clock published by the simulated gateway
     deepseek_api_key: Secret | None = None
     google_api_key: Secret | None = None
@@ -105,6 +106,12 @@ class Settings:
     @property
     def is_live(self) -> bool:
         return self.trading_mode == "live"
+
+    @property
+    def recorded_bars_dir(self) -> Path:
+        """Where the day trader records the bars it sees (BARS_DIR, else bars/ beside the
+        database): one folder per day, one replay file per symbol."""
+        return self.bars_dir or self.database_path.parent / "bars"
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -219,6 +226,7 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     ),
     "KILL_SWITCH_FILE": ("kill_switch_file", _path),
     "WATCHLIST_PATH": ("watchlist_path", _path),
+    "BARS_DIR": ("bars_dir", _path),
     "CLOCK_FILE": ("clock_file", lambda k, r: _path(k, r) if r.strip() else None),
     "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
     "GOOGLE_API_KEY": ("google_api_key", _secret),
