@@ -79,6 +79,14 @@ class Settings:
     eod_sweep_minutes: float = 5.0
     stale_tick_seconds: float = 30.0
     allow_delayed_data: bool = False
+    # The entry rules' thresholds (trading.entries.EntryConfig), tuned by improve.py.
+    entry_rsi_max: float = 60.0  # RSI ceiling: no entry on an overbought bar
+    entry_atr_pct_min: float = 0.3  # ATR floor, % of price: no entry on a dead tape
+    entry_gap_min_pct: float = 5.0  # gap from the previous close for gap-and-go
+    entry_cutoff_minutes: float | None = (
+        None  # no new entries from close - this; None: EOD flatten's
+    )
+    improve_after_close: bool = True  # the supervisor runs improve.py once after a flat close
     database_path: Path = PROJECT_ROOT / "trading_history.db"
     backup_dir: Path = PROJECT_ROOT / "archive"
     backup_keep_days: int = 10
@@ -112,6 +120,16 @@ class Settings:
         """Where the day trader records the bars it sees (BARS_DIR, else bars/ beside the
         database): one folder per day, one replay file per symbol."""
         return self.bars_dir or self.database_path.parent / "bars"
+
+    @property
+    def entry_cutoff(self) -> float:
+        """Minutes before the close from which no new entry is sent (ENTRY_CUTOFF_MINUTES,
+        else EOD_FLATTEN_MINUTES: nothing enters once the flatten began)."""
+        return (
+            self.eod_flatten_minutes
+            if self.entry_cutoff_minutes is None
+            else self.entry_cutoff_minutes
+        )
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -216,6 +234,14 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "EOD_SWEEP_MINUTES": ("eod_sweep_minutes", _number(0.5, 60.0)),
     "STALE_TICK_SECONDS": ("stale_tick_seconds", _number(1.0, 3600.0)),
     "ALLOW_DELAYED_DATA": ("allow_delayed_data", _boolean),
+    "ENTRY_RSI_MAX": ("entry_rsi_max", _number(1.0, 100.0)),
+    "ENTRY_ATR_PCT_MIN": ("entry_atr_pct_min", _number(0.0, 50.0)),
+    "ENTRY_GAP_MIN_PCT": ("entry_gap_min_pct", _number(0.0, 100.0)),
+    "ENTRY_CUTOFF_MINUTES": (
+        "entry_cutoff_minutes",
+        lambda k, r: _number(1.0, 240.0)(k, r) if r.strip() else None,
+    ),
+    "IMPROVE_AFTER_CLOSE": ("improve_after_close", _boolean),
     "DATABASE_PATH": ("database_path", _path),
     "BACKUP_DIR": ("backup_dir", _path),
     "BACKUP_KEEP_DAYS": ("backup_keep_days", _integer(1, 3650)),
@@ -368,6 +394,12 @@ def _check_consistency(s: Settings) -> None:
         raise SettingsError(
             f"setting EOD_SWEEP_MINUTES={s.eod_sweep_minutes} is invalid: it must be smaller than "
             f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (the sweep comes after the flatten)"
+        )
+    if s.entry_cutoff < s.eod_flatten_minutes:
+        raise SettingsError(
+            f"setting ENTRY_CUTOFF_MINUTES={s.entry_cutoff_minutes} is invalid: it must be at least "
+            f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (an entry after the flatten began would "
+            "be sold at once)"
         )
 
 
