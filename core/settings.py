@@ -491,3 +491,46 @@ def set_settings(settings: Settings | None) -> None:
 def env_keys() -> list[str]:
     """Every environment key the settings read (documented in .env.example)."""
     return [*_KEYS, *_ALIASES]
+
+
+_ASSIGNMENT = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)(\s*=).*$")
+
+
+def update_dotenv(env_file: Path, changes: Mapping[str, str], backup: Path) -> Path:
+    """Set `changes` ({KEY: value}) in `env_file`, keeping every comment and other line.
+
+    Each key's assignment is rewritten in place (a key set twice: every line, as
+    python-dotenv's last one wins); a key not in the file is appended. The file before the
+    change is copied to `backup` first; the result must load as settings, else nothing is
+    written. Returns `backup`. Raises SettingsError for an unknown key or a value the
+    settings refuse (the file is then left as it was)."""
+    known = set(_KEYS)
+    for key in changes:
+        if key not in known:
+            raise SettingsError(f"{key} is not a setting; refusing to write it to {env_file}")
+    text = env_file.read_text(encoding="utf-8") if env_file.exists() else ""
+    lines = text.splitlines(keepends=True)
+    done: set[str] = set()
+    for index, line in enumerate(lines):
+        found = _ASSIGNMENT.match(line.rstrip("\r\n"))
+        if found and found.group(2) in changes:
+            key = found.group(2)
+            ending = line[len(line.rstrip("\r\n")) :] or "\n"
+            lines[index] = f"{found.group(1)}{key}{found.group(3)}{changes[key]}{ending}"
+            done.add(key)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines += [f"{key}={value}\n" for key, value in changes.items() if key not in done]
+    updated = "".join(lines)
+    check = env_file.with_name(f".{env_file.name}.{os.getpid()}.check")
+    try:
+        check.write_text(updated, encoding="utf-8")
+        load_settings(environ={}, dotenv_path=check)
+    finally:
+        check.unlink(missing_ok=True)
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    backup.write_text(text, encoding="utf-8")
+    partial = env_file.with_name(f".{env_file.name}.{os.getpid()}.partial")
+    partial.write_text(updated, encoding="utf-8")
+    os.replace(partial, env_file)
+    return backup
