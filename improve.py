@@ -196,7 +196,7 @@ def run_cycle(args: argparse.Namespace, settings: Any, progress: Any) -> tuple[P
                 f"{len(model.journal)} trade(s) only, with why the live bots did not take them"
             )
         comparison = compare_day(day.isoformat(), live_rows, model.journal, records, intents,
-                                 today, base.exit_config())  # fmt: skip
+                                 today, base.stop_loss_pct)  # fmt: skip
     options = im.StudyOptions(
         storage=args.storage or default_storage(settings),
         trials=args.trials,

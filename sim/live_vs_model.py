@@ -1,7 +1,7 @@
 """The live day beside the model's: the same day's recorded bars through the backtest with the
 settings that were live, trade by trade.
 
-    comparison = compare_day(live_rows, model_rows, records, intents, day, exit_config)
+    comparison = compare_day(date, live_rows, model_rows, records, intents, day, stop_pct)
 
 Pure: fed the live journal (journal.JournalRow from the database), the model's journal, the
 bots' log records of the day (view_logs.read_records), the day's order intents and its bars.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from exit_rules import ExitConfig, held_position
+from core.money import stop_loss_price
 from journal import JournalRow
 from sim.days import ANALYSIS_SECONDS, TradingDay
 from trading import entries
@@ -90,7 +90,7 @@ def _slippage(paid: float, model: float) -> tuple[float, float]:
     return round(diff * 100, 2), round(diff / model * 10_000, 1) if model else 0.0
 
 
-def stop_cross_time(row: JournalRow, day: TradingDay | None, config: ExitConfig) -> float | None:
+def stop_cross_time(row: JournalRow, day: TradingDay | None, stop_pct: float) -> float | None:
     """When the day's bars first traded at or below the trip's stop after its entry (the
     bar's start: 30-s resolution at best); None without bars or a cross before the exit."""
     if day is None:
@@ -98,7 +98,7 @@ def stop_cross_time(row: JournalRow, day: TradingDay | None, config: ExitConfig)
     symbol = next((s for s in day.symbols if s.symbol == row.symbol), None)
     if symbol is None or not len(symbol.fill):
         return None
-    stop = held_position(row.symbol, row.quantity, row.entry_price, config, tick=0.01).stop_price
+    stop = stop_loss_price(row.entry_price, stop_pct)
     entry, exit_ = _time(row.entry_time), _time(row.exit_time)
     bars = symbol.fill
     size = day.fill_seconds or ANALYSIS_SECONDS
@@ -106,11 +106,11 @@ def stop_cross_time(row: JournalRow, day: TradingDay | None, config: ExitConfig)
     return float(max(crossed[0, 0], entry)) if len(crossed) else None
 
 
-def reaction_seconds(row: JournalRow, day: TradingDay | None, config: ExitConfig) -> float | None:
+def reaction_seconds(row: JournalRow, day: TradingDay | None, stop_pct: float) -> float | None:
     """Seconds from the stop cross to the exit fill, for a stop-loss exit; else None."""
     if "STOP" not in row.exit_reason:
         return None
-    crossed = stop_cross_time(row, day, config)
+    crossed = stop_cross_time(row, day, stop_pct)
     return None if crossed is None else round(_time(row.exit_time) - crossed, 1)
 
 
@@ -180,7 +180,7 @@ def compare_day(
     records: Sequence[Mapping[str, Any]],
     intents: Sequence[Mapping[str, Any]],
     day: TradingDay | None,
-    exit_config: ExitConfig,
+    stop_pct: float,
 ) -> DayComparison:
     """Pure: the live day beside the model's day (see the module's docstring)."""
     unused = sorted(model_rows, key=lambda r: r.entry_time)
@@ -216,8 +216,8 @@ def compare_day(
                 entry_b,
                 exit_c,
                 exit_b,
-                reaction_seconds(live, day, exit_config),
-                reaction_seconds(match, day, exit_config),
+                reaction_seconds(live, day, stop_pct),
+                reaction_seconds(match, day, stop_pct),
             )
         )
     model_only = [

@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import improve
+from core import settings
 from core.clock import NEW_YORK, Session
 from sim import improve as im
 from sim.backtest import BacktestConfig
 from sim.days import SymbolDay, TradingDay, analysis_bars, on_tick_grid, synthetic_sessions
+from sim.improve_report import write_proposal
+from store.bars import bar_file, bars_frame, write_bars_file
+from trading.indicators import Bar
 
 TARGET_AND_STOP = (
     im.PARAMETER_BY_FIELD["profit_target_pct"],
@@ -147,3 +152,161 @@ def test_proposed_env_names_only_the_keys_that_change():
 @pytest.mark.parametrize("value,expected", [(3.14159, 3.1), (99.0, 6.0), (0.0, 0.5)])
 def test_parameter_clamp_puts_a_value_on_the_grid(value, expected):
     assert im.PARAMETER_BY_FIELD["profit_target_pct"].clamp(value) == expected
+
+
+# -- .env: --apply ------------------------------------------------------------------------------
+ENV_TEXT = (
+    "# my settings\n"
+    "IB_PORT=4002\n"
+    "PROFIT_TARGET_PCT=1.8  # was 2.0 last month\n"
+    "\n"
+    "export STOP_LOSS_PCT=0.9\n"
+    "OTHER_TOOL_TOKEN=abc\n"
+)
+
+
+def test_update_dotenv_changes_exactly_the_keys_keeps_the_rest_and_backs_up(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text(ENV_TEXT)
+    backup = tmp_path / "archive" / "env.bak"
+    changes = {"PROFIT_TARGET_PCT": "3.1", "STOP_LOSS_PCT": "1.2", "ENTRY_RSI_MAX": "70"}
+    assert settings.update_dotenv(env, changes, backup) == backup
+    assert backup.read_text() == ENV_TEXT
+    assert env.read_text() == (
+        "# my settings\n"
+        "IB_PORT=4002\n"
+        "PROFIT_TARGET_PCT=3.1\n"
+        "\n"
+        "export STOP_LOSS_PCT=1.2\n"
+        "OTHER_TOOL_TOKEN=abc\n"
+        "ENTRY_RSI_MAX=70\n"
+    )
+    loaded = settings.load_settings(environ={}, dotenv_path=env)
+    assert (loaded.profit_target_pct, loaded.stop_loss_pct, loaded.entry_rsi_max) == (3.1, 1.2, 70)
+
+
+def test_update_dotenv_refuses_a_value_the_settings_refuse_and_leaves_the_file(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text(ENV_TEXT)
+    with pytest.raises(settings.SettingsError, match="PROFIT_TARGET_PCT"):
+        settings.update_dotenv(env, {"PROFIT_TARGET_PCT": "-1"}, tmp_path / "b.bak")
+    with pytest.raises(settings.SettingsError, match="not a setting"):
+        settings.update_dotenv(env, {"PROFIT_TARGT_PCT": "2"}, tmp_path / "b.bak")
+    assert env.read_text() == ENV_TEXT and not (tmp_path / "b.bak").exists()
+
+
+@pytest.fixture
+def proposal(tmp_path, monkeypatch) -> Path:
+    env = tmp_path / ".env"
+    env.write_text(ENV_TEXT)
+    monkeypatch.setattr(settings, "DOTENV_PATH", env)
+    out = tmp_path / "report"
+    out.mkdir()
+    write_proposal(out, {"PROFIT_TARGET_PCT": "3.1", "MAX_OPEN_POSITIONS": "6"})
+    return out
+
+
+class _Stdin:
+    def __init__(self, tty: bool, answer: str = "") -> None:
+        self.tty, self.answer = tty, answer
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def readline(self) -> str:
+        return self.answer
+
+
+def test_apply_refuses_without_confirmation_off_a_terminal(proposal, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", _Stdin(tty=False))
+    assert improve.main(["--apply", "--out", str(proposal)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not confirmed" in err and "--yes" in err
+    assert (tmp_path / ".env").read_text() == ENV_TEXT
+    assert not (tmp_path / "archive").exists()
+
+
+def test_apply_asks_and_a_no_leaves_env_alone(proposal, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin", _Stdin(tty=True, answer="n\n"))
+    assert improve.main(["--apply", "--out", str(proposal)]) == 1
+    assert (tmp_path / ".env").read_text() == ENV_TEXT
+
+
+def test_apply_confirmed_writes_exactly_the_proposed_keys_and_keeps_a_backup(
+    proposal, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("sys.stdin", _Stdin(tty=True, answer="y\n"))
+    assert improve.main(["--apply", "--out", str(proposal)]) == 0
+    after = (tmp_path / ".env").read_text().splitlines()
+    before = ENV_TEXT.splitlines()
+    changed = [(b, a) for b, a in zip(before, after, strict=False) if b != a]
+    assert changed == [("PROFIT_TARGET_PCT=1.8  # was 2.0 last month", "PROFIT_TARGET_PCT=3.1")]
+    assert after[len(before) :] == ["MAX_OPEN_POSITIONS=6"]
+    (backup,) = (tmp_path / "archive").glob("env_*.bak")
+    assert backup.read_text() == ENV_TEXT
+
+
+# -- the command line ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--trials", "0"], "--trials"),
+        (["--date", "2026-13-01"], "--date"),
+        (["--storage", "study.db"], "--storage"),
+        (["--jobs", "x"], "--jobs"),
+        (["--data", "/no/such/bars"], "--data"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        code = improve.main(argv)
+        raise SystemExit(code)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err and "Traceback" not in err
+
+
+def record_days(root: Path, days: list[TradingDay]) -> None:
+    for day in days:
+        for symbol in day.symbols:
+            bars = [Bar(*row[:6]) for row in symbol.fill.tolist()]
+            frame = bars_frame(symbol.symbol, bars, symbol.prev_close)
+            write_bars_file(bar_file(root, day.trading_date, symbol.symbol), frame)
+
+
+CYCLE_FLAGS = ["--trials", "2", "--train-days", "1", "--test-days", "1", "--min-trades", "1",
+               "--no-progress"]  # fmt: skip
+
+
+def test_cycle_without_the_days_bars_says_so_and_still_reports_the_study(tmp_path, capsys):
+    days = gapper_days(3, run_up_pct=3.0)
+    record_days(tmp_path / "bars", days)
+    missing_day = "2026-03-06"  # a session after the recorded ones
+    assert improve.main(["--date", missing_day, *CYCLE_FLAGS]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"improve.py: no recorded bars for {missing_day} in {tmp_path / 'bars' / missing_day} "
+        "(the day trader records them there): no live-vs-model comparison; the report still "
+        "has the study over 3 recorded day(s)"
+    ]
+    out = tmp_path / "reports" / "improve" / missing_day
+    report = (out / "report.md").read_text()
+    assert "## Parameter study (walk-forward)" in report and "Live vs model" not in report
+    assert {"equity.png", "heatmap.png", "proposed.env"} <= {p.name for p in out.iterdir()}
+
+
+def test_cycle_on_a_day_without_live_trades_lists_the_models_and_why_not(tmp_path, capsys):
+    days = gapper_days(1, run_up_pct=3.0)
+    record_days(tmp_path / "bars", days)
+    day = days[0].trading_date.isoformat()
+    assert improve.main(["--date", day, *CYCLE_FLAGS]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"improve.py: no live trades on {day} in ")
+    assert "the comparison lists the model's 1 trade(s) only" in err[0]
+    assert err[1] == (
+        "improve.py: only 1 recorded day(s); walk-forward needs 2 (1 to tune on, 1 to score "
+        "on): no study tonight"
+    )
+    report = (tmp_path / "reports" / "improve" / day / "report.md").read_text()
+    assert "Entries the model took and the live bots did not" in report
+    assert "| GAPR | 09:37:30" in report
