@@ -85,9 +85,9 @@ def _time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _slippage(paid: float, model: float) -> tuple[float, float]:
-    diff = paid - model
-    return round(diff * 100, 2), round(diff / model * 10_000, 1) if model else 0.0
+def _slippage(worse_by: float, model: float) -> tuple[float, float]:
+    """Cents a share and basis points of the model's price the live fill was worse by."""
+    return round(worse_by * 100, 2), round(worse_by / model * 10_000, 1) if model else 0.0
 
 
 def stop_cross_time(row: JournalRow, day: TradingDay | None, stop_pct: float) -> float | None:
@@ -206,8 +206,8 @@ def compare_day(
             live_only.append(Missed(live, why))
             continue
         unused.remove(match)
-        entry_c, entry_b = _slippage(live.entry_price, match.entry_price)
-        exit_c, exit_b = _slippage(match.exit_price, live.exit_price)
+        entry_c, entry_b = _slippage(live.entry_price - match.entry_price, match.entry_price)
+        exit_c, exit_b = _slippage(match.exit_price - live.exit_price, match.exit_price)
         pairs.append(
             Pair(
                 live,

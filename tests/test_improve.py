@@ -11,10 +11,12 @@ import pytest
 import improve
 from core import settings
 from core.clock import NEW_YORK, Session
+from journal import JournalRow
 from sim import improve as im
 from sim.backtest import BacktestConfig
 from sim.days import SymbolDay, TradingDay, analysis_bars, on_tick_grid, synthetic_sessions
 from sim.improve_report import write_proposal
+from sim.live_vs_model import compare_day, render_comparison
 from store.bars import bar_file, bars_frame, write_bars_file
 from trading.indicators import Bar
 
@@ -310,3 +312,74 @@ def test_cycle_on_a_day_without_live_trades_lists_the_models_and_why_not(tmp_pat
     report = (tmp_path / "reports" / "improve" / day / "report.md").read_text()
     assert "Entries the model took and the live bots did not" in report
     assert "| GAPR | 09:37:30" in report
+
+
+# -- live vs model ------------------------------------------------------------------------------
+def trip(symbol: str, entry: str, entry_price: float, exit_: str, exit_price: float,
+         reason: str = "PROFIT_TARGET", commissions: float = 2.0) -> JournalRow:  # fmt: skip
+    day = "2026-03-02"
+    return JournalRow(
+        trading_date=day, symbol=symbol, entry_time=f"{day}T{entry}-05:00",
+        entry_price=entry_price, entry_rule="gap_and_go", entry_vwap=None, entry_rsi=None,
+        entry_atr_pct=None, llm_verdict=None, exit_time=f"{day}T{exit_}-05:00",
+        exit_price=exit_price, exit_reason=reason, quantity=100,
+        gross_pnl=round((exit_price - entry_price) * 100, 2), commissions=commissions,
+        net_pnl=round((exit_price - entry_price) * 100 - commissions, 2), hold_seconds=60,
+        entry_order_ref=None, exit_order_ref=None,
+    )  # fmt: skip
+
+
+def log_line(event: str, symbol: str, at: str, **fields) -> dict:
+    return {"event": event, "symbol": symbol, "exchange_time": f"2026-03-02T{at}-05:00", **fields}
+
+
+def test_live_vs_model_pairs_trades_measures_slippage_and_names_why_live_missed_entries():
+    live = [
+        trip("AAA", "09:40:05", 10.03, "10:10:00", 9.88, "STOP_LOSS", commissions=2.5),
+        trip("ZZZ", "11:00:00", 50.00, "11:30:00", 50.50),
+    ]
+    model = [
+        trip("AAA", "09:40:00", 10.00, "10:09:00", 9.91, "STOP_LOSS"),
+        trip("BBB", "09:45:00", 20.00, "10:00:00", 20.36),
+        trip("CCC", "09:50:00", 30.00, "10:00:00", 30.54),
+        trip("DDD", "09:55:00", 40.00, "10:30:00", 40.72),
+        trip("EEE", "10:05:00", 15.00, "10:30:00", 15.27),
+        trip("FFF", "10:06:00", 15.00, "10:30:00", 15.27),
+    ]
+    records = [
+        log_line("entry_decision", "BBB", "09:45:00", decision="enter", reason="enter"),
+        log_line("entry_vetoed", "BBB", "09:45:02", reason="overextended"),
+        log_line("entry_decision", "CCC", "09:49:30", decision="skip", reason="max_open_positions"),
+        log_line("entry_sent", "DDD", "09:55:01", order_ref="dt-DDD-1"),
+        log_line("entry_cancel_sent", "DDD", "09:56:01", reason="entry timeout, no chase"),
+        log_line("entry_decision", "EEE", "10:04:30", decision="skip", reason="stale_quote"),
+        log_line("entry_decision", "FFF", "10:02:00", decision="skip", reason="kill_switch"),
+    ]
+    intents = [{"symbol": "DDD", "side": "BUY", "order_ref": "dt-DDD-1", "state": "CANCELLED",
+                "note": "entry timeout: cancelled, not chased"}]  # fmt: skip
+    # AAA's bars: the stop (0.9% under 10.03 = 9.94) trades at 10:08:30.
+    session = synthetic_sessions(FIRST_DAY, 1)[0]
+    t0 = datetime.combine(FIRST_DAY, time(9, 30), NEW_YORK).timestamp()
+    rows = [(t0 + 30 * i, 10.0, 10.05, 9.97, 10.0, 1000.0) for i in range(77)]
+    rows.append((t0 + 30 * 77, 9.96, 9.96, 9.93, 9.93, 1000.0))  # 10:08:30
+    aaa = SymbolDay("AAA", 10.0, 1, np.array(rows), analysis_bars(np.array(rows)))
+    day = TradingDay(FIRST_DAY, session, (aaa,), 30)
+
+    result = compare_day("2026-03-02", live, model, records, intents, day, stop_pct=0.9)
+
+    (pair,) = result.pairs
+    assert (pair.entry_slippage_cents, pair.entry_slippage_bps) == (3.0, 30.0)
+    assert (pair.exit_slippage_cents, pair.exit_slippage_bps) == (3.0, 30.3)
+    assert pair.live_reaction_s == 90.0  # 10:08:30 cross -> 10:10:00 fill
+    why = {m.row.symbol: m.why for m in result.model_only}
+    assert why == {
+        "BBB": "LLM veto",
+        "CCC": "slot limit",
+        "DDD": "timeout (unfilled)",
+        "EEE": "stale data",
+        "FFF": "kill switch",
+    }
+    assert [m.row.symbol for m in result.live_only] == ["ZZZ"]
+    assert result.live_commissions == 4.5 and result.model_commissions == 12.0
+    text = render_comparison(result)
+    assert "| AAA | 09:40:05 $10.03 / 09:40:00 $10.00 | +3.00 (+30.0) |" in text
