@@ -314,7 +314,7 @@ def _worker_init(days: Sequence[TradingDay], base: BacktestConfig) -> None:
 
 
 def _run_trials(
-    storage_url: str,
+    storage: Any,
     name: str,
     train: tuple[date, ...],
     space: tuple[Parameter, ...],
@@ -324,7 +324,7 @@ def _run_trials(
     on_trial: Callable[[], None] | None = None,
 ) -> int:
     """In a worker (or here, for one job): run up to `n_trials` trials of study `name` until
-    `deadline` (epoch); returns how many completed."""
+    `deadline` (epoch) in `storage` (a URL, or the open storage); returns how many completed."""
     import optuna
 
     days = [_WORKER["days"][d] for d in train]
@@ -336,14 +336,21 @@ def _run_trials(
         return result.net_pnl
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, n_trials // 2)))
-    study = optuna.load_study(study_name=name, storage=open_storage(storage_url), sampler=sampler)
-    before = _completed(study)
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    done = [0]  # this process's trials (others may run the same study meanwhile)
+
+    def finished(_study: Any, trial: Any) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            done[0] += 1
+            if on_trial is not None:
+                on_trial()
+
     timeout = deadline - wall.time()
     if timeout > 0 and n_trials > 0:
-        callbacks = [lambda s, t: on_trial()] if on_trial is not None else None
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=True,
-                       callbacks=callbacks)  # fmt: skip
-    return _completed(study) - before
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[finished])
+    return done[0]
 
 
 def _completed(study: Any) -> int:
@@ -429,7 +436,7 @@ class _Runner:
         return optuna.load_study(study_name=name, storage=self.storage)
 
     def _here(self, name: str, train: tuple[date, ...], n: int, deadline: float, seed: int) -> int:
-        return _run_trials(self.options.storage, name, train, self.options.space, n, deadline,
+        return _run_trials(self.storage, name, train, self.options.space, n, deadline,
                            seed, on_trial=lambda: self.on_trials(1))  # fmt: skip
 
     def _in_pool(

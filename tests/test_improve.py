@@ -383,3 +383,35 @@ def test_live_vs_model_pairs_trades_measures_slippage_and_names_why_live_missed_
     assert result.live_commissions == 4.5 and result.model_commissions == 12.0
     text = render_comparison(result)
     assert "| AAA | 09:40:05 $10.03 / 09:40:00 $10.00 | +3.00 (+30.0) |" in text
+
+
+def test_trials_run_in_parallel_processes_against_one_storage(tmp_path):
+    days = gapper_days(2, run_up_pct=3.0)
+    shown: list[int] = []
+    result = im.study_parameters(
+        days, BacktestConfig(), im.WalkForwardPlan(1, 1), options(tmp_path, trials=4, jobs=2),
+        on_trials=shown.append,
+    )  # fmt: skip
+    assert result.trials_run == 8 and sum(shown) == 8  # one fold and the proposal, 4 each
+    assert result.folds[0].trials == 4
+
+
+def test_time_budget_stops_the_study_and_says_how_far_it_got(tmp_path):
+    days = gapper_days(3, run_up_pct=3.0)
+    result = im.study_parameters(
+        days, BacktestConfig(), im.WalkForwardPlan(1, 1),
+        options(tmp_path, trials=50, time_budget_s=1.0),
+    )  # fmt: skip
+    assert result.trials_run < result.trials_wanted
+    assert any(m.startswith("the time budget ran out: ") for m in result.missing)
+    assert len(result.folds) == 2  # every fold is still scored, on what its study found
+
+
+def test_the_studied_entry_thresholds_reach_the_entry_rules():
+    config = im.config_with(
+        BacktestConfig(), {"rsi_max": 70.0, "atr_pct_min": 0.5, "gap_min_pct": 3.0,
+                           "entry_cutoff_minutes": 5.0}
+    )  # fmt: skip
+    rules = config.entry_config()
+    assert (rules.rsi_max, rules.atr_pct_min, rules.gap_min_pct) == (70.0, 0.5, 3.0)
+    assert rules.entry_cutoff_minutes == 15.0, "a cutoff inside the EOD flatten is the flatten's"
