@@ -164,10 +164,10 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
     from core.clock import calendar_loaded, get_clock, preload_calendar
     from core.money import profit_target_price, stop_loss_price
     from core.settings import load_settings, set_settings
-    from exit_manager import ExitManager
-    from exit_rules import AGENT, ExitConfig
+    from exit_manager import AGENT, ExitManager
     from ibsim.ctl import call
     from observability import TradingDatabase
+    from trading.exits import ExitConfig
 
     children: list[subprocess.Popen] = []
     child = subprocess.Popen(
@@ -232,14 +232,14 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
                     day_trader_db.add_active_position, symbol, 10, entry, target, stop
                 )
                 await _until(
-                    lambda s=symbol: s in manager.held and s in manager.quotes
-                    and len([t for t in manager._our_sells(s)
+                    lambda s=symbol: s in manager.book.held() and s in manager.book.quotes()
+                    and len([t for t in manager.broker.our_sells(s)
                              if t.orderStatus.status in ("Submitted", "PreSubmitted")]) == 2
-                    and all(t.order.auxPrice == manager.held[s].backstop_price
-                            for t in manager._server_stops(s)),
+                    and all(t.order.auxPrice == manager.book.held()[s].backstop_price
+                            for t in manager.broker.server_stops(s)),
                     5, "protection",
                 )  # fmt: skip
-                held = manager.held[symbol]
+                held = manager.book.held()[symbol]
                 between = round((held.stop_price + held.backstop_price) / 2, 2)
                 await set_price(symbol, between)  # through the bot stop only
                 await _until(lambda s=symbol: not db.is_position_active(s), 5, "closed")

@@ -276,7 +276,7 @@ class IntentOrders:
 
     def trigger_stop(self, trade: Trade, stop_price: float, *, purpose: str) -> None:
         """Exit through our working protective stop `trade`: move its stop price through the
-        market (`stop_price`, from exit_rules.through_market_stop_price) in place, so IB sells
+        market (`stop_price`, from trading.exits.through_market_stop_price) in place, so IB sells
         it at once for the quantity it already covers. One message: no cancel round trip, no
         new order, and its OCA group still keeps the target from selling too.
 

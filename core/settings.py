@@ -99,6 +99,9 @@ class Settings:
     deepseek_api_key: Secret | None = None
     google_api_key: Secret | None = None
     massive_api_key: Secret | None = None
+    # The LLM providers' API roots; None: the providers' own (a proxy, or a local test server).
+    deepseek_base_url: str | None = None
+    gemini_base_url: str | None = None
     # The dashboard: a token is required to bind beyond loopback, and for its actions.
     dashboard_token: Secret | None = None
     # Alerts (apprise URLs hold bot tokens and passwords: a secret); kinds turned off by name.
@@ -206,6 +209,13 @@ def _path(key: str, raw: str) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def _url(key: str, raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise _fail(key, raw, "expected an http(s) URL such as https://api.deepseek.com/v1")
+    return value
+
+
 def _secret(key: str, raw: str) -> Secret | None:
     value = raw.strip()
     return Secret(value) if value else None
@@ -257,6 +267,8 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
     "GOOGLE_API_KEY": ("google_api_key", _secret),
     "MASSIVE_API_KEY": ("massive_api_key", _secret),
+    "DEEPSEEK_BASE_URL": ("deepseek_base_url", _url),
+    "GEMINI_BASE_URL": ("gemini_base_url", _url),
     "DASHBOARD_TOKEN": ("dashboard_token", _secret),
     "ALERT_URLS": ("alert_urls", _secret),
     "ALERTS_OFF": ("alerts_off", _names),

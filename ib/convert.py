@@ -41,6 +41,7 @@ __all__ = [
     "fill_side",
     "ib_integer",
     "ib_number",
+    "ib_price",
     "protective_orders",
     "quote",
     "working_order",
@@ -53,6 +54,13 @@ def ib_number(value: float | None) -> float | None:
     if value is None or math.isnan(value) or value >= UNSET_DOUBLE / 2:
         return None
     return float(value)
+
+
+def ib_price(value: float | None) -> float:
+    """A price field of IB's as a float, nan when IB left it unset or sent -1 (its "no
+    price": a ticker without a bid, a portfolio line without a mark)."""
+    number = ib_number(value)
+    return math.nan if number is None or number < 0 else number
 
 
 def ib_integer(value: int | None) -> int | None:
@@ -103,17 +111,23 @@ def fill_side(side: str) -> str:
     return {"BOT": "BUY", "SLD": "SELL"}.get(side, side)
 
 
-def fill_record(fill: Fill, report: CommissionReport | None = None) -> FillRecord:
+def fill_record(
+    fill: Fill, report: CommissionReport | None = None, *, received_at: datetime | None = None
+) -> FillRecord:
     """One execution as a FillRecord; the commission from `report` (else the fill's own)
-    when it is the report of this execution, else None (it has not arrived yet)."""
+    when it is the report of this execution, else None (it has not arrived yet). Its time is
+    the execution's when IB sent one with a timezone, else `received_at` (else the fill's)."""
     ex = fill.execution
     report = report or fill.commissionReport
     commission = None
     if report is not None and report.execId == ex.execId:
         commission = ib_number(report.commission)
-    when = ex.time if isinstance(ex.time, datetime) else fill.time
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    if isinstance(ex.time, datetime) and ex.time.tzinfo:
+        when = ex.time
+    else:
+        when = received_at or fill.time
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
     return FillRecord(
         symbol=fill.contract.symbol,
         side=fill_side(ex.side),

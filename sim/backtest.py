@@ -43,7 +43,6 @@ import numpy as np
 from core.clock import NEW_YORK, MarketClock, Session
 from core.money import marketable_limit_price
 from core.settings import Settings
-from exit_rules import ExitConfig, exit_decision, held_position, target_touch_time
 from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
 from journal import JournalRow, journal_rows
 from reports import DayReport, max_drawdown, round_trips_from_fills
@@ -59,17 +58,16 @@ from trading.entries import (
     size_entry,
 )
 from trading.entries import HeldPosition as BookPosition
-from trading.feed import SymbolQuote
+from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
     PURPOSE_BACKSTOP,
     PURPOSE_EOD,
     PURPOSE_TARGET,
+    Quote,
     exit_reason_for,
 )
-from trading.model import Quote as ExitQuote
-from trading.phases import day_phase
 
 AGENT = DAY_TRADER  # the strategy's positions in the book
 ENTRY_PURPOSE_PREFIX = "entry:"
@@ -93,6 +91,9 @@ class BacktestConfig:
     stop_loss_pct: float = _setting("stop_loss_pct")
     eod_flatten_minutes: float = _setting("eod_flatten_minutes")
     entry_timeout_s: float = 60.0  # the day trader's default
+    # Market seconds from a decision to its order at the market: live, well under a second;
+    # the socket simulator at 100x about 10-15 (its bots' real latency times the speed).
+    order_delay_s: float = 0.0
     limit_ticks: int = 2  # entry limit = ask + this many ticks
     slippage_ticks: int = 0  # market-like fills: this many ticks beyond the far side
     participation: float = 0.25  # a fill takes at most this share of its bar's volume
@@ -112,8 +113,10 @@ class BacktestConfig:
             raise ValueError(f"allocation {self.allocation} must be in (0, 1]")
         if not 0 < self.participation <= 1:
             raise ValueError(f"participation {self.participation} must be in (0, 1]")
-        if self.max_open_positions < 1 or self.entry_timeout_s <= 0:
-            raise ValueError("max_open_positions must be >= 1 and entry_timeout_s > 0")
+        if self.max_open_positions < 1 or self.entry_timeout_s <= 0 or self.order_delay_s < 0:
+            raise ValueError(
+                "max_open_positions must be >= 1, entry_timeout_s > 0 and order_delay_s >= 0"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BacktestConfig:
@@ -246,7 +249,7 @@ def _order(symbol: str, action: str, qty: float, order_type: str, ref: str, *, l
 
 @dataclass
 class _Entry:
-    order: SimOrder
+    order: SimOrder | None  # None until it reaches the market (order_delay_s)
     placed_at: float
     deadline: float
     rule: str
@@ -254,17 +257,16 @@ class _Entry:
 
 @dataclass
 class _Holding:
-    """A position and its exit orders: the exit manager's state for one held symbol."""
+    """A position at the simulated broker and its working sells (the exit side's own state
+    of the symbol, position prices and target touch, is its trading.exits.HeldSymbol)."""
 
     symbol: str
     quantity: float = 0.0
     cost: float = 0.0
-    position: Any = None  # exit_rules.HeldPosition at the average entry price
     target: SimOrder | None = None
     backstop: SimOrder | None = None
     exit: SimOrder | None = None
     exit_purpose: str = ""
-    touched_at: float | None = None
 
     @property
     def entry_price(self) -> float:
@@ -314,7 +316,7 @@ class _DayRun:
         self.session: Session = day.session
         self.open_epoch = day.session.open.timestamp()
         self.close_epoch = day.session.close.timestamp()
-        self.flattening = False  # in the end-of-day flatten (trading.phases), per step
+        self.flattening = False  # in the exit side's end-of-day flatten, per step
         self.flatten_from: float | None = None
         self.kill_at = (
             datetime.combine(day.trading_date, config.kill_switch_at, NEW_YORK).timestamp()
@@ -322,6 +324,8 @@ class _DayRun:
             else math.inf
         )
         self.core = EntryCore(self.entry_config, _DayCalendar(day.session))
+        for symbol in day.symbols:  # the watchlist's order: ties for a slot go by it, as live
+            self.core.add_symbol(symbol.symbol)
         self.symbols = [s.symbol for s in day.symbols]
         self.spread = {s.symbol: s.spread_ticks * MIN_TICK for s in day.symbols}
         self.prev_close = {s.symbol: s.prev_close for s in day.symbols}
@@ -331,6 +335,7 @@ class _DayRun:
         self.cash = equity
         self.entries: dict[str, _Entry] = {}
         self.holdings: dict[str, _Holding] = {}
+        self.exits = ExitBook(self.exit_config)
         self.closed: list[ClosedPosition] = []
         self.last_price: dict[str, float] = {}
         self.fills: list[dict[str, Any]] = []
@@ -345,7 +350,8 @@ class _DayRun:
         day = self.day
         analysis = [s.analysis for s in day.symbols]
         fill = {s.symbol: s.fill for s in day.symbols}
-        self.fill_rows = {sym: rows.tolist() for sym, rows in fill.items()}
+        self.fill_bars = fill
+        self.fill_rows: dict[str, list[list[float]]] = {}  # as lists, once a symbol trades
         self.fill_times = {sym: rows[:, 0] for sym, rows in fill.items()}
         self.fill_pos = dict.fromkeys(self.symbols, 0)
         # All analysis bars in the order they become known: (time, ..., known at).
@@ -367,10 +373,8 @@ class _DayRun:
         step = self.open_epoch
         while step < self.close_epoch:
             end = step + ANALYSIS_SECONDS
-            self.flattening = day_phase(
-                datetime.fromtimestamp(step, NEW_YORK),
-                self.session,
-                eod_flatten_minutes=self.config.eod_flatten_minutes,
+            self.flattening = exit_phase(
+                datetime.fromtimestamp(step, NEW_YORK), self.session, self.exit_config
             ).flattening
             if self.flattening and self.flatten_from is None:
                 self.flatten_from = step
@@ -381,11 +385,10 @@ class _DayRun:
                 bar = Bar(*rows[i][:6])
                 self.core.on_bar(symbol, bar)
                 spread = self.spread[symbol]
+                # The quote at the bar's end: last and bid at its close, the ask a spread above.
                 self.core.on_quote(
-                    symbol,
-                    SymbolQuote(bar.close, bar.close, round(bar.close + spread, 6),
-                                self.prev_close[symbol], 1),
-                    now,
+                    Quote(symbol, bar.close, bar.close, round(bar.close + spread, 6), now, 1,
+                          self.prev_close[symbol])
                 )  # fmt: skip
                 self.last_price[symbol] = bar.close
                 i += 1
@@ -399,7 +402,9 @@ class _DayRun:
         """Match every working order and watch every position along the fill bars before
         `end`, then cancel entries whose time is up."""
         for symbol in sorted({*self.entries, *self.holdings}):  # sorted: reproducible refs
-            rows = self.fill_rows[symbol]
+            rows = self.fill_rows.get(symbol)
+            if rows is None:
+                rows = self.fill_rows[symbol] = self.fill_bars[symbol].tolist()
             pos = self.fill_pos[symbol]
             while pos < len(rows) and rows[pos][0] < end:
                 if rows[pos][5] > 0:
@@ -445,9 +450,38 @@ class _DayRun:
                     self.core.entry_finished(decision.symbol)
 
     def _enter(self, decision: EntryDecision, now: float) -> None:
+        """The day trader sends an entry for `decision`: at once, priced from the ask the
+        decision saw, or `order_delay_s` later, priced from the ask then."""
+        symbol = decision.symbol
+        rule = decision.rule or ""
+        at = now + self.config.order_delay_s
+        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule)
+        self.entries[symbol] = entry
+        # Its fill bars from now on (a symbol neither entering nor held skips them).
+        self.fill_pos[symbol] = int(np.searchsorted(self.fill_times[symbol], now, side="left"))
+        self.decisions.append(
+            {
+                "event": "entry_decision",
+                "decision": "enter",
+                "symbol": symbol,
+                "rule": rule,
+                "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
+                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
+            }
+        )
+        if self.config.order_delay_s == 0:
+            self._send(symbol, entry, decision.values["ask"])
+
+    def _send(self, symbol: str, entry: _Entry, ask: float) -> bool:
+        """Price and size the entry's limit BUY (DAY) from `ask`; False when not even one
+        share fits (the entry is dropped)."""
         config = self.config
-        limit = marketable_limit_price(decision.values["ask"], config.limit_ticks)
-        committed = sum(e.order.remaining * (e.order.lmt_price or 0) for e in self.entries.values())
+        limit = marketable_limit_price(ask, config.limit_ticks)
+        committed = sum(
+            e.order.remaining * (e.order.lmt_price or 0)
+            for e in self.entries.values()
+            if e.order is not None
+        )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
         funds = AccountFunds(equity, self.cash, self.cash)
         shares, _ = size_entry(
@@ -459,31 +493,17 @@ class _DayRun:
             max_position_usd=config.max_position_usd,
         )
         if shares < 1:
-            return
-        ref = self._ref(decision.symbol)
-        rule = decision.rule or ""
-        order = _order(decision.symbol, "BUY", shares, "LMT", ref, limit=limit)
-        # Its fill bars from now on (a symbol neither entering nor held skips them).
-        self.fill_pos[decision.symbol] = int(
-            np.searchsorted(self.fill_times[decision.symbol], now, side="left")
-        )
-        self.entries[decision.symbol] = _Entry(order, now, now + config.entry_timeout_s, rule)
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + rule
-        self.decisions.append(
-            {
-                "event": "entry_decision",
-                "decision": "enter",
-                "symbol": decision.symbol,
-                "rule": rule,
-                "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
-                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
-            }
-        )
+            del self.entries[symbol]
+            return False
+        ref = self._ref(symbol)
+        entry.order = _order(symbol, "BUY", shares, "LMT", ref, limit=limit)
+        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + entry.rule
         self.sent += 1
+        return True
 
     def _cancel_entry(self, symbol: str) -> None:
         entry = self.entries.pop(symbol)
-        if entry.order.remaining > 1e-9:
+        if entry.order is not None and entry.order.remaining > 1e-9:
             self.cancelled += 1
 
     def _ref(self, symbol: str) -> str:
@@ -506,36 +526,43 @@ class _DayRun:
                 between = [lv for lv in self._levels(symbol) if min(p0, p1) < lv < max(p0, p1)]
                 for level in sorted(between, reverse=p1 < p0):
                     at = t0 + (t1 - t0) * (level - p0) / (p1 - p0)
-                    self._grace(symbol, t0, p0, at, level, capacity)
+                    self._timed(symbol, t0, p0, at, level, capacity)
                     self._at(symbol, at, level, capacity)
                     t0, p0 = at, level
-            self._grace(symbol, t0, p0, t1, p1, capacity)
+            self._timed(symbol, t0, p0, t1, p1, capacity)
             self._at(symbol, t1, p1, capacity)
 
     def _levels(self, symbol: str) -> list[float]:
         levels = []
         entry = self.entries.get(symbol)
-        if entry is not None and entry.order.lmt_price is not None:
+        if entry is not None and entry.order is not None and entry.order.lmt_price is not None:
             levels.append(round(entry.order.lmt_price - MIN_TICK, 6))  # first price through
         holding = self.holdings.get(symbol)
-        if holding is not None and holding.position is not None and holding.exit is None:
-            pos = holding.position
+        pos = self.exits[symbol].position
+        if holding is not None and pos is not None and holding.exit is None:
             levels += [pos.target_price, round(pos.target_price + MIN_TICK, 6)]
             levels += [pos.stop_price, pos.backstop_price]
         return levels
 
-    def _grace(
+    def _timed(
         self, symbol: str, t0: float, p0: float, t1: float, p1: float, capacity: list[float]
     ) -> None:
-        """A touched target still at or above it `target_fill_grace_s` later, inside the
-        piece (t0, p0) -> (t1, p1): visit that moment (the bot sells if the LMT has not)."""
+        """Moments inside the piece (t0, p0) -> (t1, p1) that something waits for: a delayed
+        entry reaching the market, and a touched target still at or above it
+        `target_fill_grace_s` later (the bot sells if the LMT has not)."""
+        entry = self.entries.get(symbol)
+        if entry is not None and entry.order is None and t0 < entry.placed_at < t1:
+            at = entry.placed_at
+            self._at(symbol, at, round(p0 + (p1 - p0) * (at - t0) / (t1 - t0), 2), capacity)
         holding = self.holdings.get(symbol)
-        if holding is None or holding.touched_at is None or holding.exit is not None:
+        state = self.exits[symbol]
+        if holding is None or state.target_touched_at is None or holding.exit is not None:
             return
-        due = holding.touched_at + self.exit_config.target_fill_grace_s
+        assert state.position is not None
+        due = state.target_touched_at + self.exit_config.target_fill_grace_s
         if t0 < due < t1:
             price = p0 + (p1 - p0) * (due - t0) / (t1 - t0)
-            if price >= holding.position.target_price:
+            if price >= state.position.target_price:
                 self._at(symbol, due, round(price, 6), capacity)
 
     def _at(self, symbol: str, t: float, last: float, capacity: list[float]) -> None:
@@ -544,10 +571,11 @@ class _DayRun:
         spread = self.spread[symbol]
         entry = self.entries.get(symbol)
         if entry is not None and t >= entry.placed_at:
+            buy_quote = _BuyQuote(last, spread)
             if t >= entry.deadline:
                 self._cancel_entry(symbol)
-            else:
-                self._match_entry(symbol, entry, t, _BuyQuote(last, spread), capacity)
+            elif entry.order is not None or self._send(symbol, entry, buy_quote.ask):
+                self._match_entry(symbol, entry, t, buy_quote, capacity)
         holding = self.holdings.get(symbol)
         if holding is not None and holding.quantity > 1e-9:
             self._watch(holding, t, last, _SellQuote(last, spread), capacity)
@@ -556,6 +584,7 @@ class _DayRun:
         self, symbol: str, entry: _Entry, t: float, quote: _BuyQuote, capacity: list[float]
     ) -> None:
         order = entry.order
+        assert order is not None
         price = fill_price(order, quote, MIN_TICK, self.config.slippage_ticks)
         order.resting = True
         if price is None or capacity[0] < 1:
@@ -571,15 +600,20 @@ class _DayRun:
             del self.entries[symbol]
 
     def _protect(self, holding: _Holding) -> None:
-        """The exit manager's protective set for what is held now: target LMT and server
-        STP for the whole position at the exit rules' prices (a grown position re-prices)."""
-        pos = held_position(holding.symbol, holding.quantity, holding.entry_price,
-                            self.exit_config, tick=MIN_TICK)  # fmt: skip
-        holding.position = pos
-        holding.target = _order(holding.symbol, "SELL", holding.quantity, "LMT",
-                                self._ref(holding.symbol), limit=pos.target_price, tif="GTC")  # fmt: skip
-        holding.backstop = _order(holding.symbol, "SELL", holding.quantity, "STP",
-                                  self._ref(holding.symbol), stop=pos.backstop_price, tif="GTC")  # fmt: skip
+        """The exit side's protective set for what is held now (trading.exits'
+        protect_intent: target LMT and server STP for the whole position), placed at the
+        simulated broker; a grown position gets it anew at its average price."""
+        symbol = holding.symbol
+        pos = held_position(symbol, holding.quantity, holding.entry_price, self.exit_config,
+                            tick=MIN_TICK, db_row={"entry_price": holding.entry_price,
+                                                   "agent": AGENT})  # fmt: skip
+        self.exits[symbol].position = pos
+        oca = self._ref(symbol)
+        intent = protect_intent(pos, round(holding.quantity), oca, self.exit_config, None)
+        holding.target = _order(symbol, "SELL", intent.quantity, "LMT", f"{oca}-target",
+                                limit=intent.target_price, tif=intent.tif)  # fmt: skip
+        holding.backstop = _order(symbol, "SELL", intent.quantity, "STP", f"{oca}-stop",
+                                  stop=intent.stop_price, tif=intent.tif)  # fmt: skip
         self.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
         self.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
 
@@ -603,10 +637,8 @@ class _DayRun:
                     holding.backstop = order if order is holding.backstop else None
                     if holding.quantity <= 1e-9:
                         return
-            stamped = ExitQuote(holding.symbol, last, quote.bid, quote.ask, t, 1)
-            holding.touched_at = target_touch_time(holding.position, stamped, holding.touched_at, t)
-            action = exit_decision(holding.position, stamped, t, self.exit_config,
-                                   market_open=True, target_touched_at=holding.touched_at)  # fmt: skip
+            self.exits.on_quote(Quote(holding.symbol, last, quote.bid, quote.ask, t, 1), t)
+            action = self.exits.exit_due(holding.symbol, t, market_open=True)
             if action is None:
                 return
             self._start_exit(holding, action.purpose)
@@ -624,6 +656,7 @@ class _DayRun:
         holding.exit = _order(holding.symbol, "SELL", holding.quantity, "MKT",
                               self._ref(holding.symbol))  # fmt: skip
         holding.exit_purpose = purpose
+        self.exits[holding.symbol].busy = True  # an exit works on it: no second one
         self.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
 
     def _sell(
@@ -642,6 +675,8 @@ class _DayRun:
 
     def _closed(self, holding: _Holding) -> None:
         del self.holdings[holding.symbol]
+        self.exits.closed(holding.symbol)
+        self.exits[holding.symbol].busy = False
         symbol_fills = [f for f in self.fills if f["symbol"] == holding.symbol]
         pnl = sum((f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
                   - f["commission"] for f in symbol_fills)  # fmt: skip

@@ -30,6 +30,8 @@ import pytest
 from ib_async import MarketOrder
 
 import day_trader
+from bots.day_feeds import WatchedSymbol, delayed_data_notice
+from bots.entry_orders import llm_approves
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_FRESH_S
 from core.money import profit_target_price, stop_loss_price
@@ -39,15 +41,12 @@ from day_trader import (
     AGENT,
     DayTrader,
     DayTraderOptions,
-    HistoricalPacer,
-    SymbolFeed,
     build_parser,
-    day_phase,
-    delayed_data_notice,
     main,
     options_from_args,
     settings_from_args,
 )
+from ib.market_data import MarketDataLine
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import DatabaseLocked, TradingDatabase
@@ -65,7 +64,9 @@ from trading.entries import (
     EntryDecision,
     risk_problem,
 )
+from trading.feed import SymbolFeed
 from trading.indicators import Bar
+from trading.phases import day_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 25)
@@ -1257,7 +1258,7 @@ def closed_today(db: TradingDatabase, symbol: str, loss: float, agent: str = "da
 def day_pnl_and_verdict(trader: DayTrader, prices: dict[str, float]) -> tuple[float, str | None]:
     # A live, reconciled exit manager (this process), so only the book decides the verdict.
     trader.db.beat(EXIT_MANAGER, "RECONCILED", "test stand-in")
-    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    book = trader.book.book_from_database(prices, frozenset(), NET_LIQUIDATION)
     return book.day_pnl, risk_problem(book, trader.config)
 
 
@@ -1313,57 +1314,20 @@ def test_adopted_positions_and_other_agents_rows_are_left_out_of_the_day_pnl(
     db.add_active_position("THEIRS", 1_000, 50.0, 51.0, 49.0, agent="swing_trader")
     prices = {"ADOPTED": 30.0}  # -20,000 if it counted; THEIRS has no quote at all
     assert day_pnl_and_verdict(trader, prices) == (pytest.approx(-500.0), None)
-    book = trader.book_from_database(prices, frozenset(), NET_LIQUIDATION)
+    book = trader.book.book_from_database(prices, frozenset(), NET_LIQUIDATION)
     assert book.active_symbols == {"ADOPTED", "THEIRS"}
     assert book.open_positions == 2
     assert book.closed_today == {"MINE", "OTHERS", "ADOPTCL"}
 
 
-# -- pacing, bars, phases (pure parts of the I/O layer) ---------------------------------------
-
-
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_pacer_keeps_ib_history_limits() -> None:
-    clock = FakeMonotonic()
-    pacer = HistoricalPacer(monotonic=clock)
-    key = ("ABC", "TRADES", "", "600 S", "30 secs", False)
-    pacer.record(key, "ABC")
-    assert pacer.wait_seconds(key, "ABC") == pytest.approx(15.0)  # identical within 15 s
-    for i in range(4):
-        pacer.record(("ABC", i), "ABC")
-    # Five for one contract within 2 s: the sixth waits; another contract does not.
-    assert pacer.wait_seconds(("ABC", "x"), "ABC") == pytest.approx(2.0)
-    assert pacer.wait_seconds(("XYZ", "x"), "XYZ") == 0.0
-    clock.now += 3
-    for i in range(55):
-        pacer.record((f"S{i}",), f"S{i}")
-    assert pacer.wait_seconds(("NEW",), "NEW") == pytest.approx(597.0)  # 60 in 10 minutes
-
-
-def test_pacer_backs_off_on_162_and_recovers() -> None:
-    clock = FakeMonotonic()
-    pacer = HistoricalPacer(monotonic=clock)
-    assert pacer.on_pacing_violation() == 15.0
-    assert pacer.wait_seconds(("A",), "A") == pytest.approx(15.0)
-    assert pacer.on_pacing_violation() == 30.0
-    clock.now += 30
-    pacer.on_success()
-    assert pacer.wait_seconds(("A",), "A") == 0.0
-    assert pacer.on_pacing_violation() == 15.0
+# -- bars, phases (pure parts of the I/O layer) -------------------------------------------------
 
 
 def test_stream_bars_that_arrive_before_the_seed_do_not_hide_the_history() -> None:
     """Bug pinned: a live 30-s bar landing before the history seed made every (older)
     history bar look stale, so indicators stayed cold for 7 minutes."""
     clock = MarketClock()
-    feed = SymbolFeed("ABC", contract=None, clock=clock)  # type: ignore[arg-type]
+    feed = SymbolFeed("ABC", clock)
     start = datetime(2026, 11, 25, 10, 0, tzinfo=NEW_YORK).timestamp()  # regular hours
     bars = [Bar(start + 30 * i, 10, 10.1, 9.9, 10 + 0.01 * i, 100) for i in range(40)]
     feed.on_live_bar(bars[-1])  # the stream is faster than the history request
@@ -1378,12 +1342,12 @@ def test_day_phases_follow_the_calendar() -> None:
     def at(h: int, m: int) -> datetime:
         return datetime(2026, 11, 25, h, m, tzinfo=NEW_YORK)
 
-    assert day_phase(at(6, 59), session) == "idle"
-    assert day_phase(at(7, 0), session) == "aggregation"
-    assert day_phase(at(7, 30), session) == "analysis"
-    assert day_phase(at(9, 30), session) == "regular"
-    assert day_phase(at(16, 0), session) == "after_close"
-    assert day_phase(at(12, 0), None) == "closed"
+    assert day_phase(at(6, 59), session).value == "idle"
+    assert day_phase(at(7, 0), session).value == "aggregation"
+    assert day_phase(at(7, 30), session).value == "analysis"
+    assert day_phase(at(9, 30), session).value == "regular"
+    assert day_phase(at(16, 0), session).value == "after_close"
+    assert day_phase(at(12, 0), None).value == "closed"
 
 
 def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_again(
@@ -1397,11 +1361,14 @@ def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_ag
     args = build_parser().parse_args(["--symbols", "AAA,BBB"])
     trader = DayTrader(settings, options_from_args(args, settings), db=db)
     for symbol in ("AAA", "BBB"):
-        trader.feeds[symbol] = SymbolFeed(symbol, contract=None, clock=MarketClock())  # type: ignore[arg-type]
+        trader.feeds.watched[symbol] = WatchedSymbol(
+            SymbolFeed(symbol, MarketClock()),
+            MarketDataLine(symbol, contract=None),  # type: ignore[arg-type]
+        )
 
     def decide(symbol: str, reason: str, rsi: float, enter: bool = False) -> None:
         rule = "standard" if enter else None
-        trader._record_decision(EntryDecision(symbol, enter, rule, reason, {"rsi": rsi}))
+        trader.feeds.record_decision(EntryDecision(symbol, enter, rule, reason, {"rsi": rsi}))
 
     caplog.set_level(logging.DEBUG, logger="day_trader")
     try:
@@ -1498,7 +1465,6 @@ def test_the_llm_verdict_on_an_entry_is_logged_either_way_for_the_trade_journal(
     """Only vetoes were logged: the journal could not tell an approved entry from one the
     LLM was never asked about."""
     import asyncio
-    from types import SimpleNamespace
 
     from llm_review import Opinion
     from trading.entries import EntryDecision
@@ -1509,10 +1475,10 @@ def test_the_llm_verdict_on_an_entry_is_logged_either_way_for_the_trade_journal(
 
     values = {"last": 10.0, "vwap": 9.9, "rsi": 55.0, "atr_pct": 0.6, "gap_pct": 1.0}
     decision = EntryDecision("AAA", True, "standard", "enter", values)
-    trader = SimpleNamespace(reviewer=Reviewer(), options=day_trader.DayTraderOptions())
+    budget = DayTraderOptions().llm_budget_real_s
     caplog.set_level(logging.INFO)
 
-    approved = asyncio.run(day_trader.DayTrader._llm_approves(trader, decision, None))
+    approved = asyncio.run(llm_approves(Reviewer(), decision, budget))
 
     assert approved is approve
     [record] = [r for r in caplog.records if getattr(r, "event", "").startswith("entry_")]
@@ -1565,3 +1531,20 @@ def test_start_is_not_held_up_by_the_llm_clients_import(
 
     assert asyncio.run(asyncio.wait_for(day_trader._run(settings, options), 20.0)) == 0
     assert seen == {"prepared_before_run": False}
+
+
+def test_no_class_of_the_day_trader_is_over_400_lines() -> None:
+    """The bot was one 948-line class (loop, data feed, wallet, risk check and fill book at
+    once); its parts stay small enough to read."""
+    import ast
+
+    files = [ROOT / "day_trader.py", *sorted((ROOT / "bots").glob("day_*.py"))]
+    files += sorted((ROOT / "bots").glob("entry_*.py"))
+    sizes = {
+        f"{path.name}:{node.name}": node.end_lineno - node.lineno + 1  # type: ignore[operator]
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+    assert "day_bot.py:DayTrader" in sizes
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

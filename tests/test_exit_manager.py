@@ -31,14 +31,15 @@ from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import profit_target_price, stop_loss_price
 from core.settings import SettingsError, check_trading_mode, get_settings
-from exit_manager import ExitManager, blocked_flag
-from exit_rules import AGENT, DayPhase, ExitConfig
+from exit_manager import AGENT, ExitManager, blocked_flag
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
 from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
 from tests.sim_support import buy_now
 from tests.sim_support import client as sim_client
+from trading.exits import ExitConfig
+from trading.phases import DayPhase
 
 ROOT = Path(__file__).resolve().parent.parent
 TRADING_DATE = date(2026, 11, 25)  # a full Wednesday session
@@ -141,7 +142,7 @@ async def protected(gw: GatewayThread, manager: ExitManager, symbol: str, quanti
     live quotes stream (until the first one it sits at the stop-loss price)."""
 
     def settled(state: dict) -> list[dict] | None:
-        pos = manager.held.get(symbol)
+        pos = manager.book.held().get(symbol)
         sells = one_protective_set(state, symbol, quantity)
         ok = sells and pos is not None and stop_at(state, symbol, pos.backstop_price)
         return sells if ok else None
@@ -266,7 +267,7 @@ def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_close
                 trades = [t for t in db.get_trades_by_date("2026-11-25") if t["side"] == "SELL"]
                 assert [t["exec_id"] for t in trades] == [fill["exec_id"]]
                 assert trades[0]["pnl"] == pytest.approx((fill["price"] - entry) * 100)
-                assert "AAPL" not in manager.held
+                assert "AAPL" not in manager.book.held()
 
     run(scenario())
 
@@ -689,7 +690,7 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
 ) -> None:
     """The position event of a fill that lands mid-reconciliation was dropped (not yet
     reconciled) and its replays deduplicated: the position stayed naked (CI, e2e restart)."""
-    monkeypatch.setattr("exit_manager.AUDIT_SECONDS", 3600.0)  # pin the event path alone
+    monkeypatch.setattr("bots.exit_watch.AUDIT_SECONDS", 3600.0)  # pin the event path alone
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
@@ -698,18 +699,20 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
                 real_snapshot = manager.orders.snapshot
 
                 async def snapshot_after_a_fill() -> Any:
-                    if "MSFT" not in manager._seen_qty:  # the first call
+                    if manager.book["MSFT"].seen_quantity is None:  # the first call
                         # Positions and orders are asked at once: the fill lands after the
                         # positions answer.
-                        assert manager._positions_task is not None
-                        await asyncio.shield(manager._positions_task)
+                        assert manager.broker.positions_task is not None
+                        await asyncio.shield(manager.broker.positions_task)
                         await buy(dt, None, "MSFT", 50)
-                        await until(lambda: manager._seen_qty.get("MSFT") == 50, 3, "event")
+                        await until(lambda: manager.book["MSFT"].seen_quantity == 50, 3, "event")
                     return await real_snapshot()
 
                 manager.orders.snapshot = snapshot_after_a_fill  # type: ignore[method-assign]
                 await until(lambda: manager.reconciled, 10, "first reconciliation")
-                assert "MSFT" not in manager.last_report.get("held", [])  # missed by the plan
+                assert "MSFT" not in manager.reconciler.last_report.get(
+                    "held", []
+                )  # missed by the plan
                 await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 5, "protection")
                 assert db.get_active_position("MSFT")["quantity"] == 50  # adopted
 
@@ -726,7 +729,7 @@ def test_protection_audit_protects_a_position_whose_event_never_came(
                 manager.ib.positionEvent -= manager._on_position  # a lost event, however
                 await buy(dt, db, "NVDA", 30)
                 await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 30), 8, "audit")
-                assert "NVDA" in manager.held
+                assert "NVDA" in manager.book.held()
 
     run(scenario())
 
@@ -741,7 +744,7 @@ def test_connectivity_restored_resubscribes_and_reconciles(
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "MSFT", 70)
                 await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 70), 3, "protection")
-                await until(lambda: "MSFT" in manager.quotes, 3, "quotes streaming")
+                await until(lambda: "MSFT" in manager.book.quotes(), 3, "quotes streaming")
                 await gw_call(gw.faults.connectivity_lost, EM)
                 await until(lambda: not manager.reconciled, 3, "1100 seen")
                 await gw_call(gw.faults.connectivity_restored, EM, data_lost)
@@ -777,13 +780,13 @@ def test_exit_manager_that_loses_ib_or_reconciles_says_so_in_its_heartbeat_at_on
                 await until(lambda: not manager.reconciled, 3, "1100 seen")
                 assert state() != "RECONCILED"
                 at_start: list[str] = []
-                reconcile = manager._reconcile
+                reconcile = manager.reconciler._reconcile
 
                 async def seen_at_start() -> Any:
                     at_start.append(state())
                     return await reconcile()
 
-                manager._reconcile = seen_at_start  # type: ignore[method-assign]
+                manager.reconciler._reconcile = seen_at_start  # type: ignore[method-assign]
                 await gw_call(gw.faults.connectivity_restored, EM)  # 1102: reconcile again
                 await until(lambda: manager.reconciled and state() == "RECONCILED", 5, "back")
                 assert at_start == ["RECONCILING"]
@@ -826,8 +829,8 @@ async def _prove_no_more_sells(gw: GatewayThread, manager: ExitManager, row: dic
     for cents in (2, 4):
         price = round(row["stop_loss_price"] - row["entry_price"] * 0.01 - cents / 100, 2)
         await gw_call(gw.faults.set_price, "AMD", price)
-        await until(lambda p=price: manager.quotes["AMD"].last == p, 3, f"tick {price} seen")
-    await until(lambda: not manager.busy and not manager._give_up_pending, 3, "idle")
+        await until(lambda p=price: manager.book.quotes()["AMD"].last == p, 3, f"tick {price} seen")
+    await until(lambda: not manager.book.busy() and not manager.book.give_up_pending(), 3, "idle")
     await asyncio.to_thread(manager.orders.flush)
 
 
@@ -851,7 +854,7 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
                 await gw_call(gw.faults.set_price, "AMD",
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
                 await until(lambda: db.get_flag(blocked_flag("AMD")), 5, "symbol flagged")
-                assert manager.rejects.is_blocked("AMD")
+                assert manager.book.is_blocked("AMD")
                 sells = await until_gw(
                     gw, lambda s: one_protective_set(s, "AMD", 50), 5, "protection re-placed"
                 )
@@ -864,7 +867,7 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
                 # The first set (cancelled), two rejected exits, the re-placed set: no more.
                 assert len(intents) == 6, [(i["order_type"], i["state"]) for i in intents]
                 assert sum(i["state"] == "REJECTED" for i in intents) == 2
-                assert "AMD" not in manager.unprotected
+                assert "AMD" not in manager.book.unprotected()
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
 
@@ -891,7 +894,7 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD",
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
-                await until(lambda: "AMD" in manager.unprotected, 5, "unprotected alert")
+                await until(lambda: "AMD" in manager.book.unprotected(), 5, "unprotected alert")
                 await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
                 assert not em_sells(state, "AMD") and position(state, "AMD") == 50
@@ -907,7 +910,7 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
             await gw_call(gw.gateway.engine.reject_next.clear)
             async with exit_manager(gw, db, clock) as manager:
                 await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 5, "one set")
-                assert manager.rejects.is_blocked("AMD") and "AMD" not in manager.unprotected
+                assert manager.book.is_blocked("AMD") and "AMD" not in manager.book.unprotected()
                 await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
                 assert one_protective_set(state, "AMD", 50) and len(em_sells(state, "AMD")) == 2
@@ -980,7 +983,9 @@ def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_
                     await until_gw(gw, lambda s: one_protective_set(s, "AAPL", left), 3, "new set")
                 else:
                     await until(lambda: db.was_closed_today("AAPL"), 3, "closed as manual")
-                await until(lambda: not manager._dirty and not manager.busy, 3, "settled")
+                await until(
+                    lambda: not manager.tasks.dirty and not manager.book.busy(), 3, "settled"
+                )
                 await asyncio.to_thread(manager.orders.flush)
                 state = await gw_call(gw.account.state)
                 placed = sorted(o["quantity"] for o in em_orders(state, "AAPL"))
@@ -1006,7 +1011,7 @@ def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "NVDA", 40)
                 await protected(gw, manager, "NVDA", 40)
-                pos = manager.held["NVDA"]
+                pos = manager.book.held()["NVDA"]
                 await gw_call(gw.faults.hold_cancels, EM)
                 await gw_call(gw.faults.refuse_next_modification, "simulated refusal", EM)
                 between = round((pos.stop_price + pos.backstop_price) / 2, 2)
@@ -1018,7 +1023,9 @@ def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
                     await until_gw(gw, lambda s: position(s, "NVDA") <= 0, 3, "held stop filled")
                 released = await gw_call(gw.faults.release_cancels)
                 await until(lambda: db.was_closed_today("NVDA"), 5, "closed")
-                await until(lambda: not manager.busy and not manager._dirty, 3, "settled")
+                await until(
+                    lambda: not manager.book.busy() and not manager.tasks.dirty, 3, "settled"
+                )
                 await asyncio.sleep(0.3)  # room for a wrong second sell to show up
 
                 state = await gw_call(gw.account.state)
@@ -1048,7 +1055,7 @@ def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "MSFT", 50)
                 await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection")
-                await until(lambda: "MSFT" in manager.quotes, 3, "quotes")
+                await until(lambda: "MSFT" in manager.book.quotes(), 3, "quotes")
                 await _other_client_sells(dt, "MSFT", 50)
                 await until_gw(gw, lambda s: not em_sells(s, "MSFT"), 2, "our sells cancelled")
                 await until(lambda: db.was_closed_today("MSFT"), 3, "row closed")
@@ -1060,7 +1067,7 @@ def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as
                 else:  # only its own executions: the last quote's price
                     assert closed["exit_price"] == pytest.approx(manual["price"], rel=0.01)
                 await gw_call(gw.faults.set_price, "MSFT", closed["exit_price"] * 0.85)
-                await until(lambda: manager.quotes.get("MSFT") is None, 2, "unsubscribed")
+                await until(lambda: manager.book.quotes().get("MSFT") is None, 2, "unsubscribed")
                 state = await gw_call(gw.account.state)
                 assert position(state, "MSFT") == 0 and sells_executed(gw, "MSFT") == 50
 
@@ -1076,13 +1083,13 @@ def test_short_position_is_alerted_every_reconciliation_and_never_sold(
             async with day_trader(gw) as dt:
                 await _other_client_sells(dt, "AMD", 20)  # someone shorted it by hand
                 async with exit_manager(gw, db, clock) as manager:
-                    assert any("SHORT" in a for a in manager.last_report["alerts"])
+                    assert any("SHORT" in a for a in manager.reconciler.last_report["alerts"])
                     connects = manager.session.health.connects
                     await gw_call(gw.faults.drop_client, EM)
                     await until(lambda: manager.session.health.connects > connects, 5)
                     await until(lambda: manager.reconciled, 5, "reconciled again")
-                    assert any("SHORT" in a for a in manager.last_report["alerts"])
-                    assert manager.shorts == {"AMD": -20}
+                    assert any("SHORT" in a for a in manager.reconciler.last_report["alerts"])
+                    assert manager.book.shorts() == {"AMD": -20}
                     manager._beat()
                     assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
                     state = await gw_call(gw.account.state)
@@ -1102,7 +1109,7 @@ def test_positions_answer_requested_before_the_caller_asked_is_never_used(
         with gateway(tmp_path) as gw:
             db, clock = sim_db(gw)
             async with exit_manager(gw, db, clock) as manager:
-                idle = manager._positions_task
+                idle = manager.broker.positions_task
                 await until(lambda: idle is None or idle.done(), 3, "startup requests answered")
                 sent: list[float] = []
                 later: list[asyncio.Future[Any]] = []
@@ -1113,12 +1120,12 @@ def test_positions_answer_requested_before_the_caller_asked_is_never_used(
                     sent.append(time.monotonic())
                     if len(sent) == 1:  # ...before these callers ask (its answer is not in)
                         later.extend(
-                            asyncio.ensure_future(manager.broker_positions()) for _ in range(3)
+                            asyncio.ensure_future(manager.broker.positions()) for _ in range(3)
                         )
                     return request
 
                 manager.ib.reqPositionsAsync = counted  # type: ignore[method-assign]
-                first = asyncio.ensure_future(manager.broker_positions())
+                first = asyncio.ensure_future(manager.broker.positions())
                 await until(lambda: later, 2, "first request sent")
                 await asyncio.gather(first, *later)
                 # Before: the later callers joined the first request (one request in all).
@@ -1145,8 +1152,8 @@ def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
                     assert adopted["agent"] == "adopted" and adopted["quantity"] == 30
                     closed = {r["symbol"]: r for r in db.get_closed_today()}
                     assert closed["NVDA"]["exit_reason"] == "RECONCILE"
-                    assert manager.last_report["adopted"] == ["MSFT"]
-                    assert manager.last_report["closed"] == ["NVDA"]
+                    assert manager.reconciler.last_report["adopted"] == ["MSFT"]
+                    assert manager.reconciler.last_report["closed"] == ["NVDA"]
                     await until_gw(
                         gw, lambda s: one_protective_set(s, "MSFT", 30), 3, "adopted set"
                     )
@@ -1184,7 +1191,9 @@ def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_th
                 await buy(dt, db, "NVDA", 25)
                 await protected(gw, manager, "NVDA", 25)
                 await gw_call(gw.faults.stop_ticks, "NVDA")
-                await until(lambda: manager.quote_faults.get("NVDA") == "stale", 5, "stale fault")
+                await until(
+                    lambda: manager.book.quote_faults().get("NVDA") == "stale", 5, "stale fault"
+                )
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
                 row = db.get_active_position("NVDA")
@@ -1217,7 +1226,7 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AMD", 40)
                 sells = await protected(gw, manager, "AMD", 40)
-                pos = manager.held["AMD"]
+                pos = manager.book.held()["AMD"]
                 [stop] = [o for o in sells if o["order_type"] == "STP"]
                 same = ("order_id", "perm_id", "order_ref", "oca_group", "quantity")
                 intents_before = len(_amd_sell_intents(db))
@@ -1225,7 +1234,7 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
                 await gw_call(gw.faults.stop_ticks, "AMD")
                 state = await until_gw(gw, lambda s: stop_at(s, "AMD", pos.stop_price) and s,
                                        5, "STP up to the stop-loss price")  # fmt: skip
-                assert manager.quote_faults["AMD"] == "stale"
+                assert manager.book.quote_faults()["AMD"] == "stale"
                 moved = server_stop(state, "AMD")
                 assert moved is not None and all(moved[k] == stop[k] for k in same)
                 assert one_protective_set(state, "AMD", 40)
@@ -1272,7 +1281,9 @@ def test_delayed_only_account_puts_the_server_stop_at_the_stop_loss_price_and_it
                 )
                 [stop] = [o for o in sells if o["order_type"] == "STP"]
                 assert stop["aux_price"] == row["stop_loss_price"]  # -0.9%, not -1.4%
-                await until(lambda: manager.quote_faults.get("MSFT") == "no_quote", 3, "fault")
+                await until(
+                    lambda: manager.book.quote_faults().get("MSFT") == "no_quote", 3, "fault"
+                )
                 await asyncio.sleep(0.5)  # room for a wrong move back to the backstop
                 state = await gw_call(gw.account.state)
                 assert stop_at(state, "MSFT", row["stop_loss_price"])["perm_id"] == stop["perm_id"]
@@ -1303,7 +1314,7 @@ def test_outside_regular_hours_keeps_protection_and_does_not_trade(
                 await until_gw(gw, lambda s: one_protective_set(s, "AMD", 15), 3, "protection")
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD", row["stop_loss_price"] - 0.05)
-                await until(lambda: "AMD" in manager.quotes, 3, "pre-market quotes")
+                await until(lambda: "AMD" in manager.book.quotes(), 3, "pre-market quotes")
                 await asyncio.sleep(0.3)
                 state = await gw_call(gw.account.state)
                 assert position(state, "AMD") == 15 and one_protective_set(state, "AMD", 15)
@@ -1328,13 +1339,13 @@ def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
                 assert (when.hour, when.minute) == (12, 45), when
                 state = await gw_call(gw.account.state)
                 assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
-                await until(lambda: manager.eod_verified.get(DayPhase.FLATTEN), 3, "verified")
+                await until(lambda: manager.book.eod_verified.get(DayPhase.FLATTEN), 3, "verified")
 
     async def sweep() -> None:
         with gateway(tmp_path, trading_date=HALF_DAY, start=dtime(12, 54, 58)) as gw:
             db, clock = sim_db(gw)
             async with exit_manager(gw, db, clock) as manager:
-                await until(lambda: manager.eod_verified.get(DayPhase.SWEEP), 8, "sweep")
+                await until(lambda: manager.book.eod_verified.get(DayPhase.SWEEP), 8, "sweep")
 
     run(flatten())
     run(sweep())
@@ -1359,7 +1370,7 @@ def test_eod_flatten_of_twelve_positions_is_flat_before_the_sweep_and_never_shor
                     5, "twelve protective sets",
                 )  # fmt: skip
                 assert clock.now().time() < dtime(15, 45), "setup overran the flatten time"
-                await until(lambda: manager.eod_verified.get(DayPhase.FLATTEN), 20, "flat")
+                await until(lambda: manager.book.eod_verified.get(DayPhase.FLATTEN), 20, "flat")
                 sold = [e for e in gw.account.executions() if e["side"] == "SLD"]
                 first_sell, last_sell = min(e["time"] for e in sold), max(e["time"] for e in sold)
                 flatten_at = datetime(2026, 11, 25, 15, 45, tzinfo=NEW_YORK).timestamp()
@@ -1444,7 +1455,7 @@ def test_bot_stop_exit_reaches_the_gateway_while_another_process_holds_the_datab
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 await buy(dt, db, "AAPL", 100)
                 await protected(gw, manager, "AAPL", 100)
-                pos = manager.held["AAPL"]
+                pos = manager.book.held()["AAPL"]
                 held, seen = threading.Event(), {}
 
                 def hold_the_database() -> None:  # another process's long write
@@ -1489,7 +1500,7 @@ def test_exit_under_partial_fills_sells_exactly_the_position_through_the_one_sto
                 the_set = await protected(gw, manager, "MSFT", 600, timeout=5)
                 [stop] = [o for o in the_set if o["order_type"] == "STP"]
                 placed = len(em_orders(await gw_call(gw.account.state), "MSFT"))
-                pos = manager.held["MSFT"]
+                pos = manager.book.held()["MSFT"]
                 between = round((pos.stop_price + pos.backstop_price) / 2, 2)
                 await gw_call(gw.faults.set_price, "MSFT", between)
                 await until(lambda: db.was_closed_today("MSFT"), 20, "closed")
@@ -1590,7 +1601,9 @@ def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
                 moved = stop_at(state, "NVDA", row["stop_loss_price"])
                 assert moved and moved["order_id"] == stop["order_id"], state["open_orders"]
                 assert one_protective_set(state, "NVDA", 25)
-                await until(lambda: not manager._dirty and not manager.busy, 3, "settled")
+                await until(
+                    lambda: not manager.tasks.dirty and not manager.book.busy(), 3, "settled"
+                )
                 intent = db.get_order_intent(stop["order_ref"])
                 assert intent["state"] == "SUBMITTED", intent  # never recorded as cancelled
 
@@ -1642,10 +1655,10 @@ def test_a_routine_heartbeat_written_late_never_overwrites_a_later_state_change(
                 queued: list[Callable[[], object]] = []
                 submit = manager.orders.writer.submit
                 manager.orders.writer.submit = queued.append  # type: ignore[method-assign]
-                manager.reconciled, manager.state = False, "CONNECTING"
+                manager.parts.reconciled, manager.parts.state = False, "CONNECTING"
                 manager._beat(behind=True)  # computed now, written below
                 manager.orders.writer.submit = submit  # type: ignore[method-assign]
-                manager.reconciled, manager.state = True, "RECONCILED"
+                manager.parts.reconciled, manager.parts.state = True, "RECONCILED"
                 manager._beat()  # the state change, at once
                 for write in queued:
                     with manager.orders.exclusive():

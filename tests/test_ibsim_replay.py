@@ -17,7 +17,7 @@ from core.settings import PROJECT_ROOT
 from ibsim.__main__ import config_from_args
 from ibsim.__main__ import main as ibsim_main
 from ibsim.market import Market, MarketConfig, spread_ticks
-from ibsim.replay import infer_bar_seconds, read_replay_frame
+from ibsim.replay import check_sessions, infer_bar_seconds, read_replay_frame
 from ibsim.server import build_market
 from tests.stepped_gateway import SAMPLE, SAMPLE_DATE, SAMPLE_DIR, at
 
@@ -173,3 +173,76 @@ def test_a_float32_previous_close_goes_out_on_the_tick_grid(tmp_path: Path) -> N
     market = Market(MarketConfig(SAMPLE_DATE, replay_path=str(path)))
     assert repr(market.previous_close("MSFT")) == "254.14"
     assert market.quote("MSFT").prev_close == 254.14  # the ticker's close (tick 9)
+
+
+# -- a day's sessions (check_sessions) ----------------------------------------------------------
+def test_the_sample_passes_the_session_checks() -> None:
+    check_sessions(read_replay_frame(SAMPLE_DIR))
+
+
+def _checked(tmp_path: Path, edit) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError) as error:
+        check_sessions(read_replay_frame(edited_sample(tmp_path, edit)))
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def _regular_rows(lines: list[str]) -> list[int]:
+    """The sample's regular-hours rows (09:30-16:00 New York, times like ...T09:31:00-04:00)."""
+    return [
+        i
+        for i, line in enumerate(lines[1:], 1)
+        if "09:30" <= line.split(",")[1].split("T")[1][:5] < "16:00"
+    ]
+
+
+def test_a_bar_whose_close_is_outside_its_range_is_named(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> list[str]:
+        cells = lines[3].split(",")
+        cells[5] = str(float(cells[3]) + 1)  # close above the high
+        return [*lines[:3], ",".join(cells), *lines[4:]]
+
+    assert "row 4" in _checked(tmp_path, edit) and "open and close must lie within" in (
+        _checked(tmp_path, edit)
+    )
+
+
+def test_a_day_without_regular_hours_bars_is_named(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> list[str]:
+        keep = set(_regular_rows(lines))
+        return [line for i, line in enumerate(lines) if i not in keep]
+
+    assert "without regular-hours bars" in _checked(tmp_path, edit)
+
+
+def test_a_day_with_no_regular_hours_volume_is_named(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> list[str]:
+        regular = set(_regular_rows(lines))
+        out = []
+        for i, line in enumerate(lines):
+            cells = line.split(",")
+            if i in regular:
+                cells[6] = "0"
+            out.append(",".join(cells))
+        return out
+
+    assert "zero volume in every regular-hours bar" in _checked(tmp_path, edit)
+
+
+def test_a_regular_hours_hole_longer_than_half_an_hour_is_named(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> list[str]:
+        regular = _regular_rows(lines)
+        cut = set(regular[5:45])
+        return [line for i, line in enumerate(lines) if i not in cut]
+
+    message = _checked(tmp_path, edit)
+    assert "follows a gap of 41 minutes in regular hours" in message
+    assert "fill the missing bars" in message
+
+
+def test_a_per_symbol_export_takes_its_symbol_from_its_file_name(tmp_path: Path) -> None:
+    frame = (
+        pd.read_csv(SAMPLE).drop(columns=["symbol", "prev_close"]).rename(columns={"time": "date"})
+    )
+    frame.to_csv(tmp_path / "abc_1min.csv", index=False)
+    assert set(read_replay_frame(tmp_path / "abc_1min.csv")["symbol"]) == {"ABC"}

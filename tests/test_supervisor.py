@@ -476,7 +476,7 @@ def test_status_block_shows_bots_positions_and_pnl_net_of_commissions(db):
 def test_status_block_says_entries_are_off_on_delayed_data_and_how_to_turn_them_on(db):
     """A delayed-data-only account: the day trader's heartbeat says why entries are off and
     every status block shows it (a stopped bot's last words are not shown as current)."""
-    from day_trader import delayed_data_notice
+    from bots.day_feeds import delayed_data_notice
 
     notice = delayed_data_notice([3, 3], allow_delayed=False)
     db.beat("day_trader", "regular", notice)

@@ -28,14 +28,21 @@ from trading.entries import (
     STALE_QUOTE,
     STANDARD,
     WARMING_UP,
+    AccountFunds,
     BookState,
+    ClosedPosition,
     EntryConfig,
+    EntryCore,
     EntryDecision,
-    SymbolSnapshot,
+    HeldPosition,
     allot_free_slots,
+    book_from_records,
     evaluate_entry,
-    gap_percent,
+    size_entry,
 )
+from trading.feed import SymbolSnapshot, gap_percent
+from trading.indicators import Bar
+from trading.model import Quote
 
 DAY = date(2026, 11, 25)  # a full Wednesday session
 HALF_DAY = date(2026, 11, 27)  # the Friday after Thanksgiving closes at 13:00
@@ -282,3 +289,108 @@ def test_one_pass_enters_no_more_symbols_than_free_slots() -> None:
     assert not any(
         d.enter for d in allot_free_slots(decisions, replace(book, open_positions=5), CONFIG)
     )
+
+
+# -- the core driven bar by bar (how the backtest drives it: a plain loop, no event loop) ------
+
+PREV_CLOSE = 10.0
+
+
+def gapper_day(core: EntryCore, symbols: list[str]) -> None:
+    """A pre-market trade 10% above the previous close, then regular bars see-sawing (RSI
+    near 50) until just before the first decision could fire."""
+    for symbol in symbols:
+        core.on_bar(symbol, Bar(at(9, 0).timestamp(), 11.0, 11.0, 11.0, 11.0, 500))
+    for i in range(14):
+        t = at(9, 30).timestamp() + 30 * i
+        close = 11.0 + (0.05 if i % 2 else -0.05)
+        for symbol in symbols:
+            core.on_bar(symbol, Bar(t, 11.0, 11.1, 10.9, close, 1000))
+
+
+def quote(symbol: str, now: datetime) -> Quote:
+    return Quote(symbol, 11.0, 10.99, 11.01, now.timestamp(), 1, prev_close=PREV_CLOSE)
+
+
+def next_bar(core: EntryCore, symbols: list[str], n: int) -> datetime:
+    """Bar `n` of the day (0 = 09:30) for each symbol, and its quote; returns when it closed."""
+    start = at(9, 30).timestamp() + 30 * n
+    now = datetime.fromtimestamp(start + 31, NEW_YORK)
+    for symbol in symbols:
+        core.on_bar(symbol, Bar(start, 11.0, 11.1, 10.9, 11.0 + 0.05 * (n % 2), 1000))
+        core.on_quote(quote(symbol, now))
+    return now
+
+
+def test_the_core_decides_each_new_bar_once_and_keeps_a_slot_while_an_entry_is_placed() -> None:
+    """The day trader kept 'entering' in its own set: a driver without it (a backtest) would
+    enter the same symbol on every bar until its order showed in the book."""
+    core = EntryCore(replace(CONFIG, max_open_positions=1), MarketClock())
+    symbols = ["AAA", "BBB"]
+    gapper_day(core, symbols)
+    assert core.take_due() and not core.take_due()  # the warm-up bars, then nothing new
+
+    now = next_bar(core, symbols, 14)  # the 15th regular bar: RSI and ATR are warm
+    first = core.decide(now, session(), BOOK)
+    assert [(d.symbol, d.enter, d.rule or d.reason) for d in first] == [
+        ("AAA", True, GAP_AND_GO),
+        ("BBB", False, MAX_OPEN_POSITIONS),
+    ]
+    assert core.decide(now, session(), BOOK) == []  # no new bar: nothing to decide
+
+    now = next_bar(core, symbols, 15)  # AAA's entry is still being placed: it holds the slot
+    second = core.decide(now, session(), BOOK)
+    assert [(d.enter, d.reason) for d in second] == [(False, MAX_OPEN_POSITIONS)] * 2
+    held = core.with_entering(BOOK)
+    assert (held.working_entries, held.open_positions) == ({"AAA"}, 1)
+
+    core.entry_finished("AAA")  # dropped (too small, refused): the slot is free again
+    now = next_bar(core, symbols, 16)
+    assert [d.enter for d in core.decide(now, session(), BOOK)] == [True, False]
+
+
+def test_the_last_look_counts_the_other_entries_being_placed_but_not_its_own() -> None:
+    core = EntryCore(replace(CONFIG, max_open_positions=2), MarketClock())
+    symbols = ["AAA", "BBB", "CCC"]
+    gapper_day(core, symbols)
+    now = next_bar(core, symbols, 14)
+    enters = [d.symbol for d in core.decide(now, session(), BOOK) if d.enter]
+    assert enters == ["AAA", "BBB"] and core.entering == {"AAA", "BBB"}
+    assert core.recheck("AAA", now, session(), BOOK).enter  # BBB takes one slot, AAA the other
+    full = BookState(net_liquidation=100_000.0, active_symbols=frozenset({"ZZZ"}), open_positions=1)
+    assert core.recheck("AAA", now, session(), full).reason == MAX_OPEN_POSITIONS
+
+
+def test_the_book_from_records_counts_only_this_strategys_pnl_and_every_working_entry() -> None:
+    book = book_from_records(
+        [HeldPosition("MINE", 100, 50.0, "day_trader"), HeldPosition("ADOPT", 10, 9.0, "adopted")],
+        [ClosedPosition("WON", 120.0, "day_trader"), ClosedPosition("OTHER", -900.0, "x")],
+        ["WORK", "MINE"],
+        {"MINE": 49.0, "ADOPT": 1.0},
+        agent="day_trader",
+        net_liquidation=100_000.0,
+    )
+    assert book.day_pnl == pytest.approx(120.0 - 100.0)
+    assert book.open_positions == 3  # ADOPT, MINE (held and working counts once), WORK
+    assert book.closed_today == {"WON", "OTHER"}
+    unpriced = book_from_records(
+        [HeldPosition("MINE", 100, 50.0, "day_trader")],
+        [],
+        [],
+        {},
+        agent="day_trader",
+        net_liquidation=100_000.0,
+    )
+    assert math.isnan(unpriced.day_pnl)  # unknown, never zero
+
+
+def test_sizing_spends_the_allocation_within_what_the_account_can_still_pay() -> None:
+    funds = AccountFunds(net_liquidation=100_000.0, available_funds=50_000.0, buying_power=40_000.0)
+    sizing = {"allocation": 0.25, "max_open_positions": 4, "max_position_usd": None}
+    shares, numbers = size_entry(10.0, funds, committed_usd=0.0, **sizing)  # type: ignore[arg-type]
+    assert shares == 625 and numbers["buying_power"] == 40_000.0  # 100k x 0.25 / 4 = 6,250
+    shares, numbers = size_entry(10.0, funds, committed_usd=38_000.0, **sizing)  # type: ignore[arg-type]
+    assert shares == 200 and numbers["buying_power"] == 2_000.0  # working entries spent it
+    unknown = AccountFunds(net_liquidation=None, available_funds=50_000.0)
+    shares, numbers = size_entry(10.0, unknown, committed_usd=0.0, **sizing)  # type: ignore[arg-type]
+    assert shares == 0 and numbers["why"] == "account values unknown"

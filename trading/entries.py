@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 from core.clock import Session
 from core.money import entry_shares
-from trading.feed import SessionCalendar, SymbolFeed, SymbolQuote, SymbolSnapshot
+from trading.feed import SessionCalendar, SymbolFeed, SymbolSnapshot
 from trading.indicators import Bar
-from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES
+from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES, Quote
 from trading.phases import day_phase
 
 BAR_SECONDS = 30
@@ -435,7 +435,7 @@ class EntryCore:
         core = EntryCore(config, calendar)
         for symbol, bar in bars:                 # completed 30-s bars, in time order
             core.on_bar(symbol, bar)
-            core.on_quote(symbol, quote, now)    # the latest quote, at market time `now`
+            core.on_quote(quote)                 # the latest quote (time: when it came)
             for decision in core.decide(now, session, book):
                 if decision.enter: ...           # size, send; later core.entry_finished(symbol)
     """
@@ -460,17 +460,17 @@ class EntryCore:
         """One completed 30-s bar of `symbol`; False when not newer than its last one."""
         return self.add_symbol(symbol).on_bar(bar)
 
-    def on_quote(self, symbol: str, quote: SymbolQuote, now_epoch: float) -> None:
-        """The latest quote of `symbol`, arrived at market time `now_epoch`."""
-        self.add_symbol(symbol).on_quote(quote, now_epoch)
+    def on_quote(self, quote: Quote) -> None:
+        """The latest quote of `quote.symbol`; `quote.time` is the market time it arrived."""
+        self.add_symbol(quote.symbol).on_quote(quote)
 
-    def take_due(self) -> list[SymbolSnapshot]:
-        """Returns the snapshots of the symbols with a new bar since the last call (a symbol
-        is decided once per bar)."""
+    def take_due(self) -> list[SymbolFeed]:
+        """Returns the feeds of the symbols with a new bar since the last call (a symbol is
+        decided once per bar); their snapshots are what `evaluate_all` decides on."""
         due = [f for f in self.feeds.values() if f.new_bar]
         for feed in due:
             feed.new_bar = False
-        return [f.snapshot() for f in due]
+        return due
 
     def allot(self, decisions: Sequence[EntryDecision], book: BookState) -> list[EntryDecision]:
         """Returns `decisions` within the free slots (allot_free_slots); each enter of a
@@ -494,7 +494,8 @@ class EntryCore:
         """Returns the decisions for every symbol with a new bar, against `book` (symbols
         being entered count as working), within the free slots."""
         book = self.with_entering(book)
-        return self.allot(evaluate_all(self.take_due(), book, now, session, self.config), book)
+        snaps = [f.snapshot() for f in self.take_due()]
+        return self.allot(evaluate_all(snaps, book, now, session, self.config), book)
 
     def recheck(
         self, symbol: str, now: datetime, session: Session | None, book: BookState

@@ -8,13 +8,14 @@ build the same snapshot from the same bars.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from core.clock import NEW_YORK, Session
 from trading.indicators import Bar, StreamingIndicators
+from trading.model import Quote
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,8 @@ class SessionCalendar(Protocol):
     def session(self, day: date) -> Session | None: ...
 
 
-class SymbolQuote(NamedTuple):
-    """The latest quote of one symbol; nan = unknown. `data_type` is IB's marketDataType
-    (1 live, 2 frozen, 3 delayed, 4 delayed frozen; 0 = not known yet)."""
-
-    last: float = math.nan
-    bid: float = math.nan
-    ask: float = math.nan
-    prev_close: float = math.nan
-    data_type: int = 0
-
-
-NO_QUOTE = SymbolQuote()
+# Before the first quote: nothing known, data type 0 (not known yet).
+NO_QUOTE = Quote("", math.nan, math.nan, math.nan, math.nan, 0)
 
 
 @dataclass
@@ -95,13 +86,14 @@ class SymbolFeed:
     symbol: str
     calendar: SessionCalendar
     indicators: StreamingIndicators = field(default_factory=StreamingIndicators)
-    quote: SymbolQuote = NO_QUOTE
-    quote_time: float = math.nan  # market epoch the last quote arrived
+    quote: Quote = NO_QUOTE  # the latest; its time is when it arrived (market clock)
     last_bar_time: float = -math.inf
     premarket_close: float = math.nan  # the last pre-market trade: the gap reference
     new_bar: bool = False  # a regular-hours bar came since the last decision
     seeded: bool = False
     held_back: list[Bar] = field(default_factory=list)
+    # Sees every bar the feed takes, as taken (the day trader records them for replay).
+    on_taken: Callable[[SymbolFeed, Bar], None] | None = None
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -127,6 +119,8 @@ class SymbolFeed:
         if bar.time <= self.last_bar_time:
             return False
         self.last_bar_time = bar.time  # the feed is alive, traded or not
+        if self.on_taken is not None:
+            self.on_taken(self, bar)
         if not bar.volume > 0:
             return True
         session = self.calendar.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())
@@ -139,11 +133,15 @@ class SymbolFeed:
             self.new_bar = True
         return True
 
-    def on_quote(self, quote: SymbolQuote, now_epoch: float) -> None:
-        """A quote arrived at market time `now_epoch` (broker tick times are wall time; a
-        simulated day needs the market clock's)."""
+    def on_quote(self, quote: Quote) -> None:
+        """The latest quote; `quote.time` is the market time it arrived (broker tick times
+        are wall time; a simulated day needs the market clock's)."""
         self.quote = quote
-        self.quote_time = now_epoch
+
+    @property
+    def quote_time(self) -> float:
+        """Market epoch the last quote arrived (nan: none yet)."""
+        return self.quote.time
 
     def gap_pct(self) -> float:
         """Pre-market gap: the last pre-market trade vs the previous close (0 without a

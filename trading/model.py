@@ -7,6 +7,7 @@ reports and the backtest all speak in these words.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import NamedTuple
 
@@ -89,6 +90,7 @@ class Quote(NamedTuple):
     ask: float
     time: float  # epoch seconds (exchange / simulated time)
     data_type: int = 1
+    prev_close: float = math.nan  # the previous session's close (IB's tick 9): the gap base
 
 
 class FillRecord(NamedTuple):

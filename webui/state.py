@@ -19,16 +19,12 @@ from typing import Any
 from core.clock import NEW_YORK
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem, process_alive
 from core.settings import Settings
-from exit_rules import (
-    DayPhase,
-    ExitConfig,
-    day_phase,
-    quote_fault,
-)
 from observability import TradingDatabase
 from reports import build_day_report
 from supervision import DAY_TRADER, GAVE_UP, WatchdogPolicy, _process_matches, read_lock
+from trading.exits import ExitConfig, exit_phase, quote_fault
 from trading.model import DELAYED_DATA_TYPES, Quote
+from trading.phases import DayPhase
 from view_logs import Follower, record_time
 
 BOTS = (EXIT_MANAGER, DAY_TRADER)
@@ -173,7 +169,7 @@ def _market(sources: Sources) -> dict[str, Any]:
     session = clock.session(now.date())
     if session is None:
         return {"phase": "closed (no session today)", "minutes_to_close": None, "half_day": False}
-    phase = day_phase(now, session, ExitConfig.from_settings(sources.settings))
+    phase = exit_phase(now, session, ExitConfig.from_settings(sources.settings))
     if now < session.open:
         name = "pre-market"
     elif now >= session.close:

@@ -1,5 +1,6 @@
-"""The day trader's feed (SymbolFeed) on the recorded sample: which bars reach the indicators,
-where the gap comes from, and that the stream and the history seed agree, at any speed."""
+"""The per-symbol feed (trading.feed.SymbolFeed) on the recorded sample: which bars reach
+the indicators, where the gap comes from, and that the stream and the history seed agree,
+at any speed."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ import pandas as pd
 import pytest
 
 from core.clock import MarketClock
-from day_trader import SymbolFeed, _bar_from_ib
+from ib.market_data import bar_from_ib
 from ibsim.marketdata import BarSub
 from tests.stepped_gateway import FAST_STEP, SAMPLE, SLOW_STEP, Recorder, at, sample_gateway
-from trading.entries import gap_percent
+from trading.feed import NO_QUOTE, SymbolFeed, gap_percent
 from trading.indicators import Bar, BarAggregator
 
 PREV_CLOSE = 254.08  # the sample's prev_close column
 
 
 def new_feed() -> SymbolFeed:
-    feed = SymbolFeed("MSFT", contract=None, clock=MarketClock())  # type: ignore[arg-type]
-    feed.ticker = SimpleNamespace(close=PREV_CLOSE, last=math.nan)  # IB's tick 9
+    feed = SymbolFeed("MSFT", MarketClock())
+    feed.on_quote(NO_QUOTE._replace(symbol="MSFT", prev_close=PREV_CLOSE))  # IB's tick 9
     return feed
 
 
@@ -44,7 +45,7 @@ def seeded_feed(end: float) -> SymbolFeed:
     sim = sample_gateway(end)
     history = sim.gateway.marketdata.bars("MSFT", at(4, 0), end, 30, False)
     feed = new_feed()
-    feed.seed([_bar_from_ib(SimpleNamespace(date=b.time, **_ohlcv(b))) for b in history])
+    feed.seed([bar_from_ib(SimpleNamespace(date=b.time, **_ohlcv(b))) for b in history])
     return feed
 
 
@@ -96,6 +97,7 @@ def test_without_a_pre_market_trade_the_gap_reference_is_the_previous_close() ->
 
 def test_the_snapshot_carries_the_bar_close_the_rules_read() -> None:
     feed = seeded_feed(at(10, 0))
-    feed.ticker.last = 999.0  # a later trade: not what the rules compare with VWAP
+    feed.on_quote(feed.quote._replace(last=999.0))  # a later trade: not what the rules
+    # compare with VWAP
     snap = feed.snapshot()
     assert snap.close == feed.indicators.last.close != snap.last

@@ -1,0 +1,208 @@
+"""The day trader's fills: execDetails is the truth, keyed by execId.
+
+Each new execution of our entry BUYs becomes a trade row and an active position with its
+target and stop (core.money); the exit manager (another process) protects it. Commissions
+are attached to their fill whichever arrives first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+
+from ib_async import CommissionReport, Fill, Trade
+
+from bots.day_feeds import Spawn
+from core.broker import BrokerSession
+from core.clock import NEW_YORK, MarketClock
+from core.logs import get_logger
+from core.money import average_price, profit_target_price, stop_loss_price
+from core.settings import Settings
+from observability import FILLED, IntentTransitionError, TradingDatabase
+from trading.model import DAY_TRADER
+
+AGENT = DAY_TRADER
+log = get_logger(AGENT)
+
+
+class EntryFills:
+    """Records our entries' executions and commissions and opens or grows their positions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: BrokerSession,
+        db: TradingDatabase,
+        clock: MarketClock,
+        spawn: Spawn,
+    ) -> None:
+        self.settings = settings
+        self.session = session
+        self.ib = session.ib
+        self.db = db
+        self.clock = clock
+        self.spawn = spawn
+        self._unrecorded_commissions: dict[str, float] = {}  # execId -> commission
+        self._positions_lock = asyncio.Lock()
+        self.ib.execDetailsEvent += self._on_exec_details
+        self.ib.commissionReportEvent += self._on_commission_report
+
+    def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
+        self.apply_fill(fill)
+
+    def apply_fill(self, fill: Fill) -> bool:
+        """Apply one execution of our entry BUYs (keyed by execId: twice is harmless).
+
+        Returns True when it was new: a trade row, and the position opened at this first
+        fill (the exit manager adopts unknown broker positions after a short grace) or grown,
+        with target and stop from the average fill price. A symbol the exit manager already
+        closed today gets a row again only for shares the broker still holds.
+        """
+        execution = fill.execution
+        ref = execution.orderRef
+        if not ref:
+            return False
+        intent = self.db.get_order_intent(ref)
+        if intent is None or intent["agent"] != AGENT or intent["side"] != "BUY":
+            return False
+        # execution.time is the exchange's; Fill.time is only when the message arrived here.
+        when = execution.time if isinstance(execution.time, datetime) else self.clock.now()
+        new = self.db.record_trade(
+            intent["symbol"],
+            "BUY",
+            float(execution.shares),
+            float(execution.price),
+            AGENT,
+            order_ref=ref,
+            exec_id=execution.execId,
+            trade_time=when,
+        )
+        commission = self._commission_of(fill)
+        if commission is not None:  # applying it twice is harmless
+            self.db.record_commission(execution.execId, commission)
+        if not new:
+            return False
+        symbol = intent["symbol"]
+        quantity, average = self._filled_so_far(ref, when)
+        if self.db.get_active_position(symbol) is None and self.db.was_closed_today(symbol):
+            self.spawn(self._open_after_close(symbol, ref, when))
+        else:
+            self._open_or_grow(symbol, ref, quantity, average, when)
+        if quantity >= float(intent["quantity"]):
+            # Already final (e.g. FILLED from orderStatus first) is fine.
+            with contextlib.suppress(IntentTransitionError):
+                self.db.update_order_intent(
+                    ref, FILLED, filled_quantity=quantity, avg_fill_price=average
+                )
+        log.info(
+            "entry_filled",
+            symbol=symbol,
+            order_ref=ref,
+            exec_id=execution.execId,
+            shares=float(execution.shares),
+            price=float(execution.price),
+            position=quantity,
+            avg_price=round(average, 4),
+        )
+        return True
+
+    def _on_commission_report(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        ref = fill.execution.orderRef
+        if not ref or not ref.startswith(f"{AGENT}-"):
+            return
+        if not self.db.record_commission(report.execId, report.commission):
+            # Its fill is not written yet: apply_fill attaches it when it is.
+            self._unrecorded_commissions[report.execId] = float(report.commission)
+
+    def _commission_of(self, fill: Fill) -> float | None:
+        """IB's commission for this execution if its report has arrived, else None.
+
+        reqExecutions hands back a fresh Fill for an execution seen live; the report is
+        on the one ib_async keeps.
+        """
+        exec_id = fill.execution.execId
+        pending = self._unrecorded_commissions.pop(exec_id, None)
+        if pending is not None:
+            return pending
+        for known in (fill, self.ib.wrapper.fills.get(exec_id)):
+            report = getattr(known, "commissionReport", None)
+            if report is not None and report.execId == exec_id:
+                return float(report.commission)
+        return None
+
+    def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
+        """Shares filled for one entry and their average price, from the recorded fills."""
+        day = when.astimezone(NEW_YORK).date().isoformat()
+        own = [t for t in self.db.get_trades_by_date(day) if t["order_ref"] == ref]
+        quantity = sum(float(t["quantity"]) for t in own)
+        average = average_price((t["quantity"], t["price"]) for t in own)
+        assert average is not None  # called after recording a fill of this entry
+        return quantity, average
+
+    def _open_or_grow(
+        self, symbol: str, ref: str, quantity: float, average: float, when: datetime
+    ) -> None:
+        """Write the active position (first fill) or update it (later fills), with target and
+        stop from the average price."""
+        target = profit_target_price(average, self.settings.profit_target_pct)
+        stop = stop_loss_price(average, self.settings.stop_loss_pct)
+        if not self.db.add_active_position(
+            symbol,
+            int(quantity),
+            average,
+            target,
+            stop,
+            agent=AGENT,
+            order_ref=ref,
+            entry_time=when.astimezone(NEW_YORK).isoformat(timespec="seconds"),
+        ):
+            self.db.update_active_position(
+                symbol,
+                quantity=int(quantity),
+                entry_price=average,
+                profit_target_price=target,
+                stop_loss_price=stop,
+            )
+        log.info(
+            "position_written",
+            symbol=symbol,
+            order_ref=ref,
+            quantity=int(quantity),
+            avg_price=round(average, 4),
+            target=target,
+            stop=stop,
+        )
+
+    async def _open_after_close(self, symbol: str, ref: str, when: datetime) -> None:
+        """A fill for a symbol the exit manager closed today: a row only for shares the broker
+        still holds. Asked fresh (reqPositions): the position stream lags the fill."""
+        try:
+            async with self._positions_lock:  # ib_async keeps one positions request at a time
+                positions = await asyncio.wait_for(self.ib.reqPositionsAsync(), 15.0)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            # Unknown is not flat; without a row the exit manager adopts what is still held.
+            log.warning(
+                "fill_after_close_unchecked",
+                symbol=symbol,
+                order_ref=ref,
+                error=repr(exc),
+                action="no row written; the exit manager adopts shares the broker holds",
+            )
+            return
+        held = sum(
+            float(p.position)
+            for p in positions
+            if p.contract.symbol == symbol and p.account in (self.session.account, "")
+        )
+        quantity, average = self._filled_so_far(ref, when)
+        log.warning(
+            "fill_after_close",
+            symbol=symbol,
+            order_ref=ref,
+            filled=quantity,
+            broker_position=held,
+            action="active row for the shares still held" if held > 0 else "no row: flat",
+        )
+        if held > 0 and self.db.get_active_position(symbol) is None:
+            self._open_or_grow(symbol, ref, min(quantity, held), average, when)

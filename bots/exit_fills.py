@@ -1,0 +1,172 @@
+"""The exit manager's fills and order events: our sell fills recorded (idempotent by execId)
+with their commissions, a flat position closed from them, rejected sells counted."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ib_async import CommissionReport, Fill, Trade
+
+from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
+from core.money import average_price
+from core.orders import is_rejected
+from ib import convert
+from observability import DatabaseError
+from trading.model import exit_reason_for
+
+
+def parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+class ExitFills:
+    def __init__(self, parts: ExitParts) -> None:
+        self.parts = parts
+        self._pending_commissions: dict[str, float] = {}  # execId -> report before its row
+        self._counted_rejects: set[str] = set()
+
+    # -- fills ---------------------------------------------------------------------------
+    def on_exec(self, trade: Trade, fill: Fill) -> None:
+        self.parts.broker.pulse()
+        if self.record(fill):
+            self.parts.tasks.schedule(fill.contract.symbol)
+
+    def record(self, fill: Fill) -> bool:
+        """Record one of our sell fills (idempotent by execId) with its commission when IB
+        already reported it; True when it is ours."""
+        if not self.is_our_sell(fill):
+            return False
+        parts = self.parts
+        done = convert.fill_record(fill, received_at=parts.clock.now())
+        row = parts.db.get_active_position(done.symbol)
+        pnl = (done.price - row["entry_price"]) * done.shares if row else None
+        commission = self.known_commission(fill)
+        with parts.orders.exclusive():  # one writer of ours at a time
+            new = parts.db.record_trade(
+                done.symbol, "SELL", done.shares, done.price, AGENT, order_ref=done.order_ref,
+                pnl=pnl, commission=commission, exec_id=done.exec_id, trade_time=done.time,
+            )  # fmt: skip
+            if not new and commission is not None:  # recorded before its report came
+                parts.db.record_commission(done.exec_id, commission)
+        if commission is not None:
+            self._pending_commissions.pop(done.exec_id, None)
+        if new:
+            intent = parts.db.get_order_intent(done.order_ref)
+            log.info("exit_fill", symbol=done.symbol, shares=done.shares, price=done.price,
+                     purpose=intent["purpose"] if intent else None, order_ref=done.order_ref,
+                     exec_id=done.exec_id, commission=commission)  # fmt: skip
+        return True
+
+    def is_our_sell(self, fill: Fill) -> bool:
+        ex = fill.execution
+        intent = self.parts.db.get_order_intent(ex.orderRef) if ex.orderRef else None
+        return intent is not None and intent["agent"] == AGENT and ex.side in {"SLD", "SELL"}
+
+    def known_commission(self, fill: Fill) -> float | None:
+        """IB's commission for the fill's execution if its report has arrived (ib_async fills
+        in the Fill it keeps; a reqExecutions answer carries its reports), else None."""
+        exec_id = fill.execution.execId
+        kept = self.parts.ib.wrapper.fills.get(exec_id)
+        for report in (fill.commissionReport, kept.commissionReport if kept else None):
+            if report is not None and report.execId == exec_id:
+                return float(report.commission)
+        return self._pending_commissions.get(exec_id)
+
+    def on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+        """IB's commission report for one of our executions: attach it to the fill's row.
+
+        The row is normally written by execDetails just before; if it is not there yet, the
+        fill is recorded now with the report, and the report is kept for the reconciliation
+        that records the fill otherwise (after a reconnect)."""
+        if not self.is_our_sell(fill):
+            return
+        parts = self.parts
+        try:
+            with parts.orders.exclusive():
+                attached = parts.db.record_commission(report.execId, report.commission)
+            if not attached:
+                self._pending_commissions[report.execId] = float(report.commission)
+                self.record(fill)
+        except DatabaseError as exc:
+            log.error("commission_not_recorded", exec_id=report.execId, error=str(exc))
+
+    # -- closing -------------------------------------------------------------------------
+    def close_from_fills(self, symbol: str, row: dict[str, Any]) -> bool:
+        """Close a flat position from our recorded fills (price, reason); False if none."""
+        db = self.parts.db
+        entered = parse_time(row["entry_time"])
+        fills = [
+            t
+            for t in db.get_trades_by_date(self.parts.clock.today_str())
+            if t["symbol"] == symbol
+            and t["side"] == "SELL"
+            and t["agent"] == AGENT
+            and (entered is None or (parse_time(t["trade_time"]) or entered) >= entered)
+        ]
+        if not fills:
+            return False
+        price = average_price((t["quantity"], t["price"]) for t in fills)
+        assert price is not None
+        intent = db.get_order_intent(fills[-1]["order_ref"] or "")
+        reason = exit_reason_for(intent["purpose"] if intent else None)
+        sold = round(sum(t["quantity"] for t in fills))
+        if sold > row["quantity"]:  # partial exits resized the row: P&L over all shares
+            db.update_active_position(symbol, quantity=sold)
+        self.close_row(symbol, price, reason)
+        return True
+
+    def close_row(self, symbol: str, price: float, reason: str) -> None:
+        closed = self.parts.db.remove_active_position(symbol, price, reason)
+        if closed:
+            log.info("position_closed", symbol=symbol, reason=reason, exit_price=round(price, 4),
+                     pnl_pct=round(closed["pnl_pct"], 3), pnl=round(closed["pnl"], 2))  # fmt: skip
+            self.parts.quotes.forget(symbol)
+            self.parts.book.closed(symbol)
+
+    # -- rejects -------------------------------------------------------------------------
+    def on_order_status(self, trade: Trade) -> None:
+        self.parts.broker.pulse()
+        if not (is_rejected(trade) and trade.order.action == "SELL"):
+            return
+        symbol = trade.contract.symbol
+        if self.count_reject(trade) or self.parts.book[symbol].give_up_pending:
+            self.parts.tasks.schedule(symbol)  # a rejected leg: retry (bounded); or give-up set
+
+    def count_reject(self, trade: Trade) -> bool:
+        """Count a rejected sell once; returns True when the symbol may still be tried."""
+        parts, book = self.parts, self.parts.book
+        ref = trade.order.orderRef
+        symbol = trade.contract.symbol
+        intent = parts.db.get_order_intent(ref) if ref else None
+        # One count per refusal: a refused modification leaves the order working, and IB
+        # may refuse its next modification too.
+        refusal = f"{ref}#{max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)}"
+        if intent is None or intent["agent"] != AGENT or refusal in self._counted_rejects:
+            return not book.is_blocked(symbol)
+        self._counted_rejects.add(refusal)
+        reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
+        reached = book.record_reject(symbol)
+        log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=book[symbol].rejects,
+                  reason=reason)  # fmt: skip
+        if ref in book[symbol].give_up_refs:
+            parts.protection.alert_unprotected(
+                symbol, f"the protective set after the give-up was rejected: {reason}"
+            )
+        if reached:
+            book[symbol].give_up_pending = True  # the exit attempt cancelled the protective set
+            parts.db.set_flag(blocked_flag(symbol), f"{parts.clock.today_str()} {reason}"[:500])
+            log.critical("symbol_blocked", symbol=symbol, rejects=parts.config.max_rejects,
+                         action="no more sells for it today; fix by hand and clear the flag")  # fmt: skip
+            parts.beat()
+        return not book.is_blocked(symbol)
+
+    def is_blocked(self, symbol: str) -> bool:
+        """Given up today, by this process or (its flag in the database) an earlier one."""
+        if self.parts.book.is_blocked(symbol):
+            return True
+        flag = self.parts.db.get_flag(blocked_flag(symbol))
+        return bool(flag and flag.startswith(self.parts.clock.today_str()))

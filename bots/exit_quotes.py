@@ -1,0 +1,90 @@
+"""The exit manager's quotes: one streamed subscription per held symbol, each tick fed to the
+exit rules (bot stop, touched target), and quote faults (stale, delayed, missing) logged
+when they begin and end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from ib_async import Ticker
+
+from bots.exit_parts import ExitParts, log
+from core.clock import calendar_loaded
+from ib import convert
+
+
+class QuoteWatch:
+    def __init__(self, parts: ExitParts) -> None:
+        self.parts = parts
+        self.tickers: dict[str, Ticker] = {}
+
+    def subscribe(self, symbol: str) -> None:
+        parts = self.parts
+        contract = parts.broker.contracts.get(symbol)
+        if not parts.stream_quotes or symbol in self.tickers or contract is None:
+            return
+        self.tickers[symbol] = parts.ib.reqMktData(contract, "", False, False)
+
+    def forget(self, symbol: str) -> None:
+        """No longer held: its subscription and quote memory go."""
+        self.parts.book[symbol].forget_position()
+        ticker = self.tickers.pop(symbol, None)
+        if ticker is not None and ticker.contract is not None and self.parts.ib.isConnected():
+            self.parts.ib.cancelMktData(ticker.contract)
+
+    async def resubscribe(self) -> None:
+        """1101 / feed back: IB dropped the market data subscriptions; request them again."""
+        for symbol, ticker in list(self.tickers.items()):
+            if ticker.contract is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    self.parts.ib.cancelMktData(ticker.contract)
+            self.tickers.pop(symbol, None)
+            self.subscribe(symbol)
+        log.info("market_data_resubscribed", symbols=sorted(self.tickers))
+
+    def dropped(self) -> None:
+        """Disconnected: ib_async dropped every subscription with the connection."""
+        self.tickers.clear()
+
+    def on_tickers(self, tickers: Iterable[Ticker]) -> None:
+        parts = self.parts
+        now = parts.clock.epoch()
+        for ticker in tickers:
+            if ticker.contract is None:
+                continue
+            symbol = ticker.contract.symbol
+            if parts.book[symbol].position is None or self.tickers.get(symbol) is not ticker:
+                continue
+            quote = convert.quote(ticker, now)
+            parts.book.on_quote(quote, now)
+            self._consider_exit(symbol, quote.time, now)
+
+    def _consider_exit(self, symbol: str, quote_time: float, now: float) -> None:
+        parts = self.parts
+        state = parts.book[symbol]
+        if state.busy or state.cooldown_until > now:
+            return
+        if not calendar_loaded():
+            return  # a second after start: its server stop is in charge until it loads
+        action = parts.book.exit_due(symbol, now, market_open=parts.clock.is_market_open())
+        if action is None or not parts.reconciled or not parts.can_trade():
+            return
+        log.warning("exit_triggered", symbol=symbol, reason=action.reason, last=action.last,
+                    trigger=action.trigger_price, quote_time=quote_time)  # fmt: skip
+        state.busy = True  # before the task starts: the next tick must not start another
+        parts.tasks.spawn(parts.selling.exit_position(symbol, action.purpose))
+
+    def check_faults(self) -> None:
+        """Log each held symbol's quote fault once when it begins and when it ends."""
+        parts = self.parts
+        if not parts.reconciled or not parts.clock.is_market_open():
+            return
+        for symbol, fault, age in parts.book.quote_fault_changes(
+            parts.clock.epoch(), set(self.tickers)
+        ):
+            if fault:
+                log.error("quote_fault", symbol=symbol, fault=fault, age_s=age,
+                          action="server-side stop in charge; bot does not act")  # fmt: skip
+            else:
+                log.info("quote_ok", symbol=symbol)
