@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_clock_time,
         help="halt new entries from this New York time each day, e.g. 11:00",
     )
+    parser.add_argument(
+        "--max-gap-minutes",
+        type=cli.ranged(float, 0.0, 1440.0, lo_open=True),
+        default=30.0,
+        help="longest regular-hours hole a symbol's bars may have, minutes (default 30)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default backtests/<run>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -137,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides["allocation"] = args.allocation
         config = BacktestConfig.from_settings(settings, **overrides)
         if args.data is not None:
-            days = days_from_data(args.data, args.start, args.end)
+            days = days_from_data(
+                args.data, args.start, args.end, max_gap_seconds=args.max_gap_minutes * 60
+            )
             count = len(days)
         else:
             days = synthetic_days(args.seed, args.days, args.symbols, args.start)

@@ -34,7 +34,8 @@ from ib.market_data import LIVE_ELSE_DELAYED
 from observability import DatabaseLocked, TradingDatabase, get_database
 from store.bars import BarRecorder
 from trading import phases
-from trading.entries import BAR_SECONDS, EntryConfig, EntryCore, evaluate_all
+from trading.entries import EntryConfig, EntryCore, evaluate_all
+from trading.indicators import BAR_SECONDS
 from trading.model import DAY_TRADER
 
 AGENT = DAY_TRADER
@@ -65,9 +66,7 @@ class DayTraderOptions:
 
     def entry_options(self) -> EntryOptions:
         return EntryOptions(
-            allocation=self.allocation,
             entry_timeout_s=self.entry_timeout_s,
-            limit_ticks=self.limit_ticks,
             ack_timeout_real_s=self.ack_timeout_real_s,
             llm_budget_real_s=self.llm_budget_real_s,
         )
@@ -90,7 +89,9 @@ class DayTrader:
         self.options = options
         self.clock = clock or get_clock()
         self.db = db or get_database(settings.database_path)
-        self.config = EntryConfig.from_settings(settings)
+        self.config = EntryConfig.from_settings(
+            settings, allocation=options.allocation, limit_ticks=options.limit_ticks
+        )
         self.core = EntryCore(self.config, self.clock)
         self.session = BrokerSession(
             settings, settings.day_trader_client_id, AGENT, retry_seconds=options.retry_real_s

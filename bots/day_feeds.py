@@ -31,7 +31,6 @@ from ib.market_data import (
 )
 from store.bars import BarRecorder
 from trading.entries import (
-    BAR_SECONDS,
     DELAYED_DATA,
     STALE_QUOTE,
     WARMING_UP,
@@ -41,7 +40,7 @@ from trading.entries import (
     quote_is_stale,
 )
 from trading.feed import SymbolFeed
-from trading.indicators import Bar
+from trading.indicators import BAR_SECONDS, Bar
 from trading.model import DAY_TRADER, DELAYED_DATA_TYPES
 
 log = get_logger(DAY_TRADER)

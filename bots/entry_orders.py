@@ -1,6 +1,6 @@
 """The day trader's entries: from an enter decision to a marketable limit BUY, watched until done.
 
-Size from NetLiquidation x allocation / max positions (trading.entries.size_entry), an order
+Size from NetLiquidation x allocation / max positions (trading.entries.plan_entry), an order
 intent with a unique orderRef written first (guard_entry: no symbol twice, even across
 processes), then a marketable DAY limit BUY; an entry not filled within `entry_timeout`
 market seconds is cancelled (confirmed) and not chased; after a timeout or reconnect an order
@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ib_async import Fill, LimitOrder, OrderStatus, Trade
+from ib_async import Fill, OrderStatus, Trade
 
 from bots.day_book import DayBook
 from bots.day_feeds import DayFeeds
 from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.logs import get_logger
-from core.money import marketable_limit_price
 from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import Settings
+from ib.convert import entry_order
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
-from trading.entries import EntryCore, EntryDecision, size_entry
+from trading.entries import EntryCore, EntryDecision
 from trading.model import DAY_TRADER
 
 AGENT = DAY_TRADER
@@ -39,9 +39,7 @@ log = get_logger(AGENT)
 class EntryOptions:
     """How entries are placed and watched; times are market seconds unless they say real."""
 
-    allocation: float = 0.25
     entry_timeout_s: float = 60.0  # market seconds an entry may work before it is cancelled
-    limit_ticks: int = 2  # marketable limit = ask + this many ticks
     ack_timeout_real_s: float = 10.0  # no answer from IB for this long: look the order up
     llm_budget_real_s: float = 8.0
 
@@ -150,13 +148,13 @@ class EntryOrders:
         if not fresh.enter:
             log.info("entry_dropped", symbol=symbol, reason=fresh.reason)
             return
-        limit = marketable_limit_price(fresh.values["ask"], self.options.limit_ticks)
-        quantity, sizing = self.size(limit)
-        if quantity < 1:
+        committed = sum(e.quantity * e.limit for e in self.working.values())
+        intent, limit, sizing = self.core.plan(fresh, self.book.account_funds(), committed)
+        if intent is None:
             log.info("entry_too_small", symbol=symbol, limit=limit, **sizing)
             return
-        order = LimitOrder("BUY", quantity, limit, tif="DAY", account=self.session.account)
-        order.outsideRth = False
+        quantity = intent.quantity
+        order = entry_order(intent, self.session.account)
         # Decided: what follows is the guarded intent write (which may still refuse), then the send.
         log.info("entry_placing", symbol=symbol, rule=fresh.rule, quantity=quantity, limit=limit)
         try:
@@ -182,17 +180,6 @@ class EntryOrders:
             quantity=quantity,
             limit=limit,
             **sizing,
-        )
-
-    def size(self, limit: float) -> tuple[int, dict[str, Any]]:
-        """Shares for one entry at `limit` and the numbers behind them (for the log)."""
-        return size_entry(
-            limit,
-            self.book.account_funds(),
-            committed_usd=sum(e.quantity * e.limit for e in self.working.values()),
-            allocation=self.options.allocation,
-            max_open_positions=self.core.config.max_open_positions,
-            max_position_usd=self.settings.max_position_usd,
         )
 
     # -- after a (re)connect ----------------------------------------------------------------

@@ -19,6 +19,8 @@ Snapshot = tuple[list[Trade], list[Trade], list[Fill]]
 
 
 class ExitBroker:
+    """Our questions to IB and the waits for its answers (one per exit manager)."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
         self.ib = parts.ib

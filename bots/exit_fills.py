@@ -24,6 +24,8 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 class ExitFills:
+    """Our sell fills and commissions into the database; rejects counted once each."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
         self._pending_commissions: dict[str, float] = {}  # execId -> report before its row

@@ -48,6 +48,8 @@ def blocked_flag(symbol: str) -> str:
 
 @dataclass
 class ExitParts:
+    """The shared parts; `stopping` set means no new orders, `beat` writes the heartbeat."""
+
     session: BrokerSession
     db: TradingDatabase
     config: ExitConfig

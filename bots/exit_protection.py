@@ -16,6 +16,8 @@ from trading.model import PURPOSE_BACKSTOP, PURPOSE_TARGET
 
 
 class Protection:
+    """Places and moves the protective sets (every one from a ProtectIntent)."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
 

@@ -15,6 +15,8 @@ from ib import convert
 
 
 class QuoteWatch:
+    """Streams held symbols' quotes into the exit book and acts on its exit decisions."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
         self.tickers: dict[str, Ticker] = {}
@@ -67,7 +69,8 @@ class QuoteWatch:
             return
         if not calendar_loaded():
             return  # a second after start: its server stop is in charge until it loads
-        action = parts.book.exit_due(symbol, now, market_open=parts.clock.is_market_open())
+        market_open = parts.watch.phase().regular_hours
+        action = parts.book.exit_due(symbol, now, market_open=market_open)
         if action is None or not parts.reconciled or not parts.can_trade():
             return
         log.warning("exit_triggered", symbol=symbol, reason=action.reason, last=action.last,
@@ -78,7 +81,7 @@ class QuoteWatch:
     def check_faults(self) -> None:
         """Log each held symbol's quote fault once when it begins and when it ends."""
         parts = self.parts
-        if not parts.reconciled or not parts.clock.is_market_open():
+        if not parts.reconciled or not parts.watch.phase().regular_hours:
             return
         for symbol, fault, age in parts.book.quote_fault_changes(
             parts.clock.epoch(), set(self.tickers)

@@ -20,6 +20,8 @@ from trading.reconcile import ReconcilePlan, merge_plans, plan_reconciliation
 
 
 class Reconciler:
+    """Applies trading.reconcile's plans at startup, reconnect and per symbol."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
         self.last_report: dict[str, Any] = {}

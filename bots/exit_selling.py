@@ -15,6 +15,8 @@ _ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in
 
 
 class Selling:
+    """Sells a whole position now, never more than the broker holds."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
 

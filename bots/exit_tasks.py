@@ -11,6 +11,8 @@ from bots.exit_parts import ExitParts, log
 
 
 class SymbolTasks:
+    """Per-symbol locks, background tasks and coalesced per-symbol re-checks."""
+
     def __init__(self, parts: ExitParts, sync: Callable[[str], Awaitable[None]]) -> None:
         self.parts = parts
         self._sync = sync  # brings one symbol in line (the reconciler's)

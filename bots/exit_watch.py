@@ -18,6 +18,8 @@ EXIT_REQUEST_POLL_S = 0.5  # real seconds between looks for a person's flatten r
 
 
 class ExitWatch:
+    """The exit manager's loop: quote faults, server stops, EOD, requests, audit."""
+
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
 

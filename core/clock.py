@@ -19,11 +19,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
+
+from trading.phases import day_phase
 
 NEW_YORK = ZoneInfo("America/New_York")
 CALENDAR_NAME = "XNYS"
@@ -374,19 +376,7 @@ class MarketClock:
     def is_market_open(self, at: datetime | None = None) -> bool:
         """True during regular hours of a trading day (open inclusive, close exclusive)."""
         at = at or self.now()
-        session = self.session(at.astimezone(NEW_YORK).date())
-        return session is not None and session.open <= at < session.close
-
-    def close_minus(self, minutes: float, day: date | None = None) -> datetime | None:
-        """Today's (or `day`'s) close minus `minutes`; None when the exchange is closed that day."""
-        session = self.session(day)
-        return None if session is None else session.close - timedelta(minutes=minutes)
-
-    def is_before_close_minus(self, minutes: float, at: datetime | None = None) -> bool:
-        """True while the market is open and `at` is earlier than close - `minutes`."""
-        at = at or self.now()
-        cutoff = self.close_minus(minutes, at.astimezone(NEW_YORK).date())
-        return cutoff is not None and self.is_market_open(at) and at < cutoff
+        return day_phase(at, self.session(at.astimezone(NEW_YORK).date())).regular_hours
 
     def seconds_until(self, moment: datetime) -> float:
         """Exchange seconds from now until `moment` (negative if past)."""

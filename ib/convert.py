@@ -25,6 +25,7 @@ from ib_async.util import UNSET_DOUBLE, UNSET_INTEGER
 
 from trading.model import (
     BrokerPosition,
+    EnterIntent,
     ExitIntent,
     FillRecord,
     ProtectIntent,
@@ -36,6 +37,7 @@ __all__ = [
     "UNSET_DOUBLE",
     "UNSET_INTEGER",
     "broker_position",
+    "entry_order",
     "exit_order",
     "fill_record",
     "fill_side",
@@ -155,6 +157,13 @@ def protective_orders(intent: ProtectIntent) -> tuple[Order, Order]:
         order.tif = intent.tif
         order.outsideRth = False
     return target, backstop
+
+
+def entry_order(intent: EnterIntent, account: str) -> Order:
+    """The entry BUY of `intent` for `account`: a marketable limit, regular hours only."""
+    order = LimitOrder("BUY", intent.quantity, intent.limit_price, tif=intent.tif, account=account)
+    order.outsideRth = False
+    return order
 
 
 def exit_order(intent: ExitIntent) -> Order:

@@ -1,4 +1,5 @@
-"""Order and execution records, the order state transition table, and fill-price rules.
+"""Order and execution records and the order state transition table; the fill-price rules
+are trading.fills' (re-exported here for the engine).
 
 Pure data and pure functions: the engine (`ibsim.engine`) owns the books and the events.
 """
@@ -7,13 +8,23 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from core.money import average_price, round_to_tick
 
+# The fill and commission rules live in trading.fills (the backtest fills by them too);
+# the engine and the tests take them from here as before.
+from trading.fills import (  # noqa: F401
+    STOP_TYPES,
+    BookQuote,
+    available_size,
+    commission_for,
+    fill_price,
+    is_triggered,
+    stop_price,
+)
+
 ORDER_TYPES = frozenset({"MKT", "LMT", "STP", "STP LMT", "TRAIL"})
 TIFS = frozenset({"DAY", "IOC", "GTC"})
-STOP_TYPES = frozenset({"STP", "STP LMT", "TRAIL"})
 
 
 class OrderState(enum.Enum):
@@ -158,16 +169,6 @@ class Execution:
     exchange: str = "ISLAND"
 
 
-class BookQuote(Protocol):
-    """The quote fields fill rules read (ibsim.market.Quote satisfies it)."""
-
-    bid: float
-    ask: float
-    last: float
-    bid_size: float
-    ask_size: float
-
-
 def update_trail(order: SimOrder, last: float, tick: float = 0.01) -> None:
     """Move a TRAIL order's stop with the last price (never against the position), on the
     tick grid: a percent trail (or a float offset) would otherwise report 229.81999999999996."""
@@ -185,63 +186,3 @@ def update_trail(order: SimOrder, last: float, tick: float = 0.01) -> None:
         candidate = round_to_tick(last - offset, tick)
         if order.trail_stop_price is None or candidate > order.trail_stop_price:
             order.trail_stop_price = candidate
-
-
-def stop_price(order: SimOrder) -> float | None:
-    if order.order_type == "TRAIL":
-        return order.trail_stop_price
-    return order.aux_price
-
-
-def is_triggered(order: SimOrder, last: float) -> bool:
-    """Stops trigger on the last trade price reaching the stop."""
-    stop = stop_price(order)
-    if stop is None or last <= 0:
-        return False
-    return last >= stop if order.is_buy else last <= stop
-
-
-def fill_price(order: SimOrder, quote: BookQuote, tick: float, slippage_ticks: int) -> float | None:
-    """The price this order fills at against `quote` now, or None when it cannot fill.
-
-    Market (and triggered stop) orders take the far side plus slippage. A limit that is
-    marketable when it arrives (first working look, or after a modify) takes the touch, which
-    is never worse than the limit. A resting limit fills at its limit price when the book
-    reaches it or the last trade goes through it: the price jumping past a resting limit
-    between two seconds gives the limit, never the better price beyond it.
-    """
-    market_like = order.order_type in {"MKT", "STP", "TRAIL"}
-    if order.order_type in STOP_TYPES and not order.triggered:
-        return None
-    if order.is_buy:
-        if quote.ask <= 0:
-            return None
-        if market_like:
-            return round(quote.ask + slippage_ticks * tick, 6)
-        limit = order.lmt_price
-        if limit is None:
-            return None
-        if quote.ask <= limit or 0 < quote.last < limit:
-            return limit if order.resting else min(quote.ask, limit)
-        return None
-    if quote.bid <= 0:
-        return None
-    if market_like:
-        return round(max(tick, quote.bid - slippage_ticks * tick), 6)
-    limit = order.lmt_price
-    if limit is None:
-        return None
-    if quote.bid >= limit or quote.last > limit:
-        return limit if order.resting else max(quote.bid, limit)
-    return None
-
-
-def available_size(order: SimOrder, quote: BookQuote) -> float:
-    """Shares the displayed book offers this order now (for partial fills)."""
-    size = quote.ask_size if order.is_buy else quote.bid_size
-    return max(1.0, float(size or 0))
-
-
-def commission_for(shares: float, value: float, per_share: float, minimum: float) -> float:
-    """IB fixed pricing: per share, a per-order minimum, capped at 1% of the trade value."""
-    return round(min(max(shares * per_share, minimum), max(value * 0.01, minimum)), 4)

@@ -404,5 +404,6 @@ def check_sessions(frame: pd.DataFrame, max_gap_seconds: float = MAX_GAP_SECONDS
                 regular.index[holes[0] + 1],
                 f"follows a gap of {steps[holes[0]] / 60:.0f} minutes in regular hours "
                 f"(at most {max_gap_seconds / 60:.0f})",
-                "fill the missing bars or drop the symbol's day",
+                "fill the missing bars, drop the symbol's day, or allow longer gaps "
+                "(backtest.py --max-gap-minutes)",
             )

@@ -21,12 +21,12 @@ What the live system does, step by step on the day's 30-s analysis bars:
     at the calendar's close - `eod_flatten_minutes` (13:00 - 15 min on half days).
 Orders are matched along each fill bar's path (open -> low -> high -> close for an up bar,
 linear between, as ibsim.replay replays bars; every price level an order waits for is
-visited where the path crosses it) by ibsim.orders' rules: a limit fills only when traded
-through (at its price once resting), market-like orders take the far side plus
-`slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
+visited where the path crosses it) by trading.fills' rules, the simulated gateway's: a limit
+fills only when traded through (at its price once resting), market-like orders take the far
+side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
 print as the bid (ask = print + spread), a sell as the ask (bid = print - spread). A fill
 takes at most `participation` of its bar's volume; the rest waits (partial fills).
-Commissions are ibsim.orders.commission_for per order.
+Commissions are trading.fills.commission_for per order.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from typing import Any
 import numpy as np
 
 from core.clock import NEW_YORK, MarketClock, Session
-from core.money import marketable_limit_price
 from core.settings import Settings
-from ibsim.orders import SimOrder, commission_for, fill_price, is_triggered
+from ibsim.orders import SimOrder
 from journal import JournalRow, journal_rows
 from reports import DayReport, max_drawdown, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
@@ -55,10 +54,10 @@ from trading.entries import (
     EntryCore,
     EntryDecision,
     book_from_records,
-    size_entry,
 )
 from trading.entries import HeldPosition as BookPosition
 from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
+from trading.fills import commission_for, fill_price, is_triggered
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
@@ -149,6 +148,9 @@ class BacktestConfig:
             entry_cutoff_minutes=self.eod_flatten_minutes if cutoff is None else cutoff,
             max_open_positions=self.max_open_positions,
             daily_loss_limit_pct=self.daily_loss_limit_pct,
+            allocation=self.allocation,
+            max_position_usd=self.max_position_usd,
+            limit_ticks=self.limit_ticks,
         )
 
     def exit_config(self) -> ExitConfig:
@@ -171,6 +173,8 @@ class DayResult:
     equity_end: float
     entries_sent: int
     entries_cancelled: int  # timed out (unfilled, or the unfilled rest of a partial fill)
+    # Every enter decision (event, symbol, rule, exchange_time, indicator values), filled or not.
+    entry_decisions: tuple[dict[str, Any], ...] = ()
 
     @property
     def net_pnl(self) -> float:
@@ -238,7 +242,7 @@ class BacktestResult:
 # -- one symbol's orders and position -------------------------------------------------------------
 def _order(symbol: str, action: str, qty: float, order_type: str, ref: str, *, limit: float | None
            = None, stop: float | None = None, tif: str = "DAY") -> SimOrder:  # fmt: skip
-    """A SimOrder (ibsim's own record, so ibsim.orders' rules read it as the gateway does)."""
+    """A SimOrder (the gateway's own record: trading.fills reads it as the gateway does)."""
     return SimOrder(
         order_id=0, client_id=0, perm_id=0, account="BACKTEST", symbol=symbol, con_id=0,
         exchange="SMART", action=action, total_qty=float(qty), order_type=order_type,
@@ -253,6 +257,7 @@ class _Entry:
     placed_at: float
     deadline: float
     rule: str
+    decision: EntryDecision
 
 
 @dataclass
@@ -274,7 +279,7 @@ class _Holding:
 
 
 class _BuyQuote:
-    """The print as the bid: what a buy can get (ibsim.orders.BookQuote)."""
+    """The print as the bid: what a buy can get (trading.fills.BookQuote)."""
 
     __slots__ = ("ask", "ask_size", "bid", "bid_size", "last")
 
@@ -455,7 +460,7 @@ class _DayRun:
         symbol = decision.symbol
         rule = decision.rule or ""
         at = now + self.config.order_delay_s
-        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule)
+        entry = _Entry(None, at, at + self.config.entry_timeout_s, rule, decision)
         self.entries[symbol] = entry
         # Its fill bars from now on (a symbol neither entering nor held skips them).
         self.fill_pos[symbol] = int(np.searchsorted(self.fill_times[symbol], now, side="left"))
@@ -470,34 +475,27 @@ class _DayRun:
             }
         )
         if self.config.order_delay_s == 0:
-            self._send(symbol, entry, decision.values["ask"])
+            self._send(decision, entry, decision.values["ask"])
 
-    def _send(self, symbol: str, entry: _Entry, ask: float) -> bool:
-        """Price and size the entry's limit BUY (DAY) from `ask`; False when not even one
+    def _send(self, decision: EntryDecision, entry: _Entry, ask: float) -> bool:
+        """The entry core's plan for `decision` on the ask at sending (a marketable DAY limit
+        BUY sized by allocation), placed at the simulated broker; False when not even one
         share fits (the entry is dropped)."""
-        config = self.config
-        limit = marketable_limit_price(ask, config.limit_ticks)
         committed = sum(
             e.order.remaining * (e.order.lmt_price or 0)
             for e in self.entries.values()
             if e.order is not None
         )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
-        funds = AccountFunds(equity, self.cash, self.cash)
-        shares, _ = size_entry(
-            limit,
-            funds,
-            committed_usd=committed,
-            allocation=config.allocation,
-            max_open_positions=config.max_open_positions,
-            max_position_usd=config.max_position_usd,
-        )
-        if shares < 1:
-            del self.entries[symbol]
+        fresh = decision._replace(values={**decision.values, "ask": ask})
+        intent = self.core.plan(fresh, AccountFunds(equity, self.cash, self.cash), committed).intent
+        if intent is None:
+            del self.entries[decision.symbol]
             return False
-        ref = self._ref(symbol)
-        entry.order = _order(symbol, "BUY", shares, "LMT", ref, limit=limit)
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + entry.rule
+        ref = self._ref(intent.symbol)
+        entry.order = _order(intent.symbol, "BUY", intent.quantity, "LMT", ref,
+                             limit=intent.limit_price, tif=intent.tif)  # fmt: skip
+        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
         self.sent += 1
         return True
 
@@ -574,7 +572,7 @@ class _DayRun:
             buy_quote = _BuyQuote(last, spread)
             if t >= entry.deadline:
                 self._cancel_entry(symbol)
-            elif entry.order is not None or self._send(symbol, entry, buy_quote.ask):
+            elif entry.order is not None or self._send(entry.decision, entry, buy_quote.ask):
                 self._match_entry(symbol, entry, t, buy_quote, capacity)
         holding = self.holdings.get(symbol)
         if holding is not None and holding.quantity > 1e-9:
@@ -738,6 +736,7 @@ class _DayRun:
             equity_end=self.equity_start + net,
             entries_sent=self.sent,
             entries_cancelled=self.cancelled,
+            entry_decisions=tuple(self.decisions),
         )
 
 

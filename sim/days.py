@@ -140,16 +140,18 @@ def days_from_data(
     start: date | None = None,
     end: date | None = None,
     symbols: tuple[str, ...] | None = None,
+    max_gap_seconds: float | None = None,
 ) -> list[TradingDay]:
     """The sessions in the recorded bars at `path` (file or folder, CSV or Parquet), between
     `start` and `end` inclusive. Raises BacktestDataError naming the file, row and fix for
     bad input (ibsim.replay's checks, then check_sessions'), an unusable bar size, or no
-    data in the range."""
-    from ibsim.replay import check_sessions, infer_bar_seconds, read_replay_frame
+    data in the range. `max_gap_seconds`: the longest regular-hours hole allowed
+    (ibsim.replay.MAX_GAP_SECONDS when None; math.inf allows any)."""
+    from ibsim.replay import MAX_GAP_SECONDS, check_sessions, infer_bar_seconds, read_replay_frame
 
     try:
         frame = read_replay_frame(path)
-        check_sessions(frame)
+        check_sessions(frame, MAX_GAP_SECONDS if max_gap_seconds is None else max_gap_seconds)
     except ValueError as exc:
         raise BacktestDataError(str(exc)) from None
     if symbols:

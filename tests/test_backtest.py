@@ -184,6 +184,13 @@ def test_bad_input_is_one_line_naming_the_file_the_row_and_the_fix(  # type: ign
     assert not (tmp_path / "o").exists()
 
 
+def test_a_longer_gap_may_be_allowed_from_the_command_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = _gap(tmp_path)
+    argv = ["--data", str(data), "--out", str(tmp_path / "o"), "--no-progress"]
+    code, _, err = run([*argv, "--max-gap-minutes", "45"], capsys)
+    assert code == 0, err
+
+
 def test_coarse_bars_that_make_no_30s_bars_are_refused(tmp_path: Path) -> None:
     rows = gapper_rows()[:1]
     start = datetime.combine(DAY, time(9, 30), NEW_YORK)

@@ -30,15 +30,12 @@ def at(*args: int) -> datetime:
     return datetime(*args, tzinfo=NEW_YORK)
 
 
-def test_day_after_thanksgiving_closes_at_13_and_flattens_at_12_45() -> None:
+def test_day_after_thanksgiving_closes_at_13() -> None:
     clock = MarketClock(ManualTimeSource(at(2026, 11, 27, 12, 0)))
     session = clock.session(date(2026, 11, 27))
     assert session is not None and session.is_half_day
     assert (session.open.hour, session.open.minute) == (9, 30)
     assert (session.close.hour, session.close.minute) == (13, 0)
-    assert clock.close_minus(15) == at(2026, 11, 27, 12, 45)
-    assert clock.is_before_close_minus(15, at(2026, 11, 27, 12, 44))
-    assert not clock.is_before_close_minus(15, at(2026, 11, 27, 12, 45))
     assert not clock.is_market_open(at(2026, 11, 27, 13, 0))
 
 
@@ -47,7 +44,6 @@ def test_christmas_and_thanksgiving_are_closed() -> None:
     assert clock.session() is None
     assert not clock.is_trading_day()
     assert not clock.is_market_open()
-    assert clock.close_minus(15) is None
     assert not clock.is_trading_day(date(2026, 11, 26))
 
 
@@ -59,7 +55,6 @@ def test_regular_day_hours_and_neighbouring_sessions() -> None:
     assert not clock.is_market_open(at(2026, 11, 25, 16, 0))
     assert clock.next_session().trading_date == date(2026, 11, 27)  # skips Thanksgiving
     assert clock.previous_session().trading_date == date(2026, 11, 24)
-    assert clock.close_minus(5) == at(2026, 11, 25, 15, 55)
 
 
 def test_simulated_clock_runs_at_its_speed() -> None:

@@ -113,3 +113,17 @@ def test_exit_intent_is_an_ioc_limit_or_without_a_price_a_day_market_sell() -> N
     )
     market = convert.exit_order(ExitIntent("AAPL", 100, "EOD_FLATTEN", "EOD"))
     assert (market.orderType, market.totalQuantity, market.tif) == ("MKT", 100, "DAY")
+
+
+def test_an_enter_intent_becomes_a_regular_hours_day_limit_buy_for_the_account() -> None:
+    from ib.convert import entry_order
+    from trading.model import EnterIntent
+
+    order = entry_order(EnterIntent("ABC", 620, 20.13, "standard", "enter"), "DU123")
+    assert (order.action, order.orderType, order.totalQuantity, order.lmtPrice) == (
+        "BUY",
+        "LMT",
+        620,
+        20.13,
+    )
+    assert (order.tif, order.account, order.outsideRth) == ("DAY", "DU123", False)

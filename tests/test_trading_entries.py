@@ -38,11 +38,12 @@ from trading.entries import (
     allot_free_slots,
     book_from_records,
     evaluate_entry,
+    plan_entry,
     size_entry,
 )
 from trading.feed import SymbolSnapshot, gap_percent
 from trading.indicators import Bar
-from trading.model import Quote
+from trading.model import EnterIntent, Quote
 
 DAY = date(2026, 11, 25)  # a full Wednesday session
 HALF_DAY = date(2026, 11, 27)  # the Friday after Thanksgiving closes at 13:00
@@ -394,3 +395,15 @@ def test_sizing_spends_the_allocation_within_what_the_account_can_still_pay() ->
     unknown = AccountFunds(net_liquidation=None, available_funds=50_000.0)
     shares, numbers = size_entry(10.0, unknown, committed_usd=0.0, **sizing)  # type: ignore[arg-type]
     assert shares == 0 and numbers["why"] == "account values unknown"
+
+
+def test_an_enter_decision_plans_a_marketable_day_limit_sized_by_allocation() -> None:
+    decision = decide(snap(NOON, ask=20.11), NOON)
+    funds = AccountFunds(net_liquidation=100_000.0, available_funds=80_000.0, buying_power=80_000.0)
+    config = replace(CONFIG, allocation=0.5, max_open_positions=4, max_position_usd=None)
+    intent, limit, sizing = plan_entry(decision, funds, 0.0, config)
+    assert limit == marketable_limit_price(20.11, 2) == 20.13
+    assert intent == EnterIntent("ABC", 620, 20.13, STANDARD, "enter", "DAY")  # 12,500 / 20.13
+    assert sizing["allocation"] == 0.5
+    poor = AccountFunds(net_liquidation=100_000.0, available_funds=10.0, buying_power=10.0)
+    assert plan_entry(decision, poor, 0.0, config).intent is None  # not one share: no order

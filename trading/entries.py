@@ -1,4 +1,5 @@
-"""The day trader's entry rules: pure functions of one symbol's data, the book and the time.
+"""The entry strategy: pure rules of one symbol's data, the book and the time, and the core
+that runs them over a watchlist (`EntryCore`), with the book and the sizing rule.
 
 No I/O and no clock reads: the caller passes `now`, the session and every number, so the same
 code decides live, on the simulated gateway and in a replay. Every decision carries the rule
@@ -10,7 +11,8 @@ Rules (issue 6):
 Both also need: no kill switch, an exit manager alive and reconciled, under max open positions,
 daily loss limit not hit, regular hours before close - 15 min, the symbol not active / closed
 today / with a working entry, live (not delayed) and fresh data, and the indicators they use
-past their warm-up.
+past their warm-up. An enter becomes an EnterIntent (`plan_entry`): a marketable DAY limit,
+sized from net liquidation x allocation over max open positions (`size_entry`).
 """
 
 from __future__ import annotations
@@ -18,17 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from core.clock import Session
-from core.money import entry_shares
+from core.money import entry_shares, marketable_limit_price
 from trading.feed import SessionCalendar, SymbolFeed, SymbolSnapshot
-from trading.indicators import Bar
-from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES, Quote
+from trading.indicators import BAR_SECONDS, Bar
+from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES, EnterIntent, Quote
 from trading.phases import day_phase
-
-BAR_SECONDS = 30
 
 STANDARD = "standard"
 GAP_AND_GO = "gap_and_go"
@@ -64,6 +64,9 @@ class EntryConfig:
     allow_delayed_data: bool = False
     max_open_positions: int = 4
     daily_loss_limit_pct: float = 2.0  # of net liquidation
+    allocation: float = 0.25  # fraction of net liquidation the entries may deploy
+    max_position_usd: float | None = 25_000.0  # no entry above this many dollars
+    limit_ticks: int = 2  # marketable limit = ask + this many ticks
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> EntryConfig:
@@ -76,6 +79,8 @@ class EntryConfig:
             "allow_delayed_data": settings.allow_delayed_data,
             "max_open_positions": settings.max_open_positions,
             "daily_loss_limit_pct": settings.daily_loss_limit_pct,
+            "allocation": settings.allocation,
+            "max_position_usd": settings.max_position_usd,
         }
         values.update(overrides)
         return cls(**values)
@@ -128,11 +133,6 @@ def _rounded(value: Any) -> Any:
 
 
 # -- time --------------------------------------------------------------------------------------
-
-
-def entry_cutoff(session: Session, cutoff_minutes: float) -> datetime:
-    """Returns the moment new entries stop: the session's close minus `cutoff_minutes`."""
-    return session.close - timedelta(minutes=cutoff_minutes)
 
 
 def entry_window_problem(
@@ -421,6 +421,35 @@ def size_entry(
     return shares, sizing
 
 
+class EntryPlan(NamedTuple):
+    """What an enter decision becomes: the order (None when not one share fits), its limit,
+    and the sizing numbers behind it (for the log)."""
+
+    intent: EnterIntent | None
+    limit: float
+    sizing: dict[str, Any]
+
+
+def plan_entry(
+    decision: EntryDecision, funds: AccountFunds, committed_usd: float, config: EntryConfig
+) -> EntryPlan:
+    """Returns the plan of an enter decision: a marketable DAY limit BUY `limit_ticks` above
+    the decision's ask, sized by `size_entry` against `funds` less `committed_usd`."""
+    limit = marketable_limit_price(decision.values["ask"], config.limit_ticks)
+    shares, sizing = size_entry(
+        limit,
+        funds,
+        committed_usd=committed_usd,
+        allocation=config.allocation,
+        max_open_positions=config.max_open_positions,
+        max_position_usd=config.max_position_usd,
+    )
+    if shares < 1:
+        return EntryPlan(None, limit, sizing)
+    rule = decision.rule or STANDARD
+    return EntryPlan(EnterIntent(decision.symbol, shares, limit, rule, ENTER), limit, sizing)
+
+
 # -- the core ----------------------------------------------------------------------------------
 
 
@@ -437,7 +466,9 @@ class EntryCore:
             core.on_bar(symbol, bar)
             core.on_quote(quote)                 # the latest quote (time: when it came)
             for decision in core.decide(now, session, book):
-                if decision.enter: ...           # size, send; later core.entry_finished(symbol)
+                if decision.enter:
+                    plan = core.plan(decision, funds, committed_usd)  # plan.intent: EnterIntent
+                    ...                          # send it; then core.entry_finished(symbol)
     """
 
     config: EntryConfig
@@ -503,7 +534,13 @@ class EntryCore:
         """The last look before sending `symbol`'s entry, on its newest data, against `book`
         with the other symbols being entered counted as working."""
         book = self.with_entering(book, but=symbol)
-        return evaluate_entry(self.add_symbol(symbol).snapshot(), book, now, session, self.config)
+        # A symbol dropped meanwhile has no data: refused for it, and no feed made for it.
+        feed = self.feeds.get(symbol) or SymbolFeed(symbol, self.calendar)
+        return evaluate_entry(feed.snapshot(), book, now, session, self.config)
+
+    def plan(self, decision: EntryDecision, funds: AccountFunds, committed_usd: float) -> EntryPlan:
+        """The order an enter decision becomes (plan_entry with this core's config)."""
+        return plan_entry(decision, funds, committed_usd, self.config)
 
     def entry_finished(self, symbol: str) -> None:
         """The entry of `symbol` was sent (now a working order in the book) or dropped."""
