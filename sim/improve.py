@@ -399,8 +399,7 @@ class _Runner:
             self.pool = ProcessPoolExecutor(
                 options.jobs, initializer=_worker_init, initargs=(list(days), base)
             )
-        else:
-            _worker_init(days, base)
+        _worker_init(days, base)  # the queued trials run here
         self.ran = 0
         self.wanted = 0
 
@@ -431,7 +430,14 @@ class _Runner:
         if self.pool is None:
             done = self._here(name, train, missing, deadline, seed)
         else:
-            done = self._in_pool(name, train, missing, deadline, seed)
+            # The queued trials (current settings, last best) run here first: two processes
+            # taking one queued trial from SQLite at once would both run it and one would fail.
+            waiting = len(
+                study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            )
+            done = self._here(name, train, min(waiting, missing), deadline, seed)
+            if missing > done:
+                done += self._in_pool(name, train, missing - done, deadline, seed)
         self.ran += done
         return optuna.load_study(study_name=name, storage=self.storage)
 
