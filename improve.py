@@ -206,10 +206,20 @@ def run_cycle(args: argparse.Namespace, settings: Any, progress: Any) -> tuple[P
         min_trades=args.min_trades,
     )
     plan = im.WalkForwardPlan(args.train_days, args.test_days)
-    folds = len(im.walk_forward_folds([d.trading_date for d in days], plan))
-    task = progress.add_task("study", total=im.trials_of(options, folds) if folds else 0)
+    task = progress.add_task("study: trials", total=0)
+    planned = [0]
+
+    def plan_more(n: int) -> None:
+        planned[0] += n
+        progress.update(task, total=planned[0])
+
     study = im.study_parameters(
-        days, base, plan, options, on_trials=lambda n: progress.update(task, advance=n)
+        days,
+        base,
+        plan,
+        options,
+        on_trials=lambda n: progress.update(task, advance=n),
+        on_planned=plan_more,
     )
     notes += study.missing
     out = args.out or reports_root(settings) / day.isoformat()

@@ -386,11 +386,13 @@ class _Runner:
         base: BacktestConfig,
         options: StudyOptions,
         on_trials: Callable[[int], None] | None,
+        on_planned: Callable[[int], None] | None = None,
     ) -> None:
         self.days = days
         self.base = base
         self.options = options
         self.on_trials = on_trials or (lambda n: None)
+        self.on_planned = on_planned or (lambda n: None)
         self.storage = open_storage(options.storage)
         budget = options.time_budget_s
         self.deadline = wall.time() + budget if budget is not None else math.inf
@@ -423,6 +425,7 @@ class _Runner:
                 study.enqueue_trial(earlier, skip_if_exists=True)
         missing = max(0, self.options.trials - _completed(study))
         self.wanted += missing
+        self.on_planned(missing)
         if missing == 0 or wall.time() >= self.deadline:
             return study
         seed = self.options.seed + len(study.trials)
@@ -491,10 +494,6 @@ def _best(study: Any, fallback: Mapping[str, float]) -> tuple[dict[str, float], 
     return dict(trial.params), float(trial.value)
 
 
-def trials_of(options: StudyOptions, folds: int) -> int:
-    return options.trials * (folds + 1)
-
-
 def study_parameters(
     days: Sequence[TradingDay],
     base: BacktestConfig,
@@ -502,11 +501,13 @@ def study_parameters(
     options: StudyOptions,
     *,
     on_trials: Callable[[int], None] | None = None,
+    on_planned: Callable[[int], None] | None = None,
 ) -> StudyResult:
     """Tune `options.space` over `days` walk-forward and propose settings for tomorrow.
 
     With fewer days than `plan.days_needed` nothing is tuned: the result says so in
-    `missing` and carries only the current settings. Raises ValueError on a bad storage URL
+    `missing` and carries only the current settings. `on_planned(n)`: n more trials are to
+    run tonight (a study's top-up); `on_trials(n)`: n more have completed. Raises ValueError on a bad storage URL
     (optuna/SQLAlchemy's message)."""
     started = wall.perf_counter()
     ordered = sorted(days, key=lambda d: d.trading_date)
@@ -522,7 +523,7 @@ def study_parameters(
         return StudyResult(current, (), None, dict(current), None, None,
                            Verdict(False, missing[0], None, None), 0, 0,
                            wall.perf_counter() - started, tuple(missing))  # fmt: skip
-    runner = _Runner(ordered, base, options, on_trials)
+    runner = _Runner(ordered, base, options, on_trials, on_planned)
     results = []
     try:
         for fold in folds:
