@@ -415,3 +415,25 @@ def test_the_studied_entry_thresholds_reach_the_entry_rules():
     rules = config.entry_config()
     assert (rules.rsi_max, rules.atr_pct_min, rules.gap_min_pct) == (70.0, 0.5, 3.0)
     assert rules.entry_cutoff_minutes == 15.0, "a cutoff inside the EOD flatten is the flatten's"
+
+
+def test_cycle_puts_the_live_trade_from_the_database_beside_the_models(tmp_path):
+    """The day trader bought one cent over the model and sold at the target a cent under:
+    the report pairs the two and shows the slippage of each leg."""
+    from observability import TradingDatabase
+
+    days = gapper_days(1, run_up_pct=3.0)
+    record_days(tmp_path / "bars", days)
+    day = days[0].trading_date
+    at = lambda hh, mm, ss=0: datetime.combine(day, time(hh, mm, ss), NEW_YORK)  # noqa: E731
+    db = TradingDatabase(tmp_path / "trading_history.db")
+    db.record_trade("GAPR", "BUY", 294, 21.22, "day_trader", order_ref="dt-1", commission=1.47,
+                    exec_id="e1", trade_time=at(9, 37, 40))  # fmt: skip
+    db.record_trade("GAPR", "SELL", 294, 21.58, "exit_manager", order_ref="em-1",
+                    commission=1.47, exec_id="e2", trade_time=at(10, 15))  # fmt: skip
+    db.close()
+    assert improve.main(["--date", day.isoformat(), *CYCLE_FLAGS]) == 0
+    report = (tmp_path / "reports" / "improve" / day.isoformat() / "report.md").read_text()
+    assert "1 trade(s) both took, 0 only the model, 0 only live" in report
+    assert "| GAPR | 09:37:40 $21.22 / 09:37:30 $21.21 | +1.00 (+4.7) |" in report
+    assert "10:15:00 $21.58 / " in report and "| +1.00 (+4.6) |" in report
