@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=cli.ranged(int, 0, 2**31 - 1), default=7, help="synthetic seed (7)"
     )
     parser.add_argument(
-        "--days", type=cli.ranged(int, 1, 2520), default=1, help="synthetic days, 1..2520 (1)"
+        "--days",
+        type=cli.ranged(int, 1, 2520),
+        default=1,
+        help="synthetic days, 1..2520 (1; with --end: every session from --start to --end)",
     )
     parser.add_argument(
         "--symbols", type=cli.ranged(int, 1, 5000), default=20, help="synthetic symbols (20)"
@@ -126,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     from journal import JournalError
     from reports import render_report
     from sim.backtest import BacktestConfig, run_backtest
-    from sim.days import BacktestDataError, days_from_data, synthetic_days
+    from sim.days import (
+        BacktestDataError,
+        days_from_data,
+        synthetic_days,
+        synthetic_sessions_between,
+    )
     from sim.outputs import render_summary, write_outputs
 
     err = Console(stderr=True)
@@ -148,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             count = len(days)
         else:
-            days = synthetic_days(args.seed, args.days, args.symbols, args.start)
-            count = args.days
+            days = synthetic_days(args.seed, args.days, args.symbols, args.start, args.end)
+            count = (
+                args.days
+                if args.end is None
+                else len(synthetic_sessions_between(args.start or date.today(), args.end))
+            )
     except (SettingsError, BacktestDataError, ValueError) as exc:
         print(f"backtest.py: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""The fast backtest: the day trader's entry core and the exit rules over recorded bars,
-in one process, with the simulated gateway's fill and commission rules.
+"""The fast backtest: the day trader's entry core and the exit manager's rules over recorded
+bars, in one process, with the simulated gateway's fill and commission rules.
 
     result = run_backtest(days_from_data("bars/"), BacktestConfig(capital=50_000))
     result.days[0].report          # reports.DayReport, the report a simulated day prints
@@ -8,25 +8,29 @@ in one process, with the simulated gateway's fill and commission rules.
 What the live system does, step by step on the day's 30-s analysis bars:
   - the entry side is `trading.entries.EntryCore` fed every bar from 04:00 (warm-up and the
     gap reference come from the day's own history, as the day trader seeds them), with the
-    quote at the bar's end; it decides at the bar's end, within the free slots, against the
-    book (held symbols, symbols closed today: re-entry blocked, working entries, the day's
-    P&L: daily loss limit, the kill switch);
-  - an enter becomes a DAY limit BUY at the ask + `limit_ticks`, sized by `size_entry` on
-    `allocation` of the equity; it is first looked at on the next bar's open (a decision
-    at bar t fills at t+1 or later), cancelled unfilled after `entry_timeout_s` (the symbol
-    may be tried again; a partly filled entry keeps what it bought);
-  - a fill gets the exit manager's protective set: the target LMT and the server STP (the
-    backstop) in one OCA group; the bot stop (last <= stop) and the touched target
-    (`target_fill_grace_s` without a fill) exit through the market, as does the EOD flatten
-    at the calendar's close - `eod_flatten_minutes` (13:00 - 15 min on half days).
+    quote at the bar's end; it decides at the bar's end (once the bar is known), within the
+    free slots, against the book (held symbols; symbols closed today: re-entry blocked;
+    working entries; the day's P&L: daily loss limit; the kill switch);
+  - an enter becomes the core's plan (an EnterIntent: a marketable DAY limit BUY, ask +
+    `limit_ticks`, sized on `allocation` of the equity); it reaches the market
+    `order_delay_s` after the decision (0: at once) and is first looked at on the next bar's
+    open at the earliest (a decision at bar t fills at t+1 or later); unfilled after
+    `entry_timeout_s` it is cancelled (the symbol may be tried again; a partly filled entry
+    keeps what it bought);
+  - a fill gets the exit side's protective set (`trading.exits.protect_intent`: the target
+    LMT and the server STP in one OCA group); `trading.exits.ExitBook` keeps the symbol's
+    state and calls the bot stop (last <= stop) and the touched target
+    (`target_fill_grace_s` without a fill); those exits and the EOD flatten (the exit
+    side's day phase: the calendar's close - `eod_flatten_minutes`, 12:45 on half days) sell
+    through the market at the moment they are called for.
 Orders are matched along each fill bar's path (open -> low -> high -> close for an up bar,
 linear between, as ibsim.replay replays bars; every price level an order waits for is
 visited where the path crosses it) by trading.fills' rules, the simulated gateway's: a limit
 fills only when traded through (at its price once resting), market-like orders take the far
-side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy sees the
-print as the bid (ask = print + spread), a sell as the ask (bid = print - spread). A fill
-takes at most `participation` of its bar's volume; the rest waits (partial fills).
-Commissions are trading.fills.commission_for per order.
+side plus `slippage_ticks`. The quote around a print is the side worst for the order: a buy
+sees the print as the bid (ask = print + spread), a sell as the ask (bid = print - spread).
+A fill takes at most `participation` of its bar's volume; the rest waits (partial fills).
+Commissions: trading.fills.commission_for per order (sim.ledger).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ import numpy as np
 
 from core.clock import NEW_YORK, MarketClock, Session
 from core.settings import Settings
+from ibsim.config import GatewayConfig
 from ibsim.orders import SimOrder
-from journal import JournalRow, journal_rows
-from reports import DayReport, max_drawdown, round_trips_from_fills
+from journal import ENTRY_PURPOSE_PREFIX, journal_rows
+from reports import DayReport, round_trips_from_fills
 from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
+from sim.ledger import Ledger
+from sim.results import BacktestResult, DayResult
 from trading.entries import (
     AccountFunds,
     BookState,
@@ -57,7 +64,7 @@ from trading.entries import (
 )
 from trading.entries import HeldPosition as BookPosition
 from trading.exits import ExitBook, ExitConfig, exit_phase, held_position, protect_intent
-from trading.fills import commission_for, fill_price, is_triggered
+from trading.fills import fill_price, is_triggered
 from trading.indicators import Bar
 from trading.model import (
     DAY_TRADER,
@@ -69,35 +76,35 @@ from trading.model import (
 )
 
 AGENT = DAY_TRADER  # the strategy's positions in the book
-ENTRY_PURPOSE_PREFIX = "entry:"
-_SETTINGS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
-def _setting(name: str) -> Any:
-    return field(default=_SETTINGS_DEFAULTS[name])
+def _default(home: type, name: str) -> Any:
+    """A field whose default is `home`'s (core.settings for the user's numbers, the entry
+    core for its limit, the simulated gateway for cash and commissions): one home each."""
+    return field(default={f.name: f.default for f in dataclasses.fields(home)}[name])
 
 
 @dataclass(frozen=True)
 class BacktestConfig:
     """What a backtest trades with; the risk and exit numbers default to core.settings'."""
 
-    capital: float = 100_000.0  # starting equity (the simulated gateway's initial cash)
-    allocation: float = _setting("allocation")
-    max_open_positions: int = _setting("max_open_positions")
-    max_position_usd: float | None = _setting("max_position_usd")
-    daily_loss_limit_pct: float = _setting("daily_loss_limit_pct")
-    profit_target_pct: float = _setting("profit_target_pct")
-    stop_loss_pct: float = _setting("stop_loss_pct")
-    eod_flatten_minutes: float = _setting("eod_flatten_minutes")
-    entry_timeout_s: float = 60.0  # the day trader's default
+    capital: float = _default(GatewayConfig, "initial_cash")  # starting equity
+    allocation: float = _default(Settings, "allocation")
+    max_open_positions: int = _default(Settings, "max_open_positions")
+    max_position_usd: float | None = _default(Settings, "max_position_usd")
+    daily_loss_limit_pct: float = _default(Settings, "daily_loss_limit_pct")
+    profit_target_pct: float = _default(Settings, "profit_target_pct")
+    stop_loss_pct: float = _default(Settings, "stop_loss_pct")
+    eod_flatten_minutes: float = _default(Settings, "eod_flatten_minutes")
+    entry_timeout_s: float = 60.0  # day_trader.py --entry-timeout's default
     # Market seconds from a decision to its order at the market: live, well under a second;
     # the socket simulator at 100x about 10-15 (its bots' real latency times the speed).
     order_delay_s: float = 0.0
-    limit_ticks: int = 2  # entry limit = ask + this many ticks
-    slippage_ticks: int = 0  # market-like fills: this many ticks beyond the far side
+    limit_ticks: int = _default(EntryConfig, "limit_ticks")  # entry limit = ask + these
+    slippage_ticks: int = _default(GatewayConfig, "slippage_ticks")  # beyond the far side
     participation: float = 0.25  # a fill takes at most this share of its bar's volume
-    commission_per_share: float = 0.005
-    commission_min: float = 1.0
+    commission_per_share: float = _default(GatewayConfig, "commission_per_share")
+    commission_min: float = _default(GatewayConfig, "commission_min")
     kill_switch_at: time | None = None  # entries halted from this New York time each day
     # The entry rules' thresholds (core.settings ENTRY_*); cutoff None: the EOD flatten's.
     rsi_max: float = _setting("entry_rsi_max")
@@ -159,84 +166,6 @@ class BacktestConfig:
             stop_loss_pct=self.stop_loss_pct,
             eod_flatten_minutes=self.eod_flatten_minutes,
         )
-
-
-@dataclass(frozen=True)
-class DayResult:
-    """One backtested day: its report (reports.DayReport), journal rows and equity."""
-
-    trading_date: str
-    report: DayReport
-    journal: tuple[JournalRow, ...]
-    fills: tuple[dict[str, Any], ...]
-    equity_start: float
-    equity_end: float
-    entries_sent: int
-    entries_cancelled: int  # timed out (unfilled, or the unfilled rest of a partial fill)
-    # Every enter decision (event, symbol, rule, exchange_time, indicator values), filled or not.
-    entry_decisions: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def net_pnl(self) -> float:
-        return self.equity_end - self.equity_start
-
-
-@dataclass(frozen=True)
-class BacktestResult:
-    """Every day's result and the multi-day figures."""
-
-    config: BacktestConfig
-    days: tuple[DayResult, ...]
-    bars: int  # analysis bars run through the strategy
-    seconds: float  # wall time the days took to run (loading or building them excluded)
-
-    @property
-    def journal(self) -> list[JournalRow]:
-        return [row for day in self.days for row in day.journal]
-
-    @property
-    def net_pnl(self) -> float:
-        return sum(day.net_pnl for day in self.days)
-
-    @property
-    def trades(self) -> int:
-        return len(self.journal)
-
-    @property
-    def win_rate(self) -> float | None:
-        rows = self.journal
-        return sum(r.net_pnl > 0 for r in rows) / len(rows) * 100 if rows else None
-
-    @property
-    def profit_factor(self) -> float | None:
-        """Gross winnings over gross losses (net of commissions); None without a loss."""
-        wins = sum(r.net_pnl for r in self.journal if r.net_pnl > 0)
-        losses = -sum(r.net_pnl for r in self.journal if r.net_pnl < 0)
-        return wins / losses if losses > 0 else None
-
-    @property
-    def expectancy(self) -> float | None:
-        """Mean net P&L per round trip."""
-        rows = self.journal
-        return sum(r.net_pnl for r in rows) / len(rows) if rows else None
-
-    @property
-    def max_drawdown(self) -> float:
-        """Largest fall of the equity, round trip by round trip (reports.max_drawdown)."""
-        return max_drawdown(r.net_pnl for r in self.journal)
-
-    @property
-    def sharpe(self) -> float | None:
-        """Annualised Sharpe of the daily returns on the day's starting equity (252 days);
-        None with fewer than two days or no variation."""
-        returns = np.array([d.net_pnl / d.equity_start for d in self.days])
-        if returns.size < 2 or not returns.std(ddof=1) > 0:
-            return None
-        return float(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
-
-    @property
-    def bars_per_second(self) -> float:
-        return self.bars / self.seconds if self.seconds > 0 else math.inf
 
 
 # -- one symbol's orders and position -------------------------------------------------------------
@@ -337,18 +266,15 @@ class _DayRun:
         length = day.fill_seconds
         self.knots = (0, round((length - 1) / 3), round(2 * (length - 1) / 3), length - 1)
         self.equity_start = equity
-        self.cash = equity
+        self.ledger = Ledger(day.trading_date, equity, config.commission_per_share,
+                             config.commission_min)  # fmt: skip
         self.entries: dict[str, _Entry] = {}
         self.holdings: dict[str, _Holding] = {}
         self.exits = ExitBook(self.exit_config)
         self.closed: list[ClosedPosition] = []
         self.last_price: dict[str, float] = {}
-        self.fills: list[dict[str, Any]] = []
-        self.reasons_by_ref: dict[str, str] = {}
-        self.purposes_by_ref: dict[str, str] = {}
         self.decisions: list[dict[str, Any]] = []
         self.sent = self.cancelled = 0
-        self._refs = 0
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> tuple[DayResult, int]:
@@ -356,7 +282,6 @@ class _DayRun:
         analysis = [s.analysis for s in day.symbols]
         fill = {s.symbol: s.fill for s in day.symbols}
         self.fill_bars = fill
-        self.fill_rows: dict[str, list[list[float]]] = {}  # as lists, once a symbol trades
         self.fill_times = {sym: rows[:, 0] for sym, rows in fill.items()}
         self.fill_pos = dict.fromkeys(self.symbols, 0)
         # All analysis bars in the order they become known: (time, ..., known at).
@@ -407,16 +332,13 @@ class _DayRun:
         """Match every working order and watch every position along the fill bars before
         `end`, then cancel entries whose time is up."""
         for symbol in sorted({*self.entries, *self.holdings}):  # sorted: reproducible refs
-            rows = self.fill_rows.get(symbol)
-            if rows is None:
-                rows = self.fill_rows[symbol] = self.fill_bars[symbol].tolist()
             pos = self.fill_pos[symbol]
-            while pos < len(rows) and rows[pos][0] < end:
-                if rows[pos][5] > 0:
-                    self._walk(symbol, rows[pos])
-                self.last_price[symbol] = rows[pos][4]
-                pos += 1
-            self.fill_pos[symbol] = pos
+            stop = int(np.searchsorted(self.fill_times[symbol], end, side="left"))
+            for row in self.fill_bars[symbol][pos:stop].tolist():
+                if row[5] > 0:
+                    self._walk(symbol, row)
+                self.last_price[symbol] = row[4]
+            self.fill_pos[symbol] = max(pos, stop)
         for symbol, entry in list(self.entries.items()):
             if entry.deadline <= end:
                 self._cancel_entry(symbol)
@@ -488,14 +410,16 @@ class _DayRun:
         )
         equity = self.equity_start + sum(c.pnl or 0.0 for c in self.closed)
         fresh = decision._replace(values={**decision.values, "ask": ask})
-        intent = self.core.plan(fresh, AccountFunds(equity, self.cash, self.cash), committed).intent
+        intent = self.core.plan(
+            fresh, AccountFunds(equity, self.ledger.cash, self.ledger.cash), committed
+        ).intent
         if intent is None:
             del self.entries[decision.symbol]
             return False
-        ref = self._ref(intent.symbol)
+        ref = self.ledger.ref(intent.symbol)
         entry.order = _order(intent.symbol, "BUY", intent.quantity, "LMT", ref,
                              limit=intent.limit_price, tif=intent.tif)  # fmt: skip
-        self.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
+        self.ledger.purposes_by_ref[ref] = ENTRY_PURPOSE_PREFIX + intent.rule
         self.sent += 1
         return True
 
@@ -503,10 +427,6 @@ class _DayRun:
         entry = self.entries.pop(symbol)
         if entry.order is not None and entry.order.remaining > 1e-9:
             self.cancelled += 1
-
-    def _ref(self, symbol: str) -> str:
-        self._refs += 1
-        return f"bt-{self.day.trading_date:%Y%m%d}-{symbol}-{self._refs}"
 
     # -- the path of one fill bar ----------------------------------------------------------------
     def _walk(self, symbol: str, row: list[float]) -> None:
@@ -589,7 +509,7 @@ class _DayRun:
             return
         qty = min(order.remaining, capacity[0])
         capacity[0] -= qty
-        self._fill(order, qty, price, t)
+        self.ledger.fill(order, qty, price, t)
         holding = self.holdings.setdefault(symbol, _Holding(symbol))
         holding.quantity += qty
         holding.cost += qty * price
@@ -606,14 +526,14 @@ class _DayRun:
                             tick=MIN_TICK, db_row={"entry_price": holding.entry_price,
                                                    "agent": AGENT})  # fmt: skip
         self.exits[symbol].position = pos
-        oca = self._ref(symbol)
+        oca = self.ledger.ref(symbol)
         intent = protect_intent(pos, round(holding.quantity), oca, self.exit_config, None)
         holding.target = _order(symbol, "SELL", intent.quantity, "LMT", f"{oca}-target",
                                 limit=intent.target_price, tif=intent.tif)  # fmt: skip
         holding.backstop = _order(symbol, "SELL", intent.quantity, "STP", f"{oca}-stop",
                                   stop=intent.stop_price, tif=intent.tif)  # fmt: skip
-        self.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
-        self.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
+        self.ledger.reasons_by_ref[holding.target.order_ref] = exit_reason_for(PURPOSE_TARGET)
+        self.ledger.reasons_by_ref[holding.backstop.order_ref] = exit_reason_for(PURPOSE_BACKSTOP)
 
     def _watch(
         self, holding: _Holding, t: float, last: float, quote: _SellQuote, capacity: list[float]
@@ -652,10 +572,10 @@ class _DayRun:
         if holding.symbol in self.entries:  # what is still to buy is not bought any more
             self._cancel_entry(holding.symbol)
         holding.exit = _order(holding.symbol, "SELL", holding.quantity, "MKT",
-                              self._ref(holding.symbol))  # fmt: skip
+                              self.ledger.ref(holding.symbol))  # fmt: skip
         holding.exit_purpose = purpose
         self.exits[holding.symbol].busy = True  # an exit works on it: no second one
-        self.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
+        self.ledger.reasons_by_ref[holding.exit.order_ref] = exit_reason_for(purpose)
 
     def _sell(
         self, holding: _Holding, order: SimOrder, price: float, t: float, capacity: list[float]
@@ -665,7 +585,7 @@ class _DayRun:
             return
         capacity[0] -= qty
         entry_price = holding.entry_price
-        self._fill(order, qty, price, t)
+        self.ledger.fill(order, qty, price, t)
         holding.cost -= qty * entry_price
         holding.quantity -= qty
         if holding.quantity <= 1e-9:
@@ -675,33 +595,9 @@ class _DayRun:
         del self.holdings[holding.symbol]
         self.exits.closed(holding.symbol)
         self.exits[holding.symbol].busy = False
-        symbol_fills = [f for f in self.fills if f["symbol"] == holding.symbol]
-        pnl = sum((f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
-                  - f["commission"] for f in symbol_fills)  # fmt: skip
+        pnl = self.ledger.symbol_net(holding.symbol)
         pnl -= sum(c.pnl or 0.0 for c in self.closed if c.symbol == holding.symbol)
         self.closed.append(ClosedPosition(holding.symbol, pnl, AGENT))
-
-    def _fill(self, order: SimOrder, qty: float, price: float, t: float) -> None:
-        order.apply_fill(qty, price)
-        total = commission_for(order.filled, order.filled * order.avg_fill_price,
-                               self.config.commission_per_share, self.config.commission_min)  # fmt: skip
-        commission = round(total - order.commission_paid, 4)
-        order.commission_paid = total
-        value = qty * price
-        self.cash += (-value if order.is_buy else value) - commission
-        self.fills.append(
-            {
-                "id": len(self.fills) + 1,
-                "symbol": order.symbol,
-                "side": order.action,
-                "quantity": qty,
-                "price": price,
-                "trade_time": datetime.fromtimestamp(round(t), NEW_YORK).isoformat(),
-                "commission": commission,
-                "order_ref": order.order_ref,
-                "exec_id": f"{order.order_ref}.{len(self.fills) + 1}",
-            }
-        )
 
     def _close_out(self) -> None:
         """The day ends flat: what the fill bars could not sell (no trades left in the
@@ -718,22 +614,18 @@ class _DayRun:
         self.entries.clear()  # DAY orders expire at the close
 
     def _result(self) -> DayResult:
-        net = sum(
-            (f["quantity"] if f["side"] == "SELL" else -f["quantity"]) * f["price"]
-            - f["commission"]
-            for f in self.fills
-        )
-        trips, still_open = round_trips_from_fills(self.fills, self.reasons_by_ref)
+        ledger = self.ledger
+        trips, still_open = round_trips_from_fills(ledger.fills, ledger.reasons_by_ref)
         date_text = self.day.trading_date.isoformat()
-        report = DayReport(date_text, trips, still_open, len(self.fills))
-        rows = journal_rows(date_text, trips, self.purposes_by_ref, self.decisions)
+        report = DayReport(date_text, trips, still_open, len(ledger.fills))
+        rows = journal_rows(date_text, trips, ledger.purposes_by_ref, self.decisions)
         return DayResult(
             trading_date=date_text,
             report=report,
             journal=tuple(rows),
-            fills=tuple(self.fills),
+            fills=tuple(ledger.fills),
             equity_start=self.equity_start,
-            equity_end=self.equity_start + net,
+            equity_end=self.equity_start + ledger.net(),
             entries_sent=self.sent,
             entries_cancelled=self.cancelled,
             entry_decisions=tuple(self.decisions),

@@ -45,7 +45,18 @@ class SymbolDay:
     prev_close: float
     spread_ticks: int  # the typical regular-hours spread (ibsim.market.spread_ticks)
     fill: np.ndarray
-    analysis: np.ndarray
+    analysis: np.ndarray  # (time, o, h, l, c, v[, known at]); known at = its end if not given
+
+    def __post_init__(self) -> None:
+        analysis = np.asarray(self.analysis, dtype=np.float64).reshape(-1, self.analysis.shape[-1])
+        if analysis.shape[1] == 6:
+            analysis = np.column_stack([analysis, analysis[:, 0] + ANALYSIS_SECONDS])
+        if analysis.shape[1] != 7 or np.asarray(self.fill).reshape(len(self.fill), -1).shape[1] < 6:
+            raise ValueError(
+                f"{self.symbol}: bars are rows of time, open, high, low, close, volume "
+                "(analysis bars may add the time each is known)"
+            )
+        object.__setattr__(self, "analysis", analysis)
 
 
 @dataclass(frozen=True)
@@ -270,12 +281,27 @@ def _bar_rows(bars: list) -> np.ndarray:  # type: ignore[type-arg]
     return np.array([(b.time, b.open, b.high, b.low, b.close, b.volume) for b in bars], float)
 
 
+def synthetic_sessions_between(first: date, last: date) -> list[Session]:
+    """The exchange sessions from `first` to `last` inclusive (none if `last` is earlier)."""
+    clock = MarketClock()
+    session = clock.session(first) or clock.next_session(first)
+    sessions = []
+    while session.trading_date <= last:
+        sessions.append(session)
+        session = clock.next_session(session.trading_date)
+    return sessions
+
+
 def synthetic_days(
-    seed: int, days: int, symbols: int, first: date | None = None
+    seed: int, days: int, symbols: int, first: date | None = None, last: date | None = None
 ) -> Iterator[TradingDay]:
-    """`days` seeded synthetic sessions from `first` (default: today's session or the next)."""
+    """`days` seeded synthetic sessions from `first` (default: today's session or the next),
+    or every session from `first` to `last` when `last` is given. Built one at a time."""
     first = first or MarketClock().today()
-    for session in synthetic_sessions(first, days):
+    sessions = (
+        synthetic_sessions(first, days) if last is None else synthetic_sessions_between(first, last)
+    )
+    for session in sessions:
         yield synthetic_day(session, seed, symbols)
 
 

@@ -19,7 +19,10 @@ from sim.backtest import BacktestResult
 
 
 def _number(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    """`value` formatted ('.1f%' appends a percent sign), '-' when there is none."""
+    if value is None:
+        return "-"
+    return format(value, fmt[:-1]) + "%" if fmt.endswith("%") else format(value, fmt)
 
 
 def render_summary(result: BacktestResult) -> str:
@@ -51,7 +54,7 @@ def render_summary(result: BacktestResult) -> str:
     first = result.days[0].equity_start if result.days else config.capital
     console.print(
         f"days: {len(result.days)}   round trips: {result.trades}   "
-        f"win rate: {_number(result.win_rate, '.1f')}%   "
+        f"win rate: {_number(result.win_rate, '.1f%')}   "
         f"profit factor: {_number(result.profit_factor, '.2f')}"
     )
     console.print(

@@ -118,6 +118,13 @@ def test_a_folder_of_days_runs_each_day_with_the_equity_carried(tmp_path: Path) 
     assert [d.trading_date.isoformat() for d in only_second] == ["2026-03-17"]
 
 
+def test_a_folder_of_day_folders_is_read_as_the_recorder_writes_it(tmp_path: Path) -> None:
+    for day in (DAY, DAY + timedelta(days=1)):
+        (tmp_path / day.isoformat()).mkdir()
+        write_csv(tmp_path / day.isoformat() / "GAPR.csv", gapper_rows(day=day))
+    assert [d.trading_date for d in days_from_data(tmp_path)] == [DAY, DAY + timedelta(days=1)]
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def _bad(tmp_path: Path, name: str, rows: list[list], header: list[str] | None = None) -> Path:
     return write_csv(tmp_path / name, rows, header)

@@ -1531,20 +1531,3 @@ def test_start_is_not_held_up_by_the_llm_clients_import(
 
     assert asyncio.run(asyncio.wait_for(day_trader._run(settings, options), 20.0)) == 0
     assert seen == {"prepared_before_run": False}
-
-
-def test_no_class_of_the_day_trader_is_over_400_lines() -> None:
-    """The bot was one 948-line class (loop, data feed, wallet, risk check and fill book at
-    once); its parts stay small enough to read."""
-    import ast
-
-    files = [ROOT / "day_trader.py", *sorted((ROOT / "bots").glob("day_*.py"))]
-    files += sorted((ROOT / "bots").glob("entry_*.py"))
-    sizes = {
-        f"{path.name}:{node.name}": node.end_lineno - node.lineno + 1  # type: ignore[operator]
-        for path in files
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ClassDef)
-    }
-    assert "day_bot.py:DayTrader" in sizes
-    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from core.clock import NEW_YORK, MarketClock
-from sim.backtest import BacktestConfig, run_backtest
+from journal import JournalRow
+from reports import DayReport
+from sim.backtest import BacktestConfig, BacktestResult, DayResult, run_backtest
 from sim.days import SymbolDay, TradingDay, analysis_bars
 
 DAY = date(2026, 3, 16)
@@ -218,3 +220,56 @@ def test_a_synthetic_day_runs_flat_by_the_close() -> None:
     result = run_backtest(synthetic_days(7, 1, 3, DAY))
     assert len(result.days) == 1 and result.bars > 0
     assert result.days[0].report.still_open == {}
+
+
+def _trip(net: float) -> JournalRow:
+    return JournalRow(
+        trading_date="2026-03-16", symbol="X", entry_time="2026-03-16T10:00:00-04:00",
+        entry_price=10.0, entry_rule="standard", entry_vwap=None, entry_rsi=None,
+        entry_atr_pct=None, llm_verdict=None, exit_time="2026-03-16T10:05:00-04:00",
+        exit_price=10.0, exit_reason="STOP_LOSS", quantity=1, gross_pnl=net + 2,
+        commissions=2.0, net_pnl=net, hold_seconds=300.0, entry_order_ref=None,
+        exit_order_ref=None,
+    )  # fmt: skip
+
+
+def _day_result(nets: list[float], equity: float) -> DayResult:
+    return DayResult("2026-03-16", DayReport("2026-03-16", [], {}, 0),
+                     tuple(_trip(n) for n in nets), (), equity, equity + sum(nets), 0, 0)  # fmt: skip
+
+
+def test_the_summary_figures_are_the_journals() -> None:
+    days = (_day_result([100.0, -50.0], 100_000.0), _day_result([-25.0, 75.0, -50.0], 100_050.0))
+    result = BacktestResult(BacktestConfig(), days, bars=0, seconds=1.0)
+    assert result.net_pnl == 50.0 and result.trades == 5
+    assert result.win_rate == 40.0
+    assert result.profit_factor == pytest.approx(175 / 125)
+    assert result.expectancy == pytest.approx(10.0)
+    assert result.max_drawdown == 75.0  # +100, +50, +25: then +100 and +50
+    returns = np.array([50 / 100_000, 0 / 100_050])
+    assert result.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * 252**0.5)
+
+
+def test_an_order_delay_sends_the_entry_later_priced_from_the_ask_then() -> None:
+    rows = _warmup(DAY)
+    decided = _at(DAY, *DECIDED)
+    # An up bar: open 106.00, 10 s later its low 105.50 (the path's knots: 0, 10, 19, 29 s).
+    rows.append(_bar(decided, 106.00, 106.20, 105.50, 106.10))
+    at_once = _run(_day(DAY, _symbol("GAPR", rows))).days[0]
+    later = _run(_day(DAY, _symbol("GAPR", rows)), order_delay_s=10.0).days[0]
+    first_buy = next(f for f in at_once.fills if f["side"] == "BUY")
+    delayed_buy = next(f for f in later.fills if f["side"] == "BUY")
+    assert (first_buy["price"], first_buy["trade_time"]) == (106.01, "2026-03-16T09:37:30-04:00")
+    assert (delayed_buy["price"], delayed_buy["trade_time"]) == (
+        105.51,
+        "2026-03-16T09:37:40-04:00",
+    )
+
+
+def test_synthetic_days_between_two_dates_are_their_sessions() -> None:
+    from sim.days import synthetic_sessions_between
+
+    sessions = synthetic_sessions_between(date(2026, 11, 25), date(2026, 11, 30))
+    # Thanksgiving (26th) and the weekend are no sessions; the 27th is the half day.
+    assert [s.trading_date.day for s in sessions] == [25, 27, 30]
+    assert sessions[1].close.hour == 13
