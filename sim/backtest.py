@@ -107,10 +107,10 @@ class BacktestConfig:
     commission_min: float = _default(GatewayConfig, "commission_min")
     kill_switch_at: time | None = None  # entries halted from this New York time each day
     # The entry rules' thresholds (core.settings ENTRY_*); cutoff None: the EOD flatten's.
-    rsi_max: float = _setting("entry_rsi_max")
-    atr_pct_min: float = _setting("entry_atr_pct_min")
-    gap_min_pct: float = _setting("entry_gap_min_pct")
-    entry_cutoff_minutes: float | None = _setting("entry_cutoff_minutes")
+    rsi_max: float = _default(Settings, "entry_rsi_max")
+    atr_pct_min: float = _default(Settings, "entry_atr_pct_min")
+    gap_min_pct: float = _default(Settings, "entry_gap_min_pct")
+    entry_cutoff_minutes: float | None = _default(Settings, "entry_cutoff_minutes")
 
     def __post_init__(self) -> None:
         if not self.capital > 0:
