@@ -12,7 +12,8 @@ Figures: seconds per trial (each trial's own wall time, from Optuna's start and 
 p50, p95 and max; the study's total wall time and peak RSS. The anchor is
 one plain backtest of a train window with the current settings (run_backtest, the same work
 a trial does without Optuna), timed in this run, repeated 3 times; the ratio is a trial's
-time over the anchor's: what Optuna's sampler and the RDB storage add per trial (1.0 = none).
+time over the anchor's: what Optuna's sampler and the RDB storage add per trial, plus what the
+sampled settings themselves cost (more positions open, more trades, longer holds).
 
 What bounds the figure: the backtest (one core, the per-bar Python work of the pure core);
 per trial Optuna adds the TPE sampling over the study's earlier trials and a few SQLite

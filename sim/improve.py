@@ -294,7 +294,9 @@ def _suggest(trial: Any, space: Sequence[Parameter]) -> dict[str, float]:
     return values
 
 
-def _evaluate(days: Sequence[TradingDay], base: BacktestConfig, params: Mapping[str, float]):  # type: ignore[no-untyped-def]
+def _evaluate(
+    days: Sequence[TradingDay], base: BacktestConfig, params: Mapping[str, float]
+) -> BacktestResult:
     return run_backtest(days, config_with(base, params))
 
 
@@ -388,8 +390,6 @@ class _Runner:
         on_trials: Callable[[int], None] | None,
         on_planned: Callable[[int], None] | None = None,
     ) -> None:
-        self.days = days
-        self.base = base
         self.options = options
         self.on_trials = on_trials or (lambda n: None)
         self.on_planned = on_planned or (lambda n: None)
