@@ -18,6 +18,9 @@ bracket orders, in its default, fastest mode (runonce, preloaded data). Where th
 differ (backtrader fills a limit on the next bar's touch, ours only when traded through,
 with partial fills by volume and commissions), the work per bar is the same shape.
 
+A timed run builds the day from the arrays and runs it: ours makes sim.days' 30-s analysis
+bars and calls run_backtest, backtrader preloads its feeds and runs cerebro.
+
 Each engine runs in its own child process (spawned), so its peak memory (peak RSS less the
 RSS with the data built and the engine imported) is its own. Figures: bars/s = symbols x
 bars / wall time of one run; percentiles over `--repeats` runs. The anchor is backtrader's
@@ -88,9 +91,10 @@ def synthetic_bars(symbols: int, bars: int, seed: int) -> tuple[list[str], np.nd
 
 # -- our backtest ---------------------------------------------------------------------------------
 def run_ours(names: list[str], prev_close: np.ndarray, data: np.ndarray) -> dict[str, Any]:
-    """One run of run_backtest over the day; returns the trades it made."""
+    """One run: the day built from the arrays (sim.days' analysis bars), then run_backtest;
+    returns the trades it made."""
     from sim.backtest import BacktestConfig, run_backtest
-    from sim.days import SymbolDay, TradingDay
+    from sim.days import SymbolDay, TradingDay, analysis_bars
 
     session = MarketClock().session(DAY)
     assert session is not None
@@ -98,7 +102,7 @@ def run_ours(names: list[str], prev_close: np.ndarray, data: np.ndarray) -> dict
         DAY,
         session,
         tuple(
-            SymbolDay(name, float(prev_close[i]), 1, data[i], data[i])
+            SymbolDay(name, float(prev_close[i]), 1, data[i], analysis_bars(data[i]))
             for i, name in enumerate(names)
         ),
         BAR_SECONDS,

@@ -253,3 +253,58 @@ def test_fetched_prices_read_back_exactly(massive, clock, tmp_path):
     served = [r for r in massive.served["MSFT"] if r["t"] >= frame["time"].min() * 1000]
     assert np.array_equal(frame["open"].to_numpy(), [r["o"] for r in served])
     assert np.array_equal(frame["volume"].to_numpy(), [r["v"] for r in served])
+
+
+@pytest.fixture
+def cli_settings(tmp_path, clock):
+    from core import clock as clock_module
+    from core import settings as settings_module
+
+    settings = load_settings(
+        environ={},
+        dotenv_path=tmp_path / "absent.env",
+        massive_api_key=Secret("test-key"),
+        massive_requests_per_minute=0,
+        database_path=tmp_path / "trading.db",
+    )
+    settings_module.set_settings(settings)
+    clock_module.set_clock(clock)
+    yield settings
+    settings_module.set_settings(None)
+    clock_module.set_clock(None)
+
+
+def test_backtest_fetch_downloads_then_backtests_the_cached_days(
+    massive, cli_settings, tmp_path, capsys
+):
+    import backtest
+
+    argv = ["--fetch", "MSFT,AAPL", "--start", str(FRI), "--end", str(MON)]
+    argv += ["--massive-url", massive.url, "--out", str(tmp_path / "out"), "--no-progress"]
+
+    assert backtest.main(argv) == 0
+    assert backtest.main(argv) == 0  # the second run from the cache
+
+    assert massive.routes() == ["aggs", "aggs"]
+    cache = tmp_path / "massive_bars"  # beside the database
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.parquet")) == [
+        "2026-11-20/AAPL.parquet",
+        "2026-11-20/MSFT.parquet",
+        "2026-11-23/AAPL.parquet",
+        "2026-11-23/MSFT.parquet",
+    ]
+    captured = capsys.readouterr()
+    assert "4 symbol-day file(s)" in captured.err
+    assert (tmp_path / "out" / "summary.txt").exists()
+
+
+def test_backtest_fetch_failure_is_one_line_and_exit_1(massive, cli_settings, tmp_path, capsys):
+    import backtest
+
+    massive.script["aggs"] = [(401, _fixture("error_401.json"))]
+    argv = ["--fetch", "MSFT", "--start", str(MON), "--massive-url", massive.url]
+
+    assert backtest.main([*argv, "--no-progress", "--out", str(tmp_path / "out")]) == 1
+
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("backtest.py: error: fetch MSFT") and "MASSIVE_API_KEY" in line
