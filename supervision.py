@@ -43,6 +43,8 @@ log = get_logger("supervisor")
 
 RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP"
 DAILY_RESET_FLAG = "supervisor_daily_reset"
+IMPROVE_FLAG = "supervisor_improve_done"  # the trading date whose improvement cycle was started
+IMPROVE_AFTER_CLOSE_S = 300.0  # market seconds after the close before the cycle may start
 
 
 class SupervisorError(RuntimeError):
@@ -310,6 +312,7 @@ class Supervisor:
         backup_keep_days: int | None = None,
         print_status: Callable[[str], None] | None = None,
         wall: Callable[[], float] = time.time,
+        improve: BotSpec | None = None,
     ) -> None:
         self.db = db
         self.bots = {spec.name: ManagedBot(spec) for spec in specs}
@@ -332,6 +335,10 @@ class Supervisor:
         self.fatal: str | None = None
         self._last_status_at = 0.0
         self._last_reset_date: date | None = None
+        # The improvement cycle after the close (improve.py): None when turned off.
+        self.improve_spec = improve
+        self.improve: ManagedBot | None = None  # tonight's cycle, once started
+        self._improve_waiting: date | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def start_bot(self, bot: ManagedBot) -> None:
@@ -369,9 +376,11 @@ class Supervisor:
         log.info("bot_stopped", child=bot.spec.name, pid=bot.pid, exit_code=code, reason=reason)
 
     def stop_all(self, reason: str) -> None:
-        """Day trader first (no new entries), then the exit manager."""
+        """Day trader first (no new entries), then the exit manager (and the evening cycle)."""
         for name in reversed(self.order):
             self.stop_bot(self.bots[name], reason)
+        if self.improve is not None and self.improve.is_alive():
+            self.stop_bot(self.improve, reason)
         self._publish()
 
     def _heartbeat(self, bot: ManagedBot, beats: Mapping[str, Any], now: float) -> HeartbeatVerdict:
@@ -522,6 +531,39 @@ class Supervisor:
         )
         return True
 
+    def improve_after_close_if_due(self) -> bool:
+        """Start the improvement cycle (improve.py --date today) as a child, once per trading
+        day, after the close and only when the day is flat (no active position, no working
+        order). Returns True when it started it. The date is kept in the database so a
+        restarted supervisor does not run it twice; a finished cycle is reaped and logged."""
+        if self.improve_spec is None:
+            return False
+        cycle = self.improve
+        if cycle is not None and cycle.process is not None and not cycle.is_alive():
+            code = cycle.process.poll()
+            (log.info if code == 0 else log.error)("improve_finished", exit_code=code)
+            cycle.process, cycle.state = None, STOPPED
+        today = self.clock.today()
+        session = self.clock.session(today)
+        if session is None or self.clock.is_market_open():
+            return False
+        if self.clock.epoch() < session.close.timestamp() + IMPROVE_AFTER_CLOSE_S:
+            return False
+        if self.db.get_flag(IMPROVE_FLAG) == today.isoformat():
+            return False
+        held = [p["symbol"] for p in self.db.get_active_positions()]
+        working = [i["order_ref"] for i in self.db.get_open_intents()]
+        if held or working:
+            if self._improve_waiting != today:
+                self._improve_waiting = today
+                log.info("improve_waiting_for_flat", positions=held, working_orders=working)
+            return False
+        self.db.set_flag(IMPROVE_FLAG, today.isoformat())
+        spec = self.improve_spec
+        self.improve = ManagedBot(replace(spec, argv=(*spec.argv, "--date", today.isoformat())))
+        self.start_bot(self.improve)
+        return True
+
     def maybe_status(self, force: bool = False) -> None:
         now = self.wall()
         if force or now - self._last_status_at >= self.policy.status_every_s:
@@ -546,6 +588,7 @@ class Supervisor:
             while not self.stop_requested:
                 self.daily_reset_if_new_day()
                 self.poll_once()
+                self.improve_after_close_if_due()
                 self.maybe_status(force=self.status_requested)
                 self.status_requested = False
                 if self.fatal:
@@ -724,6 +767,20 @@ def bot_specs(
             stdout_path=output_dir / f"{DAY_TRADER}.out" if output_dir else None,
         ),
     ]
+
+
+def improve_spec(
+    extra_env: Mapping[str, str] | None = None,
+    output_dir: Path | None = None,
+    python: str = sys.executable,
+) -> BotSpec:
+    """The evening improvement cycle (improve.py; the supervisor adds --date)."""
+    return BotSpec(
+        "improve",
+        (python, str(PROJECT_ROOT / "improve.py"), "--no-progress"),
+        env=extra_env,
+        stdout_path=output_dir / "improve.out" if output_dir else None,
+    )
 
 
 def install_signal_handlers(supervisor: Supervisor) -> None:

@@ -35,6 +35,7 @@ from supervision import (
     SupervisorLock,
     WatchdogPolicy,
     bot_specs,
+    improve_spec,
     install_signal_handlers,
     lock_path_for,
     policy_from_args,
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.seconds,
         default=None,
         help="real seconds ready after which a bot's restart backoff starts again (default 60)",
+    )
+    parser.add_argument(
+        "--no-improve",
+        action="store_true",
+        help="no improvement cycle after the close (also IMPROVE_AFTER_CLOSE=false)",
     )
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
@@ -165,6 +171,11 @@ def run_supervisor(args: argparse.Namespace, settings: Settings) -> int:
             lock=lock,
             backup_dir=settings.backup_dir,
             backup_keep_days=settings.backup_keep_days,
+            improve=(
+                improve_spec(env, settings.log_dir)
+                if settings.improve_after_close and not args.no_improve
+                else None
+            ),
         )
         install_signal_handlers(supervisor)
         dashboard = start_dashboard(

@@ -79,6 +79,14 @@ class Settings:
     eod_sweep_minutes: float = 5.0
     stale_tick_seconds: float = 30.0
     allow_delayed_data: bool = False
+    # The entry rules' thresholds (trading.entries.EntryConfig), tuned by improve.py.
+    entry_rsi_max: float = 60.0  # RSI ceiling: no entry on an overbought bar
+    entry_atr_pct_min: float = 0.3  # ATR floor, % of price: no entry on a dead tape
+    entry_gap_min_pct: float = 5.0  # gap from the previous close for gap-and-go
+    entry_cutoff_minutes: float | None = (
+        None  # no new entries from close - this; None: EOD flatten's
+    )
+    improve_after_close: bool = True  # the supervisor runs improve.py once after a flat close
     database_path: Path = PROJECT_ROOT / "trading_history.db"
     backup_dir: Path = PROJECT_ROOT / "archive"
     backup_keep_days: int = 10
@@ -115,6 +123,16 @@ class Settings:
         """Where the day trader records the bars it sees (BARS_DIR, else bars/ beside the
         database): one folder per day, one replay file per symbol."""
         return self.bars_dir or self.database_path.parent / "bars"
+
+    @property
+    def entry_cutoff(self) -> float:
+        """Minutes before the close from which no new entry is sent (ENTRY_CUTOFF_MINUTES,
+        else EOD_FLATTEN_MINUTES: nothing enters once the flatten began)."""
+        return (
+            self.eod_flatten_minutes
+            if self.entry_cutoff_minutes is None
+            else self.entry_cutoff_minutes
+        )
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -226,6 +244,14 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "EOD_SWEEP_MINUTES": ("eod_sweep_minutes", _number(0.5, 60.0)),
     "STALE_TICK_SECONDS": ("stale_tick_seconds", _number(1.0, 3600.0)),
     "ALLOW_DELAYED_DATA": ("allow_delayed_data", _boolean),
+    "ENTRY_RSI_MAX": ("entry_rsi_max", _number(1.0, 100.0)),
+    "ENTRY_ATR_PCT_MIN": ("entry_atr_pct_min", _number(0.0, 50.0)),
+    "ENTRY_GAP_MIN_PCT": ("entry_gap_min_pct", _number(0.0, 100.0)),
+    "ENTRY_CUTOFF_MINUTES": (
+        "entry_cutoff_minutes",
+        lambda k, r: _number(1.0, 240.0)(k, r) if r.strip() else None,
+    ),
+    "IMPROVE_AFTER_CLOSE": ("improve_after_close", _boolean),
     "DATABASE_PATH": ("database_path", _path),
     "BACKUP_DIR": ("backup_dir", _path),
     "BACKUP_KEEP_DAYS": ("backup_keep_days", _integer(1, 3650)),
@@ -381,6 +407,12 @@ def _check_consistency(s: Settings) -> None:
             f"setting EOD_SWEEP_MINUTES={s.eod_sweep_minutes} is invalid: it must be smaller than "
             f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (the sweep comes after the flatten)"
         )
+    if s.entry_cutoff < s.eod_flatten_minutes:
+        raise SettingsError(
+            f"setting ENTRY_CUTOFF_MINUTES={s.entry_cutoff_minutes} is invalid: it must be at least "
+            f"EOD_FLATTEN_MINUTES={s.eod_flatten_minutes} (an entry after the flatten began would "
+            "be sold at once)"
+        )
 
 
 def is_paper_account(account: str) -> bool:
@@ -471,3 +503,46 @@ def set_settings(settings: Settings | None) -> None:
 def env_keys() -> list[str]:
     """Every environment key the settings read (documented in .env.example)."""
     return [*_KEYS, *_ALIASES]
+
+
+_ASSIGNMENT = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)(\s*=).*$")
+
+
+def update_dotenv(env_file: Path, changes: Mapping[str, str], backup: Path) -> Path:
+    """Set `changes` ({KEY: value}) in `env_file`, keeping every comment and other line.
+
+    Each key's assignment is rewritten in place (a key set twice: every line, as
+    python-dotenv's last one wins); a key not in the file is appended. The file before the
+    change is copied to `backup` first; the result must load as settings, else nothing is
+    written. Returns `backup`. Raises SettingsError for an unknown key or a value the
+    settings refuse (the file is then left as it was)."""
+    known = set(_KEYS)
+    for key in changes:
+        if key not in known:
+            raise SettingsError(f"{key} is not a setting; refusing to write it to {env_file}")
+    text = env_file.read_text(encoding="utf-8") if env_file.exists() else ""
+    lines = text.splitlines(keepends=True)
+    done: set[str] = set()
+    for index, line in enumerate(lines):
+        found = _ASSIGNMENT.match(line.rstrip("\r\n"))
+        if found and found.group(2) in changes:
+            key = found.group(2)
+            ending = line[len(line.rstrip("\r\n")) :] or "\n"
+            lines[index] = f"{found.group(1)}{key}{found.group(3)}{changes[key]}{ending}"
+            done.add(key)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines += [f"{key}={value}\n" for key, value in changes.items() if key not in done]
+    updated = "".join(lines)
+    check = env_file.with_name(f".{env_file.name}.{os.getpid()}.check")
+    try:
+        check.write_text(updated, encoding="utf-8")
+        load_settings(environ={}, dotenv_path=check)
+    finally:
+        check.unlink(missing_ok=True)
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    backup.write_text(text, encoding="utf-8")
+    partial = env_file.with_name(f".{env_file.name}.{os.getpid()}.partial")
+    partial.write_text(updated, encoding="utf-8")
+    os.replace(partial, env_file)
+    return backup

@@ -106,6 +106,11 @@ class BacktestConfig:
     commission_per_share: float = _default(GatewayConfig, "commission_per_share")
     commission_min: float = _default(GatewayConfig, "commission_min")
     kill_switch_at: time | None = None  # entries halted from this New York time each day
+    # The entry rules' thresholds (core.settings ENTRY_*); cutoff None: the EOD flatten's.
+    rsi_max: float = _default(Settings, "entry_rsi_max")
+    atr_pct_min: float = _default(Settings, "entry_atr_pct_min")
+    gap_min_pct: float = _default(Settings, "entry_gap_min_pct")
+    entry_cutoff_minutes: float | None = _default(Settings, "entry_cutoff_minutes")
 
     def __post_init__(self) -> None:
         if not self.capital > 0:
@@ -134,12 +139,20 @@ class BacktestConfig:
                 "eod_flatten_minutes",
             )
         }
+        values["rsi_max"] = settings.entry_rsi_max
+        values["atr_pct_min"] = settings.entry_atr_pct_min
+        values["gap_min_pct"] = settings.entry_gap_min_pct
+        values["entry_cutoff_minutes"] = settings.entry_cutoff_minutes
         values.update(overrides)
         return cls(**values)
 
     def entry_config(self) -> EntryConfig:
+        cutoff = self.entry_cutoff_minutes
         return EntryConfig(
-            entry_cutoff_minutes=self.eod_flatten_minutes,
+            rsi_max=self.rsi_max,
+            atr_pct_min=self.atr_pct_min,
+            gap_min_pct=self.gap_min_pct,
+            entry_cutoff_minutes=self.eod_flatten_minutes if cutoff is None else cutoff,
             max_open_positions=self.max_open_positions,
             daily_loss_limit_pct=self.daily_loss_limit_pct,
             allocation=self.allocation,

@@ -255,3 +255,22 @@ def test_tool_that_sends_no_order_follows_trading_mode_and_checks_only_ports(
     with pytest.raises(SettingsError, match=refused) as caught:
         check_trading_mode(settings, None)
     assert "--live" not in str(caught.value)  # such a tool has no --live
+
+
+def test_entry_thresholds_are_settings_the_day_traders_rules_read(tmp_path: Path) -> None:
+    from trading.entries import EntryConfig
+
+    settings = load(
+        {"ENTRY_RSI_MAX": "70", "ENTRY_ATR_PCT_MIN": "0.5", "ENTRY_GAP_MIN_PCT": "3",
+         "ENTRY_CUTOFF_MINUTES": "30"},
+        tmp_path,
+    )  # fmt: skip
+    rules = EntryConfig.from_settings(settings)
+    assert (rules.rsi_max, rules.atr_pct_min, rules.gap_min_pct) == (70.0, 0.5, 3.0)
+    assert rules.entry_cutoff_minutes == 30.0
+    assert EntryConfig.from_settings(load({}, tmp_path)).entry_cutoff_minutes == 15.0
+
+
+def test_entry_cutoff_inside_the_eod_flatten_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"ENTRY_CUTOFF_MINUTES=10\.0 is invalid"):
+        load({"ENTRY_CUTOFF_MINUTES": "10"}, tmp_path)

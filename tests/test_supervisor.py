@@ -646,3 +646,52 @@ def test_supervisor_and_its_status_block_load_no_plotting_data_or_broker_stack(t
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"loaded by the supervisor: {done.stdout.strip()}"
+
+
+FAKE_IMPROVE = textwrap.dedent(
+    """
+    import sys
+    with open(sys.argv[1], "a") as f:
+        f.write(" ".join(sys.argv[2:]) + "\\n")
+    """
+)
+
+
+def test_improvement_cycle_runs_once_after_a_flat_close_and_never_in_trading_hours(tmp_path):
+    script = tmp_path / "fake_improve.py"
+    script.write_text(FAKE_IMPROVE)
+    mark = tmp_path / "improve.mark"
+    cycle = sup.BotSpec("improve", (sys.executable, str(script), str(mark), "--no-progress"))
+    source = ManualTimeSource(datetime(2026, 11, 24, 9, 0, tzinfo=NEW_YORK))
+    db = TradingDatabase(tmp_path / "t.db", clock=MarketClock(source))
+    supervisor = make(db, [], improve=cycle)
+
+    def runs_at(hour: int, minute: int, day: int = 24) -> bool:
+        source.set(datetime(2026, 11, day, hour, minute, tzinfo=NEW_YORK))
+        return supervisor.improve_after_close_if_due()
+
+    assert not runs_at(9, 0), "before the open"
+    assert not runs_at(12, 0), "trading hours"
+    assert not runs_at(15, 59)
+    assert not runs_at(16, 2), "the close is only minutes old"
+    db.add_active_position("AAPL", 10, 100.0, 101.8, 99.1)
+    assert not runs_at(16, 10), "a position is still held: the day is not flat"
+    db.remove_active_position("AAPL", 101.0, "EOD")
+    assert runs_at(16, 11)
+    wait_for(lambda: mark.exists() and mark.read_text().strip() != "", 10, "the cycle's child")
+    assert mark.read_text() == "--no-progress --date 2026-11-24\n"
+    assert not runs_at(16, 30) and not runs_at(20, 0), "once a day"
+    assert not make(db, [], improve=cycle).improve_after_close_if_due(), "a restart: still once"
+    assert not runs_at(17, 0, day=26), "Thanksgiving: no session"
+    assert not runs_at(12, 30, day=27), "the half day is still trading"
+    assert runs_at(13, 10, day=27), "after the half day's 13:00 close"
+    wait_for(lambda: mark.read_text().count("\n") == 2, 10, "the second day's cycle")
+    assert mark.read_text().splitlines()[1] == "--no-progress --date 2026-11-27"
+    supervisor.stop_all("test over")
+
+
+def test_improvement_cycle_turned_off_never_runs(tmp_path):
+    source = ManualTimeSource(datetime(2026, 11, 24, 17, 0, tzinfo=NEW_YORK))
+    db = TradingDatabase(tmp_path / "t.db", clock=MarketClock(source))
+    assert make(db, [], improve=None).improve_after_close_if_due() is False
+    assert db.get_flag(sup.IMPROVE_FLAG) is None

@@ -71,7 +71,10 @@ class EntryConfig:
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> EntryConfig:
         values: dict[str, Any] = {
-            "entry_cutoff_minutes": settings.eod_flatten_minutes,
+            "rsi_max": settings.entry_rsi_max,
+            "atr_pct_min": settings.entry_atr_pct_min,
+            "gap_min_pct": settings.entry_gap_min_pct,
+            "entry_cutoff_minutes": settings.entry_cutoff,
             "stale_seconds": settings.stale_tick_seconds,
             "allow_delayed_data": settings.allow_delayed_data,
             "max_open_positions": settings.max_open_positions,
