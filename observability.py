@@ -36,14 +36,15 @@ from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import pnl_dollars, pnl_percent
 from core.money import profit_target_price as _target_price
 from core.money import stop_loss_price as _stop_price
-from trading.entries import (
+from trading.model import (
     CLOSED_TODAY,
     ENTRY_WORKING,
+    EXIT_REASONS,
     KILL_SWITCH,
     MAX_OPEN_POSITIONS,
     POSITION_ACTIVE,
+    FillRecord,
 )
-from trading.model import EXIT_REASONS, FillRecord
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000

@@ -27,29 +27,31 @@ from core.clock import Session
 from core.money import entry_shares, marketable_limit_price
 from trading.feed import SessionCalendar, SymbolFeed, SymbolSnapshot
 from trading.indicators import BAR_SECONDS, Bar
-from trading.model import DELAYED_DATA_TYPES, LIVE_DATA_TYPES, EnterIntent, Quote
+from trading.model import (
+    AFTER_ENTRY_CUTOFF,
+    CLOSED_TODAY,
+    DAILY_LOSS_LIMIT,
+    DELAYED_DATA,
+    DELAYED_DATA_TYPES,
+    ENTER,
+    ENTRY_WORKING,
+    EXIT_MANAGER_NOT_READY,
+    GAP_AND_GO,
+    KILL_SWITCH,
+    LIVE_DATA_TYPES,
+    MARKET_CLOSED,
+    MAX_OPEN_POSITIONS,
+    NO_QUOTE,
+    NO_SIGNAL,
+    POSITION_ACTIVE,
+    STALE_BARS,
+    STALE_QUOTE,
+    STANDARD,
+    WARMING_UP,
+    EnterIntent,
+    Quote,
+)
 from trading.phases import day_phase
-
-STANDARD = "standard"
-GAP_AND_GO = "gap_and_go"
-
-# Reasons, stable strings for log analysis.
-KILL_SWITCH = "kill_switch"
-EXIT_MANAGER_NOT_READY = "exit_manager_not_ready"  # nobody would protect the fill
-DAILY_LOSS_LIMIT = "daily_loss_limit"
-MAX_OPEN_POSITIONS = "max_open_positions"
-MARKET_CLOSED = "market_closed"
-AFTER_ENTRY_CUTOFF = "after_entry_cutoff"
-POSITION_ACTIVE = "position_active"
-CLOSED_TODAY = "closed_today"
-ENTRY_WORKING = "entry_working"
-NO_QUOTE = "no_quote"
-DELAYED_DATA = "delayed_data"
-STALE_QUOTE = "stale_quote"
-STALE_BARS = "stale_bars"
-WARMING_UP = "warming_up"
-NO_SIGNAL = "no_signal"
-ENTER = "enter"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,28 @@ from typing import NamedTuple
 LIVE_DATA_TYPES = frozenset({1})
 DELAYED_DATA_TYPES = frozenset({3, 4})
 
+# Entry rules and their refusals: reason codes, stable strings for logs, the store's guard
+# and reports.
+STANDARD = "standard"
+GAP_AND_GO = "gap_and_go"
+
+KILL_SWITCH = "kill_switch"
+EXIT_MANAGER_NOT_READY = "exit_manager_not_ready"  # nobody would protect the fill
+DAILY_LOSS_LIMIT = "daily_loss_limit"
+MAX_OPEN_POSITIONS = "max_open_positions"
+MARKET_CLOSED = "market_closed"
+AFTER_ENTRY_CUTOFF = "after_entry_cutoff"
+POSITION_ACTIVE = "position_active"
+CLOSED_TODAY = "closed_today"
+ENTRY_WORKING = "entry_working"
+NO_QUOTE = "no_quote"
+DELAYED_DATA = "delayed_data"
+STALE_QUOTE = "stale_quote"
+STALE_BARS = "stale_bars"
+WARMING_UP = "warming_up"
+NO_SIGNAL = "no_signal"
+ENTER = "enter"
+
 # -- agent names (the `agent` of positions, trades and intents; heartbeat and log names) ----
 EXIT_MANAGER = "exit_manager"
 DAY_TRADER = "day_trader"
