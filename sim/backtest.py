@@ -393,7 +393,10 @@ class _DayRun:
                 "symbol": symbol,
                 "rule": rule,
                 "exchange_time": datetime.fromtimestamp(now, NEW_YORK).isoformat(),
-                **{k: decision.values.get(k) for k in ("vwap", "rsi", "atr_pct", "gap_pct")},
+                **{
+                    k: decision.values.get(k)
+                    for k in ("bar_time", "vwap", "rsi", "atr_pct", "gap_pct")
+                },
             }
         )
         if self.config.order_delay_s == 0:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from core.clock import Session
+from core.clock import NEW_YORK, Session
 from core.money import entry_shares, marketable_limit_price
 from trading.feed import SessionCalendar, SymbolFeed, SymbolSnapshot
 from trading.indicators import BAR_SECONDS, Bar
@@ -240,6 +240,7 @@ def gap_and_go_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
 def rule_values(snap: SymbolSnapshot) -> dict[str, Any]:
     """The numbers a decision was taken on, for the decision log."""
     return {
+        "bar_time": _bar_time_text(snap.bar_time),
         "last": snap.last,
         "close": snap.close,
         "ask": snap.ask,
@@ -250,6 +251,13 @@ def rule_values(snap: SymbolSnapshot) -> dict[str, Any]:
         "data_type": snap.market_data_type,
         "above_vwap": bool(snap.close > snap.vwap),
     }
+
+
+def _bar_time_text(bar_time: float) -> str | None:
+    """The start of the bar a decision read, in exchange time (None before the first bar)."""
+    if not math.isfinite(bar_time):
+        return None
+    return datetime.fromtimestamp(bar_time, NEW_YORK).isoformat(timespec="seconds")
 
 
 def evaluate_entry(
