@@ -15,6 +15,7 @@ Each alert raised is recorded in the database (the dashboard lists them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import sys
 import threading
@@ -241,10 +242,14 @@ class AlertSender:
         timeout_s: float,
         db: TradingDatabase | None = None,
         notify: Callable[[str, Alert], bool] | None = None,
+        prepare: Callable[[str], None] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.db = db
         self._notify = notify or _apprise_notify
+        # Loading the sender (apprise and its plugins: ~0.7 s, far more on a busy machine)
+        # happens once per channel before its first send, outside the send's timeout.
+        self._prepare = prepare or (_apprise_prepare if notify is None else None)
         self._stop = threading.Event()
         self.channels = [
             _Channel(_channel_name(url, i), url, queue.Queue(QUEUE_SIZE))
@@ -269,6 +274,9 @@ class AlertSender:
                           reason=f"{QUEUE_SIZE} alerts already waiting")  # fmt: skip
 
     def _work(self, channel: _Channel) -> None:
+        if self._prepare is not None:
+            with contextlib.suppress(Exception):  # the first send reports what is wrong
+                self._prepare(channel.url)
         while not self._stop.is_set():
             try:
                 alert, alert_id = channel.inbox.get(timeout=0.2)
@@ -329,6 +337,13 @@ class AlertSender:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _apprise_prepare(url: str) -> None:
+    """Import apprise and load the plugin for `url` (what a first send would otherwise do)."""
+    import apprise
+
+    apprise.Apprise().add(url)
 
 
 def _apprise_notify(url: str, alert: Alert) -> bool:

@@ -208,6 +208,31 @@ def test_a_hung_channel_never_blocks_submit_nor_the_other_channel_and_is_logged_
     sender.stop()
 
 
+def test_a_slow_first_load_of_the_sender_does_not_count_against_the_first_alert(caplog):
+    """Loading apprise and its plugins takes ~0.7 s, seconds on a busy machine: done inside
+    the first send, it overran the timeout, so a healthy channel lost its first alerts."""
+    caplog.set_level(logging.INFO)
+    loaded = threading.Event()
+    sent: list[str] = []
+
+    def prepare(url: str) -> None:
+        time.sleep(1.5)  # a slow import, longer than the send timeout below
+        loaded.set()
+
+    def notify(url: str, alert: Alert) -> bool:
+        assert loaded.is_set(), "a send before the sender was loaded"
+        sent.append(alert.title)
+        return True
+
+    sender = AlertSender(["json://hook"], timeout_s=0.5, notify=notify, prepare=prepare)
+    for i in range(3):
+        sender.submit(Alert(AlertKind.FILL, str(i), f"a{i}", "b"))
+    assert sender.drain(10)
+    assert sent == ["a0", "a1", "a2"] and sender.failed == 0
+    assert not _events(caplog, "alert_channel_failed")
+    sender.stop()
+
+
 def test_a_failing_channel_is_tried_once_per_alert_logged_once_and_its_recovery_once(caplog):
     caplog.set_level(logging.INFO)
     answers = iter([False, False, False, True])
