@@ -71,7 +71,8 @@ class Candidate:
     rsi: float  # 0..100
     atr_pct: float  # average true range as % of price
     gap_pct: float  # today's open vs yesterday's close, %
-    volume_ratio: float  # volume so far vs the usual volume by this time of day
+    # Volume so far vs the usual volume by this time of day; None when not known (no thin flag).
+    volume_ratio: float | None
     rule: Rule = "standard"
 
 
@@ -99,7 +100,8 @@ def heuristic_opinion(candidate: Candidate, latency_s: float = 0.0) -> Opinion:
       - extended: price more than max(1%, 1.5 x ATR%) above VWAP (chasing; the stop sits in
         the noise of the pullback);
       - weak: price below VWAP on the standard rule (it buys strength);
-      - thin: volume_ratio below 1.2 (below 2.0 on gap_and_go, a gap needs participation).
+      - thin: volume_ratio below 1.2 (below 2.0 on gap_and_go, a gap needs participation);
+        an unknown ratio (None) is no flag: not knowing is not thin.
     Approval confidence starts at 0.5 and gains 0.1 for each of: volume_ratio >= 2,
     RSI 50..70, price within 0.5 x ATR% of VWAP; capped at 0.8 (a heuristic is never sure).
     Veto confidence is 0.6 plus 0.1 per extra red flag, capped at 0.9.
@@ -107,7 +109,9 @@ def heuristic_opinion(candidate: Candidate, latency_s: float = 0.0) -> Opinion:
     Returns an Opinion with source "heuristic" and the given `latency_s`.
     """
     c = candidate
-    numbers = (c.price, c.vwap, c.rsi, c.atr_pct, c.gap_pct, c.volume_ratio)
+    numbers = (c.price, c.vwap, c.rsi, c.atr_pct, c.gap_pct)
+    if c.volume_ratio is not None:
+        numbers += (c.volume_ratio,)
     if not all(isinstance(x, int | float) and math.isfinite(x) for x in numbers) or (
         c.price <= 0 or c.vwap <= 0 or c.atr_pct <= 0 or not 0 <= c.rsi <= 100
     ):
@@ -122,14 +126,14 @@ def heuristic_opinion(candidate: Candidate, latency_s: float = 0.0) -> Opinion:
         flags.append(f"extended {above_vwap_pct:.1f}% above VWAP (ATR {c.atr_pct:.1f}%)")
     if not gap_and_go and above_vwap_pct < 0:
         flags.append(f"below VWAP ({above_vwap_pct:.1f}%)")
-    if c.volume_ratio < (2.0 if gap_and_go else 1.2):
+    if c.volume_ratio is not None and c.volume_ratio < (2.0 if gap_and_go else 1.2):
         flags.append(f"thin volume ({c.volume_ratio:.1f}x)")
     if flags:
         confidence = min(0.9, 0.6 + 0.1 * (len(flags) - 1))
         return Opinion(False, confidence, "heuristic", "veto: " + "; ".join(flags), latency_s)
 
     support = [
-        c.volume_ratio >= 2.0,
+        c.volume_ratio is not None and c.volume_ratio >= 2.0,
         50.0 <= c.rsi <= 70.0,
         abs(above_vwap_pct) <= 0.5 * c.atr_pct,
     ]

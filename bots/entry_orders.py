@@ -72,7 +72,7 @@ async def llm_approves(reviewer: Any, decision: EntryDecision, budget_real_s: fl
         rsi=float(v["rsi"]),
         atr_pct=float(v["atr_pct"]) if math.isfinite(v["atr_pct"]) else 0.0,
         gap_pct=float(v["gap_pct"]) if math.isfinite(v["gap_pct"]) else 0.0,
-        volume_ratio=1.0,  # unknown here; the reviewer treats it as neutral-thin
+        volume_ratio=None,  # not known here: neither thin nor strong
         rule=decision.rule or "standard",  # type: ignore[arg-type]
     )
     try:

@@ -585,3 +585,13 @@ def test_heuristic_lets_gap_and_go_run_hotter_than_standard() -> None:
 
     assert heuristic_opinion(Candidate("X", **hot, rule="gap_and_go")).approve is True
     assert heuristic_opinion(Candidate("X", **hot, rule="standard")).approve is False
+
+
+def test_heuristic_does_not_veto_an_unknown_volume_ratio_as_thin() -> None:
+    """The day trader does not know the volume ratio: passed as 1.0 it read as thin volume,
+    so with the LLM down the fallback vetoed every standard entry."""
+    healthy = dict(price=100.0, vwap=99.8, rsi=55.0, atr_pct=0.8, gap_pct=0.5)
+
+    unknown = heuristic_opinion(Candidate("X", **healthy, volume_ratio=None))
+    assert unknown.approve is True, unknown.reason
+    assert heuristic_opinion(Candidate("X", **healthy, volume_ratio=0.5)).approve is False
