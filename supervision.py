@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from core import cli
 from core.clock import MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_READY_STATES
 from core.logs import get_logger, printable
@@ -45,7 +46,7 @@ RUNNING, STOPPED, STARTING, GAVE_UP = "RUNNING", "STOPPED", "STARTING", "GAVE_UP
 DAILY_RESET_FLAG = "supervisor_daily_reset"
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(cli.SetupError):
     """The supervisor cannot start or go on; the message says what to do."""
 
 
