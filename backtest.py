@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import date, datetime, time
+from functools import partial
 from pathlib import Path
 
 from core import cli
+from core.settings import Settings, get_settings
 
 
 def _date(raw: str) -> date:
@@ -118,14 +120,21 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Bad input of every kind (a setting, the data, the output folder) is exit code 2.
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return cli.run_program(
+        "backtest.py", parser, partial(backtest, parser), argv, logs=False,
+        load=lambda _args: get_settings(), setup_exit=2,
+    )  # fmt: skip
+
+
+def backtest(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
+    """Run the days, print the report(s) and the summary, write the outputs. Raises BadInput."""
     _check_args(parser, args)
     # Heavy imports after parsing: --help and a bad flag answer at once.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from core.settings import SettingsError, get_settings
     from journal import JournalError
     from reports import render_report
     from sim.backtest import BacktestConfig, run_backtest
@@ -139,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
     err = Console(stderr=True)
     try:
-        settings = get_settings()
         overrides = {
             "capital": args.capital,
             "entry_timeout_s": args.entry_timeout,
@@ -162,9 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.end is None
                 else len(synthetic_sessions_between(args.start or date.today(), args.end))
             )
-    except (SettingsError, BacktestDataError, ValueError) as exc:
-        print(f"backtest.py: error: {exc}", file=sys.stderr)
-        return 2
+    except (BacktestDataError, ValueError) as exc:
+        raise cli.BadInput(str(exc)) from None
     with Progress(
         TextColumn("backtest"),
         BarColumn(),
@@ -181,21 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_backtest(days, config, on_day=advance)
         except (BacktestDataError, ValueError) as exc:
-            print(f"backtest.py: error: {exc}", file=sys.stderr)
-            return 2
+            raise cli.BadInput(str(exc)) from None
     if not result.days:
-        print("backtest.py: error: no trading day to run; check --start/--end", file=sys.stderr)
-        return 2
+        raise cli.BadInput("no trading day to run; check --start/--end")
     out = args.out or Path("backtests") / (
         f"{result.days[0].trading_date}_{result.days[-1].trading_date}_{datetime.now():%H%M%S}"
     )
     try:
         written = write_outputs(result, out)
     except (OSError, JournalError) as exc:
-        print(
-            f"backtest.py: error: cannot write {out} ({exc}); pick another --out", file=sys.stderr
-        )
-        return 2
+        raise cli.BadInput(f"cannot write {out} ({exc}); pick another --out") from None
     if len(result.days) == 1:
         print(render_report(result.days[0].report))
     print(render_summary(result))
