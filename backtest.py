@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import date, datetime, time
-from functools import partial
 from pathlib import Path
 
 from core import cli
-from core.settings import Settings, get_settings
 
 
 def _date(raw: str) -> date:
@@ -120,21 +118,14 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Bad input of every kind (a setting, the data, the output folder) is exit code 2.
     parser = build_parser()
-    return cli.run_program(
-        "backtest.py", parser, partial(backtest, parser), argv, logs=False,
-        load=lambda _args: get_settings(), setup_exit=2,
-    )  # fmt: skip
-
-
-def backtest(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> int:
-    """Run the days, print the report(s) and the summary, write the outputs. Raises BadInput."""
+    args = parser.parse_args(argv)
     _check_args(parser, args)
     # Heavy imports after parsing: --help and a bad flag answer at once.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from core.settings import SettingsError, get_settings
     from journal import JournalError
     from reports import render_report
     from sim.backtest import BacktestConfig, run_backtest
@@ -148,6 +139,7 @@ def backtest(parser: argparse.ArgumentParser, args: argparse.Namespace, settings
 
     err = Console(stderr=True)
     try:
+        settings = get_settings()
         overrides = {
             "capital": args.capital,
             "entry_timeout_s": args.entry_timeout,
@@ -170,8 +162,9 @@ def backtest(parser: argparse.ArgumentParser, args: argparse.Namespace, settings
                 if args.end is None
                 else len(synthetic_sessions_between(args.start or date.today(), args.end))
             )
-    except (BacktestDataError, ValueError) as exc:
-        raise cli.BadInput(str(exc)) from None
+    except (SettingsError, BacktestDataError, ValueError) as exc:
+        print(f"backtest.py: error: {exc}", file=sys.stderr)
+        return 2
     with Progress(
         TextColumn("backtest"),
         BarColumn(),
@@ -188,16 +181,21 @@ def backtest(parser: argparse.ArgumentParser, args: argparse.Namespace, settings
         try:
             result = run_backtest(days, config, on_day=advance)
         except (BacktestDataError, ValueError) as exc:
-            raise cli.BadInput(str(exc)) from None
+            print(f"backtest.py: error: {exc}", file=sys.stderr)
+            return 2
     if not result.days:
-        raise cli.BadInput("no trading day to run; check --start/--end")
+        print("backtest.py: error: no trading day to run; check --start/--end", file=sys.stderr)
+        return 2
     out = args.out or Path("backtests") / (
         f"{result.days[0].trading_date}_{result.days[-1].trading_date}_{datetime.now():%H%M%S}"
     )
     try:
         written = write_outputs(result, out)
     except (OSError, JournalError) as exc:
-        raise cli.BadInput(f"cannot write {out} ({exc}); pick another --out") from None
+        print(
+            f"backtest.py: error: cannot write {out} ({exc}); pick another --out", file=sys.stderr
+        )
+        return 2
     if len(result.days) == 1:
         print(render_report(result.days[0].report))
     print(render_summary(result))

@@ -136,7 +136,7 @@ def test_run_program_applies_host_and_port_to_the_settings_and_opens_the_run_log
 @pytest.mark.parametrize(
     "module",
     ["day_trader", "exit_manager", "supervisor", "dashboard", "check_orders", "liquidate_all",
-     "monitor_live", "test_connection", "view_logs", "analyze_today", "backtest"],
+     "monitor_live", "test_connection", "view_logs", "analyze_today"],
 )  # fmt: skip
 def test_every_program_starts_and_ends_through_run_program(
     module: str, monkeypatch: pytest.MonkeyPatch
