@@ -37,7 +37,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 
 import pytest
-from sim_support import CLOCK_FILE, sim_db, wait_for
+from sim_support import wait_for
 
 from core.clock import NEW_YORK, FileTimeSource, MarketClock
 from core.settings import PROJECT_ROOT
@@ -72,8 +72,8 @@ def _socket_day(run_dir: Path) -> TradingDatabase:
     output.close()
     stop_at = datetime.combine(DAY, STOP_AT, NEW_YORK)
     try:
-        wait_for(lambda: (run_dir / CLOCK_FILE).exists(), 90, "the simulated clock")
-        clock = MarketClock(FileTimeSource(run_dir / CLOCK_FILE))
+        wait_for(lambda: (run_dir / "sim_clock.json").exists(), 90, "the simulated clock")
+        clock = MarketClock(FileTimeSource(run_dir / "sim_clock.json"))
         wait_for(lambda: clock.now() >= stop_at, 120, f"simulated {STOP_AT}")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -81,7 +81,7 @@ def _socket_day(run_dir: Path) -> TradingDatabase:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    return sim_db(run_dir)  # the run folder's database on its simulated clock
+    return TradingDatabase(str(run_dir / "trading_history.db"), clock=clock)
 
 
 def _first_wave(entries: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
