@@ -6,6 +6,10 @@ conditions, open the test's database on the simulated clock, buy like the bots, 
             trade = buy(ib, "AAA", 100)                       # a plain market buy
             buy(ib, "BBB", 10, db=sim_db(gw))                 # the bots' way: intent, row, OCA
             wait_for(lambda: gw.account.positions(), 5, "positions", ib=ib)
+
+Async tests wait with `until` (and `until_gateway` on the gateway's state) and buy with
+`buy_async`. Every gateway, wait, database and buy helper of the tests and benches lives here
+(tests/test_sim_support.py checks).
 """
 
 from __future__ import annotations
