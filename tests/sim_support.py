@@ -131,9 +131,11 @@ def wait_for(
     ib: IB | None = None,
     disconnect_expected: bool = False,
     detail: Callable[[], str] | None = None,
+    every: float = 0.02,
 ) -> Any:
     """Poll `condition` until truthy (returned); fail naming `what` after `timeout` real s,
-    with `detail()` (say a program's log tail) appended to the failure.
+    with `detail()` (say a program's log tail) appended to the failure. Without `ib`, polls
+    `every` real seconds (longer for a costly condition: one that reads log files).
 
     With `ib` its event loop runs between polls (the condition is about what that client
     receives); ib_async raises ConnectionError out of ib.sleep() when a socket closes, which
@@ -148,7 +150,7 @@ def wait_for(
         if time.monotonic() > deadline:
             _timed_out(timeout, what or condition, detail() if detail else "")
         if ib is None:
-            time.sleep(0.02)
+            time.sleep(every)
             continue
         try:
             ib.sleep(0.01)

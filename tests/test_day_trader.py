@@ -52,7 +52,7 @@ from ibsim.thread import GatewayThread
 from observability import DatabaseLocked, TradingDatabase
 from tests import sim_support
 from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from tests.sim_support import CLOCK_FILE, DB_FILE, client, sim_db, stock, wait_for
+from tests.sim_support import CLOCK_FILE, DB_FILE, client, sim_db, stock
 from trading.entries import (
     AFTER_ENTRY_CUTOFF,
     DAILY_LOSS_LIMIT,
@@ -106,6 +106,9 @@ def events(logs: Path, name: str) -> list[dict[str, Any]]:
 gateway = partial(
     sim_support.gateway, symbols=SYMBOLS, seed=SEED, trading_date=DAY, steps_per_second=50
 )
+# Its waits at 20 a second: their conditions read the traders' databases and log files, and
+# the two cores are the traders' (a race test gives them 3 s to answer).
+wait_for = partial(sim_support.wait_for, every=0.05)
 
 
 def start_trader(
