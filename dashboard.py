@@ -26,15 +26,15 @@ from pathlib import Path
 
 from core import cli
 from core.logs import get_logger, remember_secrets, setup_logging
-from core.settings import Settings, SettingsError, get_settings
-from observability import DatabaseError, TradingDatabase, get_database
+from core.settings import Settings, get_settings
+from observability import TradingDatabase, get_database
 
 TOOL = "dashboard"
 DEFAULT_PORT = 8765
 log = get_logger(TOOL)
 
 
-class DashboardError(RuntimeError):
+class DashboardError(cli.SetupError):
     """The dashboard cannot start as asked; the message says what to change."""
 
 
@@ -112,8 +112,7 @@ def watch_parent(pid: int | None) -> threading.Event:
     return gone
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = get_settings()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     # Refused before anything else: no page on a public address without a token.
     token, made = ("", False) if args.no_web else dashboard_token(settings, args.host)
     db = get_database(args.db or settings.database_path, if_missing="refuse")
@@ -187,14 +186,12 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        return 130
-    except (DashboardError, SettingsError, DatabaseError) as exc:
-        print(f"{TOOL}: error: {exc}", file=sys.stderr)
-        return 2
+    # Its --host/--port are the page's address, not the gateway's: the settings as they are;
+    # its run log goes to --log-dir, set up by run().
+    return cli.run_program(
+        TOOL, build_parser(), run, argv, logs=False, load=lambda _args: get_settings(),
+        setup_exit=2,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

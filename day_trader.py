@@ -23,13 +23,11 @@ from typing import Any
 from bots.day_bot import AGENT, DayTrader, DayTraderOptions
 from core import cli
 from core.clock import FileTimeSource, MarketClock, preload_calendar, set_clock
-from core.logs import get_logger, setup_logging
+from core.logs import get_logger
 from core.settings import (
     Settings,
-    SettingsError,
     check_trading_mode,
     load_settings,
-    set_settings,
 )
 from core.shutdown import install_stop_handlers
 
@@ -132,34 +130,28 @@ async def _prepare_reviewer(reviewer: Any) -> None:
         log.warning("llm_client_missing", error=str(exc), action="pip install -r requirements.txt")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def trade(args: argparse.Namespace, settings: Settings) -> int:
+    """Enter positions until stopped."""
+    if settings.clock_file is not None:
+        set_clock(MarketClock(FileTimeSource(settings.clock_file)))
+    return asyncio.run(_run(settings, options_from_args(args, settings)))
+
+
+def _settings_and_calendar(args: argparse.Namespace) -> Settings:
     preload_calendar()  # built while it connects and reconciles, not after (back sooner)
     # `kill -USR1 <pid>` prints every thread's stack: the way to see a hang in production.
     with contextlib.suppress(ValueError, OSError, AttributeError):  # stderr without a file
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    try:
-        settings = settings_from_args(args)
-    except SettingsError as exc:
-        print(f"day_trader.py: error: {exc}", file=sys.stderr)
-        return 2
-    set_settings(settings)
-    if settings.clock_file is not None:
-        set_clock(MarketClock(FileTimeSource(settings.clock_file)))
-    setup_logging(AGENT, level=settings.log_level)
-    options = options_from_args(args, settings)
-    try:
-        return asyncio.run(_run(settings, options))
-    except SettingsError as exc:  # paper/live mismatch found at connect
-        print(f"day_trader.py: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a database that cannot be used, and the like: one line
-        from observability import DatabaseError
+    return settings_from_args(args)
 
-        if isinstance(exc, DatabaseError):
-            print(f"day_trader.py: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def main(argv: list[str] | None = None) -> int:
+    # A settings or database error (a paper/live account mismatch at connect too) is exit
+    # code 2.
+    return cli.run_program(
+        "day_trader.py", build_parser(), trade, argv, load=_settings_and_calendar,
+        log_as=AGENT, console=True, setup_exit=2,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

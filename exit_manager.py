@@ -41,14 +41,12 @@ from core import cli
 from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
-from core.logs import get_logger, setup_logging
+from core.logs import get_logger
 from core.orders import IntentOrders
 from core.settings import (
     Settings,
-    SettingsError,
     check_trading_mode,
     load_settings,
-    set_settings,
 )
 from core.shutdown import install_stop_handlers
 from ib import convert
@@ -288,32 +286,39 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def exit_config_from_args(args: argparse.Namespace, settings: Settings) -> ExitConfig:
+    """The exit rules' settings with the command line on top. Raises BadInput."""
     try:
-        settings = settings_from_args(args)
         config = ExitConfig.from_settings(settings)
         if args.backstop_gap_pct is not None:
             config = replace(config, backstop_gap_pct=args.backstop_gap_pct)
         if args.tif:
             config = replace(config, protective_tif=args.tif)
-    except (SettingsError, ValueError) as exc:
-        print(f"exit_manager: error: {exc}", file=sys.stderr)
-        return 2
-    set_settings(settings)
-    setup_logging(AGENT, settings.log_dir, settings.log_level)
+    except ValueError as exc:
+        raise cli.BadInput(str(exc)) from None
+    return config
+
+
+def manage_exits(args: argparse.Namespace, settings: Settings) -> int:
+    """Protect and close positions until stopped (--once: one reconciliation)."""
+    config = exit_config_from_args(args, settings)
     # ib_async logs every order cancel (202) as an ERROR; BrokerSession logs IB's messages
     # with their meaning instead, so keep only ib_async's own failures.
     logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
     clock = get_clock(settings.clock_file) if settings.clock_file else get_clock()
     set_clock(clock)
-    try:
-        db = TradingDatabase(settings.database_path, clock=clock)
-        db.schema_version()
-    except DatabaseError as exc:
-        print(f"exit_manager: error: {exc}", file=sys.stderr)
-        return 2
+    db = TradingDatabase(settings.database_path, clock=clock)
+    db.schema_version()  # a database that cannot be used: one line, before connecting
     return asyncio.run(_run(settings, db, config, clock, args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A settings or database error (a paper/live account mismatch at connect too) is exit
+    # code 2, never retried.
+    return cli.run_program(
+        AGENT, build_parser(), manage_exits, argv, load=settings_from_args, console=True,
+        setup_exit=2,
+    )  # fmt: skip
 
 
 async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: MarketClock,
@@ -322,14 +327,10 @@ async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: Ma
         settings, settings.exit_manager_client_id, AGENT, retry_seconds=args.retry_seconds
     )
     manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
-    try:
-        if args.once:
-            return await manager.run_once()
-        install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
-        return await manager.run()
-    except SettingsError as exc:  # paper/live account mismatch at connect: never retried
-        print(f"exit_manager: error: {exc}", file=sys.stderr)
-        return 2
+    if args.once:
+        return await manager.run_once()
+    install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)
+    return await manager.run()
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ SEED_COLUMN_NAMES: dict[str, dict[str, str]] = {
 _SEED_TABLE_PREFIX = "_seed_"
 
 
-class DatabaseError(cli.ProgramError):
+class DatabaseError(cli.SetupError):
     """The database cannot be used; the message names the file and what to do."""
 
 

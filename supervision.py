@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from core import cli
 from core.clock import MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_READY_STATES
 from core.logs import get_logger, printable
@@ -47,7 +48,7 @@ IMPROVE_FLAG = "supervisor_improve_done"  # the trading date whose improvement c
 IMPROVE_AFTER_CLOSE_S = 300.0  # market seconds after the close before the cycle may start
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(cli.SetupError):
     """The supervisor cannot start or go on; the message says what to do."""
 
 

@@ -28,7 +28,7 @@ from core.settings import (
     check_trading_mode,
     get_settings,
 )
-from observability import DatabaseError, get_database
+from observability import get_database
 from supervision import (
     Supervisor,
     SupervisorError,
@@ -206,19 +206,22 @@ def bot_mode(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
     return {"TRADING_MODE": settings.trading_mode}, ("--live",) if settings.is_live else ()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-        if args.sim:
-            import sim_day
+def supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """A simulated day (--sim, its log in the run folder) or the real bots supervised."""
+    if args.sim:
+        import sim_day
 
-            return sim_day.run(args)
-        setup_logging("supervisor", level=settings.log_level)
-        return run_supervisor(args, settings)
-    except (SupervisorError, SettingsError, DatabaseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return sim_day.run(args)
+    setup_logging("supervisor", level=settings.log_level)
+    return run_supervisor(args, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Its error lines are `error: ...` (no program name), as the start scripts show them.
+    return cli.run_program(
+        "supervisor", build_parser(), supervise, argv, logs=False, load=settings_from_args,
+        setup_exit=2, prefix="",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,25 +48,16 @@ BARE_REARM = 49.9
 EM, DT, BARE = 10, 2, 20
 
 
-async def _until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
 def _gateway_child(folder: Path) -> None:
     """The gateway in its own process (as IB Gateway is): probes append wall-clock times."""
-    from ibsim.config import GatewayConfig
     from ibsim.market import Market
     from ibsim.thread import GatewayThread
+    from tests.sim_support import gateway_config
 
     probe = (folder / "probe.txt").open("a", buffering=1)
-    config = GatewayConfig(
-        port=0, symbol_names=SYMBOLS, trading_date=date(2026, 11, 25), start=dtime(10, 0),
-        speed=1.0, clock_file=str(folder / "sim_clock.json"), initial_cash=10_000_000.0,
-        control_port=0,
+    config = gateway_config(
+        folder, symbols=SYMBOLS, trading_date=date(2026, 11, 25), start=dtime(10, 0),
+        initial_cash=10_000_000.0, control_port=0,
     )  # fmt: skip
     original_set_price = Market.set_price
 
@@ -167,6 +158,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
     from exit_manager import AGENT, ExitManager
     from ibsim.ctl import call
     from observability import TradingDatabase
+    from tests.sim_support import until
     from trading.exits import ExitConfig
 
     children: list[subprocess.Popen] = []
@@ -176,7 +168,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
     )  # fmt: skip
     children.append(child)
     try:
-        await _until(lambda: (folder / "ports.txt").exists(), 60, "gateway process")
+        await until(lambda: (folder / "ports.txt").exists(), 60, "gateway process")
         port, control = map(int, (folder / "ports.txt").read_text().split())
 
         async def set_price(symbol: str, price: float) -> None:
@@ -211,7 +203,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
         manager = ExitManager(session, db, exit_config, clock)
         preload_calendar()  # as exit_manager.main does; the bot stop acts once it is built
         runner = asyncio.ensure_future(manager.run())
-        await _until(lambda: manager.reconciled and calendar_loaded(), 30, "reconciliation")
+        await until(lambda: manager.reconciled and calendar_loaded(), 30, "reconciliation")
         trader = IB()
         await trader.connectAsync("127.0.0.1", port, clientId=DT, timeout=5)
         missed = 0
@@ -223,7 +215,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
                 symbol = SYMBOLS[trial % len(SYMBOLS)]
                 await set_price(symbol, START_PRICE)
                 trade = trader.placeOrder(Stock(symbol, "SMART", "USD"), MarketOrder("BUY", 10))
-                await _until(lambda t=trade: t.orderStatus.status == "Filled", 5, "entry")
+                await until(lambda t=trade: t.orderStatus.status == "Filled", 5, "entry")
                 entry = trade.orderStatus.avgFillPrice
                 target = profit_target_price(entry, exit_config.profit_target_pct)
                 stop = stop_loss_price(entry, exit_config.stop_loss_pct)
@@ -231,7 +223,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
                 await asyncio.to_thread(
                     day_trader_db.add_active_position, symbol, 10, entry, target, stop
                 )
-                await _until(
+                await until(
                     lambda s=symbol: s in manager.book.held() and s in manager.book.quotes()
                     and len([t for t in manager.broker.our_sells(s)
                              if t.orderStatus.status in ("Submitted", "PreSubmitted")]) == 2
@@ -242,7 +234,7 @@ async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
                 held = manager.book.held()[symbol]
                 between = round((held.stop_price + held.backstop_price) / 2, 2)
                 await set_price(symbol, between)  # through the bot stop only
-                await _until(lambda s=symbol: not db.is_position_active(s), 5, "closed")
+                await until(lambda s=symbol: not db.is_position_active(s), 5, "closed")
                 closed = db.get_closed_today()[-1]
                 missed += closed["exit_reason"] != "STOP_LOSS"
         finally:

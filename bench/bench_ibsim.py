@@ -30,7 +30,9 @@ TARGET_TICKS_PER_S = 5000.0
 TARGET_P99_MS = 5.0
 
 
-def start_gateway(symbols: int, speed: float) -> tuple[subprocess.Popen[str], int, int]:
+def gateway_process(symbols: int, speed: float) -> tuple[subprocess.Popen[str], int, int]:
+    """The gateway as users start it (`python -m ibsim`) in its own process: it, its port
+    and its control port."""
     args = [
         sys.executable, "-m", "ibsim", "--port", "0", "--control-port", "0",
         "--symbols", str(symbols), "--speed", str(speed), "--date", "2026-11-24",
@@ -59,7 +61,7 @@ def main() -> int:
 
     from ibsim import ctl
 
-    proc, port, control = start_gateway(opts.symbols, opts.speed)
+    proc, port, control = gateway_process(opts.symbols, opts.speed)
     clients: list[IB] = []
     try:
         names = ctl.call(control, "health", {})["result"]["symbols"]

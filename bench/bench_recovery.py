@@ -44,12 +44,11 @@ EM, DT = 10, 2
 
 
 def _gateway_child(folder: Path, symbols: int) -> None:
-    from ibsim.config import GatewayConfig
     from ibsim.thread import GatewayThread
+    from tests.sim_support import gateway_config
 
-    config = GatewayConfig(
-        port=0, symbol_names=SYMBOLS[:symbols], trading_date=date(2026, 11, 25),
-        start=dtime(10, 0), speed=1.0, clock_file=str(folder / "sim_clock.json"),
+    config = gateway_config(
+        folder, symbols=SYMBOLS[:symbols], trading_date=date(2026, 11, 25), start=dtime(10, 0),
         initial_cash=10_000_000.0, control_port=0,
     )  # fmt: skip
     with GatewayThread(config) as gw:

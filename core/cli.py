@@ -108,6 +108,12 @@ class BadInput(ProgramError):
     """Flags that parse but do not go together; reported like a bad flag (exit code 2)."""
 
 
+class SetupError(ProgramError):
+    """The program's files or setup cannot be used (a database, a lock, a listening port):
+    exit code 1, or run_program's `setup_exit` (2 for the bots, the supervisor and the
+    dashboard, whose users know these as bad input, like a settings error)."""
+
+
 # What a program reports in one line instead of a traceback (a database error is a ProgramError).
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ProgramError, SettingsError, ClockError)
 
@@ -140,29 +146,44 @@ def run_program(
     argv: Sequence[str] | None = None,
     *,
     logs: bool = True,
+    load: Callable[[argparse.Namespace], Settings] = settings_for,
+    log_as: str | None = None,
+    console: bool = False,
+    setup_exit: int = 1,
+    prefix: str | None = None,
 ) -> int:
-    """Parse the flags, load the settings, set up the run's log file (unless not `logs`), run
-    `body(args, settings)` and return its exit code.
+    """Parse the flags, load the settings (`load`, default settings_for: --host/--port on
+    the environment's) and make them the process's, set up the run's log file (unless not
+    `logs`: named `log_as` or `name`; its lines on the console too with `console`, else
+    quiet_logging), run `body(args, settings)` and return its exit code.
 
-    A bad flag is one line and exit code 2 (the parser, a OneLineParser), so is BadInput; an
-    expected failure (EXPECTED_ERRORS, a lost connection) is `name: error: ...` in one line
-    on stderr and exit code 1; Ctrl+C is exit code 130.
+    A bad flag is one line and exit code 2 (the parser, a OneLineParser), so is BadInput; a
+    settings error or a SetupError is one line and `setup_exit`; another expected failure
+    (EXPECTED_ERRORS, a lost connection) is one line and exit code 1; Ctrl+C is exit code
+    130. Each line on stderr starts with `prefix` (default `name: `), then `error: `.
     """
+    say = f"{name}: " if prefix is None else prefix
     args = parser.parse_args(argv)
     try:
-        settings = settings_for(args)
-        if logs:
-            quiet_logging(name, settings)
+        settings = load(args)
+        set_settings(settings)
+        if logs and console:
+            setup_logging(log_as or name, log_dir=settings.log_dir, level=settings.log_level)
+        elif logs:
+            quiet_logging(log_as or name, settings)
         return body(args, settings)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
+        print(f"{say}interrupted", file=sys.stderr)
         return 130
     except BadInput as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{say}error: {exc}", file=sys.stderr)
         return 2
+    except (SettingsError, SetupError) as exc:
+        print(f"{say}error: {exc}", file=sys.stderr)
+        return setup_exit
     except EXPECTED_ERRORS as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{say}error: {exc}", file=sys.stderr)
         return 1
     except ConnectionError as exc:
-        print(f"{name}: error: lost the connection to IB ({exc})", file=sys.stderr)
+        print(f"{say}error: lost the connection to IB ({exc})", file=sys.stderr)
         return 1

@@ -6,10 +6,15 @@ conditions, open the test's database on the simulated clock, buy like the bots, 
             trade = buy(ib, "AAA", 100)                       # a plain market buy
             buy(ib, "BBB", 10, db=sim_db(gw))                 # the bots' way: intent, row, OCA
             wait_for(lambda: gw.account.positions(), 5, "positions", ib=ib)
+
+Async tests wait with `until` (and `until_gateway` on the gateway's state) and buy with
+`buy_async`. Every gateway, wait, database and buy helper of the tests and benches lives here
+(tests/test_sim_support.py checks).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -22,7 +27,7 @@ from datetime import date
 from datetime import time as dtime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import pytest
 from ib_async import IB, LimitOrder, MarketOrder, Order, Stock, Trade
@@ -125,8 +130,12 @@ def wait_for(
     *,
     ib: IB | None = None,
     disconnect_expected: bool = False,
+    detail: Callable[[], str] | None = None,
+    every: float = 0.02,
 ) -> Any:
-    """Poll `condition` until truthy (returned); fail naming `what` after `timeout` real s.
+    """Poll `condition` until truthy (returned); fail naming `what` after `timeout` real s,
+    with `detail()` (say a program's log tail) appended to the failure. Without `ib`, polls
+    `every` real seconds (longer for a costly condition: one that reads log files).
 
     With `ib` its event loop runs between polls (the condition is about what that client
     receives); ib_async raises ConnectionError out of ib.sleep() when a socket closes, which
@@ -139,9 +148,9 @@ def wait_for(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
+            _timed_out(timeout, what or condition, detail() if detail else "")
         if ib is None:
-            time.sleep(0.02)
+            time.sleep(every)
             continue
         try:
             ib.sleep(0.01)
@@ -152,16 +161,34 @@ def wait_for(
 
 async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
     """wait_for for async tests: the running event loop works between polls."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
+            _timed_out(timeout, what or condition)
         await asyncio.sleep(0.01)
+
+
+async def until_gateway(
+    gw: GatewayThread, condition: Callable[[dict], Any], timeout: float = 5.0, what: str = ""
+) -> Any:
+    """until on the gateway's account state (`condition(state)`), read off the event loop so
+    the test's clients keep working; the failure shows the last state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await asyncio.to_thread(gw.account.state)
+        value = condition(state)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            _timed_out(timeout, f"{what or condition}: {state}")
+        await asyncio.sleep(0.02)
+
+
+def _timed_out(timeout: float, what: object, detail: str = "") -> NoReturn:
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
 
 
 # -- the database ---------------------------------------------------------------------------
@@ -179,6 +206,13 @@ def sim_db(where: Path | GatewayThread, name: str = DB_FILE) -> TradingDatabase:
 
 
 # -- buying -----------------------------------------------------------------------------------
+class Percentages(Protocol):
+    """Where a position row's target and stop come from: the settings or an ExitConfig."""
+
+    profit_target_pct: float
+    stop_loss_pct: float
+
+
 def buy(
     ib: IB,
     symbol: str,
@@ -188,13 +222,15 @@ def buy(
     agent: str = "day_trader",
     order_ref: str = "",
     protect: bool = True,
+    percentages: Percentages | None = None,
     timeout: float = 20.0,
 ) -> Trade:
     """A market buy of `quantity` shares, waited on until filled; returns its Trade.
 
     Without `db` a plain order (`order_ref` as given). With `db` the bots' way: the entry
-    intent, the fills recorded, the position row with the settings' target and stop, and
-    (`protect`) the OCA target + stop pair placed through the intent protocol.
+    intent, the fills recorded, the position row with the target and stop at `percentages`
+    (the settings' by default) and (`protect`) the OCA target + stop pair placed through the
+    intent protocol.
     """
     contract = stock(ib, symbol)
     if db is None:
@@ -202,7 +238,6 @@ def buy(
         wait_for(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} buy filled",
                  ib=ib)  # fmt: skip
         return trade
-    from core.money import profit_target_price, stop_loss_price
     from core.orders import IntentOrders
     from ib.convert import fill_record
 
@@ -211,12 +246,7 @@ def buy(
     wait_for(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} entry fill", ib=ib)
     for fill in trade.fills:
         db.record_fill(fill_record(fill), agent)
-    price = trade.orderStatus.avgFillPrice
-    settings = get_settings()  # the bots' percentages, as the day trader writes its rows
-    target = profit_target_price(price, settings.profit_target_pct)
-    stop = stop_loss_price(price, settings.stop_loss_pct)
-    ref = trade.order.orderRef
-    db.add_active_position(symbol, quantity, price, target, stop, agent=agent, order_ref=ref)
+    target, stop = _position_row(db, trade, quantity, agent, percentages, trade.order.orderRef)
     if protect:
         oca = f"oca-{symbol}-{time.time_ns()}"
         legs: list[Order] = [
@@ -230,17 +260,43 @@ def buy(
     return trade
 
 
-def buy_now(
+async def buy_async(
     ib: IB,
-    db: TradingDatabase,
     symbol: str,
     quantity: int,
+    *,
+    db: TradingDatabase | None = None,
     agent: str = "day_trader",
-    protect: bool = True,
-) -> float:
-    """buy() the bots' way, returning the average fill price (the older call)."""
-    trade = buy(ib, symbol, quantity, db=db, agent=agent, protect=protect)
-    return trade.orderStatus.avgFillPrice
+    percentages: Percentages | None = None,
+    timeout: float = 5.0,
+) -> Trade:
+    """buy() for async tests (the running loop works while it waits): a plain market buy of
+    an unqualified contract and, with `db`, only the position row the day trader writes
+    from the fill (no intent, no protection: that is for the exit manager under test)."""
+    trade = ib.placeOrder(us_stock(symbol), MarketOrder("BUY", quantity))
+    await until(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} entry fill")
+    if db is not None:
+        _position_row(db, trade, quantity, agent, percentages, order_ref=None)
+    return trade
+
+
+def _position_row(
+    db: TradingDatabase,
+    trade: Trade,
+    quantity: int,
+    agent: str,
+    percentages: Percentages | None,
+    order_ref: str | None,
+) -> tuple[float, float]:
+    """The filled entry's active position row, target and stop by the one rule; returns them."""
+    from trading.exits import target_and_stop
+
+    price = trade.orderStatus.avgFillPrice
+    pcts = percentages or get_settings()  # the bots' percentages, as the day trader writes
+    target, stop = target_and_stop(price, pcts.profit_target_pct, pcts.stop_loss_pct)
+    symbol = trade.contract.symbol
+    db.add_active_position(symbol, quantity, price, target, stop, agent=agent, order_ref=order_ref)
+    return target, stop
 
 
 # -- programs -------------------------------------------------------------------------------

@@ -131,3 +131,85 @@ def test_run_program_applies_host_and_port_to_the_settings_and_opens_the_run_log
     assert cli.run_program("demo", _program(), _body, argv) == 0
     assert capsys.readouterr().out == "gw.local:4102\n"
     assert list(_isolated_settings.log_dir.glob("demo_run_*.json"))
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["day_trader", "exit_manager", "supervisor", "dashboard", "check_orders", "liquidate_all",
+     "monitor_live", "test_connection", "view_logs", "analyze_today"],
+)  # fmt: skip
+def test_every_program_starts_and_ends_through_run_program(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    program = importlib.import_module(module)
+    calls: list[tuple[str, argparse.ArgumentParser]] = []
+
+    def recorded(name, parser, body, argv=None, **how):  # type: ignore[no-untyped-def]
+        calls.append((name, parser))
+        return 99
+
+    monkeypatch.setattr(cli, "run_program", recorded)
+    assert program.main(["--no-such-flag"]) == 99  # never parsed by the program itself
+    [(name, parser)] = calls
+    assert name and isinstance(parser, cli.OneLineParser)
+
+
+@pytest.mark.parametrize(
+    ("setup_exit", "failure", "line"),
+    [
+        (1, "settings", "demo: error: setting TRADING_MODE='bogus' is invalid"),
+        (2, "settings", "demo: error: setting TRADING_MODE='bogus' is invalid"),
+        (2, "database", "demo: error: database x.db does not exist: pass --db"),
+        (2, "lock", "demo: error: another supervisor holds the lock"),
+    ],
+)
+def test_run_program_gives_a_settings_or_setup_error_the_programs_documented_code(
+    setup_exit: int, failure: str, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.settings import SettingsError
+    from observability import DatabaseError
+    from supervision import SupervisorError
+
+    failures = {
+        "settings": SettingsError("setting TRADING_MODE='bogus' is invalid"),
+        "database": DatabaseError("database x.db does not exist: pass --db"),
+        "lock": SupervisorError("another supervisor holds the lock"),
+    }
+
+    def failing(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+        raise failures[failure]
+
+    code = cli.run_program("demo", _program(), failing, [], logs=False, setup_exit=setup_exit)
+    assert code == setup_exit
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_run_program_prefix_keeps_a_programs_own_error_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def failing(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+        raise cli.BadInput("--sim always trades paper on the simulated gateway: drop --live")
+
+    assert cli.run_program("supervisor", _program(), failing, [], logs=False, prefix="") == 2
+    assert capsys.readouterr().err == (
+        "error: --sim always trades paper on the simulated gateway: drop --live\n"
+    )
+
+
+@pytest.mark.parametrize("program", ["day_trader.py", "exit_manager.py", "dashboard.py"])
+def test_bots_and_dashboard_refuse_a_bad_setting_in_one_line_and_exit_2(
+    program: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    env = {**os.environ, "TRADING_MODE": "bogus", "LOG_DIR": str(tmp_path / "logs")}
+    result = subprocess.run(
+        [sys.executable, program, "--db", str(tmp_path / "none.db")], cwd=PROJECT_ROOT,
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "TRADING_MODE" in line and "error:" in line

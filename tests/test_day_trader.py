@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from datetime import time as dtime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ib_async import MarketOrder
 import day_trader
 from bots.day_feeds import WatchedSymbol, delayed_data_notice
 from bots.entry_orders import llm_approves
-from core.clock import NEW_YORK, FileTimeSource, MarketClock
+from core.clock import NEW_YORK, MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_FRESH_S
 from core.money import profit_target_price, stop_loss_price
 from core.orders import IntentOrders
@@ -47,11 +48,11 @@ from day_trader import (
     settings_from_args,
 )
 from ib.market_data import MarketDataLine
-from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import DatabaseLocked, TradingDatabase
+from tests import sim_support
 from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from tests.sim_support import client, stock
+from tests.sim_support import CLOCK_FILE, DB_FILE, client, sim_db, stock
 from trading.entries import (
     AFTER_ENTRY_CUTOFF,
     DAILY_LOSS_LIMIT,
@@ -80,26 +81,16 @@ ENTRY_START = dtime(9, 36, 40)
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def wait_until(
-    check: Callable[[], Any], timeout: float, what: str, logs: Path | None = None
-) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            tail = _log_tail(logs) if logs else ""
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
-        time.sleep(0.05)
+def log_tail(logs: Path) -> Callable[[], str]:
+    """The day trader's last log lines (entry decisions left out), for a wait's failure."""
 
+    def tail() -> str:
+        lines: list[str] = []
+        for run in sorted(logs.glob("day_trader_run_*.json")):
+            lines += [ln for ln in run.read_text().splitlines() if '"entry_decision"' not in ln]
+        return "\n--- trader log tail ---\n" + "\n".join(lines[-25:])
 
-def _log_tail(logs: Path) -> str:
-    lines: list[str] = []
-    for run in sorted(logs.glob("day_trader_run_*.json")):
-        lines += [ln for ln in run.read_text().splitlines() if '"entry_decision"' not in ln]
-    return "\n--- trader log tail ---\n" + "\n".join(lines[-25:])
+    return tail
 
 
 def events(logs: Path, name: str) -> list[dict[str, Any]]:
@@ -111,28 +102,13 @@ def events(logs: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
-@contextmanager
-def gateway(tmp_path: Path, start: dtime, speed: float, **changes: Any) -> Iterator[GatewayThread]:
-    config = GatewayConfig(
-        port=0,
-        symbols=SYMBOLS,
-        seed=SEED,
-        trading_date=DAY,
-        start=start,
-        speed=speed,
-        steps_per_second=50,
-        clock_file=str(tmp_path / "clock.json"),
-        **changes,
-    )
-    with GatewayThread(config) as gw:
-        yield gw
-
-
-def sim_db(tmp_path: Path) -> TradingDatabase:
-    """The test's view of the database, on the simulated clock (so 'today' is the sim date)."""
-    return TradingDatabase(
-        tmp_path / "trading.db", clock=MarketClock(FileTimeSource(tmp_path / "clock.json"))
-    )
+# The harness's gateway (tests/sim_support.py) with this file's market and clock file.
+gateway = partial(
+    sim_support.gateway, symbols=SYMBOLS, seed=SEED, trading_date=DAY, steps_per_second=50
+)
+# Its waits at 20 a second: their conditions read the traders' databases and log files, and
+# the two cores are the traders' (a race test gives them 3 s to answer).
+wait_for = partial(sim_support.wait_for, every=0.05)
 
 
 def start_trader(
@@ -147,7 +123,7 @@ def start_trader(
     clean = {k: v for k, v in os.environ.items() if k not in env_keys()}
     clean.update(
         {
-            "CLOCK_FILE": str(tmp_path / "clock.json"),
+            "CLOCK_FILE": str(tmp_path / CLOCK_FILE),
             "LOG_DIR": str(tmp_path / logs),
             "KILL_SWITCH_FILE": str(tmp_path / "KILL_SWITCH"),
             "WATCHLIST_PATH": str(tmp_path / "watchlist.json"),
@@ -160,7 +136,7 @@ def start_trader(
     clean.update(env or {})
     symbols = ",".join(gw.gateway.market.symbols)
     command = [sys.executable, str(ROOT / "day_trader.py"), "--port", str(gw.port)]
-    command += ["--client-id", str(client_id), "--db", str(tmp_path / "trading.db")]
+    command += ["--client-id", str(client_id), "--db", str(tmp_path / DB_FILE)]
     command += ["--symbols", symbols, "--no-llm", *(args or [])]
     # Console output to a file: an unread pipe fills up and blocks the trader.
     console = (tmp_path / f"{logs}.console").open("ab")
@@ -216,7 +192,7 @@ class ExitManagerStandIn:
 
 @pytest.fixture(autouse=True)
 def exit_manager_stand_in(tmp_path: Path) -> Iterator[ExitManagerStandIn]:
-    stand_in = ExitManagerStandIn(tmp_path / "trading.db")
+    stand_in = ExitManagerStandIn(tmp_path / DB_FILE)
     yield stand_in
     stand_in.close()
 
@@ -233,19 +209,19 @@ def test_simulated_day_enters_gap_and_go_and_standard_sized_right_never_twice(
     logs = tmp_path / "logs"
     # The gapper (LEY, +11% before the open) has RSI over regular-hours bars below 60 from
     # 09:45 on; the trader seeds from today's history and takes it in its first passes.
-    with gateway(tmp_path, dtime(9, 44), speed=60) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 44), speed=60) as gw:
+        db = sim_db(gw)
         # Closed earlier today: must never be entered, though its data looks fine.
         blocked = "AUL"
         db.add_active_position(blocked, 10, 6.6, 6.7, 6.5, entry_time="2026-11-25T09:00:00")
         db.remove_active_position(blocked, 6.65, "MANUAL")
         proc = start_trader(gw, tmp_path)
         try:
-            wait_until(
+            wait_for(
                 lambda: len(db.get_active_positions()) >= 4,
                 90,
                 "four filled entries",
-                logs,
+                detail=log_tail(logs),
             )
             # Free slots the way the exit manager does (position closed in the database):
             # those symbols are closed today now and must not come back.
@@ -253,11 +229,11 @@ def test_simulated_day_enters_gap_and_go_and_standard_sized_right_never_twice(
             first_two = [p["symbol"] for p in db.get_active_positions()[:2]]
             for position in db.get_active_positions()[:2]:
                 db.remove_active_position(position["symbol"], position["entry_price"], "MANUAL")
-            wait_until(  # filled: an entry that timed out unfilled may be tried again
+            wait_for(  # filled: an entry that timed out unfilled may be tried again
                 lambda: sum(i["state"] == "FILLED" for i in entry_intents(db)) >= 6,
                 90,
                 "two more filled entries after slots were freed",
-                logs,
+                detail=log_tail(logs),
             )
         finally:
             rc = stop_trader(proc)
@@ -310,14 +286,16 @@ def test_no_entries_from_close_minus_15(tmp_path: Path) -> None:
     """From 15:38 at 60x with room for 20 positions: nothing is sent from 15:45 on, and the
     decisions after 15:45 say after_entry_cutoff even where the standard rule holds."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(15, 38), speed=60) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(15, 38), speed=60) as gw:
+        db = sim_db(gw)
         # DEBUG: every decision, not only those that changed (the test reads their values).
         env = {"MAX_OPEN_POSITIONS": "20", "LOG_LEVEL": "DEBUG"}
         proc = start_trader(gw, tmp_path, env=env)
         cutoff = datetime(2026, 11, 25, 15, 45, tzinfo=NEW_YORK)
         try:
-            wait_until(lambda: gw.now() > cutoff.timestamp() + 150, 60, "15:47:30", logs)
+            wait_for(
+                lambda: gw.now() > cutoff.timestamp() + 150, 60, "15:47:30", detail=log_tail(logs)
+            )
         finally:
             stop_trader(proc)
         for intent in entry_intents(db):
@@ -341,13 +319,16 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
     records the position and never sends that entry again. An entry whose order never
     reached IB is marked CANCELLED, free to be decided again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=30) as gw:
+        db = sim_db(gw)
         # IB takes the first entry, then hangs for the trader: it never hears of its order.
         gw.faults.go_silent_after_next_order(2)
         crashed = start_trader(gw, tmp_path)
-        at_ib = wait_until(
-            lambda: [o for o in sim_orders(gw) if o["client_id"] == 2], 60, "an entry at IB", logs
+        at_ib = wait_for(
+            lambda: [o for o in sim_orders(gw) if o["client_id"] == 2],
+            60,
+            "an entry at IB",
+            detail=log_tail(logs),
         )
         crashed.send_signal(signal.SIGKILL)
         assert crashed.wait(10) == -signal.SIGKILL
@@ -363,7 +344,7 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
         for intent in crashed_intents:
             if intent["order_ref"] in refs:
                 gw.faults.set_price(intent["symbol"], round(intent["limit_price"] * 0.99, 2))
-        wait_until(
+        wait_for(
             lambda: (
                 {o["order_ref"] for o in gw.account.completed_orders() if o["status"] == "Filled"}
                 >= set(refs)
@@ -381,10 +362,12 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
                     for ref, symbol in refs.items()
                 )
 
-            wait_until(settled, 60, "every recovered entry settled", tmp_path / "logs2")
+            wait_for(
+                settled, 60, "every recovered entry settled", detail=log_tail(tmp_path / "logs2")
+            )
             # Let the restarted trader run through more bars: it must not retry them.
             t0 = gw.now()
-            wait_until(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
+            wait_for(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
         finally:
             assert stop_trader(proc) == 0
         trades = db.get_trades_by_date(DAY.isoformat())
@@ -402,15 +385,20 @@ def test_killed_right_after_sending_then_restarted_sends_no_duplicate(tmp_path: 
 def test_two_racing_traders_never_enter_one_symbol_twice(tmp_path: Path) -> None:
     """Two processes (client ids 2 and 3) on one database see the same signals at the same
     moments; the guard_entry transaction lets only one of them enter each symbol."""
-    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=40) as gw:
+        db = sim_db(gw)
         env = {"MAX_OPEN_POSITIONS": "8"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
         second = start_trader(gw, tmp_path, client_id=3, logs="logs_b", env=env)
         try:
-            wait_until(lambda: len(entry_intents(db)) >= 5, 90, "five entries", tmp_path / "logs_a")
+            wait_for(
+                lambda: len(entry_intents(db)) >= 5,
+                90,
+                "five entries",
+                detail=log_tail(tmp_path / "logs_a"),
+            )
             t0 = gw.now()
-            wait_until(lambda: gw.now() > t0 + 90, 30, "more market time for the race")
+            wait_for(lambda: gw.now() > t0 + 90, 30, "more market time for the race")
         finally:
             rcs = [stop_trader(first), stop_trader(second)]
         assert rcs == [0, 0]
@@ -442,8 +430,8 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
     qualified in one analysis pass was entered, all against the same free slot. With
     max_open_positions=2, many symbols qualifying at the open and two traders on one
     database, the gateway never holds more than 2 positions plus working entries."""
-    with gateway(tmp_path, ENTRY_START, speed=40) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=40) as gw:
+        db = sim_db(gw)
         env = {"MAX_OPEN_POSITIONS": "2"}
         first = start_trader(gw, tmp_path, client_id=2, logs="logs_a", env=env)
         second = start_trader(gw, tmp_path, client_id=3, logs="logs_b", env=env)
@@ -457,9 +445,9 @@ def test_one_free_slot_is_never_filled_twice_even_by_two_racing_traders(tmp_path
                 assert len(in_use) <= 2, f"{len(in_use)} slots in use: {sorted(in_use)}"
                 return len(gw.account.positions()) >= 2
 
-            wait_until(sample, 90, "two filled entries", tmp_path / "logs_a")
+            wait_for(sample, 90, "two filled entries", detail=log_tail(tmp_path / "logs_a"))
             t0 = gw.now()
-            wait_until(lambda: sample() and gw.now() > t0 + 120, 30, "two more minutes")
+            wait_for(lambda: sample() and gw.now() > t0 + 120, 30, "two more minutes")
         finally:
             rcs = [stop_trader(first), stop_trader(second)]
         assert rcs == [0, 0]
@@ -570,13 +558,13 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
     Exactly the allowed orders reach the gateway; the rest are refused by the database."""
     kill_file = tmp_path / "KILL_SWITCH"
     kill_file.write_text("held until both traders are deciding")  # entries start on our word
-    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=30) as gw:
+        db = sim_db(gw)
         symbols = list(gw.gateway.market.symbols)
         lists = [symbols[:6], symbols[6:]] if disjoint else [symbols, symbols]
         # Every bar's decision is read from the log: repeats are logged at DEBUG only.
         env = {"MAX_OPEN_POSITIONS": str(max_positions), "LOG_LEVEL": "DEBUG"}
-        beats = HeartbeatWatch(tmp_path / "trading.db")
+        beats = HeartbeatWatch(tmp_path / DB_FILE)
         traders = {
             logs: start_trader(
                 gw, tmp_path, client_id=cid, logs=logs, env=env, args=["--symbols", ",".join(s)]
@@ -586,7 +574,7 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
         try:
             opened = datetime(2026, 11, 25, 9, 30, 30, tzinfo=NEW_YORK).timestamp()
             for logs in traders:
-                wait_until(
+                wait_for(
                     lambda logs=logs: (
                         gw.now() > opened
                         and any(
@@ -596,11 +584,11 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
                     ),
                     90,
                     f"{logs}: deciding after the open (refused by the kill switch)",
-                    tmp_path / logs,
+                    detail=log_tail(tmp_path / logs),
                 )
             # Start when neither trader has a beat (a write) due soon and both see signals.
             pids = {proc.pid for proc in traders.values()}
-            wait_until(
+            wait_for(
                 lambda: (
                     beats.quiet(pids)
                     and all(latest_bar_would_enter(tmp_path / logs) for logs in traders)
@@ -608,9 +596,9 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
                 60,
                 "a bar with signals for both traders and no heartbeat due",
             )
-            with database_write_lock(tmp_path / "trading.db"):
+            with database_write_lock(tmp_path / DB_FILE):
                 kill_file.unlink()
-                placing = wait_until(
+                placing = wait_for(
                     lambda: (
                         all(events(tmp_path / logs, "entry_placing") for logs in traders)
                         and {logs: events(tmp_path / logs, "entry_placing") for logs in traders}
@@ -638,7 +626,7 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
                         return d["reason"]
                 return None
 
-            wait_until(
+            wait_for(
                 lambda: all(outcome(*a) for a in attempts()), 30, "every attempt sent or refused"
             )
         finally:
@@ -668,8 +656,8 @@ def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds
     active row although the broker was flat. A row only where the broker still holds."""
     logs = tmp_path / "logs"
     (tmp_path / "KILL_SWITCH").write_text("test: no new entries")
-    with gateway(tmp_path, dtime(9, 35), speed=10) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 35), speed=10) as gw:
+        db = sim_db(gw)
         flat, held = list(gw.gateway.market.symbols)[:2]
         # The trader's entries (its client id, its agent), filled; then it went away.
         ib = client(gw.port, 2)
@@ -679,10 +667,10 @@ def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds
                 trade = orders.place(
                     stock(ib, symbol), MarketOrder("BUY", 100), purpose="entry:standard"
                 )
-                wait_until(lambda t=trade: (ib.sleep(0.05), t.isDone())[1], 20, "entry fill")
+                wait_for(lambda t=trade: t.isDone(), 20, "entry fill", ib=ib)
             # The exit manager closed both rows; only `flat` was sold at the broker.
             sell = ib.placeOrder(stock(ib, flat), MarketOrder("SELL", 100))
-            wait_until(lambda: (ib.sleep(0.05), sell.isDone())[1], 20, "exit fill")
+            wait_for(lambda: sell.isDone(), 20, "exit fill", ib=ib)
         finally:
             ib.disconnect()
         for symbol in (flat, held):
@@ -699,7 +687,7 @@ def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds
                     flat in checked or db.get_active_position(flat) is not None
                 )
 
-            wait_until(both_applied, 30, "both fills applied", logs)
+            wait_for(both_applied, 30, "both fills applied", detail=log_tail(logs))
         finally:
             assert stop_trader(proc) == 0
         assert db.get_active_position(flat) is None
@@ -720,13 +708,13 @@ def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
     row is written at the first fill (its shares, its price), then grown at each later fill
     with the weighted average price and target/stop from it."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, ENTRY_START, speed=30, partial_fills=True) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=30, partial_fills=True) as gw:
+        db = sim_db(gw)
         # Low-priced names with thin books: one entry takes several fills.
         args = ["--symbols", "LMHJ,HQQP"]
         proc = start_trader(gw, tmp_path, env={"MAX_OPEN_POSITIONS": "1"}, args=args)
         try:
-            [intent] = wait_until(lambda: entry_intents(db), 60, "the entry", logs)
+            [intent] = wait_for(lambda: entry_intents(db), 60, "the entry", detail=log_tail(logs))
             ref = intent["order_ref"]
 
             def entry_done() -> bool:
@@ -735,7 +723,7 @@ def test_partial_fills_write_the_position_at_the_first_fill_then_average_in(
                 at_ib = {e["exec_id"] for e in gw.account.executions() if e["order_ref"] == ref}
                 return state in {"FILLED", "CANCELLED"} and bool(at_ib) and at_ib <= recorded
 
-            wait_until(entry_done, 60, "the entry filled or cancelled", logs)
+            wait_for(entry_done, 60, "the entry filled or cancelled", detail=log_tail(logs))
         finally:
             assert stop_trader(proc) == 0
         fills = [e for e in gw.account.executions() if e["order_ref"] == ref]
@@ -762,31 +750,36 @@ def test_kill_switch_file_or_flag_halts_entries_and_clearing_resumes(tmp_path: P
     logs = tmp_path / "logs"
     kill_file = tmp_path / "KILL_SWITCH"
     kill_file.write_text("operator")
-    with gateway(tmp_path, dtime(9, 29, 30), speed=60) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 29, 30), speed=60) as gw:
+        db = sim_db(gw)
         # DEBUG: every decision is logged, also the repeats the test counts.
         proc = start_trader(gw, tmp_path, env={"LOG_LEVEL": "DEBUG"})
         try:
-            wait_until(
+            wait_for(
                 lambda: (
                     sum(d["reason"] == "kill_switch" for d in events(logs, "entry_decision")) >= 24
                 ),
                 60,
                 "decisions refused by the kill-switch file",
-                logs,
+                detail=log_tail(logs),
             )
             db.set_flag("kill_switch", "operator via database")  # the flag alone also halts
             kill_file.unlink()
             flagged = len(events(logs, "entry_decision"))
-            wait_until(
+            wait_for(
                 lambda: len(events(logs, "entry_decision")) >= flagged + 24,
                 60,
                 "decisions under the database flag",
-                logs,
+                detail=log_tail(logs),
             )
             assert entry_intents(db) == []
             db.set_flag("kill_switch", None)
-            wait_until(lambda: entry_intents(db), 60, "entries after the switch was cleared", logs)
+            wait_for(
+                lambda: entry_intents(db),
+                60,
+                "entries after the switch was cleared",
+                detail=log_tail(logs),
+            )
         finally:
             assert stop_trader(proc) == 0
         decisions = events(logs, "entry_decision")
@@ -811,29 +804,35 @@ def test_entries_wait_while_the_exit_manager_is_not_alive_and_reconciled(
         decisions = events(logs, "entry_decision")[after:]
         return sum(d["reason"] == EXIT_MANAGER_NOT_READY for d in decisions)
 
-    with gateway(tmp_path, dtime(9, 29, 30), speed=60) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 29, 30), speed=60) as gw:
+        db = sim_db(gw)
         # Every bar's refusal is counted from the log: repeats are logged at DEBUG only.
         proc = start_trader(gw, tmp_path, env={"LOG_LEVEL": "DEBUG"})
         helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         try:
-            wait_until(lambda: refused() >= 24, 60, "entries refused while it reconciles", logs)
+            wait_for(
+                lambda: refused() >= 24,
+                60,
+                "entries refused while it reconciles",
+                detail=log_tail(logs),
+            )
             assert entry_intents(db) == []
             stand_in.state = "RECONCILED"
-            wait_until(lambda: entry_intents(db), 60, "an entry once it reconciled", logs)
+            wait_for(
+                lambda: entry_intents(db), 60, "an entry once it reconciled", detail=log_tail(logs)
+            )
 
             # kill -9 of the exit manager: its last beat stays, fresh and RECONCILED.
             stand_in.pid = helper.pid
-            wait_until(lambda: db.get_heartbeats()[EXIT_MANAGER]["pid"] == helper.pid, 5,
+            wait_for(lambda: db.get_heartbeats()[EXIT_MANAGER]["pid"] == helper.pid, 5,
                        "beats from the helper process")  # fmt: skip
             stand_in.state = None
             helper.kill()
             helper.wait(5)
             killed_at = time.time()
-            paused = wait_until(
+            paused = wait_for(
                 lambda: [e for e in events(logs, "entries_paused") if "not running" in e["detail"]],
-                10, "entries paused for the dead exit manager", logs,
-            )  # fmt: skip
+                10, "entries paused for the dead exit manager", detail=log_tail(logs))  # fmt: skip
             waited = datetime.fromisoformat(paused[0]["ts"]).timestamp() - killed_at
             assert waited < EXIT_MANAGER_FRESH_S / 2, f"paused {waited:.1f} s after the kill"
             # Free every slot (flat, as the exit manager would close them): only the dead
@@ -842,12 +841,22 @@ def test_entries_wait_while_the_exit_manager_is_not_alive_and_reconciled(
                 db.remove_active_position(row["symbol"], row["entry_price"], "MANUAL")
             entered = len(entry_intents(db))
             seen = len(events(logs, "entry_decision"))
-            wait_until(lambda: refused(seen) >= 24, 60, "entries refused while it is dead", logs)
+            wait_for(
+                lambda: refused(seen) >= 24,
+                60,
+                "entries refused while it is dead",
+                detail=log_tail(logs),
+            )
             assert len(entry_intents(db)) == entered
 
             # A new exit manager reconciled: entries resume.
             stand_in.pid, stand_in.state = os.getpid(), "RECONCILED"
-            wait_until(lambda: len(entry_intents(db)) > entered, 60, "entries resumed", logs)
+            wait_for(
+                lambda: len(entry_intents(db)) > entered,
+                60,
+                "entries resumed",
+                detail=log_tail(logs),
+            )
             assert events(logs, "entries_resumed")
         finally:
             helper.kill()
@@ -855,7 +864,7 @@ def test_entries_wait_while_the_exit_manager_is_not_alive_and_reconciled(
 
 
 def test_live_flag_against_a_paper_account_is_refused_in_one_line(tmp_path: Path) -> None:
-    with gateway(tmp_path, dtime(9, 25), speed=1) as gw:
+    with gateway(tmp_path, start=dtime(9, 25), speed=1) as gw:
         proc = start_trader(gw, tmp_path, env={"TRADING_MODE": "live"}, args=["--live"])
         try:
             rc = proc.wait(60)
@@ -872,7 +881,7 @@ def test_paper_mode_against_a_live_account_is_refused_at_connect_before_any_orde
     tmp_path: Path,
 ) -> None:
     """A paper run must never trade a non-paper (U...) account, whatever its data says."""
-    with gateway(tmp_path, dtime(9, 45), speed=30, account="U7654321") as gw:
+    with gateway(tmp_path, start=dtime(9, 45), speed=30, account="U7654321") as gw:
         proc = start_trader(gw, tmp_path)
         try:
             rc = proc.wait(60)
@@ -925,23 +934,26 @@ def test_delayed_data_only_sends_no_entry_and_logs_delayed_data_for_every_symbol
     why for each symbol (reason delayed_data), not just IB's 354/162 texts; one WARNING
     and the heartbeat say that entries are off and which setting turns them on."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 29, 40), speed=30, market_data_subscribed=False) as gw:
+        db = sim_db(gw)
         symbols = set(gw.gateway.market.symbols)
         proc = start_trader(gw, tmp_path)
         try:
-            wait_until(
+            wait_for(
                 lambda: {e["symbol"] for e in events(logs, "market_data_delayed")} == symbols,
                 30,
                 "every symbol logged as delayed",
-                logs,
+                detail=log_tail(logs),
             )
             opened = datetime(2026, 11, 25, 9, 30, tzinfo=NEW_YORK).timestamp()
-            wait_until(lambda: gw.now() > opened + 300, 30, "09:35", logs)
+            wait_for(lambda: gw.now() > opened + 300, 30, "09:35", detail=log_tail(logs))
             # Every status block shows it: the heartbeat carries why entries are off.
             notice = delayed_data_notice([3], allow_delayed=False)
-            wait_until(
-                lambda: db.get_heartbeats()[AGENT]["detail"] == notice, 30, "the heartbeat", logs
+            wait_for(
+                lambda: db.get_heartbeats()[AGENT]["detail"] == notice,
+                30,
+                "the heartbeat",
+                detail=log_tail(logs),
             )
         finally:
             assert stop_trader(proc) == 0
@@ -965,19 +977,22 @@ def test_symbol_whose_ticks_stopped_is_never_entered_on_its_old_data(tmp_path: P
     data the trader logs it stale and never enters it, while the other symbols trade."""
     logs = tmp_path / "logs"
     gapper = "LEY"
-    with gateway(tmp_path, dtime(9, 28), speed=30) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 28), speed=30) as gw:
+        db = sim_db(gw)
         gw.faults.stop_ticks(gapper)
         proc = start_trader(gw, tmp_path)
         try:
-            wait_until(
+            wait_for(
                 lambda: [e for e in events(logs, "market_data_stale") if e["symbol"] == gapper],
                 60,
                 f"{gapper} logged stale",
-                logs,
+                detail=log_tail(logs),
             )
-            wait_until(
-                lambda: len(entry_intents(db)) >= 2, 60, "entries on the other symbols", logs
+            wait_for(
+                lambda: len(entry_intents(db)) >= 2,
+                60,
+                "entries on the other symbols",
+                detail=log_tail(logs),
             )
         finally:
             assert stop_trader(proc) == 0
@@ -995,17 +1010,17 @@ def test_client_id_in_use_at_startup_backs_off_logs_it_and_trades_once_it_is_fre
     waits out a connect timeout; it logs the collision, retries, and connects, reconciles,
     beats its heartbeat and enters once the other client has gone."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 29), speed=30) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 29), speed=30) as gw:
+        db = sim_db(gw)
         squatter = client(gw.port, 2)
         try:
             proc = start_trader(gw, tmp_path, args=["--retry-seconds", "0.5"])
             try:
-                wait_until(
+                wait_for(
                     lambda: len(events(logs, "client_id_in_use")) >= 2,
                     20,
                     "two connection attempts refused with 326",
-                    logs,
+                    detail=log_tail(logs),
                 )
                 assert proc.poll() is None, console_lines(tmp_path)[-20:]
                 assert events(logs, "connected") == []
@@ -1014,17 +1029,20 @@ def test_client_id_in_use_at_startup_backs_off_logs_it_and_trades_once_it_is_fre
                 assert alerts and all(e["level"] == "CRITICAL" for e in alerts)
             finally:
                 squatter.disconnect()
-            wait_until(
-                lambda: events(logs, "reconciled"), 20, "connected once the id was free", logs
+            wait_for(
+                lambda: events(logs, "reconciled"),
+                20,
+                "connected once the id was free",
+                detail=log_tail(logs),
             )
             # Its first beat once ready names the phase: analysis before 09:30, then regular.
-            wait_until(
+            wait_for(
                 lambda: db.get_heartbeats()["day_trader"]["state"] in {"analysis", "regular"},
                 20,
                 "a heartbeat of the connected trader",
-                logs,
+                detail=log_tail(logs),
             )
-            wait_until(lambda: entry_intents(db), 30, "an entry", logs)
+            wait_for(lambda: entry_intents(db), 30, "an entry", detail=log_tail(logs))
         finally:
             assert stop_trader(proc) == 0
         assert [e["client_id"] for e in events(logs, "connected")] == [2]
@@ -1042,23 +1060,23 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
     the position row comes from IB's executions (same exec ids), and the entry is never
     sent again."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, ENTRY_START, speed=30) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=ENTRY_START, speed=30) as gw:
+        db = sim_db(gw)
         gw.faults.go_silent_after_next_order(2)  # the order is live; its answers never come
         proc = start_trader(gw, tmp_path, args=["--retry-seconds", "2"])
         try:
-            [order] = wait_until(
+            [order] = wait_for(
                 lambda: [o for o in sim_orders(gw) if o["client_id"] == 2],
                 60,
                 "an entry at IB",
-                logs,
+                detail=log_tail(logs),
             )
             gw.faults.drop_client(2)
             ref, symbol = order["order_ref"], order["symbol"]
             # Marketable: it may have filled on arrival, unheard; if it rests, this fills it.
             limit = db.get_order_intent(ref)["limit_price"]
             gw.faults.set_price(symbol, round(limit * 0.99, 2))
-            wait_until(
+            wait_for(
                 lambda: any(
                     o["order_ref"] == ref and o["status"] == "Filled"
                     for o in gw.account.completed_orders()
@@ -1074,10 +1092,12 @@ def test_entry_filled_while_the_connection_was_dropped_is_recorded_after_reconne
                     symbol
                 )
 
-            wait_until(recorded, 30, "the missed fill recorded after the reconnect", logs)
+            wait_for(
+                recorded, 30, "the missed fill recorded after the reconnect", detail=log_tail(logs)
+            )
             # Let it trade on through more bars: it must not send that entry again.
             t0 = gw.now()
-            wait_until(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
+            wait_for(lambda: gw.now() > t0 + 120, 30, "two more market minutes")
             assert proc.poll() is None
         finally:
             assert stop_trader(proc) == 0
@@ -1116,21 +1136,21 @@ def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_no
     finds, records the fill from IB's executions, and never sends that entry again."""
     logs = tmp_path / "logs"
     # Closer to the first entry (09:37:30) than ENTRY_START: at 4x every simulated second counts.
-    with gateway(tmp_path, dtime(9, 37), speed=speed) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 37), speed=speed) as gw:
+        db = sim_db(gw)
         gw.faults.drop_acks_of_next_order(2)
         proc = start_trader(gw, tmp_path)
         try:
-            [order] = wait_until(
+            [order] = wait_for(
                 lambda: [o for o in sim_orders(gw) if o["client_id"] == 2][:1],
                 60,
                 "an entry at IB",
-                logs,
+                detail=log_tail(logs),
             )
             ref, symbol = order["order_ref"], order["symbol"]
             # Marketable: it may have filled on arrival, unheard; if it rests, this fills it.
             gw.faults.set_price(symbol, round(db.get_order_intent(ref)["limit_price"] * 0.99, 2))
-            wait_until(
+            wait_for(
                 lambda: any(
                     o["order_ref"] == ref and o["status"] == "Filled"
                     for o in gw.account.completed_orders()
@@ -1156,11 +1176,13 @@ def test_entry_whose_acks_are_lost_on_a_live_connection_is_found_by_order_ref_no
                     and db.is_position_active(symbol)
                 )
 
-            wait_until(recorded, 60, "the unheard entry found and its fill recorded", logs)
+            wait_for(
+                recorded, 60, "the unheard entry found and its fill recorded", detail=log_tail(logs)
+            )
             assert looked_up()  # found by orderRef, not by a message that got through
             # Let it trade on through more bars: it must not send that entry again.
             t0 = gw.now()
-            wait_until(lambda: gw.now() > t0 + 60, 30, "one more market minute")
+            wait_for(lambda: gw.now() > t0 + 60, 30, "one more market minute")
             assert proc.poll() is None
         finally:
             assert stop_trader(proc) == 0
@@ -1210,8 +1232,8 @@ def test_bad_flags_give_one_line_naming_the_flag(
 
 def test_retry_seconds_reaches_the_broker_session_default_30(tmp_path: Path) -> None:
     """The supervisor passes a short reconnect interval to accelerated simulations."""
-    settings = load_settings(database_path=tmp_path / "trading.db")
-    db = TradingDatabase(tmp_path / "trading.db")
+    settings = load_settings(database_path=tmp_path / DB_FILE)
+    db = TradingDatabase(tmp_path / DB_FILE)
     for argv, expected in (([], 30.0), (["--retry-seconds", "2.5"], 2.5)):
         args = build_parser().parse_args(["--symbols", "AAPL", *argv])
         trader = DayTrader(settings, options_from_args(args, settings), db=db)
@@ -1358,8 +1380,8 @@ def test_repeated_identical_decision_logs_once_at_info_and_a_changed_one_logs_ag
     """Bug pinned: one simulated day wrote 16,580 entry_decision lines at INFO, the same
     skip for the same symbol every 30-s bar. Now INFO carries a decision when it changes
     for that symbol (and every enter); the repeats go to DEBUG."""
-    settings = load_settings(database_path=tmp_path / "trading.db")
-    db = TradingDatabase(tmp_path / "trading.db")
+    settings = load_settings(database_path=tmp_path / DB_FILE)
+    db = TradingDatabase(tmp_path / DB_FILE)
     args = build_parser().parse_args(["--symbols", "AAA,BBB"])
     trader = DayTrader(settings, options_from_args(args, settings), db=db)
     for symbol in ("AAA", "BBB"):
@@ -1426,32 +1448,40 @@ def test_database_locked_mid_session_is_ridden_out_and_trading_resumes(tmp_path:
     session killed the day trader with exit code 2. It logs the lock once, sends nothing while
     it lasts (no intent can be written), and goes on beating and deciding once it is free."""
     logs = tmp_path / "logs"
-    with gateway(tmp_path, dtime(9, 31), speed=10) as gw:
-        db = sim_db(tmp_path)
+    with gateway(tmp_path, start=dtime(9, 31), speed=10) as gw:
+        db = sim_db(gw)
         proc = start_trader(gw, tmp_path, env={"KILL_SWITCH_FILE": str(tmp_path / "KILL")})
         try:
-            wait_until(lambda: events(logs, "reconciled"), 30, "reconciled", logs)
-            wait_until(
+            wait_for(lambda: events(logs, "reconciled"), 30, "reconciled", detail=log_tail(logs))
+            wait_for(
                 lambda: db.get_heartbeats().get("day_trader", {}).get("state") == "regular",
                 30,
                 "a regular-hours heartbeat",
-                logs,
+                detail=log_tail(logs),
             )
-            with database_write_lock(tmp_path / "trading.db"):
-                wait_until(lambda: events(logs, "database_locked"), 60, "the lock noticed", logs)
+            with database_write_lock(tmp_path / DB_FILE):
+                wait_for(
+                    lambda: events(logs, "database_locked"),
+                    60,
+                    "the lock noticed",
+                    detail=log_tail(logs),
+                )
                 sent_while_locked = gw.gateway.engine.state_json()["next_order_id"]
                 time.sleep(2.0)  # decisions keep coming (10x: 20 market seconds) while held
                 assert gw.gateway.engine.state_json()["next_order_id"] == sent_while_locked
                 assert proc.poll() is None, console_lines(tmp_path)[-20:]
-            unlocked = wait_until(
-                lambda: events(logs, "database_unlocked"), 60, "the lock released", logs
+            unlocked = wait_for(
+                lambda: events(logs, "database_unlocked"),
+                60,
+                "the lock released",
+                detail=log_tail(logs),
             )
             beat_after = db.get_heartbeats()["day_trader"]["beat_at"]
-            wait_until(
+            wait_for(
                 lambda: db.get_heartbeats()["day_trader"]["beat_at"] > beat_after,
                 30,
                 "heartbeats again after the lock",
-                logs,
+                detail=log_tail(logs),
             )
             assert proc.poll() is None, console_lines(tmp_path)[-20:]
             assert len(events(logs, "database_locked")) == 1  # once per episode, not per try
@@ -1528,7 +1558,7 @@ def test_start_is_not_held_up_by_the_llm_clients_import(
 
     monkeypatch.setattr(llm_review.LLMReviewer, "prepare", slow_prepare)
     monkeypatch.setattr(day_trader, "DayTrader", StartedBot)
-    settings = load_settings(database_path=tmp_path / "trading.db", deepseek_api_key=Secret("k"))
+    settings = load_settings(database_path=tmp_path / DB_FILE, deepseek_api_key=Secret("k"))
     options = day_trader.DayTraderOptions(allocation=0.25)
 
     assert asyncio.run(asyncio.wait_for(day_trader._run(settings, options), 20.0)) == 0

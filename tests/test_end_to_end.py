@@ -159,8 +159,9 @@ def protection_problems(state: dict[str, Any], db: TradingDatabase) -> list[str]
     return problems
 
 
-def wait_protected(day: SimRun, timeout: float) -> dict[str, Any]:
-    """A state in which every position is protected once; fails with the last problems seen."""
+def protected_state(day: SimRun, timeout: float) -> dict[str, Any]:
+    """A state in which every position is protected once, waited for; fails with the last
+    problems seen."""
     last: list[str] = []
 
     def check() -> dict[str, Any] | None:
@@ -169,10 +170,8 @@ def wait_protected(day: SimRun, timeout: float) -> dict[str, Any]:
         last = protection_problems(state, day.db)
         return None if last else state
 
-    try:
-        return wait_for(check, timeout, "every position protected exactly once")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last problems: {last}") from None
+    what = "every position protected exactly once"
+    return wait_for(check, timeout, what, detail=lambda: f"; last problems: {last}")
 
 
 def never_short(executions: list[dict[str, Any]]) -> list[str]:
@@ -217,7 +216,7 @@ def test_exit_manager_killed_with_positions_open_is_restarted_and_protection_sta
         45,
         "the new exit manager to reconcile",
     )
-    state = wait_protected(day, 10)
+    state = protected_state(day, 10)
     assert never_short(state["executions"]) == []
     assert day.bots()["exit_manager"]["restarts"] == 1
 
@@ -277,7 +276,7 @@ def test_gateway_dropped_60_simulated_seconds_both_bots_reconnect_and_reconcile(
     )
     wait_for(lambda: {10, 2} <= set(day.state()["clients"]), 30, "both bots connected")
     # Nothing lost: every fill at IB is in the database, protection is intact.
-    state = wait_protected(day, 15)
+    state = protected_state(day, 15)
     executions = state["executions"]
     assert len(executions) >= len(state_before["executions"])
     assert never_short(executions) == []

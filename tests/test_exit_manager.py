@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import date, datetime
 from datetime import time as dtime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,15 @@ import pytest
 from ib_async import IB, MarketOrder, Stock
 
 from core.broker import BrokerSession
-from core.clock import NEW_YORK, MarketClock, get_clock
-from core.money import profit_target_price, stop_loss_price
+from core.clock import NEW_YORK, MarketClock
+from core.money import stop_loss_price
 from core.settings import SettingsError, check_trading_mode, get_settings
 from exit_manager import AGENT, ExitManager, blocked_flag
-from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
+from tests import sim_support
 from tests.mode_rule import COMBOS, combo_id, rule_refusal, set_environment
-from tests.sim_support import buy_now
+from tests.sim_support import buy, buy_async, sim_db, until, until_gateway
 from tests.sim_support import client as sim_client
 from trading.exits import ExitConfig
 from trading.phases import DayPhase
@@ -59,52 +60,13 @@ DT = 2  # the day trader's client id
 EM = 10  # the exit manager's
 
 
-# -- harness --------------------------------------------------------------------------------
-@contextlib.contextmanager
-def gateway(tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
-    options: dict[str, Any] = dict(
-        port=0,
-        symbol_names=SYMBOLS,
-        trading_date=TRADING_DATE,
-        start=dtime(10, 0),
-        speed=1.0,
-        clock_file=str(tmp_path / "sim_clock.json"),
-        no_shorting=True,
-    )
-    options.update(overrides)
-    with GatewayThread(GatewayConfig(**options)) as gw:
-        yield gw
+# -- harness (tests/sim_support.py) with this file's market -------------------------------------
+gateway = partial(sim_support.gateway, symbols=SYMBOLS, trading_date=TRADING_DATE, no_shorting=True)
 
 
 async def gw_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """A gateway call off our loop (the gateway thread answers; our loop keeps running)."""
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll `predicate` (sync) until truthy; fail naming `what` after `timeout` real seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
-async def until_gw(gw: GatewayThread, predicate: Callable[[dict], Any], timeout: float = 5.0,
-                   what: str = "") -> Any:  # fmt: skip
-    """Poll the gateway's account state until `predicate(state)` is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await gw_call(gw.account.state)
-        value = predicate(state)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {state}")
-        await asyncio.sleep(0.02)
 
 
 def em_sells(state: dict, symbol: str) -> list[dict]:
@@ -147,7 +109,7 @@ async def protected(gw: GatewayThread, manager: ExitManager, symbol: str, quanti
         ok = sells and pos is not None and stop_at(state, symbol, pos.backstop_price)
         return sells if ok else None
 
-    return await until_gw(gw, settled, timeout, f"{symbol} protected, STP at the backstop")
+    return await until_gateway(gw, settled, timeout, f"{symbol} protected, STP at the backstop")
 
 
 def em_orders(state: dict, symbol: str) -> list[dict]:
@@ -198,49 +160,25 @@ async def day_trader(gw: GatewayThread) -> AsyncIterator[IB]:
         ib.disconnect()
 
 
-async def buy(ib: IB, db: TradingDatabase | None, symbol: str, quantity: int = 100,
-              config: ExitConfig = CONFIG, timeout: float = 5.0) -> float:  # fmt: skip
-    """The day trader's entry: market buy, then (with `db`) its database row from the fill."""
-    trade = ib.placeOrder(Stock(symbol, "SMART", "USD"), MarketOrder("BUY", quantity))
-    await until(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} entry fill")
-    entry = trade.orderStatus.avgFillPrice
-    if db is not None:
-        db.add_active_position(
-            symbol,
-            quantity,
-            entry,
-            profit_target_price(entry, config.profit_target_pct),
-            stop_loss_price(entry, config.stop_loss_pct),
-            agent="day_trader",
-        )
-    return entry
-
-
-@pytest.fixture
-def sim_db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    def make(gw: GatewayThread) -> tuple[TradingDatabase, MarketClock]:
-        clock = get_clock(gw.config.clock_file)
-        return TradingDatabase(tmp_path / "trading.db", clock=clock), clock
-
-    return make
-
-
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 90))
 
 
 # -- protection and closing from fills -------------------------------------------------------------
 def test_entry_by_day_trader_is_protected_within_one_event_and_target_fill_closes_it(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 assert db.get_heartbeats()[AGENT]["state"] == "RECONCILED"
-                entry = await buy(dt, db, "AAPL", 100)
+                entry = (
+                    await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
+                ).orderStatus.avgFillPrice
                 bought_at = time.monotonic()
-                sells = await until_gw(
+                sells = await until_gateway(
                     gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protective pair"
                 )
                 reaction = time.monotonic() - bought_at
@@ -280,15 +218,18 @@ def _sell_rows(db: TradingDatabase, symbol: str) -> list[dict]:
     ]
 
 
-def test_exit_fill_records_ib_commission_for_its_execution(tmp_path: Path, sim_db: Any) -> None:
+def test_exit_fill_records_ib_commission_for_its_execution(tmp_path: Path) -> None:
     """Commissions were never stored: the trade row's commission stayed empty."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
-                await buy(dt, db, "NVDA", 30)
-                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 30), 3, "protection")
+                await buy_async(dt, "NVDA", 30, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "NVDA", 30), 3, "protection"
+                )
                 row = db.get_active_position("NVDA")
                 await gw_call(gw.faults.set_price, "NVDA", row["profit_target_price"] + 0.05)
                 await until(lambda: db.was_closed_today("NVDA"), 5, "closed after target fill")
@@ -307,7 +248,7 @@ def test_exit_fill_records_ib_commission_for_its_execution(tmp_path: Path, sim_d
 
 
 def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The bot stop sells the live quantity by moving the protective STP through the market
     (no new order: the set's two are all there is); the day trader's kill switch (file and
@@ -315,11 +256,12 @@ def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             get_settings().kill_switch_file.write_text("stop entries")
             db.set_flag("kill_switch", "on")
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "MSFT", 50)
+                await buy_async(dt, "MSFT", 50, db=db, percentages=CONFIG)
                 await protected(gw, manager, "MSFT", 50)
                 row = db.get_active_position("MSFT")
                 # Through the bot stop, still above the server-side backstop.
@@ -342,18 +284,19 @@ def test_gap_through_bot_stop_exits_within_one_tick_even_with_the_kill_switch_on
 
 
 @pytest.mark.parametrize("race", ["gap_through_backstop", "target_then_crash"])
-def test_no_second_sell_when_server_orders_and_bot_stop_race(
-    tmp_path: Path, sim_db: Any, race: str
-) -> None:
+def test_no_second_sell_when_server_orders_and_bot_stop_race(tmp_path: Path, race: str) -> None:
     """Server STP (or target LMT) and the bot stop both want to sell the same shares: exactly
     one sells, the account never goes short (the simulator rejects shorts: none may occur)."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
-                await buy(dt, db, "NVDA", 40)
-                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 40), 3, "protection")
+                await buy_async(dt, "NVDA", 40, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "NVDA", 40), 3, "protection"
+                )
                 row = db.get_active_position("NVDA")
                 if race == "gap_through_backstop":
                     await gw_call(gw.faults.set_price, "NVDA", row["entry_price"] * 0.90)
@@ -399,11 +342,11 @@ def _exit_manager_args(gw: GatewayThread, db: TradingDatabase, *extra: str) -> l
 
 
 def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplicate(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, _clock = sim_db(gw)
+            db = sim_db(gw)
             env = _subprocess_env(tmp_path, gw)
             proc = subprocess.Popen(
                 _exit_manager_args(gw, db), env=env, cwd=tmp_path,
@@ -415,18 +358,18 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
                     30, "subprocess reconciled",
                 )  # fmt: skip
                 async with day_trader(gw) as dt:
-                    await buy(dt, db, "AAPL", 100)
-                    await buy(dt, db, "MSFT", 60)
-                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                    await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
+                    await buy_async(dt, "MSFT", 60, db=db, percentages=CONFIG)
+                    await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 100)
                                    and one_protective_set(s, "MSFT", 60), 5, "both protected")  # fmt: skip
                     os.kill(proc.pid, signal.SIGKILL)  # no cleanup of any kind
                     proc.wait(10)
-                    await until_gw(gw, lambda s: EM not in s["clients"], 5, "client 10 gone")
+                    await until_gateway(gw, lambda s: EM not in s["clients"], 5, "client 10 gone")
 
                     # Dead exit manager: the server-side stop still sells.
                     row = db.get_active_position("AAPL")
                     await gw_call(gw.faults.set_price, "AAPL", row["entry_price"] * 0.90)
-                    await until_gw(gw, lambda s: position(s, "AAPL") == 0, 3, "backstop fired")
+                    await until_gateway(gw, lambda s: position(s, "AAPL") == 0, 3, "backstop fired")
                     before = await gw_call(gw.account.state)
                     msft_set = sorted(o["perm_id"] for o in em_sells(before, "MSFT"))
                     orders_before = len(before["open_orders"]) + len(before["completed_orders"])
@@ -481,7 +424,7 @@ def _log_events(folder: Path, name: str) -> list[dict[str, Any]]:
 
 
 def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_for_the_calendar(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """Killed 2 ms after exit_triggered (its set cancelled, the sell not yet sent), a position
     has no stop until the next exit manager protects it; that one built the exchange
@@ -502,10 +445,12 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
 
     async def scenario() -> None:
         with gateway(tmp_path, speed=60.0) as gw:
-            db, _clock = sim_db(gw)
+            db = sim_db(gw)
             async with day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)  # held with no stop: what the kill left
-                await buy(dt, db, "NVDA", 20)
+                await buy_async(
+                    dt, "AAPL", 100, db=db, percentages=CONFIG
+                )  # held with no stop: what the kill left
+                await buy_async(dt, "NVDA", 20, db=db, percentages=CONFIG)
                 env = _subprocess_env(tmp_path, gw)
                 env["PYTHONPATH"] = f"{slow}{os.pathsep}{env['PYTHONPATH']}"
                 proc = subprocess.Popen(
@@ -513,7 +458,7 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 try:
-                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                    await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 100)
                                    and one_protective_set(s, "NVDA", 20), 30, "both protected")  # fmt: skip
                     logged = lambda: _log_events(tmp_path / "logs", "protection_placed")  # noqa: E731
                     await until(lambda: len(logged()) >= 2, 5, "both sets in the log")
@@ -530,20 +475,21 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
 
 
 def test_exit_manager_dying_between_the_two_orders_of_a_set_leaves_a_stop_not_a_lone_target(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """A kill between the target LMT and the STP of one set left a lone LMT and the position
     with no stop at IB until the next exit manager reconciled: the STP goes first."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
                 # The set's first order reaches IB; nothing after it does (as from a process
                 # that died right after sending it).
                 await gw_call(gw.faults.go_silent_after_next_order, EM)
-                await buy(dt, db, "AMD", 40)
-                first = await until_gw(gw, lambda s: em_orders(s, "AMD"), 3, "first leg at IB")
+                await buy_async(dt, "AMD", 40, db=db, percentages=CONFIG)
+                first = await until_gateway(gw, lambda s: em_orders(s, "AMD"), 3, "first leg at IB")
                 await until(lambda: any(i["purpose"] == "PROTECT_TARGET" for i in
                                         db.get_intents_by_date("2026-11-25")), 3, "second leg sent")  # fmt: skip
                 state = await gw_call(gw.account.state)
@@ -556,15 +502,15 @@ def test_exit_manager_dying_between_the_two_orders_of_a_set_leaves_a_stop_not_a_
 
 
 def test_paper_run_on_a_live_account_is_refused_at_connect_and_a_live_run_protects_it(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The rule through the running program: paper mode refuses a U... account before any
     order; --live with TRADING_MODE=live on a non-standard port trades it."""
     with gateway(tmp_path, account="U7654321") as gw:
-        db, _clock = sim_db(gw)
+        db = sim_db(gw)
         ib = sim_client(gw.port, DT)
         try:
-            buy_now(ib, db, "AAPL", 100, protect=False)
+            buy(ib, "AAPL", 100, db=db, protect=False)
         finally:
             ib.disconnect()
         env = _subprocess_env(tmp_path, gw)
@@ -619,10 +565,10 @@ _LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) +ex
 
 
 def test_once_against_a_live_account_in_paper_mode_is_one_line_exit_2_and_sends_nothing(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     with gateway(tmp_path, account="U7654321") as gw:
-        db, _clock = sim_db(gw)
+        db = sim_db(gw)
         db.schema_version()  # an existing database, as after any earlier day
         done = subprocess.run(
             _exit_manager_args(gw, db, "--once"), env=_subprocess_env(tmp_path, gw),
@@ -656,14 +602,15 @@ def test_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- connection faults ----------------------------------------------------------------------------
-def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, sim_db: Any) -> None:
+def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
-                await buy(dt, db, "AMD", 10)
-                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100)
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
+                await buy_async(dt, "AMD", 10, db=db, percentages=CONFIG)
+                await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 100)
                                and one_protective_set(s, "AMD", 10), 3, "protection")  # fmt: skip
                 connects = manager.session.health.connects
                 await gw_call(gw.faults.drop_client, EM)
@@ -686,7 +633,7 @@ def test_fill_missed_while_dropped_is_applied_after_reconnect(tmp_path: Path, si
 
 
 def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_protected(
-    tmp_path: Path, sim_db: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The position event of a fill that lands mid-reconciliation was dropped (not yet
     reconciled) and its replays deduplicated: the position stayed naked (CI, e2e restart)."""
@@ -694,7 +641,8 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with day_trader(gw) as dt, exit_manager(gw, db, clock, wait=False) as manager:
                 real_snapshot = manager.orders.snapshot
 
@@ -704,7 +652,7 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
                         # positions answer.
                         assert manager.broker.positions_task is not None
                         await asyncio.shield(manager.broker.positions_task)
-                        await buy(dt, None, "MSFT", 50)
+                        await buy_async(dt, "MSFT", 50)
                         await until(lambda: manager.book["MSFT"].seen_quantity == 50, 3, "event")
                     return await real_snapshot()
 
@@ -713,37 +661,39 @@ def test_entry_filled_during_reconciliation_after_its_positions_snapshot_is_prot
                 assert "MSFT" not in manager.reconciler.last_report.get(
                     "held", []
                 )  # missed by the plan
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 5, "protection")
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", 50), 5, "protection"
+                )
                 assert db.get_active_position("MSFT")["quantity"] == 50  # adopted
 
     run(scenario())
 
 
-def test_protection_audit_protects_a_position_whose_event_never_came(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_protection_audit_protects_a_position_whose_event_never_came(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 manager.ib.positionEvent -= manager._on_position  # a lost event, however
-                await buy(dt, db, "NVDA", 30)
-                await until_gw(gw, lambda s: one_protective_set(s, "NVDA", 30), 8, "audit")
+                await buy_async(dt, "NVDA", 30, db=db, percentages=CONFIG)
+                await until_gateway(gw, lambda s: one_protective_set(s, "NVDA", 30), 8, "audit")
                 assert "NVDA" in manager.book.held()
 
     run(scenario())
 
 
 @pytest.mark.parametrize("data_lost", [True, False], ids=["1101", "1102"])
-def test_connectivity_restored_resubscribes_and_reconciles(
-    tmp_path: Path, sim_db: Any, data_lost: bool
-) -> None:
+def test_connectivity_restored_resubscribes_and_reconciles(tmp_path: Path, data_lost: bool) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "MSFT", 70)
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 70), 3, "protection")
+                await buy_async(dt, "MSFT", 70, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", 70), 3, "protection"
+                )
                 await until(lambda: "MSFT" in manager.book.quotes(), 3, "quotes streaming")
                 await gw_call(gw.faults.connectivity_lost, EM)
                 await until(lambda: not manager.reconciled, 3, "1100 seen")
@@ -765,14 +715,15 @@ def test_connectivity_restored_resubscribes_and_reconciles(
 
 
 def test_exit_manager_that_loses_ib_or_reconciles_says_so_in_its_heartbeat_at_once(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The day trader reads this row before each entry; beating every 2 s left it RECONCILED
     for up to 2 s after the exit manager could no longer protect a fill."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock, retry_seconds=5.0) as manager:
                 state = lambda: db.get_heartbeats()[AGENT]["state"]  # noqa: E731
                 assert state() == "RECONCILED"
@@ -797,12 +748,11 @@ def test_exit_manager_that_loses_ib_or_reconciles_says_so_in_its_heartbeat_at_on
     run(scenario())
 
 
-def test_client_id_in_use_at_startup_backs_off_and_connects_later(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_client_id_in_use_at_startup_backs_off_and_connects_later(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             squatter = IB()
             await squatter.connectAsync("127.0.0.1", gw.port, clientId=EM, timeout=5)
             async with exit_manager(gw, db, clock, wait=False) as manager:
@@ -835,16 +785,17 @@ async def _prove_no_more_sells(gw: GatewayThread, manager: ExitManager, row: dic
 
 
 def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_quantity(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """Naked position after rejects: the exit attempt cancelled the OCA set, then every sell
     was rejected; giving up must leave exactly one server-side set, and sell nothing more."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AMD", 50)
+                await buy_async(dt, "AMD", 50, db=db, percentages=CONFIG)
                 await protected(gw, manager, "AMD", 50)
                 # IB refuses moving the stop (one reject), then the two exit sells after it.
                 await gw_call(gw.faults.refuse_next_modification, "simulated risk reject", EM)
@@ -855,7 +806,7 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
                               round(row["stop_loss_price"] - row["entry_price"] * 0.01, 2))  # fmt: skip
                 await until(lambda: db.get_flag(blocked_flag("AMD")), 5, "symbol flagged")
                 assert manager.book.is_blocked("AMD")
-                sells = await until_gw(
+                sells = await until_gateway(
                     gw, lambda s: one_protective_set(s, "AMD", 50), 5, "protection re-placed"
                 )
                 assert {o["tif"] for o in sells} == {"GTC"}
@@ -873,20 +824,21 @@ def test_give_up_after_three_rejects_re_places_one_protective_set_for_the_live_q
 
                 # Someone sells part by hand: the give-up set is resized, once, to what is left.
                 await _other_client_sells(dt, "AMD", 20)
-                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 30), 3, "resized")
+                await until_gateway(gw, lambda s: one_protective_set(s, "AMD", 30), 3, "resized")
                 assert position(await gw_call(gw.account.state), "AMD") == 30
 
     run(scenario())
 
 
 def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AMD", 50)
+                await buy_async(dt, "AMD", 50, db=db, percentages=CONFIG)
                 await protected(gw, manager, "AMD", 50)
                 await gw_call(gw.faults.refuse_next_modification, "simulated risk reject", EM)
                 for _ in range(5):
@@ -909,7 +861,7 @@ def test_give_up_whose_protective_set_is_rejected_too_alerts_and_never_loops(
             # A restart (a new process) finds it blocked and naked: one set, once, no exits.
             await gw_call(gw.gateway.engine.reject_next.clear)
             async with exit_manager(gw, db, clock) as manager:
-                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 50), 5, "one set")
+                await until_gateway(gw, lambda s: one_protective_set(s, "AMD", 50), 5, "one set")
                 assert manager.book.is_blocked("AMD") and "AMD" not in manager.book.unprotected()
                 await _prove_no_more_sells(gw, manager, row)
                 state = await gw_call(gw.account.state)
@@ -926,26 +878,31 @@ async def _other_client_sells(dt: IB, symbol: str, quantity: int) -> None:
 
 
 def test_other_client_selling_half_resizes_the_protective_set_at_once_and_never_shorts(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """A manual sell of half left our OCA set sized for the whole position: when its stop
     fired it sold twice the shares held (a margin account goes short)."""
 
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
-                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection")
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection"
+                )
                 await _other_client_sells(dt, "AAPL", 40)
                 sold_at = time.monotonic()
-                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 60), 2, "resized set")
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "AAPL", 60), 2, "resized set"
+                )
                 reaction = time.monotonic() - sold_at
                 assert reaction < 1.0, f"resize took {reaction:.3f}s: not event driven"
                 await until(lambda: db.get_active_position("AAPL")["quantity"] == 60, 2)
                 row = db.get_active_position("AAPL")
                 await gw_call(gw.faults.set_price, "AAPL", row["entry_price"] * 0.90)
-                await until_gw(gw, lambda s: position(s, "AAPL") <= 0, 3, "backstop fired")
+                await until_gateway(gw, lambda s: position(s, "AAPL") <= 0, 3, "backstop fired")
                 await until(lambda: db.was_closed_today("AAPL"), 3, "closed")
                 state = await gw_call(gw.account.state)
                 assert position(state, "AAPL") == 0 and not em_sells(state, "AAPL")
@@ -961,7 +918,7 @@ def _cancels_held(state: dict, symbol: str) -> bool:
 
 @pytest.mark.parametrize("left", [30, 0])
 def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_shrank_meanwhile(
-    tmp_path: Path, sim_db: Any, left: int
+    tmp_path: Path, left: int
 ) -> None:
     """The resize plan is made from a positions snapshot (60 here); another client sells more
     while our cancels wait for IB. The new set must be for what is held when it is sent, and
@@ -969,18 +926,21 @@ def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_
 
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
                 await protected(gw, manager, "AAPL", 100)
                 await gw_call(gw.faults.hold_cancels, EM)
                 await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
-                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await until_gateway(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
                 await _other_client_sells(dt, "AAPL", 60 - left)  # while they are pending
-                await until_gw(gw, lambda s: position(s, "AAPL") == left, 3, "shrunk")
+                await until_gateway(gw, lambda s: position(s, "AAPL") == left, 3, "shrunk")
                 await gw_call(gw.faults.release_cancels)
                 if left:
-                    await until_gw(gw, lambda s: one_protective_set(s, "AAPL", left), 3, "new set")
+                    await until_gateway(
+                        gw, lambda s: one_protective_set(s, "AAPL", left), 3, "new set"
+                    )
                 else:
                     await until(lambda: db.was_closed_today("AAPL"), 3, "closed as manual")
                 await until(
@@ -998,7 +958,7 @@ def test_set_after_confirmed_cancels_is_for_the_quantity_left_when_the_position_
 
 @pytest.mark.parametrize("then", ["cancels_released", "held_stop_fills"])
 def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
-    tmp_path: Path, sim_db: Any, then: str
+    tmp_path: Path, then: str
 ) -> None:
     """A cancel is a request: until IB confirms it the order can still fill. When the bot
     stop cannot move the server STP (IB refuses the modification here) it cancels the set
@@ -1007,20 +967,25 @@ def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
 
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "NVDA", 40)
+                await buy_async(dt, "NVDA", 40, db=db, percentages=CONFIG)
                 await protected(gw, manager, "NVDA", 40)
                 pos = manager.book.held()["NVDA"]
                 await gw_call(gw.faults.hold_cancels, EM)
                 await gw_call(gw.faults.refuse_next_modification, "simulated refusal", EM)
                 between = round((pos.stop_price + pos.backstop_price) / 2, 2)
                 await gw_call(gw.faults.set_price, "NVDA", between)  # through the bot stop only
-                await until_gw(gw, lambda s: _cancels_held(s, "NVDA"), 3, "the set's cancels held")
+                await until_gateway(
+                    gw, lambda s: _cancels_held(s, "NVDA"), 3, "the set's cancels held"
+                )
                 await asyncio.sleep(0.5)  # room for a wrong exit sell to show up
                 if then == "held_stop_fills":
                     await gw_call(gw.faults.set_price, "NVDA", round(pos.backstop_price - 0.05, 2))
-                    await until_gw(gw, lambda s: position(s, "NVDA") <= 0, 3, "held stop filled")
+                    await until_gateway(
+                        gw, lambda s: position(s, "NVDA") <= 0, 3, "held stop filled"
+                    )
                 released = await gw_call(gw.faults.release_cancels)
                 await until(lambda: db.was_closed_today("NVDA"), 5, "closed")
                 await until(
@@ -1047,17 +1012,20 @@ def test_bot_stop_sends_no_exit_sell_until_the_cancels_of_the_set_are_confirmed(
 
 @pytest.mark.parametrize("master", [False, True], ids=["own_executions", "master_client"])
 def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as_manual(
-    tmp_path: Path, sim_db: Any, master: bool
+    tmp_path: Path, master: bool
 ) -> None:
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False, master_client_id=EM if master else None) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "MSFT", 50)
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection")
+                await buy_async(dt, "MSFT", 50, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", 50), 3, "protection"
+                )
                 await until(lambda: "MSFT" in manager.book.quotes(), 3, "quotes")
                 await _other_client_sells(dt, "MSFT", 50)
-                await until_gw(gw, lambda s: not em_sells(s, "MSFT"), 2, "our sells cancelled")
+                await until_gateway(gw, lambda s: not em_sells(s, "MSFT"), 2, "our sells cancelled")
                 await until(lambda: db.was_closed_today("MSFT"), 3, "row closed")
                 closed = db.get_closed_today()[0]
                 assert closed["exit_reason"] == "MANUAL"
@@ -1074,12 +1042,11 @@ def test_other_client_selling_everything_cancels_our_sells_and_closes_the_row_as
     run(scenario())
 
 
-def test_short_position_is_alerted_every_reconciliation_and_never_sold(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_short_position_is_alerted_every_reconciliation_and_never_sold(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with day_trader(gw) as dt:
                 await _other_client_sells(dt, "AMD", 20)  # someone shorted it by hand
                 async with exit_manager(gw, db, clock) as manager:
@@ -1099,15 +1066,14 @@ def test_short_position_is_alerted_every_reconciliation_and_never_sold(
     run(scenario())
 
 
-def test_positions_answer_requested_before_the_caller_asked_is_never_used(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_positions_answer_requested_before_the_caller_asked_is_never_used(tmp_path: Path) -> None:
     """Coalescing joined an in-flight reqPositions sent before a fill the caller had seen:
     the stale quantity kept a full-size protective set (or sold twice)."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager:
                 idle = manager.broker.positions_task
                 await until(lambda: idle is None or idle.done(), 3, "startup requests answered")
@@ -1137,13 +1103,14 @@ def test_positions_answer_requested_before_the_caller_asked_is_never_used(
 
 
 def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with day_trader(gw) as dt:
-                await buy(dt, None, "MSFT", 30)  # at the broker, not in the database
+                await buy_async(dt, "MSFT", 30)  # at the broker, not in the database
                 db.add_active_position(  # in the database only, from earlier this morning
                     "NVDA", 10, 40.0, 41.6, 38.8, entry_time="2026-11-25T09:45:00-05:00"
                 )
@@ -1154,13 +1121,15 @@ def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
                     assert closed["NVDA"]["exit_reason"] == "RECONCILE"
                     assert manager.reconciler.last_report["adopted"] == ["MSFT"]
                     assert manager.reconciler.last_report["closed"] == ["NVDA"]
-                    await until_gw(
+                    await until_gateway(
                         gw, lambda s: one_protective_set(s, "MSFT", 30), 3, "adopted set"
                     )
 
                     # Live: an unregistered fill is adopted after the grace period...
-                    await buy(dt, None, "AMD", 20)
-                    await until_gw(gw, lambda s: one_protective_set(s, "AMD", 20), 5, "AMD set")
+                    await buy_async(dt, "AMD", 20)
+                    await until_gateway(
+                        gw, lambda s: one_protective_set(s, "AMD", 20), 5, "AMD set"
+                    )
                     assert db.get_active_position("AMD")["agent"] == "adopted"
                     # ...but a row the day trader writes within the grace wins.
                     trade = dt.placeOrder(Stock("AAPL", "SMART", "USD"), MarketOrder("BUY", 10))
@@ -1169,7 +1138,7 @@ def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
                     entry = trade.orderStatus.avgFillPrice
                     db.add_active_position("AAPL", 10, entry, round(entry * 1.05, 2),
                                            round(entry * 0.96, 2))  # fmt: skip
-                    sells = await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 10), 5)
+                    sells = await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 10), 5)
                     target = next(o for o in sells if o["order_type"] == "LMT")
                     assert target["lmt_price"] == round(entry * 1.05, 2)
                     assert db.get_active_position("AAPL")["agent"] == "day_trader"
@@ -1178,7 +1147,7 @@ def test_unknown_broker_position_is_adopted_and_orphan_row_closed_as_reconcile(
 
 
 def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_there(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The bot does not act on quotes it cannot trust; its stop price must then be the server
     STP's, not stop% + gap (a drop through the bot stop went unsold)."""
@@ -1186,9 +1155,10 @@ def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_th
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "NVDA", 25)
+                await buy_async(dt, "NVDA", 25, db=db, percentages=CONFIG)
                 await protected(gw, manager, "NVDA", 25)
                 await gw_call(gw.faults.stop_ticks, "NVDA")
                 await until(
@@ -1197,7 +1167,7 @@ def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_th
                 manager._beat()
                 assert db.get_heartbeats()[AGENT]["state"] == "DEGRADED"
                 row = db.get_active_position("NVDA")
-                await until_gw(gw, lambda s: stop_at(s, "NVDA", row["stop_loss_price"]), 3,
+                await until_gateway(gw, lambda s: stop_at(s, "NVDA", row["stop_loss_price"]), 3,
                                "server STP at the stop-loss price")  # fmt: skip
                 # Through the bot stop, above the backstop: the server stop sells, not the bot.
                 await gw_call(gw.faults.set_price, "NVDA",
@@ -1214,7 +1184,7 @@ def test_stale_ticks_move_the_server_stop_to_the_stop_loss_price_and_it_sells_th
 
 
 def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when_they_resume(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """One STP, modified in place both ways: same order id, permId and orderRef, never
     cancelled (no moment without a stop), no second set; its intent follows the price."""
@@ -1222,9 +1192,10 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AMD", 40)
+                await buy_async(dt, "AMD", 40, db=db, percentages=CONFIG)
                 sells = await protected(gw, manager, "AMD", 40)
                 pos = manager.book.held()["AMD"]
                 [stop] = [o for o in sells if o["order_type"] == "STP"]
@@ -1232,7 +1203,7 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
                 intents_before = len(_amd_sell_intents(db))
 
                 await gw_call(gw.faults.stop_ticks, "AMD")
-                state = await until_gw(gw, lambda s: stop_at(s, "AMD", pos.stop_price) and s,
+                state = await until_gateway(gw, lambda s: stop_at(s, "AMD", pos.stop_price) and s,
                                        5, "STP up to the stop-loss price")  # fmt: skip
                 assert manager.book.quote_faults()["AMD"] == "stale"
                 moved = server_stop(state, "AMD")
@@ -1242,7 +1213,7 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
                 assert db.get_order_intent(stop["order_ref"])["stop_price"] == pos.stop_price
 
                 await gw_call(gw.faults.resume_ticks, "AMD")
-                state = await until_gw(gw, lambda s: stop_at(s, "AMD", pos.backstop_price) and s,
+                state = await until_gateway(gw, lambda s: stop_at(s, "AMD", pos.backstop_price) and s,
                                        5, "STP back at the backstop")  # fmt: skip
                 back = server_stop(state, "AMD")
                 assert back is not None and all(back[k] == stop[k] for k in same)
@@ -1262,7 +1233,7 @@ def test_server_stop_moves_to_the_stop_loss_price_while_ticks_stop_and_back_when
 
 
 def test_delayed_only_account_puts_the_server_stop_at_the_stop_loss_price_and_it_sells_there(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The seed guide's user has free delayed data only: no live quotes, so the bot's -0.9%
     stop never acts, and the server STP sat at -1.4% (stop + backstop gap): a drop to -1.0%
@@ -1271,12 +1242,15 @@ def test_delayed_only_account_puts_the_server_stop_at_the_stop_loss_price_and_it
 
     async def scenario() -> None:
         with gateway(tmp_path, market_data_subscribed=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
-                entry = await buy(dt, db, "MSFT", 100, config)
+                entry = (
+                    await buy_async(dt, "MSFT", 100, db=db, percentages=config)
+                ).orderStatus.avgFillPrice
                 row = db.get_active_position("MSFT")
                 assert row["stop_loss_price"] == stop_loss_price(entry, 0.9)
-                sells = await until_gw(
+                sells = await until_gateway(
                     gw, lambda s: one_protective_set(s, "MSFT", 100), 3, "protection"
                 )
                 [stop] = [o for o in sells if o["order_type"] == "STP"]
@@ -1299,19 +1273,18 @@ def test_delayed_only_account_puts_the_server_stop_at_the_stop_loss_price_and_it
     run(scenario())
 
 
-def test_outside_regular_hours_keeps_protection_and_does_not_trade(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_outside_regular_hours_keeps_protection_and_does_not_trade(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path, start=dtime(9, 0)) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
                 order = MarketOrder("BUY", 15)
                 order.outsideRth = True  # pre-market entry
                 trade = dt.placeOrder(Stock("AMD", "SMART", "USD"), order)
                 await until(lambda: trade.orderStatus.status == "Filled", 5, "pre-market fill")
                 db.add_active_position("AMD", 15, trade.orderStatus.avgFillPrice)
-                await until_gw(gw, lambda s: one_protective_set(s, "AMD", 15), 3, "protection")
+                await until_gateway(gw, lambda s: one_protective_set(s, "AMD", 15), 3, "protection")
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD", row["stop_loss_price"] - 0.05)
                 await until(lambda: "AMD" in manager.book.quotes(), 3, "pre-market quotes")
@@ -1323,15 +1296,16 @@ def test_outside_regular_hours_keeps_protection_and_does_not_trade(
 
 
 # -- end of day ---------------------------------------------------------------------------------
-def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
-    tmp_path: Path, sim_db: Any
-) -> None:
+def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(tmp_path: Path) -> None:
     async def flatten() -> None:
         with gateway(tmp_path, trading_date=HALF_DAY, start=dtime(12, 44, 57)) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
-                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection")
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "AAPL", 100), 3, "protection"
+                )
                 await until(lambda: db.was_closed_today("AAPL"), 8, "EOD flatten")
                 assert db.get_closed_today()[0]["exit_reason"] == "EOD"
                 sold = [e for e in gw.account.executions() if e["side"] == "SLD"]
@@ -1343,7 +1317,8 @@ def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
 
     async def sweep() -> None:
         with gateway(tmp_path, trading_date=HALF_DAY, start=dtime(12, 54, 58)) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager:
                 await until(lambda: manager.book.eod_verified.get(DayPhase.SWEEP), 8, "sweep")
 
@@ -1352,19 +1327,23 @@ def test_half_day_flattens_at_12_45_and_the_sweep_verifies_flat(
 
 
 def test_eod_flatten_of_twelve_positions_is_flat_before_the_sweep_and_never_short(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """A 20-position flatten must not serialise round trips per symbol (ib_async throttles
     above 45 requests/s): twelve here, measured in market seconds at speed 1."""
 
     async def scenario() -> None:
-        with gateway(tmp_path, symbol_names=None, symbols=12, start=dtime(15, 44, 56),
+        with gateway(tmp_path, symbols=12, start=dtime(15, 44, 56),
                      no_shorting=False) as gw:  # fmt: skip
             names = sorted(gw.gateway.market.symbols)
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await asyncio.gather(*(buy(dt, db, name, 10 + i) for i, name in enumerate(names)))
-                await until_gw(
+                await asyncio.gather(
+                    *(buy_async(dt, name, 10 + i, db=db, percentages=CONFIG)
+                      for i, name in enumerate(names))
+                )  # fmt: skip
+                await until_gateway(
                     gw,
                     lambda s: all(one_protective_set(s, n, 10 + i) for i, n in enumerate(names)),
                     5, "twelve protective sets",
@@ -1387,13 +1366,17 @@ def test_eod_flatten_of_twelve_positions_is_flat_before_the_sweep_and_never_shor
     run(scenario())
 
 
-def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> None:
+def test_partial_fill_keeps_the_rest_protected(tmp_path: Path) -> None:
     async def scenario() -> None:
         with gateway(tmp_path, partial_fills=True) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
-                entry = await buy(dt, db, "MSFT", 600, timeout=20)  # fills in parts, too
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 600), 5, "protection")
+                bought = await buy_async(dt, "MSFT", 600, db=db, percentages=CONFIG, timeout=20)
+                entry = bought.orderStatus.avgFillPrice  # it fills in parts, too
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", 600), 5, "protection"
+                )
                 row = db.get_active_position("MSFT")
 
                 def touch_target_once() -> None:  # one print at the target, then back
@@ -1404,7 +1387,9 @@ def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> N
                 state = await gw_call(gw.account.state)
                 held = position(state, "MSFT")
                 assert 0 < held < 600, "the touch should fill only part of the target"
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", held), 5, "resized set")
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", held), 5, "resized set"
+                )
                 await until(lambda: db.get_active_position("MSFT")["quantity"] == held, 3)
                 trades = [t for t in db.get_trades_by_date("2026-11-25") if t["side"] == "SELL"]
                 assert sum(t["quantity"] for t in trades) == 600 - held
@@ -1414,7 +1399,7 @@ def test_partial_fill_keeps_the_rest_protected(tmp_path: Path, sim_db: Any) -> N
 
 # -- the dashboard's view and requests -------------------------------------------------------------
 def test_flatten_request_is_sold_by_the_exit_manager_as_manual_and_its_last_price_is_published(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The dashboard cannot sell by itself (the protective set belongs to the exit manager):
     its flatten request must be taken and sold, and the heartbeat must carry the last prices
@@ -1422,10 +1407,13 @@ def test_flatten_request_is_sold_by_the_exit_manager_as_manual_and_its_last_pric
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock), day_trader(gw) as dt:
-                await buy(dt, db, "MSFT", 40)
-                await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 40), 3, "protection")
+                await buy_async(dt, "MSFT", 40, db=db, percentages=CONFIG)
+                await until_gateway(
+                    gw, lambda s: one_protective_set(s, "MSFT", 40), 3, "protection"
+                )
                 mark = await until(lambda: db.get_marks().get("MSFT"), 6, "MSFT's last price")
                 assert mark.last > 0 and abs(mark.quote_at - clock.epoch()) < 60
 
@@ -1443,7 +1431,7 @@ def test_flatten_request_is_sold_by_the_exit_manager_as_manual_and_its_last_pric
 
 # -- the exit path: the protective stop moved through the market ------------------------------------
 def test_bot_stop_exit_reaches_the_gateway_while_another_process_holds_the_database(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The exit writes nothing before its send: with another writer holding the database
     (BEGIN EXCLUSIVE, as the day trader's busiest write or a backup might), the sell still
@@ -1451,9 +1439,10 @@ def test_bot_stop_exit_reaches_the_gateway_while_another_process_holds_the_datab
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
                 await protected(gw, manager, "AAPL", 100)
                 pos = manager.book.held()["AAPL"]
                 held, seen = threading.Event(), {}
@@ -1485,7 +1474,7 @@ def test_bot_stop_exit_reaches_the_gateway_while_another_process_holds_the_datab
 
 
 def test_exit_under_partial_fills_sells_exactly_the_position_through_the_one_stop(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """The triggered STP fills in parts; it stays the one working sell for what is left, so
     the exit never sends a second order and never sells beyond the position (margin
@@ -1493,10 +1482,11 @@ def test_exit_under_partial_fills_sells_exactly_the_position_through_the_one_sto
 
     async def scenario() -> None:
         with gateway(tmp_path, partial_fills=True, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             config = replace(CONFIG, exit_fill_timeout_s=20.0)
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "MSFT", 600, timeout=20)
+                await buy_async(dt, "MSFT", 600, db=db, percentages=CONFIG, timeout=20)
                 the_set = await protected(gw, manager, "MSFT", 600, timeout=5)
                 [stop] = [o for o in the_set if o["order_type"] == "STP"]
                 placed = len(em_orders(await gw_call(gw.account.state), "MSFT"))
@@ -1516,7 +1506,7 @@ def test_exit_under_partial_fills_sells_exactly_the_position_through_the_one_sto
 
 
 def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_sells(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """kill -9 the moment the gateway receives the exit's first message: the order at IB
     must still sell (here in parts, long after the process died). The exit used to cancel
@@ -1524,7 +1514,7 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
 
     async def scenario() -> None:
         with gateway(tmp_path, partial_fills=True) as gw:
-            db, _clock = sim_db(gw)
+            db = sim_db(gw)
             proc = subprocess.Popen(
                 _exit_manager_args(gw, db), env=_subprocess_env(tmp_path, gw), cwd=tmp_path,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -1549,9 +1539,9 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
                     30, "subprocess reconciled",
                 )  # fmt: skip
                 async with day_trader(gw) as dt:
-                    await buy(dt, db, "MSFT", 600, timeout=20)
+                    await buy_async(dt, "MSFT", 600, db=db, percentages=CONFIG, timeout=20)
                     row = db.get_active_position("MSFT")
-                    await until_gw(gw, lambda s: one_protective_set(s, "MSFT", 600)
+                    await until_gateway(gw, lambda s: one_protective_set(s, "MSFT", 600)
                                    and server_stop(s, "MSFT")["aux_price"] < row["stop_loss_price"],
                                    10, "protected, STP at the backstop")  # fmt: skip
                     armed.set()
@@ -1559,7 +1549,7 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
                     await gw_call(gw.faults.set_price, "MSFT", between)  # through the bot stop
                     await until(killed.is_set, 5, "the exit's first message")
                     await asyncio.to_thread(proc.wait, 10)
-                    await until_gw(gw, lambda s: position(s, "MSFT") == 0, 20,
+                    await until_gateway(gw, lambda s: position(s, "MSFT") == 0, 20,
                                    "the order at IB selling everything")  # fmt: skip
                     assert sells_executed(gw, "MSFT") == 600
             finally:
@@ -1571,7 +1561,7 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
 
 
 def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """IB refuses a modification of the server STP (error 201) and the order keeps working;
     ib_async marks it Cancelled all the same. Believing that placed a second set beside the
@@ -1581,9 +1571,10 @@ def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock, config) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "NVDA", 25)
+                await buy_async(dt, "NVDA", 25, db=db, percentages=CONFIG)
                 [stop] = [o for o in await protected(gw, manager, "NVDA", 25)
                           if o["order_type"] == "STP"]  # fmt: skip
                 row = db.get_active_position("NVDA")
@@ -1611,7 +1602,7 @@ def test_refused_stop_modification_leaves_one_set_working_and_never_a_second(
 
 
 def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_protection(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """Our set's cancels went out, then IB's link went (1100) and their confirmation with
     it. The exit manager waited the full 5 s for it with the symbol locked, so the restore's
@@ -1620,20 +1611,21 @@ def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_pr
 
     async def scenario() -> None:
         with gateway(tmp_path, no_shorting=False) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager, day_trader(gw) as dt:
-                await buy(dt, db, "AAPL", 100)
+                await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
                 await protected(gw, manager, "AAPL", 100)
                 await gw_call(gw.faults.hold_cancels, EM)
                 await _other_client_sells(dt, "AAPL", 40)  # plan: cancel the set, protect 60
-                await until_gw(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
+                await until_gateway(gw, lambda s: _cancels_held(s, "AAPL"), 3, "our cancels held")
                 await gw_call(gw.faults.connectivity_lost, EM)
                 await until(lambda: not manager.reconciled, 3, "1100 seen")
                 await gw_call(gw.faults.release_cancels)  # cancelled: the news is lost
                 await asyncio.sleep(0.3)
                 await gw_call(gw.faults.connectivity_restored, EM, False)
                 restored = time.monotonic()
-                await until_gw(gw, lambda s: one_protective_set(s, "AAPL", 60), 4, "new set")
+                await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 60), 4, "new set")
                 assert time.monotonic() - restored < 1.5
                 assert position(await gw_call(gw.account.state), "AAPL") == 60
 
@@ -1641,7 +1633,7 @@ def test_a_cancel_whose_answer_a_1100_swallowed_does_not_hold_up_the_restores_pr
 
 
 def test_a_routine_heartbeat_written_late_never_overwrites_a_later_state_change(
-    tmp_path: Path, sim_db: Any
+    tmp_path: Path,
 ) -> None:
     """Routine beats are written on the intent writer's thread; one computed before the
     reconciliation but written after its RECONCILED beat said CONNECTING again, and the day
@@ -1649,7 +1641,8 @@ def test_a_routine_heartbeat_written_late_never_overwrites_a_later_state_change(
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
-            db, clock = sim_db(gw)
+            db = sim_db(gw)
+            clock = db.clock
             async with exit_manager(gw, db, clock) as manager:
                 assert manager.orders.writer is not None
                 queued: list[Callable[[], object]] = []

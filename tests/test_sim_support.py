@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import time as dtime
 from pathlib import Path
 
@@ -28,3 +29,21 @@ def test_wait_for_returns_the_value_and_names_what_it_waited_for() -> None:
     assert wait_for(lambda: next(calls), 5, "a value") == "ready"
     with pytest.raises(AssertionError, match=r"timed out after 0\.05 s waiting for the fill"):
         wait_for(lambda: None, 0.05, "the fill")
+
+
+# The harness's helpers: a second definition anywhere in tests/ or bench/ is a copy that drifts.
+HARNESS_HELPER = re.compile(
+    r"^\s*(?:async\s+)?def\s+_?(gateway|start_gateway|wait\w*|until\w*|sim_db|buy\w*)\s*\(", re.M
+)
+
+
+def test_gateway_wait_database_and_buy_helpers_live_only_in_sim_support() -> None:
+    root = Path(__file__).resolve().parents[1]
+    copies = [
+        f"{path.relative_to(root)}: def {match.group(1)}"
+        for folder in ("tests", "bench")
+        for path in sorted((root / folder).glob("*.py"))
+        if path.name != "sim_support.py"
+        for match in HARNESS_HELPER.finditer(path.read_text())
+    ]
+    assert not copies, f"use tests/sim_support.py instead of these copies: {copies}"
