@@ -38,11 +38,9 @@ from bots.exit_selling import Selling
 from bots.exit_tasks import SymbolTasks
 from bots.exit_watch import ExitWatch
 from core import cli
-from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger, setup_logging
-from core.orders import IntentOrders
 from core.settings import (
     Settings,
     SettingsError,
@@ -52,6 +50,8 @@ from core.settings import (
 )
 from core.shutdown import install_stop_handlers
 from ib import convert
+from ib.intents import IntentOrders
+from ib.session import BrokerSession
 from observability import DatabaseError, Mark, TradingDatabase
 from trading.exits import ExitBook, ExitConfig
 from trading.reconcile import format_table, protection_table

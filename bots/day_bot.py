@@ -26,11 +26,11 @@ from bots.day_feeds import DayFeeds
 from bots.day_watchlist import DayWatchlist
 from bots.entry_fills import EntryFills
 from bots.entry_orders import EntryOptions, EntryOrders
-from core.broker import BrokerSession
 from core.clock import MarketClock, Session, get_clock
 from core.logs import get_logger
 from core.settings import Settings
 from ib.market_data import LIVE_ELSE_DELAYED
+from ib.session import BrokerSession
 from observability import DatabaseLocked, TradingDatabase, get_database
 from trading import phases
 from trading.entries import EntryConfig, EntryCore, evaluate_all

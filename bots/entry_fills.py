@@ -14,12 +14,12 @@ from datetime import datetime
 from ib_async import CommissionReport, Fill, Trade
 
 from bots.day_feeds import Spawn
-from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock
 from core.logs import get_logger
 from core.money import average_price
 from core.settings import Settings
 from ib.fills import fill_of
+from ib.session import BrokerSession
 from observability import FILLED, IntentTransitionError, TradingDatabase
 from trading.exits import target_and_stop
 from trading.model import DAY_TRADER

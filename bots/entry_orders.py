@@ -21,12 +21,12 @@ from ib_async import Fill, OrderStatus, Trade
 
 from bots.day_book import DayBook
 from bots.day_feeds import DayFeeds
-from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.logs import get_logger
-from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import Settings
 from ib.convert import entry_order
+from ib.intents import IntentOrders, LookupStatus, cancel_came_too_late
+from ib.session import BrokerSession
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
 from trading.entries import EntryCore, EntryDecision
 from trading.model import DAY_TRADER

@@ -11,8 +11,8 @@ from typing import Any
 from ib_async import Contract, Fill, Position, Stock, Trade
 
 from bots.exit_parts import BROKER_TIMEOUT_S, ExitParts, ReconcileError, log
-from core.orders import LookupStatus
 from ib import convert
+from ib.intents import LookupStatus
 from trading.model import BrokerPosition
 
 Snapshot = tuple[list[Trade], list[Trade], list[Fill]]

@@ -10,8 +10,8 @@ from ib_async import CommissionReport, Fill, Trade
 
 from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
 from core.money import average_price
-from core.orders import is_rejected
 from ib.fills import fill_of
+from ib.intents import is_rejected
 from observability import DatabaseError
 from trading.model import exit_reason_for
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.logs import get_logger
-from core.orders import IntentOrders
+from ib.intents import IntentOrders
+from ib.session import BrokerSession
 from observability import TradingDatabase
 from trading.exits import ExitBook, ExitConfig
 from trading.model import EXIT_MANAGER

@@ -7,8 +7,8 @@ cancelled *and confirmed* and the broker's fresh quantity is sold, never when it
 from __future__ import annotations
 
 from bots.exit_parts import ExitParts, log
-from core.orders import is_rejected, modification_refused
 from ib import convert
+from ib.intents import is_rejected, modification_refused
 from trading.exits import exit_intent, stop_to_trigger, through_market_stop_price
 
 _ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in flight

@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 from ib_async import IB, Contract, Stock, Ticker, Trade
 
-from core.broker import connect_failure
 from core.cli import ProgramError
 from ib.convert import broker_position
+from ib.session import connect_failure
 from trading.model import BrokerPosition
 
 MARKET_DATA_TYPES = {1: "1 live", 2: "2 frozen", 3: "3 delayed", 4: "4 delayed-frozen"}

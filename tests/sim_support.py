@@ -203,8 +203,8 @@ def buy(
                  ib=ib)  # fmt: skip
         return trade
     from core.money import profit_target_price, stop_loss_price
-    from core.orders import IntentOrders
     from ib.convert import fill_record
+    from ib.intents import IntentOrders
 
     orders = IntentOrders(ib, db, agent)
     trade = orders.place(contract, MarketOrder("BUY", quantity), purpose="ENTRY", guard_entry=True)

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from ib_async import IB, MarketOrder, Stock
 
-from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock, get_clock
 from core.money import profit_target_price, stop_loss_price
 from core.settings import SettingsError, check_trading_mode, get_settings
 from exit_manager import AGENT, ExitManager, blocked_flag
+from ib.session import BrokerSession
 from ibsim.config import GatewayConfig
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase

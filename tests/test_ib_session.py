@@ -1,4 +1,4 @@
-"""core.broker: connect, 326, reconnect and handler failures on the simulated gateway."""
+"""ib.session: connect, 326, reconnect and handler failures on the simulated gateway."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from datetime import date
 import pytest
 from ib_async import IB
 
-from core.broker import BrokerSession, ErrorKind, classify_error
 from core.settings import Settings, SettingsError, get_settings
+from ib.session import BrokerSession, ErrorKind, classify_error
 from ibsim.thread import GatewayThread
 from tests.sim_support import gateway, until
 

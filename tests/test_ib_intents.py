@@ -1,4 +1,4 @@
-"""core.orders: the intent protocol on the simulated gateway (real ib_async, no mocks)."""
+"""ib.intents: the intent protocol on the simulated gateway (real ib_async, no mocks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ib_async import IB, LimitOrder, OrderStatus, Stock, Trade
 from ib_async.order import Order, TradeLogEntry
 
-from core.orders import (
+from ib.intents import (
     IntentOrders,
     LookupStatus,
     intent_state_for,
