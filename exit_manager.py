@@ -101,7 +101,6 @@ class ExitManager:
         self.ib.execDetailsEvent += self.fills.on_exec
         self.ib.commissionReportEvent += self.fills.on_commission
         self.ib.orderStatusEvent += self.fills.on_order_status
-        self.ib.pendingTickersEvent += self.quotes.on_tickers
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
 

@@ -21,8 +21,6 @@ IB_ASYNC_OUTSIDE_ADAPTER: dict[str, str] = {
     "bots/exit_broker.py": "not yet moved",
     "bots/exit_fills.py": "not yet moved",
     "bots/exit_parts.py": "not yet moved",
-    "bots/exit_protection.py": "not yet moved",
-    "bots/exit_quotes.py": "not yet moved",
     "exit_manager.py": "not yet moved",
 }
 
