@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeAlias
 
 from ib_async import IB
 
@@ -25,6 +26,10 @@ from core.settings import Settings, SettingsError, check_trading_mode
 from ib.account import account_of
 
 Callback = Callable[[], Awaitable[None]]
+
+# The session's ib_async connection as the bots hold it: only to hand back to the adapter's
+# functions (market data, contracts, intents); only ib/ calls its methods.
+IBConnection: TypeAlias = IB
 
 
 def quiet_ib_async_logs(floor: int = logging.WARNING) -> None:
