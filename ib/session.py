@@ -27,8 +27,9 @@ from ib.account import account_of
 
 Callback = Callable[[], Awaitable[None]]
 
-# The session's ib_async connection as the bots hold it: only to hand back to the adapter's
-# functions (market data, contracts, intents); only ib/ calls its methods.
+# The session's ib_async connection as the bots hold it, to hand to the adapter's functions
+# (market data, contracts, intents, positions). A bot that still calls its methods itself
+# (the exit side's broker queries, the day trader's book) is reaching past the adapter.
 IBConnection: TypeAlias = IB
 
 

@@ -18,8 +18,6 @@ IB_ASYNC_OUTSIDE_ADAPTER: dict[str, str] = {
     "bots/entry_orders.py": "not yet moved",
     "bots/exit_broker.py": "not yet moved",
     "bots/exit_fills.py": "not yet moved",
-    "bots/exit_parts.py": "not yet moved",
-    "exit_manager.py": "not yet moved",
 }
 
 
