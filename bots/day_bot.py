@@ -29,6 +29,7 @@ from bots.entry_orders import EntryOptions, EntryOrders
 from core.clock import MarketClock, Session, get_clock
 from core.logs import get_logger
 from core.settings import Settings
+from ib.fills import executions
 from ib.market_data import LIVE_ELSE_DELAYED
 from ib.session import BrokerSession
 from observability import DatabaseLocked, TradingDatabase, get_database
@@ -252,7 +253,7 @@ class DayTrader:
         # Per connection, before any reqMktData: quotes say whether they are delayed.
         self.ib.reqMarketDataType(LIVE_ELSE_DELAYED)
         results = await self.entries.orders.recover()
-        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), 15.0)
+        fills = await executions(self.ib, self.clock.now, 15.0)
         applied = sum(self.fills.apply_fill(f) for f in fills)
         await self.entries.reconcile(results)
         log.info(

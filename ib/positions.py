@@ -3,6 +3,7 @@ as the core's BrokerPosition records with IB's contract id."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from ib_async import IB, Position
@@ -29,3 +30,10 @@ def follow_positions(
             on_position(convert.broker_position(position), position.contract.conId)
 
     ib.positionEvent += handle
+
+
+async def fresh_positions(ib: IB, account: str, timeout: float) -> list[BrokerPosition]:
+    """Our stock positions as IB answers a positions request now (not the stream, which
+    lags a fill). Raises TimeoutError after `timeout` seconds, ConnectionError / OSError."""
+    rows = await asyncio.wait_for(ib.reqPositionsAsync(), timeout)
+    return [convert.broker_position(p) for p in rows if is_our_stock_position(p, account)]

@@ -14,7 +14,6 @@ NOT_PRODUCTION = ("tests", "ibsim", "bench")
 # Production modules outside ib/ that still import ib_async, each with its reason. The list
 # only shrinks: a module that stops importing ib_async must leave it (the test says so).
 IB_ASYNC_OUTSIDE_ADAPTER: dict[str, str] = {
-    "bots/entry_fills.py": "not yet moved",
     "bots/entry_orders.py": "not yet moved",
     "bots/exit_broker.py": "not yet moved",
     "bots/exit_fills.py": "not yet moved",
