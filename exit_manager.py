@@ -48,6 +48,7 @@ from core.settings import (
 )
 from core.shutdown import install_stop_handlers
 from ib import convert
+from ib.fills import follow_fills
 from ib.intents import IntentOrders
 from ib.positions import follow_positions
 from ib.session import BrokerSession
@@ -99,8 +100,7 @@ class ExitManager:
         session.resubscribe_handlers.append(self.quotes.resubscribe)
         self.ib.positionEvent += self.broker.pulse  # any position event wakes the waits
         follow_positions(self.ib, lambda: session.account, self._on_position)
-        self.ib.execDetailsEvent += self.fills.on_exec
-        self.ib.commissionReportEvent += self.fills.on_commission
+        follow_fills(self.ib, clock.now, self.fills.on_exec, self.fills.on_commission)
         self.ib.orderStatusEvent += self.fills.on_order_status
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected

@@ -89,9 +89,9 @@ class EntryFills:
         )
         return True
 
-    def _on_commission_report(self, ref: str, exec_id: str, commission: float) -> None:
-        if ref.startswith(f"{AGENT}-"):  # before its fill: the store keeps it for it
-            self.db.record_commission(exec_id, commission)
+    def _on_commission_report(self, done: FillRecord) -> None:
+        if done.order_ref.startswith(f"{AGENT}-") and done.commission is not None:
+            self.db.record_commission(done.exec_id, done.commission)  # first: the store keeps it
 
     def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
         """Shares filled for one entry and their average price, from the recorded fills."""

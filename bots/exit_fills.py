@@ -6,14 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ib_async import CommissionReport, Fill, Trade
+from ib_async import Trade
 
 from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
 from core.money import average_price
-from ib.fills import fill_of
 from ib.intents import is_rejected
 from observability import DatabaseError
-from trading.model import exit_reason_for
+from trading.model import FillRecord, exit_reason_for
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -31,18 +30,17 @@ class ExitFills:
         self._counted_rejects: set[str] = set()
 
     # -- fills ---------------------------------------------------------------------------
-    def on_exec(self, trade: Trade, fill: Fill) -> None:
+    def on_exec(self, done: FillRecord) -> None:
         self.parts.broker.pulse()
-        if self.record(fill):
-            self.parts.tasks.schedule(fill.contract.symbol)
+        if self.record(done):
+            self.parts.tasks.schedule(done.symbol)
 
-    def record(self, fill: Fill) -> bool:
+    def record(self, done: FillRecord) -> bool:
         """Record one of our sell fills (idempotent by execId) with its commission when IB
         already reported it; True when it is ours."""
-        if not self.is_our_sell(fill):
+        if not self.is_our_sell(done):
             return False
         parts = self.parts
-        done = fill_of(parts.ib, fill, received_at=parts.clock.now())
         with parts.orders.exclusive():  # one writer of ours at a time
             new = parts.db.record_fill(done, AGENT)
         if new:
@@ -52,26 +50,26 @@ class ExitFills:
                      exec_id=done.exec_id, commission=done.commission)  # fmt: skip
         return True
 
-    def is_our_sell(self, fill: Fill) -> bool:
-        ex = fill.execution
-        intent = self.parts.db.get_order_intent(ex.orderRef) if ex.orderRef else None
-        return intent is not None and intent["agent"] == AGENT and ex.side in {"SLD", "SELL"}
+    def is_our_sell(self, done: FillRecord) -> bool:
+        ref = done.order_ref
+        intent = self.parts.db.get_order_intent(ref) if ref else None
+        return intent is not None and intent["agent"] == AGENT and done.side == "SELL"
 
-    def on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+    def on_commission(self, done: FillRecord) -> None:
         """IB's commission report for one of our executions: attach it to the fill's row.
 
         The row is normally written by execDetails just before; if it is not there yet, the
         store keeps the report for the fill's row, and the fill is recorded now."""
-        if not self.is_our_sell(fill):
+        if not self.is_our_sell(done) or done.commission is None:
             return
         parts = self.parts
         try:
             with parts.orders.exclusive():
-                attached = parts.db.record_commission(report.execId, report.commission)
+                attached = parts.db.record_commission(done.exec_id, done.commission)
             if not attached:
-                self.record(fill)
+                self.record(done)
         except DatabaseError as exc:
-            log.error("commission_not_recorded", exec_id=report.execId, error=str(exc))
+            log.error("commission_not_recorded", exec_id=done.exec_id, error=str(exc))
 
     # -- closing -------------------------------------------------------------------------
     def close_from_fills(self, symbol: str, row: dict[str, Any]) -> bool:

@@ -47,17 +47,18 @@ def follow_fills(
     ib: IB,
     now: Callable[[], datetime],
     on_fill: Callable[[FillRecord], object],
-    on_commission: Callable[[str, str, float], None],
+    on_commission: Callable[[FillRecord], object],
 ) -> None:
     """Hand each execution IB streams (execDetails) to `on_fill` as a FillRecord (see
     fill_of; `now()` is its time when IB sent none with a timezone), and each commission
-    report to `on_commission(order_ref, exec_id, commission)`."""
+    report to `on_commission` as its execution's FillRecord with that commission (None when
+    IB left it unset)."""
 
     def on_exec(trade: Trade, fill: Fill) -> None:
         on_fill(fill_of(ib, fill, received_at=now()))
 
     def on_report(trade: Trade, fill: Fill, report: CommissionReport) -> None:
-        on_commission(fill.execution.orderRef or "", report.execId, report.commission)
+        on_commission(fill_record(fill, report, received_at=now()))
 
     ib.execDetailsEvent += on_exec
     ib.commissionReportEvent += on_report

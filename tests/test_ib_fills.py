@@ -29,13 +29,12 @@ def test_a_fill_from_req_executions_carries_the_commission_ib_reported_live(tmp_
 
 
 def test_followed_fills_and_commissions_reach_the_bot_as_records(tmp_path: Path) -> None:
-    """execDetails arrives as a FillRecord, its commission report as (orderRef, execId,
-    commission): the bots never see ib_async's Fill."""
+    """execDetails arrives as a FillRecord, its commission report as the same execution's
+    FillRecord with the commission: the bots never see ib_async's Fill."""
     fills: list[FillRecord] = []
-    reports: list[tuple[str, str, float]] = []
+    reports: list[FillRecord] = []
     with gateway(tmp_path, symbols=("AAA",)) as gw, client(gw, 2) as ib:
-        follow_fills(ib, lambda: datetime.now(UTC), fills.append,
-                     lambda *report: reports.append(report))  # fmt: skip
+        follow_fills(ib, lambda: datetime.now(UTC), fills.append, reports.append)
         trade = buy(ib, "AAA", 200)
         ib.sleep(0.3)  # the report follows the execution
         [live] = trade.fills
@@ -43,4 +42,6 @@ def test_followed_fills_and_commissions_reach_the_bot_as_records(tmp_path: Path)
     assert (record.symbol, record.side, record.shares) == ("AAA", "BUY", 200)
     assert record.exec_id == live.execution.execId
     assert record.order_ref == (trade.order.orderRef or "")
-    assert reports == [(record.order_ref, record.exec_id, live.commissionReport.commission)]
+    [report] = reports
+    assert report.exec_id == record.exec_id and report.order_ref == record.order_ref
+    assert report.commission == live.commissionReport.commission > 0
