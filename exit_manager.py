@@ -49,7 +49,7 @@ from core.settings import (
 from core.shutdown import install_stop_handlers
 from ib import convert
 from ib.fills import follow_fills
-from ib.intents import IntentOrders
+from ib.intents import IntentOrders, follow_order_statuses
 from ib.positions import follow_positions
 from ib.session import BrokerSession
 from observability import DatabaseError, Mark, TradingDatabase
@@ -101,7 +101,7 @@ class ExitManager:
         self.ib.positionEvent += self.broker.pulse  # any position event wakes the waits
         follow_positions(self.ib, lambda: session.account, self._on_position)
         follow_fills(self.ib, clock.now, self.fills.on_exec, self.fills.on_commission)
-        self.ib.orderStatusEvent += self.fills.on_order_status
+        follow_order_statuses(self.ib, self.fills.on_order_status)
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ib_async import Trade
-
 from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
 from core.money import average_price
-from ib.intents import is_rejected
+from ib.intents import Rejection
 from observability import DatabaseError
 from trading.model import FillRecord, exit_reason_for
 
@@ -105,27 +103,25 @@ class ExitFills:
             self.parts.book.closed(symbol)
 
     # -- rejects -------------------------------------------------------------------------
-    def on_order_status(self, trade: Trade) -> None:
+    def on_order_status(self, rejection: Rejection | None) -> None:
         self.parts.broker.pulse()
-        if not (is_rejected(trade) and trade.order.action == "SELL"):
+        if rejection is None or rejection.action != "SELL":
             return
-        symbol = trade.contract.symbol
-        if self.count_reject(trade) or self.parts.book[symbol].give_up_pending:
+        symbol = rejection.symbol
+        if self.count_reject(rejection) or self.parts.book[symbol].give_up_pending:
             self.parts.tasks.schedule(symbol)  # a rejected leg: retry (bounded); or give-up set
 
-    def count_reject(self, trade: Trade) -> bool:
+    def count_reject(self, rejection: Rejection) -> bool:
         """Count a rejected sell once; returns True when the symbol may still be tried."""
         parts, book = self.parts, self.parts.book
-        ref = trade.order.orderRef
-        symbol = trade.contract.symbol
+        ref, symbol, reason = rejection.order_ref, rejection.symbol, rejection.reason
         intent = parts.db.get_order_intent(ref) if ref else None
         # One count per refusal: a refused modification leaves the order working, and IB
         # may refuse its next modification too.
-        refusal = f"{ref}#{max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)}"
+        refusal = rejection.refusal
         if intent is None or intent["agent"] != AGENT or refusal in self._counted_rejects:
             return not book.is_blocked(symbol)
         self._counted_rejects.add(refusal)
-        reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
         reached = book.record_reject(symbol)
         log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=book[symbol].rejects,
                   reason=reason)  # fmt: skip

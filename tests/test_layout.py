@@ -14,9 +14,13 @@ NOT_PRODUCTION = ("tests", "ibsim", "bench")
 # Production modules outside ib/ that still import ib_async, each with its reason. The list
 # only shrinks: a module that stops importing ib_async must leave it (the test says so).
 IB_ASYNC_OUTSIDE_ADAPTER: dict[str, str] = {
-    "bots/entry_orders.py": "not yet moved",
-    "bots/exit_broker.py": "not yet moved",
-    "bots/exit_fills.py": "not yet moved",
+    # The day trader's working entries keep IB's Trade (status, fills, log) to time out,
+    # cancel and finish each entry; moving that is moving the entry order book into ib/.
+    "bots/entry_orders.py": "holds and reads ib_async Trades of working entry BUYs",
+    # The exit side's questions to IB: open trades of our sells (the protective set and the
+    # exit-through-stop path act on those Trades), reqContractDetails, reqPositions, the
+    # cancel-and-confirm wait and the order snapshot. Moving it changes the exit path.
+    "bots/exit_broker.py": "the exit side's broker queries return ib_async Trades/Contracts",
 }
 
 
