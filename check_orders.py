@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import cli
-from core.orders import intent_state_for
 from core.settings import Settings
+from ib.intents import intent_state_for
 from ib.tools import OrderAtIB, every_clients_orders
 from ib_tools import add_connection_args, add_db_arg, tool_session
 from observability import OPEN_INTENT_STATES

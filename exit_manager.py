@@ -26,8 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ib_async import Position
-
 from bots.exit_broker import ExitBroker
 from bots.exit_fills import ExitFills
 from bots.exit_parts import AGENT, BROKER_TIMEOUT_S, ExitParts, ReconcileError, blocked_flag
@@ -38,11 +36,9 @@ from bots.exit_selling import Selling
 from bots.exit_tasks import SymbolTasks
 from bots.exit_watch import ExitWatch
 from core import cli
-from core.broker import BrokerSession
 from core.clock import MarketClock, get_clock, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
 from core.logs import get_logger
-from core.orders import IntentOrders
 from core.settings import (
     Settings,
     check_trading_mode,
@@ -50,8 +46,13 @@ from core.settings import (
 )
 from core.shutdown import install_stop_handlers
 from ib import convert
+from ib.fills import follow_fills
+from ib.intents import IntentOrders, follow_order_statuses
+from ib.positions import follow_positions
+from ib.session import BrokerSession
 from observability import DatabaseError, Mark, TradingDatabase
 from trading.exits import ExitBook, ExitConfig
+from trading.model import BrokerPosition
 from trading.reconcile import format_table, protection_table
 
 __all__ = ["AGENT", "ExitManager", "ReconcileError", "blocked_flag", "main"]
@@ -95,11 +96,10 @@ class ExitManager:
         self._beats_made = self._beat_written = 0  # a queued beat never overwrites a later one
         session.connected_handlers.append(self.reconciler.reconcile)
         session.resubscribe_handlers.append(self.quotes.resubscribe)
-        self.ib.positionEvent += self._on_position
-        self.ib.execDetailsEvent += self.fills.on_exec
-        self.ib.commissionReportEvent += self.fills.on_commission
-        self.ib.orderStatusEvent += self.fills.on_order_status
-        self.ib.pendingTickersEvent += self.quotes.on_tickers
+        self.ib.positionEvent += self.broker.pulse  # any position event wakes the waits
+        follow_positions(self.ib, lambda: session.account, self._on_position)
+        follow_fills(self.ib, clock.now, self.fills.on_exec, self.fills.on_commission)
+        follow_order_statuses(self.ib, self.fills.on_order_status)
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
 
@@ -112,15 +112,12 @@ class ExitManager:
         return self.parts.state
 
     # -- IB's connection events ----------------------------------------------------------
-    def _on_position(self, position: Position) -> None:
-        self.broker.pulse()
-        if not self.broker.is_ours(position):
-            return
-        state = self.book[position.contract.symbol]
-        state.con_id = position.contract.conId
-        if state.seen_quantity == position.position:
+    def _on_position(self, position: BrokerPosition, con_id: int) -> None:
+        state = self.book[position.symbol]
+        state.con_id = con_id
+        if state.seen_quantity == position.quantity:
             return  # a repeat (every positions request replays them)
-        state.seen_quantity = position.position
+        state.seen_quantity = position.quantity
         # Also while reconciling: a fill after its positions snapshot is seen only here, and
         # the replays that follow are deduplicated above. The worker waits for the end of
         # the reconciliation, which reschedules every dirty symbol.

@@ -151,11 +151,11 @@ def _latencies(probe: Path, kind: str) -> list[float]:
 async def _bench(trials: int, writes_per_s: float, folder: Path) -> int:
     from ib_async import IB, MarketOrder, Stock
 
-    from core.broker import BrokerSession
     from core.clock import calendar_loaded, get_clock, preload_calendar
     from core.money import profit_target_price, stop_loss_price
     from core.settings import load_settings, set_settings
     from exit_manager import AGENT, ExitManager
+    from ib.session import BrokerSession
     from ibsim.ctl import call
     from observability import TradingDatabase
     from tests.sim_support import until

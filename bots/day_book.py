@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.heartbeats import EXIT_MANAGER, exit_manager_problem
 from core.logs import get_logger
 from core.settings import Settings
 from ib.convert import ib_price
+from ib.session import BrokerSession
 from observability import KILL_SWITCH_FLAG, TradingDatabase
 from trading.entries import (
     EXIT_MANAGER_NOT_READY,

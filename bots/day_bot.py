@@ -26,11 +26,12 @@ from bots.day_feeds import DayFeeds
 from bots.day_watchlist import DayWatchlist
 from bots.entry_fills import EntryFills
 from bots.entry_orders import EntryOptions, EntryOrders
-from core.broker import BrokerSession
 from core.clock import MarketClock, Session, get_clock
 from core.logs import get_logger
 from core.settings import Settings
+from ib.fills import executions
 from ib.market_data import LIVE_ELSE_DELAYED
+from ib.session import BrokerSession
 from observability import DatabaseLocked, TradingDatabase, get_database
 from store.bars import BarRecorder
 from trading import phases
@@ -257,7 +258,7 @@ class DayTrader:
         # Per connection, before any reqMktData: quotes say whether they are delayed.
         self.ib.reqMarketDataType(LIVE_ELSE_DELAYED)
         results = await self.entries.orders.recover()
-        fills = await asyncio.wait_for(self.ib.reqExecutionsAsync(), 15.0)
+        fills = await executions(self.ib, self.clock.now, 15.0)
         applied = sum(self.fills.apply_fill(f) for f in fills)
         await self.entries.reconcile(results)
         log.info(

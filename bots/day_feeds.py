@@ -16,19 +16,19 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ib_async import IB, Contract
-
 from core.clock import MarketClock
 from core.logs import get_logger
 from ib.market_data import (
     REALTIME_REFUSED,
     HistoricalPacer,
     MarketDataLine,
+    StockContract,
     bar_from_ib,
     entry_quote,
     new_history_bars,
     request_today_bars,
 )
+from ib.session import IBConnection
 from store.bars import BarRecorder
 from trading.entries import (
     DELAYED_DATA,
@@ -90,7 +90,7 @@ class DayFeeds:
 
     def __init__(
         self,
-        ib: IB,
+        ib: IBConnection,
         clock: MarketClock,
         config: EntryConfig,
         core: EntryCore,
@@ -137,7 +137,7 @@ class DayFeeds:
         }
 
     # -- subscriptions -------------------------------------------------------------------
-    def add(self, contracts: Sequence[Contract]) -> None:
+    def add(self, contracts: Sequence[StockContract]) -> None:
         """Watch these (qualified) contracts: subscribe and seed each from today's history."""
         for contract in contracts:
             feed = self.core.add_symbol(contract.symbol)

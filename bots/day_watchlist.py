@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ib_async import IB, Contract, Stock
-
 from bots.day_feeds import DayFeeds, Spawn
 from core.clock import MarketClock
 from core.logs import get_logger
 from core.settings import Settings
+from ib.market_data import StockContract, qualified_stocks
+from ib.session import IBConnection
 from trading.model import DAY_TRADER
 
 AGENT = DAY_TRADER
@@ -29,7 +29,7 @@ class DayWatchlist:
     def __init__(
         self,
         settings: Settings,
-        ib: IB,
+        ib: IBConnection,
         clock: MarketClock,
         feeds: DayFeeds,
         spawn: Spawn,
@@ -104,13 +104,11 @@ class DayWatchlist:
             stop=self.stop_event,
         )
 
-    async def qualify(self, symbols: Sequence[str]) -> list[Contract]:
+    async def qualify(self, symbols: Sequence[str]) -> list[StockContract]:
         """Contracts the gateway knows; unknown symbols are dropped with a log line."""
-        contracts = [Stock(s, "SMART", "USD") for s in symbols]
-        qualified = await asyncio.wait_for(self.ib.qualifyContractsAsync(*contracts), 30.0)
-        known: list[Contract] = []
-        for symbol, contract in zip(symbols, qualified, strict=True):
-            if contract is None or not getattr(contract, "conId", 0):
+        known: list[StockContract] = []
+        for symbol, contract in await qualified_stocks(self.ib, symbols, 30.0):
+            if contract is None:
                 self.rejected_symbols.add(symbol)
                 log.warning("ticker_unknown", symbol=symbol, action="dropped from the watchlist")
             else:

@@ -11,18 +11,17 @@ import asyncio
 import contextlib
 from datetime import datetime
 
-from ib_async import CommissionReport, Fill, Trade
-
 from bots.day_feeds import Spawn
-from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock
 from core.logs import get_logger
 from core.money import average_price
 from core.settings import Settings
-from ib.fills import fill_of
+from ib.fills import follow_fills
+from ib.positions import fresh_positions
+from ib.session import BrokerSession
 from observability import FILLED, IntentTransitionError, TradingDatabase
 from trading.exits import target_and_stop
-from trading.model import DAY_TRADER
+from trading.model import DAY_TRADER, FillRecord
 
 AGENT = DAY_TRADER
 log = get_logger(AGENT)
@@ -46,13 +45,9 @@ class EntryFills:
         self.clock = clock
         self.spawn = spawn
         self._positions_lock = asyncio.Lock()
-        self.ib.execDetailsEvent += self._on_exec_details
-        self.ib.commissionReportEvent += self._on_commission_report
+        follow_fills(self.ib, self.clock.now, self.apply_fill, self._on_commission_report)
 
-    def _on_exec_details(self, trade: Trade, fill: Fill) -> None:
-        self.apply_fill(fill)
-
-    def apply_fill(self, fill: Fill) -> bool:
+    def apply_fill(self, done: FillRecord) -> bool:
         """Apply one execution of our entry BUYs (keyed by execId: twice is harmless).
 
         Returns True when it was new: a trade row, and the position opened at this first
@@ -60,16 +55,13 @@ class EntryFills:
         with target and stop from the average fill price. A symbol the exit manager already
         closed today gets a row again only for shares the broker still holds.
         """
-        execution = fill.execution
-        ref = execution.orderRef
+        ref = done.order_ref
         if not ref:
             return False
         intent = self.db.get_order_intent(ref)
         if intent is None or intent["agent"] != AGENT or intent["side"] != "BUY":
             return False
-        # The exchange's execution time; Fill.time is only when the message arrived here.
-        done = fill_of(self.ib, fill, received_at=self.clock.now())
-        when = done.time
+        when = done.time  # the exchange's execution time (fill_of)
         new = self.db.record_fill(done, AGENT)
         if not new:
             return False
@@ -89,18 +81,17 @@ class EntryFills:
             "entry_filled",
             symbol=symbol,
             order_ref=ref,
-            exec_id=execution.execId,
-            shares=float(execution.shares),
-            price=float(execution.price),
+            exec_id=done.exec_id,
+            shares=done.shares,
+            price=done.price,
             position=quantity,
             avg_price=round(average, 4),
         )
         return True
 
-    def _on_commission_report(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
-        ref = fill.execution.orderRef
-        if ref and ref.startswith(f"{AGENT}-"):  # before its fill: the store keeps it for it
-            self.db.record_commission(report.execId, report.commission)
+    def _on_commission_report(self, done: FillRecord) -> None:
+        if done.order_ref.startswith(f"{AGENT}-") and done.commission is not None:
+            self.db.record_commission(done.exec_id, done.commission)  # first: the store keeps it
 
     def _filled_so_far(self, ref: str, when: datetime) -> tuple[float, float]:
         """Shares filled for one entry and their average price, from the recorded fills."""
@@ -151,7 +142,7 @@ class EntryFills:
         still holds. Asked fresh (reqPositions): the position stream lags the fill."""
         try:
             async with self._positions_lock:  # ib_async keeps one positions request at a time
-                positions = await asyncio.wait_for(self.ib.reqPositionsAsync(), 15.0)
+                positions = await fresh_positions(self.ib, self.session.account, 15.0)
         except (TimeoutError, ConnectionError, OSError) as exc:
             # Unknown is not flat; without a row the exit manager adopts what is still held.
             log.warning(
@@ -162,11 +153,7 @@ class EntryFills:
                 action="no row written; the exit manager adopts shares the broker holds",
             )
             return
-        held = sum(
-            float(p.position)
-            for p in positions
-            if p.contract.symbol == symbol and p.account in (self.session.account, "")
-        )
+        held = sum(p.quantity for p in positions if p.symbol == symbol)
         quantity, average = self._filled_so_far(ref, when)
         log.warning(
             "fill_after_close",

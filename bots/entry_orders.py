@@ -17,19 +17,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ib_async import Fill, OrderStatus, Trade
+from ib_async import OrderStatus, Trade
 
 from bots.day_book import DayBook
 from bots.day_feeds import DayFeeds
-from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.logs import get_logger
-from core.orders import IntentOrders, LookupStatus, cancel_came_too_late
 from core.settings import Settings
 from ib.convert import entry_order
+from ib.fills import fills_of
+from ib.intents import IntentOrders, LookupStatus, cancel_came_too_late
+from ib.session import BrokerSession
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
 from trading.entries import EntryCore, EntryDecision
-from trading.model import DAY_TRADER
+from trading.model import DAY_TRADER, FillRecord
 
 AGENT = DAY_TRADER
 log = get_logger(AGENT)
@@ -102,7 +103,7 @@ class EntryOrders:
         core: EntryCore,
         book: DayBook,
         feeds: DayFeeds,
-        apply_fill: Callable[[Fill], bool],
+        apply_fill: Callable[[FillRecord], bool],
         reviewer: Any = None,
     ) -> None:
         self.settings = settings
@@ -275,7 +276,7 @@ class EntryOrders:
             order_ref=entry.order_ref,
             status=found.status.value,
         )
-        for fill in found.fills:
+        for fill in fills_of(self.ib, found.fills, self.clock.now()):
             self.apply_fill(fill)
         if found.status is LookupStatus.UNKNOWN:  # ask again after another timeout
             if entry.cancel_sent_real is not None:

@@ -11,8 +11,9 @@ from typing import Any
 from ib_async import Contract, Fill, Position, Stock, Trade
 
 from bots.exit_parts import BROKER_TIMEOUT_S, ExitParts, ReconcileError, log
-from core.orders import LookupStatus
 from ib import convert
+from ib.intents import LookupStatus
+from ib.positions import is_our_stock_position
 from trading.model import BrokerPosition
 
 Snapshot = tuple[list[Trade], list[Trade], list[Fill]]
@@ -136,8 +137,7 @@ class ExitBroker:
         return round(pos.quantity) if pos else 0
 
     def is_ours(self, p: Position) -> bool:
-        account = self.parts.session.account
-        return p.contract.secType == "STK" and (not account or p.account == account)
+        return is_our_stock_position(p, self.parts.session.account)
 
     def streamed_quantity(self, symbol: str) -> int | None:
         """The position IB's stream last reported for `symbol` (no request), None if none."""

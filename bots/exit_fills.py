@@ -6,14 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ib_async import CommissionReport, Fill, Trade
-
 from bots.exit_parts import AGENT, ExitParts, blocked_flag, log
 from core.money import average_price
-from core.orders import is_rejected
-from ib.fills import fill_of
+from ib.intents import Rejection
 from observability import DatabaseError
-from trading.model import exit_reason_for
+from trading.model import FillRecord, exit_reason_for
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -31,18 +28,17 @@ class ExitFills:
         self._counted_rejects: set[str] = set()
 
     # -- fills ---------------------------------------------------------------------------
-    def on_exec(self, trade: Trade, fill: Fill) -> None:
+    def on_exec(self, done: FillRecord) -> None:
         self.parts.broker.pulse()
-        if self.record(fill):
-            self.parts.tasks.schedule(fill.contract.symbol)
+        if self.record(done):
+            self.parts.tasks.schedule(done.symbol)
 
-    def record(self, fill: Fill) -> bool:
+    def record(self, done: FillRecord) -> bool:
         """Record one of our sell fills (idempotent by execId) with its commission when IB
         already reported it; True when it is ours."""
-        if not self.is_our_sell(fill):
+        if not self.is_our_sell(done):
             return False
         parts = self.parts
-        done = fill_of(parts.ib, fill, received_at=parts.clock.now())
         with parts.orders.exclusive():  # one writer of ours at a time
             new = parts.db.record_fill(done, AGENT)
         if new:
@@ -52,26 +48,26 @@ class ExitFills:
                      exec_id=done.exec_id, commission=done.commission)  # fmt: skip
         return True
 
-    def is_our_sell(self, fill: Fill) -> bool:
-        ex = fill.execution
-        intent = self.parts.db.get_order_intent(ex.orderRef) if ex.orderRef else None
-        return intent is not None and intent["agent"] == AGENT and ex.side in {"SLD", "SELL"}
+    def is_our_sell(self, done: FillRecord) -> bool:
+        ref = done.order_ref
+        intent = self.parts.db.get_order_intent(ref) if ref else None
+        return intent is not None and intent["agent"] == AGENT and done.side == "SELL"
 
-    def on_commission(self, trade: Trade, fill: Fill, report: CommissionReport) -> None:
+    def on_commission(self, done: FillRecord) -> None:
         """IB's commission report for one of our executions: attach it to the fill's row.
 
         The row is normally written by execDetails just before; if it is not there yet, the
         store keeps the report for the fill's row, and the fill is recorded now."""
-        if not self.is_our_sell(fill):
+        if not self.is_our_sell(done) or done.commission is None:
             return
         parts = self.parts
         try:
             with parts.orders.exclusive():
-                attached = parts.db.record_commission(report.execId, report.commission)
+                attached = parts.db.record_commission(done.exec_id, done.commission)
             if not attached:
-                self.record(fill)
+                self.record(done)
         except DatabaseError as exc:
-            log.error("commission_not_recorded", exec_id=report.execId, error=str(exc))
+            log.error("commission_not_recorded", exec_id=done.exec_id, error=str(exc))
 
     # -- closing -------------------------------------------------------------------------
     def close_from_fills(self, symbol: str, row: dict[str, Any]) -> bool:
@@ -107,27 +103,25 @@ class ExitFills:
             self.parts.book.closed(symbol)
 
     # -- rejects -------------------------------------------------------------------------
-    def on_order_status(self, trade: Trade) -> None:
+    def on_order_status(self, rejection: Rejection | None) -> None:
         self.parts.broker.pulse()
-        if not (is_rejected(trade) and trade.order.action == "SELL"):
+        if rejection is None or rejection.action != "SELL":
             return
-        symbol = trade.contract.symbol
-        if self.count_reject(trade) or self.parts.book[symbol].give_up_pending:
+        symbol = rejection.symbol
+        if self.count_reject(rejection) or self.parts.book[symbol].give_up_pending:
             self.parts.tasks.schedule(symbol)  # a rejected leg: retry (bounded); or give-up set
 
-    def count_reject(self, trade: Trade) -> bool:
+    def count_reject(self, rejection: Rejection) -> bool:
         """Count a rejected sell once; returns True when the symbol may still be tried."""
         parts, book = self.parts, self.parts.book
-        ref = trade.order.orderRef
-        symbol = trade.contract.symbol
+        ref, symbol, reason = rejection.order_ref, rejection.symbol, rejection.reason
         intent = parts.db.get_order_intent(ref) if ref else None
         # One count per refusal: a refused modification leaves the order working, and IB
         # may refuse its next modification too.
-        refusal = f"{ref}#{max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)}"
+        refusal = rejection.refusal
         if intent is None or intent["agent"] != AGENT or refusal in self._counted_rejects:
             return not book.is_blocked(symbol)
         self._counted_rejects.add(refusal)
-        reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
         reached = book.record_reject(symbol)
         log.error("sell_rejected", symbol=symbol, order_ref=ref, rejects=book[symbol].rejects,
                   reason=reason)  # fmt: skip

@@ -12,17 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.broker import BrokerSession
 from core.clock import MarketClock
 from core.logs import get_logger
-from core.orders import IntentOrders
+from ib.intents import IntentOrders
+from ib.session import BrokerSession, IBConnection
 from observability import TradingDatabase
 from trading.exits import ExitBook, ExitConfig
 from trading.model import EXIT_MANAGER
 
 if TYPE_CHECKING:
-    from ib_async import IB
-
     from bots.exit_broker import ExitBroker
     from bots.exit_fills import ExitFills
     from bots.exit_protection import Protection
@@ -74,7 +72,7 @@ class ExitParts:
     watch: ExitWatch = field(init=False)
 
     @property
-    def ib(self) -> IB:
+    def ib(self) -> IBConnection:
         return self.session.ib
 
     @property

@@ -7,8 +7,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from ib_async import Trade
-
 from bots.exit_parts import AGENT, ExitParts, log
 from ib import convert
 from trading.exits import HeldPosition, protect_intent, server_stop_price
@@ -36,9 +34,9 @@ class Protection:
 
     async def place_set(
         self, pos: HeldPosition, quantity: int, *, reason: str = "position_held"
-    ) -> list[Trade]:
+    ) -> list[str]:
         """Send the backstop STP, then the target LMT (one OCA group) for `quantity`; returns
-        both trades. The stop goes first so a set cut short (a crash, a dropped socket
+        both orderRefs. The stop goes first so a set cut short (a crash, a dropped socket
         between the two) still protects: a lone stop does, a lone target does not.
         Raises ConnectionError / OSError when the first could not be sent."""
         parts = self.parts
@@ -54,7 +52,7 @@ class Protection:
         log.info("protection_placed", symbol=pos.symbol, quantity=quantity,
                  target=pos.target_price, server_stop=intent.stop_price, bot_stop=pos.stop_price,
                  bot_stop_fault=fault, oca_group=oca, tif=intent.tif)  # fmt: skip
-        return trades
+        return [trade.order.orderRef for trade in trades]
 
     def check_server_stops(self) -> None:
         """Move each held symbol's server STP where `server_stop_price` wants it now: up to
@@ -122,13 +120,13 @@ class Protection:
         if quantity <= 0:
             return
         try:
-            trades = await self.place_set(
+            refs = await self.place_set(
                 replace(pos, quantity=quantity), quantity, reason="after_give_up"
             )
         except (ConnectionError, OSError) as exc:
             self.alert_unprotected(symbol, f"protective set not sent: {exc!r}")
             return
-        state.give_up_refs.update(t.order.orderRef for t in trades)
+        state.give_up_refs.update(refs)
         log.warning("protection_after_give_up", symbol=symbol, quantity=quantity,
                     action="server-side set only; no more bot exits for it today")  # fmt: skip
 

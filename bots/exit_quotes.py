@@ -4,14 +4,10 @@ when they begin and end."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable
-
-from ib_async import Ticker
-
 from bots.exit_parts import ExitParts, log
 from core.clock import calendar_loaded
-from ib import convert
+from ib.quotes import QuoteStream
+from trading.model import Quote
 
 
 class QuoteWatch:
@@ -19,48 +15,37 @@ class QuoteWatch:
 
     def __init__(self, parts: ExitParts) -> None:
         self.parts = parts
-        self.tickers: dict[str, Ticker] = {}
+        self.stream = QuoteStream(parts.ib, self.on_quote, parts.clock.epoch)
 
     def subscribe(self, symbol: str) -> None:
         parts = self.parts
         contract = parts.broker.contracts.get(symbol)
-        if not parts.stream_quotes or symbol in self.tickers or contract is None:
+        if not parts.stream_quotes or symbol in self.stream or contract is None:
             return
-        self.tickers[symbol] = parts.ib.reqMktData(contract, "", False, False)
+        self.stream.subscribe(symbol, contract)
 
     def forget(self, symbol: str) -> None:
         """No longer held: its subscription and quote memory go."""
         self.parts.book[symbol].forget_position()
-        ticker = self.tickers.pop(symbol, None)
-        if ticker is not None and ticker.contract is not None and self.parts.ib.isConnected():
-            self.parts.ib.cancelMktData(ticker.contract)
+        self.stream.cancel(symbol)
 
     async def resubscribe(self) -> None:
         """1101 / feed back: IB dropped the market data subscriptions; request them again."""
-        for symbol, ticker in list(self.tickers.items()):
-            if ticker.contract is not None:
-                with contextlib.suppress(ConnectionError, OSError):
-                    self.parts.ib.cancelMktData(ticker.contract)
-            self.tickers.pop(symbol, None)
+        for symbol in sorted(self.stream.symbols()):
+            self.stream.cancel(symbol)
             self.subscribe(symbol)
-        log.info("market_data_resubscribed", symbols=sorted(self.tickers))
+        log.info("market_data_resubscribed", symbols=sorted(self.stream.symbols()))
 
     def dropped(self) -> None:
         """Disconnected: ib_async dropped every subscription with the connection."""
-        self.tickers.clear()
+        self.stream.clear()
 
-    def on_tickers(self, tickers: Iterable[Ticker]) -> None:
+    def on_quote(self, quote: Quote, now: float) -> None:
         parts = self.parts
-        now = parts.clock.epoch()
-        for ticker in tickers:
-            if ticker.contract is None:
-                continue
-            symbol = ticker.contract.symbol
-            if parts.book[symbol].position is None or self.tickers.get(symbol) is not ticker:
-                continue
-            quote = convert.quote(ticker, now)
-            parts.book.on_quote(quote, now)
-            self._consider_exit(symbol, quote.time, now)
+        if parts.book[quote.symbol].position is None:
+            return
+        parts.book.on_quote(quote, now)
+        self._consider_exit(quote.symbol, quote.time, now)
 
     def _consider_exit(self, symbol: str, quote_time: float, now: float) -> None:
         parts = self.parts
@@ -84,7 +69,7 @@ class QuoteWatch:
         if not parts.reconciled or not parts.watch.phase().regular_hours:
             return
         for symbol, fault, age in parts.book.quote_fault_changes(
-            parts.clock.epoch(), set(self.tickers)
+            parts.clock.epoch(), self.stream.symbols()
         ):
             if fault:
                 log.error("quote_fault", symbol=symbol, fault=fault, age_s=age,

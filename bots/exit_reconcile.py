@@ -14,6 +14,7 @@ from bots.exit_parts import ExitParts, ReconcileError, log
 from core.clock import calendar_loaded, preload_calendar
 from core.money import average_price
 from ib import convert
+from ib.fills import fills_of
 from trading.exits import HeldPosition, covered_quantity
 from trading.model import DAY_TRADER, PURPOSE_EOD, BrokerPosition, WorkingOrder
 from trading.reconcile import ReconcilePlan, merge_plans, plan_reconciliation
@@ -67,8 +68,9 @@ class Reconciler:
         broker.last_fills = fills
         longs = [s for s, p in positions.items() if p.quantity > 0 and s not in broker.contracts]
         contracts = asyncio.gather(*(broker.contract(s) for s in longs), return_exceptions=True)
-        for fill in fills:  # fills missed while we were down (failure mode 11)
-            parts.fills.record(fill)
+        # Fills missed while we were down (failure mode 11).
+        for done in fills_of(parts.ib, fills, parts.clock.now()):
+            parts.fills.record(done)
         await parts.orders.recover(snapshot)  # the same answer: no second round of requests
         await contracts  # a failure shows again (raised) where the symbol needs it
         working = [convert.working_order(t) for t in open_trades if not t.isDone()]
@@ -180,8 +182,10 @@ class Reconciler:
         snapshot = await broker.snapshot()
         if snapshot is not None:
             broker.last_fills = snapshot[2]
-        for fill in snapshot[2] if snapshot else []:
-            self.parts.fills.record(fill)
+        for done in fills_of(
+            self.parts.ib, snapshot[2] if snapshot else [], self.parts.clock.now()
+        ):
+            self.parts.fills.record(done)
 
     def _others_sell_price(self, symbol: str, row: dict[str, Any]) -> float | None:
         """The average price of other clients' sells of `symbol` since the row's entry, from

@@ -7,8 +7,8 @@ cancelled *and confirmed* and the broker's fresh quantity is sold, never when it
 from __future__ import annotations
 
 from bots.exit_parts import ExitParts, log
-from core.orders import is_rejected, modification_refused
 from ib import convert
+from ib.intents import modification_refused, rejection_of
 from trading.exits import exit_intent, stop_to_trigger, through_market_stop_price
 
 _ACKED = frozenset({"PreSubmitted", "Submitted"})  # working at IB, no change in flight
@@ -76,8 +76,9 @@ class Selling:
                 if not await broker.cancel_confirmed(symbol, [trade]):
                     log.critical("exit_aborted", symbol=symbol, reason="exit cancel unconfirmed")
                     return
-            if is_rejected(trade):
-                parts.fills.count_reject(trade)
+            rejection = rejection_of(trade)
+            if rejection is not None:
+                parts.fills.count_reject(rejection)
                 if book.is_blocked(symbol):
                     return
             elif trade.orderStatus.status != "Filled":

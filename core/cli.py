@@ -9,7 +9,6 @@ program ever runs on a port, client id or interval it cannot use.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -136,7 +135,6 @@ def settings_for(args: argparse.Namespace) -> Settings:
 def quiet_logging(name: str, settings: Settings) -> None:
     """JSON run file for the record, nothing on the console (the program prints its own lines)."""
     setup_logging(name, log_dir=settings.log_dir, level=settings.log_level, console=False)
-    logging.getLogger("ib_async").setLevel(logging.CRITICAL)
 
 
 def run_program(

@@ -227,7 +227,4 @@ def setup_logging(
     else:
         file_handler.setFormatter(JsonFormatter())
         root.addHandler(file_handler)
-
-    # ib_async prints every order status in full at INFO; our own events carry what matters.
-    logging.getLogger("ib_async").setLevel(max(logging.WARNING, root.level))
     return run_file

@@ -28,8 +28,8 @@ from core.cli import ProgramError
 from core.clock import MarketClock
 from core.logs import get_logger
 from core.money import round_to_tick
-from core.orders import IntentOrders, LookupStatus, match_order_ref
 from ib.fills import fill_of
+from ib.intents import IntentOrders, LookupStatus, match_order_ref
 from observability import OPEN_INTENT_STATES, TradingDatabase
 
 AGENT = "liquidate_all"  # the agent of its orders and fills: the tool's name

@@ -16,12 +16,12 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
-from ib_async import IB, Contract
+from ib_async import IB, Contract, Stock
 
 from ib.convert import ib_price
 from trading.indicators import IB_REALTIME_BAR_SECONDS, Bar, BarAggregator
@@ -32,6 +32,24 @@ REALTIME_REFUSED = frozenset({162, 354, 420, 10089, 10168})
 # reqMarketDataType 3: live where subscribed, else delayed (stamped type 3) instead of no data.
 LIVE_ELSE_DELAYED = 3
 HISTORY_BAR_SIZE = "30 secs"
+
+
+# A stock's contract as the gateway qualified it (conId set): a bot keeps it only to hand
+# back to the adapter (subscriptions, history) and reads its `symbol`.
+StockContract: TypeAlias = Contract
+
+
+async def qualified_stocks(
+    ib: IB, symbols: Sequence[str], timeout: float
+) -> list[tuple[str, StockContract | None]]:
+    """(symbol, its SMART-routed US stock contract) for each of `symbols`, the contract None
+    when the gateway does not know the symbol. Raises TimeoutError after `timeout` seconds."""
+    contracts = [Stock(s, "SMART", "USD") for s in symbols]
+    qualified = await asyncio.wait_for(ib.qualifyContractsAsync(*contracts), timeout)
+    return [
+        (symbol, contract if contract is not None and getattr(contract, "conId", 0) else None)
+        for symbol, contract in zip(symbols, qualified, strict=True)
+    ]
 
 
 def entry_quote(symbol: str, ticker: Any, received_at: float) -> Quote:

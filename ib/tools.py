@@ -7,6 +7,7 @@ cancels an order.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -14,9 +15,9 @@ from typing import NamedTuple
 
 from ib_async import IB, Contract, Stock, Ticker, Trade
 
-from core.broker import connect_failure
 from core.cli import ProgramError
 from ib.convert import broker_position
+from ib.session import connect_failure, quiet_ib_async_logs
 from trading.model import BrokerPosition
 
 MARKET_DATA_TYPES = {1: "1 live", 2: "2 frozen", 3: "3 delayed", 4: "4 delayed-frozen"}
@@ -24,6 +25,7 @@ MARKET_DATA_TYPES = {1: "1 live", 2: "2 frozen", 3: "3 delayed", 4: "4 delayed-f
 
 def connect(host: str, port: int, client_id: int, timeout: float = 10.0) -> IB:
     """A connected IB. Raises ProgramError naming host, port and client id when it fails."""
+    quiet_ib_async_logs(logging.CRITICAL)  # a tool prints its own one-line answers
     ib = IB()
     ib.RequestTimeout = max(timeout, 5.0)
     try:

@@ -238,8 +238,8 @@ def buy(
         wait_for(lambda: trade.orderStatus.status == "Filled", timeout, f"{symbol} buy filled",
                  ib=ib)  # fmt: skip
         return trade
-    from core.orders import IntentOrders
     from ib.convert import fill_record
+    from ib.intents import IntentOrders
 
     orders = IntentOrders(ib, db, agent)
     trade = orders.place(contract, MarketOrder("BUY", quantity), purpose="ENTRY", guard_entry=True)

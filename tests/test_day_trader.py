@@ -36,7 +36,6 @@ from bots.entry_orders import llm_approves
 from core.clock import NEW_YORK, MarketClock
 from core.heartbeats import EXIT_MANAGER, EXIT_MANAGER_FRESH_S
 from core.money import profit_target_price, stop_loss_price
-from core.orders import IntentOrders
 from core.settings import PROJECT_ROOT, Secret, env_keys, load_settings
 from day_trader import (
     AGENT,
@@ -47,6 +46,7 @@ from day_trader import (
     options_from_args,
     settings_from_args,
 )
+from ib.intents import IntentOrders
 from ib.market_data import MarketDataLine
 from ibsim.thread import GatewayThread
 from observability import DatabaseLocked, TradingDatabase

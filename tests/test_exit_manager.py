@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 from ib_async import IB, MarketOrder, Stock
 
-from core.broker import BrokerSession
 from core.clock import NEW_YORK, MarketClock
 from core.money import stop_loss_price
 from core.settings import SettingsError, check_trading_mode, get_settings
 from exit_manager import AGENT, ExitManager, blocked_flag
+from ib.session import BrokerSession
 from ibsim.thread import GatewayThread
 from observability import TradingDatabase
 from tests import sim_support

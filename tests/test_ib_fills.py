@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sim_support import buy, client, gateway
 
-from ib.fills import fill_of
+from ib.fills import fill_of, follow_fills
+from trading.model import FillRecord
 
 
 def test_a_fill_from_req_executions_carries_the_commission_ib_reported_live(tmp_path: Path) -> None:
@@ -24,3 +26,22 @@ def test_a_fill_from_req_executions_carries_the_commission_ib_reported_live(tmp_
         assert (record.symbol, record.side, record.shares) == ("AAA", "BUY", 300)
         del ib.wrapper.fills[live.execution.execId]  # as if the report had not come yet
         assert fill_of(ib, fresh).commission is None
+
+
+def test_followed_fills_and_commissions_reach_the_bot_as_records(tmp_path: Path) -> None:
+    """execDetails arrives as a FillRecord, its commission report as the same execution's
+    FillRecord with the commission: the bots never see ib_async's Fill."""
+    fills: list[FillRecord] = []
+    reports: list[FillRecord] = []
+    with gateway(tmp_path, symbols=("AAA",)) as gw, client(gw, 2) as ib:
+        follow_fills(ib, lambda: datetime.now(UTC), fills.append, reports.append)
+        trade = buy(ib, "AAA", 200)
+        ib.sleep(0.3)  # the report follows the execution
+        [live] = trade.fills
+    [record] = fills
+    assert (record.symbol, record.side, record.shares) == ("AAA", "BUY", 200)
+    assert record.exec_id == live.execution.execId
+    assert record.order_ref == (trade.order.orderRef or "")
+    [report] = reports
+    assert report.exec_id == record.exec_id and report.order_ref == record.order_ref
+    assert report.commission == live.commissionReport.commission > 0

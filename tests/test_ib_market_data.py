@@ -3,11 +3,12 @@ history updates, and IB's history pacing."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 
 import pytest
-from ib_async import BarData, Contract, RealTimeBar, Ticker
+from ib_async import IB, BarData, Contract, RealTimeBar, Ticker
 
 from ib.market_data import (
     HistoricalPacer,
@@ -16,7 +17,9 @@ from ib.market_data import (
     entry_quote,
     history_request,
     new_history_bars,
+    qualified_stocks,
 )
+from tests.sim_support import gateway
 from trading.indicators import Bar
 
 T0 = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)  # 10:00 New York: a 30-s boundary
@@ -127,3 +130,21 @@ def test_pacer_backs_off_on_162_and_recovers() -> None:
     pacer.on_success()
     assert pacer.wait_seconds(("A",), "A") == 0.0
     assert pacer.on_pacing_violation() == 15.0
+
+
+def test_qualified_stocks_gives_the_gateways_contract_or_none_for_an_unknown_symbol() -> None:
+    """The watchlist drops a symbol the gateway does not know; a known one keeps its conId."""
+
+    async def scenario(port: int) -> list[tuple[str, Contract | None]]:
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", port, clientId=31, timeout=5)
+        try:
+            return await qualified_stocks(ib, ["AAPL", "ZZZZQ"], timeout=10.0)
+        finally:
+            ib.disconnect()
+
+    with gateway(symbols=("AAPL",)) as gw:
+        answer = asyncio.run(scenario(gw.port))
+    [(known, contract), (unknown, missing)] = answer
+    assert (known, unknown, missing) == ("AAPL", "ZZZZQ", None)
+    assert contract is not None and contract.conId and contract.symbol == "AAPL"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 from pathlib import Path
 
 import pytest
@@ -81,23 +80,3 @@ def test_tool_session_for_a_tool_that_only_reads_refuses_a_missing_database_befo
     ):
         pytest.fail("the session opened")
     assert not missing.exists()
-
-
-TOOL_MODULES = ("ib_tools", "liquidate_all", "check_orders", "monitor_live", "test_connection",
-                "analyze_today", "view_logs")  # fmt: skip
-
-
-def test_operator_tools_reach_ib_only_through_the_ib_adapter() -> None:
-    """The IB adapter (ib/) is the only production code that imports ib_async."""
-    root = Path(__file__).resolve().parents[1]
-    importers = []
-    for name in TOOL_MODULES:
-        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            modules = (
-                [alias.name for alias in node.names] if isinstance(node, ast.Import)
-                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            )  # fmt: skip
-            if any(m == "ib_async" or m.startswith("ib_async.") for m in modules):
-                importers.append(f"{name}.py:{node.lineno}")
-    assert importers == []

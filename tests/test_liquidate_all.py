@@ -15,8 +15,8 @@ from sim_support import buy, client, gateway, run_tool, sim_db, stock, tool_env,
 import ib_tools
 import liquidate_all as liq
 from core.clock import SimulatedTimeSource, write_sim_clock_file
-from core.orders import IntentOrders
 from core.settings import PROJECT_ROOT
+from ib.intents import IntentOrders
 from observability import ReentryBlocked
 from trading.entries import KILL_SWITCH
 

@@ -1,8 +1,9 @@
-"""core.broker: connect, 326, reconnect and handler failures on the simulated gateway."""
+"""ib.session: connect, 326, reconnect and handler failures on the simulated gateway."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from datetime import date
@@ -10,8 +11,8 @@ from datetime import date
 import pytest
 from ib_async import IB
 
-from core.broker import BrokerSession, ErrorKind, classify_error
 from core.settings import Settings, SettingsError, get_settings
+from ib.session import BrokerSession, ErrorKind, classify_error, quiet_ib_async_logs
 from ibsim.thread import GatewayThread
 from tests.sim_support import gateway, until
 
@@ -24,6 +25,25 @@ def test_error_codes_are_classified() -> None:
     assert classify_error(1101) is ErrorKind.RESTORED_DATA_LOST
     assert classify_error(201) is ErrorKind.ORDER_REJECTED
     assert classify_error(99999) is ErrorKind.OTHER
+
+
+def test_ib_async_logs_are_kept_at_warning_or_the_programs_level_whichever_is_higher() -> None:
+    """ib_async prints every order status at INFO: a session keeps that out of the run file."""
+    root, ib_logger = logging.getLogger(), logging.getLogger("ib_async")
+    saved = root.level, ib_logger.level
+    try:
+        root.setLevel(logging.INFO)
+        quiet_ib_async_logs()
+        assert ib_logger.level == logging.WARNING
+        root.setLevel(logging.ERROR)
+        quiet_ib_async_logs()
+        assert ib_logger.level == logging.ERROR
+        root.setLevel(logging.INFO)
+        quiet_ib_async_logs(logging.CRITICAL)  # a tool: its own one-line answers only
+        assert ib_logger.level == logging.CRITICAL
+    finally:
+        root.setLevel(saved[0])
+        ib_logger.setLevel(saved[1])
 
 
 def test_326_fails_fast_instead_of_waiting_out_the_connect_timeout() -> None:

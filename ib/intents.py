@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from ib_async import IB, Contract, Fill, Order, OrderStatus, Trade, TradeLogEntry
 
@@ -58,6 +59,33 @@ def is_rejected(trade: Trade) -> bool:
     # Working again after that error (IB had refused a modification, not the order): a later
     # cancel is a cancel.
     return not any(e.status in _WORKING_STATUSES for e in trade.log[errors[-1] + 1 :])
+
+
+class Rejection(NamedTuple):
+    """An order IB refused, as the bots count it; `refusal` names this one refusal (IB may
+    refuse the next modification of a working order too: each counts once)."""
+
+    symbol: str
+    action: str
+    order_ref: str
+    refusal: str
+    reason: str
+
+
+def rejection_of(trade: Trade) -> Rejection | None:
+    """`trade`'s Rejection when IB refused it (see is_rejected), else None."""
+    if not is_rejected(trade):
+        return None
+    ref = trade.order.orderRef or ""
+    last_error = max((i for i, e in enumerate(trade.log) if e.errorCode), default=-1)
+    reason = next((e.message for e in reversed(trade.log) if e.errorCode), "")
+    return Rejection(trade.contract.symbol, trade.order.action, ref, f"{ref}#{last_error}", reason)
+
+
+def follow_order_statuses(ib: IB, on_status: Callable[[Rejection | None], None]) -> None:
+    """Hand every order status event to `on_status`: a refused order's as its Rejection,
+    any other as None (something changed at IB)."""
+    ib.orderStatusEvent += lambda trade: on_status(rejection_of(trade))
 
 
 def cancel_came_too_late(trade: Trade) -> bool:

@@ -1,4 +1,4 @@
-"""core.orders: the intent protocol on the simulated gateway (real ib_async, no mocks)."""
+"""ib.intents: the intent protocol on the simulated gateway (real ib_async, no mocks)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 from ib_async import IB, LimitOrder, OrderStatus, Stock, Trade
 from ib_async.order import Order, TradeLogEntry
 
-from core.orders import (
+from ib.intents import (
     IntentOrders,
     LookupStatus,
     intent_state_for,
     is_rejected,
     modification_refused,
+    rejection_of,
 )
 from ibsim.thread import GatewayThread
 from observability import CANCELLED, FILLED, REJECTED, SUBMITTED, TradingDatabase
@@ -38,6 +39,24 @@ def test_a_reject_reads_as_rejected_though_ib_async_says_cancelled() -> None:
         TradeLogEntry(time=None, status="Cancelled", message="rejected", errorCode=201)
     )  # type: ignore[arg-type]
     assert is_rejected(trade)
+
+
+def test_a_rejected_sell_is_handed_on_as_a_rejection_naming_each_refusal_once() -> None:
+    """The exit manager counts each refusal once: a second refusal of the same order (a
+    modification refused again) is a new `refusal`, a replay of the same status is not."""
+    order = Order(action="SELL", orderRef="exit_manager-7")
+    trade = Trade(contract=Stock("AAA", "SMART", "USD"), order=order,
+                  orderStatus=OrderStatus(status="Cancelled"))  # fmt: skip
+    trade.log.append(_entry("Cancelled"))
+    assert rejection_of(trade) is None  # a plain cancel
+    trade.log.append(_entry("Cancelled", "short sale refused", 201))
+    first = rejection_of(trade)
+    assert first == ("AAA", "SELL", "exit_manager-7", "exit_manager-7#1", "short sale refused")
+    assert rejection_of(trade) == first
+    trade.log.append(_entry("Cancelled", "refused again", 201))
+    again = rejection_of(trade)
+    assert again is not None and again.refusal != first.refusal
+    assert again.reason == "refused again"
 
 
 def _entry(status: str, message: str = "", code: int = 0) -> TradeLogEntry:

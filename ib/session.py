@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeAlias
 
 from ib_async import IB
 
@@ -24,6 +26,17 @@ from core.settings import Settings, SettingsError, check_trading_mode
 from ib.account import account_of
 
 Callback = Callable[[], Awaitable[None]]
+
+# The session's ib_async connection as the bots hold it, to hand to the adapter's functions
+# (market data, contracts, intents, positions). A bot that still calls its methods itself
+# (the exit side's broker queries, the day trader's book) is reaching past the adapter.
+IBConnection: TypeAlias = IB
+
+
+def quiet_ib_async_logs(floor: int = logging.WARNING) -> None:
+    """Keep ib_async's logger at `floor` or the root's level, whichever is higher: it prints
+    every order status in full at INFO, and our own events carry what matters."""
+    logging.getLogger("ib_async").setLevel(max(floor, logging.getLogger().level))
 
 
 class ErrorKind(Enum):
@@ -162,6 +175,7 @@ class BrokerSession:
         Returns False when `attempts` ran out or the session is stopping. Raises SettingsError
         when the gateway's account does not match paper/live: that is never retried.
         """
+        quiet_ib_async_logs()
         tried = 0
         self._connecting = True
         try:
