@@ -29,6 +29,7 @@ import pytest
 
 from core.clock import NEW_YORK
 from core.settings import env_keys
+from tests.sim_support import CLOCK_FILE, DB_FILE
 from tests.test_day_trader import (
     DAY,
     ROOT,
@@ -36,9 +37,10 @@ from tests.test_day_trader import (
     entry_intents,
     events,
     gateway,
+    log_tail,
     sim_db,
     stop_trader,
-    wait_until,
+    wait_for,
 )
 from tests.test_llm_review import APPROVE, VETO, _openai_completion
 
@@ -99,7 +101,7 @@ def start_trader_with_llm(port: int, symbols: str, tmp_path: Path, llm_url: str)
         env.pop(proxy, None)
     env.update(
         {
-            "CLOCK_FILE": str(tmp_path / "clock.json"),
+            "CLOCK_FILE": str(tmp_path / CLOCK_FILE),
             "LOG_DIR": str(tmp_path / "logs"),
             "KILL_SWITCH_FILE": str(tmp_path / "KILL_SWITCH"),
             "WATCHLIST_PATH": str(tmp_path / "watchlist.json"),
@@ -113,7 +115,7 @@ def start_trader_with_llm(port: int, symbols: str, tmp_path: Path, llm_url: str)
         }
     )
     command = [sys.executable, str(ROOT / "day_trader.py"), "--port", str(port)]
-    command += ["--client-id", "2", "--db", str(tmp_path / "trading.db"), "--symbols", symbols]
+    command += ["--client-id", "2", "--db", str(tmp_path / DB_FILE), "--symbols", symbols]
     console = (tmp_path / "logs.console").open("ab")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=console, stderr=console)
 
@@ -154,30 +156,30 @@ def test_pre_market_phases_and_the_llm_review_run_at_their_times_inside_the_day_
 ) -> None:
     llm, llm_url = deepseek
     logs = tmp_path / "logs"
-    stand_in = ExitManagerStandIn(tmp_path / "trading.db")  # entries wait for its heartbeat
+    stand_in = ExitManagerStandIn(tmp_path / DB_FILE)  # entries wait for its heartbeat
     try:
-        with gateway(tmp_path, START, SPEED) as gw:
+        with gateway(tmp_path, start=START, speed=SPEED) as gw:
             symbols = tuple(gw.gateway.market.symbols)
             llm.symbols = symbols
             db = sim_db(tmp_path)
             trader = start_trader_with_llm(gw.port, ",".join(symbols), tmp_path, llm_url)
             beats = HeartbeatWatch(tmp_path, gw)
             try:
-                wait_until(
+                wait_for(
                     lambda: events(logs, "connected"),
                     30,
                     "the trader connected",
-                    logs,
+                    detail=log_tail(logs),
                 )
                 # An approved entry reaches the database; the first symbol asked was vetoed.
-                wait_until(
+                wait_for(
                     lambda: (
                         len(llm.asked) >= 2
                         and any(i["symbol"] != llm.vetoed for i in entry_intents(db))
                     ),
                     60,
                     "an approved entry after a veto",
-                    logs,
+                    detail=log_tail(logs),
                 )
             finally:
                 beats.close()

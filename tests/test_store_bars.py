@@ -17,7 +17,15 @@ from ibsim.market import Market, MarketConfig
 from ibsim.replay import read_replay_frame
 from store.bars import BarRecorder, bar_file, read_bars_file
 from tests.test_day_trader import DAY as TRADER_DAY
-from tests.test_day_trader import SYMBOLS, events, gateway, start_trader, stop_trader, wait_until
+from tests.test_day_trader import (
+    SYMBOLS,
+    events,
+    gateway,
+    log_tail,
+    start_trader,
+    stop_trader,
+    wait_for,
+)
 from trading.indicators import Bar
 
 DAY = date(2026, 11, 24)
@@ -143,15 +151,20 @@ def test_the_day_trader_records_every_bar_it_takes_as_a_replayable_day(tmp_path)
     """The real program against the simulated gateway: what it saw (the history seed from
     04:00, then the stream) is on disk after it stops, traded bars equal to the gateway's."""
     start, speed = dtime(9, 29, 0), 30.0
-    with gateway(tmp_path, start, speed) as gw:
+    with gateway(tmp_path, start=start, speed=speed) as gw:
         trader = start_trader(gw, tmp_path)
         logs = tmp_path / "logs"
         try:
-            wait_until(
-                lambda: len(events(logs, "seeded")) == SYMBOLS, 60, "every feed seeded", logs
+            wait_for(
+                lambda: len(events(logs, "seeded")) == SYMBOLS,
+                60,
+                "every feed seeded",
+                detail=log_tail(logs),
             )
             stop_at = datetime.combine(TRADER_DAY, dtime(9, 31, 30), NEW_YORK).timestamp()
-            wait_until(lambda: gw.now() >= stop_at, 60, "09:31:30 on the gateway", logs)
+            wait_for(
+                lambda: gw.now() >= stop_at, 60, "09:31:30 on the gateway", detail=log_tail(logs)
+            )
         finally:
             assert stop_trader(trader) == 0
         folder = tmp_path / "bars" / TRADER_DAY.isoformat()  # bars/ beside the database
