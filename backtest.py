@@ -2,6 +2,7 @@
 
     python backtest.py --data bars/ [--start 2026-03-02 --end 2026-03-27] [--out DIR]
     python backtest.py --synthetic --seed 7 --days 5 --symbols 20
+    python backtest.py --fetch AAPL,MSFT --start 2026-03-02 --end 2026-03-27 [--cache DIR]
                        [--allocation 0.25] [--capital 100000] [--slippage-ticks 1] ...
 
 The same strategy code as the live bots (trading.entries' EntryCore, the exit rules) in one
@@ -10,6 +11,12 @@ day is run). Risk numbers (allocation, max open positions, daily loss limit, tar
 default to the user's settings (.env). Writes the day reports, summary.txt, equity.png and
 journal.csv/.parquet under --out, and prints the summary. Bad input is one line naming the
 file, row and fix (exit 2).
+
+--fetch downloads Massive's minute bars of the symbols for --start..--end with the scanner's
+key (MASSIVE_API_KEY; 5 requests a minute unless MASSIVE_REQUESTS_PER_MINUTE says otherwise)
+into --cache (default massive_bars/ beside the database), one Parquet file per symbol and day;
+a cached day is never fetched again (sim/fetch.py). A download that fails is one line with the
+fix (exit 1); what came before it stays cached.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import sys
 from datetime import date, datetime, time
 from pathlib import Path
+from typing import Any
 
 from core import cli
 
@@ -50,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--synthetic", action="store_true", help="seeded days from the simulated market"
+    )
+    source.add_argument(
+        "--fetch",
+        type=cli.tickers,
+        metavar="SYMBOLS",
+        help="download Massive minute bars of these symbols (AAPL,MSFT) for --start..--end, "
+        "then backtest them",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="with --fetch: the download cache (default massive_bars/ beside the database)",
+    )
+    parser.add_argument(
+        "--massive-url", default=None, help="with --fetch: Massive API base URL (proxies, tests)"
     )
     parser.add_argument(
         "--seed", type=cli.ranged(int, 0, 2**31 - 1), default=7, help="synthetic seed (7)"
@@ -113,8 +136,38 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.start and args.end and args.end < args.start:
         parser.error(f"argument --end: {args.end} is before --start {args.start}")
+    if args.fetch is not None and args.start is None:
+        parser.error("argument --fetch: needs --start (and --end, default --start)")
     if args.data is not None and not args.data.exists():
         parser.error(f"argument --data: {args.data} does not exist; pass a bars file or folder")
+
+
+def _fetch(args: argparse.Namespace, settings: Any) -> Path | None:
+    """Download (or find cached) the --fetch bars; returns the cache folder, or None when the
+    download failed (said in one line). Raises ValueError when no symbol-day has bars."""
+    from sim.fetch import FetchError, dates_between, fetch_bars
+
+    cache = args.cache or settings.database_path.parent / "massive_bars"
+    urls = {"base_url": args.massive_url} if args.massive_url else {}
+    try:
+        paths = fetch_bars(
+            args.fetch,
+            dates_between(args.start, args.end or args.start),
+            cache,
+            settings,
+            on_missing=lambda line: print(f"backtest.py: skipped: {line}", file=sys.stderr),
+            **urls,
+        )
+    except FetchError as exc:
+        print(f"backtest.py: error: {exc}", file=sys.stderr)
+        return None
+    if not paths:
+        raise ValueError(
+            f"--fetch: no bars for {','.join(args.fetch)} from {args.start} to "
+            f"{args.end or args.start}; pick trading days that are over"
+        )
+    print(f"{len(paths)} symbol-day file(s) in {cache}", file=sys.stderr)
+    return cache
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.allocation is not None:
             overrides["allocation"] = args.allocation
         config = BacktestConfig.from_settings(settings, **overrides)
-        if args.data is not None:
+        if args.fetch is not None:
+            cache = _fetch(args, settings)
+            if cache is None:
+                return 1
+            days = days_from_data(
+                cache,
+                args.start,
+                args.end or args.start,
+                symbols=args.fetch,
+                max_gap_seconds=args.max_gap_minutes * 60,
+            )
+            count = len(days)
+        elif args.data is not None:
             days = days_from_data(
                 args.data, args.start, args.end, max_gap_seconds=args.max_gap_minutes * 60
             )

@@ -32,23 +32,12 @@ from core.settings import (
     set_settings,
 )
 from core.shutdown import install_stop_handlers
-from core.tickers import is_ticker
 
 log = get_logger(AGENT)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def _symbols(raw: str) -> tuple[str, ...]:
-    symbols = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
-    bad = [s for s in symbols if not is_ticker(s)]
-    if not symbols or bad:
-        raise argparse.ArgumentTypeError(
-            f"{raw!r} is not a comma-separated list of tickers such as AAPL,MSFT"
-        )
-    return symbols
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--live", action="store_true", help="trade real money (also needs TRADING_MODE=live)"
     )
-    parser.add_argument("--symbols", type=_symbols, help="watchlist override, e.g. AAPL,MSFT")
+    parser.add_argument("--symbols", type=cli.tickers, help="watchlist override, e.g. AAPL,MSFT")
     parser.add_argument(
         "--workers",
         type=cli.ranged(int, 1, 64),

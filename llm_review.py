@@ -304,8 +304,11 @@ class LLMReviewer:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **options: Any) -> LLMReviewer:
-        """A reviewer with the keys from `settings` (default: the process settings)."""
+        """A reviewer with the keys (and DEEPSEEK_BASE_URL / GEMINI_BASE_URL, when set) from
+        `settings` (default: the process settings)."""
         s = settings or get_settings()
+        urls = {"deepseek_base_url": s.deepseek_base_url, "gemini_base_url": s.gemini_base_url}
+        options = {**{k: v for k, v in urls.items() if v}, **options}
         return cls(deepseek_api_key=s.deepseek_api_key, google_api_key=s.google_api_key, **options)
 
     # -- public ---------------------------------------------------------------------------

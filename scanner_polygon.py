@@ -1264,6 +1264,27 @@ class MassiveScanner:
         self._splits = (span, tuple(s for r in rows if (s := _split(r)) is not None))
         return self._splits[1]
 
+    def fetch_aggregates(
+        self, symbol: str, timespan: str, start_epoch: float, end_epoch: float
+    ) -> list[dict[str, Any]]:
+        """`symbol`'s split-adjusted 1-`timespan` ("minute", "day") bars starting in
+        [start_epoch, end_epoch] (seconds), oldest first, every page: raw rows with `t` (epoch
+        ms of the bar's start) and `o`, `h`, `l`, `c`, `v`. Raises MarketDataError."""
+        return self._pages(
+            f"{symbol} {timespan} bars",
+            lambda c: c.get_aggs(
+                symbol,
+                1,
+                timespan,
+                int(start_epoch * 1000),  # epoch ms: the window is exact, whatever its zone
+                int(end_epoch * 1000),
+                adjusted=True,
+                sort="asc",
+                limit=50_000,
+                raw=True,
+            ),
+        )
+
     def _optional(self, what: str, fetch: Callable[[], T]) -> T | None:
         """Secondary data: degrade (logged once a day) unless the network or the key is bad."""
         try:

@@ -32,6 +32,7 @@ from core.logs import get_logger
 from core.settings import Settings
 from ib.market_data import LIVE_ELSE_DELAYED
 from observability import DatabaseLocked, TradingDatabase, get_database
+from store.bars import BarRecorder
 from trading import phases
 from trading.entries import EntryConfig, EntryCore, evaluate_all
 from trading.indicators import BAR_SECONDS
@@ -101,6 +102,7 @@ class DayTrader:
         self.stop_event = asyncio.Event()
         self.bar_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.bar_recorder = BarRecorder(settings.recorded_bars_dir)
         self.feeds = DayFeeds(
             self.ib,
             self.clock,
@@ -110,6 +112,7 @@ class DayTrader:
             self.stop_event,
             self.bar_event,
             connects=lambda: self.session.health.connects,
+            recorder=self.bar_recorder,
         )
         self.watchlist = DayWatchlist(
             settings,
@@ -155,6 +158,7 @@ class DayTrader:
             llm=self.reviewer is not None,
             symbols=list(self.options.symbols or ()),
         )
+        self.bar_recorder.start()
         connect = asyncio.ensure_future(self.session.connect())
         stopping = asyncio.ensure_future(self.stop_event.wait())
         await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -232,6 +236,7 @@ class DayTrader:
             task.cancel()
         await self.entries.cancel_all(self.options.cancel_wait_real_s)
         await self.session.close()
+        await asyncio.to_thread(self.bar_recorder.close)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.db.beat(AGENT, "stopped")
         log.info("stopped")

@@ -29,6 +29,7 @@ from ib.market_data import (
     new_history_bars,
     request_today_bars,
 )
+from store.bars import BarRecorder
 from trading.entries import (
     DELAYED_DATA,
     STALE_QUOTE,
@@ -39,7 +40,7 @@ from trading.entries import (
     quote_is_stale,
 )
 from trading.feed import SymbolFeed
-from trading.indicators import BAR_SECONDS
+from trading.indicators import BAR_SECONDS, Bar
 from trading.model import DAY_TRADER, DELAYED_DATA_TYPES
 
 log = get_logger(DAY_TRADER)
@@ -97,6 +98,7 @@ class DayFeeds:
         stop_event: asyncio.Event,
         bar_event: asyncio.Event,
         connects: Callable[[], int],
+        recorder: BarRecorder | None = None,
     ) -> None:
         self.ib = ib
         self.clock = clock
@@ -111,6 +113,7 @@ class DayFeeds:
         self._req_errors: dict[int, tuple[int, str]] = {}
         self._connects = connects  # the broker session's connection count
         self.generation = -1  # the connection the subscriptions were made on
+        self.recorder = recorder  # keeps every bar the feeds take, for replay and the backtest
         ib.pendingTickersEvent += self._on_tickers
 
     def __contains__(self, symbol: str) -> bool:
@@ -138,6 +141,8 @@ class DayFeeds:
         """Watch these (qualified) contracts: subscribe and seed each from today's history."""
         for contract in contracts:
             feed = self.core.add_symbol(contract.symbol)
+            if self.recorder is not None:
+                feed.on_taken = self._record
             watched = WatchedSymbol(feed, MarketDataLine(contract.symbol, contract))
             self.watched[contract.symbol] = watched
             watched.line.subscribe(self.ib, self._on_realtime)
@@ -145,6 +150,10 @@ class DayFeeds:
         for watched in list(self.watched.values()):
             if not watched.feed.seeded and watched.line.bar_source != "history":
                 self.spawn(self._seed(watched))
+
+    def _record(self, feed: SymbolFeed, bar: Bar) -> None:
+        assert self.recorder is not None
+        self.recorder.add(feed.symbol, bar, feed.quote.prev_close)
 
     def drop(self, symbol: str, why: str) -> None:
         """Stop watching `symbol`: its subscriptions cancelled, its data forgotten."""

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from core.clock import ClockError
 from core.logs import setup_logging
 from core.settings import Settings, SettingsError, get_settings, set_settings, with_overrides
+from core.tickers import is_ticker
 
 MAX_CLIENT_ID = 999_999
 MAX_SECONDS = 3600.0
@@ -59,6 +60,17 @@ def host(raw: str) -> str:
     if not text or any(c.isspace() or not c.isprintable() for c in text):
         raise argparse.ArgumentTypeError(f"{raw!r} is not a host name or address")
     return text
+
+
+def tickers(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of tickers (AAPL,MSFT), upper-cased, without repeats."""
+    symbols = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
+    bad = [s for s in symbols if not is_ticker(s)]
+    if not symbols or bad:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a comma-separated list of tickers such as AAPL,MSFT"
+        )
+    return symbols
 
 
 port = ranged(int, 1, 65_535)

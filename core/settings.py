@@ -86,10 +86,14 @@ class Settings:
     log_level: str = "INFO"
     kill_switch_file: Path = PROJECT_ROOT / "KILL_SWITCH"
     watchlist_path: Path = PROJECT_ROOT / "day_trading_watchlist.json"
+    bars_dir: Path | None = None  # the day trader's recorded bars; None: bars/ beside the database
     clock_file: Path | None = None  # simulated clock published by the simulated gateway
     deepseek_api_key: Secret | None = None
     google_api_key: Secret | None = None
     massive_api_key: Secret | None = None
+    # The LLM providers' API roots; None: the providers' own (a proxy, or a local test server).
+    deepseek_base_url: str | None = None
+    gemini_base_url: str | None = None
     # The dashboard: a token is required to bind beyond loopback, and for its actions.
     dashboard_token: Secret | None = None
     # Alerts (apprise URLs hold bot tokens and passwords: a secret); kinds turned off by name.
@@ -105,6 +109,12 @@ class Settings:
     @property
     def is_live(self) -> bool:
         return self.trading_mode == "live"
+
+    @property
+    def recorded_bars_dir(self) -> Path:
+        """Where the day trader records the bars it sees (BARS_DIR, else bars/ beside the
+        database): one folder per day, one replay file per symbol."""
+        return self.bars_dir or self.database_path.parent / "bars"
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
@@ -181,6 +191,13 @@ def _path(key: str, raw: str) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def _url(key: str, raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise _fail(key, raw, "expected an http(s) URL such as https://api.deepseek.com/v1")
+    return value
+
+
 def _secret(key: str, raw: str) -> Secret | None:
     value = raw.strip()
     return Secret(value) if value else None
@@ -219,10 +236,13 @@ _KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     ),
     "KILL_SWITCH_FILE": ("kill_switch_file", _path),
     "WATCHLIST_PATH": ("watchlist_path", _path),
+    "BARS_DIR": ("bars_dir", _path),
     "CLOCK_FILE": ("clock_file", lambda k, r: _path(k, r) if r.strip() else None),
     "DEEPSEEK_API_KEY": ("deepseek_api_key", _secret),
     "GOOGLE_API_KEY": ("google_api_key", _secret),
     "MASSIVE_API_KEY": ("massive_api_key", _secret),
+    "DEEPSEEK_BASE_URL": ("deepseek_base_url", _url),
+    "GEMINI_BASE_URL": ("gemini_base_url", _url),
     "DASHBOARD_TOKEN": ("dashboard_token", _secret),
     "ALERT_URLS": ("alert_urls", _secret),
     "ALERTS_OFF": ("alerts_off", _names),

@@ -43,21 +43,16 @@ class ReplayPath:
 
 
 def replay_files(path: str | Path) -> list[Path]:
-    """The file itself, or a directory's replay files in name order; a directory holding
-    none but folders of them (the recorded-bars layout, <root>/<YYYY-MM-DD>/<SYMBOL>.parquet)
-    gives theirs. Raises ValueError for a missing path, an unknown format, or a directory with
-    no replay file."""
+    """The file itself, or a directory's replay files in path order, its subfolders' too (the
+    recorded bars' layout: one folder per day). Raises ValueError for a missing path, an
+    unknown format, or a directory with no replay file."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES)
-        if not files:
-            files = sorted(
-                f
-                for folder in path.iterdir()
-                if folder.is_dir()
-                for f in folder.iterdir()
-                if f.suffix.lower() in SUPPORTED_SUFFIXES
-            )
+        files = sorted(
+            f
+            for f in path.rglob("*")
+            if f.suffix.lower() in SUPPORTED_SUFFIXES and f.is_file() and not f.name.startswith(".")
+        )
         if not files:
             raise ValueError(
                 f"replay directory {path} has no .csv or .parquet file; "

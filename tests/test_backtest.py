@@ -212,7 +212,8 @@ def test_coarse_bars_that_make_no_30s_bars_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        ([], "one of the arguments --data --synthetic is required"),
+        ([], "one of the arguments --data --synthetic --fetch is required"),
+        (["--fetch", "MSFT"], "argument --fetch: needs --start"),
         (["--synthetic", "--data", "x.csv"], "not allowed with argument"),
         (["--synthetic", "--allocation", "0"], "argument --allocation: '0' is outside (0, 1]"),
         (["--synthetic", "--days", "0"], "argument --days: '0' is outside [1, 2520]"),

@@ -8,7 +8,7 @@ build the same snapshot from the same bars.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
@@ -92,6 +92,8 @@ class SymbolFeed:
     new_bar: bool = False  # a regular-hours bar came since the last decision
     seeded: bool = False
     held_back: list[Bar] = field(default_factory=list)
+    # Sees every bar the feed takes, as taken (the day trader records them for replay).
+    on_taken: Callable[[SymbolFeed, Bar], None] | None = None
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -117,6 +119,8 @@ class SymbolFeed:
         if bar.time <= self.last_bar_time:
             return False
         self.last_bar_time = bar.time  # the feed is alive, traded or not
+        if self.on_taken is not None:
+            self.on_taken(self, bar)
         if not bar.volume > 0:
             return True
         session = self.calendar.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())

@@ -1,0 +1,1 @@
+"""Persistence beside the database: recorded bars (store/bars.py)."""
