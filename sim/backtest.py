@@ -356,7 +356,7 @@ class _DayRun:
                 book, kill_switch=f"kill switch at {self.config.kill_switch_at}"
             )
         moment = datetime.fromtimestamp(now, NEW_YORK)
-        for decision in self.core.decide(moment, self.session, book):
+        for decision in self.core.decide(moment, self.session, book, skips=False):
             if decision.enter:
                 try:
                     self._enter(decision, now)
