@@ -278,15 +278,20 @@ class _DayRun:
         )
         owner = np.repeat(np.arange(len(analysis)), counts)
         order = np.lexsort((stacked[:, 0], stacked[:, 6]))
-        rows = stacked[order].tolist()
+        # Plain lists, one entry per bar: the loop below is the backtest's per-bar cost.
+        rows = stacked[order, :6].tolist()
+        known_at = stacked[order, 6].tolist()
         owners = owner[order].tolist()
-        bars = 0
+        feeds = [self.core.add_symbol(symbol) for symbol in self.symbols]
+        spreads = [self.spread[symbol] for symbol in self.symbols]
+        prev_closes = [self.prev_close[symbol] for symbol in self.symbols]
+        last_price = self.last_price
+        count = len(rows)
         i = 0
         # Pre-market bars: the gap reference (no entry before the open).
-        while i < len(rows) and rows[i][6] <= self.open_epoch:
-            self.core.on_bar(self.symbols[owners[i]], Bar(*rows[i][:6]))
+        while i < count and known_at[i] <= self.open_epoch:
+            feeds[owners[i]].on_bar(Bar(*rows[i]))
             i += 1
-            bars += 1
         step = self.open_epoch
         while step < self.close_epoch:
             end = step + ANALYSIS_SECONDS
@@ -297,21 +302,20 @@ class _DayRun:
                 self.flatten_from = step
             self._trade_until(end)
             now = end
-            while i < len(rows) and rows[i][6] <= end:
-                symbol = self.symbols[owners[i]]
-                bar = Bar(*rows[i][:6])
-                self.core.on_bar(symbol, bar)
-                spread = self.spread[symbol]
+            while i < count and known_at[i] <= end:
+                k = owners[i]
+                feed = feeds[k]
+                bar = Bar(*rows[i])
+                close = bar.close
+                feed.on_bar(bar)
                 # The quote at the bar's end: last and bid at its close, the ask a spread above.
-                self.core.on_quote(
-                    Quote(symbol, bar.close, bar.close, round(bar.close + spread, 6), now, 1,
-                          self.prev_close[symbol])
-                )  # fmt: skip
-                self.last_price[symbol] = bar.close
+                feed.on_quote(Quote(feed.symbol, close, close, round(close + spreads[k], 6), now,
+                                    1, prev_closes[k]))  # fmt: skip
+                last_price[feed.symbol] = close
                 i += 1
-                bars += 1
             self._decide(now)
             step = end
+        bars = i
         self._close_out()
         return self._result(), bars
 

@@ -65,7 +65,7 @@ class SessionCalendar(Protocol):
 NO_QUOTE = Quote("", math.nan, math.nan, math.nan, math.nan, 0)
 
 
-@dataclass
+@dataclass(slots=True)  # attribute access on every bar of every symbol
 class SymbolFeed:
     """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see.
 

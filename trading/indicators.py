@@ -287,7 +287,7 @@ def session_vwap(
 # Streaming, one symbol
 
 
-@dataclass
+@dataclass(slots=True)  # attribute access on every bar of every symbol
 class StreamingIndicators:
     """VWAP, RSI, ATR and ATR% of one symbol, updated in O(1) per completed bar."""
 
