@@ -26,9 +26,10 @@ RSS with the data built and the engine imported) is its own. Figures: bars/s = s
 bars / time of one run, on the child's own CPU time (what the engine costs) and on wall
 time; percentiles over `--repeats` runs. The anchor is backtrader's bars/s measured in this
 run on this machine; the ratio is ours / backtrader's on CPU time (target >= 10x), the wall
-ratio beside it. CPU time, because the engines run one after the other, minutes apart, on a
-shared machine: wall time there also measures whatever else ran meanwhile (the load moved
-the wall ratio by 2x between runs), while a process's CPU time is its own work.
+ratio beside it. On a shared machine wall time also measures whatever else runs (the load
+moved the wall ratio by 2x between runs) and even CPU time slows when the other core's
+sibling is busy, so the engines' runs alternate (both see the same minutes) and the ratio
+is taken on each process's own CPU time.
 
 What bounds the figure: one core of this (shared, 2-core) machine (on a loaded machine CPU
 time still grows a little with cache and frequency contention); ours is bound by the
@@ -263,33 +264,46 @@ def _current_rss_kb() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def measure(engine: str, symbols: int, bars: int, seed: int, repeats: int) -> dict[str, Any]:
-    """In a child process: build the data, warm the engine's imports, time `repeats` runs."""
-    names, prev_close, data = synthetic_bars(symbols, bars, seed)
+_PREPARED: dict[str, Any] = {}  # in a child: its engine's data, built once
+
+
+def prepare(engine: str, symbols: int, bars: int, seed: int) -> None:
+    """In a child process: build the data, warm the engine's imports and the calendar."""
+    _PREPARED["data"] = synthetic_bars(symbols, bars, seed)
     if engine == "backtrader":
         import backtrader  # noqa: F401
     else:
         import sim.backtest  # noqa: F401
     MarketClock().session(DAY)  # the calendar, built once outside the timing
-    baseline = _current_rss_kb()
-    seconds, cpu_seconds, outcome = [], [], {}
-    for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        outcome = ENGINES[engine](names, prev_close, data)
-        cpu_seconds.append(time.process_time() - cpu_started)
-        seconds.append(time.perf_counter() - started)
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "baseline_kb": baseline,
-        "peak_kb": _rss_kb(),
-        **outcome,
-    }
+    _PREPARED["baseline_kb"] = _current_rss_kb()
 
 
-def _in_child(engine: str, args: argparse.Namespace) -> dict[str, Any]:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, (engine, args.symbols, args.bars, args.seed, args.repeats))
+def measure(engine: str) -> dict[str, Any]:
+    """In a prepared child: one timed run; its wall and CPU seconds, the peak memory."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    outcome = ENGINES[engine](*_PREPARED["data"])
+    cpu = time.process_time() - cpu_started
+    wall = time.perf_counter() - started
+    return {"seconds": wall, "cpu_seconds": cpu, "baseline_kb": _PREPARED["baseline_kb"],
+            "peak_kb": _rss_kb(), **outcome}  # fmt: skip
+
+
+def run_interleaved(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each engine in its own child; their runs alternate (ours, backtrader, ours, ...), so
+    both see the machine as it was during the same minutes."""
+    context = multiprocessing.get_context("spawn")
+    results: dict[str, dict[str, Any]] = {e: {"seconds": [], "cpu_seconds": []} for e in ENGINES}
+    with context.Pool(1) as ours, context.Pool(1) as anchor:
+        pools = {"ours": ours, "backtrader": anchor}
+        for engine, pool in pools.items():
+            pool.apply(prepare, (engine, args.symbols, args.bars, args.seed))
+        for _ in range(args.repeats):
+            for engine, pool in pools.items():
+                run = pool.apply(measure, (engine,))
+                results[engine]["seconds"].append(run.pop("seconds"))
+                results[engine]["cpu_seconds"].append(run.pop("cpu_seconds"))
+                results[engine].update(run)
+    return results
 
 
 def _rates(name: str, clock: str, seconds: list[float], bars: int) -> float:
@@ -334,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     total = args.symbols * args.bars
     print(
         f"{args.symbols} symbols x {args.bars} thirty-second bars = {total:,} bars, seed "
-        f"{args.seed}, {args.repeats} run(s) per engine, each engine in its own process"
+        f"{args.seed}, {args.repeats} run(s) per engine, each engine in its own process, "
+        "the runs alternating"
     )
-    ours, ours_wall = _report("ours", _in_child("ours", args), total)
-    anchor, anchor_wall = _report("backtrader", _in_child("backtrader", args), total)
+    results = run_interleaved(args)
+    ours, ours_wall = _report("ours", results["ours"], total)
+    anchor, anchor_wall = _report("backtrader", results["backtrader"], total)
     ratio = ours / anchor
     print(
         f"anchor: backtrader {anchor:,.0f} bars/s (CPU time) on this machine, this run; "

@@ -134,7 +134,7 @@ class SymbolFeed:
         if bar.time < self._open_epoch:
             self.premarket_close = bar.close
         elif bar.time < self._close_epoch:
-            self.indicators.update(bar)
+            self.indicators.add(bar)
             self.new_bar = True
         return True
 

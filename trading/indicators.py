@@ -305,6 +305,10 @@ class StreamingIndicators:
     _vwap_anchor: float = field(default=_NAN, init=False, repr=False)
     _cum_pv: float = field(default=0.0, init=False, repr=False)
     _cum_volume: float = field(default=0.0, init=False, repr=False)
+    # The latest bar's values as a plain tuple; the snapshot is made from it when asked.
+    _values: tuple[float, float, float, float, float, float, bool] | None = field(
+        default=None, init=False, repr=False
+    )
     _last: IndicatorSnapshot | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -315,21 +319,32 @@ class StreamingIndicators:
     @property
     def last(self) -> IndicatorSnapshot | None:
         """The snapshot of the latest bar, None before the first."""
+        if self._last is None and self._values is not None:
+            self._last = IndicatorSnapshot._make(self._values)
         return self._last
 
     def warmup(self) -> WarmupStatus:
         """Returns how many more bars RSI and ATR need, and whether the session VWAP has volume."""
         return WarmupStatus(
-            rsi_bars=max(0, self.rsi_period - self._changes + (self._last is None)),
-            atr_bars=max(0, self.atr_period - self._changes + (self._last is None)),
+            rsi_bars=max(0, self.rsi_period - self._changes + (self._values is None)),
+            atr_bars=max(0, self.atr_period - self._changes + (self._values is None)),
             vwap_has_volume=self._cum_volume > 0,
         )
 
     def update(self, bar: Bar) -> IndicatorSnapshot:
-        """Returns the indicators after `bar`; raises ValueError unless bar.time is the latest.
+        """Returns the indicators after `bar`; raises ValueError unless bar.time is the latest."""
+        self.add(bar)
+        assert self._values is not None
+        self._last = IndicatorSnapshot._make(self._values)
+        return self._last
 
-        Once per bar of every symbol, so written for speed (locals, the Wilder step inline)
-        with TA-Lib's order of operations, as `_wilder` says it.
+    def add(self, bar: Bar) -> None:
+        """`update` without making the snapshot (`last` makes it when asked); raises
+        ValueError unless bar.time is the latest.
+
+        Once per bar of every symbol, so written for speed (locals, the Wilder step inline),
+        in TA-Lib's order of operations: running sums while warming up, their mean at
+        `period` changes, then avg = (avg * (period - 1) + x) / period.
         """
         time = float(bar.time)
         if time <= self._last_time:
@@ -351,7 +366,7 @@ class StreamingIndicators:
 
         changes = self._changes
         rsi_period, atr_period = self.rsi_period, self.atr_period
-        if self._last is not None:
+        if self._values is not None:
             prev = self._prev_close
             changes += 1
             self._changes = changes
@@ -359,7 +374,7 @@ class StreamingIndicators:
             gain = change if change > 0 else 0.0
             loss = -change if change < 0 else 0.0
             bar_range = max(high - low, abs(high - prev), abs(low - prev))
-            # _wilder, inline: running sums while warming up, the seed mean, then Wilder.
+            # The Wilder step: running sums while warming up, the seed mean, then Wilder.
             if changes < rsi_period:
                 self._avg_gain += gain
                 self._avg_loss += loss
@@ -385,8 +400,8 @@ class StreamingIndicators:
         atr_value = self._avg_range if changes >= atr_period else _NAN
         atr_pct = atr_value / close * 100.0 if close > 0 else _NAN
         ready = changes >= rsi_period and changes >= atr_period and cum_volume > 0
-        self._last = IndicatorSnapshot(time, close, vwap, rsi_value, atr_value, atr_pct, ready)
-        return self._last
+        self._values = (time, close, vwap, rsi_value, atr_value, atr_pct, ready)
+        self._last = None
 
 
 # ---------------------------------------------------------------------------------------------
