@@ -407,3 +407,60 @@ def test_an_enter_decision_plans_a_marketable_day_limit_sized_by_allocation() ->
     assert sizing["allocation"] == 0.5
     poor = AccountFunds(net_liquidation=100_000.0, available_funds=10.0, buying_power=10.0)
     assert plan_entry(decision, poor, 0.0, config).intent is None  # not one share: no order
+
+
+def test_a_pass_for_enters_only_gives_exactly_the_enters_of_the_full_pass() -> None:
+    """The backtest asks for the enters only and skips the snapshots of symbols that cannot
+    enter; a whole seeded day (gappers and not, hot and cold RSI, delayed and stale data,
+    held and closed symbols, slots full, the loss limit and the cutoff) decides the same
+    enters, in the same order, and keeps the same symbols entering, as the full pass."""
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    symbols = [f"S{i:02d}" for i in range(24)]
+    full, lean = (EntryCore(replace(CONFIG, max_open_positions=3), MarketClock()) for _ in "ab")
+    prices = dict.fromkeys(symbols, 10.0)
+    for core in (full, lean):
+        for k, symbol in enumerate(symbols):  # every third a gapper
+            core.on_bar(symbol, Bar(at(9, 0).timestamp(), 10, 10, 10, 11.0 if k % 3 else 10, 9))
+    enters = 0
+    for n in range(13 * 60):
+        start = at(9, 30).timestamp() + 30 * n
+        now = datetime.fromtimestamp(start + 31, NEW_YORK)
+        for k, symbol in enumerate(symbols):
+            if rng.random() < 0.1:
+                continue  # no trade this bar: no decision for it
+            drift = 0.02 if (n // 40 + k) % 2 else -0.02
+            close = prices[symbol] = round(
+                max(1.0, prices[symbol] + drift + rng.normal(0, 0.03)), 2
+            )
+            bar = Bar(start, close, close + 0.05, close - 0.05, close, 100)
+            data_type = 3 if k == 5 else 1  # one delayed
+            quote_time = now.timestamp() - (90 if k == 7 else 0)  # one stale
+            tick = Quote(symbol, close, close - 0.01, close + 0.01, quote_time, data_type, 10.0)
+            for core in (full, lean):
+                core.on_bar(symbol, bar)
+                core.on_quote(tick)
+        held = frozenset(rng.choice(symbols, size=int(rng.integers(0, 3)), replace=False))
+        closed = frozenset(symbols[: n // 60])
+        book = BookState(
+            active_symbols=held,
+            closed_today=closed,
+            open_positions=len(held),
+            day_pnl=-2_500.0 if 300 <= n < 330 else 0.0,  # the loss limit for a while
+            net_liquidation=100_000.0,
+        )
+        every = full.decide(now, session(), book)
+        only = lean.decide(now, session(), book, skips=False)
+        assert only == [d for d in every if d.enter]
+        assert lean.entering == full.entering
+        enters += len(only)
+        for decision in only:  # entries finish at once or a bar later, as a driver does
+            if rng.random() < 0.5:
+                full.entry_finished(decision.symbol)
+                lean.entry_finished(decision.symbol)
+        if rng.random() < 0.5:
+            for symbol in sorted(full.entering):
+                full.entry_finished(symbol)
+                lean.entry_finished(symbol)
+    assert enters > 20  # the day has enters to compare

@@ -101,3 +101,40 @@ def test_the_snapshot_carries_the_bar_close_the_rules_read() -> None:
     # compare with VWAP
     snap = feed.snapshot()
     assert snap.close == feed.indicators.last.close != snap.last
+
+
+class CountingCalendar:
+    """The exchange calendar, counting its look-ups."""
+
+    def __init__(self) -> None:
+        self.clock, self.lookups = MarketClock(), 0
+
+    def session(self, day):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        return self.clock.session(day)
+
+
+def test_the_session_is_looked_up_once_a_day_not_once_a_bar_and_half_days_end_at_13() -> None:
+    """Each bar looked its day's session up (a date and two timestamps per bar: most of a
+    backtest's time). Once a day now, and the half day's 13:00 close still ends its bars."""
+    calendar = CountingCalendar()
+    feed = SymbolFeed("MSFT", calendar)
+    taken = []
+    for day in ("2026-11-25", "2026-11-27"):  # a full day, then the half day after Thanksgiving
+        start = pd.Timestamp(f"{day} 08:00", tz="America/New_York").timestamp()
+        for i in range(2 * 9 * 60):  # 08:00 to 17:00
+            t = start + 30 * i
+            before = feed.indicators.last
+            feed.on_bar(Bar(t, 10.0, 10.1, 9.9, 10.0 + 0.01 * (i % 3), 100))
+            if feed.indicators.last is not before:
+                taken.append(pd.Timestamp(t, unit="s", tz="America/New_York").strftime("%H:%M"))
+    assert calendar.lookups == 2
+    full, half = 13 * 60, 7 * 60  # 09:30-16:00 and 09:30-13:00 in 30-s bars
+    assert len(taken) == full + half
+    assert (taken[0], taken[full - 1], taken[full], taken[-1]) == (
+        "09:30",
+        "15:59",
+        "09:30",
+        "12:59",
+    )
+    assert feed.premarket_close == 10.0 + 0.01 * ((2 * 90 - 1) % 3)  # the last bar before 09:30

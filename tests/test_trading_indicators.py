@@ -469,3 +469,21 @@ def test_completed_bars_excludes_in_progress_last_bar() -> None:
     updated = [*history[:3], history[3]._replace(close=2.0, volume=5.0)]
     assert completed_bars(updated, after=1060.0) == []
     assert completed_bars([*updated, Bar(1120.0, 2, 2, 2, 2, 1)], after=1060.0) == [updated[3]]
+
+
+def test_adding_a_bar_gives_the_snapshot_update_returns_made_only_when_read() -> None:
+    """The feed adds every bar with `add` (no snapshot per bar: most are never read); what
+    `last` then shows is what `update` returns, bit for bit, warm-up included."""
+    rng = np.random.default_rng(5)
+    updated, added = StreamingIndicators(), StreamingIndicators()
+    assert added.last is None
+    start = 1_764_340_200.0  # 09:30 New York
+    for i in range(60):
+        close = round(20.0 + rng.normal(0, 0.2), 2)
+        volume = float(rng.choice([0.0, 300.0]))
+        bar = Bar(start + 30 * i, close, close + 0.03, close - 0.03, close, volume)
+        expected = updated.update(bar)
+        added.add(bar)
+        assert added.warmup() == updated.warmup()
+        assert np.array_equal(np.array(added.last), np.array(expected), equal_nan=True)
+        assert added.last is added.last  # made once per bar, when read

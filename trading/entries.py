@@ -219,11 +219,21 @@ def data_problem(snap: SymbolSnapshot, now_epoch: float, config: EntryConfig) ->
 # -- signals -----------------------------------------------------------------------------------
 
 
+def rsi_allows_entry(rsi: float, config: EntryConfig) -> bool:
+    """True when RSI is below `rsi_max`; both rules need it, so a symbol whose RSI does not
+    (nan while warming up) cannot enter, whatever else its data says."""
+    return rsi < config.rsi_max
+
+
 def standard_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
     """Returns why the standard rule does not fire (warming_up / no_signal), or None if it does."""
     if snap.rsi_bars > 0 or snap.atr_bars > 0 or not snap.vwap_has_volume:
         return WARMING_UP
-    if snap.close > snap.vwap and snap.rsi < config.rsi_max and snap.atr_pct >= config.atr_pct_min:
+    if (
+        snap.close > snap.vwap
+        and rsi_allows_entry(snap.rsi, config)
+        and snap.atr_pct >= config.atr_pct_min
+    ):
         return None
     return NO_SIGNAL
 
@@ -234,7 +244,7 @@ def gap_and_go_signal(snap: SymbolSnapshot, config: EntryConfig) -> str | None:
         return NO_SIGNAL
     if snap.rsi_bars > 0:
         return WARMING_UP
-    return None if snap.rsi < config.rsi_max else NO_SIGNAL
+    return None if rsi_allows_entry(snap.rsi, config) else NO_SIGNAL
 
 
 def rule_values(snap: SymbolSnapshot) -> dict[str, Any]:
@@ -272,12 +282,32 @@ def evaluate_entry(
     Order: risk (kill switch, loss limit, slots), time window, symbol state in the book,
     data quality, then the rules (gap-and-go first: it is the more specific setup).
     """
+    return _evaluate(snap, book, now.timestamp(), config, pass_problem(book, now, session, config))
+
+
+def pass_problem(
+    book: BookState, now: datetime, session: Session | None, config: EntryConfig
+) -> str | None:
+    """Returns why no symbol may be entered at `now` against `book` (risk, then the time
+    window), or None: the same for every symbol of one pass."""
+    return risk_problem(book, config) or entry_window_problem(
+        now, session, config.entry_cutoff_minutes
+    )
+
+
+def _evaluate(
+    snap: SymbolSnapshot,
+    book: BookState,
+    now_epoch: float,
+    config: EntryConfig,
+    shared_problem: str | None,
+) -> EntryDecision:
+    """evaluate_entry with the pass's risk and time-window problem already known."""
     values = rule_values(snap)
     for problem in (
-        risk_problem(book, config),
-        entry_window_problem(now, session, config.entry_cutoff_minutes),
+        shared_problem,
         symbol_problem(snap.symbol, book),
-        data_problem(snap, now.timestamp(), config),
+        data_problem(snap, now_epoch, config),
     ):
         if problem is not None:
             return EntryDecision(snap.symbol, False, None, problem, values)
@@ -322,8 +352,11 @@ def evaluate_all(
     session: Session | None,
     config: EntryConfig,
 ) -> list[EntryDecision]:
-    """Returns `evaluate_entry` of each snapshot against the same book, in order."""
-    return [evaluate_entry(s, book, now, session, config) for s in snaps]
+    """Returns `evaluate_entry` of each snapshot against the same book, in order (the
+    risk and time-window checks, the same for all, are made once)."""
+    shared_problem = pass_problem(book, now, session, config)
+    now_epoch = now.timestamp()
+    return [_evaluate(s, book, now_epoch, config, shared_problem) for s in snaps]
 
 
 # -- the book from plain records ---------------------------------------------------------------
@@ -530,13 +563,38 @@ class EntryCore:
         return decision
 
     def decide(
-        self, now: datetime, session: Session | None, book: BookState
+        self, now: datetime, session: Session | None, book: BookState, *, skips: bool = True
     ) -> list[EntryDecision]:
         """Returns the decisions for every symbol with a new bar, against `book` (symbols
-        being entered count as working), within the free slots."""
+        being entered count as working), within the free slots.
+
+        `skips=False` returns the enters only (exactly the enters of `skips=True`), for a
+        driver that acts on enters and logs nothing else (the backtest): a symbol that
+        cannot enter gets no snapshot (no pass at all while risk or the time window forbid
+        entries; not its own while it is held, closed today or entering, or while its RSI
+        does not allow an entry).
+        """
         book = self.with_entering(book)
-        snaps = [f.snapshot() for f in self.take_due()]
-        return self.allot(evaluate_all(snaps, book, now, session, self.config), book)
+        due = self.take_due()
+        if not skips:
+            if pass_problem(book, now, session, self.config) is not None:
+                return []
+            due = [f for f in due if self._may_enter(f, book)]
+        decisions = evaluate_all([f.snapshot() for f in due], book, now, session, self.config)
+        if skips:
+            return self.allot(decisions, book)
+        # The slots go to the same enters: allot ranks the enters only, in the same order.
+        return [d for d in self.allot([d for d in decisions if d.enter], book) if d.enter]
+
+    def _may_enter(self, feed: SymbolFeed, book: BookState) -> bool:
+        """False when `feed`'s symbol cannot enter against `book`, whatever its quote:
+        symbol_problem, or an RSI that no rule allows (evaluate_entry would skip it)."""
+        last = feed.indicators.last
+        return (
+            last is not None
+            and rsi_allows_entry(last.rsi, self.config)
+            and symbol_problem(feed.symbol, book) is None
+        )
 
     def recheck(
         self, symbol: str, now: datetime, session: Session | None, book: BookState

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
 from typing import Protocol
 
 from core.clock import NEW_YORK, Session
@@ -64,7 +65,7 @@ class SessionCalendar(Protocol):
 NO_QUOTE = Quote("", math.nan, math.nan, math.nan, math.nan, 0)
 
 
-@dataclass
+@dataclass(slots=True)  # attribute access on every bar of every symbol
 class SymbolFeed:
     """Quotes, 30-s bars and indicators of one symbol; `snapshot` is what the rules see.
 
@@ -94,6 +95,11 @@ class SymbolFeed:
     held_back: list[Bar] = field(default_factory=list)
     # Sees every bar the feed takes, as taken (the day trader records them for replay).
     on_taken: Callable[[SymbolFeed, Bar], None] | None = None
+    # The New York day of the last bar with volume and its session's hours, as epochs.
+    _day_start: float = field(default=math.inf, init=False, repr=False)
+    _day_end: float = field(default=-math.inf, init=False, repr=False)
+    _open_epoch: float = field(default=-math.inf, init=False, repr=False)
+    _close_epoch: float = field(default=-math.inf, init=False, repr=False)
 
     def on_live_bar(self, bar: Bar) -> None:
         """A bar from the stream; held back until the history seed is in, which is older."""
@@ -123,15 +129,29 @@ class SymbolFeed:
             self.on_taken(self, bar)
         if not bar.volume > 0:
             return True
-        session = self.calendar.session(datetime.fromtimestamp(bar.time, NEW_YORK).date())
-        if session is None:
-            return True
-        if bar.time < session.open.timestamp():
+        if not self._day_start <= bar.time < self._day_end:
+            self._learn_day(bar.time)
+        if bar.time < self._open_epoch:
             self.premarket_close = bar.close
-        elif bar.time < session.close.timestamp():
-            self.indicators.update(bar)
+        elif bar.time < self._close_epoch:
+            self.indicators.add(bar)
             self.new_bar = True
         return True
+
+    def _learn_day(self, time: float) -> None:
+        """The New York day of `time` and its session's open and close as epochs, looked up
+        once a day instead of once a bar (no session: no bar of the day counts)."""
+        local = datetime.fromtimestamp(time, NEW_YORK)
+        midnight = datetime(local.year, local.month, local.day, tzinfo=NEW_YORK)
+        following = midnight.date() + timedelta(days=1)
+        self._day_start = midnight.timestamp()
+        self._day_end = datetime.combine(following, clock_time(), NEW_YORK).timestamp()
+        session = self.calendar.session(local.date())
+        if session is None:
+            self._open_epoch = self._close_epoch = -math.inf
+        else:
+            self._open_epoch = session.open.timestamp()
+            self._close_epoch = session.close.timestamp()
 
     def on_quote(self, quote: Quote) -> None:
         """The latest quote; `quote.time` is the market time it arrived (broker tick times

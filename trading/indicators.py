@@ -287,7 +287,7 @@ def session_vwap(
 # Streaming, one symbol
 
 
-@dataclass
+@dataclass(slots=True)  # attribute access on every bar of every symbol
 class StreamingIndicators:
     """VWAP, RSI, ATR and ATR% of one symbol, updated in O(1) per completed bar."""
 
@@ -305,6 +305,10 @@ class StreamingIndicators:
     _vwap_anchor: float = field(default=_NAN, init=False, repr=False)
     _cum_pv: float = field(default=0.0, init=False, repr=False)
     _cum_volume: float = field(default=0.0, init=False, repr=False)
+    # The latest bar's values as a plain tuple; the snapshot is made from it when asked.
+    _values: tuple[float, float, float, float, float, float, bool] | None = field(
+        default=None, init=False, repr=False
+    )
     _last: IndicatorSnapshot | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -315,18 +319,33 @@ class StreamingIndicators:
     @property
     def last(self) -> IndicatorSnapshot | None:
         """The snapshot of the latest bar, None before the first."""
+        if self._last is None and self._values is not None:
+            self._last = IndicatorSnapshot._make(self._values)
         return self._last
 
     def warmup(self) -> WarmupStatus:
         """Returns how many more bars RSI and ATR need, and whether the session VWAP has volume."""
         return WarmupStatus(
-            rsi_bars=max(0, self.rsi_period - self._changes + (self._last is None)),
-            atr_bars=max(0, self.atr_period - self._changes + (self._last is None)),
+            rsi_bars=max(0, self.rsi_period - self._changes + (self._values is None)),
+            atr_bars=max(0, self.atr_period - self._changes + (self._values is None)),
             vwap_has_volume=self._cum_volume > 0,
         )
 
     def update(self, bar: Bar) -> IndicatorSnapshot:
         """Returns the indicators after `bar`; raises ValueError unless bar.time is the latest."""
+        self.add(bar)
+        assert self._values is not None
+        self._last = IndicatorSnapshot._make(self._values)
+        return self._last
+
+    def add(self, bar: Bar) -> None:
+        """`update` without making the snapshot (`last` makes it when asked); raises
+        ValueError unless bar.time is the latest.
+
+        Once per bar of every symbol, so written for speed (locals, the Wilder step inline),
+        in TA-Lib's order of operations: running sums while warming up, their mean at
+        `period` changes, then avg = (avg * (period - 1) + x) / period.
+        """
         time = float(bar.time)
         if time <= self._last_time:
             raise ValueError(f"bar at {time} is not after the previous bar at {self._last_time}")
@@ -342,43 +361,47 @@ class StreamingIndicators:
             volume = float(volume)
             self._cum_pv += (high + low + close) / 3.0 * volume
             self._cum_volume += volume
-        vwap = self._cum_pv / self._cum_volume if self._cum_volume > 0 else _NAN
+        cum_volume = self._cum_volume
+        vwap = self._cum_pv / cum_volume if cum_volume > 0 else _NAN
 
-        if self._last is not None:
+        changes = self._changes
+        rsi_period, atr_period = self.rsi_period, self.atr_period
+        if self._values is not None:
             prev = self._prev_close
-            self._changes += 1
+            changes += 1
+            self._changes = changes
             change = close - prev
-            self._avg_gain = self._wilder(
-                self._avg_gain, change if change > 0 else 0.0, self.rsi_period
-            )
-            self._avg_loss = self._wilder(
-                self._avg_loss, -change if change < 0 else 0.0, self.rsi_period
-            )
+            gain = change if change > 0 else 0.0
+            loss = -change if change < 0 else 0.0
             bar_range = max(high - low, abs(high - prev), abs(low - prev))
-            self._avg_range = self._wilder(self._avg_range, bar_range, self.atr_period)
+            # The Wilder step: running sums while warming up, the seed mean, then Wilder.
+            if changes < rsi_period:
+                self._avg_gain += gain
+                self._avg_loss += loss
+            elif changes == rsi_period:
+                self._avg_gain = (self._avg_gain + gain) / rsi_period
+                self._avg_loss = (self._avg_loss + loss) / rsi_period
+            else:
+                self._avg_gain = (self._avg_gain * (rsi_period - 1) + gain) / rsi_period
+                self._avg_loss = (self._avg_loss * (rsi_period - 1) + loss) / rsi_period
+            if changes < atr_period:
+                self._avg_range += bar_range
+            elif changes == atr_period:
+                self._avg_range = (self._avg_range + bar_range) / atr_period
+            else:
+                self._avg_range = (self._avg_range * (atr_period - 1) + bar_range) / atr_period
         self._prev_close = close
 
         rsi_value = _NAN
-        if self._changes >= self.rsi_period:
-            total = self._avg_gain + self._avg_loss
-            rsi_value = 100.0 * (self._avg_gain / total) if total != 0.0 else 0.0
-        atr_value = self._avg_range if self._changes >= self.atr_period else _NAN
+        if changes >= rsi_period:
+            avg_gain = self._avg_gain
+            total = avg_gain + self._avg_loss
+            rsi_value = 100.0 * (avg_gain / total) if total != 0.0 else 0.0
+        atr_value = self._avg_range if changes >= atr_period else _NAN
         atr_pct = atr_value / close * 100.0 if close > 0 else _NAN
-        ready = (
-            self._changes >= self.rsi_period
-            and self._changes >= self.atr_period
-            and self._cum_volume > 0
-        )
-        self._last = IndicatorSnapshot(time, close, vwap, rsi_value, atr_value, atr_pct, ready)
-        return self._last
-
-    def _wilder(self, average: float, value: float, period: int) -> float:
-        """Next running sum (warm-up) or Wilder average, in TA-Lib's order of operations."""
-        if self._changes < period:
-            return average + value
-        if self._changes == period:
-            return (average + value) / period
-        return (average * (period - 1) + value) / period
+        ready = changes >= rsi_period and changes >= atr_period and cum_volume > 0
+        self._values = (time, close, vwap, rsi_value, atr_value, atr_pct, ready)
+        self._last = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,7 +583,8 @@ class IndicatorBank:
 def _wilder_step(
     average: np.ndarray, value: np.ndarray, changes: np.ndarray, period: int
 ) -> np.ndarray:
-    """Vectorised `StreamingIndicators._wilder`: running sum, then mean, then Wilder average."""
+    """Vectorised Wilder step of `StreamingIndicators.update`: running sum, then mean, then
+    Wilder average."""
     summed = average + value
     smoothed = (average * (period - 1) + value) / period
     return np.where(
