@@ -78,7 +78,7 @@ def plan_reconciliation(
     """Broker = truth for quantities, database = truth for intent (failure mode 6).
 
     `young`: symbols whose entry is in flight (an open BUY intent or a position seen for less
-    than the grace): neither adopted nor closed yet. `busy`: symbols an exit is working on
+    than the grace): neither adopted nor closed yet, but shares held are protected. `busy`: symbols an exit is working on
     right now (left alone). `blocked`: symbols given up after repeated rejects (no new sells).
     """
     ticks = ticks or {}
@@ -122,16 +122,17 @@ def plan_reconciliation(
                 alerts.append(f"{symbol}: other clients have sells working with no position")
             continue
         if row is None and symbol in young:
+            # Not adopted yet (the day trader may still write its row), but the shares are
+            # held now: protected at once, whoever dies between the fill and the row.
             deferred.append(symbol)
-            continue
 
         assert position is not None
         tick = ticks.get(symbol, 0.01)
         held_pos = held_position(symbol, quantity, position.avg_cost, config, tick=tick, db_row=row)
         held.append(held_pos)
-        if row is None:
+        if row is None and symbol not in young:
             adopt.append(held_pos)
-        elif int(row["quantity"]) != quantity:
+        elif row is not None and int(row["quantity"]) != quantity:
             resize.append((symbol, quantity))
 
         # Other clients' sells cannot be cancelled by us; protect only what they leave.
