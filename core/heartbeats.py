@@ -14,7 +14,7 @@ from typing import Any
 
 from trading.model import EXIT_MANAGER
 
-__all__ = ["EXIT_MANAGER", "exit_manager_problem", "process_alive"]
+__all__ = ["EXIT_MANAGER", "exit_manager_problem", "process_alive", "process_running"]
 EXIT_MANAGER_BEAT_S = 2.0  # real seconds between the exit manager's heartbeats
 # Its heartbeat states once it has reconciled with IB and protects every position
 # (the others: CONNECTING, RECONCILING, DEGRADED, STOPPED).
@@ -34,15 +34,27 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def process_running(pid: int) -> bool:
+    """True when `pid` runs and is not stopped: a SIGSTOPped exit manager is alive but
+    protects nothing until it is continued (and its beat takes 6 s to look stale)."""
+    import psutil
+
+    try:
+        status = psutil.Process(pid).status()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 def exit_manager_problem(
     beat: Mapping[str, Any] | None,
     now: float,
-    alive: Callable[[int], bool] = process_alive,
+    alive: Callable[[int], bool] = process_running,
 ) -> str | None:
     """Why the exit manager cannot be counted on to protect a fill now, or None when it can:
     its last beat (None: it never beat) must say ready, be at most EXIT_MANAGER_FRESH_S old
-    at wall time `now`, and come from a process that still runs (a kill -9 leaves a fresh
-    ready row behind)."""
+    at wall time `now`, and come from a process that still runs, not stopped (a kill -9 leaves
+    a fresh ready row behind, a SIGSTOP a fresh one for three beats)."""
     if beat is None:
         return "no exit manager heartbeat"
     if beat["state"] not in EXIT_MANAGER_READY_STATES:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 from sim_support import wait_for
 
-from core.heartbeats import EXIT_MANAGER_FRESH_S, exit_manager_problem, process_alive
+from core.heartbeats import (
+    EXIT_MANAGER_FRESH_S,
+    exit_manager_problem,
+    process_alive,
+    process_running,
+)
 
 NOW = 1_000_000.0
 
@@ -47,4 +53,23 @@ def test_a_killed_process_is_not_alive_even_before_it_is_reaped() -> None:
         wait_for(lambda: not process_alive(child.pid), 5, "the killed child to count as dead")
         assert child.returncode is None, "the child must still be unreaped here"
     finally:
+        child.wait(5)
+
+
+def test_a_stopped_exit_manager_protects_nothing_while_its_beat_is_still_fresh() -> None:
+    """A chaos day: the exit manager SIGSTOPped, the day trader entered 4 s later on its
+    fresh beat, and three fills waited 8 s for a stop."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_running(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        wait_for(lambda: not process_running(child.pid), 5, "the stopped child to count as down")
+        fresh = {**beat(age=0.0), "pid": child.pid}
+        problem = exit_manager_problem(fresh, NOW)
+        assert problem == f"exit manager process {child.pid} is not running"
+        assert process_alive(child.pid)  # alive (for the dashboard's wait), yet not running
+        os.kill(child.pid, signal.SIGCONT)
+        wait_for(lambda: process_running(child.pid), 5, "the continued child to run")
+    finally:
+        child.kill()
         child.wait(5)
