@@ -101,10 +101,13 @@ class DayBook:
             agent=AGENT,
             net_liquidation=net_liquidation,
             kill_switch=self.kill_switch(),
-            exit_manager_problem=exit_manager_problem(
-                self.db.get_heartbeats().get(EXIT_MANAGER), time.time()
-            ),
+            exit_manager_problem=self.exit_manager_problem(),
         )
+
+    def exit_manager_problem(self) -> str | None:
+        """Why the exit manager cannot protect a fill now (its heartbeat row and process), or
+        None; a database read: call it from a worker thread."""
+        return exit_manager_problem(self.db.get_heartbeats().get(EXIT_MANAGER), time.time())
 
     def kill_switch(self) -> str | None:
         """Why entries are halted by the operator (file or database flag), or None."""

@@ -10,6 +10,7 @@ is looked up by orderRef, never re-sent (failure modes 1, 11, 13).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -30,9 +31,18 @@ from ib.intents import IntentOrders, LookupStatus, cancel_came_too_late
 from ib.session import BrokerSession
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
 from trading.entries import EntryCore, EntryDecision
-from trading.model import DAY_TRADER, FillRecord
+from trading.model import (
+    DAY_TRADER,
+    DECISION_STALE,
+    EXIT_MANAGER_NOT_READY,
+    NOT_CONNECTED,
+    FillRecord,
+)
 
 AGENT = DAY_TRADER
+# A decision older than this (market seconds, a third of a bar) when its intent is on disk is
+# not sent: the price it was made on is gone.
+STALE_DECISION_S = 10.0
 log = get_logger(AGENT)
 
 
@@ -119,6 +129,7 @@ class EntryOrders:
         self.reviewer = reviewer
         self.orders = IntentOrders(self.ib, db, AGENT)
         self.working: dict[str, WorkingEntry] = {}  # orderRef -> entry
+        self._placing: dict[str, float] = {}  # symbol -> dollars of an entry being placed
 
     def working_symbols(self) -> frozenset[str]:
         """Symbols with an entry BUY of this process working at IB."""
@@ -150,26 +161,36 @@ class EntryOrders:
             log.info("entry_dropped", symbol=symbol, reason=fresh.reason)
             return
         committed = sum(e.quantity * e.limit for e in self.working.values())
+        committed += sum(self._placing.values())
         intent, limit, sizing = self.core.plan(fresh, self.book.account_funds(), committed)
         if intent is None:
             log.info("entry_too_small", symbol=symbol, limit=limit, **sizing)
             return
         quantity = intent.quantity
         order = entry_order(intent, self.session.account)
+        purpose = f"entry:{fresh.rule}"
         # Decided: what follows is the guarded intent write (which may still refuse), then the send.
         log.info("entry_placing", symbol=symbol, rule=fresh.rule, quantity=quantity, limit=limit)
+        decided_at = self.clock.epoch()
+        self._placing[symbol] = quantity * limit  # sized in: other entries see it as committed
         try:
-            trade = self.orders.place(
-                watched.line.contract,
-                order,
-                purpose=f"entry:{fresh.rule}",
-                guard_entry=True,
-                max_open_positions=self.settings.max_open_positions,
-            )
+            await self._record(watched.line.contract, order, purpose)
+            # The write ran off the loop (a locked database can hold it for seconds) while IB's
+            # messages kept arriving: a 1100, a drop or a dead exit manager stops the send here.
+            problem = await self._send_problem(decided_at)
+            if problem is not None:
+                self.orders.abandon(order.orderRef, problem)
+                log.warning(
+                    "entry_not_sent", symbol=symbol, order_ref=order.orderRef, reason=problem
+                )
+                return
+            trade = self.orders.send(watched.line.contract, order, purpose=purpose)
         except ReentryBlocked as exc:  # entries halted, or another process took the slot first
             skip = fresh._replace(enter=False, rule=None, reason=exc.reason)
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
+        finally:
+            self._placing.pop(symbol, None)
         self.working[order.orderRef] = WorkingEntry(
             order.orderRef, symbol, quantity, limit, self.clock.epoch(), time.monotonic(), trade
         )
@@ -182,6 +203,37 @@ class EntryOrders:
             limit=limit,
             **sizing,
         )
+
+    async def _record(self, contract: Any, order: Any, purpose: str) -> None:
+        """The entry's guarded intent write, in the worker pool: the loop keeps reading IB."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.book.pool,
+            functools.partial(
+                self.orders.record,
+                contract,
+                order,
+                purpose=purpose,
+                guard_entry=True,
+                max_open_positions=self.settings.max_open_positions,
+            ),
+        )
+
+    async def _send_problem(self, decided_at: float) -> str | None:
+        """Why a recorded entry must not be sent now, or None: the connection is not ready
+        (1100, a drop), the decision is older than STALE_DECISION_S market seconds, or the
+        exit manager could no longer protect the fill (read again: it may have died since)."""
+        if not self.session.ready.is_set():
+            return NOT_CONNECTED
+        if self.clock.epoch() - decided_at > STALE_DECISION_S:
+            return DECISION_STALE
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(self.book.pool, self.book.exit_manager_problem)
+        if problem is not None:
+            return EXIT_MANAGER_NOT_READY
+        if not self.session.ready.is_set():  # while the exit manager was read
+            return NOT_CONNECTED
+        return None
 
     # -- after a (re)connect ----------------------------------------------------------------
     async def reconcile(self, results: dict[str, LookupStatus]) -> None:

@@ -245,27 +245,59 @@ class IntentOrders:
         `max_open_positions` too, also when every position slot is in use.
         """
         with self.exclusive():  # on disk before the order is sent
-            ref = self.db.create_order_intent(
-                contract.symbol,
-                order.action,
-                float(order.totalQuantity),
-                order.orderType,
-                self.agent,
-                limit_price=ib_number(order.lmtPrice),
-                stop_price=ib_number(order.auxPrice),
+            self.record(
+                contract,
+                order,
                 purpose=purpose,
-                parent_ref=parent_ref,
-                oca_group=order.ocaGroup or None,
                 guard_entry=guard_entry,
+                parent_ref=parent_ref,
                 max_open_positions=max_open_positions,
             )
+        return self.send(contract, order, purpose=purpose)
+
+    def record(
+        self,
+        contract: Contract,
+        order: Order,
+        *,
+        purpose: str,
+        guard_entry: bool = False,
+        parent_ref: str | None = None,
+        max_open_positions: int | None = None,
+    ) -> str:
+        """Write the order's intent and set its orderRef; nothing is sent (see place()).
+        Safe from a worker thread (one database connection per thread)."""
+        ref = self.db.create_order_intent(
+            contract.symbol,
+            order.action,
+            float(order.totalQuantity),
+            order.orderType,
+            self.agent,
+            limit_price=ib_number(order.lmtPrice),
+            stop_price=ib_number(order.auxPrice),
+            purpose=purpose,
+            parent_ref=parent_ref,
+            oca_group=order.ocaGroup or None,
+            guard_entry=guard_entry,
+            max_open_positions=max_open_positions,
+        )
         order.orderRef = ref
+        return ref
+
+    def abandon(self, order_ref: str, why: str) -> None:
+        """A recorded intent whose order is not sent after all: final, so the decision can be
+        made again (nothing left this process)."""
+        self._write(
+            lambda: self.db.update_order_intent(order_ref, CANCELLED, note=f"not sent: {why}")
+        )
+
+    def send(self, contract: Contract, order: Order, *, purpose: str) -> Trade:
+        """Send an order whose intent record() wrote (its orderRef is set); returns IB's Trade."""
+        ref = order.orderRef
         try:
             trade = self.ib.placeOrder(contract, order)
         except (ConnectionError, OSError) as exc:
-            # Nothing left this process: the intent is final so the decision can be made again.
-            note = f"not sent: {exc}"
-            self._write(lambda: self.db.update_order_intent(ref, CANCELLED, note=note))
+            self.abandon(ref, str(exc))
             raise
         order_id = trade.order.orderId
         self._write(lambda: self.db.update_order_intent(ref, PENDING_SUBMIT, ib_order_id=order_id))

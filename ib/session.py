@@ -82,6 +82,9 @@ ERROR_KINDS: dict[int, ErrorKind] = {
     200: ErrorKind.UNKNOWN_CONTRACT,
 }
 # Informational codes logged at INFO rather than WARNING.
+# Real seconds from an unexpected disconnect to the first reconnect attempt.
+FIRST_RECONNECT_S = 0.1
+
 _QUIET = frozenset({ErrorKind.FEED_OK, ErrorKind.DELAYED_DATA, ErrorKind.ORDER_CANCELLED})
 
 
@@ -336,13 +339,17 @@ class BrokerSession:
         self.ready.clear()
         if self._stopping or self._connecting:
             return  # closing, or connect() is already retrying
-        self._log.error("disconnected", retry_in_s=self.retry_seconds)
+        self._log.error("disconnected", retry_in_s=FIRST_RECONNECT_S)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
+        # The first try comes at once: a dropped socket is mostly a gateway that is still
+        # there, and until the reconciliation a fill has no stop. Then every retry_seconds.
+        delay = FIRST_RECONNECT_S
         while not self._stopping and not self.ib.isConnected():
-            await asyncio.sleep(self._retry_delay())
+            await asyncio.sleep(delay)
+            delay = self._retry_delay()
             if self._stopping:
                 return
             try:

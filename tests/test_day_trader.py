@@ -67,6 +67,7 @@ from trading.entries import (
 )
 from trading.feed import SymbolFeed
 from trading.indicators import Bar
+from trading.model import DECISION_STALE, NOT_CONNECTED
 from trading.phases import day_phase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -646,6 +647,66 @@ def test_two_traders_entering_at_the_same_instant_race_inside_the_guard_transact
         assert len(buys) == len(set(buys)), f"a symbol entered twice: {buys}"
         assert len(buys) == min(max_positions, len({symbol for _, symbol in attempts()}))
         assert len(entry_intents(db)) == len(buys)
+
+
+@pytest.mark.parametrize(
+    ("lost_connectivity", "reason"),
+    [
+        # Bug pinned (a chaos day): the intent write waited out a locked database on the
+        # event loop, a 1100 arrived meanwhile unread, and the BUY went out and filled while
+        # no exit manager could hear of it or place a stop (1.5 s naked).
+        pytest.param(True, NOT_CONNECTED, id="1100_during_the_write"),
+        # The same wait alone: the decision's price is minutes old by then.
+        pytest.param(False, DECISION_STALE, id="write_outlived_the_decision"),
+    ],
+)
+def test_entry_whose_intent_write_waited_on_a_locked_database_is_not_sent_when_it_is_stale_or_ib_lost(
+    tmp_path: Path, lost_connectivity: bool, reason: str
+) -> None:
+    """The entry is decided, its intent write waits on another program's write lock; once the
+    write lands, the day trader sends nothing, marks the intent cancelled with the reason,
+    and keeps running (the next decision is made on fresh data)."""
+    logs = tmp_path / "logs"
+    kill_file = tmp_path / "KILL_SWITCH"
+    kill_file.write_text("held until a bar would enter")
+    with gateway(tmp_path, start=ENTRY_START, speed=30) as gw:
+        db = sim_db(gw)
+        beats = HeartbeatWatch(tmp_path / DB_FILE)
+        env = {"LOG_LEVEL": "DEBUG"}  # every bar's decision is read from the log
+        proc = start_trader(gw, tmp_path, env=env)
+        try:
+            wait_for(
+                lambda: any(d["reason"] == "kill_switch" for d in events(logs, "entry_decision")),
+                90,
+                "deciding after the open (refused by the kill switch)",
+                detail=log_tail(logs),
+            )
+            wait_for(
+                lambda: beats.quiet({proc.pid}) and latest_bar_would_enter(logs),
+                60,
+                "a bar with a signal and no heartbeat due",
+                detail=log_tail(logs),
+            )
+            with database_write_lock(tmp_path / DB_FILE):
+                kill_file.unlink()
+                wait_for(lambda: events(logs, "entry_placing"), 15, "an entry being placed")
+                kill_file.write_text("one attempt is enough")
+                if lost_connectivity:
+                    gw.faults.connectivity_lost()
+                time.sleep(0.5)  # 15 market seconds at 30x: older than a decision may be
+            not_sent = wait_for(
+                lambda: events(logs, "entry_not_sent"), 30, "entry_not_sent", detail=log_tail(logs)
+            )
+            assert proc.poll() is None, console_lines(tmp_path)[-20:]
+        finally:
+            beats.close()
+            assert stop_trader(proc) == 0
+        buys = [o for o in sim_orders(gw) if o["action"] == "BUY"]
+    assert {e["reason"] for e in not_sent} == {reason}  # one per symbol being placed
+    assert buys == []
+    assert not events(logs, "entry_sent")
+    intents = {i["order_ref"]: (i["state"], i["note"]) for i in entry_intents(db)}
+    assert intents == {e["order_ref"]: ("CANCELLED", f"not sent: {reason}") for e in not_sent}
 
 
 def test_fill_for_a_symbol_closed_today_writes_a_row_only_while_the_broker_holds_it(

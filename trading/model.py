@@ -37,6 +37,9 @@ STALE_BARS = "stale_bars"
 WARMING_UP = "warming_up"
 NO_SIGNAL = "no_signal"
 ENTER = "enter"
+# Why a decided entry was not sent after its intent was written.
+NOT_CONNECTED = "not_connected"  # 1100, or the connection dropped
+DECISION_STALE = "decision_stale"  # the intent write took too long
 
 # -- agent names (the `agent` of positions, trades and intents; heartbeat and log names) ----
 EXIT_MANAGER = "exit_manager"
