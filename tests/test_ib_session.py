@@ -92,6 +92,32 @@ def test_failing_handler_blocks_ready_and_reconnect_runs_one_loop() -> None:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
+def test_a_dropped_connection_is_retried_at_once_not_after_retry_seconds() -> None:
+    """Bug pinned (a chaos day): the exit manager lost its socket 0.2 s after an entry filled
+    and waited its whole 3 s retry interval before reconnecting, so the fill went 2.7 s
+    without a stop. The first attempt comes at once."""
+
+    async def scenario(gw: GatewayThread) -> None:
+        session = BrokerSession(replace(get_settings(), ib_port=gw.port), 12, "t",
+                                retry_seconds=30.0, jitter=0.0)  # fmt: skip
+        connects: list[float] = []
+
+        async def reconciled() -> None:
+            connects.append(time.monotonic())
+
+        session.connected_handlers.append(reconciled)
+        assert await session.connect(attempts=1)
+        dropped = time.monotonic()
+        await asyncio.to_thread(gw.faults.drop_client, 12)
+        # Far below the 30 s interval: only an immediate first attempt gets here in time.
+        await until(lambda: len(connects) == 2 and session.ready.is_set(), 10, "reconnected")
+        assert connects[1] - dropped < 10
+        await session.close()
+
+    with gateway(**MARKET) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
 def test_dead_feed_then_farm_ok_resubscribes_and_competing_session_is_unhealthy() -> None:
     """Failure modes 12 and 14: 2103 marks feeds suspect until 2104 resubscribes; 10197
     (another login took the data) leaves the session unhealthy and says so loudly."""
