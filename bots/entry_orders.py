@@ -2,7 +2,8 @@
 
 Size from NetLiquidation x allocation / max positions (trading.entries.plan_entry), an order
 intent with a unique orderRef written first (guard_entry: no symbol twice, even across
-processes), then a marketable DAY limit BUY; an entry not filled within `entry_timeout`
+processes; written off the event loop, which goes on reading IB), then a marketable DAY limit
+BUY, sent only if the connection is still ready, the decision fresh and the exit manager alive; an entry not filled within `entry_timeout`
 market seconds is cancelled (confirmed) and not chased; after a timeout or reconnect an order
 is looked up by orderRef, never re-sent (failure modes 1, 11, 13).
 """
