@@ -3,9 +3,10 @@
 Size from NetLiquidation x allocation / max positions (trading.entries.plan_entry), an order
 intent with a unique orderRef written first (guard_entry: no symbol twice, even across
 processes; written off the event loop, which goes on reading IB), then a marketable DAY limit
-BUY, sent only if the connection is still ready, the decision fresh and the exit manager alive; an entry not filled within `entry_timeout`
-market seconds is cancelled (confirmed) and not chased; after a timeout or reconnect an order
-is looked up by orderRef, never re-sent (failure modes 1, 11, 13).
+BUY, sent only if the connection is still ready, the decision fresh and the exit manager
+alive; an entry not filled within `entry_timeout` market seconds is cancelled (confirmed) and
+not chased; after a timeout or reconnect an order is looked up by orderRef, never re-sent
+(failure modes 1, 11, 13).
 """
 
 from __future__ import annotations
