@@ -102,9 +102,8 @@ class FakeMassive:
         return [r[0] for r in self.requests]
 
 
-@pytest.fixture
-def massive() -> Iterator[FakeMassive]:
-    fake = FakeMassive()
+def serving(fake: FakeMassive) -> Iterator[FakeMassive]:
+    """Run `fake` for one test (the fixtures of this file and of test_sim_fetch)."""
     fake.thread.start()
     yield fake
     fake.server.shutdown()
@@ -112,8 +111,18 @@ def massive() -> Iterator[FakeMassive]:
 
 
 @pytest.fixture
-def clock() -> MarketClock:
+def massive() -> Iterator[FakeMassive]:
+    yield from serving(FakeMassive())
+
+
+def scanner_clock() -> MarketClock:
+    """The scans' market clock: SIM_START, at market speed."""
     return MarketClock(SimulatedTimeSource.starting_at(SIM_START, speed=1.0))
+
+
+@pytest.fixture
+def clock() -> MarketClock:
+    return scanner_clock()
 
 
 class FakeTime:
@@ -132,19 +141,21 @@ class FakeTime:
 
 
 def make_scanner(
-    massive: FakeMassive,
+    massive: FakeMassive | str,
     clock: MarketClock,
     fake_time: FakeTime | None = None,
     requests_per_minute: int | None = None,
     **config: object,
 ) -> sp.MassiveScanner:
+    """A scanner (the fetch's client too) on `massive` (a fake, or any base URL) with a fast
+    rate limiter on injected time."""
     fake_time = fake_time or FakeTime()
     plan_limit = {} if requests_per_minute is None else {"requests_per_minute": requests_per_minute}
     return sp.MassiveScanner(
         "test-key",
         config=sp.ScanConfig(**{"avg_volume_days": 2, **config}),  # type: ignore[arg-type]
         clock=clock,
-        base_url=massive.url,
+        base_url=massive if isinstance(massive, str) else massive.url,
         limiter=sp.RateLimiter(5, 60.0, time_fn=fake_time.time, sleep_fn=fake_time.sleep),
         sleep_fn=fake_time.sleep,
         rng=random.Random(7),

@@ -16,8 +16,7 @@ from datetime import date, datetime
 import numpy as np
 import pytest
 
-import scanner_polygon as sp
-from core.clock import NEW_YORK, MarketClock, SimulatedTimeSource
+from core.clock import NEW_YORK, MarketClock
 from core.settings import Secret, load_settings
 from ibsim.replay import read_replay_frame
 from sim.fetch import FetchError, fetch_bars
@@ -28,6 +27,9 @@ from tests.test_scanner_polygon import (
     _fixture,
     _max_in_window,
     _timed_server,
+    make_scanner,
+    scanner_clock,
+    serving,
 )
 
 THU, FRI, MON = date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 23)
@@ -70,33 +72,18 @@ class FakeAggregates(FakeMassive):
 
 @pytest.fixture
 def massive() -> Iterator[FakeAggregates]:
-    fake = FakeAggregates()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    yield from serving(FakeAggregates())
 
 
 @pytest.fixture
 def clock() -> MarketClock:
-    return MarketClock(SimulatedTimeSource.starting_at(SIM_START, speed=1.0))
-
-
-def client(url: str, clock: MarketClock, fake_time: FakeTime | None = None) -> sp.MassiveScanner:
-    fake_time = fake_time or FakeTime()
-    return sp.MassiveScanner(
-        "test-key",
-        clock=clock,
-        base_url=url,
-        limiter=sp.RateLimiter(5, 60.0, time_fn=fake_time.time, sleep_fn=fake_time.sleep),
-        sleep_fn=fake_time.sleep,
-        rng=random.Random(7),
-        timeout_s=2.0,
-    )
+    return scanner_clock()
 
 
 def test_minute_bars_are_cached_one_replay_file_per_symbol_per_day(massive, clock, tmp_path):
-    paths = fetch_bars(["msft", "AAPL"], [FRI, MON], tmp_path, client=client(massive.url, clock))
+    paths = fetch_bars(
+        ["msft", "AAPL"], [FRI, MON], tmp_path, client=make_scanner(massive.url, clock)
+    )
 
     assert [(p.parent.name, p.name) for p in paths] == [
         ("2026-11-20", "AAPL.parquet"),
@@ -117,12 +104,12 @@ def test_minute_bars_are_cached_one_replay_file_per_symbol_per_day(massive, cloc
 
 
 def test_a_cached_day_is_never_fetched_again(massive, clock, tmp_path):
-    fetch_bars(["MSFT"], [FRI], tmp_path, client=client(massive.url, clock))
+    fetch_bars(["MSFT"], [FRI], tmp_path, client=make_scanner(massive.url, clock))
     first = (tmp_path / "2026-11-20" / "MSFT.parquet").read_bytes()
 
-    again = fetch_bars(["MSFT"], [FRI], tmp_path, client=client(massive.url, clock))
+    again = fetch_bars(["MSFT"], [FRI], tmp_path, client=make_scanner(massive.url, clock))
     assert len(massive.requests) == 1
-    fetch_bars(["MSFT"], [FRI, MON], tmp_path, client=client(massive.url, clock))
+    fetch_bars(["MSFT"], [FRI, MON], tmp_path, client=make_scanner(massive.url, clock))
 
     assert len(again) == 1 and len(massive.requests) == 2
     start = int(massive.requests[1][1].split("/")[-2])  # the second asks from Friday 04:00 only
@@ -135,7 +122,7 @@ def test_requests_never_exceed_5_in_any_60_s_at_the_server(massive, clock, tmp_p
     arrivals = _timed_server(massive, fake_time)
     symbols = [f"S{i}" for i in range(8)]
 
-    paths = fetch_bars(symbols, [MON], tmp_path, client=client(massive.url, clock, fake_time))
+    paths = fetch_bars(symbols, [MON], tmp_path, client=make_scanner(massive.url, clock, fake_time))
 
     assert len(paths) == 8 and len(arrivals) == 8
     assert _max_in_window(arrivals, 60.0) <= 5
@@ -166,7 +153,7 @@ def test_no_key_is_one_line_naming_the_setting_and_sends_nothing(massive, clock,
 
 
 def test_cached_days_need_no_key(massive, clock, tmp_path):
-    fetch_bars(["MSFT"], [MON], tmp_path, client=client(massive.url, clock))
+    fetch_bars(["MSFT"], [MON], tmp_path, client=make_scanner(massive.url, clock))
     settings = load_settings(environ={}, dotenv_path=tmp_path / "absent.env")
 
     (path,) = fetch_bars(["MSFT"], [MON], tmp_path, settings, base_url=massive.url, clock=clock)
@@ -188,7 +175,7 @@ def test_a_refused_request_is_one_line_with_the_fix(
     massive.script["aggs"] = [(status, _fixture(fixture))] * 4  # every retry refused too
 
     with pytest.raises(FetchError) as error:
-        fetch_bars(["MSFT"], [MON], tmp_path, client=client(massive.url, clock))
+        fetch_bars(["MSFT"], [MON], tmp_path, client=make_scanner(massive.url, clock))
 
     message = str(error.value)
     assert f"HTTP {status}" in message and words in message and "\n" not in message
@@ -203,7 +190,7 @@ def test_a_symbol_without_bars_is_reported_and_the_others_still_come(massive, cl
         ["NOPE", "MSFT"],
         [MON],
         tmp_path,
-        client=client(massive.url, clock),
+        client=make_scanner(massive.url, clock),
         on_missing=skipped.append,
     )
 
@@ -220,7 +207,7 @@ def test_closed_and_unfinished_days_are_reported_without_a_request(massive, cloc
         ["MSFT"],
         [saturday, today],
         tmp_path,
-        client=client(massive.url, clock),
+        client=make_scanner(massive.url, clock),
         on_missing=skipped.append,
     )
 
@@ -235,19 +222,19 @@ def test_network_down_is_one_line_saying_to_check_the_network(clock, tmp_path):
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
 
     with pytest.raises(FetchError, match=r"network: .*check the network") as error:
-        fetch_bars(["MSFT"], [MON], tmp_path, client=client(url, clock))
+        fetch_bars(["MSFT"], [MON], tmp_path, client=make_scanner(url, clock))
 
     assert "\n" not in str(error.value)
 
 
 def test_a_bad_symbol_is_refused_before_any_request(massive, clock, tmp_path):
     with pytest.raises(FetchError, match=r"\.\./ETC is not a ticker"):
-        fetch_bars(["../etc"], [MON], tmp_path, client=client(massive.url, clock))
+        fetch_bars(["../etc"], [MON], tmp_path, client=make_scanner(massive.url, clock))
     assert massive.requests == []
 
 
 def test_fetched_prices_read_back_exactly(massive, clock, tmp_path):
-    (path,) = fetch_bars(["MSFT"], [THU], tmp_path, client=client(massive.url, clock))
+    (path,) = fetch_bars(["MSFT"], [THU], tmp_path, client=make_scanner(massive.url, clock))
 
     frame = read_replay_frame(path)
     served = [r for r in massive.served["MSFT"] if r["t"] >= frame["time"].min() * 1000]
