@@ -230,29 +230,14 @@ class IntentOrders:
         return self.writer.lock if self.writer is not None else contextlib.nullcontext()
 
     def place(
-        self,
-        contract: Contract,
-        order: Order,
-        *,
-        purpose: str,
-        guard_entry: bool = False,
-        parent_ref: str | None = None,
-        max_open_positions: int | None = None,
+        self, contract: Contract, order: Order, *, purpose: str, guard_entry: bool = False
     ) -> Trade:
         """Record the intent, then send the order; returns IB's Trade.
 
-        Raises observability.ReentryBlocked (guard_entry) before anything is sent; with
-        `max_open_positions` too, also when every position slot is in use.
+        Raises observability.ReentryBlocked (guard_entry) before anything is sent.
         """
         with self.exclusive():  # on disk before the order is sent
-            self.record(
-                contract,
-                order,
-                purpose=purpose,
-                guard_entry=guard_entry,
-                parent_ref=parent_ref,
-                max_open_positions=max_open_positions,
-            )
+            self.record(contract, order, purpose=purpose, guard_entry=guard_entry)
         return self.send(contract, order, purpose=purpose)
 
     def record(
@@ -266,7 +251,9 @@ class IntentOrders:
         max_open_positions: int | None = None,
     ) -> str:
         """Write the order's intent and set its orderRef; nothing is sent (see place()).
-        Safe from a worker thread (one database connection per thread)."""
+        Safe from a worker thread (one database connection per thread). Raises
+        observability.ReentryBlocked (guard_entry); with `max_open_positions` too, also when
+        every position slot is in use."""
         ref = self.db.create_order_intent(
             contract.symbol,
             order.action,

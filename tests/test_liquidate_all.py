@@ -239,7 +239,7 @@ def test_entry_decided_before_the_halt_flag_is_refused_by_the_guard_and_never_se
         in_flight = liq.halt_new_entries(db, "MANUAL")
         orders = IntentOrders(ib, db, "day_trader")
         with pytest.raises(ReentryBlocked, match="entries halted") as refused:
-            orders.place(
+            orders.record(  # the day trader's guarded intent write, before any send
                 stock(ib, symbol),
                 LimitOrder("BUY", 10, 1000.0, tif="DAY"),
                 purpose="entry:standard",
