@@ -169,7 +169,7 @@ class Reconciler:
             young={symbol} if young else set(),
             blocked={symbol} if blocked else set(),
         )
-        await self._apply(symbol, plan, flat_reason)
+        await self._apply(symbol, plan, flat_reason, row)
         if blocked and quantity > 0 and state.give_up_pending:
             await parts.protection.protect_after_give_up(symbol)
         entry_in_flight = quantity == 0 and row is not None and young
@@ -231,7 +231,9 @@ class Reconciler:
             return False
         return self.parts.clock.epoch() - entered < self.parts.config.adopt_grace_s
 
-    async def _apply(self, symbol: str, plan: ReconcilePlan, flat_reason: str) -> None:
+    async def _apply(
+        self, symbol: str, plan: ReconcilePlan, flat_reason: str, row: dict[str, Any] | None
+    ) -> None:
         parts, db = self.parts, self.parts.db
         for alert in plan.alerts:
             log.critical("reconcile_alert", symbol=symbol, alert=alert)
@@ -248,7 +250,6 @@ class Reconciler:
         held = {p.symbol: p for p in plan.held}
         if symbol in held:
             parts.book[symbol].position = held[symbol]
-            self._record_exit_prices(held[symbol])
             parts.quotes.subscribe(symbol)
         elif symbol not in plan.deferred:
             parts.quotes.forget(symbol)
@@ -261,13 +262,12 @@ class Reconciler:
                 await parts.selling.exit_locked(symbol, PURPOSE_EOD)  # after the flatten: no sets
             else:
                 await parts.protection.protect_locked(pos, qty)
+        if symbol in held and row is not None:  # bookkeeping after the stop is at IB
+            self._record_exit_prices(held[symbol], row)
 
-    def _record_exit_prices(self, pos: HeldPosition) -> None:
+    def _record_exit_prices(self, pos: HeldPosition, row: dict[str, Any]) -> None:
         """A row added without target or stop (the store reads no settings) shows the prices
         this manager protects it at, so the table a user queries agrees with the orders."""
-        row = self.parts.db.get_active_position(pos.symbol)
-        if row is None:
-            return
         missing = {
             column: price
             for column, price in (

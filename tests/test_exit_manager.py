@@ -1285,6 +1285,12 @@ def test_outside_regular_hours_keeps_protection_and_does_not_trade(tmp_path: Pat
                 await until(lambda: trade.orderStatus.status == "Filled", 5, "pre-market fill")
                 db.add_active_position("AMD", 15, trade.orderStatus.avgFillPrice)
                 await until_gateway(gw, lambda s: one_protective_set(s, "AMD", 15), 3, "protection")
+                # The row gets the prices it is protected at once the stop is at IB.
+                await until(
+                    lambda: db.get_active_position("AMD")["stop_loss_price"] is not None,
+                    3,
+                    "the protected prices in the row",
+                )
                 row = db.get_active_position("AMD")
                 await gw_call(gw.faults.set_price, "AMD", row["stop_loss_price"] - 0.05)
                 await until(lambda: "AMD" in manager.book.quotes(), 3, "pre-market quotes")
