@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from core import cli
+from trading.entries import ENTRY_TIMEOUT_S
 
 
 def _date(raw: str) -> date:
@@ -102,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--entry-timeout",
         type=cli.ranged(float, 1.0, 3600.0),
-        default=60.0,
-        help="market seconds an unfilled entry works before it is cancelled (default 60)",
+        default=ENTRY_TIMEOUT_S,
+        help="market seconds an unfilled entry works before it is cancelled "
+        f"(default {ENTRY_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--slippage-ticks",

@@ -30,6 +30,7 @@ from core.settings import (
     load_settings,
 )
 from core.shutdown import install_stop_handlers
+from trading.entries import ENTRY_TIMEOUT_S
 
 log = get_logger(AGENT)
 
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--entry-timeout",
         type=cli.ranged(float, 1.0, 3600.0),
-        default=60.0,
-        help="market seconds an unfilled entry works before it is cancelled (default 60)",
+        default=ENTRY_TIMEOUT_S,
+        help="market seconds an unfilled entry works before it is cancelled "
+        f"(default {ENTRY_TIMEOUT_S:g})",
     )
     cli.add_seconds_arg(parser, "--retry-seconds", 30.0, "real time between reconnect attempts")
     return parser

@@ -35,7 +35,7 @@ from ib.session import BrokerSession
 from observability import DatabaseLocked, TradingDatabase, get_database
 from store.bars import BarRecorder
 from trading import phases
-from trading.entries import EntryConfig, EntryCore, evaluate_all
+from trading.entries import ENTRY_TIMEOUT_S, EntryConfig, EntryCore, evaluate_all
 from trading.indicators import BAR_SECONDS
 from trading.model import DAY_TRADER
 
@@ -54,7 +54,7 @@ class DayTraderOptions:
     workers: int = 6
     use_llm: bool = True
     symbols: tuple[str, ...] | None = None
-    entry_timeout_s: float = 60.0  # market seconds an entry may work before it is cancelled
+    entry_timeout_s: float = ENTRY_TIMEOUT_S  # market seconds
     limit_ticks: int = 2  # marketable limit = ask + this many ticks
     ack_timeout_real_s: float = 10.0  # no answer from IB for this long: look the order up
     cancel_wait_real_s: float = 15.0  # how long shutdown waits for cancel confirmations

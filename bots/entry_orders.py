@@ -32,7 +32,7 @@ from ib.fills import fills_of
 from ib.intents import IntentOrders, LookupStatus, cancel_came_too_late
 from ib.session import BrokerSession
 from observability import CANCELLED, IntentTransitionError, ReentryBlocked, TradingDatabase
-from trading.entries import EntryCore, EntryDecision
+from trading.entries import ENTRY_TIMEOUT_S, EntryCore, EntryDecision
 from trading.model import (
     DAY_TRADER,
     DECISION_STALE,
@@ -52,7 +52,7 @@ log = get_logger(AGENT)
 class EntryOptions:
     """How entries are placed and watched; times are market seconds unless they say real."""
 
-    entry_timeout_s: float = 60.0  # market seconds an entry may work before it is cancelled
+    entry_timeout_s: float = ENTRY_TIMEOUT_S  # market seconds
     ack_timeout_real_s: float = 10.0  # no answer from IB for this long: look the order up
     llm_budget_real_s: float = 8.0
 

@@ -54,6 +54,7 @@ from sim.days import ANALYSIS_SECONDS, MIN_TICK, TradingDay
 from sim.ledger import Ledger
 from sim.results import BacktestResult, DayResult
 from trading.entries import (
+    ENTRY_TIMEOUT_S,
     AccountFunds,
     BookState,
     ClosedPosition,
@@ -99,7 +100,7 @@ class BacktestConfig:
     profit_target_pct: float = _default(Settings, "profit_target_pct")
     stop_loss_pct: float = _default(Settings, "stop_loss_pct")
     eod_flatten_minutes: float = _default(Settings, "eod_flatten_minutes")
-    entry_timeout_s: float = 60.0  # day_trader.py --entry-timeout's default
+    entry_timeout_s: float = ENTRY_TIMEOUT_S
     # Market seconds from a decision to its order at the market: live, well under a second;
     # the socket simulator at 100x about 10-15 (its bots' real latency times the speed).
     order_delay_s: float = 0.0

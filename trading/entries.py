@@ -53,6 +53,9 @@ from trading.model import (
 )
 from trading.phases import day_phase
 
+# Market seconds an unfilled entry may work before it is cancelled (live bots and backtest).
+ENTRY_TIMEOUT_S = 60.0
+
 
 @dataclass(frozen=True)
 class EntryConfig:
