@@ -228,7 +228,7 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
                     if r["event"] == "protection_placed" and r.get("symbol") == "MSFT"
                 ]
                 assert placed, "the standby placed MSFT's protection"
-                # A generous bound (the figure itself is bench/bench_standby.py's).
+                # A generous bound (the figure: bench/bench_recovery.py --standby).
                 assert ts(placed[0]) - killed_at < 10.0
             finally:
                 for proc in (active, standby):
