@@ -338,7 +338,7 @@ class Standby:
         spec: BotSpec,
         policy: WatchdogPolicy,
         start: Callable[[ManagedBot, str], None],
-        stop: Callable[[ManagedBot, str], None],
+        stop: Callable[[ManagedBot, str, float | None], None],
     ) -> None:
         self.bot = ManagedBot(replace(spec, argv=(*spec.argv, *spec.standby_args)), standby=True)
         self.policy = policy
@@ -394,7 +394,8 @@ class Standby:
         if process is None or not standby.is_alive():
             return None
         if not process_running(process.pid):
-            self.stop("stopped (SIGSTOP) when its bot failed")
+            # Killed at once: the supervisor's loop must not wait on it while no one protects.
+            self.stop("stopped (SIGSTOP) when its bot failed", timeout=0.0)
             return None
         standby.process = None
         standby.state = STOPPED
@@ -402,10 +403,10 @@ class Standby:
         standby.next_start_at = 0.0
         return process
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, timeout: float | None = None) -> None:
         """Stop a waiting standby (before the bot itself: it must not take over then)."""
         if self.bot.process is not None:
-            self._stop(self.bot, reason)
+            self._stop(self.bot, reason, timeout)
             self.bot.process = None
 
 

@@ -407,6 +407,29 @@ def test_without_a_live_standby_a_dead_exit_manager_is_restarted_as_before(fake_
         supervisor.stop_all("test over")
 
 
+def test_a_stopped_standby_is_not_promoted_it_is_killed_and_a_new_exit_manager_started(
+    fake_bot, wall_db, tmp_path
+):
+    """A SIGSTOPped standby cannot take the lock: promoted, it would protect nothing until
+    the startup grace ran out."""
+    mark = tmp_path / "marks.txt"
+    supervisor = make(wall_db, [em_with_standby(fake_bot, wall_db, "--mark", str(mark))])
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: (standby.pid, "waiting") in marks(mark), 15, "standby waiting")
+        first, stopped = em.pid, standby.process
+        stopped.suspend()
+        psutil.Process(first).kill()
+        wait_for(lambda: not em.is_alive(), 5, "exit manager dead")
+        started = time.monotonic()
+        supervisor.poll_once()
+        assert time.monotonic() - started < FAST.stop_timeout_s, "waited on the stopped one"
+        assert em.is_alive() and em.pid not in (first, stopped.pid) and em.restarts == 1
+        assert stopped.poll() is not None, "the stopped standby was killed"
+    finally:
+        supervisor.stop_all("test over")
+
+
 def test_a_standby_dying_while_waiting_is_restarted_with_backoff_then_run_without_never_failing_the_exit_manager(
     fake_bot, wall_db
 ):
