@@ -580,6 +580,8 @@ class Supervisor:
         if successor is not None:
             bot.process, bot.started_at, bot.state = successor, now, STARTING
             bot.restarts += 1
+            # The events of a restart, then the promotion in place of its bot_started.
+            log.warning("bot_restarting", child=bot.spec.name, restarts=bot.restarts, by="standby")
             log.warning("standby_promoted", child=bot.spec.name, pid=bot.pid, restarts=bot.restarts)
 
     def poll_once(self) -> None:

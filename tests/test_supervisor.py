@@ -351,7 +351,7 @@ def marks(path: Path) -> list[tuple[int, str]]:
 
 
 def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a_new_standby_follows(
-    fake_bot, wall_db, tmp_path
+    fake_bot, wall_db, tmp_path, caplog
 ):
     """A killed exit manager's successor was a new process that imported, connected and
     reconciled first (0.8 s without a stop): now its standby, already waiting on the lock,
@@ -378,9 +378,12 @@ def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a
 
         psutil.Process(first).kill()
         wait_for(lambda: (waiting, "took_over") in marks(mark), 5, "the kernel hands it the lock")
+        caplog.clear()
         supervisor.poll_once()
 
         assert em.pid == waiting and em.restarts == 1 and em.consecutive_failures == 1
+        said = [r.getMessage() for r in caplog.records if r.name == "supervisor"]
+        assert said == ["bot_failed", "bot_restarting", "standby_promoted"], "a restart's events"
         assert em.restart_times[-1] == pytest.approx(time.time(), abs=5)
         assert standby.process is None, "no new standby before the promoted one is ready"
         assert sup.read_lock(lock.path)["bots"]["exit_manager"]["pid"] == waiting
