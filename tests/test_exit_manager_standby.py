@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.instance_lock import lock_path_for
+from core.settings import PROJECT_ROOT
 from exit_manager import AGENT
 from observability import TradingDatabase
 from tests.sim_support import buy_async, sim_db, until, until_gateway, wait_for
@@ -84,12 +85,12 @@ def test_second_exit_manager_for_the_same_database_refuses_in_one_line_before_co
     never tries the gateway (the port here has nobody listening: a connect would retry)."""
     db = TradingDatabase(tmp_path / "t.db")
     db.schema_version()
-    env = {**os.environ, "LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(PROJECT_ROOT)}
     holder = hold_lock(db.path, env)
     try:
         done = subprocess.run(
-            [sys.executable, "exit_manager.py", "--db", str(db.path), "--port", "1",
-             "--retry-seconds", "0.1"],
+            [sys.executable, str(PROJECT_ROOT / "exit_manager.py"), "--db", str(db.path),
+             "--port", "1", "--retry-seconds", "0.1"],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     finally:
@@ -161,10 +162,11 @@ def test_standby_told_to_stop_while_waiting_exits_0_at_once_having_sent_nothing(
 ) -> None:
     db = TradingDatabase(tmp_path / "t.db")
     db.schema_version()
-    env = {**os.environ, "LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(PROJECT_ROOT)}
     holder = hold_lock(db.path, env)
     standby = subprocess.Popen(
-        [sys.executable, "exit_manager.py", "--db", str(db.path), "--port", "1", "--standby"],
+        [sys.executable, str(PROJECT_ROOT / "exit_manager.py"), "--db", str(db.path),
+         "--port", "1", "--standby"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
