@@ -191,7 +191,8 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
 ) -> None:
     """kill -9 of the exit manager just after an entry filled left the position with no stop
     until a new process had imported, connected and reconciled (0.8 s and more); a standby
-    waiting on the lock protects it as soon as it connects."""
+    waiting on the lock protects it as soon as it connects, having imported everything it
+    needs before the lock (a lazy import after it would be paid while nothing protects)."""
 
     async def scenario() -> None:
         with gateway(tmp_path) as gw:
@@ -208,10 +209,13 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
                     lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
                     30, "the exit manager reconciled",
                 )  # fmt: skip
+                # -X importtime: its imports and its console log lines share stderr, in order.
+                console = (tmp_path / "standby.err").open("w")
                 standby = subprocess.Popen(
-                    _exit_manager_args(gw, db, "--standby"), env=env, cwd=tmp_path,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    [sys.executable, "-X", "importtime", *_exit_manager_args(gw, db, "--standby")[1:]],
+                    env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=console,
                 )  # fmt: skip
+                console.close()
                 await until(
                     lambda: named(events(logs, standby.pid), "standby_waiting"),
                     30, "the standby waiting",
@@ -232,6 +236,14 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
                 assert placed, "the standby placed MSFT's protection"
                 # A generous bound (the figure: bench/bench_recovery.py --standby).
                 assert ts(placed[0]) - killed_at < 10.0
+                # Everything slow was imported before the lock, none of it after.
+                said = (tmp_path / "standby.err").read_text().split("standby_taking_over", 1)
+                late = [
+                    line.split("|")[-1].strip()
+                    for line in said[1].splitlines()
+                    if line.startswith("import time:")
+                ]
+                assert [m for m in late if not m.startswith("encodings.")] == [], late
             finally:
                 for proc in (active, standby):
                     if proc is not None and proc.poll() is None:
