@@ -7,8 +7,9 @@ start-up paid) that takes over the moment the kernel frees the lock and is promo
 of a restart (a kill -9 right after a fill: a stop in about 0.1 s, not 0.8 s); restarts with
 backoff, hung bots killed, crash loops given up on (the standby is stopped first, on a stop
 or a give-up, so it never takes over from an exit manager stopped on purpose); the daily
-reset; one supervisor per database (SupervisorLock); the status block. `supervisor.py` (the entry point) and `sim_day` (the simulated day) both use it, so no
-module imports an entry point (run as a script, it would be a second copy of every class).
+reset; one supervisor per database (SupervisorLock); the status block. `supervisor.py` (the
+entry point) and `sim_day` (the simulated day) both use it, so no module imports an entry
+point (run as a script, it would be a second copy of every class).
 """
 
 from __future__ import annotations

@@ -211,8 +211,9 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
                 )  # fmt: skip
                 # -X importtime: its imports and its console log lines share stderr, in order.
                 console = (tmp_path / "standby.err").open("w")
+                argv = _exit_manager_args(gw, db, "--standby")
                 standby = subprocess.Popen(
-                    [sys.executable, "-X", "importtime", *_exit_manager_args(gw, db, "--standby")[1:]],
+                    [argv[0], "-X", "importtime", *argv[1:]],
                     env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=console,
                 )  # fmt: skip
                 console.close()

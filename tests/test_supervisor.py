@@ -350,7 +350,7 @@ def marks(path: Path) -> list[tuple[int, str]]:
     ]
 
 
-def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a_new_standby_follows(
+def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a_new_one_waits(
     fake_bot, wall_db, tmp_path, caplog
 ):
     """A killed exit manager's successor was a new process that imported, connected and
@@ -433,7 +433,7 @@ def test_a_stopped_standby_is_not_promoted_it_is_killed_and_a_new_exit_manager_s
         supervisor.stop_all("test over")
 
 
-def test_a_standby_dying_while_waiting_is_restarted_with_backoff_then_run_without_never_failing_the_exit_manager(
+def test_a_standby_dying_while_waiting_is_restarted_with_backoff_never_failing_the_exit_manager(
     fake_bot, wall_db
 ):
     supervisor = make(
