@@ -1,6 +1,7 @@
 """Exit manager: protects every open long position at IB and closes it (GitHub issue 5).
 
     python exit_manager.py                # run (paper); --once: reconcile, print, exit
+    python exit_manager.py --standby      # wait, ready to take over the moment the running one dies
     python exit_manager.py --help
 
 The rules and the per-symbol state live in `trading.exits` / `trading.reconcile` (pure); the
@@ -12,6 +13,12 @@ moves the working protective STP through the market (one message; it already sel
 the held quantity, in its OCA group); otherwise our working sells are cancelled *and
 confirmed* and it sells the broker's fresh quantity, never when it is <= 0 (failure mode 2).
 The day trader's kill switch is never read here (failure mode 15).
+
+One exit manager per database: it holds `<db>.exit_manager.lock` (core.instance_lock) while
+it runs, and a second one refuses to start. A `--standby` one pays everything slow (imports,
+settings, logs, the database, its objects) up front, then waits on that lock without
+connecting, beating or sending anything; the kernel hands it the lock when the holder dies
+(kill -9 too), and it goes on as a normal start: connect, reconcile, protect.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +47,7 @@ from bots.exit_watch import ExitWatch
 from core import cli
 from core.clock import MarketClock, get_clock, set_clock
 from core.heartbeats import EXIT_MANAGER_BEAT_S
+from core.instance_lock import InstanceLock, lock_path_for
 from core.logs import get_logger
 from core.settings import (
     Settings,
@@ -264,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backstop-gap-pct", type=cli.ranged(float, 0.0, 10.0), default=None,
                         help="server STP this many %% below the bot stop (default 0.5)")  # fmt: skip
     parser.add_argument("--tif", choices=("GTC", "DAY"), default=None, help="protective order tif")
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="start ready but idle (no IB, no heartbeat); take over when the running one stops",
+    )
     return parser
 
 
@@ -293,7 +308,52 @@ def exit_config_from_args(args: argparse.Namespace, settings: Settings) -> ExitC
             config = replace(config, protective_tif=args.tif)
     except ValueError as exc:
         raise cli.BadInput(str(exc)) from None
+    if args.standby and args.once:
+        raise cli.BadInput("--standby waits to take over a running exit manager: drop --once")
     return config
+
+
+def instance_lock(settings: Settings) -> InstanceLock:
+    """The one-exit-manager-per-database lock beside the database."""
+    return InstanceLock(lock_path_for(settings.database_path, AGENT))
+
+
+def refuse_second_instance(lock: InstanceLock) -> None:
+    """Take `lock` now. Raises SetupError naming the running exit manager when it is held."""
+    if not lock.try_acquire():
+        holder = lock.holder_pid()
+        raise cli.SetupError(
+            f"another exit manager (pid {holder or 'unknown'}) already runs on this database "
+            f"(lock {lock.path}); stop it first, or pass --standby to take over when it stops"
+        )
+
+
+class StandbyStopped(Exception):
+    """A stop (Ctrl+C, termination) reached a standby that had not taken over."""
+
+
+def wait_to_take_over(lock: InstanceLock) -> bool:
+    """Block until this standby holds `lock` (True: take over) or is told to stop (False).
+
+    Nothing is connected or written meanwhile: to IB and to the day trader's entry gate
+    (the heartbeat row) a standby does not exist until it holds the lock."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise StandbyStopped
+
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s]
+    previous = {sig: signal.signal(sig, stop) for sig in stops}
+    log.info("standby_waiting", pid=os.getpid(), lock=str(lock.path), holder_pid=lock.holder_pid())
+    try:
+        lock.wait()
+    except StandbyStopped:
+        log.info("standby_stopped", action="never took over; nothing was sent")
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.warning("standby_taking_over", pid=os.getpid(), lock=str(lock.path))
+    return True
 
 
 def manage_exits(args: argparse.Namespace, settings: Settings) -> int:
@@ -306,7 +366,13 @@ def manage_exits(args: argparse.Namespace, settings: Settings) -> int:
     set_clock(clock)
     db = TradingDatabase(settings.database_path, clock=clock)
     db.schema_version()  # a database that cannot be used: one line, before connecting
-    return asyncio.run(_run(settings, db, config, clock, args))
+    lock = instance_lock(settings)
+    if not args.standby:
+        refuse_second_instance(lock)  # before connecting: client id 10 is the running one's
+    try:
+        return asyncio.run(_run(settings, db, config, clock, args, lock))
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,11 +385,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(settings: Any, db: TradingDatabase, config: ExitConfig, clock: MarketClock,
-               args: argparse.Namespace) -> int:  # fmt: skip
+               args: argparse.Namespace, lock: InstanceLock) -> int:  # fmt: skip
     session = BrokerSession(
         settings, settings.exit_manager_client_id, AGENT, retry_seconds=args.retry_seconds
     )
     manager = ExitManager(session, db, config, clock, stream_quotes=not args.once)
+    # The loop is idle while a standby blocks here: nothing of ours is scheduled yet.
+    if args.standby and not wait_to_take_over(lock):
+        return 0
     if args.once:
         return await manager.run_once()
     install_stop_handlers(asyncio.get_running_loop(), manager.request_stop)

@@ -6,11 +6,13 @@
     python supervisor.py --sim            # simulated gateway + both bots, report at the close
 
 Order of start: the exit manager first (it owns every exit), the day trader only once the
-exit manager's heartbeat says it has reconciled with IB. A dead exit manager is restarted at
-once; a dead day trader with exponential backoff; a live bot whose heartbeat went stale is
-hung and is killed and restarted. A bot that keeps crashing is given up on and reported.
-On Ctrl+C / SIGTERM the day trader stops first, then the exit manager; positions stay at IB
-under their server-side stops. One supervisor per database (a lock file with its pid).
+exit manager's heartbeat says it has reconciled with IB, and a hot standby exit manager
+beside it (`exit_manager.py --standby`). A dead exit manager is replaced by its standby (it
+took over the moment the kernel freed the exit manager's lock), else restarted at once; a
+dead day trader with exponential backoff; a live bot whose heartbeat went stale is hung and
+is killed and replaced. A bot that keeps crashing is given up on and reported. On Ctrl+C /
+SIGTERM the standby stops first, then the day trader, then the exit manager; positions stay
+at IB under their server-side stops. One supervisor per database (a lock file with its pid).
 """
 
 from __future__ import annotations

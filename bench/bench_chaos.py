@@ -34,8 +34,13 @@ What bounds the figures:
 - Restart times run from the bench's kill (its wall clock) to the supervisor's `bot_started`
   and to the new process's first reconciliation in its log (`reconciliation_report` for the
   exit manager, `reconciled` for the day trader); log stamps have millisecond resolution and
-  the supervisor polls its children every 0.5 s, which is in the figure. A kill that lands
-  before the previous restart reconciled counts only once (the first).
+  the supervisor polls its children every 0.25 s, which is in the figure. The exit manager's
+  successor is usually its hot standby: its "new process" is the supervisor's
+  `standby_promoted`, and it holds the lock, connects and reconciles as soon as the kernel
+  frees the lock, often before that poll, so its "to reconciled" can be the shorter one.
+  Kills always hit the active exit manager (the holder of its lock file), never the
+  standby. A kill that lands before the previous restart reconciled counts only once (the
+  first).
 - An aimed kill lands a few ms later than aimed (the logs are tailed every 2 ms); the
   table shows how much later. Every figure is for this machine's load: 2 shared
   cores slow every process alike, so compare runs made on the same machine.
@@ -81,7 +86,7 @@ WATCHED = (
     "entry_sent", "exit_triggered", "order_sent", "eod_flatten", "connected",
     "reconciliation_report", "reconciled", "bot_started", "bot_hung", "bot_failed",
     "crash_loop_gave_up", "protection_placed", "exit_sent", "sell_rejected", "entries_paused",
-    "entries_resumed",
+    "entries_resumed", "standby_promoted",
 )  # fmt: skip
 
 
@@ -309,9 +314,10 @@ def percentiles(values: Sequence[float]) -> str:
 class Restart:
     bot: str
     failed_at: float  # the kill (or the supervisor's hung verdict)
-    to_process: float | None  # seconds to the supervisor's bot_started
+    to_process: float | None  # seconds to the supervisor's bot_started (or standby_promoted)
     to_ready: float | None  # seconds to the new process's first reconciliation
     in_loop: bool = False  # the supervisor counted it as a repeat failure (backoff grows)
+    by_standby: bool = False  # the successor was the promoted hot standby
 
 
 def restart_times(
@@ -319,18 +325,22 @@ def restart_times(
     failures: Sequence[float],
     starts: Sequence[float],
     ready: Sequence[float],
+    promotions: Sequence[float] = (),
 ) -> list[Restart]:
-    """For each failure of `bot`: the time to its next process start and to that process's
-    first ready event. A failure followed by another before the restart was ready is merged
-    into the first (one outage)."""
-    failures, starts, ready = sorted(failures), sorted(starts), sorted(ready)
+    """For each failure of `bot`: the time to its successor (the next process start, or the
+    standby's promotion) and to that process's first ready event (a promoted standby's may
+    come before its promotion: it took over when the lock was freed). A failure followed by
+    another before the restart was ready is merged into the first (one outage)."""
+    failures, ready = sorted(failures), sorted(ready)
+    successors = sorted([(s, False) for s in starts] + [(p, True) for p in promotions])
     found: list[Restart] = []
     outage_until = -math.inf
     for failed in failures:
         if failed < outage_until:
             continue
-        start = next((s for s in starts if s > failed), None)
-        done = next((r for r in ready if start is not None and r > start), None)
+        start, by_standby = next(((s, b) for s, b in successors if s > failed), (None, False))
+        after = failed if by_standby else start
+        done = next((r for r in ready if after is not None and r > after), None)
         outage_until = done if done is not None else math.inf
         found.append(
             Restart(
@@ -338,6 +348,7 @@ def restart_times(
                 failed,
                 None if start is None else start - failed,
                 None if done is None else done - failed,
+                by_standby=by_standby,
             )
         )
     return found
@@ -460,7 +471,7 @@ class LogTail:
         record["_seen"] = time.time()
         record["_bot"] = path.name.split("_run_")[0]
         self.events.append(record)
-        if record["event"] == "bot_started":
+        if record["event"] in ("bot_started", "standby_promoted"):
             self.pids[record["child"]] = int(record["pid"])
         with self.lock:
             fired = None
@@ -720,24 +731,34 @@ class ChaosDay:
         return self.wall_of(moment.timestamp())
 
     def bot_pid(self, bot: str) -> int | None:
-        """The running pid of `bot`: the supervisor's latest start (fast), else its children."""
+        """The running pid of `bot`, never the exit manager's waiting standby: the holder of
+        the exit manager's lock file (a standby that just took over too), else the
+        supervisor's latest start or promotion (fast), else its children (not a standby)."""
         import psutil
 
-        cached = self.tail.pids.get(bot) if hasattr(self, "tail") else None
-        if cached is not None:
+        from core.instance_lock import InstanceLock, lock_path_for
+
+        def running(pid: int | None) -> bool:
             with contextlib.suppress(psutil.Error):
-                if psutil.Process(cached).status() not in (
-                    psutil.STATUS_ZOMBIE,
-                    psutil.STATUS_DEAD,
-                ):
-                    return cached
+                status = psutil.Process(pid).status() if pid else psutil.STATUS_DEAD
+                return status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+            return False
+
+        if bot == EXIT_MANAGER and self.info:
+            holder = InstanceLock(lock_path_for(Path(self.info["database"]), bot)).holder_pid()
+            if running(holder):
+                return holder
+        cached = self.tail.pids.get(bot) if hasattr(self, "tail") else None
+        if running(cached):
+            return cached
         try:
             children = psutil.Process(int(self.info["pid"])).children()
         except psutil.NoSuchProcess:
             return None
         for child in children:
             with contextlib.suppress(psutil.Error):
-                ours = any(part.endswith(f"{bot}.py") for part in child.cmdline())
+                argv = child.cmdline()
+                ours = any(part.endswith(f"{bot}.py") for part in argv) and "--standby" not in argv
                 if ours and child.status() != psutil.STATUS_ZOMBIE:
                     return child.pid
         return None
@@ -1061,11 +1082,16 @@ class ChaosDay:
             starts = [
                 e["_t"] for e in events if e["event"] == "bot_started" and e.get("child") == bot
             ]
+            promotions = [
+                e["_t"]
+                for e in events
+                if e["event"] == "standby_promoted" and e.get("child") == bot
+            ]
             ready = [
                 e["_t"] for e in events if e["event"] == READY_EVENTS[bot] and e["_bot"] == bot
             ]
             failed = [e for e in events if e["event"] == "bot_failed" and e.get("child") == bot]
-            for restart in restart_times(bot, failures, starts, ready):
+            for restart in restart_times(bot, failures, starts, ready, promotions):
                 verdict = next((e for e in failed if e["_t"] >= restart.failed_at - 0.05), None)
                 in_loop = verdict is not None and int(verdict.get("failures", 1)) > 1
                 found.append(replace(restart, in_loop=in_loop))
@@ -1105,7 +1131,8 @@ def render(title: str, rows: Sequence[tuple[str, str]], violations: Sequence[str
 
 # -- the give-up case -------------------------------------------------------------------------
 def give_up_case(config: ChaosConfig) -> tuple[list[tuple[str, str]], list[str]]:
-    """The exit manager killed as soon as each new one starts, default crash-loop limit:
+    """The exit manager killed as soon as each new one starts (a promoted standby as soon as
+    it takes over: each promotion counts as a failure), default crash-loop limit:
     the supervisor must give up (exit 3) with the day trader stopped, every held position
     still under one working server-side stop, nothing duplicated or shorted."""
     run_dir = config.out / "give_up"
@@ -1290,6 +1317,10 @@ def restart_rows(restarts: Sequence[Restart]) -> list[tuple[str, str]]:
         mine = [r for r in restarts if r.bot == bot]
         to_process = [r.to_process for r in mine if r.to_process is not None]
         rows.append((f"{bot} restart: to new process", percentiles(to_process)))
+        if bot == EXIT_MANAGER:
+            promoted = sum(r.by_standby for r in mine)
+            rows.append((f"{bot} restart: by its standby / a new process",
+                         f"{promoted} / {len(mine) - promoted}"))  # fmt: skip
         for label, group in (
             ("after a healthy run", [r for r in mine if not r.in_loop]),
             ("in a loop", [r for r in mine if r.in_loop]),

@@ -150,6 +150,22 @@ def test_restart_times_run_from_the_failure_and_a_kill_during_the_outage_is_one_
     ]
 
 
+def test_a_promoted_standby_restarts_at_its_promotion_and_is_ready_at_its_own_reconciliation():
+    """The standby reconciles when the kernel frees the lock, often before the supervisor's
+    promotion: that reconciliation is its ready time, not the next one after the promotion."""
+    found = restart_times(
+        "exit_manager",
+        failures=[10.0, 50.0],
+        starts=[50.4],  # no standby the second time: a new process
+        ready=[10.08, 30.0, 51.2],
+        promotions=[10.2],
+    )
+    assert [(r.to_process, r.to_ready, r.by_standby) for r in found] == [
+        (pytest.approx(0.2), pytest.approx(0.08), True),
+        (pytest.approx(0.4), pytest.approx(1.2), False),
+    ]
+
+
 def test_random_faults_make_up_for_aimed_kills_that_never_land_so_the_budget_is_spent():
     """A day with no worst moments (no exits, few fills) fell short of its fault budget: the
     default run of 200 planned 182."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -38,27 +39,49 @@ FAKE_BOT = textwrap.dedent(
     p.add_argument("--hang-after", type=float, default=None)
     p.add_argument("--exit-code", type=int, default=1)
     p.add_argument("--mark", default=None)
+    p.add_argument("--hang-file", default=None)  # stops beating once this file exists
+    p.add_argument("--hold-lock", action="store_true")  # the exit manager's instance lock
+    p.add_argument("--standby", action="store_true")  # wait for that lock first
+    p.add_argument("--standby-dies", action="store_true")  # exit 1 instead of waiting
     a, _ = p.parse_known_args()
     stop = False
     def on_term(*_):
         global stop
         stop = True
+    def mark(what):
+        if a.mark:
+            with open(a.mark, "a") as f:
+                f.write(f"{os.getpid()} {what} {time.time()}\\n")
+    mark("start")
+    if a.hold_lock or a.standby:
+        from pathlib import Path
+        from core.instance_lock import InstanceLock, lock_path_for
+        lock = InstanceLock(lock_path_for(Path(a.db), a.name))
+        if a.standby_dies:
+            sys.exit(1)
+        if a.standby:
+            def stop_waiting(*_):
+                mark("stop")
+                sys.exit(0)
+            signal.signal(signal.SIGTERM, stop_waiting)
+            mark("waiting")
+            lock.wait()
+            mark("took_over")
+        elif not lock.try_acquire():
+            sys.exit(2)
     signal.signal(signal.SIGTERM, on_term)
-    if a.mark:
-        with open(a.mark, "a") as f:
-            f.write(f"{os.getpid()} start {time.time()}\\n")
     db = TradingDatabase(a.db)
     t0 = time.time()
     while not stop:
         age = time.time() - t0
         if a.die_after is not None and age > a.die_after:
             sys.exit(a.exit_code)
-        if a.hang_after is None or age < a.hang_after:
+        hung = (a.hang_after is not None and age >= a.hang_after) or (
+            a.hang_file is not None and os.path.exists(a.hang_file))
+        if not hung:
             db.beat(a.name, a.state if age >= a.ready_after else "CONNECTING")
         time.sleep(0.05)
-    if a.mark:
-        with open(a.mark, "a") as f:
-            f.write(f"{os.getpid()} stop {time.time()}\\n")
+    mark("stop")
     """
 )
 
@@ -304,6 +327,235 @@ def test_stop_all_stops_day_trader_before_exit_manager(fake_bot, wall_db, tmp_pa
     supervisor.stop_all("test")
     stops = [line.split() for line in mark.read_text().splitlines() if " stop " in line]
     assert [int(pid) for pid, _, _ in stops] == [dt_pid, em_pid], "both stop cleanly, in order"
+
+
+# -- the exit manager's hot standby ------------------------------------------------------------
+def em_with_standby(
+    fake_bot: Path, db: TradingDatabase, *extra: str, standby: tuple[str, ...] = ("--standby",)
+) -> sup.BotSpec:
+    """A fake exit manager holding the instance lock, kept with a standby waiting on it."""
+    return spec(
+        fake_bot, db, "exit_manager", "--hold-lock", *extra, critical=True,
+        ready_states=frozenset({"RECONCILED"}), standby_args=standby,
+    )  # fmt: skip
+
+
+def marks(path: Path) -> list[tuple[int, str]]:
+    """(pid, what) of each mark the fake bots wrote, in order."""
+    if not path.exists():
+        return []
+    return [
+        (int(pid), what)
+        for pid, what, _ in (line.split() for line in path.read_text().splitlines())
+    ]
+
+
+def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a_new_one_waits(
+    fake_bot, wall_db, tmp_path, caplog
+):
+    """A killed exit manager's successor was a new process that imported, connected and
+    reconciled first (0.8 s without a stop): now its standby, already waiting on the lock,
+    takes over and is promoted in the same pass; the failure counts as a restart does."""
+    mark = tmp_path / "marks.txt"
+    lock = sup.SupervisorLock(sup.lock_path_for(wall_db.path))
+    lock.acquire()
+    supervisor = make(
+        wall_db,
+        [em_with_standby(fake_bot, wall_db, "--mark", str(mark), "--ready-after", "0.5"),
+         spec(fake_bot, wall_db, "day_trader")],
+        lock=lock,
+    )  # fmt: skip
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: (standby.pid, "waiting") in marks(mark), 15, "standby waiting")
+        assert standby.pid != em.pid
+        published = sup.read_lock(lock.path)["bots"]
+        assert published["exit_manager standby"]["pid"] == standby.pid
+        supervisor.maybe_status(force=True)
+        row = next(line for line in supervisor.printed[-1].splitlines() if "standby" in line)
+        assert "WAITING" in row and str(standby.pid) in row
+        first, waiting = em.pid, standby.pid
+
+        psutil.Process(first).kill()
+        wait_for(lambda: (waiting, "took_over") in marks(mark), 5, "the kernel hands it the lock")
+        caplog.clear()
+        supervisor.poll_once()
+
+        assert em.pid == waiting and em.restarts == 1 and em.consecutive_failures == 1
+        said = [r.getMessage() for r in caplog.records if r.name == "supervisor"]
+        assert said == ["bot_failed", "bot_restarting", "standby_promoted"], "a restart's events"
+        assert em.restart_times[-1] == pytest.approx(time.time(), abs=5)
+        assert standby.process is None, "no new standby before the promoted one is ready"
+        assert sup.read_lock(lock.path)["bots"]["exit_manager"]["pid"] == waiting
+        drive(supervisor, lambda: standby.pid is not None, 10, "a new standby")
+        assert standby.pid not in (first, waiting)
+        assert supervisor.is_ready(em, wall_db.get_heartbeats(), time.time())
+    finally:
+        supervisor.stop_all("test over")
+        lock.release()
+
+
+def test_without_a_live_standby_a_dead_exit_manager_is_restarted_as_before(fake_bot, wall_db):
+    supervisor = make(wall_db, [em_with_standby(fake_bot, wall_db)])
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: standby.is_alive(), 15, "standby started")
+        first, waiting = em.pid, standby.pid
+        psutil.Process(waiting).kill()
+        psutil.Process(first).kill()
+        wait_for(lambda: not em.is_alive() and not standby.is_alive(), 5, "both dead")
+        supervisor.poll_once()
+        assert em.is_alive() and em.pid not in (first, waiting) and em.restarts == 1
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_a_stopped_standby_is_not_promoted_it_is_killed_and_a_new_exit_manager_started(
+    fake_bot, wall_db, tmp_path
+):
+    """A SIGSTOPped standby cannot take the lock: promoted, it would protect nothing until
+    the startup grace ran out."""
+    mark = tmp_path / "marks.txt"
+    supervisor = make(wall_db, [em_with_standby(fake_bot, wall_db, "--mark", str(mark))])
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: (standby.pid, "waiting") in marks(mark), 15, "standby waiting")
+        first, stopped = em.pid, standby.process
+        stopped.suspend()
+        psutil.Process(first).kill()
+        wait_for(lambda: not em.is_alive(), 5, "exit manager dead")
+        started = time.monotonic()
+        supervisor.poll_once()
+        assert time.monotonic() - started < FAST.stop_timeout_s, "waited on the stopped one"
+        assert em.is_alive() and em.pid not in (first, stopped.pid) and em.restarts == 1
+        assert stopped.poll() is not None, "the stopped standby was killed"
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_a_standby_dying_while_waiting_is_restarted_with_backoff_never_failing_the_exit_manager(
+    fake_bot, wall_db
+):
+    supervisor = make(
+        wall_db, [em_with_standby(fake_bot, wall_db, standby=("--standby", "--standby-dies"))]
+    )
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: standby.state == sup.GAVE_UP, 20, "standby given up")
+        assert standby.consecutive_failures == FAST.crash_loop_max + 1
+        starts = list(standby.restart_times)
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert gaps == sorted(gaps) and gaps[-1] >= 2 * FAST.backoff_initial_s, gaps
+        assert supervisor.fatal is None and em.is_alive()
+        assert em.restarts == 0 and em.consecutive_failures == 0
+        first = em.pid
+        psutil.Process(first).kill()
+        wait_for(lambda: not em.is_alive(), 5, "exit manager dead")
+        supervisor.poll_once()  # no standby any more: restarted as before
+        assert em.is_alive() and em.pid != first and em.restarts == 1
+        assert standby.process is None
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_stop_all_stops_the_standby_first_so_it_never_takes_over(fake_bot, wall_db, tmp_path):
+    mark = tmp_path / "marks.txt"
+    supervisor = make(
+        wall_db,
+        [em_with_standby(fake_bot, wall_db, "--mark", str(mark)),
+         spec(fake_bot, wall_db, "day_trader", "--mark", str(mark))],
+    )  # fmt: skip
+    standby = supervisor.standbys["exit_manager"].bot
+    drive(supervisor, lambda: (standby.pid, "waiting") in marks(mark), 15, "standby waiting")
+    pids = {
+        supervisor.bots["exit_manager"].pid: "em",
+        supervisor.bots["day_trader"].pid: "dt",
+        standby.pid: "standby",
+    }
+    supervisor.stop_all("test")
+    done = [(pids[pid], what) for pid, what in marks(mark) if what in ("stop", "took_over")]
+    assert done == [("standby", "stop"), ("dt", "stop"), ("em", "stop")]
+
+
+def test_giving_up_on_a_hung_exit_manager_stops_its_standby_before_the_hung_one(
+    fake_bot, wall_db, tmp_path
+):
+    mark, hang = tmp_path / "marks.txt", tmp_path / "hang"
+    supervisor = make(
+        wall_db,
+        [em_with_standby(fake_bot, wall_db, "--mark", str(mark), "--hang-file", str(hang))],
+        replace(FAST, crash_loop_max=0),
+    )
+    em, standby = supervisor.bots["exit_manager"], supervisor.standbys["exit_manager"].bot
+    try:
+        drive(supervisor, lambda: (standby.pid, "waiting") in marks(mark), 15, "standby waiting")
+        pids = {em.pid: "em", standby.pid: "standby"}
+        hang.touch()
+        drive(supervisor, lambda: supervisor.fatal is not None, 15, "the give-up")
+        done = [(pids[pid], what) for pid, what in marks(mark) if what in ("stop", "took_over")]
+        assert done == [("standby", "stop"), ("em", "stop")]
+        assert not any(psutil.pid_exists(pid) for pid in pids)
+    finally:
+        supervisor.stop_all("test over")
+
+
+def test_exit_manager_killed_until_the_give_up_counts_each_promotion_and_leaves_nothing_running(
+    fake_bot, wall_db, tmp_path
+):
+    mark = tmp_path / "marks.txt"
+    supervisor = make(
+        wall_db, [em_with_standby(fake_bot, wall_db, "--mark", str(mark), "--die-after", "0.8")]
+    )
+    assert supervisor.run() == 3
+    assert supervisor.bots["exit_manager"].state == sup.GAVE_UP
+    took_over = [pid for pid, what in marks(mark) if what == "took_over"]
+    assert took_over, "no standby was promoted"
+    assert len(supervisor.bots["exit_manager"].restart_times) == FAST.crash_loop_max + 1
+    assert not any(psutil.pid_exists(pid) for pid, _ in marks(mark))
+
+
+def test_orphans_of_a_dead_supervisor_stop_the_standby_first(tmp_path):
+    """An orphan exit manager stopped before its standby hands the standby the lock."""
+    stops = tmp_path / "stops.txt"
+    script = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    open({str(stops)!r}, 'a').write(sys.argv[1] + '\\n'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    procs = {}
+    for name in ("exit_manager", "exit_manager standby"):
+        procs[name] = psutil.Popen(
+            [sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True
+        )
+        assert procs[name].stdout.readline().strip() == "ready"
+    try:
+        records = [
+            {
+                "name": "exit_manager",
+                "pid": p.pid,
+                "create_time": p.create_time(),
+                **({"standby": True} if "standby" in n else {}),
+            }
+            for n, p in procs.items()
+        ]
+        sup.stop_orphans(records, timeout=5)
+        assert stops.read_text().splitlines() == ["exit_manager standby", "exit_manager"]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def test_the_exit_manager_is_kept_with_a_standby_its_program_accepts():
+    import exit_manager
+
+    em, dt = sup.bot_specs(0.5)
+    assert em.standby_args == ("--standby",) and dt.standby_args == ()
+    args = exit_manager.build_parser().parse_args([*em.argv[2:], *em.standby_args])
+    assert args.standby is True
 
 
 def test_sigterm_stops_children_cleanly(fake_bot, tmp_path):
