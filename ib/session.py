@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeAlias
@@ -82,7 +82,8 @@ ERROR_KINDS: dict[int, ErrorKind] = {
     200: ErrorKind.UNKNOWN_CONTRACT,
 }
 # Informational codes logged at INFO rather than WARNING.
-# Real seconds from an unexpected disconnect to the first reconnect attempt.
+# Real seconds before the first retry of a connect or after a drop; each later retry waits
+# twice as long, up to the session's retry_seconds.
 FIRST_RECONNECT_S = 0.1
 
 _QUIET = frozenset({ErrorKind.FEED_OK, ErrorKind.DELAYED_DATA, ErrorKind.ORDER_CANCELLED})
@@ -180,15 +181,17 @@ class BrokerSession:
         """
         quiet_ib_async_logs()
         tried = 0
+        delays = self._retry_delays()
         self._connecting = True
         try:
             while not self._stopping:
                 tried += 1
-                if await self._connect_once():
+                delay = next(delays)
+                if await self._connect_once(delay):
                     return True
                 if attempts is not None and tried >= attempts:
                     return False
-                await asyncio.sleep(self._retry_delay())
+                await asyncio.sleep(delay)
             return False
         finally:
             self._connecting = False
@@ -217,11 +220,19 @@ class BrokerSession:
             raise ConnectionError(f"client id {self.client_id} is in use (326)")
         connect.result()
 
-    def _retry_delay(self) -> float:
-        spread = self.retry_seconds * self.jitter
-        return max(0.1, self.retry_seconds + random.uniform(-spread, spread))
+    def _retry_delays(self) -> Iterator[float]:
+        """FIRST_RECONNECT_S, doubling up to retry_seconds (then with jitter). The first retries
+        come fast: a 326 as a standby takes over (the dead holder of our client id not yet
+        gone from the gateway) or a dropped socket leaves a fill without its stop meanwhile."""
+        delay = FIRST_RECONNECT_S
+        while delay < self.retry_seconds:
+            yield delay
+            delay *= 2
+        while True:
+            spread = self.retry_seconds * self.jitter
+            yield max(0.1, self.retry_seconds + random.uniform(-spread, spread))
 
-    async def _connect_once(self) -> bool:
+    async def _connect_once(self, retry_in_s: float) -> bool:
         self._client_id_rejected = False
         self._id_rejected_event = asyncio.Event()
         s = self.settings
@@ -233,6 +244,7 @@ class BrokerSession:
                     "client_id_in_use",
                     client_id=self.client_id,
                     action=f"another program uses client id {self.client_id}; retrying",
+                    retry_in_s=round(retry_in_s, 2),
                 )
             else:
                 self._log.warning(
@@ -241,7 +253,7 @@ class BrokerSession:
                     port=s.ib_port,
                     client_id=self.client_id,
                     error=connect_failure(s.ib_host, s.ib_port, self.connect_timeout, exc),
-                    retry_in_s=self.retry_seconds,
+                    retry_in_s=round(retry_in_s, 2),
                 )
             return False
         try:
@@ -345,15 +357,16 @@ class BrokerSession:
 
     async def _reconnect(self) -> None:
         # The first try comes at once: a dropped socket is mostly a gateway that is still
-        # there, and until the reconciliation a fill has no stop. Then every retry_seconds.
-        delay = FIRST_RECONNECT_S
+        # there, and until the reconciliation a fill has no stop. Then backing off.
+        delays = self._retry_delays()
+        delay = next(delays)
         while not self._stopping and not self.ib.isConnected():
             await asyncio.sleep(delay)
-            delay = self._retry_delay()
+            delay = next(delays)
             if self._stopping:
                 return
             try:
-                if await self._connect_once():
+                if await self._connect_once(delay):
                     return
             except SettingsError as exc:
                 self._log.critical("account_mismatch", error=str(exc))

@@ -64,6 +64,34 @@ def test_326_fails_fast_instead_of_waiting_out_the_connect_timeout() -> None:
         asyncio.run(asyncio.wait_for(scenario(gw), 60))
 
 
+def test_a_326_is_retried_within_a_second_then_backing_off_to_retry_seconds() -> None:
+    """A standby exit manager connects ~10 ms after the one it replaces died; a gateway that
+    has not yet let go of the dead client answers 326. With a 30 s retry interval the
+    position would wait 30 s for its stop: the first retries come fast, doubling."""
+
+    async def scenario(gw: GatewayThread) -> None:
+        squatter = IB()
+        await squatter.connectAsync("127.0.0.1", gw.port, clientId=13, timeout=5)
+        session = BrokerSession(replace(get_settings(), ib_port=gw.port), 13, "t",
+                                retry_seconds=30.0, jitter=0.0)  # fmt: skip
+        connecting = asyncio.ensure_future(session.connect())
+        await until(lambda: session.health.errors_seen.get(326), 5, "the first 326")
+        squatter.disconnect()  # the dead holder is gone now
+        released = time.monotonic()
+        assert await asyncio.wait_for(connecting, 10), "not connected 10 s after the 326"
+        assert time.monotonic() - released < 10
+        await session.close()
+
+    with gateway(**MARKET) as gw:
+        asyncio.run(asyncio.wait_for(scenario(gw), 60))
+
+
+def test_retry_delays_double_from_a_tenth_of_a_second_up_to_retry_seconds() -> None:
+    session = BrokerSession(get_settings(), 14, "t", retry_seconds=1.0, jitter=0.0)
+    delays = session._retry_delays()
+    assert [round(next(delays), 2) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
 def test_failing_handler_blocks_ready_and_reconnect_runs_one_loop() -> None:
     """A connected handler (reconciliation) that fails: never ready, and exactly one
     reconnect loop (no second loop racing connect() on the same IB object)."""
