@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -359,9 +358,6 @@ def wait_to_take_over(lock: InstanceLock) -> bool:
 def manage_exits(args: argparse.Namespace, settings: Settings) -> int:
     """Protect and close positions until stopped (--once: one reconciliation)."""
     config = exit_config_from_args(args, settings)
-    # ib_async logs every order cancel (202) as an ERROR; BrokerSession logs IB's messages
-    # with their meaning instead, so keep only ib_async's own failures.
-    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
     clock = get_clock(settings.clock_file) if settings.clock_file else get_clock()
     set_clock(clock)
     db = TradingDatabase(settings.database_path, clock=clock)

@@ -35,8 +35,11 @@ IBConnection: TypeAlias = IB
 
 def quiet_ib_async_logs(floor: int = logging.WARNING) -> None:
     """Keep ib_async's logger at `floor` or the root's level, whichever is higher: it prints
-    every order status in full at INFO, and our own events carry what matters."""
+    every order status in full at INFO, and our own events carry what matters. Its wrapper
+    logs every IB message (a cancel's 202 too) as an ERROR: BrokerSession logs each with its
+    meaning instead (ib_message), so only ib_async's own failures are kept."""
     logging.getLogger("ib_async").setLevel(max(floor, logging.getLogger().level))
+    logging.getLogger("ib_async.wrapper").setLevel(logging.CRITICAL)
 
 
 class ErrorKind(Enum):

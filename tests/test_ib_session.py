@@ -30,7 +30,8 @@ def test_error_codes_are_classified() -> None:
 def test_ib_async_logs_are_kept_at_warning_or_the_programs_level_whichever_is_higher() -> None:
     """ib_async prints every order status at INFO: a session keeps that out of the run file."""
     root, ib_logger = logging.getLogger(), logging.getLogger("ib_async")
-    saved = root.level, ib_logger.level
+    wrapper = logging.getLogger("ib_async.wrapper")
+    saved = root.level, ib_logger.level, wrapper.level
     try:
         root.setLevel(logging.INFO)
         quiet_ib_async_logs()
@@ -41,9 +42,12 @@ def test_ib_async_logs_are_kept_at_warning_or_the_programs_level_whichever_is_hi
         root.setLevel(logging.INFO)
         quiet_ib_async_logs(logging.CRITICAL)  # a tool: its own one-line answers only
         assert ib_logger.level == logging.CRITICAL
+        # Both bots: IB's messages (a cancel's 202...) are our ib_message events, not ERRORs.
+        assert logging.getLogger("ib_async.wrapper").level == logging.CRITICAL
     finally:
         root.setLevel(saved[0])
         ib_logger.setLevel(saved[1])
+        wrapper.setLevel(saved[2])
 
 
 def test_326_fails_fast_instead_of_waiting_out_the_connect_timeout() -> None:
