@@ -323,6 +323,11 @@ def judge_heartbeat(
     return HeartbeatVerdict(age < policy.stale_after_s, str(beat["state"]), age)
 
 
+def standby_record_name(name: str) -> str:
+    """The key of bot `name`'s standby among the lock file's (and status block's) records."""
+    return f"{name} standby"
+
+
 class Standby:
     """The hot standby of one bot (the exit manager): a second process of it, started once the
     bot is ready, that has paid its start-up (imports, database, objects) and waits on the
@@ -636,7 +641,7 @@ class Supervisor:
         for name, bot in self.bots.items():
             found[name] = bot.record(now)
             if name in self.standbys:
-                found[f"{name} standby"] = self.standbys[name].bot.record(now)
+                found[standby_record_name(name)] = self.standbys[name].bot.record(now)
         return found
 
     def _publish(self) -> None:
@@ -867,14 +872,16 @@ def status_from_files(db: TradingDatabase, lock_file: Path) -> str:
     payload = read_lock(lock_file)
     now = time.time()
     header = "no supervisor running (no lock file)"
-    bots: dict[str, Any] = {EXIT_MANAGER: {}, DAY_TRADER: {}}
+    bots: dict[str, Any] = {}
     if payload is not None:
         alive = _process_matches(int(payload.get("pid", -1)), payload.get("create_time"))
         header = (
             f"supervisor pid {payload.get('pid')} "
             f"{'RUNNING' if alive else 'NOT RUNNING (stale lock)'}"
         )
-        bots.update(payload.get("bots") or {})
+        bots.update(payload.get("bots") or {})  # in the supervisor's order (standby included)
+    for name in (EXIT_MANAGER, DAY_TRADER):
+        bots.setdefault(name, {})
     return header + "\n" + render_status(db, bots, now)
 
 

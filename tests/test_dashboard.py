@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 from sim_support import wait_for
 from starlette.testclient import TestClient
@@ -24,6 +25,7 @@ from core.heartbeats import EXIT_MANAGER
 from core.logs import remember_secrets
 from core.settings import PROJECT_ROOT, Secret, get_settings
 from observability import Mark, TradingDatabase
+from supervision import SupervisorLock
 from webui.actions import Actions
 from webui.app import create_app
 from webui.state import LogWatch, Sources
@@ -119,6 +121,35 @@ def test_api_positions_show_last_price_distances_unrealised_pnl_and_protection(d
     assert row["protection"]["text"] == "stop working" and row["age_s"] == 1800
     assert [b["name"] for b in bots] == ["exit_manager", "day_trader"]
     assert bots[0]["alive"] and bots[0]["pid"] == os.getpid()
+
+
+def test_api_bots_show_the_exit_managers_hot_standby_under_it_while_it_waits(db, tmp_path):
+    """The supervisor's lock file lists the standby (no heartbeat, no IB connection of its
+    own): the dashboard shows it waiting under the exit manager, and gone once it is."""
+    _healthy_bots(db)
+    lock = SupervisorLock(tmp_path / "no.lock")  # the file _app's sources read
+    lock.acquire()
+    me = psutil.Process()
+    record = {"pid": me.pid, "create_time": me.create_time(), "started_at": time.time() - 60,
+              "state": "WAITING", "restarts": 0, "standby": True}  # fmt: skip
+    try:
+        lock.update({EXIT_MANAGER: {}, f"{EXIT_MANAGER} standby": record, "day_trader": {}})
+        client = _app(db, tmp_path)
+        bots = client.get("/api/bots").json()["bots"]
+        assert [b["name"] for b in bots] == ["exit_manager", "exit_manager standby", "day_trader"]
+        standby = bots[1]
+        assert (standby["state"], standby["alive"], standby["pid"]) == ("WAITING", True, me.pid)
+        assert standby["heartbeat_state"] is None and standby["uptime_s"] >= 60
+
+        lock.update({EXIT_MANAGER: {}, f"{EXIT_MANAGER} standby": {**record, "pid": 2**22 + 7}})
+
+        def standby_row() -> tuple:
+            row = client.get("/api/bots").json()["bots"][1]
+            return row["state"], row["alive"], row["pid"]
+
+        wait_for(lambda: standby_row() == ("STOPPED", False, None), 5, "the standby gone")
+    finally:
+        lock.release()
 
 
 def test_actions_refuse_a_missing_or_wrong_token_and_an_unconfirmed_request(db, tmp_path):

@@ -374,6 +374,13 @@ def test_dead_exit_manager_is_replaced_by_its_standby_counted_as_a_failure_and_a
         supervisor.maybe_status(force=True)
         row = next(line for line in supervisor.printed[-1].splitlines() if "standby" in line)
         assert "WAITING" in row and str(standby.pid) in row
+        # --status from the lock file: the standby's row under its exit manager's, as above.
+        rows = [
+            line
+            for line in sup.status_from_files(wall_db, lock.path).splitlines()
+            if "exit_manager" in line or "day_trader" in line
+        ]
+        assert ["standby" in r for r in rows] == [False, True, False], rows
         first, waiting = em.pid, standby.pid
 
         psutil.Process(first).kill()

@@ -21,13 +21,22 @@ from core.heartbeats import EXIT_MANAGER, exit_manager_problem, process_alive
 from core.settings import Settings
 from observability import TradingDatabase
 from reports import build_day_report
-from supervision import DAY_TRADER, GAVE_UP, WatchdogPolicy, _process_matches, read_lock
+from supervision import (
+    DAY_TRADER,
+    GAVE_UP,
+    STOPPED,
+    WatchdogPolicy,
+    _process_matches,
+    read_lock,
+    standby_record_name,
+)
 from trading.exits import ExitConfig, exit_phase, quote_fault
 from trading.model import DELAYED_DATA_TYPES, Quote
 from trading.phases import DayPhase
 from view_logs import Follower, record_time
 
 BOTS = (EXIT_MANAGER, DAY_TRADER)
+STANDBY_RECORD = standby_record_name(EXIT_MANAGER)
 REFUSALS_KEPT = 50
 FIRST_READ_BYTES = 4 * 1024 * 1024  # of each run file, when the dashboard starts
 OLD_LOG_S = 18 * 3600.0  # a run file untouched this long is an earlier day's
@@ -159,7 +168,32 @@ def _bots(sources: Sources, wall: float) -> tuple[list[dict[str, Any]], dict[str
                 "connection": sources.logs.connection.get(name),
             }
         )
+    standby = records.get(STANDBY_RECORD)
+    if standby is not None:
+        rows.insert(1, _standby_row(standby, wall))
     return rows, supervisor
+
+
+def _standby_row(record: dict[str, Any], wall: float) -> dict[str, Any]:
+    """The exit manager's hot standby (supervisor only): no heartbeat and no IB connection
+    of its own until it takes over."""
+    alive = bool(record.get("pid")) and _process_matches(
+        int(record["pid"]), record.get("create_time")
+    )
+    return {
+        "name": STANDBY_RECORD,
+        "state": record.get("state") if alive else STOPPED,
+        "alive": alive,
+        "gave_up": record.get("state") == GAVE_UP,
+        "pid": record.get("pid") if alive else None,
+        "uptime_s": _age(wall, record.get("started_at")) if alive else None,
+        "restarts": record.get("restarts", 0),
+        "last_exit": record.get("last_exit"),
+        "heartbeat_state": None,
+        "heartbeat_age_s": None,
+        "detail": "takes over the moment the exit manager dies" if alive else None,
+        "connection": None,
+    }
 
 
 def _market(sources: Sources) -> dict[str, Any]:
