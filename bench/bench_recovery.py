@@ -98,7 +98,7 @@ def _events(log_dir: Path, pid_since: float) -> dict[str, float]:
     return found
 
 
-def _waiting(log_dir: Path, pid: int) -> bool:
+def _standby_is_waiting(log_dir: Path, pid: int) -> bool:
     """True once standby `pid` logged `standby_waiting` (it waits on the lock)."""
     for path in log_dir.glob("exit_manager_run_*.json"):
         with contextlib.suppress(OSError):
@@ -171,7 +171,7 @@ async def _bench(
             if standby:
                 await asyncio.sleep(1.0)  # log file names differ per second
                 successor = start_em("--standby")
-                while not _waiting(folder / "logs", successor.pid):
+                while not _standby_is_waiting(folder / "logs", successor.pid):
                     await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # a quiet start, and the log file names differ per second
             os.kill(em.pid, signal.SIGKILL)
