@@ -131,7 +131,7 @@ class EntryOrders:
         self.reviewer = reviewer
         self.orders = IntentOrders(self.ib, db, AGENT)
         self.working: dict[str, WorkingEntry] = {}  # orderRef -> entry
-        self._placing: dict[str, float] = {}  # symbol -> dollars of an entry being placed
+        self._placing = asyncio.Lock()  # entries are placed one at a time
 
     def working_symbols(self) -> frozenset[str]:
         """Symbols with an entry BUY of this process working at IB."""
@@ -154,6 +154,13 @@ class EntryOrders:
             self.reviewer, decision, self.options.llm_budget_real_s
         ):
             return
+        # One entry at a time, in the order decided: each re-decides on a book that has the
+        # one before it (its slot, its dollars), as the backtest takes a bar's entries in turn.
+        async with self._placing:
+            await self._place(decision, watched)
+
+    async def _place(self, decision: EntryDecision, watched: Any) -> None:
+        symbol = decision.symbol
         # Re-decide on the newest data: the review (or the queue) may have taken a while.
         now = self.clock.now()
         session = self.clock.session(now.date())
@@ -163,7 +170,6 @@ class EntryOrders:
             log.info("entry_dropped", symbol=symbol, reason=fresh.reason)
             return
         committed = sum(e.quantity * e.limit for e in self.working.values())
-        committed += sum(self._placing.values())
         intent, limit, sizing = self.core.plan(fresh, self.book.account_funds(), committed)
         if intent is None:
             log.info("entry_too_small", symbol=symbol, limit=limit, **sizing)
@@ -174,7 +180,6 @@ class EntryOrders:
         # Decided: what follows is the guarded intent write (which may still refuse), then the send.
         log.info("entry_placing", symbol=symbol, rule=fresh.rule, quantity=quantity, limit=limit)
         decided_at = self.clock.epoch()
-        self._placing[symbol] = quantity * limit  # sized in: other entries see it as committed
         try:
             await self._record(watched.line.contract, order, purpose)
             # The write ran off the loop (a locked database can hold it for seconds) while IB's
@@ -191,8 +196,6 @@ class EntryOrders:
             skip = fresh._replace(enter=False, rule=None, reason=exc.reason)
             log.info("entry_decision", **skip.log_fields(), refused_by="database", detail=str(exc))
             return
-        finally:
-            self._placing.pop(symbol, None)
         self.working[order.orderRef] = WorkingEntry(
             order.orderRef, symbol, quantity, limit, self.clock.epoch(), time.monotonic(), trade
         )
