@@ -341,6 +341,33 @@ def _exit_manager_args(gw: GatewayThread, db: TradingDatabase, *extra: str) -> l
     ]  # fmt: skip
 
 
+def start_exit_manager(
+    gw: GatewayThread,
+    db: TradingDatabase,
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    stderr: Any = subprocess.PIPE,
+    python_flags: tuple[str, ...] = (),
+) -> subprocess.Popen:
+    """exit_manager.py as its own process on `gw` and `db` (`extra`: its flags;
+    `python_flags`: the interpreter's, e.g. -X importtime)."""
+    python, *args = _exit_manager_args(gw, db, *extra)
+    return subprocess.Popen(
+        [python, *python_flags, *args],
+        env=env if env is not None else _subprocess_env(tmp_path, gw),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+def exit_manager_reconciled(db: TradingDatabase, pid: int | None = None) -> bool:
+    """The exit manager's heartbeat says RECONCILED (from process `pid`, when given)."""
+    beat = db.get_heartbeats().get(AGENT, {})
+    return beat.get("state") == "RECONCILED" and (pid is None or beat.get("pid") == pid)
+
+
 def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplicate(
     tmp_path: Path,
 ) -> None:
@@ -348,15 +375,9 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
         with gateway(tmp_path) as gw:
             db = sim_db(gw)
             env = _subprocess_env(tmp_path, gw)
-            proc = subprocess.Popen(
-                _exit_manager_args(gw, db), env=env, cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            proc = start_exit_manager(gw, db, tmp_path, env=env)
             try:
-                await until(
-                    lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
-                    30, "subprocess reconciled",
-                )  # fmt: skip
+                await until(lambda: exit_manager_reconciled(db), 30, "subprocess reconciled")
                 async with day_trader(gw) as dt:
                     await buy_async(dt, "AAPL", 100, db=db, percentages=CONFIG)
                     await buy_async(dt, "MSFT", 60, db=db, percentages=CONFIG)
@@ -392,11 +413,9 @@ def test_killed_exit_manager_leaves_the_server_stop_and_restart_sends_no_duplica
                     assert position(after, "AAPL") == 0
 
                     # SIGTERM: a clean stop that leaves the server-side protection in place.
-                    proc = subprocess.Popen(_exit_manager_args(gw, db), env=env, cwd=tmp_path,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                    proc = start_exit_manager(gw, db, tmp_path, env=env)
                     await until(
-                        lambda: db.get_heartbeats()[AGENT]["pid"] == proc.pid
-                        and db.get_heartbeats()[AGENT]["state"] == "RECONCILED",
+                        lambda: exit_manager_reconciled(db, proc.pid),
                         30, "restarted",
                     )  # fmt: skip
                     proc.send_signal(signal.SIGTERM)
@@ -453,10 +472,7 @@ def test_restarted_exit_manager_protects_as_soon_as_it_connects_without_waiting_
                 await buy_async(dt, "NVDA", 20, db=db, percentages=CONFIG)
                 env = _subprocess_env(tmp_path, gw)
                 env["PYTHONPATH"] = f"{slow}{os.pathsep}{env['PYTHONPATH']}"
-                proc = subprocess.Popen(
-                    _exit_manager_args(gw, db), env=env,
-                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                proc = start_exit_manager(gw, db, tmp_path, env=env, stderr=subprocess.DEVNULL)
                 try:
                     await until_gateway(gw, lambda s: one_protective_set(s, "AAPL", 100)
                                    and one_protective_set(s, "NVDA", 20), 30, "both protected")  # fmt: skip
@@ -1521,10 +1537,7 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
     async def scenario() -> None:
         with gateway(tmp_path, partial_fills=True) as gw:
             db = sim_db(gw)
-            proc = subprocess.Popen(
-                _exit_manager_args(gw, db), env=_subprocess_env(tmp_path, gw), cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            proc = start_exit_manager(gw, db, tmp_path, stderr=subprocess.DEVNULL)
             engine = gw.gateway.engine
             armed, killed = threading.Event(), threading.Event()
 
@@ -1540,10 +1553,7 @@ def test_exit_manager_killed_right_after_the_trigger_leaves_a_sell_working_that_
             engine.place = kill_on_first(engine.place)  # type: ignore[method-assign]
             engine.cancel = kill_on_first(engine.cancel)  # type: ignore[method-assign]
             try:
-                await until(
-                    lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
-                    30, "subprocess reconciled",
-                )  # fmt: skip
+                await until(lambda: exit_manager_reconciled(db), 30, "subprocess reconciled")
                 async with day_trader(gw) as dt:
                     await buy_async(dt, "MSFT", 600, db=db, percentages=CONFIG, timeout=20)
                     row = db.get_active_position("MSFT")

@@ -27,12 +27,13 @@ from tests.sim_support import buy_async, sim_db, until, until_gateway, wait_for
 from tests.test_exit_manager import (
     CONFIG,
     EM,
-    _exit_manager_args,
     _subprocess_env,
     day_trader,
+    exit_manager_reconciled,
     gateway,
     one_protective_set,
     run,
+    start_exit_manager,
 )
 
 HOLDER = textwrap.dedent(
@@ -115,10 +116,7 @@ def test_standby_sends_and_writes_nothing_until_the_holder_dies_then_takes_over(
             db = sim_db(gw)
             env = _subprocess_env(tmp_path, gw)
             holder = hold_lock(db.path, env)
-            standby = subprocess.Popen(
-                _exit_manager_args(gw, db, "--standby"), env=env, cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            standby = start_exit_manager(gw, db, tmp_path, "--standby", env=env)
             logs = tmp_path / "logs"
             try:
                 await until(
@@ -198,24 +196,15 @@ def test_exit_manager_killed_right_after_a_fill_is_replaced_by_its_standby_which
         with gateway(tmp_path) as gw:
             db = sim_db(gw)
             env = _subprocess_env(tmp_path, gw)
-            active = subprocess.Popen(
-                _exit_manager_args(gw, db), env=env, cwd=tmp_path,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            active = start_exit_manager(gw, db, tmp_path, env=env)
             standby = None
             logs = tmp_path / "logs"
             try:
-                await until(
-                    lambda: db.get_heartbeats().get(AGENT, {}).get("state") == "RECONCILED",
-                    30, "the exit manager reconciled",
-                )  # fmt: skip
+                await until(lambda: exit_manager_reconciled(db), 30, "the exit manager reconciled")
                 # -X importtime: its imports and its console log lines share stderr, in order.
                 console = (tmp_path / "standby.err").open("w")
-                argv = _exit_manager_args(gw, db, "--standby")
-                standby = subprocess.Popen(
-                    [argv[0], "-X", "importtime", *argv[1:]],
-                    env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=console,
-                )  # fmt: skip
+                standby = start_exit_manager(gw, db, tmp_path, "--standby", env=env,
+                                             stderr=console, python_flags=("-X", "importtime"))  # fmt: skip
                 console.close()
                 await until(
                     lambda: named(events(logs, standby.pid), "standby_waiting"),
